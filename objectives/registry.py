@@ -1,0 +1,36 @@
+"""Resolve `objective.task`: a built-in name or `package.module:factory`."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+from objectives.task import Task, TrialSettings
+
+TaskFactory = Callable[[TrialSettings], Task]
+
+BUILTIN = {
+    "digits_mlp": "objectives.digits:digits_mlp",
+    "digits_cnn": "objectives.digits:digits_cnn",
+    "regression": "objectives.regression:regression",
+}
+
+
+class TaskNotFound(LookupError):
+    pass
+
+
+def resolve_task(name: str) -> TaskFactory:
+    target = BUILTIN.get(name, name)
+    if ":" not in target:
+        known = ", ".join(sorted(BUILTIN))
+        raise TaskNotFound(f"unknown task {name!r}: use one of {known} or 'package.module:factory'")
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise TaskNotFound(f"cannot import module {module_name!r} for task {name!r}: {err}") from err
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise TaskNotFound(f"module {module_name!r} has no callable {attr!r} (task {name!r})")
+    return factory

@@ -1,0 +1,279 @@
+"""The training loop: data resident on the device, batches by index permutation, no DataLoader.
+
+One trial = `planned_updates` optimizer updates. Evaluation happens on the budget grid (every
+`eval_every` budget units), the reporter may prune, early stopping may end it, and a non-finite
+loss ends it as diverged. The value is the best evaluation, whose weights are restored.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from objectives.task import Task
+from sweeps.budget import Budget, TrialPlan, examples_after, updates_within_examples
+from sweeps.coupling import Schedule
+
+# reporter(value, step) -> True when the trial should stop (pruned)
+Reporter = Callable[[float, int], bool]
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    patience: int
+    min_delta: float = 0.0
+
+
+@dataclass
+class TrainResult:
+    best_value: float | None = None
+    best_step: int | None = None
+    updates: int = 0
+    examples_seen: int = 0
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    stop_reason: str = "budget"  # budget | epochs | early_stopping | pruned | diverged
+    history: list[tuple[int, float]] = field(default_factory=list)
+    last_train_loss: float | None = None
+
+    @property
+    def examples_per_second(self) -> float:
+        return self.examples_seen / self.train_seconds if self.train_seconds > 0 else 0.0
+
+
+def micro_batches(batch_size: int, max_micro_batch: int | None) -> int:
+    """Accumulation steps: equal micro-batches no larger than `max_micro_batch`."""
+    if max_micro_batch is None or batch_size <= max_micro_batch:
+        return 1
+    return -(-batch_size // max_micro_batch)
+
+
+def eval_points(plan: TrialPlan, budget: Budget) -> dict[int, int]:
+    """Map 'after this many updates' -> integer report step, for each grid point the plan reaches.
+
+    Every trial reports at the same steps (multiples of eval_every in budget units), whatever its
+    batch size, so the pruner compares equal compute. Seconds are timed, not precomputed.
+    """
+    if budget.unit == "seconds":
+        return {}
+    points: dict[int, int] = {}
+    k = 1
+    while k * budget.eval_every <= budget.per_trial + 1e-9:
+        units = k * budget.eval_every
+        after = updates_to_reach(units, plan, budget.unit)
+        if after > plan.planned_updates:
+            break
+        points[max(after, 1)] = budget.to_step(units, plan.n_train)
+        k += 1
+    return points
+
+
+def updates_to_reach(units: float, plan: TrialPlan, unit: str) -> int:
+    if unit == "updates":
+        return math.ceil(units - 1e-9)
+    if unit == "epochs":
+        return math.ceil(units * plan.iterations_per_epoch - 1e-9)
+    done = updates_within_examples(units, plan.n_train, plan.batch_size, plan.drop_last)
+    reached = examples_after(done, plan.n_train, plan.batch_size, plan.drop_last)
+    return done if reached >= units else done + 1
+
+
+class Trainer:
+    """Runs one trial's updates; `train` is the hot loop, everything else is bookkeeping."""
+
+    def __init__(
+        self,
+        task: Task,
+        optimizer: torch.optim.Optimizer,
+        schedule: Schedule,
+        plan: TrialPlan,
+        budget: Budget,
+        *,
+        maximize: bool,
+        seed: int,
+        reporter: Reporter | None = None,
+        early_stopping: EarlyStopping | None = None,
+        max_micro_batch: int | None = None,
+        eval_batch_size: int = 4096,
+    ):
+        self.task = task
+        self.model: nn.Module = task.model
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.plan = plan
+        self.budget = budget
+        self.sign = 1.0 if maximize else -1.0
+        self.reporter = reporter
+        self.early_stopping = early_stopping
+        self.accumulation = micro_batches(plan.batch_size, max_micro_batch)
+        self.eval_batch_size = eval_batch_size
+        device = task.train[0].device
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.check_every = 1 if device.type == "cpu" else 32  # host syncs are free on the CPU
+        self.result = TrainResult()
+        self.best_state: dict[str, Tensor] | None = None
+        self.patience_ref: float | None = None
+        self.bad_evals = 0
+
+    # --- the hot path -------------------------------------------------------------------
+    def step(self, xb: Tensor, yb: Tensor) -> Tensor:
+        if self.accumulation == 1:
+            loss = self.task.loss(self.model(xb), yb)
+            loss.backward()
+        else:
+            loss = torch.zeros((), device=xb.device)
+            for xs, ys in zip(xb.tensor_split(self.accumulation), yb.tensor_split(self.accumulation)):
+                part = self.task.loss(self.model(xs), ys) * (len(xs) / len(xb))
+                part.backward()
+                loss += part.detach()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def train(self) -> TrainResult:
+        x, y = self.task.train
+        n, batch_size = len(x), self.plan.batch_size
+        per_epoch = self.plan.iterations_per_epoch
+        points = eval_points(self.plan, self.budget)
+        timed = self.budget.unit == "seconds"
+        next_timed_eval, time_cap = self.budget.eval_every, self.budget.per_trial
+        groups = self.optimizer.param_groups
+        loss_sum = torch.zeros((), device=x.device)
+        losses_since_check = 0
+        perm = x.new_empty(0, dtype=torch.long)
+        self.model.train()
+        started = time.perf_counter()
+        for update in range(self.plan.planned_updates):
+            slot = update % per_epoch
+            if slot == 0:
+                perm = torch.randperm(n, device=x.device, generator=self.generator)
+            idx = perm[slot * batch_size : (slot + 1) * batch_size]
+            lr = self.schedule.lr_at(update)
+            for group in groups:
+                group["lr"] = lr
+            loss_sum += self.step(x[idx], y[idx])
+            self.result.updates = update + 1
+            self.result.examples_seen += len(idx)
+            losses_since_check += 1
+            if (update + 1) % self.check_every == 0 and not torch.isfinite(loss_sum):
+                self.result.stop_reason = "diverged"
+                break
+            step = points.get(update + 1)
+            if timed:
+                spent = time.perf_counter() - started - self.result.eval_seconds
+                if spent >= time_cap:
+                    break
+                if spent >= next_timed_eval:
+                    step = self.budget.to_step(next_timed_eval, n)
+                    while next_timed_eval <= spent:
+                        next_timed_eval += self.budget.eval_every
+            if step is not None:
+                self.result.last_train_loss = (loss_sum / max(losses_since_check, 1)).item()
+                if not math.isfinite(self.result.last_train_loss):
+                    self.result.stop_reason = "diverged"
+                    break
+                loss_sum.zero_()
+                losses_since_check = 0
+                if self.evaluate_and_report(step):
+                    break
+        else:
+            self.result.stop_reason = self.plan.stop_reason
+        self.result.train_seconds = time.perf_counter() - started - self.result.eval_seconds
+        self.finish()
+        return self.result
+
+    # --- bookkeeping --------------------------------------------------------------------
+    def evaluate(self) -> float:
+        x, y = self.task.val
+        started = time.perf_counter()
+        self.model.eval()
+        total = torch.zeros((), device=x.device)
+        with torch.no_grad():
+            for start in range(0, len(x), self.eval_batch_size):
+                xb, yb = x[start : start + self.eval_batch_size], y[start : start + self.eval_batch_size]
+                total += self.task.metric(self.model(xb), yb).float() * len(xb)
+        value = (total / len(x)).item()
+        self.model.train()
+        self.result.eval_seconds += time.perf_counter() - started
+        return value
+
+    def evaluate_and_report(self, step: int) -> bool:
+        """Evaluate at `step`; True when the trial must stop (pruned, diverged, early stop)."""
+        value = self.evaluate()
+        self.result.history.append((step, value))
+        if not math.isfinite(value):
+            self.result.stop_reason = "diverged"
+            return True
+        best = self.result.best_value
+        if best is None or self.sign * (value - best) > 0:
+            self.result.best_value, self.result.best_step = value, step
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if self.reporter is not None and self.reporter(value, step):
+            self.result.stop_reason = "pruned"
+            return True
+        return self.patience_exhausted(value)
+
+    def patience_exhausted(self, value: float) -> bool:
+        rule = self.early_stopping
+        if rule is None:
+            return False
+        if self.patience_ref is None or self.sign * (value - self.patience_ref) > rule.min_delta:
+            self.patience_ref, self.bad_evals = value, 0
+            return False
+        self.bad_evals += 1
+        if self.bad_evals >= rule.patience:
+            self.result.stop_reason = "early_stopping"
+            return True
+        return False
+
+    def finish(self) -> None:
+        """Evaluate once more if the run ended off the grid, then restore the best weights."""
+        reason = self.result.stop_reason
+        last_step = self.result.history[-1][0] if self.result.history else None
+        if reason in ("budget", "epochs") and self.result.updates > 0:
+            end_step = self.end_step()
+            if last_step is None or end_step > last_step:
+                self.evaluate_and_report(end_step)
+                if self.result.stop_reason in ("pruned", "early_stopping"):
+                    self.result.stop_reason = reason  # the run was over anyway
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+
+    def end_step(self) -> int:
+        """The report step of the last update: the budget's end, or what `epochs` consumed."""
+        if self.result.stop_reason == "budget":
+            return self.budget.to_step(self.budget.per_trial, self.plan.n_train)
+        units = {
+            "updates": self.result.updates,
+            "examples": self.result.examples_seen,
+            "epochs": self.result.updates / self.plan.iterations_per_epoch,
+            "seconds": self.result.train_seconds,
+        }[self.budget.unit]
+        return self.budget.to_step(units, self.plan.n_train)
+
+
+def measure_seconds_per_update(task: Task, optimizer: torch.optim.Optimizer, batch_size: int,
+                               updates: int = 5) -> float:
+    """Time a few updates on throwaway copies, so a seconds budget can plan its horizon."""
+    model = copy.deepcopy(task.model)
+    probe_opt = type(optimizer)(model.parameters(), **optimizer.defaults)
+    x, y = task.train
+    n = len(x)
+    gen = torch.Generator(device=x.device).manual_seed(0)
+    timings = []
+    for _ in range(updates + 1):
+        idx = torch.randint(0, n, (min(batch_size, n),), device=x.device, generator=gen)
+        started = time.perf_counter()
+        task.loss(model(x[idx]), y[idx]).backward()
+        probe_opt.step()
+        probe_opt.zero_grad(set_to_none=True)
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+        timings.append(time.perf_counter() - started)
+    return sorted(timings[1:])[len(timings[1:]) // 2]  # median, after one warm-up update

@@ -1,0 +1,93 @@
+"""SQL storage set-up: URL resolution, SQLite pragmas, and URLs safe to print.
+
+SQLite is the no-set-up default; WAL mode and a busy timeout let a few local processes share a
+file without "database is locked". Passwords never leave this module in clear text.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+ENV_VAR = "SWEEPS_STORAGE"
+SQLITE_BUSY_TIMEOUT_S = 60
+
+
+class StorageError(RuntimeError):
+    """The store cannot be opened or used; the message names the URL without its password."""
+
+
+def redact(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return "<unparseable storage URL>"
+
+
+def resolve_url(url: str | None, base_dir: str | Path, study_name: str) -> str:
+    """The URL to use: `url`, else $SWEEPS_STORAGE, else `<study name>.db` beside the study file.
+
+    A relative SQLite path resolves against `base_dir` (the study file's folder), so the same
+    study file finds the same database from any working directory.
+    """
+    url = url or os.environ.get(ENV_VAR) or f"sqlite:///{study_name}.db"
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as err:
+        raise StorageError(f"storage URL {redact(url)!r} is not a valid SQLAlchemy URL: {err}") from err
+    if parsed.get_backend_name() != "sqlite":
+        return url
+    database = parsed.database
+    if not database or database == ":memory:":
+        raise StorageError("an in-memory SQLite store would lose every trial: give a file path")
+    path = Path(database).expanduser()
+    if not path.is_absolute():
+        path = Path(base_dir) / path
+    if not path.parent.is_dir():
+        raise StorageError(f"folder {path.parent} for the SQLite store does not exist")
+    return parsed.set(database=str(path.resolve())).render_as_string(hide_password=False)
+
+
+def sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+    cursor.close()
+
+
+def engine_kwargs(url: str) -> dict:
+    backend = make_url(url).get_backend_name()
+    if backend == "sqlite":
+        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+    if backend == "postgresql":
+        return {
+            "pool_pre_ping": True,
+            "pool_size": 2,
+            "max_overflow": 2,
+            "connect_args": {"connect_timeout": 10},
+        }
+    return {"pool_pre_ping": True}
+
+
+def open_storage(url: str, **rdb_kwargs) -> optuna.storages.RDBStorage:
+    """An RDBStorage for `url`; errors become a StorageError naming the redacted URL."""
+    safe = redact(url)
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url), **rdb_kwargs)
+    except (SQLAlchemyError, ImportError, ValueError, OSError) as err:
+        reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+        raise StorageError(f"cannot open storage {safe}: {reason.replace(url, safe)}") from err
+
+
+@event.listens_for(sqlalchemy.engine.Engine, "connect")
+def _sqlite_only(dbapi_connection, record) -> None:
+    """Pragmas on every SQLite connection, the first one (which creates the tables) included."""
+    if type(dbapi_connection).__module__.startswith("sqlite3"):
+        sqlite_pragmas(dbapi_connection, record)

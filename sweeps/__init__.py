@@ -1,0 +1,1 @@
+"""Hyperparameter sweeps over batch size, epochs and learning-rate coupling on Optuna."""

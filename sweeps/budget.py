@@ -1,0 +1,113 @@
+"""Counting: iterations per epoch, updates, examples and epochs under a compute budget.
+
+Formulas from the seed notes (`shared/REFERENCE.md`): I = ceil(N/B) (floor with drop_last),
+updates S = I * E, examples seen = N * E. A trial is planned as a number of optimizer updates so
+that its LR schedule can end exactly on its last update.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# Pruners compare integer steps; each unit is reported on an integer scale of its own.
+STEP_UNIT = {"updates": "updates", "examples": "examples", "epochs": "examples", "seconds": "ms"}
+
+
+def iterations_per_epoch(n: int, batch_size: int, drop_last: bool = False) -> int:
+    if drop_last:
+        return n // batch_size
+    return -(-n // batch_size)
+
+
+def examples_per_epoch(n: int, batch_size: int, drop_last: bool = False) -> int:
+    return iterations_per_epoch(n, batch_size, drop_last) * batch_size if drop_last else n
+
+
+def batch_lengths(n: int, batch_size: int, drop_last: bool = False) -> list[int]:
+    """Examples in each batch of one epoch: all B, except a smaller last one without drop_last."""
+    lengths = [batch_size] * iterations_per_epoch(n, batch_size, drop_last)
+    if not drop_last and n % batch_size:
+        lengths[-1] = n % batch_size
+    return lengths
+
+
+def examples_after(updates: int, n: int, batch_size: int, drop_last: bool = False) -> int:
+    """Examples processed by the first `updates` updates (epochs restart the batch order)."""
+    per_epoch = iterations_per_epoch(n, batch_size, drop_last)
+    full, rest = divmod(updates, per_epoch)
+    return full * examples_per_epoch(n, batch_size, drop_last) + min(rest * batch_size, n)
+
+
+def updates_within_examples(examples: float, n: int, batch_size: int, drop_last: bool = False) -> int:
+    """The most updates whose examples fit in an example budget."""
+    per_epoch = examples_per_epoch(n, batch_size, drop_last)
+    full, rest = divmod(int(examples), per_epoch)
+    return full * iterations_per_epoch(n, batch_size, drop_last) + rest // batch_size
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A per-trial compute cap and its evaluation grid, in one of four units."""
+
+    unit: str  # updates | examples | epochs | seconds
+    per_trial: float
+    eval_every: float
+
+    def step_scale(self, n_train: int) -> float:
+        """Multiplier from budget units to the integer step reported to the pruner."""
+        return {"updates": 1, "examples": 1, "epochs": n_train, "seconds": 1000}[self.unit]
+
+    def to_step(self, units: float, n_train: int) -> int:
+        return int(round(units * self.step_scale(n_train)))
+
+    def updates_cap(self, n: int, batch_size: int, drop_last: bool) -> int | None:
+        """Updates the budget allows; None for seconds (planned from measured throughput)."""
+        if self.unit == "updates":
+            return int(self.per_trial)
+        if self.unit == "examples":
+            return updates_within_examples(self.per_trial, n, batch_size, drop_last)
+        if self.unit == "epochs":
+            per_epoch = iterations_per_epoch(n, batch_size, drop_last)
+            return math.floor(self.per_trial * per_epoch + 1e-9)
+        return None
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """What one trial will do, derived before it trains."""
+
+    n_train: int
+    batch_size: int
+    drop_last: bool
+    iterations_per_epoch: int
+    planned_updates: int
+    stop_reason: str  # why training ends if nothing else stops it: budget | epochs
+
+    @property
+    def planned_examples(self) -> int:
+        return examples_after(self.planned_updates, self.n_train, self.batch_size, self.drop_last)
+
+    @property
+    def planned_epochs(self) -> float:
+        return self.planned_updates / self.iterations_per_epoch
+
+
+def plan_trial(
+    budget: Budget,
+    n_train: int,
+    batch_size: int,
+    epochs: int | None = None,
+    drop_last: bool = False,
+    updates_for_seconds: int | None = None,
+) -> TrialPlan:
+    """Plan min(epochs, budget) updates; a seconds budget passes its throughput-based estimate."""
+    per_epoch = iterations_per_epoch(n_train, batch_size, drop_last)
+    if per_epoch < 1:
+        raise ValueError(f"batch size {batch_size} exceeds the {n_train} training examples with drop_last")
+    cap = budget.updates_cap(n_train, batch_size, drop_last)
+    if cap is None:
+        cap = updates_for_seconds if updates_for_seconds is not None else 2**62
+    if epochs is not None and epochs * per_epoch < cap:
+        return TrialPlan(n_train, batch_size, drop_last, per_epoch, epochs * per_epoch, "epochs")
+    return TrialPlan(n_train, batch_size, drop_last, per_epoch, cap, "budget")

@@ -1,0 +1,304 @@
+"""The study file: one dataclass per YAML section, validated before anything runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from sweeps.schema import ConfigError, build, join
+
+SamplerName = Literal["tpe", "random", "grid", "qmc", "gp", "cmaes"]
+PrunerName = Literal["none", "median", "hyperband", "successive_halving"]
+BudgetUnit = Literal["updates", "examples", "epochs", "seconds"]
+CouplingName = Literal["none", "linear", "sqrt", "adam_sqrt"]
+ScheduleName = Literal["constant", "cosine", "linear"]
+OptimizerName = Literal["sgd", "adam", "adamw"]
+
+
+def check(ok: bool, path: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(path, message)
+
+
+@dataclass
+class StudySection:
+    name: str
+    metric: str
+    n_trials: int
+    storage: str | None = None
+    direction: Literal["maximize", "minimize"] = "maximize"
+    seed: int = 0
+    max_failures: int = 5  # consecutive failed trials after which the sweep stops
+
+    def validate(self, path: str) -> None:
+        check(bool(self.name.strip()), join(path, "name"), "must not be empty")
+        check(self.n_trials >= 1, join(path, "n_trials"), f"must be >= 1 (got {self.n_trials})")
+        check(self.max_failures >= 1, join(path, "max_failures"), "must be >= 1")
+
+
+@dataclass
+class SamplerSection:
+    name: SamplerName = "tpe"
+    n_startup_trials: int = 10  # tpe and gp: random trials before the model is used
+    grid_points: int = 4  # grid: points per continuous parameter
+
+    def validate(self, path: str) -> None:
+        check(self.n_startup_trials >= 0, join(path, "n_startup_trials"), "must be >= 0")
+        check(self.grid_points >= 1, join(path, "grid_points"), "must be >= 1")
+
+
+@dataclass
+class PrunerSection:
+    name: PrunerName = "hyperband"
+    reduction_factor: int = 3
+    min_resource: float | None = None  # budget units; defaults to budget.eval_every
+    n_startup_trials: int = 5  # median
+    warmup: float = 0.0  # median: budget units before any pruning
+
+    def validate(self, path: str) -> None:
+        check(self.reduction_factor >= 2, join(path, "reduction_factor"), "must be >= 2")
+        if self.min_resource is not None:
+            check(self.min_resource > 0, join(path, "min_resource"), "must be > 0")
+        check(self.n_startup_trials >= 0, join(path, "n_startup_trials"), "must be >= 0")
+        check(self.warmup >= 0, join(path, "warmup"), "must be >= 0")
+
+
+@dataclass
+class ObjectiveSection:
+    task: str
+    optimizer: OptimizerName = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    device: str = "auto"
+    drop_last: bool = False
+    max_micro_batch: int | None = None
+    eval_batch_size: int = 4096
+    options: dict[str, Any] = field(default_factory=dict)  # passed to the task factory
+
+    def validate(self, path: str) -> None:
+        check(bool(self.task.strip()), join(path, "task"), "must not be empty")
+        check(0 <= self.momentum < 1, join(path, "momentum"), "must be in [0, 1)")
+        check(self.weight_decay >= 0, join(path, "weight_decay"), "must be >= 0")
+        for i, beta in enumerate(self.betas):
+            check(0 <= beta < 1, join(join(path, "betas"), i), "must be in [0, 1)")
+        check(self.eps > 0, join(path, "eps"), "must be > 0")
+        device_ok = self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")
+        check(device_ok, join(path, "device"), f"must be auto, cpu, cuda or cuda:N (got {self.device!r})")
+        if self.max_micro_batch is not None:
+            check(self.max_micro_batch >= 1, join(path, "max_micro_batch"), "must be >= 1")
+        check(self.eval_batch_size >= 1, join(path, "eval_batch_size"), "must be >= 1")
+
+
+@dataclass
+class BudgetSection:
+    unit: BudgetUnit
+    per_trial: float
+    eval_every: float | None = None  # budget units between evaluations; default per_trial / 10
+
+    def validate(self, path: str) -> None:
+        check(self.per_trial > 0, join(path, "per_trial"), f"must be > 0 (got {self.per_trial:g})")
+        if self.unit in ("updates", "examples"):
+            check(
+                float(self.per_trial).is_integer(),
+                join(path, "per_trial"),
+                f"must be a whole number of {self.unit}",
+            )
+        if self.eval_every is None:
+            self.eval_every = self.per_trial / 10
+            if self.unit in ("updates", "examples"):
+                self.eval_every = max(1.0, math.floor(self.eval_every))
+        check(self.eval_every > 0, join(path, "eval_every"), "must be > 0")
+        check(
+            self.eval_every <= self.per_trial,
+            join(path, "eval_every"),
+            f"must be <= per_trial ({self.eval_every:g} > {self.per_trial:g})",
+        )
+
+
+@dataclass
+class IntRange:
+    low: int
+    high: int
+    log: bool = False
+    power_of_two: bool = False
+
+    def validate(self, path: str) -> None:
+        check(self.low <= self.high, path, f"empty or inverted range: low {self.low} > high {self.high}")
+        if self.log:
+            check(self.low >= 1, join(path, "low"), "must be >= 1 on a log scale")
+        if self.power_of_two:
+            check(self.low >= 1, join(path, "low"), "must be >= 1")
+            check(
+                power_of_two_values(self.low, self.high) != [],
+                path,
+                f"holds no power of two between {self.low} and {self.high}",
+            )
+
+    def values(self) -> list[int]:
+        if self.power_of_two:
+            return power_of_two_values(self.low, self.high)
+        return list(range(self.low, self.high + 1))
+
+
+@dataclass
+class FloatRange:
+    low: float
+    high: float
+    log: bool = False
+
+    def validate(self, path: str) -> None:
+        check(self.low <= self.high, path, f"empty or inverted range: low {self.low:g} > high {self.high:g}")
+        if self.log:
+            check(self.low > 0, join(path, "low"), "must be > 0 on a log scale")
+
+
+def power_of_two_values(low: int, high: int) -> list[int]:
+    exponent = max(0, math.ceil(math.log2(max(low, 1))))
+    values = []
+    while 2**exponent <= high:
+        values.append(2**exponent)
+        exponent += 1
+    return values
+
+
+@dataclass
+class SearchSection:
+    batch_size: IntRange | list[int] | int
+    base_lr: FloatRange | list[float] | float
+    coupling: list[CouplingName] | CouplingName = "none"
+    reference_batch_size: int | None = None  # default: the smallest candidate batch size
+    epochs: IntRange | list[int] | int | None = None
+    warmup_fraction: FloatRange | float = 0.0
+
+    def validate(self, path: str) -> None:
+        sizes = self.batch_sizes()
+        check(bool(sizes), join(path, "batch_size"), "must hold at least one batch size")
+        for b in sizes:
+            check(b >= 1, join(path, "batch_size"), f"batch sizes must be >= 1 (got {b})")
+        if isinstance(self.base_lr, FloatRange):
+            check(self.base_lr.low > 0, join(join(path, "base_lr"), "low"), "must be > 0")
+        else:
+            lrs = self.base_lr if isinstance(self.base_lr, list) else [self.base_lr]
+            check(bool(lrs), join(path, "base_lr"), "must hold at least one value")
+            check(all(lr > 0 for lr in lrs), join(path, "base_lr"), "learning rates must be > 0")
+        if isinstance(self.coupling, list):
+            check(bool(self.coupling), join(path, "coupling"), "must hold at least one rule")
+        if self.reference_batch_size is None:
+            self.reference_batch_size = min(sizes)
+        check(self.reference_batch_size >= 1, join(path, "reference_batch_size"), "must be >= 1")
+        if self.epochs is not None:
+            for e in self.epoch_choices():
+                check(e >= 1, join(path, "epochs"), f"epochs must be >= 1 (got {e})")
+        warm = self.warmup_fraction
+        low, high = (warm.low, warm.high) if isinstance(warm, FloatRange) else (warm, warm)
+        check(0 <= low and high < 1, join(path, "warmup_fraction"), "must lie in [0, 1)")
+
+    def batch_sizes(self) -> list[int]:
+        if isinstance(self.batch_size, IntRange):
+            return self.batch_size.values()
+        return list(self.batch_size) if isinstance(self.batch_size, list) else [self.batch_size]
+
+    def epoch_choices(self) -> list[int]:
+        if self.epochs is None:
+            return []
+        if isinstance(self.epochs, IntRange):
+            return [self.epochs.low, self.epochs.high]
+        return list(self.epochs) if isinstance(self.epochs, list) else [self.epochs]
+
+    def couplings(self) -> list[str]:
+        return list(self.coupling) if isinstance(self.coupling, list) else [self.coupling]
+
+    def reference_lr(self) -> float:
+        """The base LR the dry-run plan shows: the geometric middle of the searched range."""
+        lr = self.base_lr
+        if isinstance(lr, FloatRange):
+            return math.sqrt(lr.low * lr.high) if lr.log else (lr.low + lr.high) / 2
+        return lr[0] if isinstance(lr, list) else lr
+
+
+@dataclass
+class ScheduleSection:
+    name: ScheduleName = "cosine"
+    final_lr_fraction: float = 0.0  # the LR at the last planned update, as a fraction of peak
+
+    def validate(self, path: str) -> None:
+        check(0 <= self.final_lr_fraction <= 1, join(path, "final_lr_fraction"), "must be in [0, 1]")
+
+
+@dataclass
+class EarlyStoppingSection:
+    patience: int
+    min_delta: float = 0.0
+
+    def validate(self, path: str) -> None:
+        check(self.patience >= 1, join(path, "patience"), "must be >= 1")
+        check(self.min_delta >= 0, join(path, "min_delta"), "must be >= 0")
+
+
+@dataclass
+class SweepConfig:
+    study: StudySection
+    objective: ObjectiveSection
+    budget: BudgetSection
+    search: SearchSection
+    sampler: SamplerSection = field(default_factory=SamplerSection)
+    pruner: PrunerSection = field(default_factory=PrunerSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    early_stopping: EarlyStoppingSection | None = None
+    base_dir: str = "."  # folder of the YAML file; relative SQLite paths resolve against it
+
+    def validate(self, path: str) -> None:
+        uses_adam_rule = "adam_sqrt" in self.search.couplings()
+        if uses_adam_rule and self.objective.optimizer == "sgd":
+            raise ConfigError(
+                "search.coupling", "adam_sqrt scales Adam's betas and eps: it needs optimizer adam or adamw"
+            )
+        if self.budget.unit == "examples":
+            largest = max(self.search.batch_sizes())
+            check(
+                self.budget.per_trial >= largest,
+                "budget.per_trial",
+                f"{self.budget.per_trial:g} examples cannot hold one update of batch size {largest}",
+            )
+        if self.pruner.name == "hyperband" and self.budget.unit != "seconds":
+            min_resource = self.pruner.min_resource or self.budget.eval_every
+            check(
+                min_resource <= self.budget.per_trial,
+                "pruner.min_resource",
+                "must be <= budget.per_trial",
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.pop("base_dir")
+        return data
+
+
+def parse_config(data: Any, base_dir: str | Path = ".") -> SweepConfig:
+    if not isinstance(data, dict):
+        raise ConfigError("", f"the study file must be a mapping of sections, got {type(data).__name__}")
+    data = dict(data)
+    data.pop("base_dir", None)
+    config = build(SweepConfig, data, "")
+    config.base_dir = str(Path(base_dir).resolve())
+    return config
+
+
+def load_config(path: str | Path) -> SweepConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError("", f"cannot read study file {path}: {err.strerror or err}") from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError("", f"{path} is not valid YAML: {err}") from err
+    return parse_config(data, base_dir=path.parent)

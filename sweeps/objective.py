@@ -1,0 +1,160 @@
+"""One Optuna trial: suggest, couple the LR, plan the budget, train, and record what was derived."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import optuna
+import torch
+
+from objectives.registry import TaskFactory
+from objectives.task import Task, TrialSettings
+from objectives.trainer import EarlyStopping, Trainer, TrainResult, measure_seconds_per_update
+from sweeps.budget import Budget, TrialPlan, plan_trial
+from sweeps.config import ObjectiveSection, SweepConfig
+from sweeps.coupling import Coupled, Schedule, couple
+from sweeps.space import Suggestion, suggest
+
+
+def trial_seed(study_seed: int, trial_number: int) -> int:
+    """Deterministic and distinct per trial; same study seed and number, same training run."""
+    return (study_seed * 1_000_003 + trial_number * 7_919 + 1) % (2**31 - 1)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"objective.device is {name!r} but no CUDA device is available")
+    return device
+
+
+def build_optimizer(section: ObjectiveSection, params, coupled: Coupled) -> torch.optim.Optimizer:
+    if section.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=coupled.lr, momentum=section.momentum,
+                               weight_decay=section.weight_decay)
+    optimizer = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[section.optimizer]
+    return optimizer(params, lr=coupled.lr, betas=coupled.betas or section.betas,
+                     eps=coupled.eps or section.eps, weight_decay=section.weight_decay)
+
+
+@dataclass
+class PreparedTrial:
+    """Everything derived before training starts."""
+
+    suggestion: Suggestion
+    seed: int
+    task: Task
+    coupled: Coupled
+    optimizer: torch.optim.Optimizer
+    plan: TrialPlan
+    schedule: Schedule
+
+
+class SweepObjective:
+    """The callable handed to `study.optimize`; the service owns the loop, the task only data."""
+
+    def __init__(self, config: SweepConfig, factory: TaskFactory, budget: Budget):
+        self.config = config
+        self.factory = factory
+        self.budget = budget
+        self.device = resolve_device(config.objective.device)
+
+    def prepare(self, trial: optuna.Trial) -> PreparedTrial:
+        cfg = self.config
+        point = suggest(trial, cfg.search)
+        seed = trial_seed(cfg.study.seed, trial.number)
+        coupled = couple(point.coupling, point.base_lr, point.batch_size,
+                         cfg.search.reference_batch_size, cfg.objective.betas, cfg.objective.eps)
+        task = self.make_task(point, coupled, seed, trial.params)
+        optimizer = build_optimizer(cfg.objective, task.model.parameters(), coupled)
+        n_train = len(task.train[0])
+        timed_updates = None
+        if self.budget.unit == "seconds":
+            per_update = measure_seconds_per_update(task, optimizer, point.batch_size)
+            timed_updates = max(1, math.floor(self.budget.per_trial / per_update))
+        plan = plan_trial(self.budget, n_train, point.batch_size, point.epochs,
+                          cfg.objective.drop_last, timed_updates)
+        schedule = Schedule.build(coupled.lr, plan.planned_updates, point.warmup_fraction,
+                                  cfg.schedule.name, cfg.schedule.final_lr_fraction)
+        return PreparedTrial(point, seed, task, coupled, optimizer, plan, schedule)
+
+    def make_task(self, point: Suggestion, coupled: Coupled, seed: int, params: dict) -> Task:
+        torch.manual_seed(seed)  # model initialisation
+        settings = TrialSettings(
+            batch_size=point.batch_size, lr=coupled.lr, seed=seed, device=self.device,
+            params=dict(params), options=dict(self.config.objective.options),
+            base_dir=self.config.base_dir,
+        )
+        task = self.factory(settings)
+        if not isinstance(task, Task):
+            raise TypeError(f"task factory returned {type(task).__name__}, not objectives.Task")
+        task.validate()
+        return task.to(self.device)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            prepared = self.prepare(trial)
+            record_plan(trial, prepared, self.device)
+            result = self.train(trial, prepared)
+        except optuna.TrialPruned:
+            raise
+        except Exception as err:
+            trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:2000])
+            raise
+        record_result(trial, result, prepared.plan)
+        if result.stop_reason in ("pruned", "diverged") or result.best_value is None:
+            raise optuna.TrialPruned(f"{result.stop_reason} after {result.updates} updates")
+        return result.best_value
+
+    def train(self, trial: optuna.Trial, prepared: PreparedTrial) -> TrainResult:
+        cfg = self.config
+
+        def report(value: float, step: int) -> bool:
+            trial.report(value, step)
+            return trial.should_prune()
+
+        stopping = cfg.early_stopping
+        trainer = Trainer(
+            prepared.task, prepared.optimizer, prepared.schedule, prepared.plan, self.budget,
+            maximize=cfg.study.direction == "maximize",
+            seed=prepared.seed,
+            reporter=report,
+            early_stopping=EarlyStopping(stopping.patience, stopping.min_delta) if stopping else None,
+            max_micro_batch=cfg.objective.max_micro_batch,
+            eval_batch_size=cfg.objective.eval_batch_size,
+        )
+        return trainer.train()
+
+
+def record_plan(trial: optuna.Trial, prepared: PreparedTrial, device: torch.device) -> None:
+    """What the trial derived before training, so even a crashed trial shows its settings."""
+    attrs = {
+        "batch_size": prepared.suggestion.batch_size,
+        "lr": prepared.coupled.lr,
+        "coupling": prepared.suggestion.coupling,
+        "iterations_per_epoch": prepared.plan.iterations_per_epoch,
+        "planned_updates": prepared.plan.planned_updates,
+        "seed": prepared.seed,
+        "n_train": prepared.plan.n_train,
+        "device": str(device),
+    }
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+
+
+def record_result(trial: optuna.Trial, result: TrainResult, plan: TrialPlan) -> None:
+    attrs = {
+        "updates": result.updates,
+        "examples_seen": result.examples_seen,
+        "epochs_completed": round(result.updates / plan.iterations_per_epoch, 4),
+        "train_seconds": round(result.train_seconds, 4),
+        "eval_seconds": round(result.eval_seconds, 4),
+        "examples_per_second": round(result.examples_per_second, 1),
+        "stop_reason": result.stop_reason,
+        "best_step": result.best_step,
+    }
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)

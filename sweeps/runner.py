@@ -1,0 +1,142 @@
+"""Run a study to its total trial count, resuming whatever the store already holds."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from objectives.registry import resolve_task
+from objectives.task import TrialSettings
+from storage import open_storage, redact, resolve_url
+from sweeps.config import SweepConfig
+from sweeps.objective import SweepObjective, resolve_device
+from sweeps.plan import budget_of, check_plan
+from sweeps.progress import Progress
+from sweeps.strategies import build_pruner, build_sampler
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class SweepFailed(RuntimeError):
+    """Too many trials in a row failed: the task itself is broken, not one configuration."""
+
+
+@dataclass
+class SweepTarget:
+    """Where and how much: the CLI's overrides applied to the study file."""
+
+    storage_url: str
+    study_name: str
+    n_trials: int
+
+
+def target_of(config: SweepConfig, storage: str | None = None, study_name: str | None = None,
+              n_trials: int | None = None) -> SweepTarget:
+    name = study_name or config.study.name
+    url = resolve_url(storage or config.study.storage, config.base_dir, name)
+    return SweepTarget(url, name, n_trials or config.study.n_trials)
+
+
+def training_set_size(config: SweepConfig) -> int:
+    """Build the task once, untrained, to learn N; nothing touches the store."""
+    factory = resolve_task(config.objective.task)
+    search = config.search
+    settings = TrialSettings(
+        batch_size=search.reference_batch_size, lr=search.reference_lr(), seed=config.study.seed,
+        device=resolve_device(config.objective.device), options=dict(config.objective.options),
+        base_dir=config.base_dir,
+    )
+    task = factory(settings)
+    task.validate()
+    return len(task.train[0])
+
+
+def finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+class StopRule:
+    """Stop at the study's total of finished trials, or after too many failures in a row."""
+
+    def __init__(self, n_trials: int, max_failures: int):
+        self.n_trials = n_trials
+        self.max_failures = max_failures
+        self.failures_in_a_row = 0
+        self.last_error: str | None = None
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state == TrialState.FAIL:
+            self.failures_in_a_row += 1
+            self.last_error = trial.user_attrs.get("error", "see the log above")
+            if self.failures_in_a_row >= self.max_failures:
+                study.stop()
+        else:
+            self.failures_in_a_row = 0
+        if finished_count(study) >= self.n_trials:
+            study.stop()
+
+    @property
+    def gave_up(self) -> bool:
+        return self.failures_in_a_row >= self.max_failures
+
+
+def open_study(config: SweepConfig, target: SweepTarget, n_train: int,
+               sampler_seed: int | None = None) -> optuna.Study:
+    storage = open_storage(target.storage_url)
+    seed = config.study.seed if sampler_seed is None else sampler_seed
+    study = optuna.create_study(
+        storage=storage,
+        study_name=target.study_name,
+        direction=config.study.direction,
+        sampler=build_sampler(config.sampler, config.search, seed),
+        pruner=build_pruner(config.pruner, budget_of(config), n_train),
+        load_if_exists=True,
+    )
+    if study.direction.name.lower() != config.study.direction:
+        raise optuna.exceptions.OptunaError(
+            f"study {target.study_name!r} in {redact(target.storage_url)} was created to "
+            f"{study.direction.name.lower()}, but the study file says {config.study.direction}"
+        )
+    if "config" not in study.user_attrs:
+        study.set_metric_names([config.study.metric])
+        study.set_user_attr("config", json.loads(json.dumps(config.to_dict(), default=str)))
+        study.set_user_attr("budget_unit", config.budget.unit)
+        study.set_user_attr("step_unit", {"epochs": "examples", "seconds": "ms"}.get(
+            config.budget.unit, config.budget.unit))
+    return study
+
+
+def run_sweep(config: SweepConfig, target: SweepTarget, show_progress: bool = True) -> optuna.Study:
+    """Run until the study holds `target.n_trials` finished trials; return the study."""
+    optuna.logging.set_verbosity(logging.WARNING)
+    n_train = training_set_size(config)
+    check_plan(config, n_train)
+    factory = resolve_task(config.objective.task)
+    budget = budget_of(config)
+    study = open_study(config, target, n_train)
+    stop_rule = StopRule(target.n_trials, config.study.max_failures)
+    progress = Progress(target.n_trials, budget, config.study.metric) if show_progress else None
+    if finished_count(study) >= target.n_trials:
+        if progress:
+            progress(study, None)
+        return study
+    callbacks = [stop_rule] + ([progress] if progress else [])
+    try:
+        study.optimize(
+            SweepObjective(config, factory, budget),
+            callbacks=callbacks,
+            catch=(Exception,),
+            gc_after_trial=False,
+        )
+    finally:
+        if progress:
+            progress.close()
+    if stop_rule.gave_up:
+        raise SweepFailed(
+            f"{stop_rule.failures_in_a_row} trials in a row failed; last error: {stop_rule.last_error}"
+        )
+    return study

@@ -1,0 +1,51 @@
+"""Samplers and pruners from the study file. Pruner resources are in report steps (see budget)."""
+
+from __future__ import annotations
+
+import optuna
+
+from sweeps.budget import Budget
+from sweeps.config import PrunerSection, SamplerSection, SearchSection
+from sweeps.space import grid_space
+
+
+def build_sampler(section: SamplerSection, search: SearchSection, seed: int) -> optuna.samplers.BaseSampler:
+    name = section.name
+    if name == "tpe":
+        return optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=section.n_startup_trials, constant_liar=True
+        )
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        return optuna.samplers.GridSampler(grid_space(search, section.grid_points), seed=seed)
+    if name == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=section.n_startup_trials)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    raise ValueError(f"unknown sampler {name!r}")
+
+
+def build_pruner(section: PrunerSection, budget: Budget, n_train: int) -> optuna.pruners.BasePruner:
+    name = section.name
+    min_units = section.min_resource or budget.eval_every
+    min_step = max(1, budget.to_step(min_units, n_train))
+    max_step = max(min_step, budget.to_step(budget.per_trial, n_train))
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    if name == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=section.n_startup_trials,
+            n_warmup_steps=budget.to_step(section.warmup, n_train),
+        )
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=min_step, max_resource=max_step, reduction_factor=section.reduction_factor
+        )
+    if name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=min_step, reduction_factor=section.reduction_factor
+        )
+    raise ValueError(f"unknown pruner {name!r}")
