@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable
 
 from objectives.task import Task, TrialSettings
@@ -13,6 +14,7 @@ BUILTIN = {
     "digits_mlp": "objectives.digits:digits_mlp",
     "digits_cnn": "objectives.digits:digits_cnn",
     "regression": "objectives.regression:regression",
+    "resnet_synthetic": "objectives.synthetic_images:resnet_synthetic",
 }
 
 
@@ -20,8 +22,11 @@ class TaskNotFound(LookupError):
     pass
 
 
-def resolve_task(name: str) -> TaskFactory:
+def resolve_task(name: str, study_dir: str | None = None) -> TaskFactory:
+    """`study_dir` (the study file's folder) is importable too, so a task module can sit beside it."""
     target = BUILTIN.get(name, name)
+    if study_dir and study_dir not in sys.path:
+        sys.path.append(study_dir)
     if ":" not in target:
         known = ", ".join(sorted(BUILTIN))
         raise TaskNotFound(f"unknown task {name!r}: use one of {known} or 'package.module:factory'")

@@ -7,6 +7,7 @@ loss ends it as diverged. The value is the best evaluation, whose weights are re
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -38,13 +39,20 @@ class TrainResult:
     examples_seen: int = 0
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
-    stop_reason: str = "budget"  # budget | epochs | early_stopping | pruned | diverged
+    stop_reason: str = "budget"  # budget | epochs | early_stopping | pruned | diverged | oom
     history: list[tuple[int, float]] = field(default_factory=list)
     last_train_loss: float | None = None
+    micro_batch: int = 0  # largest micro-batch in use at the end (after any OOM recovery)
+    accumulation_steps: int = 1
+    peak_memory_mb: float | None = None  # CUDA only
 
     @property
     def examples_per_second(self) -> float:
         return self.examples_seen / self.train_seconds if self.train_seconds > 0 else 0.0
+
+
+class OutOfMemory(RuntimeError):
+    """Not even a micro-batch of one example fits on the device."""
 
 
 def micro_batches(batch_size: int, max_micro_batch: int | None) -> int:
@@ -101,6 +109,7 @@ class Trainer:
         early_stopping: EarlyStopping | None = None,
         max_micro_batch: int | None = None,
         eval_batch_size: int = 4096,
+        precision: str = "fp32",
     ):
         self.task = task
         self.model: nn.Module = task.model
@@ -115,7 +124,12 @@ class Trainer:
         self.eval_batch_size = eval_batch_size
         device = task.train[0].device
         self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.device = device
         self.check_every = 1 if device.type == "cpu" else 32  # host syncs are free on the CPU
+        self.autocast = (
+            torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+            else contextlib.nullcontext()
+        )
         self.result = TrainResult()
         self.best_state: dict[str, Tensor] | None = None
         self.patience_ref: float | None = None
@@ -124,19 +138,54 @@ class Trainer:
     # --- the hot path -------------------------------------------------------------------
     def step(self, xb: Tensor, yb: Tensor) -> Tensor:
         if self.accumulation == 1:
-            loss = self.task.loss(self.model(xb), yb)
+            with self.autocast:
+                loss = self.task.loss(self.model(xb), yb)
             loss.backward()
         else:
             loss = torch.zeros((), device=xb.device)
             for xs, ys in zip(xb.tensor_split(self.accumulation), yb.tensor_split(self.accumulation)):
-                part = self.task.loss(self.model(xs), ys) * (len(xs) / len(xb))
+                with self.autocast:
+                    part = self.task.loss(self.model(xs), ys) * (len(xs) / len(xb))
                 part.backward()
                 loss += part.detach()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
+    def step_within_memory(self, xb: Tensor, yb: Tensor) -> Tensor:
+        """On OOM, halve the micro-batch and double accumulation: same batch, LR and update."""
+        while True:
+            try:
+                return self.step(xb, yb)
+            except torch.cuda.OutOfMemoryError:
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if self.accumulation >= len(xb):
+                    raise OutOfMemory(f"a micro-batch of 1 does not fit (batch {len(xb)})") from None
+                self.accumulation = min(2 * self.accumulation, len(xb))
+
     def train(self) -> TrainResult:
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            torch.cuda.synchronize(self.device)
+        started = time.perf_counter()
+        try:
+            self.run_updates(started)
+        except OutOfMemory:
+            self.result.stop_reason = "oom"
+        if cuda:
+            torch.cuda.synchronize(self.device)  # so train_seconds and throughput are true
+            self.result.peak_memory_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        self.result.train_seconds = time.perf_counter() - started - self.result.eval_seconds
+        self.result.accumulation_steps = self.accumulation
+        self.result.micro_batch = -(-self.plan.batch_size // self.accumulation)
+        if self.result.stop_reason != "oom":
+            self.finish()
+        return self.result
+
+    def run_updates(self, started: float) -> None:
         x, y = self.task.train
         n, batch_size = len(x), self.plan.batch_size
         per_epoch = self.plan.iterations_per_epoch
@@ -148,7 +197,6 @@ class Trainer:
         losses_since_check = 0
         perm = x.new_empty(0, dtype=torch.long)
         self.model.train()
-        started = time.perf_counter()
         for update in range(self.plan.planned_updates):
             slot = update % per_epoch
             if slot == 0:
@@ -157,11 +205,11 @@ class Trainer:
             lr = self.schedule.lr_at(update)
             for group in groups:
                 group["lr"] = lr
-            loss_sum += self.step(x[idx], y[idx])
+            loss_sum += self.step_within_memory(x[idx], y[idx])
             self.result.updates = update + 1
             self.result.examples_seen += len(idx)
             losses_since_check += 1
-            if (update + 1) % self.check_every == 0 and not torch.isfinite(loss_sum):
+            if (update + 1) % self.check_every == 0 and not math.isfinite(loss_sum.item()):
                 self.result.stop_reason = "diverged"
                 break
             step = points.get(update + 1)
@@ -184,24 +232,31 @@ class Trainer:
                     break
         else:
             self.result.stop_reason = self.plan.stop_reason
-        self.result.train_seconds = time.perf_counter() - started - self.result.eval_seconds
-        self.finish()
-        return self.result
 
     # --- bookkeeping --------------------------------------------------------------------
     def evaluate(self) -> float:
-        x, y = self.task.val
         started = time.perf_counter()
         self.model.eval()
-        total = torch.zeros((), device=x.device)
-        with torch.no_grad():
-            for start in range(0, len(x), self.eval_batch_size):
-                xb, yb = x[start : start + self.eval_batch_size], y[start : start + self.eval_batch_size]
-                total += self.task.metric(self.model(xb), yb).float() * len(xb)
-        value = (total / len(x)).item()
+        while True:
+            try:
+                value = self.metric_over_val()
+                break
+            except torch.cuda.OutOfMemoryError:
+                if self.eval_batch_size == 1:
+                    raise OutOfMemory("evaluation does not fit with one example per chunk") from None
+                self.eval_batch_size = max(1, self.eval_batch_size // 2)
         self.model.train()
         self.result.eval_seconds += time.perf_counter() - started
         return value
+
+    def metric_over_val(self) -> float:
+        x, y = self.task.val
+        total = torch.zeros((), device=x.device)
+        with torch.no_grad(), self.autocast:
+            for start in range(0, len(x), self.eval_batch_size):
+                xb, yb = x[start : start + self.eval_batch_size], y[start : start + self.eval_batch_size]
+                total += self.task.metric(self.model(xb), yb).float() * len(xb)
+        return (total / len(x)).item()
 
     def evaluate_and_report(self, step: int) -> bool:
         """Evaluate at `step`; True when the trial must stop (pruned, diverged, early stop)."""

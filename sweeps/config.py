@@ -80,6 +80,9 @@ class ObjectiveSection:
     drop_last: bool = False
     max_micro_batch: int | None = None
     eval_batch_size: int = 4096
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast for forward and loss
+    compile: bool = False  # torch.compile the model
+    gpu_memory_fraction: float | None = None  # cap this process's share of the GPU (workers sharing one)
     options: dict[str, Any] = field(default_factory=dict)  # passed to the task factory
 
     def validate(self, path: str) -> None:
@@ -94,6 +97,8 @@ class ObjectiveSection:
         if self.max_micro_batch is not None:
             check(self.max_micro_batch >= 1, join(path, "max_micro_batch"), "must be >= 1")
         check(self.eval_batch_size >= 1, join(path, "eval_batch_size"), "must be >= 1")
+        if self.gpu_memory_fraction is not None:
+            check(0 < self.gpu_memory_fraction <= 1, join(path, "gpu_memory_fraction"), "must be in (0, 1]")
 
 
 @dataclass

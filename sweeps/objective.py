@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 from dataclasses import dataclass
 
@@ -16,18 +17,26 @@ from sweeps.config import ObjectiveSection, SweepConfig
 from sweeps.coupling import Coupled, Schedule, couple
 from sweeps.space import Suggestion, suggest
 
+PROBED_MICRO_BATCH_ATTR = "probed_micro_batch"  # set on the study by `python -m sweeps.probe`
+
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
     """Deterministic and distinct per trial; same study seed and number, same training run."""
     return (study_seed * 1_000_003 + trial_number * 7_919 + 1) % (2**31 - 1)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, memory_fraction: float | None = None) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"objective.device is {name!r} but no CUDA device is available")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"objective.device is {name!r} but no CUDA device is available")
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls and convolutions on Ampere+
+        torch.backends.cudnn.allow_tf32 = True
+        if memory_fraction:
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            torch.cuda.set_per_process_memory_fraction(memory_fraction, index)
     return device
 
 
@@ -38,6 +47,10 @@ def build_optimizer(section: ObjectiveSection, params, coupled: Coupled) -> torc
     optimizer = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[section.optimizer]
     return optimizer(params, lr=coupled.lr, betas=coupled.betas or section.betas,
                      eps=coupled.eps or section.eps, weight_decay=section.weight_decay)
+
+
+class OutOfMemoryTrial(RuntimeError):
+    """The trial's batch does not fit the device even one example at a time."""
 
 
 @dataclass
@@ -56,11 +69,14 @@ class PreparedTrial:
 class SweepObjective:
     """The callable handed to `study.optimize`; the service owns the loop, the task only data."""
 
-    def __init__(self, config: SweepConfig, factory: TaskFactory, budget: Budget):
+    def __init__(self, config: SweepConfig, factory: TaskFactory, budget: Budget,
+                 probed_micro_batch: int | None = None):
         self.config = config
         self.factory = factory
         self.budget = budget
-        self.device = resolve_device(config.objective.device)
+        self.device = resolve_device(config.objective.device, config.objective.gpu_memory_fraction)
+        limits = [m for m in (config.objective.max_micro_batch, probed_micro_batch) if m]
+        self.max_micro_batch = min(limits) if limits else None
 
     def prepare(self, trial: optuna.Trial) -> PreparedTrial:
         cfg = self.config
@@ -92,22 +108,34 @@ class SweepObjective:
         if not isinstance(task, Task):
             raise TypeError(f"task factory returned {type(task).__name__}, not objectives.Task")
         task.validate()
-        return task.to(self.device)
+        task.to(self.device)
+        if self.config.objective.compile:
+            task.model = torch.compile(task.model)
+        return task
 
     def __call__(self, trial: optuna.Trial) -> float:
         try:
             prepared = self.prepare(trial)
             record_plan(trial, prepared, self.device)
             result = self.train(trial, prepared)
-        except optuna.TrialPruned:
-            raise
         except Exception as err:
             trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:2000])
             raise
+        finally:
+            self.release_memory()
         record_result(trial, result, prepared.plan)
+        if result.stop_reason == "oom":
+            raise OutOfMemoryTrial(f"batch size {prepared.plan.batch_size} does not fit even as "
+                                   "micro-batches of one example")
         if result.stop_reason in ("pruned", "diverged") or result.best_value is None:
             raise optuna.TrialPruned(f"{result.stop_reason} after {result.updates} updates")
         return result.best_value
+
+    def release_memory(self) -> None:
+        """Free the trial's tensors before the next trial, so device memory does not grow."""
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def train(self, trial: optuna.Trial, prepared: PreparedTrial) -> TrainResult:
         cfg = self.config
@@ -123,8 +151,9 @@ class SweepObjective:
             seed=prepared.seed,
             reporter=report,
             early_stopping=EarlyStopping(stopping.patience, stopping.min_delta) if stopping else None,
-            max_micro_batch=cfg.objective.max_micro_batch,
+            max_micro_batch=self.max_micro_batch,
             eval_batch_size=cfg.objective.eval_batch_size,
+            precision=cfg.objective.precision,
         )
         return trainer.train()
 
@@ -155,6 +184,10 @@ def record_result(trial: optuna.Trial, result: TrainResult, plan: TrialPlan) -> 
         "examples_per_second": round(result.examples_per_second, 1),
         "stop_reason": result.stop_reason,
         "best_step": result.best_step,
+        "micro_batch": result.micro_batch,
+        "accumulation_steps": result.accumulation_steps,
     }
+    if result.peak_memory_mb is not None:
+        attrs["peak_memory_mb"] = round(result.peak_memory_mb, 1)
     for key, value in attrs.items():
         trial.set_user_attr(key, value)

@@ -13,7 +13,7 @@ from objectives.registry import resolve_task
 from objectives.task import TrialSettings
 from storage import open_storage, redact, resolve_url
 from sweeps.config import SweepConfig
-from sweeps.objective import SweepObjective, resolve_device
+from sweeps.objective import PROBED_MICRO_BATCH_ATTR, SweepObjective, resolve_device
 from sweeps.plan import budget_of, check_plan
 from sweeps.progress import Progress
 from sweeps.strategies import build_pruner, build_sampler
@@ -43,7 +43,7 @@ def target_of(config: SweepConfig, storage: str | None = None, study_name: str |
 
 def training_set_size(config: SweepConfig) -> int:
     """Build the task once, untrained, to learn N; nothing touches the store."""
-    factory = resolve_task(config.objective.task)
+    factory = resolve_task(config.objective.task, config.base_dir)
     search = config.search
     settings = TrialSettings(
         batch_size=search.reference_batch_size, lr=search.reference_lr(), seed=config.study.seed,
@@ -115,7 +115,7 @@ def run_sweep(config: SweepConfig, target: SweepTarget, show_progress: bool = Tr
     optuna.logging.set_verbosity(logging.WARNING)
     n_train = training_set_size(config)
     check_plan(config, n_train)
-    factory = resolve_task(config.objective.task)
+    factory = resolve_task(config.objective.task, config.base_dir)
     budget = budget_of(config)
     study = open_study(config, target, n_train)
     stop_rule = StopRule(target.n_trials, config.study.max_failures)
@@ -127,7 +127,7 @@ def run_sweep(config: SweepConfig, target: SweepTarget, show_progress: bool = Tr
     callbacks = [stop_rule] + ([progress] if progress else [])
     try:
         study.optimize(
-            SweepObjective(config, factory, budget),
+            SweepObjective(config, factory, budget, study.user_attrs.get(PROBED_MICRO_BATCH_ATTR)),
             callbacks=callbacks,
             catch=(Exception,),
             gc_after_trial=False,

@@ -1,0 +1,124 @@
+"""Examples/second of the service's trainer against a minimal hand-written loop and a DataLoader loop.
+
+Same model, data, batch size and number of updates for each; runs alternate and the median of
+`--repeats` is reported. Last line: `trainer_vs_minimal=<c/a> trainer_vs_dataloader=<c/b>`.
+
+    python benchmarks/trainer.py                                  # digits MLP on the CPU
+    python benchmarks/trainer.py --task resnet_synthetic --batch-size 256 --updates 200  # a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from objectives.registry import resolve_task
+from objectives.task import Task, TrialSettings
+from objectives.trainer import Trainer
+from sweeps.budget import Budget, plan_trial
+from sweeps.coupling import Schedule
+
+
+def make_task(name: str, device: torch.device, batch_size: int, lr: float) -> Task:
+    torch.manual_seed(0)
+    task = resolve_task(name)(TrialSettings(batch_size, lr, 0, device))
+    return task.to(device)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def minimal_loop(task: Task, batch_size: int, updates: int, lr: float, device) -> float:
+    """(a) What a careful person writes: tensors on the device, index permutation per epoch."""
+    x, y = task.train
+    model, n = task.model, len(x)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    per_epoch = -(-n // batch_size)
+    sync(device)
+    started = time.perf_counter()
+    for u in range(updates):
+        slot = u % per_epoch
+        if slot == 0:
+            perm = torch.randperm(n, device=device)
+        idx = perm[slot * batch_size : (slot + 1) * batch_size]
+        loss = task.loss(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    sync(device)
+    return time.perf_counter() - started
+
+
+def dataloader_loop(task: Task, batch_size: int, updates: int, lr: float, device) -> float:
+    """(b) The textbook loop: a DataLoader over CPU tensors, each batch copied to the device."""
+    x, y = (t.cpu() for t in task.train)
+    loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True)
+    model = task.model
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    done = 0
+    sync(device)
+    started = time.perf_counter()
+    while done < updates:
+        for xb, yb in loader:
+            loss = task.loss(model(xb.to(device)), yb.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            done += 1
+            if done == updates:
+                break
+    sync(device)
+    return time.perf_counter() - started
+
+
+def service_trainer(task: Task, batch_size: int, updates: int, lr: float, device) -> float:
+    """(c) The service's Trainer, with its LR schedule, budget grid and divergence checks."""
+    opt = torch.optim.SGD(task.model.parameters(), lr=lr, momentum=0.9)
+    budget = Budget("updates", updates, updates)  # one evaluation, at the end (not timed)
+    plan = plan_trial(budget, len(task.train[0]), batch_size)
+    schedule = Schedule.build(lr, plan.planned_updates, 0.05, "cosine", 0.0)
+    trainer = Trainer(task, opt, schedule, plan, budget, maximize=True, seed=0)
+    return trainer.train().train_seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--task", default="digits_mlp")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--updates", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    loops = {"minimal": minimal_loop, "dataloader": dataloader_loop, "trainer": service_trainer}
+    speeds: dict[str, list[float]] = {name: [] for name in loops}
+    examples = args.updates * args.batch_size
+    for loop in loops.values():  # warm-up: kernels, allocator, thread pools
+        loop(make_task(args.task, device, args.batch_size, args.lr), args.batch_size, 20, args.lr, device)
+    for _ in range(args.repeats):
+        for name, loop in loops.items():
+            task = make_task(args.task, device, args.batch_size, args.lr)
+            seconds = loop(task, args.batch_size, args.updates, args.lr, device)
+            speeds[name].append(examples / seconds)
+    median = {name: statistics.median(v) for name, v in speeds.items()}
+    print(f"task {args.task}, device {device}, batch {args.batch_size}, {args.updates} updates, "
+          f"median of {args.repeats}")
+    for name, value in median.items():
+        spread = f"{min(speeds[name]):.0f}-{max(speeds[name]):.0f}"
+        print(f"  {name:<10} {value:>12.0f} examples/s  (range {spread})")
+    print(f"trainer_vs_minimal={median['trainer'] / median['minimal']:.3f} "
+          f"trainer_vs_dataloader={median['trainer'] / median['dataloader']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

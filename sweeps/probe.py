@@ -1,0 +1,187 @@
+"""`python -m sweeps.probe STUDY.yaml`: the largest micro-batch that fits, and where speed plateaus.
+
+Doubling, then bisection between the last size that fit and the first that ran out of memory.
+The result (with a safety margin) is stored on the study, so every worker starts from it and
+trials split larger batches into micro-batches up front instead of rediscovering the limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from objectives.registry import TaskNotFound, resolve_task
+from objectives.task import Task, TrialSettings
+from storage import StorageError
+from sweeps.config import SweepConfig, load_config
+from sweeps.coupling import Coupled
+from sweeps.objective import PROBED_MICRO_BATCH_ATTR, build_optimizer, resolve_device
+from sweeps.runner import open_study, target_of
+from sweeps.schema import ConfigError
+
+PLATEAU_GAIN = 1.10  # doubling the batch must buy at least 10% more examples/s
+
+
+@dataclass
+class Measurement:
+    micro_batch: int
+    fits: bool
+    examples_per_second: float = 0.0
+    peak_memory_mb: float | None = None
+
+
+def build_probe_task(config: SweepConfig, device: torch.device) -> Task:
+    factory = resolve_task(config.objective.task, config.base_dir)
+    settings = TrialSettings(
+        batch_size=config.search.reference_batch_size, lr=config.search.reference_lr(),
+        seed=config.study.seed, device=device, options=dict(config.objective.options),
+        base_dir=config.base_dir,
+    )
+    task = factory(settings)
+    task.validate()
+    return task.to(device)
+
+
+def measure(task: Task, optimizer: torch.optim.Optimizer, micro_batch: int, device: torch.device,
+            repeats: int = 3) -> Measurement:
+    """Train `repeats` updates at this micro-batch (after one warm-up) and time them."""
+    x, y = task.train
+    gen = torch.Generator(device=x.device).manual_seed(0)
+    idx = torch.randint(0, len(x), (micro_batch,), device=x.device, generator=gen)
+    xb, yb = x[idx], y[idx]
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        for i in range(repeats + 1):
+            if i == 1:
+                if cuda:
+                    torch.cuda.synchronize(device)
+                started = time.perf_counter()
+            task.loss(task.model(xb), yb).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize(device)
+    except torch.cuda.OutOfMemoryError:
+        optimizer.zero_grad(set_to_none=True)
+        del xb, yb
+        if cuda:
+            torch.cuda.empty_cache()
+        return Measurement(micro_batch, fits=False)
+    elapsed = time.perf_counter() - started
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
+    return Measurement(micro_batch, True, repeats * micro_batch / elapsed, peak)
+
+
+def probe(task: Task, optimizer: torch.optim.Optimizer, device: torch.device, limit: int,
+          start: int = 1) -> list[Measurement]:
+    """Measurements in the order tried: doubling from `start` up to `limit`, then bisection."""
+    tried: list[Measurement] = []
+    size, good, bad = start, 0, None
+    while size <= limit:
+        m = measure(task, optimizer, size, device)
+        tried.append(m)
+        if not m.fits:
+            bad = size
+            break
+        good = size
+        size *= 2
+    if bad is None and good < limit:
+        m = measure(task, optimizer, limit, device)
+        tried.append(m)
+        good, bad = (limit, None) if m.fits else (good, limit)
+    while bad is not None and bad - good > max(1, good // 32):  # ~3%: finer buys nothing
+        middle = (good + bad) // 2
+        m = measure(task, optimizer, middle, device)
+        tried.append(m)
+        good, bad = (middle, bad) if m.fits else (good, middle)
+    return tried
+
+
+def largest_fit(tried: list[Measurement]) -> int:
+    return max((m.micro_batch for m in tried if m.fits), default=0)
+
+
+def plateau(tried: list[Measurement]) -> int | None:
+    """The smallest power-of-two size after which doubling gains less than PLATEAU_GAIN."""
+    doubling = sorted((m for m in tried if m.fits and m.micro_batch & (m.micro_batch - 1) == 0),
+                      key=lambda m: m.micro_batch)
+    for small, big in zip(doubling, doubling[1:]):
+        if big.examples_per_second < PLATEAU_GAIN * small.examples_per_second:
+            return small.micro_batch
+    return None
+
+
+def with_margin(size: int, margin: float) -> int:
+    return max(1, int(size * (1.0 - margin)))
+
+
+def format_probe(tried: list[Measurement], stored: int, limit: int, device: torch.device) -> str:
+    lines = [f"device {device}: micro-batch sizes tried (doubling, then bisection)",
+             f"{'micro_batch':>11}  {'fits':>4}  {'examples/s':>11}  {'peak MB':>8}"]
+    for m in tried:
+        peak = f"{m.peak_memory_mb:.0f}" if m.peak_memory_mb is not None else "-"
+        speed = f"{m.examples_per_second:.0f}" if m.fits else "-"
+        lines.append(f"{m.micro_batch:>11}  {'yes' if m.fits else 'OOM':>4}  {speed:>11}  {peak:>8}")
+    biggest = largest_fit(tried)
+    if biggest >= limit:
+        lines.append(f"every candidate batch size up to {limit} fits as one micro-batch")
+    else:
+        lines.append(f"largest micro-batch that fits: {biggest}; stored with margin: {stored}")
+    flat = plateau(tried)
+    if flat is not None:
+        lines.append(f"throughput stops growing past batch size ~{flat}: larger batches buy no speed "
+                     "on this device (Tuning Playbook), so the search range need not go far beyond it")
+    else:
+        lines.append("throughput still grows at the largest size tried")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sweeps.probe", description=__doc__.splitlines()[0])
+    parser.add_argument("study_file")
+    parser.add_argument("--storage", help="SQLAlchemy URL (overrides the file and $SWEEPS_STORAGE)")
+    parser.add_argument("--study-name")
+    parser.add_argument("--limit", type=int, help="largest size to try (default: the largest batch searched)")
+    parser.add_argument("--margin", type=float, default=0.1, help="safety margin (default 0.1)")
+    parser.add_argument("--no-store", action="store_true", help="print only; do not store on the study")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.study_file)
+        device = resolve_device(config.objective.device, config.objective.gpu_memory_fraction)
+        task = build_probe_task(config, device)
+        optimizer = build_optimizer(config.objective, task.model.parameters(),
+                                    Coupled(config.search.reference_lr()))
+        limit = args.limit or max(config.search.batch_sizes())
+        tried = probe(task, optimizer, device, limit)
+        biggest = largest_fit(tried)
+        if biggest == 0:
+            print("error: not even a micro-batch of 1 fits on this device", file=sys.stderr)
+            return 1
+        stored = biggest if biggest >= limit else with_margin(biggest, args.margin)
+        print(format_probe(tried, stored, limit, device))
+        if not args.no_store:
+            target = target_of(config, args.storage, args.study_name)
+            study = open_study(config, target, len(task.train[0]))
+            study.set_user_attr(PROBED_MICRO_BATCH_ATTR, stored)
+            study.set_user_attr("probe", {
+                "device": str(device), "largest_fit": biggest, "limit": limit,
+                "tried": [[m.micro_batch, m.fits, round(m.examples_per_second, 1)] for m in tried],
+            })
+            print(f"stored {PROBED_MICRO_BATCH_ATTR}={stored} on study {target.study_name!r}")
+    except (ConfigError, TaskNotFound) as err:
+        print(f"error: {args.study_file}: {err}", file=sys.stderr)
+        return 2
+    except StorageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
