@@ -118,15 +118,15 @@ class SweepObjective:
             prepared = self.prepare(trial)
             record_plan(trial, prepared, self.device)
             result = self.train(trial, prepared)
+            record_result(trial, result, prepared.plan)
+            if result.stop_reason == "oom":
+                raise OutOfMemoryTrial(f"batch size {prepared.plan.batch_size} does not fit even as "
+                                       "micro-batches of one example")
         except Exception as err:
             trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:2000])
             raise
         finally:
             self.release_memory()
-        record_result(trial, result, prepared.plan)
-        if result.stop_reason == "oom":
-            raise OutOfMemoryTrial(f"batch size {prepared.plan.batch_size} does not fit even as "
-                                   "micro-batches of one example")
         if result.stop_reason in ("pruned", "diverged") or result.best_value is None:
             raise optuna.TrialPruned(f"{result.stop_reason} after {result.updates} updates")
         return result.best_value

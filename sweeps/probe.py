@@ -37,7 +37,7 @@ class Measurement:
 def build_probe_task(config: SweepConfig, device: torch.device) -> Task:
     factory = resolve_task(config.objective.task, config.base_dir)
     settings = TrialSettings(
-        batch_size=config.search.reference_batch_size, lr=config.search.reference_lr(),
+        batch_size=max(config.search.batch_sizes()), lr=config.search.reference_lr(),
         seed=config.study.seed, device=device, options=dict(config.objective.options),
         base_dir=config.base_dir,
     )
