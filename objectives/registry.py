@@ -18,7 +18,11 @@ BUILTIN = {
 }
 
 
-class TaskNotFound(LookupError):
+class TaskError(RuntimeError):
+    """The task cannot be used: not found, or its factory fails or returns bad data."""
+
+
+class TaskNotFound(TaskError, LookupError):
     pass
 
 

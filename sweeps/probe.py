@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 import torch
 
-from objectives.registry import TaskNotFound, resolve_task
-from objectives.task import Task, TrialSettings
+from objectives.registry import TaskError
+from objectives.task import Task
 from storage import StorageError
-from sweeps.config import SweepConfig, load_config
+from sweeps.config import load_config
 from sweeps.coupling import Coupled
 from sweeps.objective import PROBED_MICRO_BATCH_ATTR, build_optimizer, resolve_device
-from sweeps.runner import open_study, target_of
+from sweeps.runner import build_reference_task, open_study, target_of
 from sweeps.schema import ConfigError
 
 PLATEAU_GAIN = 1.10  # doubling the batch must buy at least 10% more examples/s
@@ -32,18 +32,6 @@ class Measurement:
     fits: bool
     examples_per_second: float = 0.0
     peak_memory_mb: float | None = None
-
-
-def build_probe_task(config: SweepConfig, device: torch.device) -> Task:
-    factory = resolve_task(config.objective.task, config.base_dir)
-    settings = TrialSettings(
-        batch_size=max(config.search.batch_sizes()), lr=config.search.reference_lr(),
-        seed=config.study.seed, device=device, options=dict(config.objective.options),
-        base_dir=config.base_dir,
-    )
-    task = factory(settings)
-    task.validate()
-    return task.to(device)
 
 
 def measure(task: Task, optimizer: torch.optim.Optimizer, micro_batch: int, device: torch.device,
@@ -154,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.study_file)
         device = resolve_device(config.objective.device, config.objective.gpu_memory_fraction)
-        task = build_probe_task(config, device)
+        task = build_reference_task(config, max(config.search.batch_sizes()), device).to(device)
         optimizer = build_optimizer(config.objective, task.model.parameters(),
                                     Coupled(config.search.reference_lr()))
         limit = args.limit or max(config.search.batch_sizes())
@@ -174,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                 "tried": [[m.micro_batch, m.fits, round(m.examples_per_second, 1)] for m in tried],
             })
             print(f"stored {PROBED_MICRO_BATCH_ATTR}={stored} on study {target.study_name!r}")
-    except (ConfigError, TaskNotFound) as err:
+    except (ConfigError, TaskError) as err:
         print(f"error: {args.study_file}: {err}", file=sys.stderr)
         return 2
     except StorageError as err:

@@ -11,7 +11,7 @@ import sys
 
 import optuna
 
-from objectives.registry import TaskNotFound
+from objectives.registry import TaskError
 from storage import StorageError, redact
 from sweeps.config import load_config
 from sweeps.plan import check_plan, format_plan
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         study = run_sweep(config, target, show_progress=not args.quiet)
     except ConfigError as err:
         return fail(EXIT_CONFIG, f"{args.study_file}: {err}")
-    except TaskNotFound as err:
+    except TaskError as err:
         return fail(EXIT_CONFIG, f"{args.study_file}: objective.task: {err}")
     except StorageError as err:
         return fail(EXIT_STORAGE, str(err))

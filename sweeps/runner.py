@@ -7,10 +7,11 @@ import logging
 from dataclasses import dataclass
 
 import optuna
+import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from objectives.registry import resolve_task
-from objectives.task import TrialSettings
+from objectives.registry import TaskError, resolve_task
+from objectives.task import Task, TrialSettings
 from storage import open_storage, redact, resolve_url
 from sweeps.config import SweepConfig
 from sweeps.objective import PROBED_MICRO_BATCH_ATTR, SweepObjective, resolve_device
@@ -41,18 +42,30 @@ def target_of(config: SweepConfig, storage: str | None = None, study_name: str |
     return SweepTarget(url, name, n_trials or config.study.n_trials)
 
 
-def training_set_size(config: SweepConfig) -> int:
-    """Build the task once, untrained, to learn N; nothing touches the store."""
+def build_reference_task(config: SweepConfig, batch_size: int | None = None,
+                         device: torch.device | None = None) -> Task:
+    """The study's task built once outside any trial (to learn N, or to probe memory)."""
     factory = resolve_task(config.objective.task, config.base_dir)
     search = config.search
     settings = TrialSettings(
-        batch_size=search.reference_batch_size, lr=search.reference_lr(), seed=config.study.seed,
-        device=resolve_device(config.objective.device), options=dict(config.objective.options),
-        base_dir=config.base_dir,
+        batch_size=batch_size or search.reference_batch_size, lr=search.reference_lr(),
+        seed=config.study.seed, device=device or resolve_device(config.objective.device),
+        options=dict(config.objective.options), base_dir=config.base_dir,
     )
-    task = factory(settings)
-    task.validate()
-    return len(task.train[0])
+    try:
+        task = factory(settings)
+        if not isinstance(task, Task):
+            raise TypeError(f"the factory returned {type(task).__name__}, not objectives.Task")
+        task.validate()
+    except Exception as err:
+        name = config.objective.task
+        raise TaskError(f"task {name!r} cannot be built: {type(err).__name__}: {err}") from err
+    return task
+
+
+def training_set_size(config: SweepConfig) -> int:
+    """N, from the task built once; nothing touches the store."""
+    return len(build_reference_task(config).train[0])
 
 
 def finished_count(study: optuna.Study) -> int:
