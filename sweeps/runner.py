@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 
 import optuna
@@ -115,7 +116,9 @@ def open_study(config: SweepConfig, target: SweepTarget, n_train: int,
             f"{study.direction.name.lower()}, but the study file says {config.study.direction}"
         )
     if "config" not in study.user_attrs:
-        study.set_metric_names([config.study.metric])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([config.study.metric])
         study.set_user_attr("config", json.loads(json.dumps(config.to_dict(), default=str)))
         study.set_user_attr("budget_unit", config.budget.unit)
         study.set_user_attr("step_unit", {"epochs": "examples", "seconds": "ms"}.get(

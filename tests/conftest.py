@@ -1,0 +1,48 @@
+"""Shared helpers: tiny real studies in a temporary SQLite store."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from sweeps.config import SweepConfig, parse_config
+from sweeps.runner import run_sweep, target_of
+
+TINY = {
+    "study": {"name": "tiny", "metric": "val_mse", "direction": "minimize", "n_trials": 3, "seed": 0},
+    "sampler": {"name": "random"},
+    "pruner": {"name": "none"},
+    "objective": {"task": "regression", "optimizer": "sgd", "options": {"dim": 8, "n_train": 256, "n_val": 64}},
+    "budget": {"unit": "updates", "per_trial": 40, "eval_every": 10},
+    "search": {"batch_size": [16, 64], "base_lr": {"low": 0.01, "high": 0.1, "log": True}},
+}
+
+
+def merged(base: dict, overrides: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path):
+    """make(**section_overrides) -> a validated config whose store lives in tmp_path."""
+
+    def make(**overrides) -> SweepConfig:
+        return parse_config(merged(TINY, overrides), tmp_path)
+
+    return make
+
+
+@pytest.fixture
+def sweep():
+    def run(config: SweepConfig, **target):
+        return run_sweep(config, target_of(config, **target), show_progress=False)
+
+    return run
