@@ -69,8 +69,9 @@ class Schedule:
             return self.peak_lr * (update + 1) / (self.warmup_updates + 1)
         if self.shape == "constant":
             return self.peak_lr
-        decay_updates = self.planned_updates - self.warmup_updates
-        progress = min((update - self.warmup_updates + 1) / max(decay_updates, 1), 1.0)
+        # The first update after warmup runs at the peak, the last planned one at the final value.
+        last = self.planned_updates - 1 - self.warmup_updates
+        progress = min((update - self.warmup_updates) / last, 1.0) if last > 0 else 1.0
         if self.shape == "cosine":
             factor = 0.5 * (1.0 + math.cos(math.pi * progress))
         else:

@@ -62,7 +62,8 @@ def test_schedule_reaches_its_final_value_at_the_last_planned_update(shape, fina
 
 
 def test_cosine_midpoint():
-    schedule = Schedule.build(1.0, 100, 0.0, "cosine", 0.0)
+    schedule = Schedule.build(1.0, 99, 0.0, "cosine", 0.0)
+    assert schedule.lr_at(0) == 1.0
     assert schedule.lr_at(49) == pytest.approx(0.5, abs=1e-9)
 
 
