@@ -15,7 +15,7 @@ from objectives.registry import TaskError
 from storage import StorageError, redact
 from sweeps.config import load_config
 from sweeps.plan import check_plan, format_plan
-from sweeps.runner import SweepFailed, run_sweep, target_of, training_set_size
+from sweeps.runner import SweepFailed, finished_count, run_sweep, target_of, training_set_size
 from sweeps.schema import ConfigError
 
 EXIT_FAILED, EXIT_CONFIG, EXIT_STORAGE, EXIT_INTERRUPTED = 1, 2, 3, 130
@@ -69,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     except optuna.exceptions.OptunaError as err:
         return fail(EXIT_FAILED, str(err))
     print_summary(study, config.study.metric)
+    finished = finished_count(study)
+    if finished < target.n_trials:
+        why = "the grid has no more points" if config.sampler.name == "grid" else "the sampler stopped the study"
+        print(f"note: stopped at {finished} of {target.n_trials} trials: {why}")
     return 0
 
 
