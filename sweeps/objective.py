@@ -1,21 +1,21 @@
-"""One Optuna trial: suggest, couple the LR, plan the budget, train, and record what was derived."""
+"""One trial: couple the LR, plan the budget, train, and collect what it derived."""
 
 from __future__ import annotations
 
-import gc
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import optuna
 import torch
+from optuna.trial import TrialState
 
 from objectives.registry import TaskFactory
 from objectives.task import Task, TrialSettings
-from objectives.trainer import EarlyStopping, Trainer, TrainResult, measure_seconds_per_update
+from objectives.trainer import EarlyStopping, Reporter, Trainer, TrainResult, measure_seconds_per_update
 from sweeps.budget import Budget, TrialPlan, plan_trial
 from sweeps.config import ObjectiveSection, SweepConfig
 from sweeps.coupling import Coupled, Schedule, couple
-from sweeps.space import Suggestion, suggest
+from sweeps.space import Suggestion
 
 PROBED_MICRO_BATCH_ATTR = "probed_micro_batch"  # set on the study by `python -m sweeps.probe`
 
@@ -78,9 +78,8 @@ class SweepObjective:
         limits = [m for m in (config.objective.max_micro_batch, probed_micro_batch) if m]
         self.max_micro_batch = min(limits) if limits else None
 
-    def prepare(self, trial: optuna.Trial) -> PreparedTrial:
+    def prepare(self, trial: optuna.Trial, point: Suggestion) -> PreparedTrial:
         cfg = self.config
-        point = suggest(trial, cfg.search)
         seed = trial_seed(cfg.study.seed, trial.number)
         coupled = couple(point.coupling, point.base_lr, point.batch_size,
                          cfg.search.reference_batch_size, cfg.objective.betas, cfg.objective.eps)
@@ -113,37 +112,42 @@ class SweepObjective:
             task.model = torch.compile(task.model)
         return task
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def run(self, trial: optuna.Trial, point: Suggestion, pruner: Reporter) -> Outcome:
+        """Train one trial; nothing here writes to the store (the sweep loop records the outcome)."""
+        outcome = Outcome(TrialState.FAIL)
+
+        def report(value: float, step: int) -> bool:
+            outcome.curve[step] = value
+            return pruner(value, step)
+
         try:
-            prepared = self.prepare(trial)
-            record_plan(trial, prepared, self.device)
-            result = self.train(trial, prepared)
-            record_result(trial, result, prepared.plan)
+            prepared = self.prepare(trial, point)
+            outcome.attrs.update(plan_attrs(prepared, self.device))
+            result = self.train(prepared, report)
+            outcome.attrs.update(result_attrs(result, prepared.plan))
             if result.stop_reason == "oom":
                 raise OutOfMemoryTrial(f"batch size {prepared.plan.batch_size} does not fit even as "
                                        "micro-batches of one example")
         except Exception as err:
-            trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:2000])
-            raise
+            outcome.attrs["error"] = f"{type(err).__name__}: {err}"[:2000]
+            outcome.error = err
+            return outcome
         finally:
             self.release_memory()
         if result.stop_reason in ("pruned", "diverged") or result.best_value is None:
-            raise optuna.TrialPruned(f"{result.stop_reason} after {result.updates} updates")
-        return result.best_value
+            outcome.state = TrialState.PRUNED
+        else:
+            outcome.state, outcome.value = TrialState.COMPLETE, result.best_value
+        return outcome
 
     def release_memory(self) -> None:
-        """Free the trial's tensors before the next trial, so device memory does not grow."""
-        gc.collect()
+        """Hand the trial's cached device memory back before the next trial (the tensors are gone
+        with their last reference; a full gc.collect would cost more than a short trial)."""
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def train(self, trial: optuna.Trial, prepared: PreparedTrial) -> TrainResult:
+    def train(self, prepared: PreparedTrial, report: Reporter) -> TrainResult:
         cfg = self.config
-
-        def report(value: float, step: int) -> bool:
-            trial.report(value, step)
-            return trial.should_prune()
-
         stopping = cfg.early_stopping
         trainer = Trainer(
             prepared.task, prepared.optimizer, prepared.schedule, prepared.plan, self.budget,
@@ -158,9 +162,20 @@ class SweepObjective:
         return trainer.train()
 
 
-def record_plan(trial: optuna.Trial, prepared: PreparedTrial, device: torch.device) -> None:
-    """What the trial derived before training, so even a crashed trial shows its settings."""
-    attrs = {
+@dataclass
+class Outcome:
+    """How a trial ended and what it records: user attributes and its whole learning curve."""
+
+    state: TrialState
+    value: float | None = None
+    attrs: dict[str, object] = field(default_factory=dict)
+    curve: dict[int, float] = field(default_factory=dict)
+    error: BaseException | None = None
+
+
+def plan_attrs(prepared: PreparedTrial, device: torch.device) -> dict[str, object]:
+    """What the trial derived before training; a crashed trial records these too."""
+    return {
         "batch_size": prepared.suggestion.batch_size,
         "lr": prepared.coupled.lr,
         "coupling": prepared.suggestion.coupling,
@@ -170,11 +185,9 @@ def record_plan(trial: optuna.Trial, prepared: PreparedTrial, device: torch.devi
         "n_train": prepared.plan.n_train,
         "device": str(device),
     }
-    for key, value in attrs.items():
-        trial.set_user_attr(key, value)
 
 
-def record_result(trial: optuna.Trial, result: TrainResult, plan: TrialPlan) -> None:
+def result_attrs(result: TrainResult, plan: TrialPlan) -> dict[str, object]:
     attrs = {
         "updates": result.updates,
         "examples_seen": result.examples_seen,
@@ -189,5 +202,4 @@ def record_result(trial: optuna.Trial, result: TrainResult, plan: TrialPlan) -> 
     }
     if result.peak_memory_mb is not None:
         attrs["peak_memory_mb"] = round(result.peak_memory_mb, 1)
-    for key, value in attrs.items():
-        trial.set_user_attr(key, value)
+    return attrs

@@ -9,18 +9,16 @@ from dataclasses import dataclass
 
 import optuna
 import torch
-from optuna.trial import FrozenTrial, TrialState
 
 from objectives.registry import TaskError, resolve_task
 from objectives.task import Task, TrialSettings
 from storage import open_storage, redact, resolve_url
 from sweeps.config import SweepConfig
+from sweeps.loop import SweepLoop, finished_count
 from sweeps.objective import PROBED_MICRO_BATCH_ATTR, SweepObjective, resolve_device
 from sweeps.plan import budget_of, check_plan
 from sweeps.progress import Progress
 from sweeps.strategies import build_pruner, build_sampler
-
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 class SweepFailed(RuntimeError):
@@ -69,35 +67,6 @@ def training_set_size(config: SweepConfig) -> int:
     return len(build_reference_task(config).train[0])
 
 
-def finished_count(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
-
-
-class StopRule:
-    """Stop at the study's total of finished trials, or after too many failures in a row."""
-
-    def __init__(self, n_trials: int, max_failures: int):
-        self.n_trials = n_trials
-        self.max_failures = max_failures
-        self.failures_in_a_row = 0
-        self.last_error: str | None = None
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.state == TrialState.FAIL:
-            self.failures_in_a_row += 1
-            self.last_error = trial.user_attrs.get("error", "see the log above")
-            if self.failures_in_a_row >= self.max_failures:
-                study.stop()
-        else:
-            self.failures_in_a_row = 0
-        if finished_count(study) >= self.n_trials:
-            study.stop()
-
-    @property
-    def gave_up(self) -> bool:
-        return self.failures_in_a_row >= self.max_failures
-
-
 def open_study(config: SweepConfig, target: SweepTarget, n_train: int,
                sampler_seed: int | None = None) -> optuna.Study:
     storage = open_storage(target.storage_url)
@@ -134,25 +103,18 @@ def run_sweep(config: SweepConfig, target: SweepTarget, show_progress: bool = Tr
     factory = resolve_task(config.objective.task, config.base_dir)
     budget = budget_of(config)
     study = open_study(config, target, n_train)
-    stop_rule = StopRule(target.n_trials, config.study.max_failures)
     progress = Progress(target.n_trials, budget, config.study.metric) if show_progress else None
     if finished_count(study) >= target.n_trials:
         if progress:
             progress(study, None)
         return study
-    callbacks = [stop_rule] + ([progress] if progress else [])
+    objective = SweepObjective(config, factory, budget, study.user_attrs.get(PROBED_MICRO_BATCH_ATTR))
+    loop = SweepLoop(study, config, objective, n_train, target.n_trials, [progress] if progress else [])
     try:
-        study.optimize(
-            SweepObjective(config, factory, budget, study.user_attrs.get(PROBED_MICRO_BATCH_ATTR)),
-            callbacks=callbacks,
-            catch=(Exception,),
-            gc_after_trial=False,
-        )
+        loop.run()
     finally:
         if progress:
             progress.close()
-    if stop_rule.gave_up:
-        raise SweepFailed(
-            f"{stop_rule.failures_in_a_row} trials in a row failed; last error: {stop_rule.last_error}"
-        )
+    if loop.gave_up:
+        raise SweepFailed(f"{loop.failures_in_a_row} trials in a row failed; last error: {loop.last_error}")
     return study

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import optuna
 
 from sweeps.budget import Budget
@@ -12,8 +14,9 @@ from sweeps.space import grid_space
 def build_sampler(section: SamplerSection, search: SearchSection, seed: int) -> optuna.samplers.BaseSampler:
     name = section.name
     if name == "tpe":
+        # Multivariate: one joint model per trial (batch size and LR interact), one history read.
         return optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=section.n_startup_trials, constant_liar=True
+            seed=seed, n_startup_trials=section.n_startup_trials, constant_liar=True, multivariate=True,
         )
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
@@ -26,6 +29,11 @@ def build_sampler(section: SamplerSection, search: SearchSection, seed: int) -> 
     if name == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     raise ValueError(f"unknown sampler {name!r}")
+
+
+def grid_size(config) -> int:
+    space = grid_space(config.search, config.sampler.grid_points)
+    return math.prod(len(values) for values in space.values())
 
 
 def build_pruner(section: PrunerSection, budget: Budget, n_train: int) -> optuna.pruners.BasePruner:
@@ -49,3 +57,25 @@ def build_pruner(section: PrunerSection, budget: Budget, n_train: int) -> optuna
             min_resource=min_step, reduction_factor=section.reduction_factor
         )
     raise ValueError(f"unknown pruner {name!r}")
+
+
+class PruningSteps:
+    """Which report steps the pruner can act on, so only those go to the store during a trial.
+
+    Successive halving and Hyperband decide only at rungs (min_resource x eta^k); the median
+    pruner at every step; none never. Other evaluations are stored once, when the trial ends.
+    """
+
+    def __init__(self, section: PrunerSection, budget: Budget, n_train: int):
+        self.name = section.name
+        self.eta = section.reduction_factor
+        self.next_rung = max(1, budget.to_step(section.min_resource or budget.eval_every, n_train))
+
+    def __call__(self, step: int) -> bool:
+        if self.name == "median":
+            return True
+        if self.name == "none" or step < self.next_rung:
+            return False
+        while self.next_rung <= step:
+            self.next_rung *= self.eta
+        return True

@@ -128,7 +128,10 @@ def test_consecutive_failures_stop_the_cli_with_exit_1(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "2 trials in a row failed" in err and "RuntimeError" in err
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.db")
-    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
+    assert {t.state for t in study.trials} == {TrialState.FAIL}
+    ran = [t for t in study.trials if "not started" not in t.user_attrs["error"]]
+    assert len(ran) == 2 and all("RuntimeError" in t.user_attrs["error"] for t in ran)
+    assert len(study.trials) <= 3  # at most the one asked ahead, closed as not started
 
 
 def interrupting(settings: TrialSettings) -> Task:
@@ -153,8 +156,10 @@ def test_interrupted_trial_is_failed_and_not_counted(tmp_path, tiny_config, monk
     monkeypatch.delenv("SWEEPS_TEST_INTERRUPT")
     assert main([str(study_file), "--quiet"]) == 0
     study = optuna.load_study(study_name="s", storage=storage)
-    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
-    assert len(study.get_trials(states=(TrialState.FAIL,))) == 1
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 3
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert [t.user_attrs["error"] for t in failed][:1] == ["interrupted: KeyboardInterrupt"]
+    assert all(t.user_attrs["error"].startswith("not started") for t in failed[1:])  # the one asked ahead
 
 
 def test_grid_sweep_ends_when_the_grid_is_exhausted(tiny_config, sweep, capsys):

@@ -1,0 +1,179 @@
+"""The sweep loop: training on the calling thread, Optuna's bookkeeping on one background thread.
+
+Asking the sampler for a trial, taking a pruning decision and recording a finished trial each
+cost milliseconds of sampler and storage work, together as much as a short trial's training.
+They run on one bookkeeping thread, in order, while training goes on:
+- the next trial is asked (its parameters sampled) while the current one trains; TPE's constant
+  liar sees the current trial as running, as a second worker would;
+- at the evaluations where the pruner can act, the decision is taken in the background, and a
+  pruned trial stops at its first evaluation after the decision arrives;
+- a finished trial's attributes, learning curve and state are written in one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from storage.batch import write_trial_batch
+from sweeps.config import SweepConfig
+from sweeps.objective import Outcome, SweepObjective
+from sweeps.space import Suggestion, suggest
+from sweeps.strategies import PruningSteps, grid_size
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+logger = logging.getLogger("sweeps")
+
+Callback = Callable[[optuna.Study, FrozenTrial], None]
+
+
+def finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+@dataclass
+class Asked:
+    trial: optuna.Trial
+    point: Suggestion
+    decisions: list[Future]
+
+
+class SweepLoop:
+    """Run trials until the study holds `n_trials` finished ones (across all workers)."""
+
+    def __init__(self, study: optuna.Study, config: SweepConfig, objective: SweepObjective, n_train: int,
+                 n_trials: int, callbacks: list[Callback] | None = None):
+        self.study = study
+        self.config = config
+        self.objective = objective
+        self.n_train = n_train
+        self.n_trials = n_trials
+        self.callbacks = callbacks or []
+        self.in_flight = 0  # asked by this process, not yet told; touched by the bookkeeper only
+        self.failures_in_a_row = 0
+        self.last_error: str | None = None
+        self.sampler_stopped = False
+        self.grid_size = grid_size(config) if config.sampler.name == "grid" else None
+        self.book = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeps-bookkeeping")
+        self.book.submit(self.enter_optimize_context).result()
+
+    @property
+    def gave_up(self) -> bool:
+        return self.failures_in_a_row >= self.config.study.max_failures
+
+    def run(self) -> None:
+        pending: list[Future] = []
+        next_ask = self.book.submit(self.ask)
+        current: Asked | None = None
+        try:
+            while True:
+                current = next_ask.result()
+                if current is None:  # counted with trials still in flight: count again once they are told
+                    current = self.book.submit(self.ask).result()
+                    if current is None:
+                        break
+                next_ask = self.book.submit(self.ask)
+                outcome = self.objective.run(current.trial, current.point, self.pruner_for(current))
+                pending.append(self.book.submit(self.finish, current, outcome))
+                current = None
+                self.count(outcome)
+                if self.gave_up:
+                    self.close_ahead(next_ask, f"not started: {self.failures_in_a_row} trials in a row failed")
+                    break
+                pending = raise_errors_of_done(pending)
+        except BaseException as err:  # Ctrl-C, SIGTERM, a storage failure: close what is open, then stop
+            self.abort(current, next_ask, err)
+            raise
+        finally:
+            self.book.shutdown(wait=True)
+        raise_errors_of_done(pending)
+
+    # --- on the bookkeeping thread ---------------------------------------------------------
+    def enter_optimize_context(self) -> None:
+        # Samplers end a study with study.stop() (the grid sampler, when its grid is used up),
+        # which Optuna allows only inside its own optimize loop: this thread plays that part.
+        self.study._thread_local.in_optimize_loop = True
+
+    def ask(self) -> Asked | None:
+        if self.gave_up or self.sampler_stopped or self.study._stop_flag:
+            return None
+        if finished_count(self.study) + self.in_flight >= self.n_trials:
+            return None
+        if self.grid_size is not None and len(self.study.get_trials(deepcopy=False)) >= self.grid_size:
+            return None  # every grid point is taken; asking again would repeat one
+        trial = self.study.ask()
+        self.in_flight += 1
+        return Asked(trial, suggest(trial, self.config.search), [])
+
+    def decide(self, trial: optuna.Trial, value: float, step: int) -> bool:
+        trial.report(value, step)
+        return trial.should_prune()
+
+    def finish(self, asked: Asked, outcome: Outcome) -> None:
+        trial = asked.trial
+        write_trial_batch(self.study._storage, trial._trial_id, outcome.attrs, outcome.curve)
+        if outcome.state == TrialState.COMPLETE:
+            self.study.tell(trial, outcome.value)
+        else:
+            self.study.tell(trial, state=outcome.state)
+        self.in_flight -= 1
+        if self.study._stop_flag:
+            self.sampler_stopped = True
+        if outcome.error is not None:
+            error = outcome.error
+            logger.warning("trial %d failed: %s", trial.number, outcome.attrs.get("error"),
+                           exc_info=(type(error), error, error.__traceback__))
+        frozen = self.study._storage.get_trial(trial._trial_id)
+        for callback in self.callbacks:
+            callback(self.study, frozen)
+
+    def close_unfinished(self, asked: Asked, reason: str) -> None:
+        write_trial_batch(self.study._storage, asked.trial._trial_id, {"error": reason}, {})
+        self.study.tell(asked.trial, state=TrialState.FAIL)
+        self.in_flight -= 1
+
+    # --- on the training thread -------------------------------------------------------------
+    def count(self, outcome: Outcome) -> None:
+        if outcome.state == TrialState.FAIL:
+            self.failures_in_a_row += 1
+            self.last_error = str(outcome.attrs.get("error"))
+        else:
+            self.failures_in_a_row = 0
+
+    def close_ahead(self, next_ask: Future, reason: str) -> None:
+        ahead = next_ask.result()
+        if ahead is not None:
+            self.book.submit(self.close_unfinished, ahead, reason).result()
+
+    def pruner_for(self, asked: Asked) -> Callable[[float, int], bool]:
+        acts_at = PruningSteps(self.config.pruner, self.objective.budget, self.n_train)
+
+        def report(value: float, step: int) -> bool:
+            if acts_at(step):
+                asked.decisions.append(self.book.submit(self.decide, asked.trial, value, step))
+            return any(d.done() and d.result() for d in asked.decisions)
+
+        return report
+
+    def abort(self, current: Asked | None, next_ask: Future, err: BaseException) -> None:
+        """Fail the trial that was training and the one asked ahead, so none stays RUNNING."""
+        reason = f"interrupted: {type(err).__name__}"
+        try:
+            if current is not None:
+                self.book.submit(self.close_unfinished, current, reason).result()
+            self.close_ahead(next_ask, "not started: " + reason)
+        except Exception:
+            logger.exception("could not close the open trials")
+
+
+def raise_errors_of_done(futures: list[Future]) -> list[Future]:
+    """Re-raise a bookkeeping failure on the training thread; return the futures still running."""
+    for future in futures:
+        if future.done():
+            future.result()
+    return [f for f in futures if not f.done()]
