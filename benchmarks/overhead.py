@@ -9,7 +9,7 @@ plain loop); evaluation counts the validation passes. Everything else (data load
 construction, sampler, storage writes, study bookkeeping) is overhead. Both run in this process,
 one after the other, with the same number of trials and examples per trial.
 
-    python benchmarks/overhead.py [--trials 20] [--examples 30000]
+    python benchmarks/overhead.py [--trials 40] [--examples 60000]   # examples/digits.yaml's sweep
 
 Last line: `overhead_share_service=<x> overhead_share_plain=<y>`.
 """
@@ -109,8 +109,8 @@ def warm_up_imports() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--trials", type=int, default=20)
-    parser.add_argument("--examples", type=int, default=30000, help="training examples per trial")
+    parser.add_argument("--trials", type=int, default=40)
+    parser.add_argument("--examples", type=int, default=60000, help="training examples per trial")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     optuna.logging.set_verbosity(logging.WARNING)

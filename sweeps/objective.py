@@ -97,7 +97,11 @@ class SweepObjective:
         return PreparedTrial(point, seed, task, coupled, optimizer, plan, schedule)
 
     def make_task(self, point: Suggestion, coupled: Coupled, seed: int, params: dict) -> Task:
-        torch.manual_seed(seed)  # model initialisation
+        # Model initialisation draws from the CPU generator; torch.manual_seed would also seed
+        # (lazily, recording a stack trace) every accelerator backend, milliseconds per trial.
+        torch.random.default_generator.manual_seed(seed)
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed(seed)
         settings = TrialSettings(
             batch_size=point.batch_size, lr=coupled.lr, seed=seed, device=self.device,
             params=dict(params), options=dict(self.config.objective.options),
