@@ -7,13 +7,15 @@ file without "database is locked". Passwords never leave this module in clear te
 from __future__ import annotations
 
 import os
+import time
+import warnings
 from pathlib import Path
 
 import optuna
 import sqlalchemy
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError, SQLAlchemyError
 
 ENV_VAR = "SWEEPS_STORAGE"
 SQLITE_BUSY_TIMEOUT_S = 60
@@ -76,14 +78,40 @@ def engine_kwargs(url: str) -> dict:
     return {"pool_pre_ping": True}
 
 
-def open_storage(url: str, **rdb_kwargs) -> optuna.storages.RDBStorage:
-    """An RDBStorage for `url`; errors become a StorageError naming the redacted URL."""
+def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
+                 max_retry: int | None = 3) -> optuna.storages.RDBStorage:
+    """An RDBStorage for `url`; errors become a StorageError naming the redacted URL.
+
+    With a heartbeat, a trial whose worker died (SIGKILL, a lost machine) is failed once its
+    heartbeat is `grace_period` seconds old and queued again, up to `max_retry` times.
+    """
     safe = redact(url)
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url), **rdb_kwargs)
-    except (SQLAlchemyError, ImportError, ValueError, OSError) as err:
-        reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
-        raise StorageError(f"cannot open storage {safe}: {reason.replace(url, safe)}") from err
+    kwargs: dict = {"engine_kwargs": engine_kwargs(url)}
+    with warnings.catch_warnings():  # the heartbeat API is marked experimental since Optuna 2.8
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if heartbeat_interval:
+            kwargs.update(
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period or 2 * heartbeat_interval,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry),
+            )
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, **kwargs)
+        except (IntegrityError, ProgrammingError) as err:
+            if attempt == 2:  # workers starting together can race to create the tables
+                raise StorageError(f"cannot create the tables in {safe}: {first_line(err, url, safe)}") from err
+            time.sleep(0.5 + attempt)
+        except (SQLAlchemyError, ImportError, ValueError, OSError) as err:
+            raise StorageError(f"cannot open storage {safe}: {first_line(err, url, safe)}") from err
+    raise AssertionError("unreachable")
+
+
+def first_line(err: BaseException, url: str, safe: str) -> str:
+    reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+    return reason.replace(url, safe)
 
 
 @event.listens_for(sqlalchemy.engine.Engine, "connect")

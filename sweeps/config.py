@@ -34,11 +34,19 @@ class StudySection:
     direction: Literal["maximize", "minimize"] = "maximize"
     seed: int = 0
     max_failures: int = 5  # consecutive failed trials after which the sweep stops
+    heartbeat_interval: int = 10  # seconds; a dead worker's trial is retried (0: off)
+    grace_period: int | None = None  # seconds without a heartbeat before that; default 2 x interval
+    max_retry: int = 3  # times one configuration is retried after its worker died or was stopped
 
     def validate(self, path: str) -> None:
         check(bool(self.name.strip()), join(path, "name"), "must not be empty")
         check(self.n_trials >= 1, join(path, "n_trials"), f"must be >= 1 (got {self.n_trials})")
         check(self.max_failures >= 1, join(path, "max_failures"), "must be >= 1")
+        check(self.heartbeat_interval >= 0, join(path, "heartbeat_interval"), "must be >= 0")
+        if self.grace_period is not None:
+            check(self.grace_period > self.heartbeat_interval, join(path, "grace_period"),
+                  "must be longer than heartbeat_interval")
+        check(self.max_retry >= 0, join(path, "max_retry"), "must be >= 0")
 
 
 @dataclass

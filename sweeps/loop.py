@@ -12,16 +12,21 @@ They run on one bookkeeping thread, in order, while training goes on:
 
 from __future__ import annotations
 
+import copy
 import logging
+import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from storage.batch import write_trial_batch
+from storage.retry import with_retry
 from sweeps.config import SweepConfig
+from sweeps.heartbeat import Heartbeat
 from sweeps.objective import Outcome, SweepObjective
 from sweeps.space import Suggestion, suggest
 from sweeps.strategies import PruningSteps, grid_size
@@ -59,6 +64,7 @@ class SweepLoop:
         self.last_error: str | None = None
         self.sampler_stopped = False
         self.grid_size = grid_size(config) if config.sampler.name == "grid" else None
+        self.heartbeat = Heartbeat(study)
         self.book = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeps-bookkeeping")
         self.book.submit(self.enter_optimize_context).result()
 
@@ -68,6 +74,7 @@ class SweepLoop:
 
     def run(self) -> None:
         pending: list[Future] = []
+        self.heartbeat.start()
         next_ask = self.book.submit(self.ask)
         current: Asked | None = None
         try:
@@ -91,6 +98,7 @@ class SweepLoop:
             raise
         finally:
             self.book.shutdown(wait=True)
+            self.heartbeat.stop()
         raise_errors_of_done(pending)
 
     # --- on the bookkeeping thread ---------------------------------------------------------
@@ -106,21 +114,34 @@ class SweepLoop:
             return None
         if self.grid_size is not None and len(self.study.get_trials(deepcopy=False)) >= self.grid_size:
             return None  # every grid point is taken; asking again would repeat one
-        trial = self.study.ask()
+        if self.heartbeat.enabled:  # fail (and queue again) trials whose worker died
+            with_retry(self.fail_stale_trials, "failing stale trials")
+        trial = with_retry(self.study.ask, "asking for a trial")
+        self.heartbeat.add(trial._trial_id)
         self.in_flight += 1
-        return Asked(trial, suggest(trial, self.config.search), [])
+        point = with_retry(lambda: suggest(trial, self.config.search), "sampling a trial")
+        return Asked(trial, point, [])
+
+    def fail_stale_trials(self) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self.study)
 
     def decide(self, trial: optuna.Trial, value: float, step: int) -> bool:
-        trial.report(value, step)
-        return trial.should_prune()
+        def report_and_ask() -> bool:
+            trial.report(value, step)
+            return trial.should_prune()
+
+        return with_retry(report_and_ask, "a pruning decision")
 
     def finish(self, asked: Asked, outcome: Outcome) -> None:
         trial = asked.trial
-        write_trial_batch(self.study._storage, trial._trial_id, outcome.attrs, outcome.curve)
-        if outcome.state == TrialState.COMPLETE:
-            self.study.tell(trial, outcome.value)
-        else:
-            self.study.tell(trial, state=outcome.state)
+        with_retry(lambda: write_trial_batch(self.study._storage, trial._trial_id, outcome.attrs, outcome.curve),
+                   "recording a trial")
+        value = outcome.value if outcome.state == TrialState.COMPLETE else None
+        with_retry(lambda: self.study.tell(trial, value, state=outcome.state, skip_if_finished=True),
+                   "closing a trial")
+        self.heartbeat.discard(trial._trial_id)
         self.in_flight -= 1
         if self.study._stop_flag:
             self.sampler_stopped = True
@@ -133,9 +154,18 @@ class SweepLoop:
             callback(self.study, frozen)
 
     def close_unfinished(self, asked: Asked, reason: str) -> None:
-        write_trial_batch(self.study._storage, asked.trial._trial_id, {"error": reason}, {})
-        self.study.tell(asked.trial, state=TrialState.FAIL)
+        """Fail a trial this process cannot finish, and queue its configuration to run again."""
+        trial_id = asked.trial._trial_id
+        write_trial_batch(self.study._storage, trial_id, {"error": reason}, {})
+        self.study.tell(asked.trial, state=TrialState.FAIL, skip_if_finished=True)
+        self.heartbeat.discard(trial_id)
         self.in_flight -= 1
+        if self.config.study.max_retry > 0:
+            frozen = copy.copy(self.study._storage.get_trial(trial_id))
+            frozen.user_attrs = {}  # the retry starts clean; the failed trial keeps its error
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                RetryHeartbeatStaleTrialCallback(max_retry=self.config.study.max_retry)(self.study, frozen)
 
     # --- on the training thread -------------------------------------------------------------
     def count(self, outcome: Outcome) -> None:

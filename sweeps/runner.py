@@ -69,7 +69,8 @@ def training_set_size(config: SweepConfig) -> int:
 
 def open_study(config: SweepConfig, target: SweepTarget, n_train: int,
                sampler_seed: int | None = None) -> optuna.Study:
-    storage = open_storage(target.storage_url)
+    storage = open_storage(target.storage_url, config.study.heartbeat_interval, config.study.grace_period,
+                           config.study.max_retry)
     seed = config.study.seed if sampler_seed is None else sampler_seed
     study = optuna.create_study(
         storage=storage,

@@ -1,0 +1,59 @@
+"""Heartbeats for this process's open trials, so a worker that dies loses only its own trial.
+
+Optuna's RDB heartbeat marks a trial alive; other workers fail trials whose heartbeat is older
+than the grace period and queue them again. Trials asked ahead of time count as open too.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import optuna
+
+logger = logging.getLogger("sweeps")
+
+
+class Heartbeat:
+    def __init__(self, study: optuna.Study):
+        storage = study._storage
+        interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
+        self.storage = storage
+        self.interval = interval
+        self.trial_ids: set[int] = set()
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.beat, name="sweeps-heartbeat", daemon=True)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.interval)
+
+    def start(self) -> None:
+        if self.enabled:
+            self.thread.start()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=5)
+
+    def add(self, trial_id: int) -> None:
+        if self.enabled:
+            self.storage.record_heartbeat(trial_id)
+            with self.lock:
+                self.trial_ids.add(trial_id)
+
+    def discard(self, trial_id: int) -> None:
+        with self.lock:
+            self.trial_ids.discard(trial_id)
+
+    def beat(self) -> None:
+        while not self.stopped.wait(self.interval):
+            with self.lock:
+                ids = list(self.trial_ids)
+            for trial_id in ids:
+                try:
+                    self.storage.record_heartbeat(trial_id)
+                except Exception as err:  # the database may be restarting: the next beat retries
+                    logger.warning("heartbeat for trial %d failed: %s", trial_id, err)
