@@ -59,7 +59,6 @@ class SweepLoop:
         self.n_train = n_train
         self.n_trials = n_trials
         self.callbacks = callbacks or []
-        self.in_flight = 0  # asked by this process, not yet told; touched by the bookkeeper only
         self.failures_in_a_row = 0
         self.last_error: str | None = None
         self.sampler_stopped = False
@@ -80,7 +79,7 @@ class SweepLoop:
         try:
             while True:
                 current = next_ask.result()
-                if current is None:  # counted with trials still in flight: count again once they are told
+                if current is None:  # counted with this process's trials still open: count again once told
                     current = self.book.submit(self.ask).result()
                     if current is None:
                         break
@@ -110,15 +109,16 @@ class SweepLoop:
     def ask(self) -> Asked | None:
         if self.gave_up or self.sampler_stopped or self.study._stop_flag:
             return None
-        if finished_count(self.study) + self.in_flight >= self.n_trials:
+        if self.heartbeat.enabled:  # fail (and queue again) trials whose worker died
+            with_retry(self.fail_stale_trials, "failing stale trials")
+        # Running trials of every worker count, so N workers asking ahead do not overshoot.
+        taken = self.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+        if len(taken) >= self.n_trials:
             return None
         if self.grid_size is not None and len(self.study.get_trials(deepcopy=False)) >= self.grid_size:
             return None  # every grid point is taken; asking again would repeat one
-        if self.heartbeat.enabled:  # fail (and queue again) trials whose worker died
-            with_retry(self.fail_stale_trials, "failing stale trials")
         trial = with_retry(self.study.ask, "asking for a trial")
         self.heartbeat.add(trial._trial_id)
-        self.in_flight += 1
         point = with_retry(lambda: suggest(trial, self.config.search), "sampling a trial")
         return Asked(trial, point, [])
 
@@ -142,7 +142,6 @@ class SweepLoop:
         with_retry(lambda: self.study.tell(trial, value, state=outcome.state, skip_if_finished=True),
                    "closing a trial")
         self.heartbeat.discard(trial._trial_id)
-        self.in_flight -= 1
         if self.study._stop_flag:
             self.sampler_stopped = True
         if outcome.error is not None:
@@ -159,7 +158,6 @@ class SweepLoop:
         write_trial_batch(self.study._storage, trial_id, {"error": reason}, {})
         self.study.tell(asked.trial, state=TrialState.FAIL, skip_if_finished=True)
         self.heartbeat.discard(trial_id)
-        self.in_flight -= 1
         if self.config.study.max_retry > 0:
             frozen = copy.copy(self.study._storage.get_trial(trial_id))
             frozen.user_attrs = {}  # the retry starts clean; the failed trial keeps its error

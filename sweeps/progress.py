@@ -40,6 +40,7 @@ class Progress:
         self.stream = stream or sys.stderr
         self.live = self.stream.isatty()
         self.started = time.monotonic()
+        self.last: str | None = None
 
     def line(self, study: optuna.Study) -> str:
         trials = study.get_trials(deepcopy=False)
@@ -59,11 +60,15 @@ class Progress:
             f"[{done}/{self.n_trials}] complete {counts[TrialState.COMPLETE]}"
             f" pruned {counts[TrialState.PRUNED]} failed {counts[TrialState.FAIL]} | {best}"
             f" | budget spent {human(spent)} of {human(total)} {self.budget.unit}"
-            f" ({100 * spent / total:.1f}%) | {time.monotonic() - self.started:.0f}s"
+            f" ({100 * spent / total:.1f}%)"
         )
 
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+    def __call__(self, study: optuna.Study, trial: FrozenTrial | None) -> None:
         text = self.line(study)
+        if text == self.last:  # polled by the --workers parent: print changes only
+            return
+        self.last = text
+        text += f" | {time.monotonic() - self.started:.0f}s"
         if self.live:
             self.stream.write("\r\033[K" + text)
         else:

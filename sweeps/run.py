@@ -1,7 +1,8 @@
 """`python -m sweeps.run STUDY.yaml`: validate, then run (or resume) the sweep.
 
 Exit codes: 0 done, 1 the sweep failed (too many failed trials), 2 the study file is invalid,
-3 the store cannot be opened, 130 interrupted (the running trial is marked failed; rerun resumes).
+3 the store cannot be opened, 130 interrupted by Ctrl-C and 143 by SIGTERM (the running trial is
+failed and queued again; rerunning resumes).
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import optuna
 
 from objectives.registry import TaskError
 from storage import StorageError, redact
+from sweeps import signals
 from sweeps.config import load_config
 from sweeps.plan import check_plan, format_plan
 from sweeps.runner import SweepFailed, finished_count, run_sweep, target_of, training_set_size
 from sweeps.schema import ConfigError
+from sweeps.workers import run_workers
 
-EXIT_FAILED, EXIT_CONFIG, EXIT_STORAGE, EXIT_INTERRUPTED = 1, 2, 3, 130
+EXIT_FAILED, EXIT_CONFIG, EXIT_STORAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 3, 130, 143
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -33,6 +36,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true",
                         help="validate and print the plan; train nothing, touch no store")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by --workers
     return parser.parse_args(argv)
 
 
@@ -45,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.n_trials is not None and args.n_trials < 1:
         return fail(EXIT_CONFIG, f"--n-trials must be >= 1 (got {args.n_trials})")
+    if args.workers < 1:
+        return fail(EXIT_CONFIG, f"--workers must be >= 1 (got {args.workers})")
+    signals.install()
     try:
         config = load_config(args.study_file)
         target = target_of(config, args.storage, args.study_name, args.n_trials)
@@ -54,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
             print(format_plan(config, n_train))
             print(f"\nstore: {redact(target.storage_url)} (not opened: dry run)")
             return 0
-        study = run_sweep(config, target, show_progress=not args.quiet)
+        if args.workers > 1:
+            return run_workers(args.study_file, config, target, args.workers, show_progress=not args.quiet)
+        study = run_sweep(config, target, show_progress=not args.quiet, worker_index=args.worker_index or 0)
     except ConfigError as err:
         return fail(EXIT_CONFIG, f"{args.study_file}: {err}")
     except TaskError as err:
@@ -64,10 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     except SweepFailed as err:
         return fail(EXIT_FAILED, str(err))
     except KeyboardInterrupt:
-        return fail(EXIT_INTERRUPTED, "interrupted: the running trial is marked failed; "
+        return fail(EXIT_INTERRUPTED, "interrupted: the running trial is failed and queued again; "
                                       "run the same command again to resume")
+    except signals.Terminated:
+        return fail(EXIT_TERMINATED, "terminated: the running trial is failed and queued again; "
+                                     "run the same command again to resume")
     except optuna.exceptions.OptunaError as err:
         return fail(EXIT_FAILED, str(err))
+    if args.worker_index is not None:  # a worker of --workers: the parent reports
+        return 0
     print_summary(study, config.study.metric)
     finished = finished_count(study)
     if finished < target.n_trials:

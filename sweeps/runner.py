@@ -96,14 +96,18 @@ def open_study(config: SweepConfig, target: SweepTarget, n_train: int,
     return study
 
 
-def run_sweep(config: SweepConfig, target: SweepTarget, show_progress: bool = True) -> optuna.Study:
-    """Run until the study holds `target.n_trials` finished trials; return the study."""
+def run_sweep(config: SweepConfig, target: SweepTarget, show_progress: bool = True,
+              worker_index: int = 0) -> optuna.Study:
+    """Run until the study holds `target.n_trials` finished trials; return the study.
+
+    `worker_index` gives each worker of a shared study its own sampler seed.
+    """
     optuna.logging.set_verbosity(logging.WARNING)
     n_train = training_set_size(config)
     check_plan(config, n_train)
     factory = resolve_task(config.objective.task, config.base_dir)
     budget = budget_of(config)
-    study = open_study(config, target, n_train)
+    study = open_study(config, target, n_train, sampler_seed=config.study.seed + worker_index)
     progress = Progress(target.n_trials, budget, config.study.metric) if show_progress else None
     if finished_count(study) >= target.n_trials:
         if progress:

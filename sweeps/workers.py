@@ -1,0 +1,76 @@
+"""`--workers N`: N worker processes on this machine sharing one study in one store.
+
+The parent validates the study file, creates the study (and the store's tables) once, then starts
+the workers with the store URL in their environment (never on a command line, where `ps` shows
+it). It shows the study's progress, passes SIGTERM and Ctrl-C on to the workers, and exits with
+the first failing worker's code.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from storage.sql import ENV_VAR
+from sweeps.config import SweepConfig
+from sweeps.loop import finished_count
+from sweeps.plan import budget_of
+from sweeps.progress import Progress
+from sweeps.runner import SweepTarget, open_study, training_set_size
+from sweeps.signals import Terminated
+
+STOP_WAIT_S = 10
+
+
+def worker_command(study_file: str, target: SweepTarget, index: int) -> list[str]:
+    return [sys.executable, "-m", "sweeps.run", study_file, "--quiet", "--worker-index", str(index),
+            "--study-name", target.study_name, "--n-trials", str(target.n_trials)]
+
+
+def run_workers(study_file: str, config: SweepConfig, target: SweepTarget, n_workers: int,
+                show_progress: bool = True) -> int:
+    study = open_study(config, target, training_set_size(config))
+    threads = str(max(1, (os.cpu_count() or 1) // n_workers))  # N workers share the cores, not N x all
+    env = {**os.environ, ENV_VAR: target.storage_url, "OMP_NUM_THREADS": threads}
+    workers = [subprocess.Popen(worker_command(study_file, target, i), env=env) for i in range(n_workers)]
+    progress = Progress(target.n_trials, budget_of(config), config.study.metric) if show_progress else None
+    try:
+        while any(w.poll() is None for w in workers):
+            if progress:
+                progress(study, None)
+            time.sleep(1.0)
+    except (KeyboardInterrupt, Terminated):
+        stop(workers)
+        raise
+    finally:
+        if progress:
+            progress(study, None)
+            progress.close()
+    failed = [w.returncode for w in workers if w.returncode != 0]
+    if failed:
+        return failed[0]
+    print(f"{finished_count(study)} trials finished; best {config.study.metric} = {best_text(study)}")
+    return 0
+
+
+def best_text(study) -> str:
+    try:
+        return f"{study.best_value:.4f} (trial {study.best_trial.number})"
+    except ValueError:
+        return "- (no trial finished with a value)"
+
+
+def stop(workers: list[subprocess.Popen]) -> None:
+    """SIGTERM each worker (each fails and requeues its open trials), then SIGKILL stragglers."""
+    for worker in workers:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_WAIT_S
+    for worker in workers:
+        try:
+            worker.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            worker.kill()
