@@ -1,0 +1,74 @@
+"""docker-compose.yml, checked without a Docker engine: its structure here, and the compose tool's
+own validation (Debian's docker-compose, which .ci/run installs) when it is present."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+
+
+def test_postgres_is_healthy_checked_persistent_and_private():
+    db = SERVICES["postgres"]
+    assert "pg_isready" in " ".join(db["healthcheck"]["test"])
+    assert any(v.startswith("pgdata:") for v in db["volumes"]) and "pgdata" in COMPOSE["volumes"]
+    assert "ports" not in db  # reachable on the compose network only
+
+
+def test_credentials_come_from_the_environment_only():
+    text = (REPO / "docker-compose.yml").read_text()
+    for match in re.finditer(r"(POSTGRES_PASSWORD|POSTGRES_USER)\s*:\s*(\S+)", text):
+        assert match.group(2).startswith("${"), match.group(0)
+    assert "change-me" not in text
+    example = (REPO / ".env.example").read_text()
+    assert "POSTGRES_PASSWORD=" in example
+    assert ".env" in (REPO / ".gitignore").read_text().split()
+
+
+def test_dashboard_binds_to_localhost_only():
+    ports = SERVICES["dashboard"]["ports"]
+    assert ports and all(str(p).startswith("127.0.0.1:") for p in ports)
+
+
+@pytest.mark.parametrize("name", ["worker", "worker-gpu"])
+def test_workers_wait_for_a_healthy_database_and_scale(name):
+    worker = SERVICES[name]
+    assert worker["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "container_name" not in worker  # --scale needs unnamed containers
+    assert "ports" not in worker
+    assert worker["build"] == "."
+    assert "@postgres:5432/" in worker["environment"]["SWEEPS_STORAGE"]
+
+
+def test_gpu_profile_reserves_nvidia_devices():
+    gpu = SERVICES["worker-gpu"]
+    assert gpu["profiles"] == ["gpu"]
+    device = gpu["deploy"]["resources"]["reservations"]["devices"][0]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert "profiles" not in SERVICES["worker"]
+
+
+def test_dockerfile_runs_the_sweep_cli():
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["python", "-m", "sweeps.run"]' in dockerfile
+    assert "torch==${TORCH_VERSION}" in dockerfile
+
+
+@pytest.mark.skipif(not shutil.which("docker-compose") and not os.environ.get("CI"),
+                    reason="Debian's docker-compose validates the file; .ci/run installs it")
+@pytest.mark.parametrize("profile", [[], ["--profile", "gpu"]])
+def test_compose_tool_accepts_the_file(tmp_path, profile):
+    env_file = tmp_path / ".env"
+    env_file.write_text((REPO / ".env.example").read_text())
+    done = subprocess.run(["docker-compose", "--env-file", str(env_file), "-f", str(REPO / "docker-compose.yml"),
+                           *profile, "config", "-q"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

@@ -1,0 +1,191 @@
+"""Many workers, one study: real worker processes on the real PostgreSQL (and SQLite).
+
+The PostgreSQL URL comes from SWEEPS_TEST_POSTGRES_URL, which .ci/run sets; under CI a missing
+URL fails these tests instead of skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+REPO = Path(__file__).resolve().parents[1]
+PG_URL = os.environ.get("SWEEPS_TEST_POSTGRES_URL")
+if not PG_URL and os.environ.get("CI"):
+    raise RuntimeError("SWEEPS_TEST_POSTGRES_URL must be set under CI (see .ci/run)")
+needs_pg = pytest.mark.skipif(not PG_URL, reason="set SWEEPS_TEST_POSTGRES_URL to run PostgreSQL tests")
+
+
+def study_file(folder: Path, name: str, n_trials: int, seconds: float | None = None, **study) -> Path:
+    budget = ({"unit": "seconds", "per_trial": seconds, "eval_every": seconds / 4} if seconds
+              else {"unit": "updates", "per_trial": 30, "eval_every": 10})
+    data = {
+        "study": {"name": name, "metric": "val_mse", "direction": "minimize", "n_trials": n_trials,
+                  "heartbeat_interval": 1, "grace_period": 3, **study},
+        "sampler": {"name": "tpe", "n_startup_trials": 4},
+        "pruner": {"name": "none"},
+        "objective": {"task": "regression", "options": {"dim": 8, "n_train": 256, "n_val": 64}},
+        "budget": budget,
+        "search": {"batch_size": [8, 16, 32, 64], "base_lr": {"low": 1e-3, "high": 0.1, "log": True}},
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def start(path: Path, *args: str, storage: str | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if storage:
+        env["SWEEPS_STORAGE"] = storage
+    return subprocess.Popen([sys.executable, "-m", "sweeps.run", str(path), "--quiet", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def load(name: str, storage: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def wait_for_running(name: str, storage: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if load(name, storage).get_trials(states=(TrialState.RUNNING,)):
+                return
+        except KeyError:  # the study does not exist yet
+            pass
+        time.sleep(0.2)
+    raise AssertionError("no trial started")
+
+
+def assert_exactly(study: optuna.Study, n_trials: int) -> None:
+    finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(finished) == n_trials
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+
+
+@needs_pg
+def test_four_workers_share_one_study_on_postgres(tmp_path):
+    name = f"four-{uuid.uuid4().hex[:8]}"
+    path = study_file(tmp_path, name, n_trials=12)
+    done = start(path, "--workers", "4", storage=PG_URL)
+    out, err = done.communicate(timeout=300)
+    assert done.returncode == 0, err
+    study = load(name, PG_URL)
+    assert_exactly(study, 12)
+    assert len(study.trials) == 12  # no overshoot, nothing failed
+    configs = Counter((t.user_attrs["batch_size"], t.params["base_lr"]) for t in study.trials)
+    assert max(configs.values()) == 1  # no configuration proposed twice
+    assert "12 trials finished" in out
+
+
+@needs_pg
+def test_a_killed_worker_costs_only_its_trial(tmp_path):
+    name = f"kill-{uuid.uuid4().hex[:8]}"
+    path = study_file(tmp_path, name, n_trials=3, seconds=2.0)
+    victim = start(path, storage=PG_URL)
+    wait_for_running(name, PG_URL)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=10)
+    running = load(name, PG_URL).get_trials(states=(TrialState.RUNNING,))
+    assert running, "the killed worker leaves its trial RUNNING"
+    survivor = start(path, storage=PG_URL)
+    _, err = survivor.communicate(timeout=300)
+    assert survivor.returncode == 0, err
+    study = load(name, PG_URL)
+    assert_exactly(study, 3)
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert {t.number for t in failed} >= {t.number for t in running}
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") in {r.number for r in running}]
+    assert retried and retried[0].params == running[0].params
+
+
+@needs_pg
+def test_sigterm_closes_the_trial_and_exits_quickly(tmp_path):
+    name = f"term-{uuid.uuid4().hex[:8]}"
+    path = study_file(tmp_path, name, n_trials=3, seconds=3.0)
+    worker = start(path, storage=PG_URL)
+    wait_for_running(name, PG_URL)
+    sent = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    _, err = worker.communicate(timeout=30)
+    assert time.monotonic() - sent < 10
+    assert worker.returncode == 143, err
+    assert "terminated" in err and "Traceback" not in err
+    study = load(name, PG_URL)
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    assert study.get_trials(states=(TrialState.FAIL,))
+    assert study.get_trials(states=(TrialState.WAITING,)), "the closed trial is queued again"
+    again = start(path, storage=PG_URL)
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert_exactly(load(name, PG_URL), 3)
+
+
+def restart_postgres() -> None:
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", "restart"], check=True,
+                   capture_output=True, timeout=60)
+
+
+def ensure_postgres_running() -> None:
+    status = subprocess.run(["pg_ctlcluster", "15", "main", "status"], capture_output=True)
+    if status.returncode != 0:
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", "start"], timeout=60)
+
+
+@needs_pg
+@pytest.mark.skipif(subprocess.run(["which", "pg_ctlcluster"], capture_output=True).returncode != 0,
+                    reason="needs the local PostgreSQL cluster's pg_ctlcluster")
+def test_workers_ride_out_a_database_restart(tmp_path):
+    name = f"restart-{uuid.uuid4().hex[:8]}"
+    path = study_file(tmp_path, name, n_trials=6, seconds=1.0, heartbeat_interval=2, grace_period=30)
+    worker = start(path, storage=PG_URL)
+    try:
+        wait_for_running(name, PG_URL)
+        time.sleep(1.5)
+        restart_postgres()
+        _, err = worker.communicate(timeout=300)
+    finally:
+        ensure_postgres_running()
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == 0, err
+    study = load(name, PG_URL)
+    assert_exactly(study, 6)
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+
+
+def test_bad_url_fails_fast_without_the_password(tmp_path):
+    path = study_file(tmp_path, "bad", n_trials=1)
+    started = time.monotonic()
+    done = start(path, storage="postgresql+psycopg://sweeper:sekret-pw@127.0.0.1:1/nowhere")
+    _, err = done.communicate(timeout=60)
+    assert done.returncode == 3
+    assert time.monotonic() - started < 20
+    assert "cannot open storage" in err and "sweeper:***@127.0.0.1:1" in err
+    assert "sekret-pw" not in err and "Traceback" not in err
+    done = start(path, storage="notadb://what")
+    _, err = done.communicate(timeout=60)
+    assert done.returncode == 3 and "storage" in err
+
+
+def test_four_local_workers_on_sqlite_never_lock(tmp_path):
+    path = study_file(tmp_path, "local", n_trials=12)
+    done = start(path, "--workers", "4", storage=f"sqlite:///{tmp_path}/local.db")
+    _, err = done.communicate(timeout=300)
+    assert done.returncode == 0, err
+    assert "locked" not in err
+    study = load("local", f"sqlite:///{tmp_path}/local.db")
+    assert_exactly(study, 12)
+    assert not study.get_trials(states=(TrialState.FAIL,))
