@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
+from optuna.trial import TrialState
 
 
 def write_trial_batch(storage: optuna.storages.BaseStorage, trial_id: int, user_attrs: dict[str, Any],
@@ -43,3 +44,22 @@ def write_trial_batch(storage: optuna.storages.BaseStorage, trial_id: int, user_
             else:
                 session.add(value_model(trial_id=trial_id, step=step, intermediate_value=stored,
                                         intermediate_value_type=kind))
+
+
+def count_trials(storage: optuna.storages.BaseStorage, study_id: int, states: tuple[TrialState, ...],
+                 below_number: int | None = None) -> int:
+    """How many of the study's trials are in `states` (and numbered below `below_number`).
+
+    One COUNT query on an RDB store, where reading the trials themselves would load every running
+    trial's parameters and values from the database on each call.
+    """
+    backend = getattr(storage, "_backend", storage)
+    if not isinstance(backend, optuna.storages.RDBStorage):
+        trials = storage.get_all_trials(study_id, deepcopy=False, states=states)
+        return sum(1 for t in trials if below_number is None or t.number < below_number)
+    with _create_scoped_session(backend.scoped_session) as session:
+        query = session.query(models.TrialModel).filter(
+            models.TrialModel.study_id == study_id, models.TrialModel.state.in_(states))
+        if below_number is not None:
+            query = query.filter(models.TrialModel.number < below_number)
+        return query.count()

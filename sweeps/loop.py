@@ -14,17 +14,21 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
+import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from storage.batch import write_trial_batch
+from storage.batch import count_trials, write_trial_batch
 from storage.retry import with_retry
+from sweeps import signals
 from sweeps.config import SweepConfig
 from sweeps.heartbeat import Heartbeat
 from sweeps.objective import Outcome, SweepObjective
@@ -64,6 +68,8 @@ class SweepLoop:
         self.sampler_stopped = False
         self.grid_size = grid_size(config) if config.sampler.name == "grid" else None
         self.heartbeat = Heartbeat(study)
+        self.next_stale_check = 0.0
+        self.stopping = threading.Event()  # set on abort: a bookkeeping wait gives up at once
         self.book = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeps-bookkeeping")
         self.book.submit(self.enter_optimize_context).result()
 
@@ -80,7 +86,8 @@ class SweepLoop:
             while True:
                 current = next_ask.result()
                 if current is None:  # counted with this process's trials still open: count again once told
-                    current = self.book.submit(self.ask).result()
+                    next_ask = self.book.submit(self.ask, True)
+                    current = next_ask.result()
                     if current is None:
                         break
                 next_ask = self.book.submit(self.ask)
@@ -106,21 +113,51 @@ class SweepLoop:
         # which Optuna allows only inside its own optimize loop: this thread plays that part.
         self.study._thread_local.in_optimize_loop = True
 
-    def ask(self) -> Asked | None:
-        if self.gave_up or self.sampler_stopped or self.study._stop_flag:
-            return None
-        if self.heartbeat.enabled:  # fail (and queue again) trials whose worker died
-            with_retry(self.fail_stale_trials, "failing stale trials")
-        # Running trials of every worker count, so N workers asking ahead do not overshoot.
-        taken = self.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
-        if len(taken) >= self.n_trials:
-            return None
+    def ask(self, wait_for_others: bool = False) -> Asked | None:
+        """The next trial, or None when the study has its trials.
+
+        Running trials of every worker count, so N workers asking ahead do not overshoot. With
+        `wait_for_others` (this process has no open trial) and a heartbeat, a worker whose slots
+        are all held by other workers' running trials waits until those finish, or go stale and
+        are queued again, instead of leaving a dead worker's trial unfinished.
+        """
+        while True:
+            if self.gave_up or self.sampler_stopped or self.study._stop_flag or self.stopping.is_set():
+                return None
+            if self.heartbeat.enabled and time.monotonic() >= self.next_stale_check:
+                # fail (and queue again) trials whose worker died; once per heartbeat interval is enough
+                with_retry(self.fail_stale_trials, "failing stale trials")
+                self.next_stale_check = time.monotonic() + self.heartbeat.interval
+            if self.taken() < self.n_trials:
+                break
+            if not (wait_for_others and self.heartbeat.enabled) or self.finished() >= self.n_trials:
+                return None
+            self.stopping.wait(min(1.0, self.heartbeat.interval))
         if self.grid_size is not None and len(self.study.get_trials(deepcopy=False)) >= self.grid_size:
             return None  # every grid point is taken; asking again would repeat one
         trial = with_retry(self.study.ask, "asking for a trial")
         self.heartbeat.add(trial._trial_id)
+        if self.taken(below=trial.number) >= self.n_trials:  # workers raced for the last slots
+            self.close_unfinished_quietly(trial)
+            return None
         point = with_retry(lambda: suggest(trial, self.config.search), "sampling a trial")
         return Asked(trial, point, [])
+
+    def finished(self) -> int:
+        return with_retry(lambda: count_trials(self.study._storage, self.study._study_id, FINISHED),
+                          "counting trials")
+
+    def taken(self, below: int | None = None) -> int:
+        states = (*FINISHED, TrialState.RUNNING)
+        return with_retry(lambda: count_trials(self.study._storage, self.study._study_id, states, below),
+                          "counting trials")
+
+    def close_unfinished_quietly(self, trial: optuna.Trial) -> None:
+        """A trial asked after the last slot went to another worker: closed before it runs."""
+        write_trial_batch(self.study._storage, trial._trial_id,
+                          {"error": "not started: the study already had its trials"}, {})
+        self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        self.heartbeat.discard(trial._trial_id)
 
     def fail_stale_trials(self) -> None:
         with warnings.catch_warnings():
@@ -148,9 +185,10 @@ class SweepLoop:
             error = outcome.error
             logger.warning("trial %d failed: %s", trial.number, outcome.attrs.get("error"),
                            exc_info=(type(error), error, error.__traceback__))
-        frozen = self.study._storage.get_trial(trial._trial_id)
-        for callback in self.callbacks:
-            callback(self.study, frozen)
+        if self.callbacks:
+            frozen = self.study._storage.get_trial(trial._trial_id)
+            for callback in self.callbacks:
+                callback(self.study, frozen)
 
     def close_unfinished(self, asked: Asked, reason: str) -> None:
         """Fail a trial this process cannot finish, and queue its configuration to run again."""
@@ -191,12 +229,15 @@ class SweepLoop:
     def abort(self, current: Asked | None, next_ask: Future, err: BaseException) -> None:
         """Fail the trial that was training and the one asked ahead, so none stays RUNNING."""
         reason = f"interrupted: {type(err).__name__}"
-        try:
-            if current is not None:
-                self.book.submit(self.close_unfinished, current, reason).result()
-            self.close_ahead(next_ask, "not started: " + reason)
-        except Exception:
-            logger.exception("could not close the open trials")
+        self.stopping.set()
+        signalled = isinstance(err, (KeyboardInterrupt, signals.Terminated))
+        with signals.ignored_while_closing() if signalled else nullcontext():
+            try:
+                if current is not None:
+                    self.book.submit(self.close_unfinished, current, reason).result()
+                self.close_ahead(next_ask, "not started: " + reason)
+            except Exception:
+                logger.exception("could not close the open trials")
 
 
 def raise_errors_of_done(futures: list[Future]) -> list[Future]:
