@@ -1,17 +1,34 @@
 """Share of a sweep's wall time spent outside training and evaluation: plain Optuna vs the service.
 
-(a) plain: the objective people write by hand: load the digits in the objective, a DataLoader,
-    an MLP, `trial.report` every epoch to an SQLite store, TPE + MedianPruner.
-(b) service: `sweeps.runner.run_sweep` on the same task and budget, its own SQLite store.
+Both run the digits MLP sweep of `examples/digits.yaml` in this process, one after the other, with
+the same number of trials, the same per-trial cap on training examples and the same Hyperband
+shape, each with its own fresh SQLite store in a temporary folder:
 
-Training time counts everything inside the epoch loop (DataLoader iteration included for the
-plain loop); evaluation counts the validation passes. Everything else (data loading, model
-construction, sampler, storage writes, study bookkeeping) is overhead. Both run in this process,
-one after the other, with the same number of trials and examples per trial.
+(a) plain: the objective people write by hand (as in Optuna's PyTorch examples): suggest batch
+    size, LR and epochs, load scikit-learn's digits inside the objective, standardise, build a
+    DataLoader, an MLP and SGD, train epoch by epoch, evaluate, `trial.report` every epoch and
+    `trial.should_prune()`, in `optuna.create_study(storage="sqlite:///...")` with TPE and Hyperband
+    (min resource = the service's evaluation interval, max = the example cap, both in epochs).
+(b) service: `sweeps.runner.run_sweep` on examples/digits.yaml with its store, trial count and
+    (with --quick or --examples) budget overridden, progress display off.
 
-    python benchmarks/overhead.py [--trials 40] [--examples 60000]   # examples/digits.yaml's sweep
+Inside = training and evaluation. For the plain loop that is each epoch's training loop as a user
+writes it (DataLoader batch fetching included: it is how that loop trains) plus the validation
+pass, timed with perf_counter in the objective. Outside = everything else in the sweep's wall time:
+creating the study and its tables, sampling, trial and report writes, pruning decisions, data
+loading, model and optimizer construction.
 
-Last line: `overhead_share_service=<x> overhead_share_plain=<y>`.
+For the service, the trials record `train_seconds + eval_seconds`. But its bookkeeping (sampling,
+pruning decisions, trial records) runs on a background thread while a trial trains, and what that
+thread takes from training (a core, and the GIL: each torch call gives it up and then waits to get
+it back) shows up as slower training, i.e. would count as inside. So after the sweep every
+finished trial is trained again on its own, with the same seed, parameters, stopping step and
+thread count and no sweep around it (`--no-replay` skips this), and the service's inside is the
+smaller of the two totals. Both rows are printed.
+
+    python benchmarks/overhead.py [--trials 30] [--examples N] [--quick] [--no-replay] [--seed 0]
+
+Last line: `overhead_share_service=<x> overhead_share_plain=<y>` (fractions of wall time).
 """
 
 from __future__ import annotations
@@ -20,31 +37,68 @@ import argparse
 import logging
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import optuna
 import torch
+import yaml
+from optuna.trial import TrialState
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from sweeps.config import parse_config
+from objectives.registry import resolve_task
+from sweeps.config import SweepConfig, parse_config
+from sweeps.objective import SweepObjective, threads_beside_bookkeeping
+from sweeps.plan import budget_of
 from sweeps.runner import run_sweep, target_of
+from sweeps.space import suggest
 
-BATCH_SIZES = [16, 32, 64, 128, 256, 512]
+STUDY_FILE = Path(__file__).resolve().parent.parent / "examples" / "digits.yaml"
+N_TRAIN = 1438  # the digits task's training split (80% of 1797)
 
 
-def plain_sweep(storage: str, n_trials: int, examples: int, seed: int) -> tuple[float, float]:
-    """Returns (wall seconds, seconds inside training and evaluation)."""
+@dataclass
+class Measured:
+    name: str
+    wall: float
+    inside: float
+    complete: int
+    pruned: int
+    examples: int
+
+    @property
+    def share(self) -> float:
+        return (self.wall - self.inside) / self.wall
+
+
+def service_config(folder: Path, n_trials: int, examples: int | None, seed: int) -> SweepConfig:
+    """examples/digits.yaml with its own store; --examples rescales the budget, 10 evaluations each."""
+    data = yaml.safe_load(STUDY_FILE.read_text())
+    data["study"].update(storage="sqlite:///service.db", n_trials=n_trials, seed=seed)
+    if examples is not None:
+        data["budget"].update(per_trial=examples, eval_every=max(1, examples // 10))
+    return parse_config(data, folder)
+
+
+def plain_sweep(storage: str, n_trials: int, config: SweepConfig) -> Measured:
+    """The hand-written objective, on the study file's ranges, cap and pruner shape (in epochs)."""
+    search, seed = config.search, config.study.seed
+    batch_sizes = search.batch_size.values()
+    max_epochs = max(1, round(config.budget.per_trial / N_TRAIN))
+    min_epochs = max(1, round(config.budget.eval_every / N_TRAIN))
     inside = 0.0
+    examples_seen = 0
 
     def objective(trial: optuna.Trial) -> float:
-        nonlocal inside
+        nonlocal inside, examples_seen
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
 
-        batch_size = trial.suggest_categorical("batch_size", BATCH_SIZES)
-        lr = trial.suggest_float("lr", 1e-3, 1.0, log=True)
+        batch_size = trial.suggest_categorical("batch_size", batch_sizes)
+        lr = trial.suggest_float("lr", search.base_lr.low, search.base_lr.high, log=True)
+        epochs = trial.suggest_int("epochs", search.epochs.low, search.epochs.high)
         data = load_digits()
         x_train, x_val, y_train, y_val = train_test_split(
             data.data.astype(np.float32), data.target, test_size=0.2, random_state=0)
@@ -55,9 +109,8 @@ def plain_sweep(storage: str, n_trials: int, examples: int, seed: int) -> tuple[
         x_val, y_val = torch.from_numpy(x_val), torch.from_numpy(y_val)
         model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-        epochs = max(1, round(examples / len(x_train)))
         best = 0.0
-        for epoch in range(epochs):
+        for epoch in range(min(epochs, max_epochs)):
             started = time.perf_counter()
             model.train()
             for xb, yb in loader:
@@ -69,63 +122,116 @@ def plain_sweep(storage: str, n_trials: int, examples: int, seed: int) -> tuple[
             with torch.no_grad():
                 accuracy = (model(x_val).argmax(1) == y_val).float().mean().item()
             inside += time.perf_counter() - started
+            examples_seen += len(x_train)
             best = max(best, accuracy)
-            trial.report(accuracy, epoch)
+            trial.report(accuracy, epoch + 1)
             if trial.should_prune():
                 raise optuna.TrialPruned()
         return best
 
-    study = optuna.create_study(storage=storage, direction="maximize",
-                                sampler=optuna.samplers.TPESampler(seed=seed),
-                                pruner=optuna.pruners.MedianPruner())
     started = time.perf_counter()
+    study = optuna.create_study(
+        storage=storage, direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.HyperbandPruner(min_resource=min_epochs, max_resource=max_epochs,
+                                              reduction_factor=config.pruner.reduction_factor),
+    )
     study.optimize(objective, n_trials=n_trials)
-    return time.perf_counter() - started, inside
+    wall = time.perf_counter() - started
+    return Measured("plain Optuna", wall, inside, *counts(study), examples_seen)
 
 
-def service_sweep(folder: Path, n_trials: int, examples: int, seed: int) -> tuple[float, float]:
-    config = parse_config({
-        "study": {"name": "overhead", "storage": "sqlite:///service.db", "metric": "val_accuracy",
-                  "n_trials": n_trials, "seed": seed},
-        "objective": {"task": "digits_mlp", "optimizer": "sgd"},
-        "budget": {"unit": "examples", "per_trial": examples, "eval_every": 1438},  # about one epoch
-        "search": {"batch_size": BATCH_SIZES, "base_lr": {"low": 1e-3, "high": 1.0, "log": True},
-                   "coupling": ["none", "linear", "sqrt"], "reference_batch_size": 64},
-    }, folder)
+def service_sweep(config: SweepConfig) -> tuple[Measured, optuna.Study]:
     started = time.perf_counter()
     study = run_sweep(config, target_of(config), show_progress=False)
     wall = time.perf_counter() - started
-    inside = sum(t.user_attrs.get("train_seconds", 0) + t.user_attrs.get("eval_seconds", 0) for t in study.trials)
-    return wall, inside
+    attrs = [t.user_attrs for t in study.trials]
+    inside = sum(a.get("train_seconds", 0) + a.get("eval_seconds", 0) for a in attrs)
+    examples_seen = sum(a.get("examples_seen", 0) for a in attrs)
+    return Measured("service", wall, inside, *counts(study), examples_seen), study
 
 
-def warm_up_imports() -> None:
-    """One-time import costs (scikit-learn, torch's optimizer machinery) are no one's per-trial overhead."""
+def replay(config: SweepConfig, study: optuna.Study) -> tuple[float, int]:
+    """Train each finished trial again alone; returns (train + eval seconds, examples seen).
+
+    Same trial number (so seed), parameters and end: a pruned trial stops at its last recorded
+    step, and early stopping, divergence and the budget end it as before (training is seeded).
+    The intra-op thread count is the one the sweep trains with.
+    """
+    objective = SweepObjective(config, resolve_task(config.objective.task, config.base_dir), budget_of(config))
+    with threads_beside_bookkeeping(objective.device):
+        return replay_trials(config, study, objective)
+
+
+def replay_trials(config: SweepConfig, study: optuna.Study, objective: SweepObjective) -> tuple[float, int]:
+    inside, examples_seen = 0.0, 0
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        trial = optuna.trial.FixedTrial(frozen.params, number=frozen.number)
+        stop = max(frozen.intermediate_values) if frozen.state == TrialState.PRUNED else None
+        outcome = objective.run(trial, suggest(trial, config.search),
+                                lambda value, step, stop=stop: stop is not None and step >= stop)
+        if outcome.attrs.get("updates") != frozen.user_attrs.get("updates"):
+            raise RuntimeError(f"trial {frozen.number} replayed {outcome.attrs.get('updates')} updates, "
+                               f"not {frozen.user_attrs.get('updates')}")
+        inside += outcome.attrs["train_seconds"] + outcome.attrs["eval_seconds"]
+        examples_seen += outcome.attrs["examples_seen"]
+    return inside, examples_seen
+
+
+def counts(study: optuna.Study) -> tuple[int, int]:
+    states = [t.state for t in study.trials]
+    return states.count(TrialState.COMPLETE), states.count(TrialState.PRUNED)
+
+
+def warm_up() -> None:
+    """One-time costs (imports, torch's first backward and optimizer step) are no sweep's overhead."""
     import sklearn.datasets  # noqa: F401
     import sklearn.model_selection  # noqa: F401
 
-    torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1)
+    model = nn.Linear(64, 10)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for xb, yb in DataLoader(TensorDataset(torch.randn(64, 64), torch.zeros(64, dtype=torch.long)), batch_size=32):
+        nn.functional.cross_entropy(model(xb), yb).backward()
+        optimizer.step()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--trials", type=int, default=40)
-    parser.add_argument("--examples", type=int, default=60000, help="training examples per trial")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trials", type=int, default=None, help="trials per sweep (default 30; 8 with --quick)")
+    parser.add_argument("--examples", type=int, default=None,
+                        help="training examples per trial (default: the study file's budget, 60000)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 8 trials of 20000 examples")
+    parser.add_argument("--no-replay", action="store_true",
+                        help="take the service's train+eval time as its trials recorded it (see above)")
+    parser.add_argument("--seed", type=int, default=0, help="sampler seed of both sweeps")
     args = parser.parse_args()
+    n_trials = args.trials or (8 if args.quick else 30)
+    examples = args.examples or (20000 if args.quick else None)
     optuna.logging.set_verbosity(logging.WARNING)
-    warm_up_imports()
+    warm_up()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        plain_wall, plain_inside = plain_sweep(f"sqlite:///{folder}/plain.db", args.trials, args.examples, args.seed)
-        service_wall, service_inside = service_sweep(folder, args.trials, args.examples, args.seed)
-    rows = [("plain Optuna", plain_wall, plain_inside), ("service", service_wall, service_inside)]
-    print(f"{args.trials} trials of the digits MLP, {args.examples} training examples each")
-    print(f"{'':<14}{'wall s':>8}{'train+eval s':>14}{'outside s':>11}{'share':>8}")
-    for name, wall, inside in rows:
-        print(f"{name:<14}{wall:>8.2f}{inside:>14.2f}{wall - inside:>11.2f}{(wall - inside) / wall:>8.3f}")
-    share = {name: (wall - inside) / wall for name, wall, inside in rows}
-    print(f"overhead_share_service={share['service']:.3f} overhead_share_plain={share['plain Optuna']:.3f}")
+        config = service_config(folder, n_trials, examples, args.seed)
+        plain = plain_sweep(f"sqlite:///{folder}/plain.db", n_trials, config)
+        service, study = service_sweep(config)
+        rows = [plain, service]
+        if not args.no_replay:
+            replayed, examples_seen = replay(config, study)
+            rows.append(Measured(" trained alone", service.wall, replayed, service.complete, service.pruned,
+                                 examples_seen))
+            service = Measured("service", service.wall, min(service.inside, replayed), service.complete,
+                               service.pruned, service.examples)
+    budget = config.budget
+    print(f"digits MLP, {n_trials} trials per sweep, at most {budget.per_trial:g} training examples per trial"
+          f" (service evaluates every {budget.eval_every:g}, plain every epoch)")
+    print(f"{'':<15}{'complete':>9}{'pruned':>7}{'examples':>10}{'ex/s':>8}{'wall s':>8}"
+          f"{'train+eval s':>13}{'outside s':>10}{'per trial':>10}{'share':>7}")
+    for m in rows:
+        outside = m.wall - m.inside
+        print(f"{m.name:<15}{m.complete:>9}{m.pruned:>7}{m.examples / 1e6:>9.2f}M{m.examples / m.inside:>8.0f}"
+              f"{m.wall:>8.2f}{m.inside:>13.2f}{outside:>10.2f}{1000 * outside / n_trials:>8.1f}ms{m.share:>7.3f}")
+    if not args.no_replay:
+        print("service share below: outside = wall - the smaller train+eval (in the sweep, or trained alone)")
+    print(f"overhead_share_service={service.share:.3f} overhead_share_plain={plain.share:.3f}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ BUILTIN = {
     "digits_cnn": "objectives.digits:digits_cnn",
     "regression": "objectives.regression:regression",
     "resnet_synthetic": "objectives.synthetic_images:resnet_synthetic",
+    "teacher_mlp": "objectives.teacher:teacher_mlp",
 }
 
 

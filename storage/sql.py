@@ -19,6 +19,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError, SQLA
 
 ENV_VAR = "SWEEPS_STORAGE"
 SQLITE_BUSY_TIMEOUT_S = 60
+CONNECT_TIMEOUT_S = 5  # an unreachable server is an error within seconds, not a hang
 
 
 class StorageError(RuntimeError):
@@ -73,7 +74,7 @@ def engine_kwargs(url: str) -> dict:
             "pool_pre_ping": True,
             "pool_size": 2,
             "max_overflow": 2,
-            "connect_args": {"connect_timeout": 10},
+            "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S},
         }
     return {"pool_pre_ping": True}
 

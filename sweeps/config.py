@@ -256,6 +256,16 @@ class EarlyStoppingSection:
 
 
 @dataclass
+class DashboardSection:
+    artifacts: str | None = None  # checkpoint folder; default: <SQLite file stem>-artifacts beside the store
+    keep_checkpoints: int = 3  # the best trials whose best weights are kept as artifacts (0: none)
+    notes: bool = True  # study and per-trial notes, and the report's figures, written for the dashboard
+
+    def validate(self, path: str) -> None:
+        check(self.keep_checkpoints >= 0, join(path, "keep_checkpoints"), "must be >= 0")
+
+
+@dataclass
 class SweepConfig:
     study: StudySection
     objective: ObjectiveSection
@@ -265,6 +275,7 @@ class SweepConfig:
     pruner: PrunerSection = field(default_factory=PrunerSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     early_stopping: EarlyStoppingSection | None = None
+    dashboard: DashboardSection = field(default_factory=DashboardSection)
     base_dir: str = "."  # folder of the YAML file; relative SQLite paths resolve against it
 
     def validate(self, path: str) -> None:

@@ -6,7 +6,7 @@ They run on one bookkeeping thread, in order, while training goes on:
 - the next trial is asked (its parameters sampled) while the current one trains; TPE's constant
   liar sees the current trial as running, as a second worker would;
 - at the evaluations where the pruner can act, the decision is taken in the background, and a
-  pruned trial stops at its first evaluation after the decision arrives;
+  pruned trial stops at its next evaluation;
 - a finished trial's attributes, learning curve and state are written in one transaction.
 """
 
@@ -116,7 +116,9 @@ class SweepLoop:
     def ask(self, wait_for_others: bool = False) -> Asked | None:
         """The next trial, or None when the study has its trials.
 
-        Running trials of every worker count, so N workers asking ahead do not overshoot. With
+        Running trials of every worker count, so N workers asking ahead do not overshoot; once the
+        free slots are no more than the running trials, a trial is asked only when this process is
+        free to run it (not ahead), so the last trials go to whichever worker is idle first. With
         `wait_for_others` (this process has no open trial) and a heartbeat, a worker whose slots
         are all held by other workers' running trials waits until those finish, or go stale and
         are queued again, instead of leaving a dead worker's trial unfinished.
@@ -128,11 +130,15 @@ class SweepLoop:
                 # fail (and queue again) trials whose worker died; once per heartbeat interval is enough
                 with_retry(self.fail_stale_trials, "failing stale trials")
                 self.next_stale_check = time.monotonic() + self.heartbeat.interval
-            if self.taken() < self.n_trials:
+            taken = self.taken()
+            free = self.n_trials - taken
+            if free > 0 and (wait_for_others or free > taken or free > self.running()):
                 break
+            if free > 0:  # asking ahead for one of the last slots would hold it while another worker idles
+                return None
             if not (wait_for_others and self.heartbeat.enabled) or self.finished() >= self.n_trials:
                 return None
-            self.stopping.wait(min(1.0, self.heartbeat.interval))
+            self.stopping.wait(min(0.5, self.heartbeat.interval))
         if self.grid_size is not None and len(self.study.get_trials(deepcopy=False)) >= self.grid_size:
             return None  # every grid point is taken; asking again would repeat one
         trial = with_retry(self.study.ask, "asking for a trial")
@@ -142,6 +148,10 @@ class SweepLoop:
             return None
         point = with_retry(lambda: suggest(trial, self.config.search), "sampling a trial")
         return Asked(trial, point, [])
+
+    def running(self) -> int:
+        return with_retry(lambda: count_trials(self.study._storage, self.study._study_id, (TrialState.RUNNING,)),
+                          "counting trials")
 
     def finished(self) -> int:
         return with_retry(lambda: count_trials(self.study._storage, self.study._study_id, FINISHED),
@@ -220,9 +230,13 @@ class SweepLoop:
         acts_at = PruningSteps(self.config.pruner, self.objective.budget, self.n_train)
 
         def report(value: float, step: int) -> bool:
+            # The decision taken at one evaluation applies at the next: the pruner works while the
+            # trial trains on, and waiting here is rare (only when the bookkeeper is still busy).
+            if any(d.result() for d in asked.decisions):
+                return True
             if acts_at(step):
                 asked.decisions.append(self.book.submit(self.decide, asked.trial, value, step))
-            return any(d.done() and d.result() for d in asked.decisions)
+            return False
 
         return report
 

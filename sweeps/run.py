@@ -8,6 +8,7 @@ failed and queued again; rerunning resumes).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import optuna
@@ -37,7 +38,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="validate and print the plan; train nothing, touch no store")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
-    parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by --workers
+    parser.add_argument("--worker-index", type=int, default=0,
+                        help="this worker's sampler seed is study.seed + index (default 0); on several "
+                             "machines give each its own range, e.g. 0, 4, 8 with --workers 4")
+    parser.add_argument("--as-worker", action="store_true", help=argparse.SUPPRESS)  # a child of --workers
     return parser.parse_args(argv)
 
 
@@ -63,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nstore: {redact(target.storage_url)} (not opened: dry run)")
             return 0
         if args.workers > 1:
-            return run_workers(args.study_file, config, target, args.workers, show_progress=not args.quiet)
-        study = run_sweep(config, target, show_progress=not args.quiet, worker_index=args.worker_index or 0)
+            return run_workers(args.study_file, config, target, args.workers, show_progress=not args.quiet,
+                               first_index=args.worker_index)
+        study = run_sweep(config, target, show_progress=not args.quiet, worker_index=args.worker_index)
     except ConfigError as err:
         return fail(EXIT_CONFIG, f"{args.study_file}: {err}")
     except TaskError as err:
@@ -81,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                                      "run the same command again to resume")
     except optuna.exceptions.OptunaError as err:
         return fail(EXIT_FAILED, str(err))
-    if args.worker_index is not None:  # a worker of --workers: the parent reports
+    if args.as_worker:  # a worker of --workers: the parent reports
         return 0
     print_summary(study, config.study.metric)
     finished = finished_count(study)
@@ -106,4 +111,11 @@ def print_summary(study: optuna.Study, metric: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if "--as-worker" in sys.argv:
+        # A worker of --workers: everything it wrote is committed; skip the interpreter's teardown
+        # (most of a second of CPU with torch loaded), so SIGTERM ends it within the 10 s promised.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -15,9 +15,10 @@ from objectives.task import Task, TrialSettings
 from storage import open_storage, redact, resolve_url
 from sweeps.config import SweepConfig
 from sweeps.loop import SweepLoop, finished_count
-from sweeps.objective import PROBED_MICRO_BATCH_ATTR, SweepObjective, resolve_device
+from sweeps.objective import PROBED_MICRO_BATCH_ATTR, SweepObjective, resolve_device, threads_beside_bookkeeping
 from sweeps.plan import budget_of, check_plan
 from sweeps.progress import Progress
+from sweeps.publish import DashboardHooks
 from sweeps.strategies import build_pruner, build_sampler
 
 
@@ -89,7 +90,10 @@ def open_study(config: SweepConfig, target: SweepTarget, n_train: int,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([config.study.metric])
-        study.set_user_attr("config", json.loads(json.dumps(config.to_dict(), default=str)))
+        stored = json.loads(json.dumps(config.to_dict(), default=str))
+        if stored["study"].get("storage"):  # the study file may name a URL with a password
+            stored["study"]["storage"] = redact(stored["study"]["storage"])
+        study.set_user_attr("config", stored)
         study.set_user_attr("budget_unit", config.budget.unit)
         study.set_user_attr("step_unit", {"epochs": "examples", "seconds": "ms"}.get(
             config.budget.unit, config.budget.unit))
@@ -108,18 +112,23 @@ def run_sweep(config: SweepConfig, target: SweepTarget, show_progress: bool = Tr
     factory = resolve_task(config.objective.task, config.base_dir)
     budget = budget_of(config)
     study = open_study(config, target, n_train, sampler_seed=config.study.seed + worker_index)
+    hooks = DashboardHooks(config, target.storage_url, study, n_train)  # notes, checkpoints, figures
     progress = Progress(target.n_trials, budget, config.study.metric) if show_progress else None
     if finished_count(study) >= target.n_trials:
         if progress:
             progress(study, None)
         return study
     objective = SweepObjective(config, factory, budget, study.user_attrs.get(PROBED_MICRO_BATCH_ATTR))
-    loop = SweepLoop(study, config, objective, n_train, target.n_trials, [progress] if progress else [])
+    objective.keeper = hooks.keeper
+    loop = SweepLoop(study, config, objective, n_train, target.n_trials,
+                     ([progress] if progress else []) + hooks.callbacks)
     try:
-        loop.run()
+        with threads_beside_bookkeeping(objective.device):
+            loop.run()
     finally:
         if progress:
             progress.close()
+    hooks.after_sweep(study)
     if loop.gave_up:
         raise SweepFailed(f"{loop.failures_in_a_row} trials in a row failed; last error: {loop.last_error}")
     return study

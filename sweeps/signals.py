@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from contextlib import contextmanager
 
 
 class Terminated(BaseException):
@@ -18,3 +19,18 @@ def raise_terminated(signum, frame) -> None:
 def install() -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, raise_terminated)
+
+
+@contextmanager
+def ignored_while_closing():
+    """While a sweep closes its open trials after SIGTERM or Ctrl-C, a second signal (the --workers
+    parent passes Ctrl-C on as SIGTERM) must not interrupt that; the handlers come back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)

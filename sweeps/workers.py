@@ -22,20 +22,21 @@ from sweeps.progress import Progress
 from sweeps.runner import SweepTarget, open_study, training_set_size
 from sweeps.signals import Terminated
 
-STOP_WAIT_S = 10
+STOP_WAIT_S = 7  # then SIGKILL: the parent exits within 10 s of a SIGTERM, as docker stop expects
 
 
 def worker_command(study_file: str, target: SweepTarget, index: int) -> list[str]:
-    return [sys.executable, "-m", "sweeps.run", study_file, "--quiet", "--worker-index", str(index),
+    return [sys.executable, "-m", "sweeps.run", study_file, "--quiet", "--as-worker", "--worker-index", str(index),
             "--study-name", target.study_name, "--n-trials", str(target.n_trials)]
 
 
 def run_workers(study_file: str, config: SweepConfig, target: SweepTarget, n_workers: int,
-                show_progress: bool = True) -> int:
+                show_progress: bool = True, first_index: int = 0) -> int:
     study = open_study(config, target, training_set_size(config))
     threads = str(max(1, (os.cpu_count() or 1) // n_workers))  # N workers share the cores, not N x all
     env = {**os.environ, ENV_VAR: target.storage_url, "OMP_NUM_THREADS": threads}
-    workers = [subprocess.Popen(worker_command(study_file, target, i), env=env) for i in range(n_workers)]
+    workers = [subprocess.Popen(worker_command(study_file, target, first_index + i), env=env)
+               for i in range(n_workers)]
     progress = Progress(target.n_trials, budget_of(config), config.study.metric) if show_progress else None
     try:
         while any(w.poll() is None for w in workers):
@@ -50,8 +51,8 @@ def run_workers(study_file: str, config: SweepConfig, target: SweepTarget, n_wor
             progress(study, None)
             progress.close()
     failed = [w.returncode for w in workers if w.returncode != 0]
-    if failed:
-        return failed[0]
+    if failed:  # a worker killed by a signal: 128 + its number, as a shell reports it
+        return failed[0] if failed[0] > 0 else 128 - failed[0]
     print(f"{finished_count(study)} trials finished; best {config.study.metric} = {best_text(study)}")
     return 0
 

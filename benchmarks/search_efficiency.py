@@ -1,0 +1,550 @@
+"""Search efficiency: compute to target for random search, a plain Optuna loop and the service.
+
+Each method gets the same total compute per seed (C = `full_trials` x the per-trial budget, in
+training examples) on the same task, search ranges and per-trial budget (E epochs of the training
+set), and we measure how much of it it spends before any trial first reaches within MARGIN of the
+best value known for the task (benchmarks/search_efficiency_reference.json):
+
+(a) random: Optuna's RandomSampler over the service's space (batch size, epochs, LR, coupling rule,
+    warmup), every trial trained to its end, no pruning;
+(b) plain:  the objective people write by hand: TPE + MedianPruner, `trial.report` once per epoch
+    (step = epoch, so trials of different batch size are compared at different compute), the LR
+    searched directly, no coupling, no warmup;
+(c) service: `sweeps.runner.run_sweep` with the service's defaults (sampler, pruner, eval_every,
+    schedule) and the search block of examples/digits.yaml, in a temporary SQLite store.
+
+(a) and (b) train with the same recipe as the service (SGD with momentum 0.9, LR cosine-decayed to
+zero at the trial's last planned update, data resident as tensors, the task's factory for model
+and data, one intra-op thread like the service on 2 cores) and evaluate once per epoch; the
+compute they use is counted here (examples per update). The service's trials record
+`examples_seen` and their whole learning curve (step = examples into the trial).
+
+Compute to target = the examples of all earlier trials + the examples into the hitting trial at
+its first evaluation within MARGIN of the reference; wall seconds likewise, from the start of the
+method's sweep. A method that does not get there within C is censored at C ("not reached").
+
+    python benchmarks/search_efficiency.py [--quick] [--seeds 5] [--tasks ...] [--compare]
+    python benchmarks/search_efficiency.py --make-reference   # rebuild the reference JSON
+
+The last line is `speedup_vs_random=<x> speedup_vs_plain_optuna=<y>`: geometric means over tasks of
+median(compute to target of the baseline) / median(compute to target of the service).
+`--compare` instead runs service variants (sampler, pruner, eval_every, coupling list).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+import torch
+
+from objectives.registry import resolve_task
+from objectives.task import TrialSettings
+from sweeps.config import parse_config
+from sweeps.coupling import couple
+from sweeps.runner import run_sweep, target_of
+
+REFERENCE_FILE = Path(__file__).resolve().parent / "search_efficiency_reference.json"
+MARGIN = 0.01  # absolute, in the task's metric (validation accuracy for every task here)
+LR_RANGE = (1e-3, 1.0)
+BATCH_EXPONENTS = (4, 9)  # batch sizes 16 .. 512
+REFERENCE_BATCH = 64
+WARMUP_RANGE = (0.0, 0.1)
+COUPLINGS = ["none", "linear", "sqrt"]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    n_train: int
+    epochs: int  # per-trial budget: this many epochs of the training set, in examples
+    full_trials: int  # total compute per method = this many full-budget trials
+    options: dict = field(default_factory=dict)
+
+    @property
+    def per_trial(self) -> int:
+        return self.epochs * self.n_train
+
+    @property
+    def total(self) -> int:
+        return self.full_trials * self.per_trial
+
+
+TASKS = {
+    "digits_mlp": TaskSpec("digits_mlp", 1438, epochs=20, full_trials=20),
+    "digits_cnn": TaskSpec("digits_cnn", 1438, epochs=15, full_trials=16),
+    "teacher_mlp": TaskSpec("teacher_mlp", 4096, epochs=20, full_trials=16),
+}
+# --quick: the same tasks and per-trial budgets (so the same reference), a quarter of the compute
+QUICK = {name: TaskSpec(s.name, s.n_train, s.epochs, 5, s.options) for name, s in TASKS.items()}
+
+
+# --- accounting -------------------------------------------------------------------------------
+
+@dataclass
+class Evaluation:
+    examples: int  # training examples into the trial when this value was measured
+    value: float
+    seconds: float  # wall seconds since the method's sweep started
+
+
+@dataclass
+class TrialRecord:
+    examples: int  # training examples the trial processed in all
+    evaluations: list[Evaluation]
+
+
+@dataclass
+class Hit:
+    examples: float  # math.inf when the target was not reached within the total compute
+    seconds: float
+    best: float | None  # best value seen within the total compute
+
+    @property
+    def reached(self) -> bool:
+        return math.isfinite(self.examples)
+
+
+def compute_to_target(trials: Sequence[TrialRecord], target: float, total: float, maximize: bool = True) -> Hit:
+    """Examples (and seconds) spent, in trial order, until a value first reaches `target`.
+
+    Only compute within `total` counts: an evaluation after the method's first `total` examples is
+    ignored, and so is every later trial. `best` is the best value seen within `total`.
+    """
+    spent = 0
+    best = None
+    hit = None
+    for trial in trials:
+        if spent >= total:
+            break
+        for ev in sorted(trial.evaluations, key=lambda e: e.examples):
+            if spent + ev.examples > total:
+                break
+            if best is None or (ev.value > best if maximize else ev.value < best):
+                best = ev.value
+            if hit is None and ((ev.value >= target) if maximize else (ev.value <= target)):
+                hit = (spent + ev.examples, ev.seconds)
+        spent += trial.examples
+    return Hit(*(hit or (math.inf, math.inf)), best)
+
+
+def records_from_study(study: optuna.Study, started: float) -> list[TrialRecord]:
+    """The service's trials in the order they ran, from what each recorded.
+
+    The sweep asks a trial ahead while the previous one trains, so a trial's own start time is not
+    its training start; its training window is taken as (previous trial's end, its end], and an
+    evaluation's time is interpolated in that window by examples.
+    """
+    records = []
+    window_start = 0.0
+    for trial in sorted(study.trials, key=lambda t: t.number):
+        examples = int(trial.user_attrs.get("examples_seen", 0))
+        end = trial.datetime_complete.timestamp() - started if trial.datetime_complete else window_start
+        evals = []
+        for step, value in sorted(trial.intermediate_values.items()):
+            share = min(step / examples, 1.0) if examples else 1.0
+            evals.append(Evaluation(min(step, examples) if examples else step, value,
+                                    window_start + share * (end - window_start)))
+        records.append(TrialRecord(examples, evals))
+        window_start = max(window_start, end)
+    return records
+
+
+# --- the hand-written baselines (a) and (b) ------------------------------------------------------
+
+def cosine_lr(peak: float, update: int, planned: int, warmup: int) -> float:
+    if update < warmup:
+        return peak * (update + 1) / (warmup + 1)
+    last = planned - 1 - warmup
+    progress = min((update - warmup) / last, 1.0) if last > 0 else 1.0
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class PlainTrainer:
+    """The loop a user writes: epochs of shuffled mini-batches, evaluate after each epoch.
+
+    Counts the training examples it processes; `on_epoch(epoch, examples, value)` may return True
+    to stop (pruned).
+    """
+
+    def __init__(self, spec: TaskSpec, started: float):
+        self.spec = spec
+        self.factory = resolve_task(spec.name)
+        self.started = started
+        self.records: list[TrialRecord] = []
+
+    def train(self, seed: int, batch_size: int, lr: float, epochs: int, warmup_fraction: float,
+              on_epoch: Callable[[int, float], bool] | None = None) -> float:
+        torch.random.default_generator.manual_seed(seed)
+        settings = TrialSettings(batch_size=batch_size, lr=lr, seed=seed, device=torch.device("cpu"),
+                                 options=dict(self.spec.options))
+        task = self.factory(settings)
+        model, (x, y), (xv, yv) = task.model, task.train, task.val
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+        gen = torch.Generator().manual_seed(seed)
+        n = len(x)
+        per_epoch = -(-n // batch_size)
+        planned = per_epoch * epochs
+        warmup = min(int(round(warmup_fraction * planned)), max(planned - 1, 0))
+        record = TrialRecord(0, [])
+        self.records.append(record)
+        best = -math.inf
+        update = 0
+        for epoch in range(1, epochs + 1):
+            model.train()
+            perm = torch.randperm(n, generator=gen)
+            for start in range(0, n, batch_size):
+                idx = perm[start : start + batch_size]
+                for group in optimizer.param_groups:
+                    group["lr"] = cosine_lr(lr, update, planned, warmup)
+                loss = task.loss(model(x[idx]), y[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                update += 1
+                record.examples += len(idx)
+            if not math.isfinite(loss.item()):
+                raise optuna.TrialPruned()  # diverged: the service records these as pruned too
+            model.eval()
+            with torch.no_grad():
+                value = task.metric(model(xv), yv).item()
+            record.evaluations.append(Evaluation(record.examples, value, time.perf_counter() - self.started))
+            best = max(best, value)
+            if on_epoch is not None and on_epoch(epoch, value):
+                raise optuna.TrialPruned()
+        return best
+
+
+def plain_sweep(spec: TaskSpec, seed: int, method: str) -> tuple[list[TrialRecord], float]:
+    """(a) random or (b) plain TPE + median, run until the method has used its total compute."""
+    started = time.perf_counter()
+    trainer = PlainTrainer(spec, started)
+    if method == "random":
+        sampler, pruner = optuna.samplers.RandomSampler(seed=seed), optuna.pruners.NopPruner()
+    else:
+        sampler, pruner = optuna.samplers.TPESampler(seed=seed), optuna.pruners.MedianPruner()
+    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+
+    def objective(trial: optuna.Trial) -> float:
+        batch_size = 2 ** trial.suggest_int("batch_size_log2", *BATCH_EXPONENTS)
+        epochs = trial.suggest_int("epochs", 1, spec.epochs)
+        trial_seed = seed * 100_003 + trial.number
+        if method == "random":  # the service's space: base LR, coupling rule, warmup
+            base_lr = trial.suggest_float("base_lr", *LR_RANGE, log=True)
+            rule = trial.suggest_categorical("coupling", COUPLINGS)
+            warmup = trial.suggest_float("warmup_fraction", *WARMUP_RANGE)
+            lr = couple(rule, base_lr, batch_size, REFERENCE_BATCH).lr
+            return trainer.train(trial_seed, batch_size, lr, epochs, warmup)
+        lr = trial.suggest_float("lr", *LR_RANGE, log=True)
+
+        def report(epoch: int, value: float) -> bool:
+            trial.report(value, epoch)
+            return trial.should_prune()
+
+        return trainer.train(trial_seed, batch_size, lr, epochs, 0.0, report)
+
+    def enough(study: optuna.Study, _trial) -> None:
+        if sum(r.examples for r in trainer.records) >= spec.total:
+            study.stop()
+
+    with one_thread():
+        study.optimize(objective, callbacks=[enough], catch=(Exception,))
+    return trainer.records, time.perf_counter() - started
+
+
+class one_thread:
+    """One intra-op thread, as the service trains on 2 cores (the other is its bookkeeping's)."""
+
+    def __enter__(self):
+        self.threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.threads)
+
+
+# --- (c) the service ---------------------------------------------------------------------------------
+
+def service_study(spec: TaskSpec, seed: int, overrides: dict | None = None) -> dict:
+    """The study file (c) runs: defaults for everything but the task, budget and search block."""
+    data = {
+        "study": {"name": f"eff-{spec.name}-{seed}", "metric": "val_accuracy", "direction": "maximize",
+                  "n_trials": spec.full_trials, "seed": seed},
+        "objective": {"task": spec.name, "optimizer": "sgd", "options": dict(spec.options)},
+        "budget": {"unit": "examples", "per_trial": spec.per_trial},
+        "search": {
+            "batch_size": {"low": 2 ** BATCH_EXPONENTS[0], "high": 2 ** BATCH_EXPONENTS[1], "log": True,
+                           "power_of_two": True},
+            "epochs": {"low": 1, "high": spec.epochs},
+            "base_lr": {"low": LR_RANGE[0], "high": LR_RANGE[1], "log": True},
+            "coupling": list(COUPLINGS),
+            "reference_batch_size": REFERENCE_BATCH,
+            "warmup_fraction": {"low": WARMUP_RANGE[0], "high": WARMUP_RANGE[1]},
+        },
+    }
+    for section, values in (overrides or {}).items():
+        data.setdefault(section, {}).update(copy.deepcopy(values))
+    return data
+
+
+def service_sweep(spec: TaskSpec, seed: int, overrides: dict | None = None) -> tuple[list[TrialRecord], float]:
+    """run_sweep until the study's trials have used the total compute; more trials are added by
+    resuming the study as a further worker (its own sampler seed), as a user would."""
+    with tempfile.TemporaryDirectory() as folder:
+        data = service_study(spec, seed, overrides)
+        data["study"]["storage"] = f"sqlite:///{folder}/efficiency.db"
+        config = parse_config(data, folder)
+        started_wall, started = time.time(), time.perf_counter()
+        n_trials, chunk = 2 * spec.full_trials, 0
+        while True:
+            study = run_sweep(config, target_of(config, n_trials=n_trials), show_progress=False,
+                              worker_index=chunk)
+            spent = sum(int(t.user_attrs.get("examples_seen", 0)) for t in study.trials)
+            if spent >= spec.total:
+                break
+            per_trial = spent / max(len(study.trials), 1)
+            n_trials += max(4, math.ceil((spec.total - spent) / max(per_trial, 1.0)) + 2)
+            chunk += 1
+        wall = time.perf_counter() - started
+        return records_from_study(study, started_wall), wall
+
+
+# --- the benchmark ---------------------------------------------------------------------------------
+
+METHODS = ("random", "plain_optuna", "service")
+
+
+def run_method(method: str, spec: TaskSpec, seed: int,
+               overrides: dict | None = None) -> tuple[list[TrialRecord], float]:
+    if method == "random":
+        return plain_sweep(spec, seed, "random")
+    if method == "plain_optuna":
+        return plain_sweep(spec, seed, "tpe")
+    return service_sweep(spec, seed, overrides)
+
+
+def load_reference() -> dict:
+    return json.loads(REFERENCE_FILE.read_text())
+
+
+def median_of(values: list[float]) -> float:
+    return statistics.median(values)  # inf (not reached) sorts last, so the median is censored too
+
+
+def spread(values: list[float], unit: str = "") -> str:
+    """Interquartile range over seeds (n/r: not reached within the total compute)."""
+    if len(values) < 2:
+        return "-"
+    q = sorted(values)
+    k = len(q) // 4
+    return f"{fmt(q[k], unit)}-{fmt(q[-1 - k], unit)}"
+
+
+def fmt(v: float, unit: str = "") -> str:
+    if not math.isfinite(v):
+        return "n/r"
+    if unit == "s":
+        return f"{v:.1f}"
+    return f"{v / 1000:.0f}k" if v >= 10_000 else f"{v:.0f}"
+
+
+@dataclass
+class Cell:
+    """One method on one task: each seed's trial records and wall seconds."""
+
+    runs: list[tuple[list[TrialRecord], float]] = field(default_factory=list)
+
+    def hits(self, target: float, total: float) -> list[Hit]:
+        return [compute_to_target(records, target, total) for records, _ in self.runs]
+
+
+def censored_median(values: list[float], total: float) -> float:
+    """The median, with not-reached seeds counted as the whole budget (a lower bound on their cost)."""
+    return median_of([min(v, total) for v in values])
+
+
+def run_grid(specs: dict[str, TaskSpec], seeds: list[int], methods: dict[str, dict | None],
+             reference: dict, log=print) -> dict[tuple[str, str], Cell]:
+    cells: dict[tuple[str, str], Cell] = {}
+    for name, spec in specs.items():
+        target = reference[name]["best"] - MARGIN
+        for label, overrides in methods.items():
+            cell = cells.setdefault((name, label), Cell())
+            for seed in seeds:
+                method = label if label in ("random", "plain_optuna") else "service"
+                records, wall = run_method(method, spec, seed, overrides)
+                cell.runs.append((records, wall))
+                hit = compute_to_target(records, target, spec.total)
+                log(f"# {name:12s} {label:22s} seed {seed}: examples {fmt(hit.examples)} seconds "
+                    f"{fmt(hit.seconds, 's')} best@C {hit.best:.4f} target {target:.4f} "
+                    f"trials {len(records)} wall {wall:.1f}s")
+    return cells
+
+
+def print_table(cells: dict[tuple[str, str], Cell], specs: dict[str, TaskSpec], reference: dict,
+                labels: Sequence[str], margin: float = MARGIN) -> None:
+    print()
+    print(f"compute to target (target = reference - {margin}); IQR over seeds; n/r = not reached within C")
+    print(f"{'task':12s} {'method':22s} {'reached':>7s} {'examples (median)':>17s} {'IQR':>13s} "
+          f"{'seconds (median)':>16s} {'IQR':>11s} {'best@C (median)':>15s}")
+    for name, spec in specs.items():
+        target = reference[name]["best"] - margin
+        for label in labels:
+            hits = cells[(name, label)].hits(target, spec.total)
+            examples, seconds = [h.examples for h in hits], [h.seconds for h in hits]
+            bests = [h.best for h in hits if h.best is not None]
+            print(f"{name:12s} {label:22s} {sum(h.reached for h in hits):>3d}/{len(hits):<3d} "
+                  f"{fmt(median_of(examples)):>17s} {spread(examples):>13s} "
+                  f"{fmt(median_of(seconds), 's'):>16s} {spread(seconds, 's'):>11s} "
+                  f"{statistics.median(bests) if bests else float('nan'):>15.4f}")
+        print(f"{'':12s} target {target:.4f} (reference {reference[name]['best']:.4f} - {margin}), "
+              f"budget C = {spec.total} examples = {spec.full_trials} trials of {spec.per_trial}")
+
+
+def speedups(cells, specs, reference: dict, margin: float = MARGIN, service_label: str = "service",
+             log=print) -> tuple[float, float]:
+    ratios: dict[str, list[float]] = {"random": [], "plain_optuna": []}
+    for name, spec in specs.items():
+        target = reference[name]["best"] - margin
+        ours = censored_median([h.examples for h in cells[(name, service_label)].hits(target, spec.total)], spec.total)
+        for base in ratios:
+            theirs = censored_median([h.examples for h in cells[(name, base)].hits(target, spec.total)], spec.total)
+            ratios[base].append(theirs / ours)
+            log(f"# margin {margin}, {name}: median examples to target {base} / service = "
+                f"{fmt(theirs)} / {fmt(ours)} = {theirs / ours:.2f}")
+    geo = {k: math.exp(sum(math.log(r) for r in v) / len(v)) for k, v in ratios.items()}
+    return geo["random"], geo["plain_optuna"]
+
+
+def save_runs(path: str, cells: dict[tuple[str, str], Cell]) -> None:
+    data = [{"task": task, "method": label, "runs": [
+        {"wall": wall, "trials": [{"examples": r.examples, "evals": [[e.examples, e.value, e.seconds]
+                                                                     for e in r.evaluations]} for r in records]}
+        for records, wall in cell.runs]} for (task, label), cell in cells.items()]
+    Path(path).write_text(json.dumps(data))
+
+
+def load_runs(path: str) -> dict[tuple[str, str], Cell]:
+    cells = {}
+    for item in json.loads(Path(path).read_text()):
+        cells[(item["task"], item["method"])] = Cell([
+            ([TrialRecord(t["examples"], [Evaluation(*e) for e in t["evals"]]) for t in run["trials"]], run["wall"])
+            for run in item["runs"]])
+    return cells
+
+
+VARIANTS = {
+    "service": None,  # the defaults
+    "sampler=random": {"sampler": {"name": "random"}},
+    "pruner=median": {"pruner": {"name": "median"}},
+    "pruner=sha": {"pruner": {"name": "successive_halving"}},
+    "pruner=none": {"pruner": {"name": "none"}},
+    "eval_every=per/5": {"budget": {"eval_every": "5"}},
+    "eval_every=per/20": {"budget": {"eval_every": "20"}},
+    "coupling=[none]": {"search": {"coupling": ["none"]}},
+    "coupling=[sqrt]": {"search": {"coupling": ["sqrt"]}},
+    "coupling=[linear]": {"search": {"coupling": ["linear"]}},
+}
+
+
+def resolve_variant(overrides: dict | None, spec: TaskSpec) -> dict | None:
+    if overrides is None:
+        return None
+    out = copy.deepcopy(overrides)
+    if "budget" in out and isinstance(out["budget"].get("eval_every"), str):
+        out["budget"]["eval_every"] = max(1, spec.per_trial // int(out["budget"]["eval_every"]))
+    return out
+
+
+def make_reference(specs: dict[str, TaskSpec]) -> None:
+    """A grid run once per task: every batch size x 10 LRs (log-spaced over the searched range),
+    coupling none, the whole per-trial budget, no pruning; the best value is the reference."""
+    reference = {}
+    for name, spec in specs.items():
+        with tempfile.TemporaryDirectory() as folder:
+            data = service_study(spec, 0, {
+                "sampler": {"name": "grid", "grid_points": 10}, "pruner": {"name": "none"},
+                "search": {"coupling": "none", "warmup_fraction": 0.0, "epochs": None}})
+            data["search"].pop("epochs")
+            data["study"].update(storage=f"sqlite:///{folder}/ref.db", n_trials=60)
+            config = parse_config(data, folder)
+            started = time.perf_counter()
+            study = run_sweep(config, target_of(config), show_progress=False)
+            best = study.best_trial
+            reference[name] = {
+                "best": round(study.best_value, 6),
+                "best_params": {"batch_size": best.user_attrs["batch_size"], "lr": round(best.user_attrs["lr"], 6)},
+                "how": (f"grid over batch size 16..512 (powers of two) x 10 log-spaced LRs in "
+                        f"[{LR_RANGE[0]}, {LR_RANGE[1]}], SGD momentum 0.9, cosine schedule, no coupling or "
+                        f"warmup, every trial trained its whole budget of {spec.per_trial} examples "
+                        f"({spec.epochs} epochs), no pruning, best checkpoint; 60 trials, study seed 0"),
+                "per_trial_examples": spec.per_trial,
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+            print(name, reference[name], flush=True)
+    REFERENCE_FILE.write_text(json.dumps(reference, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 seeds, 5 full trials' compute per method (a smoke run)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per method and task (default 5; 2 quick)")
+    parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=None)
+    parser.add_argument("--compare", nargs="*", default=None, metavar="VARIANT",
+                        help=f"compare service settings instead (default all): {', '.join(VARIANTS)}")
+    parser.add_argument("--make-reference", action="store_true", help="rebuild " + REFERENCE_FILE.name)
+    parser.add_argument("--also-margin", type=float, nargs="*", default=[],
+                        help="also print the tables for these (stricter) margins, from the same runs")
+    parser.add_argument("--save", help="write every run's trial records to this JSON file")
+    parser.add_argument("--load", help="analyse the runs saved with --save instead of running")
+    args = parser.parse_args(argv)
+    optuna.logging.set_verbosity(logging.WARNING)
+    specs = QUICK if args.quick else TASKS
+    if args.tasks:
+        specs = {k: v for k, v in specs.items() if k in args.tasks}
+    if args.make_reference:
+        make_reference({k: TASKS[k] for k in specs})
+        return
+    reference = load_reference()
+    seeds = list(range(args.seeds if args.seeds is not None else (2 if args.quick else 5)))
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    if args.compare is not None:
+        labels = args.compare or list(VARIANTS)
+        if args.load:
+            cells = load_runs(args.load)
+        else:
+            cells = {}
+            for name, spec in specs.items():
+                variants = {v: resolve_variant(VARIANTS[v], spec) for v in labels}
+                cells.update(run_grid({name: spec}, seeds, variants, reference, log))
+    else:
+        labels = list(METHODS)
+        methods = {m: None for m in METHODS}
+        cells = load_runs(args.load) if args.load else run_grid(specs, seeds, methods, reference, log)
+    if args.save:
+        save_runs(args.save, cells)
+    specs = {k: v for k, v in specs.items() if any(task == k for task, _ in cells)}
+    for margin in args.also_margin:
+        print_table(cells, specs, reference, labels, margin)
+        if args.compare is None:
+            x, y = speedups(cells, specs, reference, margin)
+            print(f"# margin {margin}: speedup_vs_random={x:.2f} speedup_vs_plain_optuna={y:.2f}")
+    print_table(cells, specs, reference, labels)
+    if args.compare is None:
+        x, y = speedups(cells, specs, reference)
+        print(f"speedup_vs_random={x:.2f} speedup_vs_plain_optuna={y:.2f}")
+
+
+if __name__ == "__main__":
+    main()

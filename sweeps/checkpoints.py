@@ -1,0 +1,131 @@
+"""The best trials' best weights, kept as Optuna artifacts that optuna-dashboard lists and serves.
+
+A trial's weights exist only in the process that trains it, and only until the trial ends, so
+the decision to keep them is taken right after training (the Trainer has restored the best
+state by then). Writing a checkpoint for every trial would cost a file and a store write per
+trial; instead the keeper remembers the values of the checkpoints it keeps and writes one only
+for a trial that enters the best `keep` of the study, then deletes the one that dropped out. On
+a study of n trials a new best-k entry is rare after the first few (about k ln(n/k) writes for
+trials in random order), and every other trial costs one comparison.
+
+The artifact's record lives in the study's system attributes under the dashboard's own key
+(`dashboard:artifacts:<trial_id>:<artifact_id>`), where the dashboard lists it with its trial
+and serves it, and where, unlike a finished trial's attributes, it can be cleared when the
+checkpoint is evicted. Files go to a FileSystemArtifactStore: `dashboard.artifacts` in the study
+file, else a folder `<store stem>-artifacts` beside the SQLite file, else `<study name>-artifacts`
+beside the study file (a server store: every worker must then see that folder).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.artifacts import FileSystemArtifactStore
+from optuna.artifacts.exceptions import ArtifactNotFound
+from sqlalchemy.engine import make_url
+
+from sweeps.config import SweepConfig
+
+PREFIX = "dashboard:artifacts:"  # optuna_dashboard.artifact._backend.DASHBOARD_ARTIFACTS_ATTR_PREFIX
+logger = logging.getLogger("sweeps")
+
+
+def artifact_dir(config: SweepConfig, storage_url: str, study_name: str) -> Path:
+    if config.dashboard.artifacts:
+        path = Path(config.dashboard.artifacts).expanduser()
+        return path if path.is_absolute() else Path(config.base_dir) / path
+    url = make_url(storage_url)
+    if url.get_backend_name() == "sqlite" and url.database:
+        db = Path(url.database)
+        return db.with_name(db.stem + "-artifacts")
+    return Path(config.base_dir) / f"{study_name}-artifacts"
+
+
+def open_artifact_store(path: Path, create: bool = True) -> FileSystemArtifactStore | None:
+    if not path.is_dir():
+        if not create:
+            return None
+        path.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(str(path))
+
+
+@dataclass
+class Kept:
+    value: float
+    trial_id: int
+    number: int
+    artifact_id: str
+
+
+def kept_checkpoints(study: optuna.Study) -> list[Kept]:
+    """The checkpoints the study keeps now, best first."""
+    kept = []
+    for key, raw in study._storage.get_study_system_attrs(study._study_id).items():
+        if not key.startswith(PREFIX):
+            continue
+        meta = json.loads(raw) if isinstance(raw, str) else raw
+        if meta and "sweeps_value" in meta:
+            kept.append(Kept(meta["sweeps_value"], int(key[len(PREFIX):].split(":")[0]),
+                             meta.get("sweeps_trial_number", -1), meta["artifact_id"]))
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    return sorted(kept, key=lambda k: (-k.value if maximize else k.value, k.number))
+
+
+class CheckpointKeeper:
+    """Keeps the best weights of the study's best `keep` trials; `offer` is called after training."""
+
+    def __init__(self, study: optuna.Study, store: FileSystemArtifactStore, keep: int):
+        self.study = study
+        self.store = store
+        self.keep = keep
+        self.maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        self.values = [k.value for k in kept_checkpoints(study)]  # other workers' may be missing: refreshed on write
+
+    def admits(self, value: float) -> bool:
+        if len(self.values) < self.keep:
+            return True
+        worst = min(self.values) if self.maximize else max(self.values)
+        return value > worst if self.maximize else value < worst
+
+    def offer(self, trial: optuna.Trial, model: torch.nn.Module, value: float | None, settings: dict) -> None:
+        """Keep `model`'s weights if `value` enters the best `keep`; never fails the trial."""
+        if self.keep < 1 or value is None or not self.admits(value):
+            return
+        try:
+            self.save(trial, model, value, settings)
+        except Exception:  # a full disk must not fail a trial that trained fine
+            logger.exception("could not keep the checkpoint of trial %d", trial.number)
+
+    def save(self, trial: optuna.Trial, model: torch.nn.Module, value: float, settings: dict) -> None:
+        model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
+        buffer = io.BytesIO()
+        state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+        settings = {**trial.params, **settings}
+        torch.save({"state_dict": state, "value": value, "trial": trial.number, "settings": settings}, buffer)
+        buffer.seek(0)
+        artifact_id = str(uuid.uuid4())
+        self.store.write(artifact_id, buffer)
+        meta = {"artifact_id": artifact_id, "filename": f"trial-{trial.number}-best.pt",
+                "mimetype": "application/octet-stream", "encoding": None,
+                "sweeps_value": value, "sweeps_trial_number": trial.number}
+        storage, study_id = self.study._storage, self.study._study_id
+        storage.set_study_system_attr(study_id, f"{PREFIX}{trial._trial_id}:{artifact_id}", json.dumps(meta))
+        kept = kept_checkpoints(self.study)
+        for old in kept[self.keep:]:
+            self.evict(old)
+        self.values = [k.value for k in kept[: self.keep]]
+
+    def evict(self, old: Kept) -> None:
+        storage, study_id = self.study._storage, self.study._study_id
+        storage.set_study_system_attr(study_id, f"{PREFIX}{old.trial_id}:{old.artifact_id}", json.dumps(None))
+        try:
+            self.store.remove(old.artifact_id)
+        except ArtifactNotFound:
+            pass

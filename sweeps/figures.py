@@ -1,0 +1,185 @@
+"""The report's figures as plotly figure specs: written to report.html and saved as dashboard plots.
+
+A figure is a plain `{"data": [...], "layout": {...}}` mapping, plotly's JSON schema, built without
+importing plotly: the runner saves them to the dashboard at the end of every sweep, where plotly's
+import alone would cost more than the sweep's whole bookkeeping. `write_html` uses plotly itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from sweeps.analysis import RULE_SLOPES, StudyAnalysis
+
+Figure = dict[str, Any]
+
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+LAYOUT = dict(height=460, margin=dict(l=60, r=20, t=60, b=50), legend=dict(orientation="h", y=-0.2),
+              plot_bgcolor="white", hovermode="closest")
+GRID = dict(gridcolor="#e5e5e5", zeroline=False, showline=True, linecolor="#999")
+
+
+def scatter(**trace) -> dict:
+    return {"type": "scatter", **trace}
+
+
+def figure(data: list[dict], title: str, xaxis: dict, yaxis: dict, **layout) -> Figure:
+    return {"data": data, "layout": {**LAYOUT, "title": {"text": title}, "xaxis": {**GRID, **xaxis},
+                                     "yaxis": {**GRID, **yaxis}, **layout}}
+
+
+def axis_title(text: str) -> dict:
+    return {"title": {"text": text}}
+
+# figure id (also the dashboard graph-object id) -> title
+TITLES = {
+    "best-by-batch-size": "Best {metric} against batch size, per coupling rule",
+    "learning-curves": "Learning curves on the budget grid ({unit} consumed); pruned trials faded",
+    "steps-to-target": "Updates to reach {metric} {target} against batch size (log-log)",
+    "lr-scaling": "Best effective LR against batch size: {fit}",
+    "importances": "Parameter importances (fANOVA)",
+    "budget-plan": "Plan of the budget per batch size",
+}
+
+
+def title(key: str, a: StudyAnalysis) -> str:
+    target = "-" if a.target is None else f"{a.target:.4g}"
+    fit = "no fit" if a.lr_fit.slope is None else a.lr_fit.sentence().split(":")[0].replace("this task's best LR", "LR")
+    return TITLES[key].format(metric=a.metric, unit=a.step_unit, target=target, fit=fit)
+
+
+def batch_color(batch: int | None, batches: list[int]) -> str:
+    if batch is None or batch not in batches:
+        return "#7f7f7f"
+    return COLORS[batches.index(batch) % len(COLORS)]
+
+
+def best_by_batch_size(a: StudyAnalysis) -> Figure:
+    data = []
+    for i, (rule, points) in enumerate(a.best_by_batch.items()):
+        data.append(scatter(
+            x=[p[0] for p in points], y=[p[1] for p in points], name=rule, mode="lines+markers",
+            line={"color": COLORS[i % len(COLORS)]}, customdata=[p[2] for p in points],
+            hovertemplate="B=%{x}<br>" + a.metric + "=%{y:.4f}<br>trial %{customdata}<extra>" + rule + "</extra>"))
+    return figure(data, title("best-by-batch-size", a), {"type": "log", **axis_title("batch size")},
+                  axis_title(f"best {a.metric}"))
+
+
+def learning_curves(a: StudyAnalysis) -> Figure:
+    data = []
+    batches = sorted({c.batch_size for c in a.curves if c.batch_size is not None})
+    shown: set[int | None] = set()
+    for c in a.curves:
+        faded = c.state != "complete"
+        data.append(scatter(
+            x=c.steps, y=[v if math.isfinite(v) else None for v in c.values], mode="lines", name=f"B={c.batch_size}",
+            legendgroup=f"B={c.batch_size}", showlegend=c.batch_size not in shown, opacity=0.25 if faded else 0.9,
+            line={"color": batch_color(c.batch_size, batches), "width": 1 if faded else 2},
+            meta={"trial": c.number, "state": c.state},
+            hovertemplate=f"trial {c.number} ({c.state}, B={c.batch_size}, {c.coupling})<br>"
+                          "step %{x}<br>%{y:.4f}<extra></extra>"))
+        shown.add(c.batch_size)
+    return figure(data, title("learning-curves", a), axis_title(f"{a.step_unit} consumed"), axis_title(a.metric))
+
+
+def steps_to_target(a: StudyAnalysis) -> Figure:
+    data = []
+    pts = a.steps_to_target
+    if pts:
+        xs, (b0, s0) = [p[0] for p in pts], pts[0][:2]
+        data.append(scatter(x=xs, y=[p[1] for p in pts], name="updates to target", mode="lines+markers",
+                            customdata=[p[2] for p in pts],
+                            hovertemplate="B=%{x}<br>%{y} updates<br>trial %{customdata}<extra></extra>"))
+        data.append(scatter(x=xs, y=[s0 * b0 / b for b in xs], name="perfect scaling (updates ~ 1/B)",
+                            mode="lines", line={"dash": "dash", "color": "#7f7f7f"}))
+        data.append(scatter(x=xs, y=[s0 for _ in xs], name="no benefit (updates constant)",
+                            mode="lines", line={"dash": "dot", "color": "#bbbbbb"}))
+    return figure(data, title("steps-to-target", a), {"type": "log", **axis_title("batch size")},
+                  {"type": "log", **axis_title("updates to reach the target")})
+
+
+def lr_scaling(a: StudyAnalysis) -> Figure:
+    fit = a.lr_fit
+    data = [scatter(x=fit.batch_sizes, y=fit.lrs, mode="markers", name="best trial per batch size",
+                    marker={"size": 10}, customdata=fit.trial_numbers,
+                    hovertemplate="B=%{x}<br>lr=%{y:.4g}<br>trial %{customdata}<extra></extra>")]
+    if fit.slope is not None:
+        lo, hi = min(fit.batch_sizes), max(fit.batch_sizes)
+        xs = [lo * (hi / lo) ** (i / 40) for i in range(41)]
+        mid = math.sqrt(lo * hi)  # lines pivot at the geometric middle of the fitted range
+        centre = math.exp(fit.intercept) * mid ** fit.slope
+        label = f"fit: B^{fit.slope:.2f}" + ("" if fit.half_width is None else f" +/- {fit.half_width:.2f}")
+        data.append(scatter(x=xs, y=[centre * (x / mid) ** fit.slope for x in xs], mode="lines", name=label,
+                            line={"color": "#d62728"}))
+        if fit.half_width is not None:
+            for sign in (1, -1):
+                s = fit.slope + sign * fit.half_width
+                data.append(scatter(x=xs, y=[centre * (x / mid) ** s for x in xs], mode="lines",
+                                    name=f"{100 * fit.confidence:.0f}% CI of the slope", legendgroup="ci",
+                                    line={"color": "#d62728", "dash": "dot", "width": 1}, showlegend=sign > 0))
+        for rule, slope in RULE_SLOPES.items():
+            data.append(scatter(x=xs, y=[centre * (x / mid) ** slope for x in xs], mode="lines",
+                                name=f"{rule} rule (B^{slope:g})", visible="legendonly",
+                                line={"color": "#aaaaaa", "width": 1, "dash": "dash"}))
+    return figure(data, title("lr-scaling", a), {"type": "log", **axis_title("batch size")},
+                  {"type": "log", **axis_title("effective peak LR")})
+
+
+def importances(a: StudyAnalysis) -> Figure:
+    items = sorted(a.importances.items(), key=lambda kv: kv[1])
+    data = [{"type": "bar", "orientation": "h", "x": [v for _, v in items], "y": [k for k, _ in items],
+             "name": "importance"}]
+    return figure(data, title("importances", a), axis_title("importance"), {})
+
+
+def budget_plan(a: StudyAnalysis, plan: list[dict]) -> Figure:
+    labels = [str(r["batch_size"]) for r in plan]
+    data, layout, annotations = [], {}, []
+    for i, key in enumerate(("updates", "examples", "epochs")):
+        suffix = "" if i == 0 else str(i + 1)
+        values = [r.get(key) for r in plan]
+        if all(isinstance(v, (int, float)) for v in values):
+            data.append({"type": "bar", "x": labels, "y": values, "name": key, "marker": {"color": COLORS[i]},
+                         "xaxis": f"x{suffix}", "yaxis": f"y{suffix}"})
+        domain = [i / 3 + 0.03, (i + 1) / 3 - 0.03]
+        layout[f"xaxis{suffix}"] = {**GRID, "domain": domain, "type": "category", **axis_title("batch size"),
+                                    "anchor": f"y{suffix}"}
+        layout[f"yaxis{suffix}"] = {**GRID, "anchor": f"x{suffix}"}
+        annotations.append({"text": key, "x": sum(domain) / 2, "y": 1.04, "xref": "paper", "yref": "paper",
+                            "showarrow": False, "xanchor": "center"})
+    fig = figure(data, title("budget-plan", a), {}, {}, annotations=annotations)
+    fig["layout"].update(layout)
+    return fig
+
+
+def build_figures(a: StudyAnalysis, plan: list[dict] | None) -> dict[str, Figure]:
+    figures = {
+        "best-by-batch-size": best_by_batch_size(a),
+        "lr-scaling": lr_scaling(a),
+        "steps-to-target": steps_to_target(a),
+        "learning-curves": learning_curves(a),
+    }
+    if a.importances:
+        figures["importances"] = importances(a)
+    if plan:
+        figures["budget-plan"] = budget_plan(a, plan)
+    return figures
+
+
+def to_json(fig: Figure) -> str:
+    return json.dumps(fig, allow_nan=False, default=float)
+
+
+def write_html(path, a: StudyAnalysis, figures: dict[str, Figure], summary_html: str) -> None:
+    import plotly.io as pio
+
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{a.study_name}: sweep report</title>"
+             "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
+             "table{border-collapse:collapse}td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}"
+             "</style></head><body>", f"<h1>{a.study_name}: sweep report</h1>", summary_html]
+    for i, (key, fig) in enumerate(figures.items()):
+        parts.append(pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0), div_id=key, validate=False))
+    parts.append("</body></html>")
+    path.write_text("\n".join(parts), encoding="utf-8")

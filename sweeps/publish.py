@@ -1,0 +1,73 @@
+"""What the runner writes for optuna-dashboard, behind three hooks the runner calls.
+
+- at study open: the study note (resolved config, plan table, budget spent so far);
+- per trial: its note (a sweep-loop callback, on the bookkeeping thread) and, only for a trial
+  that enters the study's best `dashboard.keep_checkpoints`, its best weights as an artifact
+  (`sweeps.checkpoints`, called by the objective right after training);
+- after the sweep: the study note again (final budget spent) and the report's figures as
+  dashboard plots, all in one transaction, built without importing plotly.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import optuna
+
+from sweeps.analysis import StudyAnalysis, analyse
+from sweeps.checkpoints import CheckpointKeeper, artifact_dir, open_artifact_store
+from sweeps.config import SweepConfig
+from sweeps.figures import Figure, build_figures, to_json
+from sweeps.notes import TrialNotes, chunks, set_study_system_attrs, study_note, write_study_note
+from sweeps.plan import plan_rows
+
+logger = logging.getLogger("sweeps")
+SYSTEM_ATTR_PLOT_DATA = "dashboard:plot_data:"  # optuna_dashboard._custom_plot_data's key prefix
+PLOT_PREFIX = "sweeps-"  # dashboard graph-object ids of the report's figures
+
+
+def publish_figures(study: optuna.Study, figures: dict[str, Figure]) -> None:
+    """Save figures as optuna-dashboard plots (its `save_plotly_graph_object` format), one transaction."""
+    system = study._storage.get_study_system_attrs(study._study_id)
+    attrs: dict[str, str] = {}
+    for key, fig in figures.items():
+        prefix = f"{SYSTEM_ATTR_PLOT_DATA}{PLOT_PREFIX}{key}:"
+        parts = chunks(to_json(fig), prefix)
+        old = sum(1 for k in system if k.startswith(prefix))
+        attrs.update(parts)
+        attrs.update({f"{prefix}{i}": "" for i in range(len(parts), old)})
+    set_study_system_attrs(study._storage, study._study_id, attrs)
+
+
+def figures_of(analysis: StudyAnalysis, config: SweepConfig | None, n_train: int | None) -> dict[str, Figure]:
+    plan = plan_rows(config, n_train) if config is not None and n_train else None
+    return build_figures(analysis, plan)
+
+
+class DashboardHooks:
+    """Built by the runner once the study is open; every hook is a no-op with `dashboard.notes: false`."""
+
+    def __init__(self, config: SweepConfig, storage_url: str, study: optuna.Study, n_train: int):
+        self.config = config
+        self.n_train = n_train
+        section = config.dashboard
+        self.callbacks = [TrialNotes(config)] if section.notes else []
+        self.keeper: CheckpointKeeper | None = None
+        if section.keep_checkpoints > 0:
+            store = open_artifact_store(artifact_dir(config, storage_url, study.study_name))
+            self.keeper = CheckpointKeeper(study, store, section.keep_checkpoints)
+        if section.notes:
+            write_study_note(study, study_note(study, config, n_train))
+
+    def after_sweep(self, study: optuna.Study) -> None:
+        if not self.config.dashboard.notes:
+            return
+        try:
+            write_study_note(study, study_note(study, self.config, self.n_train))
+            analysis = analyse(study, with_importances=False)  # the dashboard plots importances itself
+            if analysis.complete:
+                publish_figures(study, figures_of(analysis, self.config, self.n_train))
+        except optuna.exceptions.OptunaError:
+            raise
+        except Exception:  # a report figure must never fail a finished sweep
+            logger.exception("could not write the report's figures to the dashboard")

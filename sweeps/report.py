@@ -1,0 +1,134 @@
+"""`python -m sweeps.report STUDY.yaml [--out DIR]`: what the sweep found, in the terminal and in files.
+
+Prints the best trials and the fitted LR-vs-batch-size slope; writes `report.html` (interactive
+plotly), one PNG per figure and `report.png` (all of them), and `summary.json` (the numbers).
+Exit codes: 0 written, 1 no finished trial yet, 2 invalid study file, 3 store not there or not
+readable, 4 no such study in the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import sys
+from pathlib import Path
+
+from sweeps.analysis import StudyAnalysis, analyse
+from sweeps.existing import EXIT_CONFIG, EXIT_NO_RESULT, NotReadable, load, open_existing
+from sweeps.plan import fmt, plan_rows
+from sweeps.publish import figures_of
+from sweeps.schema import ConfigError
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m sweeps.report",
+                                     description="Report what a sweep found: tables, report.html and PNG figures.")
+    parser.add_argument("study_file", help="the study YAML file")
+    parser.add_argument("--out", help="output folder (default: <study name>-report beside the study file)")
+    parser.add_argument("--storage", help="SQLAlchemy URL (overrides the file and $SWEEPS_STORAGE)")
+    parser.add_argument("--study-name", help="study name in the store (overrides the file)")
+    parser.add_argument("--top", type=int, default=10, help="rows of the best-trials table (default 10)")
+    parser.add_argument("--target", type=float,
+                        help="metric value for steps-to-target (default: the 90th percentile of finished values)")
+    return parser.parse_args(argv)
+
+
+def text_table(rows: list[dict]) -> str:
+    columns = list(rows[0])
+    cells = [[fmt(r[c]) if r[c] is not None else "-" for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def html_table(rows: list[dict]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(v) if v is not None else '-')}</td>" for v in r.values())
+                   + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def summary_lines(a: StudyAnalysis) -> list[str]:
+    c = a.counts
+    lines = [f"study {a.study_name}: {c.get('complete', 0)} complete, {c.get('pruned', 0)} pruned, "
+             f"{c.get('fail', 0)} failed; {'maximize' if a.maximize else 'minimize'} {a.metric}",
+             a.lr_fit.sentence()]
+    if a.target is not None:
+        quant = "" if a.target_quantile is None else f" (the {100 * a.target_quantile:.0f}th percentile)"
+        steps = ", ".join(f"B={b}: {u}" for b, u, _ in a.steps_to_target) or "no trial reached it"
+        lines.append(f"updates to reach {a.metric} {a.target:.4g}{quant}: {steps}")
+    return lines
+
+
+def summary_json(a: StudyAnalysis) -> dict:
+    fit = a.lr_fit
+    return {
+        "study": a.study_name, "metric": a.metric, "direction": "maximize" if a.maximize else "minimize",
+        "counts": a.counts, "best_trials": a.best_table(),
+        "lr_scaling": {"slope": fit.slope, "ci_half_width": fit.half_width, "confidence": fit.confidence,
+                       "nearest_rule": fit.nearest_rule, "batch_sizes": fit.batch_sizes, "lrs": fit.lrs,
+                       "trials": fit.trial_numbers},
+        "target": a.target, "steps_to_target": [{"batch_size": b, "updates": u, "trial": n}
+                                                for b, u, n in a.steps_to_target],
+        "best_by_batch_size": {rule: [{"batch_size": b, "value": v, "trial": n} for b, v, n in pts]
+                               for rule, pts in a.best_by_batch.items()},
+        "importances": a.importances,
+    }
+
+
+def n_train_of(a: StudyAnalysis) -> int | None:
+    for t in a.complete:
+        if t.user_attrs.get("n_train"):
+            return int(t.user_attrs["n_train"])
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        existing = open_existing(args.study_file, args.storage, args.study_name)
+        study = load(existing)
+    except ConfigError as err:
+        print(f"error: {args.study_file}: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except NotReadable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.code
+    a = analyse(study, target=args.target)
+    if args.target is not None:
+        a.target_quantile = None
+    if not a.complete:
+        states = ", ".join(f"{n} {s}" for s, n in a.counts.items() if n) or "no trials"
+        print(f"error: study {study.study_name!r} has no finished trial with a value yet ({states}): "
+              f"nothing to report; run `python -m sweeps.run {args.study_file}`", file=sys.stderr)
+        return EXIT_NO_RESULT
+
+    config = existing.config
+    out = Path(args.out) if args.out else Path(config.base_dir) / f"{existing.target.study_name}-report"
+    out.mkdir(parents=True, exist_ok=True)
+    n_train = n_train_of(a)
+    plan = plan_rows(config, n_train) if n_train else None
+    figures = figures_of(a, config, n_train)
+
+    table = a.best_table(args.top)
+    print(f"best {len(table)} trials of {len(a.complete)} complete:")
+    print(text_table(table))
+    print()
+    for line in summary_lines(a):
+        print(line)
+
+    from sweeps.figures import write_html
+    from sweeps.pngs import write_pngs
+
+    summary = "".join(f"<p>{html.escape(line)}</p>" for line in summary_lines(a)) + html_table(table)
+    write_html(out / "report.html", a, figures, summary)
+    pngs = write_pngs(out, a, plan)
+    (out / "summary.json").write_text(json.dumps(summary_json(a), indent=2, default=str))
+    print(f"\nwrote {out / 'report.html'}, {len(pngs)} PNG figures and summary.json to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

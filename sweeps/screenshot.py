@@ -1,0 +1,114 @@
+"""`python -m sweeps.screenshot STUDY.yaml OUT.png [--trial N]`: the dashboard, as headless Chromium shows it.
+
+Serves the study's dashboard (as `sweeps.dashboard` does) on a free 127.0.0.1 port for as long as
+Chromium needs it, then saves a screenshot of the study page, or of one trial's page with its
+note and checkpoint. Needs Chromium (Debian: `apt-get install chromium`). The README's dashboard
+picture is made with this command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from sweeps.checkpoints import artifact_dir, open_artifact_store
+from sweeps.existing import EXIT_CONFIG, Existing, NotReadable, load, open_existing
+from sweeps.schema import ConfigError
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-dev-shm-usage", "--hide-scrollbars", "--no-first-run", "--mute-audio"]
+
+
+def find_chromium() -> str | None:
+    for name in BROWSERS:
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def headless(url: str, *, screenshot: Path | None = None, dump_dom: bool = False, size: tuple[int, int] = (1400, 1000),
+             budget_ms: int = 15000, timeout_s: float = 120) -> str:
+    """Load `url` in headless Chromium, let its scripts run `budget_ms` of virtual time; return the DOM."""
+    browser = find_chromium()
+    if browser is None:
+        raise FileNotFoundError("no Chromium found (Debian: apt-get install chromium)")
+    with tempfile.TemporaryDirectory(prefix="sweeps-chromium-") as profile:
+        command = [browser, *FLAGS, f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
+                   f"--virtual-time-budget={budget_ms}"]
+        command += [f"--screenshot={screenshot}"] if screenshot else []
+        command += ["--dump-dom"] if dump_dom else []
+        done = subprocess.run(command + [url], capture_output=True, text=True, timeout=timeout_s)
+    if done.returncode != 0 or (screenshot and not Path(screenshot).is_file()):
+        raise RuntimeError(f"chromium failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    return done.stdout
+
+
+class QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serving(existing: Existing) -> Iterator[str]:
+    """The study's dashboard on a free 127.0.0.1 port in a background thread; yields its base URL."""
+    import optuna_dashboard
+
+    store = open_artifact_store(artifact_dir(existing.config, existing.target.storage_url,
+                                             existing.target.study_name), create=False)
+    app = optuna_dashboard.wsgi(existing.storage, artifact_store=store)
+    server = make_server("127.0.0.1", 0, app, handler_class=QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sweeps.screenshot", description=__doc__.splitlines()[0])
+    parser.add_argument("study_file")
+    parser.add_argument("out", help="PNG file to write")
+    parser.add_argument("--trial", type=int, help="show this trial's page (note, values, checkpoint)")
+    parser.add_argument("--size", default="1400x1000", help="window WIDTHxHEIGHT (default 1400x1000)")
+    parser.add_argument("--storage", help="SQLAlchemy URL (overrides the file and $SWEEPS_STORAGE)")
+    parser.add_argument("--study-name", help="study name in the store (overrides the file)")
+    args = parser.parse_args(argv)
+    try:
+        existing = open_existing(args.study_file, args.storage, args.study_name)
+        study = load(existing)
+    except ConfigError as err:
+        print(f"error: {args.study_file}: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except NotReadable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.code
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    page = f"/dashboard/studies/{study._study_id}"
+    if args.trial is not None:
+        page += f"/trials?numbers={args.trial}"
+    out = Path(args.out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with serving(existing) as base:
+        try:
+            headless(base + page, screenshot=out, size=(width, height))
+        except (FileNotFoundError, RuntimeError, subprocess.TimeoutExpired) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

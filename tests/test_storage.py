@@ -1,0 +1,215 @@
+"""storage/: one URL in, one configured Optuna storage out; on SQLite and on the real PostgreSQL.
+
+The PostgreSQL URL comes from SWEEPS_TEST_POSTGRES_URL (set by .ci/run); without it those tests skip.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import socket
+import threading
+import time
+import uuid
+
+import optuna
+import pytest
+import sqlalchemy
+from optuna.exceptions import StorageInternalError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
+from storage import StorageError, open_storage, redact, resolve_url
+from storage.retry import is_connection_error, with_retry
+from storage.sql import CONNECT_TIMEOUT_S, engine_kwargs
+from sweeps.runner import run_sweep, target_of
+
+PG_URL = os.environ.get("SWEEPS_TEST_POSTGRES_URL")
+needs_pg = pytest.mark.skipif(not PG_URL, reason="set SWEEPS_TEST_POSTGRES_URL to run PostgreSQL tests")
+
+
+def test_redact_hides_the_password_and_nothing_else():
+    url = "postgresql+psycopg://sweeper:s3cret@db.example:5432/sweeps"
+    assert redact(url) == "postgresql+psycopg://sweeper:***@db.example:5432/sweeps"
+    assert redact("sqlite:////tmp/a.db") == "sqlite:////tmp/a.db"
+    assert "s3cret" not in redact("::not a url s3cret")
+
+
+def test_resolve_url_order_and_sqlite_paths(tmp_path, monkeypatch):
+    monkeypatch.delenv("SWEEPS_STORAGE", raising=False)
+    assert resolve_url(None, tmp_path, "s") == f"sqlite:///{tmp_path.resolve()}/s.db"
+    (tmp_path / "sub").mkdir()
+    assert resolve_url("sqlite:///sub/x.db", tmp_path, "s") == f"sqlite:///{tmp_path.resolve()}/sub/x.db"
+    monkeypatch.setenv("SWEEPS_STORAGE", "postgresql+psycopg://u:pw@h/db")
+    assert resolve_url(None, tmp_path, "s") == "postgresql+psycopg://u:pw@h/db"
+    assert resolve_url("sqlite:///y.db", tmp_path, "s").endswith("/y.db")  # the flag wins over the env
+    with pytest.raises(StorageError, match="in-memory"):
+        resolve_url("sqlite:///:memory:", tmp_path, "s")
+    with pytest.raises(StorageError, match="does not exist"):
+        resolve_url("sqlite:///nowhere/x.db", tmp_path, "s")
+
+
+def test_sqlite_gets_wal_and_a_busy_timeout(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    with storage.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 10_000
+
+
+def test_heartbeat_settings_and_the_retry_callback(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path}/h.db", heartbeat_interval=2, grace_period=7, max_retry=4)
+    assert storage.get_heartbeat_interval() == 2 and storage.grace_period == 7
+    callback = storage.get_heartbeat_stale_trial_callback()
+    assert isinstance(callback, optuna.storages.RetryHeartbeatStaleTrialCallback)
+    assert callback._max_retry == 4
+    assert open_storage(f"sqlite:///{tmp_path}/h.db").get_heartbeat_interval() is None
+
+
+def test_postgres_gets_pre_ping_a_bounded_pool_and_a_connect_timeout():
+    kwargs = engine_kwargs("postgresql+psycopg://u@h/db")
+    assert kwargs["pool_pre_ping"] is True
+    assert kwargs["pool_size"] + kwargs["max_overflow"] <= 8
+    assert kwargs["connect_args"]["connect_timeout"] == CONNECT_TIMEOUT_S <= 10
+
+
+def refused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_server_is_a_quick_error_without_the_password():
+    url = f"postgresql+psycopg://sweeper:pw-xyz@127.0.0.1:{refused_port()}/db"
+    started = time.monotonic()
+    with pytest.raises(StorageError) as err:
+        open_storage(url)
+    assert time.monotonic() - started < 5
+    assert "sweeper:***@127.0.0.1" in str(err.value) and "pw-xyz" not in str(err.value)
+
+
+def test_a_server_that_never_answers_times_out_within_seconds():
+    """A listening socket that never speaks (a firewall, a hung server): no hang past the timeout."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    accepted = []
+    stop = threading.Event()
+
+    def accept_and_stay_silent():
+        silent.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(silent.accept()[0])
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept_and_stay_silent, daemon=True)
+    thread.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(StorageError, match="cannot open storage"):
+            open_storage(f"postgresql+psycopg://u:pw-silent@127.0.0.1:{silent.getsockname()[1]}/db")
+        assert time.monotonic() - started < CONNECT_TIMEOUT_S * 2 + 3
+    finally:
+        stop.set()
+        thread.join()
+        for conn in accepted:
+            conn.close()
+        silent.close()
+
+
+def lost_connection() -> OperationalError:
+    return OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+
+
+def test_with_retry_rides_out_lost_connections_only():
+    calls = []
+
+    def flaky():
+        calls.append(time.monotonic())
+        if len(calls) < 3:
+            raise lost_connection()
+        return "ok"
+
+    assert with_retry(flaky, "test") == "ok" and len(calls) == 3
+    assert calls[2] - calls[1] >= calls[1] - calls[0] >= 0.4  # backoff: 0.5 s, then 1 s
+
+    def broken():
+        calls.append(1)
+        raise ValueError("not a connection problem")
+
+    calls.clear()
+    with pytest.raises(ValueError):
+        with_retry(broken, "test")
+    assert len(calls) == 1
+
+    wrapped = StorageInternalError("An exception is raised during the commit.")
+    wrapped.__cause__ = lost_connection()
+    assert is_connection_error(wrapped) and not is_connection_error(StorageInternalError("other"))
+
+    started = time.monotonic()
+    with pytest.raises(OperationalError):
+        with_retry(lambda: (_ for _ in ()).throw(lost_connection()), "test", give_up_after=1.0)
+    assert time.monotonic() - started < 2
+
+
+def open_in_child(url: str, barrier) -> None:
+    barrier.wait()
+    open_storage(url, heartbeat_interval=5)
+
+
+@pytest.fixture
+def fresh_schema():
+    """A PostgreSQL schema of its own (dropped afterwards) and a URL whose tables live there."""
+    schema = f"sweeps_test_{uuid.uuid4().hex[:10]}"
+    engine = sqlalchemy.create_engine(PG_URL)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield schema, url.render_as_string(hide_password=False)
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        engine.dispose()
+
+
+@needs_pg
+def test_workers_starting_together_create_the_tables_once(fresh_schema):
+    schema, url = fresh_schema
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(6)
+    procs = [ctx.Process(target=open_in_child, args=(url, barrier)) for _ in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0] * 6
+    engine = sqlalchemy.create_engine(PG_URL)
+    with engine.connect() as conn:
+        tables = conn.exec_driver_sql(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,)).scalars().all()
+        versions = conn.exec_driver_sql(f"SELECT count(*) FROM {schema}.version_info").scalar()
+    engine.dispose()
+    assert {"studies", "trials", "trial_heartbeats"} <= set(tables) and versions == 1
+
+
+@needs_pg
+def test_the_password_is_stored_nowhere(tiny_config, fresh_schema):
+    """Trust authentication ignores the password, so a URL with one reaches the real server."""
+    _, url = fresh_schema
+    secret_url = make_url(url).set(password="pw-never-stored").render_as_string(hide_password=False)
+    config = tiny_config(study={"storage": secret_url, "n_trials": 2})
+    study = run_sweep(config, target_of(config), show_progress=False)
+    stored = json.dumps([study.user_attrs]
+                        + [[t.user_attrs, t.system_attrs, t.params] for t in study.trials], default=str)
+    assert "pw-never-stored" not in stored
+    assert "***" in study.user_attrs["config"]["study"]["storage"]
+    engine = sqlalchemy.create_engine(url)
+    with engine.connect() as conn:  # nor anywhere else in the study's tables
+        for table in ("study_user_attributes", "study_system_attributes", "trial_user_attributes",
+                      "trial_system_attributes"):
+            values = conn.exec_driver_sql(f"SELECT value_json FROM {table}").scalars().all()
+            assert not any("pw-never-stored" in v for v in values), table
+    engine.dispose()
