@@ -22,8 +22,8 @@ For the service, the trials record `train_seconds + eval_seconds`. But its bookk
 pruning decisions, trial records) runs on a background thread while a trial trains, and what that
 thread takes from training (a core, and the GIL: each torch call gives it up and then waits to get
 it back) shows up as slower training, i.e. would count as inside. So after the sweep every
-finished trial is trained again on its own, with the same seed, parameters, stopping step and
-thread count and no sweep around it (`--no-replay` skips this), and the service's inside is the
+finished trial is trained again on its own, with the same seed, parameters and stopping step and
+no sweep around it (`--no-replay` skips this), and the service's inside is the
 smaller of the two totals. Both rows are printed.
 
     python benchmarks/overhead.py [--trials 30] [--examples N] [--quick] [--no-replay] [--seed 0]
@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from objectives.registry import resolve_task
 from sweeps.config import SweepConfig, parse_config
-from sweeps.objective import SweepObjective, threads_beside_bookkeeping
+from sweeps.objective import SweepObjective
 from sweeps.plan import budget_of
 from sweeps.runner import run_sweep, target_of
 from sweeps.space import suggest
@@ -155,14 +155,8 @@ def replay(config: SweepConfig, study: optuna.Study) -> tuple[float, int]:
 
     Same trial number (so seed), parameters and end: a pruned trial stops at its last recorded
     step, and early stopping, divergence and the budget end it as before (training is seeded).
-    The intra-op thread count is the one the sweep trains with.
     """
     objective = SweepObjective(config, resolve_task(config.objective.task, config.base_dir), budget_of(config))
-    with threads_beside_bookkeeping(objective.device):
-        return replay_trials(config, study, objective)
-
-
-def replay_trials(config: SweepConfig, study: optuna.Study, objective: SweepObjective) -> tuple[float, int]:
     inside, examples_seen = 0.0, 0
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         trial = optuna.trial.FixedTrial(frozen.params, number=frozen.number)

@@ -207,6 +207,7 @@ class SearchSection:
             self.reference_batch_size = min(sizes)
         check(self.reference_batch_size >= 1, join(path, "reference_batch_size"), "must be >= 1")
         if self.epochs is not None:
+            check(bool(self.epoch_choices()), join(path, "epochs"), "must hold at least one value (or leave it out)")
             for e in self.epoch_choices():
                 check(e >= 1, join(path, "epochs"), f"epochs must be >= 1 (got {e})")
         warm = self.warmup_fraction

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import optuna
@@ -41,27 +38,6 @@ def resolve_device(name: str, memory_fraction: float | None = None) -> torch.dev
             index = device.index if device.index is not None else torch.cuda.current_device()
             torch.cuda.set_per_process_memory_fraction(memory_fraction, index)
     return device
-
-
-@contextlib.contextmanager
-def threads_beside_bookkeeping(device: torch.device) -> Iterator[None]:
-    """On the CPU, train on one intra-op thread fewer than torch would use, for the sweep's duration.
-
-    The sweep loop's bookkeeping thread (sampling, pruning decisions, trial records) runs while a
-    trial trains. With as many intra-op threads as cores it preempts one of them, and every
-    parallel op then waits for it at its barrier: on 2 cores, training ran several times slower
-    (up to 200x) whenever that thread was busy. Left alone when OMP_NUM_THREADS or MKL_NUM_THREADS
-    sets the count (workers set it), and on accelerators.
-    """
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads < 2 or "OMP_NUM_THREADS" in os.environ or "MKL_NUM_THREADS" in os.environ:
-        yield
-        return
-    torch.set_num_threads(threads - 1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def build_optimizer(section: ObjectiveSection, params, coupled: Coupled) -> torch.optim.Optimizer:

@@ -15,7 +15,7 @@ from objectives.task import Task, TrialSettings
 from storage import open_storage, redact, resolve_url
 from sweeps.config import SweepConfig
 from sweeps.loop import SweepLoop, finished_count
-from sweeps.objective import PROBED_MICRO_BATCH_ATTR, SweepObjective, resolve_device, threads_beside_bookkeeping
+from sweeps.objective import PROBED_MICRO_BATCH_ATTR, SweepObjective, resolve_device
 from sweeps.plan import budget_of, check_plan
 from sweeps.progress import Progress
 from sweeps.publish import DashboardHooks
@@ -123,8 +123,7 @@ def run_sweep(config: SweepConfig, target: SweepTarget, show_progress: bool = Tr
     loop = SweepLoop(study, config, objective, n_train, target.n_trials,
                      ([progress] if progress else []) + hooks.callbacks)
     try:
-        with threads_beside_bookkeeping(objective.device):
-            loop.run()
+        loop.run()
     finally:
         if progress:
             progress.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -104,15 +105,17 @@ def coerce(tp: Any, value: Any, path: str) -> Any:
             raise ConfigError(path, f"expected an integer, got {describe(value)}")
         return value
     if tp is float:
-        # YAML 1.1 reads `1e-3` (no dot) as a string; accept numeric strings for floats.
-        if isinstance(value, str):
+        number = value
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(path, f"expected a number, got {describe(value)}") from None
+        if isinstance(number, bool) or not isinstance(number, int | float):
             raise ConfigError(path, f"expected a number, got {describe(value)}")
-        return float(value)
+        if not math.isfinite(number):
+            raise ConfigError(path, f"expected a finite number, got {describe(value)}")
+        return float(number)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(path, f"expected a string, got {describe(value)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from sweeps.config import FloatRange, IntRange, load_config, parse_config
 from sweeps.plan import check_plan
@@ -127,3 +128,200 @@ def test_not_a_mapping(tmp_path):
         load_config(study)
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.yaml")
+
+
+# --- Misspellings, types, ranges and lists, each named by its key path ---
+
+
+@pytest.mark.parametrize(
+    ("overrides", "path", "suggestion"),
+    [
+        ({"study": {"storgae": "sqlite:///x.db"}}, "study.storgae", "storage"),
+        ({"budget": {"per_trail": 10}}, "budget.per_trail", "per_trial"),
+        ({"objective": {"optimiser": "adam"}}, "objective.optimiser", "optimizer"),
+        ({"search": {"batch_size": {"low": 16, "hihg": 64}}}, "search.batch_size.hihg", "high"),
+        ({"search": {"refrence_batch_size": 16}}, "search.refrence_batch_size", "reference_batch_size"),
+        ({"search": {"coupling": "sqr"}}, "search.coupling", "sqrt"),
+        ({"objective": {"optimizer": "adamm"}}, "objective.optimizer", "adam"),
+        ({"pruner": {"name": "hyperbnad"}}, "pruner.name", "hyperband"),
+    ],
+)
+def test_misspellings_get_a_did_you_mean(overrides, path, suggestion):
+    err = error_of(**overrides)
+    assert err.path == path
+    assert f"(did you mean '{suggestion}'?)" in str(err)
+    assert str(err).startswith(path + ": ")
+
+
+def test_unknown_key_without_a_close_match_gets_no_guess():
+    err = error_of(study={"colour": "blue"})
+    assert err.path == "study.colour" and "unknown key" in str(err) and "did you mean" not in str(err)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "path", "words"),
+    [
+        ({"search": {"base_lr": "fast"}}, "search.base_lr", "expected a number"),
+        ({"search": {"batch_size": True}}, "search.batch_size", "expected an integer"),
+        ({"search": {"batch_size": 2.5}}, "search.batch_size", "expected an integer"),
+        ({"search": {"batch_size": "64"}}, "search.batch_size", "expected an integer"),
+        ({"search": {"batch_size": [16, "big"]}}, "search.batch_size[1]", "expected an integer"),
+        ({"study": {"name": 5}}, "study.name", "expected a string"),
+        ({"objective": {"drop_last": "yes please"}}, "objective.drop_last", "true or false"),
+        ({"budget": {"per_trial": [40]}}, "budget.per_trial", "expected a number"),
+        ({"study": "tiny"}, "study", "expected a mapping"),
+        ({"objective": {"options": [1, 2]}}, "objective.options", "expected a mapping"),
+        ({"objective": {"betas": [0.9, 0.99, 0.999]}}, "objective.betas", "expected 2 items"),
+        ({"search": {"batch_size": {"low": 16}}}, "search.batch_size.high", "required"),
+    ],
+)
+def test_wrong_types_name_their_path(overrides, path, words):
+    err = error_of(**overrides)
+    assert err.path == path
+    assert words in str(err)
+
+
+@pytest.mark.parametrize(
+    ("search", "path"),
+    [
+        ({"batch_size": {"low": 512, "high": 16, "log": True, "power_of_two": True}}, "search.batch_size"),
+        ({"base_lr": {"low": 1.0, "high": 0.001, "log": True}}, "search.base_lr"),
+        ({"epochs": {"low": 10, "high": 2}}, "search.epochs"),
+        ({"warmup_fraction": {"low": 0.1, "high": 0.0}}, "search.warmup_fraction"),
+    ],
+)
+def test_inverted_ranges(search, path):
+    err = error_of(search=search)
+    assert err.path == path and "inverted" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("search", "path"),
+    [
+        ({"batch_size": []}, "search.batch_size"),
+        ({"base_lr": []}, "search.base_lr"),
+        ({"coupling": []}, "search.coupling"),
+        ({"epochs": []}, "search.epochs"),  # an empty list must not mean "no epoch cap" nor crash later
+    ],
+)
+def test_empty_lists(search, path):
+    err = error_of(search=search)
+    assert err.path == path
+
+
+@pytest.mark.parametrize(
+    "batch_size",
+    [0, -8, [16, 0], [-1], {"low": 0, "high": 4}, {"low": 0, "high": 64, "log": True}],
+)
+def test_batch_sizes_below_one(batch_size):
+    err = error_of(search={"batch_size": batch_size})
+    assert err.path.startswith("search.batch_size")
+    assert ">= 1" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "path"),
+    [
+        ({"search": {"base_lr": float("inf")}}, "search.base_lr"),
+        ({"search": {"base_lr": {"low": 0.01, "high": float("inf"), "log": True}}}, "search.base_lr"),
+        ({"search": {"base_lr": "nan"}}, "search.base_lr"),
+        ({"budget": {"unit": "epochs", "per_trial": float("inf"), "eval_every": 1}}, "budget.per_trial"),
+        ({"budget": {"unit": "seconds", "per_trial": float("inf"), "eval_every": 1}}, "budget.per_trial"),
+        ({"budget": {"unit": "epochs", "per_trial": "nan", "eval_every": 1}}, "budget.per_trial"),
+    ],
+)
+def test_non_finite_numbers_are_rejected(overrides, path):
+    # YAML spells these .inf / .nan (and "inf", "nan" reach the float coercion as strings): an infinite
+    # LR or budget is never meant, and an epoch budget of .inf crashed the planner with OverflowError.
+    err = error_of(**overrides)
+    assert err.path.startswith(path)
+
+
+def test_update_budget_must_be_whole():
+    err = error_of(budget={"per_trial": 10.5, "eval_every": 1})
+    assert err.path == "budget.per_trial" and "whole number of updates" in str(err)
+
+
+def test_example_budget_of_exactly_the_largest_batch_holds_one_update():
+    config = parse_config(merged(TINY, {"budget": {"unit": "examples", "per_trial": 64, "eval_every": 16}}))
+    check_plan(config, n_train=256)
+    err = error_of(budget={"unit": "examples", "per_trial": 63, "eval_every": 16})
+    assert err.path == "budget.per_trial" and "63 examples" in str(err)
+
+
+def test_epoch_budget_check_names_the_batch_that_gets_no_update():
+    # 0.1 epoch of N = 256: B = 16 -> floor(1.6) = 1 update; B = 64 -> floor(0.4) = 0 updates.
+    config = parse_config(merged(TINY, {"budget": {"unit": "epochs", "per_trial": 0.1, "eval_every": 0.1}}))
+    with pytest.raises(ConfigError, match="of batch size 64 on 256") as caught:
+        check_plan(config, n_train=256)
+    assert caught.value.path == "budget.per_trial"
+    config = parse_config(merged(TINY, {"budget": {"unit": "epochs", "per_trial": 0.25, "eval_every": 0.25}}))
+    check_plan(config, n_train=256)  # 0.25 x 4 = 1 update of 64
+
+
+def test_drop_last_batch_larger_than_the_data_is_a_config_error():
+    config = parse_config(merged(TINY, {"objective": {"drop_last": True}, "search": {"batch_size": [16, 512]}}))
+    with pytest.raises(ConfigError, match="batch size 512 exceeds the 256") as caught:
+        check_plan(config, n_train=256)
+    assert caught.value.path == "search.batch_size"
+
+
+def test_adam_sqrt_with_sgd_scalar_and_adam_ok():
+    err = error_of(search={"coupling": "adam_sqrt"})
+    assert err.path == "search.coupling" and "optimizer adam or adamw" in str(err)
+    adam = {"search": {"coupling": ["sqrt", "adam_sqrt"]}, "objective": {"optimizer": "adam"}}
+    config = parse_config(merged(TINY, adam))
+    assert config.search.couplings() == ["sqrt", "adam_sqrt"]
+
+
+def test_yaml_11_exponents_without_a_dot_are_floats_everywhere(tmp_path):
+    study = tmp_path / "s.yaml"
+    study.write_text(
+        "study: {name: s, metric: m, n_trials: 1}\n"
+        "objective: {task: regression, optimizer: adam, eps: 1e-8, weight_decay: 5e-4}\n"
+        "budget: {unit: examples, per_trial: 6e4, eval_every: 6e3}\n"
+        "search: {batch_size: [16, 64], base_lr: 1e-3, warmup_fraction: 5e-2}\n"
+        "early_stopping: {patience: 3, min_delta: 1e-3}\n"
+    )
+    assert isinstance(yaml.safe_load(study.read_text())["search"]["base_lr"], str)  # YAML 1.1
+    config = load_config(study)
+    assert config.search.base_lr == 1e-3 and isinstance(config.search.base_lr, float)
+    assert config.objective.eps == 1e-8 and config.objective.weight_decay == 5e-4
+    assert (config.budget.per_trial, config.budget.eval_every) == (60000.0, 6000.0)
+    assert config.search.warmup_fraction == 0.05
+    assert config.early_stopping.min_delta == 1e-3
+    assert config.search.reference_lr() == 1e-3
+
+
+def test_default_reference_batch_size_is_the_smallest_candidate():
+    assert parse_config(merged(TINY, {"search": {"batch_size": [64, 16, 32]}})).search.reference_batch_size == 16
+    assert parse_config(merged(TINY, {"search": {"batch_size": 48}})).search.reference_batch_size == 48
+    ranged = {"batch_size": {"low": 20, "high": 200, "power_of_two": True}}
+    config = parse_config(merged(TINY, {"search": ranged}))
+    assert config.search.batch_sizes() == [32, 64, 128] and config.search.reference_batch_size == 32
+    explicit = parse_config(merged(TINY, {"search": {"batch_size": [16, 64], "reference_batch_size": 256}}))
+    assert explicit.search.reference_batch_size == 256
+
+
+@pytest.mark.parametrize(
+    ("budget", "eval_every"),
+    [
+        ({"unit": "updates", "per_trial": 40}, 4),
+        ({"unit": "updates", "per_trial": 5}, 1),  # never 0: floor(0.5) -> 1
+        ({"unit": "updates", "per_trial": 57}, 5),  # whole updates: floor(5.7)
+        ({"unit": "examples", "per_trial": 60000}, 6000),
+        ({"unit": "epochs", "per_trial": 3}, 0.3),  # fractional epochs are fine
+        ({"unit": "seconds", "per_trial": 2}, 0.2),
+    ],
+)
+def test_eval_every_defaults_to_a_tenth_of_the_budget(budget, eval_every):
+    config = parse_config(merged(TINY, {"budget": {**budget, "eval_every": None}}))
+    assert config.budget.eval_every == pytest.approx(eval_every)
+
+
+def test_base_dir_is_the_study_file_folder(tmp_path):
+    folder = tmp_path / "deep" / "er"
+    folder.mkdir(parents=True)
+    study = folder / "s.yaml"
+    study.write_text(yaml.safe_dump(TINY))
+    assert load_config(study).base_dir == str(folder.resolve())
