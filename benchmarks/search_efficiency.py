@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gzip
 import json
 import logging
 import math
@@ -87,7 +88,7 @@ TASKS = {
     "teacher_mlp": TaskSpec("teacher_mlp", 4096, epochs=20, full_trials=16),
 }
 # --quick: the same tasks and per-trial budgets (so the same reference), a quarter of the compute
-QUICK = {name: TaskSpec(s.name, s.n_train, s.epochs, 5, s.options) for name, s in TASKS.items()}
+QUICK = {name: TaskSpec(s.name, s.n_train, s.epochs, 4, s.options) for name, s in TASKS.items()}
 
 
 # --- accounting -------------------------------------------------------------------------------
@@ -432,15 +433,24 @@ def save_runs(path: str, cells: dict[tuple[str, str], Cell]) -> None:
         {"wall": wall, "trials": [{"examples": r.examples, "evals": [[e.examples, e.value, e.seconds]
                                                                      for e in r.evaluations]} for r in records]}
         for records, wall in cell.runs]} for (task, label), cell in cells.items()]
-    Path(path).write_text(json.dumps(data))
+    text = json.dumps(data)
+    if path.endswith(".gz"):
+        Path(path).write_bytes(gzip.compress(text.encode()))
+    else:
+        Path(path).write_text(text)
 
 
-def load_runs(path: str) -> dict[tuple[str, str], Cell]:
-    cells = {}
-    for item in json.loads(Path(path).read_text()):
-        cells[(item["task"], item["method"])] = Cell([
-            ([TrialRecord(t["examples"], [Evaluation(*e) for e in t["evals"]]) for t in run["trials"]], run["wall"])
-            for run in item["runs"]])
+def load_runs(paths: Sequence[str]) -> dict[tuple[str, str], Cell]:
+    """Runs saved with --save; the same task and method in several files add up (more seeds)."""
+    cells: dict[tuple[str, str], Cell] = {}
+    for path in paths:
+        raw = Path(path).read_bytes()
+        for item in json.loads(gzip.decompress(raw) if path.endswith(".gz") else raw):
+            cell = cells.setdefault((item["task"], item["method"]), Cell())
+            cell.runs.extend(
+                ([TrialRecord(t["examples"], [Evaluation(*e) for e in t["evals"]]) for t in run["trials"]],
+                 run["wall"])
+                for run in item["runs"])
     return cells
 
 
@@ -498,7 +508,7 @@ def make_reference(specs: dict[str, TaskSpec]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 seeds, 5 full trials' compute per method (a smoke run)")
+    parser.add_argument("--quick", action="store_true", help="2 seeds, 4 full trials' compute per method (a smoke run)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per method and task (default 5; 2 quick)")
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=None)
     parser.add_argument("--compare", nargs="*", default=None, metavar="VARIANT",
@@ -507,7 +517,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--also-margin", type=float, nargs="*", default=[],
                         help="also print the tables for these (stricter) margins, from the same runs")
     parser.add_argument("--save", help="write every run's trial records to this JSON file")
-    parser.add_argument("--load", help="analyse the runs saved with --save instead of running")
+    parser.add_argument("--load", nargs="+", help="analyse runs saved with --save (several files: merged) instead")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, ...")
+    parser.add_argument("--service-label", default="service",
+                        help="with --load: the saved variant (from --compare) to rate against the baselines")
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(logging.WARNING)
     specs = QUICK if args.quick else TASKS
@@ -517,7 +530,8 @@ def main(argv: list[str] | None = None) -> None:
         make_reference({k: TASKS[k] for k in specs})
         return
     reference = load_reference()
-    seeds = list(range(args.seeds if args.seeds is not None else (2 if args.quick else 5)))
+    n_seeds = args.seeds if args.seeds is not None else (2 if args.quick else 5)
+    seeds = list(range(args.first_seed, args.first_seed + n_seeds))
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     if args.compare is not None:
         labels = args.compare or list(VARIANTS)
@@ -529,7 +543,7 @@ def main(argv: list[str] | None = None) -> None:
                 variants = {v: resolve_variant(VARIANTS[v], spec) for v in labels}
                 cells.update(run_grid({name: spec}, seeds, variants, reference, log))
     else:
-        labels = list(METHODS)
+        labels = list(METHODS) + ([args.service_label] if args.service_label != "service" else [])
         methods = {m: None for m in METHODS}
         cells = load_runs(args.load) if args.load else run_grid(specs, seeds, methods, reference, log)
     if args.save:
@@ -538,11 +552,11 @@ def main(argv: list[str] | None = None) -> None:
     for margin in args.also_margin:
         print_table(cells, specs, reference, labels, margin)
         if args.compare is None:
-            x, y = speedups(cells, specs, reference, margin)
+            x, y = speedups(cells, specs, reference, margin, args.service_label)
             print(f"# margin {margin}: speedup_vs_random={x:.2f} speedup_vs_plain_optuna={y:.2f}")
     print_table(cells, specs, reference, labels)
     if args.compare is None:
-        x, y = speedups(cells, specs, reference)
+        x, y = speedups(cells, specs, reference, MARGIN, args.service_label)
         print(f"speedup_vs_random={x:.2f} speedup_vs_plain_optuna={y:.2f}")
 
 
