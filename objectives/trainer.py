@@ -192,17 +192,23 @@ class Trainer:
         points = eval_points(self.plan, self.budget)
         timed = self.budget.unit == "seconds"
         next_timed_eval, time_cap = self.budget.eval_every, self.budget.per_trial
+        # When the clock ends the trial, the schedule follows the clock: its planned updates are an
+        # estimate from a few timed updates, and the run must neither stop short of the cap nor be
+        # cut off mid-schedule when throughput differs from that estimate.
+        by_clock = timed and self.plan.stop_reason == "budget"
+        horizon = self.plan.planned_updates
+        spent = 0.0
         groups = self.optimizer.param_groups
         loss_sum = torch.zeros((), device=x.device)
         losses_since_check = 0
         perm = x.new_empty(0, dtype=torch.long)
         self.model.train()
-        for update in range(self.plan.planned_updates):
+        for update in range(2**62 if by_clock else horizon):
             slot = update % per_epoch
             if slot == 0:
                 perm = torch.randperm(n, device=x.device, generator=self.generator)
             idx = perm[slot * batch_size : (slot + 1) * batch_size]
-            lr = self.schedule.lr_at(update)
+            lr = self.schedule.lr_at(min(int(spent / time_cap * horizon), horizon - 1) if by_clock else update)
             for group in groups:
                 group["lr"] = lr
             loss_sum += self.step_within_memory(x[idx], y[idx])

@@ -96,7 +96,9 @@ class SweepLoop:
                 current = None
                 self.count(outcome)
                 if self.gave_up:
-                    self.close_ahead(next_ask, f"not started: {self.failures_in_a_row} trials in a row failed")
+                    # the task is broken: the trial asked ahead is closed, not queued to fail again
+                    self.close_ahead(next_ask, f"not started: {self.failures_in_a_row} trials in a row failed",
+                                     requeue=False)
                     break
                 pending = raise_errors_of_done(pending)
         except BaseException as err:  # Ctrl-C, SIGTERM, a storage failure: close what is open, then stop
@@ -200,13 +202,14 @@ class SweepLoop:
             for callback in self.callbacks:
                 callback(self.study, frozen)
 
-    def close_unfinished(self, asked: Asked, reason: str) -> None:
-        """Fail a trial this process cannot finish, and queue its configuration to run again."""
+    def close_unfinished(self, asked: Asked, reason: str, requeue: bool = True) -> None:
+        """Fail a trial this process cannot finish and, when interrupted, queue its configuration
+        to run again (the retry queue of `study.max_retry`)."""
         trial_id = asked.trial._trial_id
         write_trial_batch(self.study._storage, trial_id, {"error": reason}, {})
         self.study.tell(asked.trial, state=TrialState.FAIL, skip_if_finished=True)
         self.heartbeat.discard(trial_id)
-        if self.config.study.max_retry > 0:
+        if requeue and self.config.study.max_retry > 0:
             frozen = copy.copy(self.study._storage.get_trial(trial_id))
             frozen.user_attrs = {}  # the retry starts clean; the failed trial keeps its error
             with warnings.catch_warnings():
@@ -221,10 +224,10 @@ class SweepLoop:
         else:
             self.failures_in_a_row = 0
 
-    def close_ahead(self, next_ask: Future, reason: str) -> None:
+    def close_ahead(self, next_ask: Future, reason: str, requeue: bool = True) -> None:
         ahead = next_ask.result()
         if ahead is not None:
-            self.book.submit(self.close_unfinished, ahead, reason).result()
+            self.book.submit(self.close_unfinished, ahead, reason, requeue).result()
 
     def pruner_for(self, asked: Asked) -> Callable[[float, int], bool]:
         acts_at = PruningSteps(self.config.pruner, self.objective.budget, self.n_train)

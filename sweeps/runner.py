@@ -68,6 +68,12 @@ def training_set_size(config: SweepConfig) -> int:
     return len(build_reference_task(config).train[0])
 
 
+def resumed_seed(seed: int, trials_in_study: int) -> int:
+    """The sampler seed of a process that joins a study already holding trials: deterministic
+    for the same store, and a different stream for every resume point."""
+    return (seed + trials_in_study * 1_000_003) % 2**32
+
+
 def open_study(config: SweepConfig, target: SweepTarget, n_train: int,
                sampler_seed: int | None = None) -> optuna.Study:
     storage = open_storage(target.storage_url, config.study.heartbeat_interval, config.study.grace_period,
@@ -81,6 +87,9 @@ def open_study(config: SweepConfig, target: SweepTarget, n_train: int,
         pruner=build_pruner(config.pruner, budget_of(config), n_train),
         load_if_exists=True,
     )
+    existing = len(study.get_trials(deepcopy=False))
+    if existing:  # a resumed study: a fresh random stream, or the sampler replays the first trials' draws
+        study.sampler = build_sampler(config.sampler, config.search, resumed_seed(seed, existing))
     if study.direction.name.lower() != config.study.direction:
         raise optuna.exceptions.OptunaError(
             f"study {target.study_name!r} in {redact(target.storage_url)} was created to "

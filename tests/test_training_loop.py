@@ -81,6 +81,24 @@ def test_seconds_budget_stops_on_time():
     assert steps[:3] == [100, 200, 300] and steps[-1] == 300  # milliseconds on one grid
 
 
+@pytest.mark.parametrize("estimate", [20, 10**6], ids=["underestimated", "overestimated"])
+def test_seconds_budget_schedule_follows_the_clock_whatever_the_estimate(estimate):
+    """The updates a seconds budget plans come from a few timed updates; when throughput turns out
+    different, the trial still trains to the time cap and its schedule still ends there."""
+    budget = Budget("seconds", 0.3, 0.1)
+    plan = plan_trial(budget, 300, 16, updates_for_seconds=estimate)
+    schedule = Schedule.build(0.05, plan.planned_updates, 0.1, "linear", 0.1)
+    task = regression_task()
+    optimizer = RecordingSGD(task.model.parameters(), lr=0.05)
+    result = Trainer(task, optimizer, schedule, plan, budget, maximize=False, seed=5).train()
+    assert result.stop_reason == "budget" and 0.3 <= result.train_seconds < 2.0
+    assert result.updates > 50, "an underestimate must not end the trial early"
+    lrs = optimizer.lrs
+    assert lrs[0] < 0.05 / 2 and max(lrs) == pytest.approx(0.05, rel=0.05)  # warmup, then the peak
+    assert lrs[-1] == pytest.approx(0.005, abs=0.005), "the schedule ends when the time runs out"
+    assert all(a >= b for a, b in zip(lrs[len(lrs) // 2 :], lrs[len(lrs) // 2 + 1 :]))  # decays
+
+
 class RecordingSGD(torch.optim.SGD):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

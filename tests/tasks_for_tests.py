@@ -1,0 +1,108 @@
+"""Task factories for the trainer and sweep tests (`objective.task: tests.tasks_for_tests:NAME`).
+
+Each is a real task the service trains; they are built so that what the loop did can be read back
+from the numbers the study stores:
+
+- `overshoot`: one weight trained from 0 towards 2 while the validation set rewards 1, so the
+  validation metric rises, peaks near update 6 (at LR 0.05, no momentum) and then degrades;
+- `lr_probe`: a loss whose gradient is exactly 1, so plain SGD moves the weight by -lr each update
+  and the validation metric (the weight itself) is minus the sum of the learning rates so far;
+- `regression_small`: the built-in regression task on a tiny data set;
+- `crash_on_batch`, `crash_in_training`, `scripted`: failures (and Ctrl-C) on demand.
+
+A study builds its task once outside any trial (to learn N) with no trial parameters, so the
+failure factories only fail when `settings.params` is not empty: the studies that use them search
+at least one value.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from objectives.regression import regression
+from objectives.task import Task, TrialSettings, negative_mse
+
+
+def mse(pred: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return ((pred - targets) ** 2).mean()
+
+
+def overshoot(settings: TrialSettings) -> Task:
+    """y = 2x on x = +-1; validation wants y = x. The weight follows w_k = 2 - 2 (1 - 2 lr)^k."""
+    n = int(settings.options.get("n_train", 64))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 2, (n, 1), generator=gen).float() * 2 - 1
+    model = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.zero_()
+    x_val = torch.ones(16, 1)
+    return Task(model, (x, 2 * x), (x_val, x_val.clone()), mse, negative_mse)
+
+
+class Offset(nn.Module):
+    """Predicts its one weight for every example (float64, so sums of LRs stay exact)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w.expand(len(x), 1)
+
+
+def lr_probe(settings: TrialSettings) -> Task:
+    n = int(settings.options.get("n_train", 40))
+    x = torch.zeros(n, 1)
+    return Task(Offset(), (x, x.clone()), (x[:4], x[:4].clone()),
+                lambda pred, _: pred.mean(), lambda pred, _: pred.mean())
+
+
+def regression_small(settings: TrialSettings) -> Task:
+    options = {"dim": 8, "n_train": 300, "n_val": 64, **settings.options}
+    return regression(TrialSettings(settings.batch_size, settings.lr, settings.seed, settings.device,
+                                    settings.params, options, settings.base_dir))
+
+
+def crash_on_batch(settings: TrialSettings) -> Task:
+    if settings.params and settings.batch_size == int(settings.options.get("crash_batch", 64)):
+        raise RuntimeError(f"shard for batch {settings.batch_size} is corrupt")
+    return regression_small(TrialSettings(settings.batch_size, settings.lr, settings.seed, settings.device,
+                                          settings.params, {}, settings.base_dir))
+
+
+class ExplodesWhenTrained(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            raise ValueError("the loss kernel is broken")
+        return self.linear(x)
+
+
+def crash_in_training(settings: TrialSettings) -> Task:
+    """Builds fine; the first training step raises."""
+    task = regression_small(settings)
+    task.model = ExplodesWhenTrained()
+    return task
+
+
+def scripted(settings: TrialSettings) -> Task:
+    """Counts trial builds in the file `options.counter`; build k fails when k is in `options.fail`,
+    raises KeyboardInterrupt when k is `options.interrupt`, else trains `regression_small`."""
+    options = dict(settings.options)
+    counter = Path(options.pop("counter"))
+    fail, interrupt = options.pop("fail", []), options.pop("interrupt", None)
+    if settings.params:
+        k = (int(counter.read_text()) if counter.exists() else 0) + 1
+        counter.write_text(str(k))
+        if k == interrupt:
+            raise KeyboardInterrupt
+        if k in fail:
+            raise RuntimeError(f"build {k} failed on purpose")
+    return regression_small(TrialSettings(settings.batch_size, settings.lr, settings.seed, settings.device,
+                                          settings.params, options, settings.base_dir))
