@@ -1,8 +1,9 @@
-"""The sweep loop: training on the calling thread, Optuna's bookkeeping on one background thread.
+"""The sweep loop: training on the calling thread, Optuna's bookkeeping beside it.
 
 Asking the sampler for a trial, taking a pruning decision and recording a finished trial each
 cost milliseconds of sampler and storage work, together as much as a short trial's training.
-They run on one bookkeeping thread, in order, while training goes on:
+They run in a bookkeeper (`sweeps.bookkeeping`: a forked process, so they share no GIL with
+training), in order, while training goes on:
 - the next trial is asked (its parameters sampled) while the current one trains; TPE's constant
   liar sees the current trial as running, as a second worker would;
 - at the evaluations where the pruner can act, the decision is taken in the background, and a
@@ -13,12 +14,13 @@ They run on one bookkeeping thread, in order, while training goes on:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import threading
 import time
 import warnings
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -29,6 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 from storage.batch import count_trials, write_trial_batch
 from storage.retry import with_retry
 from sweeps import signals
+from sweeps.bookkeeping import start_bookkeeper
 from sweeps.config import SweepConfig
 from sweeps.heartbeat import Heartbeat
 from sweeps.objective import Outcome, SweepObjective
@@ -45,9 +48,19 @@ def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
+@dataclass(frozen=True)
+class TrialRef:
+    """What training needs of a trial the bookkeeper asked for (picklable, no study attached);
+    the names match optuna.Trial's, so the objective and the checkpoint keeper take either."""
+
+    number: int
+    _trial_id: int
+    params: dict
+
+
 @dataclass
 class Asked:
-    trial: optuna.Trial
+    trial: TrialRef
     point: Suggestion
     decisions: list[Future]
 
@@ -64,14 +77,15 @@ class SweepLoop:
         self.n_trials = n_trials
         self.callbacks = callbacks or []
         self.failures_in_a_row = 0
+        self.failures_seen = 0  # the bookkeeper's copy, as of the last trial it recorded
         self.last_error: str | None = None
         self.sampler_stopped = False
         self.grid_size = grid_size(config) if config.sampler.name == "grid" else None
         self.heartbeat = Heartbeat(study)
         self.next_stale_check = 0.0
-        self.stopping = threading.Event()  # set on abort: a bookkeeping wait gives up at once
-        self.book = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeps-bookkeeping")
-        self.book.submit(self.enter_optimize_context).result()
+        self.stopping = threading.Event()  # set on abort (through the bookkeeper): a waiting ask gives up
+        self.open: dict[int, optuna.Trial] = {}  # the bookkeeper's trials asked and not yet closed
+        self.book = None
 
     @property
     def gave_up(self) -> bool:
@@ -79,22 +93,25 @@ class SweepLoop:
 
     def run(self) -> None:
         pending: list[Future] = []
-        self.heartbeat.start()
-        next_ask = self.book.submit(self.ask)
+        self.book = start_bookkeeper(self)
+        next_ask = self.book.submit("ask")
         current: Asked | None = None
         try:
             while True:
-                current = next_ask.result()
+                current = asked_from(next_ask)
                 if current is None:  # counted with this process's trials still open: count again once told
-                    next_ask = self.book.submit(self.ask, True)
-                    current = next_ask.result()
+                    next_ask = self.book.submit("ask", True)
+                    current = asked_from(next_ask)
                     if current is None:
                         break
-                next_ask = self.book.submit(self.ask)
+                next_ask = self.book.submit("ask")
                 outcome = self.objective.run(current.trial, current.point, self.pruner_for(current))
-                pending.append(self.book.submit(self.finish, current, outcome))
-                current = None
+                log_failure(current.trial, outcome)
                 self.count(outcome)
+                settled(current.decisions)  # no pruning decision may still be writing to a trial being closed
+                pending.append(self.book.submit("finish", current.trial._trial_id,
+                                                dataclasses.replace(outcome, error=None), self.failures_in_a_row))
+                current = None
                 if self.gave_up:
                     # the task is broken: the trial asked ahead is closed, not queued to fail again
                     self.close_ahead(next_ask, f"not started: {self.failures_in_a_row} trials in a row failed",
@@ -105,28 +122,44 @@ class SweepLoop:
             self.abort(current, next_ask, err)
             raise
         finally:
-            self.book.shutdown(wait=True)
-            self.heartbeat.stop()
+            self.book.shutdown()
         raise_errors_of_done(pending)
 
-    # --- on the bookkeeping thread ---------------------------------------------------------
-    def enter_optimize_context(self) -> None:
-        # Samplers end a study with study.stop() (the grid sampler, when its grid is used up),
-        # which Optuna allows only inside its own optimize loop: this thread plays that part.
+    # --- in the bookkeeper -----------------------------------------------------------------
+    def start_bookkeeping(self, in_child: bool) -> None:
+        if in_child:  # the parent's pooled connections are the parent's: open new ones
+            backend = getattr(self.study._storage, "_backend", self.study._storage)
+            if isinstance(backend, optuna.storages.RDBStorage):
+                backend.engine.dispose(close=False)
+        self.heartbeat.start()
+
+    def stop_bookkeeping(self) -> None:
+        self.heartbeat.stop()
+
+    def interrupt(self) -> None:
+        self.stopping.set()
+
+    def in_optimize_loop(self) -> None:
+        # Samplers end a study with study.stop() (the grid sampler, when its grid is used up, from
+        # ask or tell), which Optuna allows only inside its own optimize loop, a thread-local flag:
+        # the bookkeeper's thread plays that part.
         self.study._thread_local.in_optimize_loop = True
 
-    def ask(self, wait_for_others: bool = False) -> Asked | None:
+    def ask(self, wait_for_others: bool = False) -> tuple[TrialRef, Suggestion] | None:
         """The next trial, or None when the study has its trials.
 
         Running trials of every worker count, so N workers asking ahead do not overshoot; once the
-        free slots are no more than the running trials, a trial is asked only when this process is
-        free to run it (not ahead), so the last trials go to whichever worker is idle first. With
+        free slots are no more than the other workers' running trials, a trial is asked only when
+        this process is free to run it (not ahead), so the last trials go to whichever worker is
+        idle first (a lone worker asks ahead to the last trial). With
         `wait_for_others` (this process has no open trial) and a heartbeat, a worker whose slots
         are all held by other workers' running trials waits until those finish, or go stale and
         are queued again, instead of leaving a dead worker's trial unfinished.
         """
+        self.in_optimize_loop()
         while True:
-            if self.gave_up or self.sampler_stopped or self.study._stop_flag or self.stopping.is_set():
+            if (self.failures_seen >= self.config.study.max_failures or self.sampler_stopped
+                    or self.study._stop_flag or self.stopping.is_set()):
                 return None
             if self.heartbeat.enabled and time.monotonic() >= self.next_stale_check:
                 # fail (and queue again) trials whose worker died; once per heartbeat interval is enough
@@ -134,7 +167,7 @@ class SweepLoop:
                 self.next_stale_check = time.monotonic() + self.heartbeat.interval
             taken = self.taken()
             free = self.n_trials - taken
-            if free > 0 and (wait_for_others or free > taken or free > self.running()):
+            if free > 0 and (wait_for_others or free > taken or free > self.running() - len(self.open)):
                 break
             if free > 0:  # asking ahead for one of the last slots would hold it while another worker idles
                 return None
@@ -149,7 +182,8 @@ class SweepLoop:
             self.close_unfinished_quietly(trial)
             return None
         point = with_retry(lambda: suggest(trial, self.config.search), "sampling a trial")
-        return Asked(trial, point, [])
+        self.open[trial._trial_id] = trial
+        return TrialRef(trial.number, trial._trial_id, dict(trial.params)), point
 
     def running(self) -> int:
         return with_retry(lambda: count_trials(self.study._storage, self.study._study_id, (TrialState.RUNNING,)),
@@ -176,38 +210,38 @@ class SweepLoop:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(self.study)
 
-    def decide(self, trial: optuna.Trial, value: float, step: int) -> bool:
+    def decide(self, trial_id: int, value: float, step: int) -> bool:
+        trial = self.open[trial_id]
+
         def report_and_ask() -> bool:
             trial.report(value, step)
             return trial.should_prune()
 
         return with_retry(report_and_ask, "a pruning decision")
 
-    def finish(self, asked: Asked, outcome: Outcome) -> None:
-        trial = asked.trial
+    def finish(self, trial_id: int, outcome: Outcome, failures_in_a_row: int) -> None:
+        self.in_optimize_loop()
+        trial = self.open.pop(trial_id)
         with_retry(lambda: write_trial_batch(self.study._storage, trial._trial_id, outcome.attrs, outcome.curve),
                    "recording a trial")
         value = outcome.value if outcome.state == TrialState.COMPLETE else None
         with_retry(lambda: self.study.tell(trial, value, state=outcome.state, skip_if_finished=True),
                    "closing a trial")
         self.heartbeat.discard(trial._trial_id)
+        self.failures_seen = failures_in_a_row  # so an ask after this sees a give-up
         if self.study._stop_flag:
             self.sampler_stopped = True
-        if outcome.error is not None:
-            error = outcome.error
-            logger.warning("trial %d failed: %s", trial.number, outcome.attrs.get("error"),
-                           exc_info=(type(error), error, error.__traceback__))
         if self.callbacks:
             frozen = self.study._storage.get_trial(trial._trial_id)
             for callback in self.callbacks:
                 callback(self.study, frozen)
 
-    def close_unfinished(self, asked: Asked, reason: str, requeue: bool = True) -> None:
+    def close_unfinished(self, trial_id: int, reason: str, requeue: bool = True) -> None:
         """Fail a trial this process cannot finish and, when interrupted, queue its configuration
         to run again (the retry queue of `study.max_retry`)."""
-        trial_id = asked.trial._trial_id
+        trial = self.open.pop(trial_id)
         write_trial_batch(self.study._storage, trial_id, {"error": reason}, {})
-        self.study.tell(asked.trial, state=TrialState.FAIL, skip_if_finished=True)
+        self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         self.heartbeat.discard(trial_id)
         if requeue and self.config.study.max_retry > 0:
             frozen = copy.copy(self.study._storage.get_trial(trial_id))
@@ -225,9 +259,9 @@ class SweepLoop:
             self.failures_in_a_row = 0
 
     def close_ahead(self, next_ask: Future, reason: str, requeue: bool = True) -> None:
-        ahead = next_ask.result()
+        ahead = asked_from(next_ask)
         if ahead is not None:
-            self.book.submit(self.close_unfinished, ahead, reason, requeue).result()
+            self.book.submit("close_unfinished", ahead.trial._trial_id, reason, requeue).result()
 
     def pruner_for(self, asked: Asked) -> Callable[[float, int], bool]:
         acts_at = PruningSteps(self.config.pruner, self.objective.budget, self.n_train)
@@ -238,7 +272,7 @@ class SweepLoop:
             if any(d.result() for d in asked.decisions):
                 return True
             if acts_at(step):
-                asked.decisions.append(self.book.submit(self.decide, asked.trial, value, step))
+                asked.decisions.append(self.book.submit("decide", asked.trial._trial_id, value, step))
             return False
 
         return report
@@ -246,15 +280,34 @@ class SweepLoop:
     def abort(self, current: Asked | None, next_ask: Future, err: BaseException) -> None:
         """Fail the trial that was training and the one asked ahead, so none stays RUNNING."""
         reason = f"interrupted: {type(err).__name__}"
-        self.stopping.set()
+        self.book.interrupt()
         signalled = isinstance(err, (KeyboardInterrupt, signals.Terminated))
         with signals.ignored_while_closing() if signalled else nullcontext():
             try:
                 if current is not None:
-                    self.book.submit(self.close_unfinished, current, reason).result()
+                    settled(current.decisions)
+                    self.book.submit("close_unfinished", current.trial._trial_id, reason).result()
                 self.close_ahead(next_ask, "not started: " + reason)
             except Exception:
                 logger.exception("could not close the open trials")
+
+
+def asked_from(future: Future) -> Asked | None:
+    answer = future.result()
+    return None if answer is None else Asked(*answer, [])
+
+
+def settled(futures: list[Future]) -> None:
+    """Wait until each future is done, whatever its outcome."""
+    for future in futures:
+        future.exception()
+
+
+def log_failure(trial: TrialRef, outcome: Outcome) -> None:
+    error = outcome.error
+    if error is not None:
+        logger.warning("trial %d failed: %s", trial.number, outcome.attrs.get("error"),
+                       exc_info=(type(error), error, error.__traceback__))
 
 
 def raise_errors_of_done(futures: list[Future]) -> list[Future]:

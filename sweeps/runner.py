@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import optuna
@@ -109,6 +112,21 @@ def open_study(config: SweepConfig, target: SweepTarget, n_train: int,
     return study
 
 
+@contextmanager
+def a_core_for_bookkeeping() -> Iterator[None]:
+    """Training leaves one core to the bookkeeper when torch would take them all: intra-op
+    threads that share a core with a busy process wait on each other (measured on 2 cores: the
+    digits MLP trained 37% slower in the sweep than alone with 2 threads, 4% with 1)."""
+    threads = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if threads >= cores > 1:
+        torch.set_num_threads(cores - 1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def run_sweep(config: SweepConfig, target: SweepTarget, show_progress: bool = True,
               worker_index: int = 0) -> optuna.Study:
     """Run until the study holds `target.n_trials` finished trials; return the study.
@@ -132,7 +150,8 @@ def run_sweep(config: SweepConfig, target: SweepTarget, show_progress: bool = Tr
     loop = SweepLoop(study, config, objective, n_train, target.n_trials,
                      ([progress] if progress else []) + hooks.callbacks)
     try:
-        loop.run()
+        with a_core_for_bookkeeping():
+            loop.run()
     finally:
         if progress:
             progress.close()
