@@ -212,3 +212,22 @@ def test_process_and_thread_bookkeeping_give_the_same_study(tmp_path):
         runs[mode] = [(t.number, t.state, t.params, t.value, t.user_attrs["updates"]) for t in study.trials]
     assert len(runs["process"]) == 8
     assert runs["process"] == runs["thread"]
+
+
+def test_training_leaves_the_bookkeeper_a_core_only_when_it_would_take_them_all():
+    import torch
+
+    from sweeps.runner import a_core_for_bookkeeping
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(cores)
+        with a_core_for_bookkeeping():
+            assert torch.get_num_threads() == max(1, cores - 1)
+        assert torch.get_num_threads() == cores
+        torch.set_num_threads(1)  # a user's own limit (OMP_NUM_THREADS=1, or --workers) stays
+        with a_core_for_bookkeeping():
+            assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
