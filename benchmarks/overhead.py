@@ -19,9 +19,10 @@ creating the study and its tables, sampling, trial and report writes, pruning de
 loading, model and optimizer construction.
 
 For the service, the trials record `train_seconds + eval_seconds`. But its bookkeeping (sampling,
-pruning decisions, trial records) runs on a background thread while a trial trains, and what that
-thread takes from training (a core, and the GIL: each torch call gives it up and then waits to get
-it back) shows up as slower training, i.e. would count as inside. So after the sweep every
+pruning decisions, trial records) runs beside a trial's training (in a forked process, or on a
+thread with SWEEPS_BOOKKEEPING=thread), and whatever it takes from training (a core; on a thread
+also the GIL: each torch call gives it up and then waits to get it back) shows up as slower
+training, i.e. would count as inside. So after the sweep every
 finished trial is trained again on its own, with the same seed, parameters and stopping step and
 no sweep around it (`--no-replay` skips this), and the service's inside is the
 smaller of the two totals. Both rows are printed.
