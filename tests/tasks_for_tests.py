@@ -106,3 +106,15 @@ def scripted(settings: TrialSettings) -> Task:
             raise RuntimeError(f"build {k} failed on purpose")
     return regression_small(TrialSettings(settings.batch_size, settings.lr, settings.seed, settings.device,
                                           settings.params, options, settings.base_dir))
+
+
+class RecordingSGD(torch.optim.SGD):
+    """SGD that remembers the learning rate of every update it takes."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lrs: list[float] = []
+
+    def step(self, closure=None):
+        self.lrs.append(self.param_groups[0]["lr"])
+        return super().step(closure)

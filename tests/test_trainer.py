@@ -15,7 +15,7 @@ from objectives.task import TrialSettings
 from objectives.trainer import EarlyStopping, Trainer
 from sweeps.budget import Budget, plan_trial
 from sweeps.coupling import Schedule
-from tests.tasks_for_tests import overshoot, regression_small
+from tests.tasks_for_tests import RecordingSGD, overshoot, regression_small
 
 CPU = torch.device("cpu")
 
@@ -36,18 +36,6 @@ def updates_within(examples: int, n: int, batch_size: int) -> tuple[int, int]:
             if seen + size > examples:
                 return updates, seen
             updates, seen = updates + 1, seen + size
-
-
-class RecordingSGD(torch.optim.SGD):
-    """SGD that remembers the learning rate of every update it takes."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.lrs: list[float] = []
-
-    def step(self, closure=None):
-        self.lrs.append(self.param_groups[0]["lr"])
-        return super().step(closure)
 
 
 # --- warmup and the end of the schedule ----------------------------------------------------------

@@ -13,6 +13,7 @@ from objectives.task import Task, TrialSettings
 from objectives.trainer import EarlyStopping, Trainer, eval_points
 from sweeps.budget import Budget, examples_after, plan_trial
 from sweeps.coupling import Schedule
+from tests.tasks_for_tests import RecordingSGD
 
 CPU = torch.device("cpu")
 
@@ -97,16 +98,6 @@ def test_seconds_budget_schedule_follows_the_clock_whatever_the_estimate(estimat
     assert lrs[0] < 0.05 / 2 and max(lrs) == pytest.approx(0.05, rel=0.05)  # warmup, then the peak
     assert lrs[-1] == pytest.approx(0.005, abs=0.005), "the schedule ends when the time runs out"
     assert all(a >= b for a, b in zip(lrs[len(lrs) // 2 :], lrs[len(lrs) // 2 + 1 :]))  # decays
-
-
-class RecordingSGD(torch.optim.SGD):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.lrs: list[float] = []
-
-    def step(self, closure=None):
-        self.lrs.append(self.param_groups[0]["lr"])
-        return super().step(closure)
 
 
 def test_lr_schedule_warms_up_and_ends_on_the_last_update():
