@@ -53,7 +53,7 @@ from objectives.registry import resolve_task
 from sweeps.config import SweepConfig, parse_config
 from sweeps.objective import SweepObjective
 from sweeps.plan import budget_of
-from sweeps.runner import run_sweep, target_of
+from sweeps.runner import a_core_for_bookkeeping, run_sweep, target_of
 from sweeps.space import suggest
 
 STUDY_FILE = Path(__file__).resolve().parent.parent / "examples" / "digits.yaml"
@@ -210,7 +210,8 @@ def main() -> None:
         service, study = service_sweep(config)
         rows = [plain, service]
         if not args.no_replay:
-            replayed, examples_seen = replay(config, study)
+            with a_core_for_bookkeeping():  # the thread count the sweep trained with
+                replayed, examples_seen = replay(config, study)
             rows.append(Measured(" trained alone", service.wall, replayed, service.complete, service.pruned,
                                  examples_seen))
             service = Measured("service", service.wall, min(service.inside, replayed), service.complete,
