@@ -22,6 +22,7 @@ import itertools
 import logging
 import multiprocessing
 import os
+import pickle
 import queue
 import signal
 import sys
@@ -103,9 +104,13 @@ class ProcessBookkeeper:
         return future
 
     def interrupt(self) -> None:
+        self.send_quietly(INTERRUPT)
+
+    def send_quietly(self, message) -> None:
+        """A control message; a child that is already gone needs none."""
         with self.lock:
             try:
-                self.conn.send(INTERRUPT)
+                self.conn.send(message)
             except OSError:
                 pass
 
@@ -128,11 +133,7 @@ class ProcessBookkeeper:
 
     def shutdown(self) -> None:
         """Let the child finish what was submitted, then end it."""
-        with self.lock:
-            try:
-                self.conn.send(None)
-            except OSError:
-                pass
+        self.send_quietly(None)
         self.process.join(timeout=60)
         if self.process.is_alive():
             logger.warning("the bookkeeping process did not end; killing it")
@@ -211,8 +212,6 @@ def die_with_parent() -> None:
 
 def sendable(err: BaseException) -> BaseException:
     """The exception itself when it pickles, else a RuntimeError that names it."""
-    import pickle
-
     try:
         pickle.dumps(err)
         return err
