@@ -134,6 +134,7 @@ def test_the_child_ignores_ctrl_c_sent_to_the_process_group():
     interrupted sweep closes, so the child must outlive the signal."""
     book = ProcessBookkeeper(Owner())
     try:
+        book.submit("where").result(timeout=10)  # the child is serving: its handlers are set
         os.kill(book.process.pid, signal.SIGINT)
         os.kill(book.process.pid, signal.SIGTERM)
         assert book.submit("decide", 1.0).result(timeout=10) == 2.0
