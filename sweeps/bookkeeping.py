@@ -35,6 +35,7 @@ from threadpoolctl import threadpool_limits
 logger = logging.getLogger("sweeps")
 PR_SET_PDEATHSIG = 1
 URGENT = frozenset({"decide"})  # methods the child runs on their own thread, ahead of the queue
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 INTERRUPT = "interrupt"  # handled by the child's reader itself: a waiting ask must see it at once
 
 
@@ -87,7 +88,13 @@ class ProcessBookkeeper:
         self.lock = threading.Lock()
         self.process = ctx.Process(target=serve, args=(owner, child_end, self.conn),
                                    name="sweeps-bookkeeping", daemon=True)
-        self.process.start()
+        # Ctrl-C between the fork and the child's SIG_IGN would kill the child: hold the signals
+        # until then (the parent gets its own afterwards).
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            self.process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         child_end.close()  # so the reader sees EOF if the child dies
         self.reader = threading.Thread(target=self.read, name="sweeps-bookkeeping-answers", daemon=True)
         self.reader.start()
@@ -146,8 +153,9 @@ class ProcessBookkeeper:
 def serve(owner: Owner, conn, parent_end) -> None:
     """The child's loop: queue each request for its thread, until told to stop or orphaned."""
     parent_end.close()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     die_with_parent()
     # The sampler's numpy would start a BLAS thread per core, and their spin-waits take the cores
     # training runs on: one is enough for the bookkeeper's small matrices.
