@@ -63,6 +63,7 @@ def worker(url: str, name: str, n_trials: int, index: int, ready, done) -> None:
     config = config_for(name, n_trials, index)
     study = open_study(config, SweepTarget(url, name, n_trials), n_train=1, sampler_seed=index)
     loop = SweepLoop(study, config, SleepObjective(), 1, n_trials)
+    loop.start()  # the bookkeeping process and its connection: set-up, like the storage's
     ready.wait()
     loop.run()
     done.put(time.time())

@@ -30,8 +30,6 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
-from threadpoolctl import threadpool_limits
-
 logger = logging.getLogger("sweeps")
 PR_SET_PDEATHSIG = 1
 URGENT = frozenset({"decide"})  # methods the child runs on their own thread, ahead of the queue
@@ -157,9 +155,6 @@ def serve(owner: Owner, conn, parent_end) -> None:
         signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     die_with_parent()
-    # The sampler's numpy would start a BLAS thread per core, and their spin-waits take the cores
-    # training runs on: one is enough for the bookkeeper's small matrices.
-    threadpool_limits(1)
     code = 0
     send_lock = threading.Lock()
     queues: dict[bool, queue.SimpleQueue] = {False: queue.SimpleQueue(), True: queue.SimpleQueue()}

@@ -2,11 +2,12 @@
 
 A trial's weights exist only in the process that trains it, and only until the trial ends, so
 the decision to keep them is taken right after training (the Trainer has restored the best
-state by then). Writing a checkpoint for every trial would cost a file and a store write per
-trial; instead the keeper remembers the values of the checkpoints it keeps and writes one only
-for a trial that enters the best `keep` of the study, then deletes the one that dropped out. On
-a study of n trials a new best-k entry is rare after the first few (about k ln(n/k) writes for
-trials in random order), and every other trial costs one comparison.
+state by then), and the weights are serialised there; the sweep loop's bookkeeper writes them.
+Writing a checkpoint for every trial would cost a file and a store write per trial; instead
+the keeper remembers the values of the checkpoints it keeps and writes one only for a trial that
+enters the best `keep` of the study, then deletes the one that dropped out. On a study of n
+trials a new best-k entry is rare after the first few (about k ln(n/k) writes for trials in
+random order), and every other trial costs one comparison.
 
 The artifact's record lives in the study's system attributes under the dashboard's own key
 (`dashboard:artifacts:<trial_id>:<artifact_id>`), where the dashboard lists it with its trial
@@ -78,8 +79,23 @@ def kept_checkpoints(study: optuna.Study) -> list[Kept]:
     return sorted(kept, key=lambda k: (-k.value if maximize else k.value, k.number))
 
 
+@dataclass
+class Checkpoint:
+    """A trial's best weights, serialised where it trained, written by the bookkeeper."""
+
+    trial_id: int
+    number: int
+    value: float
+    payload: bytes
+
+
 class CheckpointKeeper:
-    """Keeps the best weights of the study's best `keep` trials; `offer` is called after training."""
+    """Keeps the best weights of the study's best `keep` trials.
+
+    Split in two so the training side pays only a comparison and, for a trial that enters the best
+    `keep`, the serialisation (`offer`); the file, its record and the eviction are written by the
+    sweep loop's bookkeeper (`keep_checkpoint`), off the training thread.
+    """
 
     def __init__(self, study: optuna.Study, store: FileSystemArtifactStore, keep: int):
         self.study = study
@@ -94,29 +110,34 @@ class CheckpointKeeper:
         worst = min(self.values) if self.maximize else max(self.values)
         return value > worst if self.maximize else value < worst
 
-    def offer(self, trial: optuna.Trial, model: torch.nn.Module, value: float | None, settings: dict) -> None:
-        """Keep `model`'s weights if `value` enters the best `keep`; never fails the trial."""
+    def offer(self, trial: optuna.Trial, model: torch.nn.Module, value: float | None,
+              settings: dict) -> Checkpoint | None:
+        """`model`'s weights if `value` enters the best `keep`; never fails the trial."""
         if self.keep < 1 or value is None or not self.admits(value):
-            return
+            return None
         try:
-            self.save(trial, model, value, settings)
-        except Exception:  # a full disk must not fail a trial that trained fine
-            logger.exception("could not keep the checkpoint of trial %d", trial.number)
+            payload = serialise(trial, model, value, settings)
+        except Exception:  # a model that cannot be saved must not fail a trial that trained fine
+            logger.exception("could not serialise the checkpoint of trial %d", trial.number)
+            return None
+        self.values = sorted(self.values + [value], reverse=self.maximize)[: self.keep]
+        return Checkpoint(trial._trial_id, trial.number, value, payload)
 
-    def save(self, trial: optuna.Trial, model: torch.nn.Module, value: float, settings: dict) -> None:
-        model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
-        buffer = io.BytesIO()
-        state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
-        settings = {**trial.params, **settings}
-        torch.save({"state_dict": state, "value": value, "trial": trial.number, "settings": settings}, buffer)
-        buffer.seek(0)
+    def write(self, checkpoint: Checkpoint) -> None:
+        """Store the file and its record, then evict what dropped out of the best `keep`."""
+        try:
+            self.save(checkpoint)
+        except Exception:  # a full disk must not fail a trial that trained fine
+            logger.exception("could not keep the checkpoint of trial %d", checkpoint.number)
+
+    def save(self, checkpoint: Checkpoint) -> None:
         artifact_id = str(uuid.uuid4())
-        self.store.write(artifact_id, buffer)
-        meta = {"artifact_id": artifact_id, "filename": f"trial-{trial.number}-best.pt",
+        self.store.write(artifact_id, io.BytesIO(checkpoint.payload))
+        meta = {"artifact_id": artifact_id, "filename": f"trial-{checkpoint.number}-best.pt",
                 "mimetype": "application/octet-stream", "encoding": None,
-                "sweeps_value": value, "sweeps_trial_number": trial.number}
+                "sweeps_value": checkpoint.value, "sweeps_trial_number": checkpoint.number}
         storage, study_id = self.study._storage, self.study._study_id
-        storage.set_study_system_attr(study_id, f"{PREFIX}{trial._trial_id}:{artifact_id}", json.dumps(meta))
+        storage.set_study_system_attr(study_id, f"{PREFIX}{checkpoint.trial_id}:{artifact_id}", json.dumps(meta))
         kept = kept_checkpoints(self.study)
         for old in kept[self.keep:]:
             self.evict(old)
@@ -129,3 +150,12 @@ class CheckpointKeeper:
             self.store.remove(old.artifact_id)
         except ArtifactNotFound:
             pass
+
+
+def serialise(trial: optuna.Trial, model: torch.nn.Module, value: float, settings: dict) -> bytes:
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
+    state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+    buffer = io.BytesIO()
+    torch.save({"state_dict": state, "value": value, "trial": trial.number,
+                "settings": {**trial.params, **settings}}, buffer)
+    return buffer.getvalue()

@@ -30,6 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from storage.batch import count_trials, write_trial_batch
 from storage.retry import with_retry
+from storage.snapshot import snapshot
 from sweeps import signals
 from sweeps.bookkeeping import start_bookkeeper
 from sweeps.config import SweepConfig
@@ -91,9 +92,15 @@ class SweepLoop:
     def gave_up(self) -> bool:
         return self.failures_in_a_row >= self.config.study.max_failures
 
+    def start(self) -> None:
+        """Start the bookkeeper (a process: a fork and its own database connection); `run` starts
+        it when this was not called first."""
+        if self.book is None:
+            self.book = start_bookkeeper(self)
+
     def run(self) -> None:
         pending: list[Future] = []
-        self.book = start_bookkeeper(self)
+        self.start()
         next_ask = self.book.submit("ask")
         current: Asked | None = None
         try:
@@ -127,11 +134,20 @@ class SweepLoop:
 
     # --- in the bookkeeper -----------------------------------------------------------------
     def start_bookkeeping(self, in_child: bool) -> None:
-        if in_child:  # the parent's pooled connections are the parent's: open new ones
-            backend = getattr(self.study._storage, "_backend", self.study._storage)
-            if isinstance(backend, optuna.storages.RDBStorage):
-                backend.engine.dispose(close=False)
+        backend = getattr(self.study._storage, "_backend", self.study._storage)
+        if in_child and isinstance(backend, optuna.storages.RDBStorage):
+            # the parent's pooled connections are the parent's: open one of its own now, so the
+            # first ask does not wait for it
+            backend.engine.dispose(close=False)
+            with_retry(lambda: backend.engine.connect().close(), "connecting to the store")
         self.heartbeat.start()
+        self.requeue_stale_trials()  # before the first ask, while the worker starts
+
+    def requeue_stale_trials(self) -> None:
+        """Fail (and queue again) trials whose worker died; once per heartbeat interval is enough."""
+        if self.heartbeat.enabled and time.monotonic() >= self.next_stale_check:
+            with_retry(self.fail_stale_trials, "failing stale trials")
+            self.next_stale_check = time.monotonic() + self.heartbeat.interval
 
     def stop_bookkeeping(self) -> None:
         self.heartbeat.stop()
@@ -161,10 +177,7 @@ class SweepLoop:
             if (self.failures_seen >= self.config.study.max_failures or self.sampler_stopped
                     or self.study._stop_flag or self.stopping.is_set()):
                 return None
-            if self.heartbeat.enabled and time.monotonic() >= self.next_stale_check:
-                # fail (and queue again) trials whose worker died; once per heartbeat interval is enough
-                with_retry(self.fail_stale_trials, "failing stale trials")
-                self.next_stale_check = time.monotonic() + self.heartbeat.interval
+            self.requeue_stale_trials()
             taken = self.taken()
             free = self.n_trials - taken
             if free > 0 and (wait_for_others or free > taken or free > self.running() - len(self.open)):
@@ -174,14 +187,15 @@ class SweepLoop:
             if not (wait_for_others and self.heartbeat.enabled) or self.finished() >= self.n_trials:
                 return None
             self.stopping.wait(min(0.5, self.heartbeat.interval))
-        if self.grid_size is not None and len(self.study.get_trials(deepcopy=False)) >= self.grid_size:
-            return None  # every grid point is taken; asking again would repeat one
-        trial = with_retry(self.study.ask, "asking for a trial")
-        self.heartbeat.add(trial._trial_id)
-        if self.taken(below=trial.number) >= self.n_trials:  # workers raced for the last slots
-            self.close_unfinished_quietly(trial)
-            return None
-        point = with_retry(lambda: suggest(trial, self.config.search), "sampling a trial")
+        with snapshot(self.study._storage):  # the study's trials read once for the whole ask
+            if self.grid_size is not None and len(self.study.get_trials(deepcopy=False)) >= self.grid_size:
+                return None  # every grid point is taken; asking again would repeat one
+            trial = with_retry(self.study.ask, "asking for a trial")
+            self.heartbeat.add(trial._trial_id)
+            if self.taken(below=trial.number) >= self.n_trials:  # workers raced for the last slots
+                self.close_unfinished_quietly(trial)
+                return None
+            point = with_retry(lambda: suggest(trial, self.config.search), "sampling a trial")
         self.open[trial._trial_id] = trial
         return TrialRef(trial.number, trial._trial_id, dict(trial.params)), point
 
@@ -222,6 +236,8 @@ class SweepLoop:
     def finish(self, trial_id: int, outcome: Outcome, failures_in_a_row: int) -> None:
         self.in_optimize_loop()
         trial = self.open.pop(trial_id)
+        if outcome.checkpoint is not None and self.objective.keeper is not None:
+            self.objective.keeper.write(outcome.checkpoint)
         with_retry(lambda: write_trial_batch(self.study._storage, trial._trial_id, outcome.attrs, outcome.curve),
                    "recording a trial")
         value = outcome.value if outcome.state == TrialState.COMPLETE else None

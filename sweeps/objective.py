@@ -13,6 +13,7 @@ from objectives.registry import TaskFactory
 from objectives.task import Task, TrialSettings
 from objectives.trainer import EarlyStopping, Reporter, Trainer, TrainResult, measure_seconds_per_update
 from sweeps.budget import Budget, TrialPlan, plan_trial
+from sweeps.checkpoints import Checkpoint
 from sweeps.config import ObjectiveSection, SweepConfig
 from sweeps.coupling import Coupled, Schedule, couple
 from sweeps.space import Suggestion
@@ -131,7 +132,7 @@ class SweepObjective:
             result = self.train(prepared, report)
             outcome.attrs.update(result_attrs(result, prepared.plan))
             if self.keeper is not None and result.stop_reason not in ("pruned", "diverged", "oom"):
-                self.keeper.offer(trial, prepared.task.model, result.best_value, outcome.attrs)
+                outcome.checkpoint = self.keeper.offer(trial, prepared.task.model, result.best_value, outcome.attrs)
             if result.stop_reason == "oom":
                 raise OutOfMemoryTrial(f"batch size {prepared.plan.batch_size} does not fit even as "
                                        "micro-batches of one example")
@@ -178,6 +179,7 @@ class Outcome:
     attrs: dict[str, object] = field(default_factory=dict)
     curve: dict[int, float] = field(default_factory=dict)
     error: BaseException | None = None
+    checkpoint: Checkpoint | None = None  # the best weights, when the trial enters the study's best few
 
 
 def plan_attrs(prepared: PreparedTrial, device: torch.device) -> dict[str, object]:

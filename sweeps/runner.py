@@ -16,6 +16,7 @@ import torch
 from objectives.registry import TaskError, resolve_task
 from objectives.task import Task, TrialSettings
 from storage import open_storage, redact, resolve_url
+from storage.snapshot import SnapshotStorage
 from sweeps.config import SweepConfig
 from sweeps.loop import SweepLoop, finished_count
 from sweeps.objective import PROBED_MICRO_BATCH_ATTR, SweepObjective, resolve_device
@@ -79,8 +80,8 @@ def resumed_seed(seed: int, trials_in_study: int) -> int:
 
 def open_study(config: SweepConfig, target: SweepTarget, n_train: int,
                sampler_seed: int | None = None) -> optuna.Study:
-    storage = open_storage(target.storage_url, config.study.heartbeat_interval, config.study.grace_period,
-                           config.study.max_retry)
+    storage = SnapshotStorage(open_storage(target.storage_url, config.study.heartbeat_interval,
+                                           config.study.grace_period, config.study.max_retry))
     seed = config.study.seed if sampler_seed is None else sampler_seed
     study = optuna.create_study(
         storage=storage,

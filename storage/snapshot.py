@@ -1,0 +1,77 @@
+"""One read of the study's trials per sampling step, instead of one per suggested parameter.
+
+Asking for a trial reads the study's trials from the database several times: once for the retry
+queue, once for the sampler's joint model, and once more for every parameter sampled on its own.
+With Hyperband each of those also builds a bracket study (two more queries), and Optuna's
+per-ask cache of the trials lives on that throwaway study, so it never hits. Each read loads
+every unfinished trial with its parameters and attributes (seven queries), about 5 ms on SQLite.
+
+`SnapshotStorage` is Optuna's own cached RDB storage (finished trials are cached, unfinished
+ones re-read) with one addition: inside `with storage.snapshot():` the first read of a study's
+trials is kept, and every later read in that block, on that thread, is answered from it. That
+is the view Optuna's sampler already works from (`Study._get_trials(use_cache=True)` is reset
+once per ask), kept for the whole ask. Writes go to the database as before; outside a block,
+every read goes to the database.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Container, Iterator
+from contextlib import contextmanager
+
+from optuna.storages import RDBStorage
+from optuna.storages._cached_storage import _CachedStorage
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+
+class SnapshotStorage(_CachedStorage):
+    """Optuna's `_CachedStorage` over an RDBStorage, whose reads can be frozen for one step."""
+
+    def __init__(self, backend: RDBStorage):
+        super().__init__(backend)
+        self._frozen = threading.local()
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Within the block, on this thread, the study's trials and identity are read once."""
+        self._frozen.reads = {}
+        try:
+            yield
+        finally:
+            self._frozen.reads = None
+
+    def _remembered(self, key: tuple, read, *args):
+        reads = getattr(self._frozen, "reads", None)
+        if reads is None:
+            return read(*args)
+        if key not in reads:
+            reads[key] = read(*args)
+        return reads[key]
+
+    def get_all_trials(self, study_id: int, deepcopy: bool = True,
+                       states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+        if getattr(self._frozen, "reads", None) is None:
+            return super().get_all_trials(study_id, deepcopy, states)
+        trials = self._remembered(("trials", study_id), super().get_all_trials, study_id, False)
+        if states is not None:
+            trials = [t for t in trials if t.state in states]
+        return copy.deepcopy(trials) if deepcopy else list(trials)
+
+    def get_study_id_from_name(self, study_name: str) -> int:
+        return self._remembered(("id", study_name), super().get_study_id_from_name, study_name)
+
+    def get_study_directions(self, study_id: int) -> list[StudyDirection]:
+        return self._remembered(("directions", study_id), super().get_study_directions, study_id)
+
+
+@contextmanager
+def snapshot(storage) -> Iterator[None]:
+    """`storage.snapshot()` where the storage has one; otherwise every read goes through."""
+    if isinstance(storage, SnapshotStorage):
+        with storage.snapshot():
+            yield
+    else:
+        yield

@@ -1,0 +1,157 @@
+"""Fewer reads per trial: one read of the study's trials per ask, one read of Optuna's migration
+scripts per store, and a bookkeeper that starts no thread pools of its own. Real SQLite stores;
+reads are counted with SQLAlchemy's statement events."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import Counter
+from contextlib import contextmanager
+
+import optuna
+import pytest
+import sqlalchemy
+from alembic.script import ScriptDirectory
+from optuna.trial import TrialState
+
+from storage import open_storage
+from storage.snapshot import SnapshotStorage, snapshot
+from sweeps.bookkeeping import ProcessBookkeeper
+from sweeps.config import parse_config
+from sweeps.loop import SweepLoop
+from sweeps.plan import budget_of
+from sweeps.runner import open_study, target_of
+from sweeps.strategies import build_pruner, build_sampler
+from tests.conftest import TINY, merged
+
+
+@contextmanager
+def counted_reads(storage):
+    """How many SELECT statements the store runs while the block runs."""
+    counts: Counter = Counter()
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        counts["select"] += statement.lstrip().upper().startswith("SELECT")
+
+    engine = storage._backend.engine
+    sqlalchemy.event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield counts
+    finally:
+        sqlalchemy.event.remove(engine, "before_cursor_execute", count)
+
+
+@pytest.fixture
+def study(tmp_path) -> optuna.Study:
+    storage = SnapshotStorage(open_storage(f"sqlite:///{tmp_path}/s.db"))
+    study = optuna.create_study(storage=storage, study_name="s")
+    for x in (1.0, 2.0):
+        study.enqueue_trial({"x": x})
+        trial = study.ask()
+        trial.suggest_float("x", 0, 3)
+        study.tell(trial, x)
+    study.ask().suggest_float("x", 0, 3)  # one running trial, which Optuna re-reads on every read
+    return study
+
+
+def test_inside_a_snapshot_the_trials_are_read_once_and_filtered_by_state(study):
+    storage = study._storage
+    with counted_reads(storage) as outside:
+        study.get_trials(deepcopy=False)
+        study.get_trials(deepcopy=False)
+    with counted_reads(storage) as inside, snapshot(storage):
+        everything = study.get_trials(deepcopy=False)
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        complete = study.get_trials(states=(TrialState.COMPLETE,))
+        study.get_trials(deepcopy=False)
+    assert outside["select"] >= 2 and inside["select"] == outside["select"] // 2
+    assert [t.state for t in everything] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.RUNNING]
+    assert [t.number for t in running] == [2] and [t.value for t in complete] == [1.0, 2.0]
+    complete[0].user_attrs["mutated"] = True  # a deep copy was asked for: the snapshot is untouched
+    assert "mutated" not in study.get_trials(deepcopy=False)[0].user_attrs
+
+
+def test_a_snapshot_is_the_view_at_its_first_read_and_only_on_its_thread(study):
+    storage = study._storage
+    seen_elsewhere = []
+    with snapshot(storage):
+        assert len(study.get_trials(deepcopy=False)) == 3
+        study.tell(study.ask(), 0.5)  # written to the store, not to the snapshot
+        assert len(study.get_trials(deepcopy=False)) == 3
+        other = threading.Thread(target=lambda: seen_elsewhere.append(len(study.get_trials(deepcopy=False))))
+        other.start()
+        other.join()
+    assert seen_elsewhere == [4], "another thread reads the store"
+    assert len(study.get_trials(deepcopy=False)) == 4, "after the block, reads go to the store again"
+
+
+def reads_of_one_ask(config, study: optuna.Study) -> int:
+    loop = SweepLoop(study, config, objective=None, n_train=256, n_trials=20)
+    for value in (1.0, 2.0, 3.0):  # past TPE's start-up trials, so its joint model samples
+        ref, _ = loop.ask()
+        study.tell(loop.open.pop(ref._trial_id), value)
+    with counted_reads(study._storage) as reads:
+        ref, _ = loop.ask()
+    assert set(ref.params) == {"batch_size", "base_lr", "warmup_fraction"}
+    return reads["select"]
+
+
+def test_an_ask_with_hyperband_reads_the_trials_once(tmp_path):
+    """TPE + Hyperband read the trials once per suggested parameter (a bracket study each) without it."""
+    config = parse_config(merged(TINY, {
+        "sampler": {"name": "tpe", "n_startup_trials": 2},
+        "pruner": {"name": "hyperband"},
+        "search": {"batch_size": [16, 64], "base_lr": {"low": 0.01, "high": 0.1, "log": True},
+                   "warmup_fraction": {"low": 0.0, "high": 0.1}},
+        "study": {"n_trials": 20},
+    }), tmp_path)
+    with_snapshots = reads_of_one_ask(config, open_study(config, target_of(config), n_train=256))
+    plain = config.sampler, config.pruner
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path}/plain.db"), study_name="plain",
+                                sampler=build_sampler(plain[0], config.search, 0),
+                                pruner=build_pruner(plain[1], budget_of(config), 256))
+    assert not isinstance(study._storage, SnapshotStorage)
+    without = reads_of_one_ask(config, study)
+    assert with_snapshots <= 0.7 * without, (with_snapshots, without)
+
+
+def test_migration_scripts_are_read_once_per_store(tmp_path, monkeypatch):
+    loads = Counter()
+    original = ScriptDirectory.from_config.__func__
+
+    def counting(cls, config):
+        loads[config.get_main_option("sqlalchemy.url")] += 1
+        return original(cls, config)
+
+    monkeypatch.setattr(ScriptDirectory, "from_config", classmethod(counting))
+    url = f"sqlite:///{tmp_path}/new.db"
+    open_storage(url)  # creates the tables: Optuna checks the schema three times
+    open_storage(url)
+    assert loads[url] == 1
+
+
+class ThreadCounter:
+    def start_bookkeeping(self, in_child: bool) -> None:
+        pass
+
+    def stop_bookkeeping(self) -> None:
+        pass
+
+    def interrupt(self) -> None:
+        pass
+
+    def threads(self) -> tuple[int, int]:
+        """(native threads of this process, threads Python started)."""
+        return len(os.listdir("/proc/self/task")), threading.active_count()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="Linux only")
+def test_the_bookkeeper_starts_no_native_thread_pools():
+    """A BLAS or OpenMP pool started in the child spins on the cores training runs on."""
+    book = ProcessBookkeeper(ThreadCounter())
+    try:
+        native, python = book.submit("threads").result(timeout=30)
+    finally:
+        book.shutdown()
+    assert native == python, f"{native - python} native threads besides Python's"
