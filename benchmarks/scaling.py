@@ -3,14 +3,18 @@
 Each worker is a process running the service's own sweep loop (ask ahead, background
 bookkeeping, heartbeat) and storage set-up on a 1-second objective (a sleep: the figure measures
 the loop and the shared store, not the cores of this machine) until the study holds `--trials`
-finished trials. Workers start together after their imports and storage set-up; the clock runs
-from the start signal until the last trial is committed, so process start-up and teardown
-(one-off costs per worker) are not in it. On a machine with fewer cores than workers, the
-per-trial bookkeeping of all workers (Optuna's ask, sampling and tell: about 57 SQL statements a
-trial) shares those cores with PostgreSQL, which is what bends the curve at 8 and 16 workers on 2
-cores; the load average printed with each row shows any other load on the machine.
+finished trials. Workers start together after their imports and set-up (the storage, the
+bookkeeping process and its connection, the check for dead workers' trials); the clock runs from
+the start signal until the last trial is committed, so process start-up and teardown (one-off
+costs per worker) are not in it; every trial's ask, sampling and record are.
 
-    python benchmarks/scaling.py [--url postgresql+psycopg://postgres@127.0.0.1:5432/test] [--trials 64]
+The default, 256 trials, is 16 rounds of trials at 16 workers: throughput while the workers run.
+With fewer rounds the start weighs more: 16 workers asking for their first trial at the same
+moment queue for 2 cores (about 40 ms of CPU each, PostgreSQL's share besides), so the last
+worker starts its first trial some 0.5 s after the first, and at `--trials 64` (4 rounds) that is
+a tenth of the run. The load average printed with each row shows any other load on the machine.
+
+    python benchmarks/scaling.py [--url postgresql+psycopg://postgres@127.0.0.1:5432/test] [--trials 256]
 
 Last line: `scaling_efficiency_16=<x>` (throughput at 16 / (16 x throughput at 1)).
 """
@@ -105,7 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", default=os.environ.get("SWEEPS_TEST_POSTGRES_URL",
                                                         "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
-    parser.add_argument("--trials", type=int, default=64, help="finished trials per run")
+    parser.add_argument("--trials", type=int, default=256, help="finished trials per run")
     args = parser.parse_args()
     optuna.logging.set_verbosity(logging.WARNING)
     throughput = {}

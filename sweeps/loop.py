@@ -70,13 +70,15 @@ class SweepLoop:
     """Run trials until the study holds `n_trials` finished ones (across all workers)."""
 
     def __init__(self, study: optuna.Study, config: SweepConfig, objective: SweepObjective, n_train: int,
-                 n_trials: int, callbacks: list[Callback] | None = None):
+                 n_trials: int, callbacks: list[Callback] | None = None,
+                 at_end: Callable[[optuna.Study], None] | None = None):
         self.study = study
         self.config = config
         self.objective = objective
         self.n_train = n_train
         self.n_trials = n_trials
         self.callbacks = callbacks or []
+        self.at_end = at_end  # run by the bookkeeper after the last trial is recorded, where the trials are cached
         self.failures_in_a_row = 0
         self.failures_seen = 0  # the bookkeeper's copy, as of the last trial it recorded
         self.last_error: str | None = None
@@ -125,6 +127,8 @@ class SweepLoop:
                                      requeue=False)
                     break
                 pending = raise_errors_of_done(pending)
+            if self.at_end is not None:
+                self.book.submit("end").result()
         except BaseException as err:  # Ctrl-C, SIGTERM, a storage failure: close what is open, then stop
             self.abort(current, next_ask, err)
             raise
@@ -251,6 +255,9 @@ class SweepLoop:
             frozen = self.study._storage.get_trial(trial._trial_id)
             for callback in self.callbacks:
                 callback(self.study, frozen)
+
+    def end(self) -> None:
+        self.at_end(self.study)
 
     def close_unfinished(self, trial_id: int, reason: str, requeue: bool = True) -> None:
         """Fail a trial this process cannot finish and, when interrupted, queue its configuration

@@ -4,7 +4,8 @@
 - per trial: its note (a sweep-loop callback, on the bookkeeping thread) and, only for a trial
   that enters the study's best `dashboard.keep_checkpoints`, its best weights as an artifact
   (`sweeps.checkpoints`, called by the objective right after training);
-- after the sweep: the study note again (final budget spent) and the report's figures as
+- after the sweep (run by the sweep loop's bookkeeper, which has the trials cached): the study
+  note again (final budget spent) and the report's figures as
   dashboard plots, all in one transaction, built without importing plotly.
 """
 

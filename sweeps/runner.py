@@ -149,14 +149,13 @@ def run_sweep(config: SweepConfig, target: SweepTarget, show_progress: bool = Tr
     objective = SweepObjective(config, factory, budget, study.user_attrs.get(PROBED_MICRO_BATCH_ATTR))
     objective.keeper = hooks.keeper
     loop = SweepLoop(study, config, objective, n_train, target.n_trials,
-                     ([progress] if progress else []) + hooks.callbacks)
+                     ([progress] if progress else []) + hooks.callbacks, at_end=hooks.after_sweep)
     try:
         with a_core_for_bookkeeping():
             loop.run()
     finally:
         if progress:
             progress.close()
-    hooks.after_sweep(study)
     if loop.gave_up:
         raise SweepFailed(f"{loop.failures_in_a_row} trials in a row failed; last error: {loop.last_error}")
     return study
