@@ -12,7 +12,8 @@ The default, 256 trials, is 16 rounds of trials at 16 workers: throughput while 
 With fewer rounds the start weighs more: 16 workers asking for their first trial at the same
 moment queue for 2 cores (about 40 ms of CPU each, PostgreSQL's share besides), so the last
 worker starts its first trial some 0.5 s after the first, and at `--trials 64` (4 rounds) that is
-a tenth of the run. The load average printed with each row shows any other load on the machine.
+a tenth of the run. `last start` is when the last worker started its first trial (seconds after the signal); the
+load average printed with each row shows any other load on the machine.
 
     python benchmarks/scaling.py [--url postgresql+psycopg://postgres@127.0.0.1:5432/test] [--trials 256]
 
@@ -47,8 +48,10 @@ class SleepObjective:
     budget = Budget("updates", 1, 1)
 
     def run(self, trial, point, pruner) -> Outcome:
+        started = time.time()
         time.sleep(1.0)
-        return Outcome(TrialState.COMPLETE, value=(math.log2(point.base_lr) + 5) ** 2 + point.batch_size / 1024)
+        return Outcome(TrialState.COMPLETE, value=(math.log2(point.base_lr) + 5) ** 2 + point.batch_size / 1024,
+                       attrs={"worker": os.getpid(), "started": started})
 
 
 def config_for(name: str, n_trials: int, index: int):
@@ -79,8 +82,9 @@ def worker(url: str, name: str, n_trials: int, index: int, ready, done) -> None:
     os._exit(0)
 
 
-def run(url: str, n_workers: int, n_trials: int) -> tuple[float, int]:
-    """Seconds from the start signal until the last worker's loop returned (the study complete)."""
+def run(url: str, n_workers: int, n_trials: int) -> tuple[float, int, float]:
+    """Seconds from the start signal until the study held its trials; trials finished; seconds from
+    the start signal until the last worker started its first trial."""
     name = f"scaling-{n_workers}-{uuid.uuid4().hex[:8]}"
     open_study(config_for(name, n_trials, 0), SweepTarget(url, name, n_trials), n_train=1)
     ctx = mp.get_context("spawn")
@@ -101,8 +105,12 @@ def run(url: str, n_workers: int, n_trials: int) -> tuple[float, int]:
     assert finished == n_trials, f"{finished} trials finished, not {n_trials}"
     # until the study held its last finished trial (workers notice within their 0.5 s poll)
     elapsed = max(t.datetime_complete.timestamp() for t in trials) - started
+    first_starts: dict[int, float] = {}
+    for t in trials:
+        worker_pid, at = t.user_attrs["worker"], t.user_attrs["started"]
+        first_starts[worker_pid] = min(at, first_starts.get(worker_pid, at))
     optuna.delete_study(study_name=name, storage=url)
-    return elapsed, finished
+    return elapsed, finished, max(first_starts.values()) - started
 
 
 def main() -> None:
@@ -115,13 +123,13 @@ def main() -> None:
     throughput = {}
     print(f"{os.cpu_count()} CPU cores; {args.trials} trials of 1 s per row")
     print(f"{'workers':>7}  {'trials':>6}  {'seconds':>8}  {'trials/s':>8}  {'vs 1 worker':>11}  {'efficiency':>10}  "
-          f"{'load avg':>8}")
+          f"{'last start':>10}  {'load avg':>8}")
     for n in WORKER_COUNTS:
-        elapsed, done = run(args.url, n, args.trials)
+        elapsed, done, last_start = run(args.url, n, args.trials)
         throughput[n] = done / elapsed
         speedup = throughput[n] / throughput[1]
         print(f"{n:>7}  {done:>6}  {elapsed:>8.2f}  {throughput[n]:>8.2f}  {speedup:>11.2f}  {speedup / n:>10.2f}  "
-              f"{os.getloadavg()[0]:>8.2f}", flush=True)
+              f"{last_start:>10.2f}  {os.getloadavg()[0]:>8.2f}", flush=True)
     print(f"scaling_efficiency_16={throughput[16] / (16 * throughput[1]):.3f}")
 
 
