@@ -94,7 +94,7 @@ class CheckpointKeeper:
 
     Split in two so the training side pays only a comparison and, for a trial that enters the best
     `keep`, the serialisation (`offer`); the file, its record and the eviction are written by the
-    sweep loop's bookkeeper (`keep_checkpoint`), off the training thread.
+    sweep loop's bookkeeper (`write`), off the training thread.
     """
 
     def __init__(self, study: optuna.Study, store: FileSystemArtifactStore, keep: int):
