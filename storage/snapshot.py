@@ -10,8 +10,9 @@ every unfinished trial with its parameters and attributes (seven queries), about
 ones re-read) with one addition: inside `with storage.snapshot():` the first read of a study's
 trials is kept, and every later read in that block, on that thread, is answered from it. That
 is the view Optuna's sampler already works from (`Study._get_trials(use_cache=True)` is reset
-once per ask), kept for the whole ask. Writes go to the database as before; outside a block,
-every read goes to the database.
+once per ask), kept for the whole ask. A trial created in the block is read back once from its
+creation (Optuna's `Trial` reads it back at once: seven more queries). Writes go to the database
+as before; outside a block, every read goes to the database.
 """
 
 from __future__ import annotations
@@ -59,6 +60,22 @@ class SnapshotStorage(_CachedStorage):
         if states is not None:
             trials = [t for t in trials if t.state in states]
         return copy.deepcopy(trials) if deepcopy else list(trials)
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        trial_id = super().create_new_trial(study_id, template_trial)
+        reads = getattr(self._frozen, "reads", None)
+        if reads is not None:  # Optuna's Trial reads the new trial back at once: answer from its creation
+            known = self._trial_id_to_study_id_and_number.get(trial_id)
+            if known is not None:
+                reads[("created", trial_id)] = self._studies[known[0]].trials[known[1]]
+        return trial_id
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        reads = getattr(self._frozen, "reads", None)
+        created = None if reads is None else reads.pop(("created", trial_id), None)
+        if created is not None:  # once: a later read in the block sees what was written since
+            return copy.deepcopy(created)
+        return super().get_trial(trial_id)
 
     def get_study_id_from_name(self, study_name: str) -> int:
         return self._remembered(("id", study_name), super().get_study_id_from_name, study_name)
