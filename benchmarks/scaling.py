@@ -9,11 +9,11 @@ the start signal until the last trial is committed, so process start-up and tear
 costs per worker) are not in it; every trial's ask, sampling and record are.
 
 The default, 256 trials, is 16 rounds of trials at 16 workers: throughput while the workers run.
-With fewer rounds the start weighs more: 16 workers asking for their first trial at the same
-moment queue for 2 cores (about 40 ms of CPU each, PostgreSQL's share besides), so the last
-worker starts its first trial some 0.5 s after the first, and at `--trials 64` (4 rounds) that is
-a tenth of the run. `last start` is when the last worker started its first trial (seconds after the signal); the
-load average printed with each row shows any other load on the machine.
+With fewer rounds the start weighs more: 16 workers ask for their first trial at the same moment
+and queue for 2 cores shared with PostgreSQL, so at 16 workers the last one starts its first
+trial about 1 s after the signal, a quarter of a `--trials 64` run (4 rounds). `last start` is
+when the last worker started its first trial (seconds after the signal); the load average
+printed with each row shows any other load on the machine.
 
     python benchmarks/scaling.py [--url postgresql+psycopg://postgres@127.0.0.1:5432/test] [--trials 256]
 

@@ -1,12 +1,13 @@
 """What the runner writes for optuna-dashboard, behind three hooks the runner calls.
 
 - at study open: the study note (resolved config, plan table, budget spent so far);
-- per trial: its note (a sweep-loop callback, on the bookkeeping thread) and, only for a trial
-  that enters the study's best `dashboard.keep_checkpoints`, its best weights as an artifact
-  (`sweeps.checkpoints`, called by the objective right after training);
-- after the sweep (run by the sweep loop's bookkeeper, which has the trials cached): the study
-  note again (final budget spent) and the report's figures as
-  dashboard plots, all in one transaction, built without importing plotly.
+- per trial: its note (a sweep-loop callback, in the bookkeeper) and, only for a trial that
+  enters the study's best `dashboard.keep_checkpoints`, its best weights as an artifact
+  (`sweeps.checkpoints`: serialised by the objective right after training, written by the
+  bookkeeper);
+- after the sweep (run by the bookkeeper, which has the trials cached): the study note again
+  (final budget spent) and the report's figures as dashboard plots, all in one transaction,
+  built without importing plotly.
 """
 
 from __future__ import annotations
