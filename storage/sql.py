@@ -16,7 +16,7 @@ import sqlalchemy
 from optuna.storages._rdb.storage import _VersionManager
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
 ENV_VAR = "SWEEPS_STORAGE"
 SQLITE_BUSY_TIMEOUT_S = 60
@@ -34,22 +34,68 @@ def redact(url: str) -> str:
         return "<unparseable storage URL>"
 
 
-def resolve_url(url: str | None, base_dir: str | Path, study_name: str) -> str:
-    """The URL to use: `url`, else $SWEEPS_STORAGE, else `<study name>.db` beside the study file.
+class StorageUsageError(StorageError):
+    """The storage value itself is wrong (not a URL, an unsupported dialect, a missing driver):
+    a usage error, told apart from a store that cannot be reached."""
+
+
+SUPPORTED_BACKENDS = ("sqlite", "postgresql")
+DRIVER_PACKAGES = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "asyncpg": "asyncpg",
+                   "pg8000": "pg8000"}
+
+
+def choose_url(flag: str | None, from_file: str | None, study_name: str) -> tuple[str, str]:
+    """The storage value that wins, and where it came from, in the one documented order:
+    the --storage flag, then $SWEEPS_STORAGE, then the study file's study.storage, then
+    `<study name>.db` beside the study file."""
+    for value, source in ((flag, "--storage"), (os.environ.get(ENV_VAR), f"${ENV_VAR}"),
+                          (from_file, "study.storage")):
+        if value is not None and value.strip():
+            return value.strip(), source
+    return f"sqlite:///{study_name}.db", "the default"
+
+
+def check_url(url: str, source: str) -> None:
+    """A usage error (StorageUsageError) unless `url` names a supported dialect whose driver is
+    installed; nothing is opened."""
+    try:
+        parsed = make_url(url) if "://" in url else None
+    except (ArgumentError, ValueError):
+        parsed = None
+    if parsed is None:
+        name = url.split("/")[-1] or "sweeps.db"
+        raise StorageUsageError(f"{source}: {url!r} is not a storage URL; for a SQLite file write "
+                                f"'sqlite:///{name}' (or postgresql+psycopg://USER@HOST:5432/DB)")
+    backend = parsed.get_backend_name()
+    if backend not in SUPPORTED_BACKENDS:
+        raise StorageUsageError(f"{source}: storage dialect {backend!r} is not supported ({redact(url)}): use "
+                                "sqlite:///FILE.db or postgresql+psycopg://USER@HOST:5432/DB")
+    try:
+        parsed.get_dialect().import_dbapi()
+    except ImportError as err:
+        driver = parsed.get_driver_name()
+        package = DRIVER_PACKAGES.get(driver, driver)
+        raise StorageUsageError(f"{source}: the driver {driver!r} of {redact(url)} is not installed: "
+                                f"pip install '{package}' (or use postgresql+psycopg://)") from err
+    except (ArgumentError, ValueError, AttributeError) as err:  # an unknown driver name
+        raise StorageUsageError(f"{source}: unknown driver in {redact(url)}: {err}; "
+                                "use postgresql+psycopg://") from err
+
+
+def resolve_url(flag: str | None, from_file: str | None, base_dir: str | Path, study_name: str) -> str:
+    """The URL to use (see `choose_url` for the order), checked by `check_url`.
 
     A relative SQLite path resolves against `base_dir` (the study file's folder), so the same
     study file finds the same database from any working directory.
     """
-    url = url or os.environ.get(ENV_VAR) or f"sqlite:///{study_name}.db"
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError) as err:
-        raise StorageError(f"storage URL {redact(url)!r} is not a valid SQLAlchemy URL: {err}") from err
+    url, source = choose_url(flag, from_file, study_name)
+    check_url(url, source)
+    parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return url
     database = parsed.database
     if not database or database == ":memory:":
-        raise StorageError("an in-memory SQLite store would lose every trial: give a file path")
+        raise StorageUsageError(f"{source}: an in-memory SQLite store would lose every trial: give a file path")
     path = Path(database).expanduser()
     if not path.is_absolute():
         path = Path(base_dir) / path
@@ -102,7 +148,9 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(url, **kwargs)
-        except (IntegrityError, ProgrammingError) as err:
+        except (IntegrityError, ProgrammingError, OperationalError) as err:
+            if isinstance(err, OperationalError) and "already exists" not in str(err):
+                raise StorageError(f"cannot open storage {safe}: {first_line(err, url, safe)}") from err
             if attempt == 2:  # workers starting together can race to create the tables
                 raise StorageError(f"cannot create the tables in {safe}: {first_line(err, url, safe)}") from err
             time.sleep(0.5 + attempt)

@@ -20,7 +20,7 @@ from optuna.exceptions import StorageInternalError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
-from storage import StorageError, open_storage, redact, resolve_url
+from storage import StorageError, StorageUsageError, open_storage, redact, resolve_url
 from storage.retry import is_connection_error, with_retry
 from storage.sql import CONNECT_TIMEOUT_S, engine_kwargs
 from sweeps.runner import run_sweep, target_of
@@ -37,17 +37,44 @@ def test_redact_hides_the_password_and_nothing_else():
 
 
 def test_resolve_url_order_and_sqlite_paths(tmp_path, monkeypatch):
+    """--storage, then $SWEEPS_STORAGE, then study.storage, then <name>.db beside the file."""
     monkeypatch.delenv("SWEEPS_STORAGE", raising=False)
-    assert resolve_url(None, tmp_path, "s") == f"sqlite:///{tmp_path.resolve()}/s.db"
+    base = tmp_path.resolve()
+    assert resolve_url(None, None, tmp_path, "s") == f"sqlite:///{base}/s.db"
+    assert resolve_url(None, "sqlite:///f.db", tmp_path, "s") == f"sqlite:///{base}/f.db"
     (tmp_path / "sub").mkdir()
-    assert resolve_url("sqlite:///sub/x.db", tmp_path, "s") == f"sqlite:///{tmp_path.resolve()}/sub/x.db"
+    assert resolve_url("sqlite:///sub/x.db", "sqlite:///f.db", tmp_path, "s") == f"sqlite:///{base}/sub/x.db"
     monkeypatch.setenv("SWEEPS_STORAGE", "postgresql+psycopg://u:pw@h/db")
-    assert resolve_url(None, tmp_path, "s") == "postgresql+psycopg://u:pw@h/db"
-    assert resolve_url("sqlite:///y.db", tmp_path, "s").endswith("/y.db")  # the flag wins over the env
+    assert resolve_url(None, "sqlite:///f.db", tmp_path, "s") == "postgresql+psycopg://u:pw@h/db"  # env > file
+    assert resolve_url("sqlite:///y.db", "sqlite:///f.db", tmp_path, "s").endswith("/y.db")  # flag > env
     with pytest.raises(StorageError, match="in-memory"):
-        resolve_url("sqlite:///:memory:", tmp_path, "s")
+        resolve_url("sqlite:///:memory:", None, tmp_path, "s")
     with pytest.raises(StorageError, match="does not exist"):
-        resolve_url("sqlite:///nowhere/x.db", tmp_path, "s")
+        resolve_url("sqlite:///nowhere/x.db", None, tmp_path, "s")
+
+
+@pytest.mark.parametrize("level", ["--storage", "$SWEEPS_STORAGE", "study.storage"])
+@pytest.mark.parametrize(("value", "says"), [
+    ("digits.db", "'sqlite:///digits.db'"),
+    ("mongodb://h/db", "dialect 'mongodb' is not supported"),
+    ("postgresql+psycopg2://u@h/db", "pip install 'psycopg2-binary'"),
+    ("postgresql+nodriver://u@h/db", "unknown driver"),
+])
+def test_a_bad_storage_value_is_a_usage_error_naming_where_it_came_from(tmp_path, monkeypatch, level, value, says):
+    if value.startswith("postgresql+psycopg2"):
+        try:
+            import psycopg2  # noqa: F401
+            pytest.skip("psycopg2 is installed here")
+        except ImportError:
+            pass
+    monkeypatch.delenv("SWEEPS_STORAGE", raising=False)
+    flag = value if level == "--storage" else None
+    from_file = value if level == "study.storage" else "sqlite:///ignored.db"
+    if level == "$SWEEPS_STORAGE":
+        monkeypatch.setenv("SWEEPS_STORAGE", value)
+    with pytest.raises(StorageUsageError) as raised:
+        resolve_url(flag, None if level == "--storage" else from_file, tmp_path, "s")
+    assert str(raised.value).startswith(f"{level}: ") and says in str(raised.value)
 
 
 def test_sqlite_gets_wal_and_a_busy_timeout(tmp_path):
