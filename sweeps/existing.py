@@ -13,11 +13,12 @@ from pathlib import Path
 import optuna
 from sqlalchemy.engine import make_url
 
-from storage import StorageError, open_storage, redact
+from storage import StorageError, StorageUsageError, open_storage, redact
+from sweeps import exits
 from sweeps.config import SweepConfig, load_config
 from sweeps.runner import SweepTarget, target_of
 
-EXIT_NO_RESULT, EXIT_CONFIG, EXIT_STORAGE, EXIT_NO_STUDY = 1, 2, 3, 4
+EXIT_NO_RESULT, EXIT_CONFIG, EXIT_STORAGE, EXIT_NO_STUDY = exits.FAILED, exits.USAGE, exits.STORAGE, exits.NO_STUDY
 
 
 class NotReadable(RuntimeError):
@@ -37,7 +38,12 @@ class Existing:
 
 def open_existing(study_file: str, storage_url: str | None = None, study_name: str | None = None) -> Existing:
     config = load_config(study_file)  # a ConfigError is the caller's to report
-    target = target_of(config, storage_url, study_name)
+    try:
+        target = target_of(config, storage_url, study_name)
+    except StorageUsageError as err:
+        raise NotReadable(EXIT_CONFIG, str(err)) from err
+    except StorageError as err:
+        raise NotReadable(EXIT_STORAGE, str(err)) from err
     url = make_url(target.storage_url)
     if url.get_backend_name() == "sqlite" and not Path(url.database).is_file():
         raise NotReadable(EXIT_STORAGE, f"no store at {url.database}: run `python -m sweeps.run {study_file}` "

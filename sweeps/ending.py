@@ -1,0 +1,75 @@
+"""How a sweep ended, as one exit code and one line: the same for one process and for the
+parent of `--workers`, so "0 trials finished" can never end in success."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import TrialState
+
+from sweeps import exits
+from sweeps.config import SweepConfig
+from sweeps.strategies import grid_size
+
+
+@dataclass(frozen=True)
+class Ending:
+    code: int
+    message: str  # a note when the code is 0, the reason and the likely fix otherwise
+
+
+def ending_of(study: optuna.Study, n_trials: int, grid_size: int | None = None) -> Ending:
+    """Judge the study's trials against the `n_trials` asked for.
+
+    A finished trial is COMPLETE or PRUNED; a diverged trial (loss NaN/inf) is stored as PRUNED
+    with `stop_reason: diverged`, so it counts as finished but never as a result.
+    """
+    trials = study.get_trials(deepcopy=False)
+    by_state = {state: [t for t in trials if t.state == state] for state in TrialState}
+    complete, pruned = by_state[TrialState.COMPLETE], by_state[TrialState.PRUNED]
+    failed, running = by_state[TrialState.FAIL], by_state[TrialState.RUNNING]
+    diverged = [t for t in pruned if t.user_attrs.get("stop_reason") == "diverged"]
+    finished = len(complete) + len(pruned)
+    grid_done = grid_size is not None and len({tuple(sorted(t.params.items())) for t in trials}) >= grid_size
+    if diverged and len(diverged) == finished and not complete:
+        return Ending(exits.FAILED, f"all {len(diverged)} trials diverged (loss NaN/inf): lower "
+                                    "search.base_lr.high (or try a smaller batch size or a longer warmup)")
+    if not complete:
+        return Ending(exits.FAILED, f"no trial finished with a value ({finished} of {n_trials} finished: "
+                                    f"{len(pruned)} pruned, {len(failed)} failed, {len(running)} running)"
+                                    f"{last_error(failed)}: {no_result_fix(failed, running)}")
+    if finished >= n_trials:
+        note = f"{len(diverged)} of {finished} trials diverged (loss NaN/inf)" if diverged else ""
+        return Ending(exits.OK, note)
+    if grid_done:
+        return Ending(exits.OK, f"stopped at {finished} of {n_trials} trials: the grid has no more points")
+    return Ending(exits.FAILED, f"stopped at {finished} of {n_trials} trials ({len(failed)} failed, "
+                                f"{len(running)} running){last_error(failed)}: run the same command again "
+                                "to resume")
+
+
+def report_ending(study: optuna.Study, n_trials: int, config: SweepConfig) -> int:
+    """Print how the sweep ended (a note, or the reason and the fix) and return its exit code."""
+    ending = ending_of(study, n_trials, grid_size(config) if config.sampler.name == "grid" else None)
+    if ending.code == exits.OK:
+        if ending.message:
+            print(f"note: {ending.message}")
+    else:
+        print(f"error: {ending.message}", file=sys.stderr)
+    return ending.code
+
+
+def last_error(failed: list[optuna.trial.FrozenTrial]) -> str:
+    errors = [t.user_attrs["error"] for t in failed if t.user_attrs.get("error")]
+    return f"; last error: {errors[-1]}" if errors else ""
+
+
+def no_result_fix(failed: list, running: list) -> str:
+    if failed:
+        return "fix the error above, then run the same command again"
+    if running:
+        return "other workers still hold trials: wait for them, or run the same command again"
+    return ("check that every worker writes to the same store (--storage, then $SWEEPS_STORAGE, then "
+            "study.storage) and run the same command again")

@@ -1,0 +1,23 @@
+"""Exit codes of every command: one table, so a script can tell the outcomes apart.
+
+| code | meaning |
+| ---- | ------- |
+| 0    | done (a grid exhausted or a sampler that stopped the study also ends here, with a note) |
+| 1    | the sweep did not deliver: too many failures in a row, every trial diverged, fewer |
+|      | finished trials than asked for; or a report with no result                         |
+| 2    | usage: the study file, a flag, a storage value or a task is invalid |
+| 3    | the store cannot be opened or used (an unreachable server, a missing SQLite file) |
+| 4    | the store has no such study |
+| 130  | interrupted by Ctrl-C (the running trial is failed and queued again; rerun to resume) |
+| 143  | terminated by SIGTERM (the same) |
+"""
+
+from __future__ import annotations
+
+OK = 0
+FAILED = 1
+USAGE = 2
+STORAGE = 3
+NO_STUDY = 4
+INTERRUPTED = 130
+TERMINATED = 143
