@@ -11,7 +11,7 @@ import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -319,11 +319,18 @@ class Trainer:
         return self.budget.to_step(units, self.plan.n_train)
 
 
-def measure_seconds_per_update(task: Task, optimizer: torch.optim.Optimizer, batch_size: int,
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+def measure_seconds_per_update(task: Task, make_optimizer: OptimizerFactory, batch_size: int,
                                updates: int = 5) -> float:
-    """Time a few updates on throwaway copies, so a seconds budget can plan its horizon."""
+    """Time a few updates on throwaway copies, so a seconds budget can plan its horizon.
+
+    The copy's optimizer is built by the same factory as the trial's: rebuilding it from
+    `optimizer.defaults` passes keys some constructors do not take (AdamW's
+    `decoupled_weight_decay`)."""
     model = copy.deepcopy(task.model)
-    probe_opt = type(optimizer)(model.parameters(), **optimizer.defaults)
+    probe_opt = make_optimizer(model.parameters())
     x, y = task.train
     n = len(x)
     gen = torch.Generator(device=x.device).manual_seed(0)

@@ -57,6 +57,7 @@ class TrialRef:
     number: int
     _trial_id: int
     params: dict
+    retry_of: int | None = None  # the number of the trial this one retries (Optuna's "failed_trial")
 
 
 @dataclass
@@ -201,7 +202,8 @@ class SweepLoop:
                 return None
             point = with_retry(lambda: suggest(trial, self.config.search), "sampling a trial")
         self.open[trial._trial_id] = trial
-        return TrialRef(trial.number, trial._trial_id, dict(trial.params)), point
+        retry_of = self.study._storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+        return TrialRef(trial.number, trial._trial_id, dict(trial.params), retry_of), point
 
     def running(self) -> int:
         return with_retry(lambda: count_trials(self.study._storage, self.study._study_id, (TrialState.RUNNING,)),
