@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 import optuna
@@ -16,14 +17,22 @@ from sweeps.budget import Budget, TrialPlan, plan_trial
 from sweeps.checkpoints import Checkpoint
 from sweeps.config import ObjectiveSection, SweepConfig
 from sweeps.coupling import Coupled, Schedule, couple
+from sweeps.gpus import machine_gpu
 from sweeps.space import Suggestion
 
-PROBED_MICRO_BATCH_ATTR = "probed_micro_batch"  # set on the study by `python -m sweeps.probe`
+PROBED_MICRO_BATCH_ATTR = "probed_micro_batch"  # {device model: size}, set on the study by `python -m sweeps.probe`
 
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
     """Deterministic and distinct per trial; same study seed and number, same training run."""
     return (study_seed * 1_000_003 + trial_number * 7_919 + 1) % (2**31 - 1)
+
+
+def seed_number(trial) -> int:
+    """The trial number whose seed a trial trains with: a retry (after its worker died or was
+    stopped) takes the original's, so it computes what the original would have."""
+    retry_of = getattr(trial, "retry_of", None)
+    return trial.number if retry_of is None else retry_of
 
 
 def resolve_device(name: str, memory_fraction: float | None = None) -> torch.device:
@@ -71,18 +80,21 @@ class SweepObjective:
     """The callable handed to `study.optimize`; the service owns the loop, the task only data."""
 
     def __init__(self, config: SweepConfig, factory: TaskFactory, budget: Budget,
-                 probed_micro_batch: int | None = None):
+                 probed_micro_batch: dict[str, int] | int | None = None):
+        """`probed_micro_batch` is the study's attribute as stored: only this device model's entry
+        applies (see `probed_for`)."""
         self.config = config
         self.factory = factory
         self.budget = budget
         self.device = resolve_device(config.objective.device, config.objective.gpu_memory_fraction)
-        limits = [m for m in (config.objective.max_micro_batch, probed_micro_batch) if m]
+        limits = [m for m in (config.objective.max_micro_batch, probed_for(probed_micro_batch, self.device)) if m]
         self.max_micro_batch = min(limits) if limits else None
         self.keeper = None  # sweeps.checkpoints.CheckpointKeeper, set by the runner: the best trials' weights
+        self.identity: dict[str, object] = {}  # which worker ran the trial (worker number, sampler seed)
 
     def prepare(self, trial: optuna.Trial, point: Suggestion) -> PreparedTrial:
         cfg = self.config
-        seed = trial_seed(cfg.study.seed, trial.number)
+        seed = trial_seed(cfg.study.seed, seed_number(trial))
         coupled = couple(point.coupling, point.base_lr, point.batch_size,
                          cfg.search.reference_batch_size, cfg.objective.betas, cfg.objective.eps)
         task = self.make_task(point, coupled, seed, trial.params)
@@ -90,7 +102,8 @@ class SweepObjective:
         n_train = len(task.train[0])
         timed_updates = None
         if self.budget.unit == "seconds":
-            per_update = measure_seconds_per_update(task, optimizer, point.batch_size)
+            per_update = measure_seconds_per_update(
+                task, lambda params: build_optimizer(cfg.objective, params, coupled), point.batch_size)
             timed_updates = max(1, math.floor(self.budget.per_trial / per_update))
         plan = plan_trial(self.budget, n_train, point.batch_size, point.epochs,
                           cfg.objective.drop_last, timed_updates)
@@ -120,7 +133,7 @@ class SweepObjective:
 
     def run(self, trial: optuna.Trial, point: Suggestion, pruner: Reporter) -> Outcome:
         """Train one trial; nothing here writes to the store (the sweep loop records the outcome)."""
-        outcome = Outcome(TrialState.FAIL)
+        outcome = Outcome(TrialState.FAIL, attrs=dict(self.identity))
 
         def report(value: float, step: int) -> bool:
             outcome.curve[step] = value
@@ -193,7 +206,35 @@ def plan_attrs(prepared: PreparedTrial, device: torch.device) -> dict[str, objec
         "seed": prepared.seed,
         "n_train": prepared.plan.n_train,
         "device": str(device),
+        **gpu_attrs(device),
     }
+
+
+def device_model(device: torch.device) -> str:
+    """What a probed limit is kept under: the GPU's model name (an H100 and an A10 on one study
+    hold different limits), or the device type ("cpu", "mps")."""
+    if device.type != "cuda":
+        return device.type
+    return torch.cuda.get_device_name(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def probed_for(stored: object, device: torch.device) -> int | None:
+    """The probed micro-batch measured on this device's model, if any. A plain int (stored before
+    the probe kept one per model) is ignored: it may come from another GPU, and too small a limit
+    costs speed while too large a one costs only OOM retries; probe again to restore it."""
+    if not isinstance(stored, dict):
+        return None
+    value = stored.get(device_model(device))
+    return value if isinstance(value, int) and value >= 1 else None
+
+
+def gpu_attrs(device: torch.device) -> dict[str, object]:
+    """Which GPU ran the trial: `gpu`, its index as nvidia-smi numbers it (None when it cannot be
+    told), and `gpu_name`. Nothing on the CPU, so CPU trials carry no GPU attributes at all."""
+    if device.type != "cuda":
+        return {}
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return {"gpu": machine_gpu(index, os.environ), "gpu_name": torch.cuda.get_device_name(index)}
 
 
 def result_attrs(result: TrainResult, plan: TrialPlan) -> dict[str, object]:

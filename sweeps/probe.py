@@ -1,8 +1,9 @@
 """`python -m sweeps.probe STUDY.yaml`: the largest micro-batch that fits, and where speed plateaus.
 
 Doubling, then bisection between the last size that fit and the first that ran out of memory.
-The result (with a safety margin) is stored on the study, so every worker starts from it and
-trials split larger batches into micro-batches up front instead of rediscovering the limit.
+The result (with a safety margin) is stored on the study under the device's model (GPU name, or
+"cpu"), so every worker on that model starts from it and trials split larger batches into
+micro-batches up front instead of rediscovering the limit; workers on other models ignore it.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import torch
 
 from objectives.registry import TaskError
 from objectives.task import Task
-from storage import StorageError
+from storage import StorageError, StorageUsageError
 from sweeps.config import load_config
 from sweeps.coupling import Coupled
-from sweeps.objective import PROBED_MICRO_BATCH_ATTR, build_optimizer, resolve_device
+from sweeps.objective import PROBED_MICRO_BATCH_ATTR, build_optimizer, device_model, resolve_device
 from sweeps.runner import build_reference_task, open_study, target_of
 from sweeps.schema import ConfigError
 
@@ -156,14 +157,19 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_store:
             target = target_of(config, args.storage, args.study_name)
             study = open_study(config, target, len(task.train[0]))
-            study.set_user_attr(PROBED_MICRO_BATCH_ATTR, stored)
+            model = device_model(device)  # one limit per device model; a plain int from before is dropped
+            kept = study.user_attrs.get(PROBED_MICRO_BATCH_ATTR)
+            study.set_user_attr(PROBED_MICRO_BATCH_ATTR, {**(kept if isinstance(kept, dict) else {}), model: stored})
             study.set_user_attr("probe", {
-                "device": str(device), "largest_fit": biggest, "limit": limit,
+                "device": str(device), "device_model": model, "largest_fit": biggest, "limit": limit,
                 "tried": [[m.micro_batch, m.fits, round(m.examples_per_second, 1)] for m in tried],
             })
-            print(f"stored {PROBED_MICRO_BATCH_ATTR}={stored} on study {target.study_name!r}")
+            print(f"stored {PROBED_MICRO_BATCH_ATTR}={stored} for {model!r} on study {target.study_name!r}")
     except (ConfigError, TaskError) as err:
         print(f"error: {args.study_file}: {err}", file=sys.stderr)
+        return 2
+    except StorageUsageError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     except StorageError as err:
         print(f"error: {err}", file=sys.stderr)

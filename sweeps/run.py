@@ -1,8 +1,7 @@
 """`python -m sweeps.run STUDY.yaml`: validate, then run (or resume) the sweep.
 
-Exit codes: 0 done, 1 the sweep failed (too many failed trials), 2 the study file is invalid,
-3 the store cannot be opened, 130 interrupted by Ctrl-C and 143 by SIGTERM (the running trial is
-failed and queued again; rerunning resumes).
+Exit codes: the table in `sweeps.exits` (0 done, 1 the sweep did not deliver, 2 usage, 3 the
+store cannot be opened, 130 Ctrl-C, 143 SIGTERM).
 """
 
 from __future__ import annotations
@@ -14,15 +13,18 @@ import sys
 import optuna
 
 from objectives.registry import TaskError
-from storage import StorageError, redact
-from sweeps import signals
+from storage import StorageError, StorageUsageError, redact
+from sweeps import exits, signals
 from sweeps.config import load_config
+from sweeps.ending import report_ending
+from sweeps.gpus import GPU_ENV, GpuError, check_device, cuda_device_count, plan_gpus
 from sweeps.plan import check_plan, format_plan
-from sweeps.runner import SweepFailed, finished_count, run_sweep, target_of, training_set_size
+from sweeps.runner import SweepFailed, run_sweep, target_of, training_set_size
 from sweeps.schema import ConfigError
 from sweeps.workers import run_workers
 
-EXIT_FAILED, EXIT_CONFIG, EXIT_STORAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 3, 130, 143
+EXIT_FAILED, EXIT_CONFIG, EXIT_STORAGE = exits.FAILED, exits.USAGE, exits.STORAGE
+EXIT_INTERRUPTED, EXIT_TERMINATED = exits.INTERRUPTED, exits.TERMINATED
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,10 +39,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true",
                         help="validate and print the plan; train nothing, touch no store")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
-    parser.add_argument("--worker-index", type=int, default=0,
-                        help="this worker's sampler seed is study.seed + index (default 0); on several "
-                             "machines give each its own range, e.g. 0, 4, 8 with --workers 4")
+    parser.add_argument("--workers", type=int, help="worker processes on this machine (default 1; with --gpus, "
+                                                    "GPUs x --trials-per-gpu, and any other count is an error)")
+    parser.add_argument("--gpus", help="one GPU per worker: 'all' or indexes as nvidia-smi numbers them, e.g. 0,2,3; "
+                                       "each worker sees only its own (default $SWEEPS_GPUS)")
+    parser.add_argument("--trials-per-gpu", type=int,
+                        help="workers sharing each GPU with --gpus (default 1); see objective.gpu_memory_fraction")
+    parser.add_argument("--worker-index", type=int, default=None,
+                        help="fix this worker's sampler seed to study.seed + index (by default each worker "
+                             "process registers in the store and takes the next free number)")
     parser.add_argument("--as-worker", action="store_true", help=argparse.SUPPRESS)  # a child of --workers
     return parser.parse_args(argv)
 
@@ -54,26 +61,41 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.n_trials is not None and args.n_trials < 1:
         return fail(EXIT_CONFIG, f"--n-trials must be >= 1 (got {args.n_trials})")
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         return fail(EXIT_CONFIG, f"--workers must be >= 1 (got {args.workers})")
+    try:  # a worker child ignores --gpus and $SWEEPS_GPUS: its parent chose its GPU
+        gpus = None if args.as_worker else plan_gpus(args.gpus, args.trials_per_gpu, args.workers, args.worker_index,
+                                                      cuda_device_count, os.environ, args.dry_run)
+    except GpuError as err:
+        return fail(exits.USAGE, str(err))
+    if args.as_worker and os.environ.get(GPU_ENV) and not cuda_device_count():  # an index the machine lacks
+        return fail(exits.USAGE, f"the worker for GPU {os.environ[GPU_ENV]} sees no CUDA device; "
+                                 "check the index with nvidia-smi")
     signals.install()
     try:
         config = load_config(args.study_file)
         target = target_of(config, args.storage, args.study_name, args.n_trials)
+        if gpus:
+            check_device(config.objective.device)
         if args.dry_run:
             n_train = training_set_size(config)
             check_plan(config, n_train)
             print(format_plan(config, n_train))
             print(f"\nstore: {redact(target.storage_url)} (not opened: dry run)")
+            if gpus:
+                print("GPUs (each worker sees only its own; numbered as nvidia-smi numbers them):")
+                print("\n".join(f"  {a}" for a in gpus))
             return 0
-        if args.workers > 1:
-            return run_workers(args.study_file, config, target, args.workers, show_progress=not args.quiet,
-                               first_index=args.worker_index)
+        if gpus or (args.workers or 1) > 1:  # --gpus: always children, so CUDA_VISIBLE_DEVICES precedes CUDA
+            return run_workers(args.study_file, config, target, len(gpus) if gpus else args.workers,
+                               show_progress=not args.quiet, first_index=args.worker_index, gpus=gpus)
         study = run_sweep(config, target, show_progress=not args.quiet, worker_index=args.worker_index)
     except ConfigError as err:
         return fail(EXIT_CONFIG, f"{args.study_file}: {err}")
     except TaskError as err:
         return fail(EXIT_CONFIG, f"{args.study_file}: objective.task: {err}")
+    except StorageUsageError as err:
+        return fail(EXIT_CONFIG, str(err))
     except StorageError as err:
         return fail(EXIT_STORAGE, str(err))
     except SweepFailed as err:
@@ -89,11 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.as_worker:  # a worker of --workers: the parent reports
         return 0
     print_summary(study, config.study.metric)
-    finished = finished_count(study)
-    if finished < target.n_trials:
-        why = "the grid has no more points" if config.sampler.name == "grid" else "the sampler stopped the study"
-        print(f"note: stopped at {finished} of {target.n_trials} trials: {why}")
-    return 0
+    return report_ending(study, target.n_trials, config)
 
 
 def print_summary(study: optuna.Study, metric: str) -> None:

@@ -17,6 +17,7 @@ from objectives.registry import TaskError, resolve_task
 from objectives.task import Task, TrialSettings
 from storage import open_storage, redact, resolve_url
 from storage.snapshot import SnapshotStorage
+from storage.workers import register_worker
 from sweeps.config import SweepConfig
 from sweeps.loop import SweepLoop, finished_count
 from sweeps.objective import PROBED_MICRO_BATCH_ATTR, SweepObjective, resolve_device
@@ -42,7 +43,7 @@ class SweepTarget:
 def target_of(config: SweepConfig, storage: str | None = None, study_name: str | None = None,
               n_trials: int | None = None) -> SweepTarget:
     name = study_name or config.study.name
-    url = resolve_url(storage or config.study.storage, config.base_dir, name)
+    url = resolve_url(storage, config.study.storage, config.base_dir, name)
     return SweepTarget(url, name, n_trials or config.study.n_trials)
 
 
@@ -67,9 +68,10 @@ def build_reference_task(config: SweepConfig, batch_size: int | None = None,
     return task
 
 
-def training_set_size(config: SweepConfig) -> int:
-    """N, from the task built once; nothing touches the store."""
-    return len(build_reference_task(config).train[0])
+def training_set_size(config: SweepConfig, device: torch.device | None = None) -> int:
+    """N, from the task built once; nothing touches the store. A --gpus parent passes the CPU, so
+    it holds no CUDA context on its workers' GPUs."""
+    return len(build_reference_task(config, device=device).train[0])
 
 
 def resumed_seed(seed: int, trials_in_study: int) -> int:
@@ -91,9 +93,7 @@ def open_study(config: SweepConfig, target: SweepTarget, n_train: int,
         pruner=build_pruner(config.pruner, budget_of(config), n_train),
         load_if_exists=True,
     )
-    existing = len(study.get_trials(deepcopy=False))
-    if existing:  # a resumed study: a fresh random stream, or the sampler replays the first trials' draws
-        study.sampler = build_sampler(config.sampler, config.search, resumed_seed(seed, existing))
+    seed_sampler(study, config, seed)
     if study.direction.name.lower() != config.study.direction:
         raise optuna.exceptions.OptunaError(
             f"study {target.study_name!r} in {redact(target.storage_url)} was created to "
@@ -113,6 +113,15 @@ def open_study(config: SweepConfig, target: SweepTarget, n_train: int,
     return study
 
 
+def seed_sampler(study: optuna.Study, config: SweepConfig, seed: int) -> int:
+    """Give the study a sampler drawing from `seed`'s stream; return the seed it draws from."""
+    existing = len(study.get_trials(deepcopy=False))
+    if existing:  # a resumed study: a fresh random stream, or the sampler replays the first trials' draws
+        seed = resumed_seed(seed, existing)
+    study.sampler = build_sampler(config.sampler, config.search, seed)
+    return seed
+
+
 @contextmanager
 def a_core_for_bookkeeping() -> Iterator[None]:
     """Training leaves one core to the bookkeeper when torch would take them all: intra-op
@@ -129,24 +138,28 @@ def a_core_for_bookkeeping() -> Iterator[None]:
 
 
 def run_sweep(config: SweepConfig, target: SweepTarget, show_progress: bool = True,
-              worker_index: int = 0) -> optuna.Study:
+              worker_index: int | None = None) -> optuna.Study:
     """Run until the study holds `target.n_trials` finished trials; return the study.
 
-    `worker_index` gives each worker of a shared study its own sampler seed.
+    Each worker of a shared study draws its own sampler seed, study.seed + its worker number:
+    `worker_index` when given, else the next number registered in the store.
     """
     optuna.logging.set_verbosity(logging.WARNING)
     n_train = training_set_size(config)
     check_plan(config, n_train)
     factory = resolve_task(config.objective.task, config.base_dir)
     budget = budget_of(config)
-    study = open_study(config, target, n_train, sampler_seed=config.study.seed + worker_index)
+    study = open_study(config, target, n_train)
     hooks = DashboardHooks(config, target.storage_url, study, n_train)  # notes, checkpoints, figures
     progress = Progress(target.n_trials, budget, config.study.metric) if show_progress else None
     if finished_count(study) >= target.n_trials:
         if progress:
             progress(study, None)
         return study
+    worker = worker_index if worker_index is not None else register_worker(study._storage, study._study_id)
+    sampler_seed = seed_sampler(study, config, config.study.seed + worker)
     objective = SweepObjective(config, factory, budget, study.user_attrs.get(PROBED_MICRO_BATCH_ATTR))
+    objective.identity = {"worker": worker, "sampler_seed": sampler_seed}
     objective.keeper = hooks.keeper
     loop = SweepLoop(study, config, objective, n_train, target.n_trials,
                      ([progress] if progress else []) + hooks.callbacks, at_end=hooks.after_sweep)

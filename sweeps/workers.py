@@ -14,8 +14,12 @@ import subprocess
 import sys
 import time
 
+import torch
+
 from storage.sql import ENV_VAR
 from sweeps.config import SweepConfig
+from sweeps.ending import report_ending
+from sweeps.gpus import GpuAssignment
 from sweeps.loop import finished_count
 from sweeps.plan import budget_of
 from sweeps.progress import Progress
@@ -25,17 +29,25 @@ from sweeps.signals import Terminated
 STOP_WAIT_S = 7  # then SIGKILL: the parent exits within 10 s of a SIGTERM, as docker stop expects
 
 
-def worker_command(study_file: str, target: SweepTarget, index: int) -> list[str]:
-    return [sys.executable, "-m", "sweeps.run", study_file, "--quiet", "--as-worker", "--worker-index", str(index),
+def worker_command(study_file: str, target: SweepTarget, index: int | None) -> list[str]:
+    """A worker's command line; its store URL travels in the environment (`ENV_VAR`), exactly as
+    the parent resolved it, and wins there over the study file's own `study.storage`."""
+    fixed_seed = [] if index is None else ["--worker-index", str(index)]
+    return [sys.executable, "-m", "sweeps.run", study_file, "--quiet", "--as-worker", *fixed_seed,
             "--study-name", target.study_name, "--n-trials", str(target.n_trials)]
 
 
 def run_workers(study_file: str, config: SweepConfig, target: SweepTarget, n_workers: int,
-                show_progress: bool = True, first_index: int = 0) -> int:
-    study = open_study(config, target, training_set_size(config))
+                show_progress: bool = True, first_index: int | None = None,
+                gpus: list[GpuAssignment] | None = None) -> int:
+    """`gpus`: worker i runs with gpus[i]'s environment (only its GPU visible); the parent itself
+    stays off the GPUs."""
+    study = open_study(config, target, training_set_size(config, torch.device("cpu") if gpus else None))
     threads = str(max(1, (os.cpu_count() or 1) // n_workers))  # N workers share the cores, not N x all
     env = {**os.environ, ENV_VAR: target.storage_url, "OMP_NUM_THREADS": threads}
-    workers = [subprocess.Popen(worker_command(study_file, target, first_index + i), env=env)
+    envs = [{**env, **gpu.env()} for gpu in gpus] if gpus else [env] * n_workers
+    workers = [subprocess.Popen(worker_command(study_file, target, None if first_index is None else first_index + i),
+                                env=envs[i])
                for i in range(n_workers)]
     progress = Progress(target.n_trials, budget_of(config), config.study.metric) if show_progress else None
     try:
@@ -54,7 +66,7 @@ def run_workers(study_file: str, config: SweepConfig, target: SweepTarget, n_wor
     if failed:  # a worker killed by a signal: 128 + its number, as a shell reports it
         return failed[0] if failed[0] > 0 else 128 - failed[0]
     print(f"{finished_count(study)} trials finished; best {config.study.metric} = {best_text(study)}")
-    return 0
+    return report_ending(study, target.n_trials, config)
 
 
 def best_text(study) -> str:

@@ -122,7 +122,7 @@ def test_probe_finds_the_limit_and_sweeps_start_from_it(tmp_path, capsys):
     assert "largest micro-batch that fits: 37" in printed
     assert "OOM" in printed
     stored = optuna.load_study(study_name="oom", storage=f"sqlite:///{tmp_path}/oom.db")
-    assert stored.user_attrs[PROBED_MICRO_BATCH_ATTR] == 33  # 37 less the 10% margin
+    assert stored.user_attrs[PROBED_MICRO_BATCH_ATTR] == {"cpu": 33}  # 37 less the 10% margin, per device model
     config = oom_config(tmp_path, oom_above=37, n_trials=2)
     study = run_sweep(config, target_of(config), show_progress=False)
     big = [t for t in study.trials if t.user_attrs.get("batch_size") == 64]

@@ -230,9 +230,10 @@ def test_bad_url_fails_fast_without_the_password(tmp_path):
     assert time.monotonic() - started < 20
     assert "cannot open storage" in err and "sweeper:***@127.0.0.1:1" in err
     assert "sekret-pw" not in err and "Traceback" not in err
-    done = start(path, storage="notadb://what")
+    done = start(path, storage="notadb://what:sekret-pw@h/db")
     _, err = done.communicate(timeout=60)
-    assert done.returncode == 3 and "storage" in err
+    assert done.returncode == 2 and "dialect 'notadb' is not supported" in err  # a usage error, not an outage
+    assert "sekret-pw" not in err
 
 
 def test_four_local_workers_on_sqlite_never_lock(tmp_path):
