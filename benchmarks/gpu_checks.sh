@@ -27,8 +27,8 @@ PY
 echo "== memory over 100 trials in one process"
 python3 - <<'PY'
 import torch, optuna
-from sweeps.config import parse_config
-from sweeps.runner import run_sweep, target_of
+from sweeps.config.study_file import parse_config
+from sweeps.loop.runner import run_sweep, target_of
 cfg = parse_config({
     "study": {"name": "mem", "metric": "val_accuracy", "n_trials": 100},
     "objective": {"task": "resnet_synthetic", "device": "cuda", "options": {"n_train": 2048, "n_val": 256, "width": 16, "blocks": 1}},

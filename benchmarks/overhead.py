@@ -9,7 +9,7 @@ shape, each with its own fresh SQLite store in a temporary folder:
     DataLoader, an MLP and SGD, train epoch by epoch, evaluate, `trial.report` every epoch and
     `trial.should_prune()`, in `optuna.create_study(storage="sqlite:///...")` with TPE and Hyperband
     (min resource = the service's evaluation interval, max = the example cap, both in epochs).
-(b) service: `sweeps.runner.run_sweep` on examples/digits.yaml with its store, trial count and
+(b) service: `sweeps.loop.runner.run_sweep` on examples/digits.yaml with its store, trial count and
     (with --quick or --examples) budget overridden, progress display off.
 
 Inside = training and evaluation. For the plain loop that is each epoch's training loop as a user
@@ -50,11 +50,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from objectives.registry import resolve_task
-from sweeps.config import SweepConfig, parse_config
-from sweeps.objective import SweepObjective
-from sweeps.plan import budget_of
-from sweeps.runner import a_core_for_bookkeeping, run_sweep, target_of
-from sweeps.space import suggest
+from sweeps.config.plan import budget_of
+from sweeps.config.study_file import SweepConfig, parse_config
+from sweeps.loop.runner import a_core_for_bookkeeping, run_sweep, target_of
+from sweeps.search.space import suggest
+from sweeps.trial.run_one import SweepObjective
 
 STUDY_FILE = Path(__file__).resolve().parent.parent / "examples" / "digits.yaml"
 N_TRAIN = 1438  # the digits task's training split (80% of 1797)

@@ -25,7 +25,11 @@ import optuna
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import overhead  # noqa: E402
 
-from sweeps import bookkeeping, checkpoints, loop, objective, publish, runner  # noqa: E402
+from sweeps.loop import bookkeeper as bookkeeping
+from sweeps.loop import runner  # noqa: E402
+from sweeps.loop import sweep_loop as loop
+from sweeps.results import checkpoints, publish
+from sweeps.trial import run_one as objective
 
 events: list[tuple[str, float, float]] = []
 clock = {"t0": 0.0}

@@ -33,11 +33,11 @@ import uuid
 import optuna
 from optuna.trial import TrialState
 
-from sweeps.budget import Budget
-from sweeps.config import parse_config
-from sweeps.loop import SweepLoop
-from sweeps.objective import Outcome
-from sweeps.runner import SweepTarget, open_study
+from objectives.training.budget import Budget
+from sweeps.config.study_file import parse_config
+from sweeps.loop.runner import SweepTarget, open_study
+from sweeps.loop.sweep_loop import SweepLoop
+from sweeps.trial.run_one import Outcome
 
 WORKER_COUNTS = (1, 2, 4, 8, 16)
 

@@ -10,7 +10,7 @@ best value known for the task (benchmarks/search_efficiency_reference.json):
 (b) plain:  the objective people write by hand: TPE + MedianPruner, `trial.report` once per epoch
     (step = epoch, so trials of different batch size are compared at different compute), the LR
     searched directly, no coupling, no warmup;
-(c) service: `sweeps.runner.run_sweep` with the service's defaults (sampler, pruner, eval_every,
+(c) service: `sweeps.loop.runner.run_sweep` with the service's defaults (sampler, pruner, eval_every,
     schedule, coupling) over the same ranges, in a temporary SQLite store.
 
 (a) and (b) train with the same recipe as the service (SGD with momentum 0.9, LR cosine-decayed to
@@ -52,9 +52,9 @@ import torch
 
 from objectives.registry import resolve_task
 from objectives.task import TrialSettings
-from sweeps.config import parse_config
-from sweeps.coupling import couple
-from sweeps.runner import run_sweep, target_of
+from objectives.training.coupling import couple
+from sweeps.config.study_file import parse_config
+from sweeps.loop.runner import run_sweep, target_of
 
 REFERENCE_FILE = Path(__file__).resolve().parent / "search_efficiency_reference.json"
 MARGIN = 0.01  # absolute, in the task's metric (validation accuracy for every task here)

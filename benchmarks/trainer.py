@@ -18,9 +18,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from objectives.registry import resolve_task
 from objectives.task import Task, TrialSettings
-from objectives.trainer import Trainer
-from sweeps.budget import Budget, plan_trial
-from sweeps.coupling import Schedule
+from objectives.training.budget import Budget, plan_trial
+from objectives.training.loop import Trainer
+from objectives.training.schedule import Schedule
 
 
 def make_task(name: str, device: torch.device, batch_size: int, lr: float) -> Task:

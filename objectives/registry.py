@@ -11,11 +11,11 @@ from objectives.task import Task, TrialSettings
 TaskFactory = Callable[[TrialSettings], Task]
 
 BUILTIN = {
-    "digits_mlp": "objectives.digits:digits_mlp",
-    "digits_cnn": "objectives.digits:digits_cnn",
-    "regression": "objectives.regression:regression",
-    "resnet_synthetic": "objectives.synthetic_images:resnet_synthetic",
-    "teacher_mlp": "objectives.teacher:teacher_mlp",
+    "digits_mlp": "objectives.tasks.digits:digits_mlp",
+    "digits_cnn": "objectives.tasks.digits:digits_cnn",
+    "regression": "objectives.tasks.regression:regression",
+    "resnet_synthetic": "objectives.tasks.synthetic_images:resnet_synthetic",
+    "teacher_mlp": "objectives.tasks.teacher:teacher_mlp",
 }
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sweeps.checkpoints import artifact_dir, open_artifact_store
-from sweeps.existing import EXIT_CONFIG, NotReadable, load, open_existing
-from sweeps.schema import ConfigError
+from sweeps.config.schema import ConfigError
+from sweeps.results.checkpoints import artifact_dir, open_artifact_store
+from sweeps.results.existing import EXIT_CONFIG, NotReadable, load, open_existing
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 

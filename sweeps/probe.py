@@ -17,12 +17,12 @@ import torch
 
 from objectives.registry import TaskError
 from objectives.task import Task
+from objectives.training.coupling import Coupled
 from storage import StorageError, StorageUsageError
-from sweeps.config import load_config
-from sweeps.coupling import Coupled
-from sweeps.objective import PROBED_MICRO_BATCH_ATTR, build_optimizer, device_model, resolve_device
-from sweeps.runner import build_reference_task, open_study, target_of
-from sweeps.schema import ConfigError
+from sweeps.config.schema import ConfigError
+from sweeps.config.study_file import load_config
+from sweeps.loop.runner import build_reference_task, open_study, target_of
+from sweeps.trial.run_one import PROBED_MICRO_BATCH_ATTR, build_optimizer, device_model, resolve_device
 
 PLATEAU_GAIN = 1.10  # doubling the batch must buy at least 10% more examples/s
 

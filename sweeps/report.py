@@ -14,11 +14,11 @@ import json
 import sys
 from pathlib import Path
 
-from sweeps.analysis import StudyAnalysis, analyse
-from sweeps.existing import EXIT_CONFIG, EXIT_NO_RESULT, NotReadable, load, open_existing
-from sweeps.plan import fmt, plan_rows
-from sweeps.publish import figures_of
-from sweeps.schema import ConfigError
+from sweeps.config.plan import fmt, plan_rows
+from sweeps.config.schema import ConfigError
+from sweeps.results.analysis import StudyAnalysis, analyse
+from sweeps.results.existing import EXIT_CONFIG, EXIT_NO_RESULT, NotReadable, load, open_existing
+from sweeps.results.publish import figures_of
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -119,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     for line in summary_lines(a):
         print(line)
 
-    from sweeps.figures import write_html
-    from sweeps.pngs import write_pngs
+    from sweeps.results.figures import write_html
+    from sweeps.results.pngs import write_pngs
 
     summary = "".join(f"<p>{html.escape(line)}</p>" for line in summary_lines(a)) + html_table(table)
     write_html(out / "report.html", a, figures, summary)

@@ -14,14 +14,15 @@ import optuna
 
 from objectives.registry import TaskError
 from storage import StorageError, StorageUsageError, redact
-from sweeps import exits, signals
-from sweeps.config import load_config
-from sweeps.ending import report_ending
-from sweeps.gpus import GPU_ENV, GpuError, check_device, cuda_device_count, plan_gpus
-from sweeps.plan import check_plan, format_plan
-from sweeps.runner import SweepFailed, run_sweep, target_of, training_set_size
-from sweeps.schema import ConfigError
-from sweeps.workers import run_workers
+from sweeps import exits
+from sweeps.config.plan import check_plan, format_plan
+from sweeps.config.schema import ConfigError
+from sweeps.config.study_file import load_config
+from sweeps.loop import signals
+from sweeps.loop.ending import report_ending
+from sweeps.loop.gpus import GPU_ENV, GpuError, check_device, cuda_device_count, plan_gpus
+from sweeps.loop.runner import SweepFailed, run_sweep, target_of, training_set_size
+from sweeps.loop.workers import run_workers
 
 EXIT_FAILED, EXIT_CONFIG, EXIT_STORAGE = exits.FAILED, exits.USAGE, exits.STORAGE
 EXIT_INTERRUPTED, EXIT_TERMINATED = exits.INTERRUPTED, exits.TERMINATED

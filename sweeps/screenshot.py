@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from sweeps.checkpoints import artifact_dir, open_artifact_store
-from sweeps.existing import EXIT_CONFIG, Existing, NotReadable, load, open_existing
-from sweeps.schema import ConfigError
+from sweeps.config.schema import ConfigError
+from sweeps.results.checkpoints import artifact_dir, open_artifact_store
+from sweeps.results.existing import EXIT_CONFIG, Existing, NotReadable, load, open_existing
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from sweeps.config import load_config
-from sweeps.runner import run_sweep, target_of
+from sweeps.config.study_file import load_config
+from sweeps.loop.runner import run_sweep, target_of
 
 STUDY = {
     "study": {"name": "digits-small", "storage": "sqlite:///small.db", "direction": "maximize",

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from objectives.regression import regression
 from objectives.task import Task, TrialSettings, negative_mse
+from objectives.tasks.regression import regression
 
 
 def mse(pred: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ import optuna
 import pytest
 import yaml
 
-from sweeps.bookkeeping import BookkeeperDied, ProcessBookkeeper, ThreadBookkeeper
+from sweeps.loop.bookkeeper import BookkeeperDied, ProcessBookkeeper, ThreadBookkeeper
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -218,7 +218,7 @@ def test_process_and_thread_bookkeeping_give_the_same_study(tmp_path):
 def test_training_leaves_the_bookkeeper_a_core_only_when_it_would_take_them_all():
     import torch
 
-    from sweeps.runner import a_core_for_bookkeeping
+    from sweeps.loop.runner import a_core_for_bookkeeping
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     before = torch.get_num_threads()

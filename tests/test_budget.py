@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from sweeps.budget import (
+from objectives.training.budget import (
     Budget,
     batch_lengths,
     examples_after,

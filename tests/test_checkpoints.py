@@ -8,7 +8,7 @@ import optuna
 import torch
 
 from storage import open_storage
-from sweeps.checkpoints import CheckpointKeeper, kept_checkpoints, open_artifact_store
+from sweeps.results.checkpoints import CheckpointKeeper, kept_checkpoints, open_artifact_store
 
 
 def test_offer_only_serialises_and_write_keeps_the_best(tmp_path):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from sweeps.config import FloatRange, IntRange, load_config, parse_config
-from sweeps.plan import check_plan
-from sweeps.schema import ConfigError
+from sweeps.config.plan import check_plan
+from sweeps.config.schema import ConfigError
+from sweeps.config.study_file import FloatRange, IntRange, load_config, parse_config
 from tests.conftest import TINY, merged
 
 

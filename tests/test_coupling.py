@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from sweeps.coupling import Schedule, couple, effective_lr
+from objectives.training.coupling import couple, effective_lr
+from objectives.training.schedule import Schedule
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from sweeps import dashboard
-from sweeps.checkpoints import kept_checkpoints
+from sweeps.results.checkpoints import kept_checkpoints
 from sweeps.screenshot import find_chromium, headless
 from tests.dashboard_study import make_study
 

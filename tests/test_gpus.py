@@ -16,7 +16,9 @@ import yaml
 
 from sweeps import probe
 from sweeps import run as run_cli
-from sweeps.gpus import (
+from sweeps.config.plan import budget_of
+from sweeps.config.schema import ConfigError
+from sweeps.loop.gpus import (
     GPU_ENV,
     GPUS_ENV,
     GpuAssignment,
@@ -27,11 +29,9 @@ from sweeps.gpus import (
     parse_gpus,
     plan_gpus,
 )
-from sweeps.objective import PROBED_MICRO_BATCH_ATTR, SweepObjective, gpu_attrs, probed_for
-from sweeps.plan import budget_of
-from sweeps.runner import run_sweep, target_of
-from sweeps.schema import ConfigError
-from sweeps.workers import run_workers
+from sweeps.loop.runner import run_sweep, target_of
+from sweeps.loop.workers import run_workers
+from sweeps.trial.run_one import PROBED_MICRO_BATCH_ATTR, SweepObjective, gpu_attrs, probed_for
 from tests.conftest import TINY, merged
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,17 +6,17 @@ import optuna
 import pytest
 import torch
 
-from objectives.digits import digits_mlp
-from objectives.faults import OutOfMemoryAbove
-from objectives.regression import regression
 from objectives.task import Task, TrialSettings
-from objectives.trainer import Trainer
+from objectives.tasks.digits import digits_mlp
+from objectives.tasks.faults import OutOfMemoryAbove
+from objectives.tasks.regression import regression
+from objectives.training.budget import Budget, plan_trial
+from objectives.training.loop import Trainer
+from objectives.training.schedule import Schedule
 from sweeps import probe
-from sweeps.budget import Budget, plan_trial
-from sweeps.config import parse_config
-from sweeps.coupling import Schedule
-from sweeps.objective import PROBED_MICRO_BATCH_ATTR
-from sweeps.runner import run_sweep, target_of
+from sweeps.config.study_file import parse_config
+from sweeps.loop.runner import run_sweep, target_of
+from sweeps.trial.run_one import PROBED_MICRO_BATCH_ATTR
 
 
 def regression_task(seed: int = 3) -> Task:

@@ -20,9 +20,9 @@ from optuna_dashboard._note import get_note_from_system_attrs
 from objectives.registry import resolve_task
 from objectives.task import TrialSettings
 from sweeps import report
-from sweeps.analysis import analyse, fit_lr_scaling
-from sweeps.checkpoints import kept_checkpoints
-from sweeps.figures import build_figures
+from sweeps.results.analysis import analyse, fit_lr_scaling
+from sweeps.results.checkpoints import kept_checkpoints
+from sweeps.results.figures import build_figures
 from tests.dashboard_study import STUDY, make_study
 
 PNGS = ["best_by_batch_size", "lr_scaling", "steps_to_target", "learning_curves", "importances", "budget_plan",

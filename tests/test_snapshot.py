@@ -17,12 +17,12 @@ from optuna.trial import TrialState
 
 from storage import open_storage
 from storage.snapshot import SnapshotStorage, snapshot
-from sweeps.bookkeeping import ProcessBookkeeper
-from sweeps.config import parse_config
-from sweeps.loop import SweepLoop
-from sweeps.plan import budget_of
-from sweeps.runner import open_study, target_of
-from sweeps.strategies import build_pruner, build_sampler
+from sweeps.config.plan import budget_of
+from sweeps.config.study_file import parse_config
+from sweeps.loop.bookkeeper import ProcessBookkeeper
+from sweeps.loop.runner import open_study, target_of
+from sweeps.loop.sweep_loop import SweepLoop
+from sweeps.search.strategies import build_pruner, build_sampler
 from tests.conftest import TINY, merged
 
 

@@ -23,7 +23,7 @@ from sqlalchemy.exc import OperationalError
 from storage import StorageError, StorageUsageError, open_storage, redact, resolve_url
 from storage.retry import is_connection_error, with_retry
 from storage.sql import CONNECT_TIMEOUT_S, engine_kwargs
-from sweeps.runner import run_sweep, target_of
+from sweeps.loop.runner import run_sweep, target_of
 
 PG_URL = os.environ.get("SWEEPS_TEST_POSTGRES_URL")
 needs_pg = pytest.mark.skipif(not PG_URL, reason="set SWEEPS_TEST_POSTGRES_URL to run PostgreSQL tests")

@@ -19,13 +19,13 @@ from optuna.trial import TrialState
 
 from storage import open_storage
 from storage.workers import register_worker
-from sweeps.config import parse_config
-from sweeps.ending import ending_of
-from sweeps.existing import NotReadable, open_existing
-from sweeps.objective import trial_seed
+from sweeps.config.study_file import parse_config
+from sweeps.loop.ending import ending_of
+from sweeps.loop.runner import open_study, run_sweep, target_of
+from sweeps.results.existing import NotReadable, open_existing
 from sweeps.run import main
-from sweeps.runner import open_study, run_sweep, target_of
-from sweeps.space import suggest
+from sweeps.search.space import suggest
+from sweeps.trial.run_one import trial_seed
 from tests.conftest import TINY, merged
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,9 +19,9 @@ import pytest
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps.config import SweepConfig, parse_config
+from sweeps.config.study_file import SweepConfig, parse_config
+from sweeps.loop.runner import SweepFailed, run_sweep, target_of
 from sweeps.run import main
-from sweeps.runner import SweepFailed, run_sweep, target_of
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = "tests.tasks_for_tests"

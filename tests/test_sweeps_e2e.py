@@ -10,8 +10,8 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from objectives.regression import regression
 from objectives.task import Task, TrialSettings
+from objectives.tasks.regression import regression
 from sweeps.run import main
 
 REPO = Path(__file__).resolve().parents[1]

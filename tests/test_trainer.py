@@ -1,7 +1,7 @@
-"""objectives.trainer.Trainer on real tasks: the LR it really trains with, best-not-last with the best
+"""objectives.training.loop.Trainer on real tasks: the LR it really trains with, best-not-last with the best
 weights restored, early stopping with min_delta, and gradient accumulation against the full batch.
 
-Expected numbers are computed here from the seed formulas (REFERENCE.md), not from sweeps.budget.
+Expected numbers are computed here from the seed formulas (REFERENCE.md), not from objectives.training.budget.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from objectives.task import TrialSettings
-from objectives.trainer import EarlyStopping, Trainer
-from sweeps.budget import Budget, plan_trial
-from sweeps.coupling import Schedule
+from objectives.training.budget import Budget, plan_trial
+from objectives.training.loop import EarlyStopping, Trainer
+from objectives.training.schedule import Schedule
 from tests.tasks_for_tests import RecordingSGD, overshoot, regression_small
 
 CPU = torch.device("cpu")

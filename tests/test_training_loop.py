@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from objectives.regression import regression
 from objectives.task import Task, TrialSettings
-from objectives.trainer import EarlyStopping, Trainer, eval_points
-from sweeps.budget import Budget, examples_after, plan_trial
-from sweeps.coupling import Schedule
+from objectives.tasks.regression import regression
+from objectives.training.budget import Budget, examples_after, plan_trial
+from objectives.training.loop import EarlyStopping, Trainer, eval_points
+from objectives.training.schedule import Schedule
 from tests.tasks_for_tests import RecordingSGD
 
 CPU = torch.device("cpu")

@@ -12,13 +12,14 @@ from optuna.trial import TrialState
 
 from objectives.registry import TaskFactory
 from objectives.task import Task, TrialSettings
-from objectives.trainer import EarlyStopping, Reporter, Trainer, TrainResult, measure_seconds_per_update
-from sweeps.budget import Budget, TrialPlan, plan_trial
-from sweeps.checkpoints import Checkpoint
-from sweeps.config import ObjectiveSection, SweepConfig
-from sweeps.coupling import Coupled, Schedule, couple
-from sweeps.gpus import machine_gpu
-from sweeps.space import Suggestion
+from objectives.training.budget import Budget, TrialPlan, plan_trial
+from objectives.training.coupling import Coupled, couple
+from objectives.training.loop import EarlyStopping, Reporter, Trainer, TrainResult, measure_seconds_per_update
+from objectives.training.schedule import Schedule
+from sweeps.config.study_file import ObjectiveSection, SweepConfig
+from sweeps.loop.gpus import machine_gpu
+from sweeps.results.checkpoints import Checkpoint
+from sweeps.search.space import Suggestion
 
 PROBED_MICRO_BATCH_ATTR = "probed_micro_batch"  # {device model: size}, set on the study by `python -m sweeps.probe`
 
@@ -89,7 +90,7 @@ class SweepObjective:
         self.device = resolve_device(config.objective.device, config.objective.gpu_memory_fraction)
         limits = [m for m in (config.objective.max_micro_batch, probed_for(probed_micro_batch, self.device)) if m]
         self.max_micro_batch = min(limits) if limits else None
-        self.keeper = None  # sweeps.checkpoints.CheckpointKeeper, set by the runner: the best trials' weights
+        self.keeper = None  # sweeps.results.checkpoints.CheckpointKeeper, set by the runner: the best trials' weights
         self.identity: dict[str, object] = {}  # which worker ran the trial (worker number, sampler seed)
 
     def prepare(self, trial: optuna.Trial, point: Suggestion) -> PreparedTrial:

@@ -6,9 +6,9 @@ import math
 
 import optuna
 
-from sweeps.budget import Budget
-from sweeps.config import PrunerSection, SamplerSection, SearchSection
-from sweeps.space import grid_space
+from objectives.training.budget import Budget
+from sweeps.config.study_file import PrunerSection, SamplerSection, SearchSection
+from sweeps.search.space import grid_space
 
 
 def build_sampler(section: SamplerSection, search: SearchSection, seed: int) -> optuna.samplers.BaseSampler:

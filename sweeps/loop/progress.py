@@ -9,7 +9,7 @@ from typing import TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps.budget import Budget
+from objectives.training.budget import Budget
 
 CONSUMED_ATTR = {
     "updates": "updates",

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import yaml
 
-from sweeps.schema import ConfigError, build, join
+from sweeps.config.schema import ConfigError, build, join
 
 SamplerName = Literal["tpe", "random", "grid", "qmc", "gp", "cmaes"]
 PrunerName = Literal["none", "median", "hyperband", "successive_halving"]

@@ -11,7 +11,7 @@ import json
 import math
 from typing import Any
 
-from sweeps.analysis import RULE_SLOPES, StudyAnalysis
+from sweeps.results.analysis import RULE_SLOPES, StudyAnalysis
 
 Figure = dict[str, Any]
 

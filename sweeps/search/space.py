@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import optuna
 
-from sweeps.config import FloatRange, IntRange, SearchSection
+from sweeps.config.study_file import FloatRange, IntRange, SearchSection
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Asking the sampler for a trial, taking a pruning decision and recording a finished trial each
 cost milliseconds of sampler and storage work, together as much as a short trial's training.
-They run in a bookkeeper (`sweeps.bookkeeping`: a forked process, so they share no GIL with
+They run in a bookkeeper (`sweeps.loop.bookkeeper`: a forked process, so they share no GIL with
 training), in order, while training goes on:
 - the next trial is asked (its parameters sampled) while the current one trains; TPE's constant
   liar sees the current trial as running, as a second worker would;
@@ -31,13 +31,13 @@ from optuna.trial import FrozenTrial, TrialState
 from storage.batch import count_trials, write_trial_batch
 from storage.retry import with_retry
 from storage.snapshot import snapshot
-from sweeps import signals
-from sweeps.bookkeeping import start_bookkeeper
-from sweeps.config import SweepConfig
-from sweeps.heartbeat import Heartbeat
-from sweeps.objective import Outcome, SweepObjective
-from sweeps.space import Suggestion, suggest
-from sweeps.strategies import PruningSteps, grid_size
+from sweeps.config.study_file import SweepConfig
+from sweeps.loop import signals
+from sweeps.loop.bookkeeper import start_bookkeeper
+from sweeps.loop.heartbeat import Heartbeat
+from sweeps.search.space import Suggestion, suggest
+from sweeps.search.strategies import PruningSteps, grid_size
+from sweeps.trial.run_one import Outcome, SweepObjective
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 logger = logging.getLogger("sweeps")

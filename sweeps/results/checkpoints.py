@@ -32,7 +32,7 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 from sqlalchemy.engine import make_url
 
-from sweeps.config import SweepConfig
+from sweeps.config.study_file import SweepConfig
 
 PREFIX = "dashboard:artifacts:"  # optuna_dashboard.artifact._backend.DASHBOARD_ARTIFACTS_ATTR_PREFIX
 logger = logging.getLogger("sweeps")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from sweeps.schema import ConfigError
+from sweeps.config.schema import ConfigError
 
 GPUS_ENV = "SWEEPS_GPUS"  # --gpus when the flag is absent
 GPU_ENV = "SWEEPS_GPU"  # set on each worker: its GPU's index on the machine (nvidia-smi's numbering)

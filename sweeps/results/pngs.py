@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from sweeps.analysis import RULE_SLOPES, StudyAnalysis  # noqa: E402
+from sweeps.results.analysis import RULE_SLOPES, StudyAnalysis  # noqa: E402
 
 COLORS = plt.get_cmap("tab10").colors
 

@@ -18,9 +18,9 @@ from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps.config import SweepConfig
-from sweeps.plan import fmt, plan_rows
-from sweeps.progress import consumed, human
+from sweeps.config.plan import fmt, plan_rows
+from sweeps.config.study_file import SweepConfig
+from sweeps.loop.progress import consumed, human
 
 # optuna-dashboard's storage format (optuna_dashboard._note, _custom_plot_data; checked by the tests), written
 # here without importing optuna_dashboard, whose import pulls in its whole web app.

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from sweeps.budget import Budget, plan_trial
-from sweeps.config import SweepConfig
-from sweeps.coupling import effective_lr
-from sweeps.schema import ConfigError
+from objectives.training.budget import Budget, plan_trial
+from objectives.training.coupling import effective_lr
+from sweeps.config.schema import ConfigError
+from sweeps.config.study_file import SweepConfig
 
 
 def budget_of(config: SweepConfig) -> Budget:

@@ -1,6 +1,6 @@
 """Open a study that a sweep already made, for reading: the report and the dashboard.
 
-The same URL resolution as the runner (`sweeps.runner.target_of`), but nothing is created: a
+The same URL resolution as the runner (`sweeps.loop.runner.target_of`), but nothing is created: a
 SQLite file that does not exist, a store that cannot be opened and a study that is not in the
 store each end in one clear message.
 """
@@ -15,8 +15,8 @@ from sqlalchemy.engine import make_url
 
 from storage import StorageError, StorageUsageError, open_storage, redact
 from sweeps import exits
-from sweeps.config import SweepConfig, load_config
-from sweeps.runner import SweepTarget, target_of
+from sweeps.config.study_file import SweepConfig, load_config
+from sweeps.loop.runner import SweepTarget, target_of
 
 EXIT_NO_RESULT, EXIT_CONFIG, EXIT_STORAGE, EXIT_NO_STUDY = exits.FAILED, exits.USAGE, exits.STORAGE, exits.NO_STUDY
 

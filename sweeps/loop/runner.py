@@ -18,13 +18,13 @@ from objectives.task import Task, TrialSettings
 from storage import open_storage, redact, resolve_url
 from storage.snapshot import SnapshotStorage
 from storage.workers import register_worker
-from sweeps.config import SweepConfig
-from sweeps.loop import SweepLoop, finished_count
-from sweeps.objective import PROBED_MICRO_BATCH_ATTR, SweepObjective, resolve_device
-from sweeps.plan import budget_of, check_plan
-from sweeps.progress import Progress
-from sweeps.publish import DashboardHooks
-from sweeps.strategies import build_pruner, build_sampler
+from sweeps.config.plan import budget_of, check_plan
+from sweeps.config.study_file import SweepConfig
+from sweeps.loop.progress import Progress
+from sweeps.loop.sweep_loop import SweepLoop, finished_count
+from sweeps.results.publish import DashboardHooks
+from sweeps.search.strategies import build_pruner, build_sampler
+from sweeps.trial.run_one import PROBED_MICRO_BATCH_ATTR, SweepObjective, resolve_device
 
 
 class SweepFailed(RuntimeError):

@@ -3,7 +3,7 @@
 - at study open: the study note (resolved config, plan table, budget spent so far);
 - per trial: its note (a sweep-loop callback, in the bookkeeper) and, only for a trial that
   enters the study's best `dashboard.keep_checkpoints`, its best weights as an artifact
-  (`sweeps.checkpoints`: serialised by the objective right after training, written by the
+  (`sweeps.results.checkpoints`: serialised by the objective right after training, written by the
   bookkeeper);
 - after the sweep (run by the bookkeeper, which has the trials cached): the study note again
   (final budget spent) and the report's figures as dashboard plots, all in one transaction,
@@ -16,12 +16,12 @@ import logging
 
 import optuna
 
-from sweeps.analysis import StudyAnalysis, analyse
-from sweeps.checkpoints import CheckpointKeeper, artifact_dir, open_artifact_store
-from sweeps.config import SweepConfig
-from sweeps.figures import Figure, build_figures, to_json
-from sweeps.notes import TrialNotes, chunks, set_study_system_attrs, study_note, write_study_note
-from sweeps.plan import plan_rows
+from sweeps.config.plan import plan_rows
+from sweeps.config.study_file import SweepConfig
+from sweeps.results.analysis import StudyAnalysis, analyse
+from sweeps.results.checkpoints import CheckpointKeeper, artifact_dir, open_artifact_store
+from sweeps.results.figures import Figure, build_figures, to_json
+from sweeps.results.notes import TrialNotes, chunks, set_study_system_attrs, study_note, write_study_note
 
 logger = logging.getLogger("sweeps")
 SYSTEM_ATTR_PLOT_DATA = "dashboard:plot_data:"  # optuna_dashboard._custom_plot_data's key prefix

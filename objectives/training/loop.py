@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from objectives.task import Task
-from sweeps.budget import Budget, TrialPlan, examples_after, updates_within_examples
-from sweeps.coupling import Schedule
+from objectives.training.budget import Budget, TrialPlan, examples_after, updates_within_examples
+from objectives.training.schedule import Schedule
 
 # reporter(value, step) -> True when the trial should stop (pruned)
 Reporter = Callable[[float, int], bool]

@@ -10,8 +10,8 @@ import optuna
 from optuna.trial import TrialState
 
 from sweeps import exits
-from sweeps.config import SweepConfig
-from sweeps.strategies import grid_size
+from sweeps.config.study_file import SweepConfig
+from sweeps.search.strategies import grid_size
 
 
 @dataclass(frozen=True)

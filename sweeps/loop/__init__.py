@@ -1,0 +1,1 @@
+"""Running a study: the sweep loop (training process), its bookkeeper (Optuna process), workers."""

@@ -1,0 +1,1 @@
+"""Reading a study back: analysis, figures, notes, checkpoints and dashboard artifacts."""

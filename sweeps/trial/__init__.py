@@ -1,0 +1,1 @@
+"""One trial, in the training process: couple the LR, plan the budget, train, record."""
