@@ -20,8 +20,8 @@ from storage.snapshot import SnapshotStorage, snapshot
 from sweeps.config.plan import budget_of
 from sweeps.config.study_file import parse_config
 from sweeps.loop.bookkeeper import ProcessBookkeeper
+from sweeps.loop.books import Books
 from sweeps.loop.runner import open_study, target_of
-from sweeps.loop.sweep_loop import SweepLoop
 from sweeps.search.strategies import build_pruner, build_sampler
 from tests.conftest import TINY, merged
 
@@ -103,12 +103,12 @@ def test_a_trial_created_in_a_snapshot_is_read_back_from_its_creation_once(study
 
 
 def reads_of_one_ask(config, study: optuna.Study) -> int:
-    loop = SweepLoop(study, config, objective=None, n_train=256, n_trials=20)
+    books = Books(study, config, n_trials=20)
     for value in (1.0, 2.0, 3.0):  # past TPE's start-up trials, so its joint model samples
-        ref, _ = loop.ask()
-        study.tell(loop.open.pop(ref._trial_id), value)
+        ref, _ = books.ask()
+        study.tell(books.open.pop(ref._trial_id), value)
     with counted_reads(study._storage) as reads:
-        ref, _ = loop.ask()
+        ref, _ = books.ask()
     assert set(ref.params) == {"batch_size", "base_lr", "warmup_fraction"}
     return reads["select"]
 

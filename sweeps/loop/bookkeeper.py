@@ -28,24 +28,16 @@ import signal
 import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Protocol
+
+from sweeps.loop.interface import URGENT, Bookkeeping
 
 logger = logging.getLogger("sweeps")
 PR_SET_PDEATHSIG = 1
-URGENT = frozenset({"decide"})  # methods the child runs on their own thread, ahead of the queue
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 INTERRUPT = "interrupt"  # handled by the child's reader itself: a waiting ask must see it at once
 
 
-class Owner(Protocol):
-    """The object whose methods the bookkeeper runs (the sweep loop)."""
-
-    def start_bookkeeping(self, in_child: bool) -> None: ...
-
-    def stop_bookkeeping(self) -> None: ...
-
-    def interrupt(self) -> None:
-        """Called at once, ahead of any queued work: the sweep is stopping."""
+Owner = Bookkeeping  # the object whose methods the bookkeeper runs (`sweeps.loop.books.Books`)
 
 
 class BookkeeperDied(RuntimeError):

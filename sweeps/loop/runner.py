@@ -20,8 +20,9 @@ from storage.snapshot import SnapshotStorage
 from storage.workers import register_worker
 from sweeps.config.plan import budget_of, check_plan
 from sweeps.config.study_file import SweepConfig
+from sweeps.loop.books import finished_count
 from sweeps.loop.progress import Progress
-from sweeps.loop.sweep_loop import SweepLoop, finished_count
+from sweeps.loop.sweep_loop import SweepLoop
 from sweeps.results.publish import DashboardHooks
 from sweeps.search.strategies import build_pruner, build_sampler
 from sweeps.trial.run_one import PROBED_MICRO_BATCH_ATTR, SweepObjective, resolve_device

@@ -1,8 +1,9 @@
-"""The sweep loop: training on the calling thread, Optuna's bookkeeping beside it.
+"""The sweep loop, in the training process: train one trial after another while the bookkeeper
+(`sweeps.loop.books`, in its own process) does Optuna's share beside it.
 
 Asking the sampler for a trial, taking a pruning decision and recording a finished trial each
 cost milliseconds of sampler and storage work, together as much as a short trial's training.
-They run in a bookkeeper (`sweeps.loop.bookkeeper`: a forked process, so they share no GIL with
+They run in the bookkeeper (`sweeps.loop.bookkeeper`: a forked process, so they share no GIL with
 training), in order, while training goes on:
 - the next trial is asked (its parameters sampled) while the current one trains; TPE's constant
   liar sees the current trial as running, as a second worker would;
@@ -13,51 +14,26 @@ training), in order, while training goes on:
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
-import threading
-import time
-import warnings
 from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import optuna
-from optuna.storages import RetryHeartbeatStaleTrialCallback
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
-from storage.batch import count_trials, write_trial_batch
-from storage.retry import with_retry
-from storage.snapshot import snapshot
 from sweeps.config.study_file import SweepConfig
 from sweeps.loop import signals
 from sweeps.loop.bookkeeper import start_bookkeeper
-from sweeps.loop.heartbeat import Heartbeat
-from sweeps.search.space import Suggestion, suggest
-from sweeps.search.strategies import PruningSteps, grid_size
+from sweeps.loop.books import Books, Callback
+from sweeps.loop.interface import BooksClient, TrialRef
+from sweeps.search.space import Suggestion
+from sweeps.search.strategies import PruningSteps
 from sweeps.trial.run_one import Outcome, SweepObjective
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 logger = logging.getLogger("sweeps")
-
-Callback = Callable[[optuna.Study, FrozenTrial], None]
-
-
-def finished_count(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
-
-
-@dataclass(frozen=True)
-class TrialRef:
-    """What training needs of a trial the bookkeeper asked for (picklable, no study attached);
-    the names match optuna.Trial's, so the objective and the checkpoint keeper take either."""
-
-    number: int
-    _trial_id: int
-    params: dict
-    retry_of: int | None = None  # the number of the trial this one retries (Optuna's "failed_trial")
 
 
 @dataclass
@@ -73,23 +49,15 @@ class SweepLoop:
     def __init__(self, study: optuna.Study, config: SweepConfig, objective: SweepObjective, n_train: int,
                  n_trials: int, callbacks: list[Callback] | None = None,
                  at_end: Callable[[optuna.Study], None] | None = None):
-        self.study = study
         self.config = config
         self.objective = objective
         self.n_train = n_train
-        self.n_trials = n_trials
-        self.callbacks = callbacks or []
-        self.at_end = at_end  # run by the bookkeeper after the last trial is recorded, where the trials are cached
+        self.has_end = at_end is not None
         self.failures_in_a_row = 0
-        self.failures_seen = 0  # the bookkeeper's copy, as of the last trial it recorded
         self.last_error: str | None = None
-        self.sampler_stopped = False
-        self.grid_size = grid_size(config) if config.sampler.name == "grid" else None
-        self.heartbeat = Heartbeat(study)
-        self.next_stale_check = 0.0
-        self.stopping = threading.Event()  # set on abort (through the bookkeeper): a waiting ask gives up
-        self.open: dict[int, optuna.Trial] = {}  # the bookkeeper's trials asked and not yet closed
-        self.book = None
+        # what the bookkeeper runs, handed over whole at the fork (or to its thread)
+        self.books = Books(study, config, n_trials, getattr(objective, "keeper", None), callbacks, at_end)
+        self.book: BooksClient | None = None
 
     @property
     def gave_up(self) -> bool:
@@ -99,28 +67,28 @@ class SweepLoop:
         """Start the bookkeeper (a process: a fork and its own database connection); `run` starts
         it when this was not called first."""
         if self.book is None:
-            self.book = start_bookkeeper(self)
+            self.book = BooksClient(start_bookkeeper(self.books))
 
     def run(self) -> None:
         pending: list[Future] = []
         self.start()
-        next_ask = self.book.submit("ask")
+        next_ask = self.book.ask()
         current: Asked | None = None
         try:
             while True:
                 current = asked_from(next_ask)
                 if current is None:  # counted with this process's trials still open: count again once told
-                    next_ask = self.book.submit("ask", True)
+                    next_ask = self.book.ask(wait_for_others=True)
                     current = asked_from(next_ask)
                     if current is None:
                         break
-                next_ask = self.book.submit("ask")
+                next_ask = self.book.ask()
                 outcome = self.objective.run(current.trial, current.point, self.pruner_for(current))
                 log_failure(current.trial, outcome)
                 self.count(outcome)
                 settled(current.decisions)  # no pruning decision may still be writing to a trial being closed
-                pending.append(self.book.submit("finish", current.trial._trial_id,
-                                                dataclasses.replace(outcome, error=None), self.failures_in_a_row))
+                pending.append(self.book.finish(current.trial._trial_id, dataclasses.replace(outcome, error=None),
+                                                self.failures_in_a_row))
                 current = None
                 if self.gave_up:
                     # the task is broken: the trial asked ahead is closed, not queued to fail again
@@ -128,8 +96,8 @@ class SweepLoop:
                                      requeue=False)
                     break
                 pending = raise_errors_of_done(pending)
-            if self.at_end is not None:
-                self.book.submit("end").result()
+            if self.has_end:
+                self.book.end().result()
         except BaseException as err:  # Ctrl-C, SIGTERM, a storage failure: close what is open, then stop
             self.abort(current, next_ask, err)
             raise
@@ -137,145 +105,6 @@ class SweepLoop:
             self.book.shutdown()
         raise_errors_of_done(pending)
 
-    # --- in the bookkeeper -----------------------------------------------------------------
-    def start_bookkeeping(self, in_child: bool) -> None:
-        backend = getattr(self.study._storage, "_backend", self.study._storage)
-        if in_child and isinstance(backend, optuna.storages.RDBStorage):
-            # the parent's pooled connections are the parent's: open one of its own now, so the
-            # first ask does not wait for it
-            backend.engine.dispose(close=False)
-            with_retry(lambda: backend.engine.connect().close(), "connecting to the store")
-        self.heartbeat.start()
-        self.requeue_stale_trials()  # before the first ask, while the worker starts
-
-    def requeue_stale_trials(self) -> None:
-        """Fail (and queue again) trials whose worker died; once per heartbeat interval is enough."""
-        if self.heartbeat.enabled and time.monotonic() >= self.next_stale_check:
-            with_retry(self.fail_stale_trials, "failing stale trials")
-            self.next_stale_check = time.monotonic() + self.heartbeat.interval
-
-    def stop_bookkeeping(self) -> None:
-        self.heartbeat.stop()
-
-    def interrupt(self) -> None:
-        self.stopping.set()
-
-    def in_optimize_loop(self) -> None:
-        # Samplers end a study with study.stop() (the grid sampler, when its grid is used up, from
-        # ask or tell), which Optuna allows only inside its own optimize loop, a thread-local flag:
-        # the bookkeeper's thread plays that part.
-        self.study._thread_local.in_optimize_loop = True
-
-    def ask(self, wait_for_others: bool = False) -> tuple[TrialRef, Suggestion] | None:
-        """The next trial, or None when the study has its trials.
-
-        Running trials of every worker count, so N workers asking ahead do not overshoot; once the
-        free slots are no more than the other workers' running trials, a trial is asked only when
-        this process is free to run it (not ahead), so the last trials go to whichever worker is
-        idle first (a lone worker asks ahead to the last trial). With
-        `wait_for_others` (this process has no open trial) and a heartbeat, a worker whose slots
-        are all held by other workers' running trials waits until those finish, or go stale and
-        are queued again, instead of leaving a dead worker's trial unfinished.
-        """
-        self.in_optimize_loop()
-        while True:
-            if (self.failures_seen >= self.config.study.max_failures or self.sampler_stopped
-                    or self.study._stop_flag or self.stopping.is_set()):
-                return None
-            self.requeue_stale_trials()
-            taken = self.taken()
-            free = self.n_trials - taken
-            if free > 0 and (wait_for_others or free > taken or free > self.running() - len(self.open)):
-                break
-            if free > 0:  # asking ahead for one of the last slots would hold it while another worker idles
-                return None
-            if not (wait_for_others and self.heartbeat.enabled) or self.finished() >= self.n_trials:
-                return None
-            self.stopping.wait(min(0.5, self.heartbeat.interval))
-        with snapshot(self.study._storage):  # the study's trials read once for the whole ask
-            if self.grid_size is not None and len(self.study.get_trials(deepcopy=False)) >= self.grid_size:
-                return None  # every grid point is taken; asking again would repeat one
-            trial = with_retry(self.study.ask, "asking for a trial")
-            self.heartbeat.add(trial._trial_id)
-            if self.taken(below=trial.number) >= self.n_trials:  # workers raced for the last slots
-                self.close_unfinished_quietly(trial)
-                return None
-            point = with_retry(lambda: suggest(trial, self.config.search), "sampling a trial")
-        self.open[trial._trial_id] = trial
-        retry_of = self.study._storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
-        return TrialRef(trial.number, trial._trial_id, dict(trial.params), retry_of), point
-
-    def running(self) -> int:
-        return with_retry(lambda: count_trials(self.study._storage, self.study._study_id, (TrialState.RUNNING,)),
-                          "counting trials")
-
-    def finished(self) -> int:
-        return with_retry(lambda: count_trials(self.study._storage, self.study._study_id, FINISHED),
-                          "counting trials")
-
-    def taken(self, below: int | None = None) -> int:
-        states = (*FINISHED, TrialState.RUNNING)
-        return with_retry(lambda: count_trials(self.study._storage, self.study._study_id, states, below),
-                          "counting trials")
-
-    def close_unfinished_quietly(self, trial: optuna.Trial) -> None:
-        """A trial asked after the last slot went to another worker: closed before it runs."""
-        write_trial_batch(self.study._storage, trial._trial_id,
-                          {"error": "not started: the study already had its trials"}, {})
-        self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-        self.heartbeat.discard(trial._trial_id)
-
-    def fail_stale_trials(self) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(self.study)
-
-    def decide(self, trial_id: int, value: float, step: int) -> bool:
-        trial = self.open[trial_id]
-
-        def report_and_ask() -> bool:
-            trial.report(value, step)
-            return trial.should_prune()
-
-        return with_retry(report_and_ask, "a pruning decision")
-
-    def finish(self, trial_id: int, outcome: Outcome, failures_in_a_row: int) -> None:
-        self.in_optimize_loop()
-        trial = self.open.pop(trial_id)
-        if outcome.checkpoint is not None and self.objective.keeper is not None:
-            self.objective.keeper.write(outcome.checkpoint)
-        with_retry(lambda: write_trial_batch(self.study._storage, trial._trial_id, outcome.attrs, outcome.curve),
-                   "recording a trial")
-        value = outcome.value if outcome.state == TrialState.COMPLETE else None
-        with_retry(lambda: self.study.tell(trial, value, state=outcome.state, skip_if_finished=True),
-                   "closing a trial")
-        self.heartbeat.discard(trial._trial_id)
-        self.failures_seen = failures_in_a_row  # so an ask after this sees a give-up
-        if self.study._stop_flag:
-            self.sampler_stopped = True
-        if self.callbacks:
-            frozen = self.study._storage.get_trial(trial._trial_id)
-            for callback in self.callbacks:
-                callback(self.study, frozen)
-
-    def end(self) -> None:
-        self.at_end(self.study)
-
-    def close_unfinished(self, trial_id: int, reason: str, requeue: bool = True) -> None:
-        """Fail a trial this process cannot finish and, when interrupted, queue its configuration
-        to run again (the retry queue of `study.max_retry`)."""
-        trial = self.open.pop(trial_id)
-        write_trial_batch(self.study._storage, trial_id, {"error": reason}, {})
-        self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-        self.heartbeat.discard(trial_id)
-        if requeue and self.config.study.max_retry > 0:
-            frozen = copy.copy(self.study._storage.get_trial(trial_id))
-            frozen.user_attrs = {}  # the retry starts clean; the failed trial keeps its error
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                RetryHeartbeatStaleTrialCallback(max_retry=self.config.study.max_retry)(self.study, frozen)
-
-    # --- on the training thread -------------------------------------------------------------
     def count(self, outcome: Outcome) -> None:
         if outcome.state == TrialState.FAIL:
             self.failures_in_a_row += 1
@@ -286,7 +115,7 @@ class SweepLoop:
     def close_ahead(self, next_ask: Future, reason: str, requeue: bool = True) -> None:
         ahead = asked_from(next_ask)
         if ahead is not None:
-            self.book.submit("close_unfinished", ahead.trial._trial_id, reason, requeue).result()
+            self.book.close_unfinished(ahead.trial._trial_id, reason, requeue).result()
 
     def pruner_for(self, asked: Asked) -> Callable[[float, int], bool]:
         acts_at = PruningSteps(self.config.pruner, self.objective.budget, self.n_train)
@@ -297,7 +126,7 @@ class SweepLoop:
             if any(d.result() for d in asked.decisions):
                 return True
             if acts_at(step):
-                asked.decisions.append(self.book.submit("decide", asked.trial._trial_id, value, step))
+                asked.decisions.append(self.book.decide(asked.trial._trial_id, value, step))
             return False
 
         return report
@@ -311,7 +140,7 @@ class SweepLoop:
             try:
                 if current is not None:
                     settled(current.decisions)
-                    self.book.submit("close_unfinished", current.trial._trial_id, reason).result()
+                    self.book.close_unfinished(current.trial._trial_id, reason).result()
                 self.close_ahead(next_ask, "not started: " + reason)
             except Exception:
                 logger.exception("could not close the open trials")

@@ -19,12 +19,12 @@ import torch
 from storage.sql import ENV_VAR
 from sweeps.config.plan import budget_of
 from sweeps.config.study_file import SweepConfig
+from sweeps.loop.books import finished_count
 from sweeps.loop.ending import report_ending
 from sweeps.loop.gpus import GpuAssignment
 from sweeps.loop.progress import Progress
 from sweeps.loop.runner import SweepTarget, open_study, training_set_size
 from sweeps.loop.signals import Terminated
-from sweeps.loop.sweep_loop import finished_count
 
 STOP_WAIT_S = 7  # then SIGKILL: the parent exits within 10 s of a SIGTERM, as docker stop expects
 
