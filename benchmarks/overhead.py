@@ -50,9 +50,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from objectives.registry import resolve_task
+from storage import install_process_hooks
 from sweeps.config.plan import budget_of
 from sweeps.config.study_file import SweepConfig, parse_config
-from sweeps.loop.runner import a_core_for_bookkeeping, run_sweep, target_of
+from sweeps.config.target import target_of
+from sweeps.loop.runner import a_core_for_bookkeeping, run_sweep
 from sweeps.search.space import suggest
 from sweeps.trial.run_one import SweepObjective
 
@@ -85,6 +87,7 @@ def service_config(folder: Path, n_trials: int, examples: int | None, seed: int)
 
 def plain_sweep(storage: str, n_trials: int, config: SweepConfig) -> Measured:
     """The hand-written objective, on the study file's ranges, cap and pruner shape (in epochs)."""
+    install_process_hooks()  # the service's SQLite settings (WAL, busy timeout) for this store too
     search, seed = config.search, config.study.seed
     batch_sizes = search.batch_size.values()
     max_epochs = max(1, round(config.budget.per_trial / N_TRAIN))

@@ -35,7 +35,8 @@ from optuna.trial import TrialState
 
 from objectives.training.budget import Budget
 from sweeps.config.study_file import parse_config
-from sweeps.loop.runner import SweepTarget, open_study
+from sweeps.config.target import SweepTarget
+from sweeps.loop.runner import open_study
 from sweeps.loop.sweep_loop import SweepLoop
 from sweeps.trial.run_one import Outcome
 

@@ -54,7 +54,8 @@ from objectives.registry import resolve_task
 from objectives.task import TrialSettings
 from objectives.training.coupling import couple
 from sweeps.config.study_file import parse_config
-from sweeps.loop.runner import run_sweep, target_of
+from sweeps.config.target import target_of
+from sweeps.loop.runner import run_sweep
 
 REFERENCE_FILE = Path(__file__).resolve().parent / "search_efficiency_reference.json"
 MARGIN = 0.01  # absolute, in the task's metric (validation accuracy for every task here)

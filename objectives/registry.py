@@ -5,10 +5,12 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from objectives.task import Task, TrialSettings
+if TYPE_CHECKING:  # the registry itself needs no torch: a command that only reports errors imports it
+    from objectives.task import Task, TrialSettings
 
-TaskFactory = Callable[[TrialSettings], Task]
+TaskFactory = Callable[["TrialSettings"], "Task"]
 
 BUILTIN = {
     "digits_mlp": "objectives.tasks.digits:digits_mlp",

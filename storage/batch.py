@@ -1,4 +1,5 @@
-"""Write a trial's attributes and learning curve in one transaction instead of one per value.
+"""Write a trial's attributes and learning curve (or several study system attributes) in one
+transaction instead of one per value.
 
 A trial records about twenty values; through Optuna's public API each is its own transaction,
 which costs more than a short trial's training. For an RDB store the same rows are written through
@@ -12,23 +13,23 @@ import json
 from typing import Any
 
 import optuna
-from optuna.storages._rdb import models
-from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import TrialState
+
+from storage.optuna_private import rdb_backend, rdb_models, rdb_session
 
 
 def write_trial_batch(storage: optuna.storages.BaseStorage, trial_id: int, user_attrs: dict[str, Any],
                       intermediate_values: dict[int, float]) -> None:
-    backend = getattr(storage, "_backend", storage)  # unwrap Optuna's _CachedStorage
-    if not isinstance(backend, optuna.storages.RDBStorage):
+    backend = rdb_backend(storage)
+    if backend is None:
         for key, value in user_attrs.items():
             storage.set_trial_user_attr(trial_id, key, value)
         for step, value in intermediate_values.items():
             storage.set_trial_intermediate_value(trial_id, step, value)
         return
-    attr_model, value_model = models.TrialUserAttributeModel, models.TrialIntermediateValueModel
-    with _create_scoped_session(backend.scoped_session) as session:
-        trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+    attr_model, value_model = rdb_models.TrialUserAttributeModel, rdb_models.TrialIntermediateValueModel
+    with rdb_session(backend) as session:
+        trial = rdb_models.TrialModel.find_or_raise_by_id(trial_id, session)
         backend.check_trial_is_updatable(trial_id, trial.state)
         attrs = {a.key: a for a in session.query(attr_model).filter(attr_model.trial_id == trial_id)}
         for key, value in user_attrs.items():
@@ -53,13 +54,32 @@ def count_trials(storage: optuna.storages.BaseStorage, study_id: int, states: tu
     One COUNT query on an RDB store, where reading the trials themselves would load every running
     trial's parameters and values from the database on each call.
     """
-    backend = getattr(storage, "_backend", storage)
-    if not isinstance(backend, optuna.storages.RDBStorage):
+    backend = rdb_backend(storage)
+    if backend is None:
         trials = storage.get_all_trials(study_id, deepcopy=False, states=states)
         return sum(1 for t in trials if below_number is None or t.number < below_number)
-    with _create_scoped_session(backend.scoped_session) as session:
-        query = session.query(models.TrialModel).filter(
-            models.TrialModel.study_id == study_id, models.TrialModel.state.in_(states))
+    trial_model = rdb_models.TrialModel
+    with rdb_session(backend) as session:
+        query = session.query(trial_model).filter(trial_model.study_id == study_id, trial_model.state.in_(states))
         if below_number is not None:
-            query = query.filter(models.TrialModel.number < below_number)
+            query = query.filter(trial_model.number < below_number)
         return query.count()
+
+
+def set_study_system_attrs(storage: optuna.storages.BaseStorage, study_id: int, attrs: dict[str, Any]) -> None:
+    """Set several study system attributes in one transaction on an RDB store."""
+    backend = rdb_backend(storage)
+    if backend is None:
+        for key, value in attrs.items():
+            storage.set_study_system_attr(study_id, key, value)
+        return
+    model = rdb_models.StudySystemAttributeModel
+    with rdb_session(backend, True) as session:
+        study = rdb_models.StudyModel.find_or_raise_by_id(study_id, session)
+        existing = {a.key: a for a in session.query(model).filter(model.study_id == study.study_id,
+                                                                    model.key.in_(list(attrs)))}
+        for key, value in attrs.items():
+            if key in existing:
+                existing[key].value_json = json.dumps(value)
+            else:
+                session.add(model(study_id=study_id, key=key, value_json=json.dumps(value)))

@@ -23,12 +23,13 @@ from collections.abc import Container, Iterator
 from contextlib import contextmanager
 
 from optuna.storages import RDBStorage
-from optuna.storages._cached_storage import _CachedStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from storage.optuna_private import CachedStorage, cached_trial
 
-class SnapshotStorage(_CachedStorage):
+
+class SnapshotStorage(CachedStorage):
     """Optuna's `_CachedStorage` over an RDBStorage, whose reads can be frozen for one step."""
 
     def __init__(self, backend: RDBStorage):
@@ -65,9 +66,9 @@ class SnapshotStorage(_CachedStorage):
         trial_id = super().create_new_trial(study_id, template_trial)
         reads = getattr(self._frozen, "reads", None)
         if reads is not None:  # Optuna's Trial reads the new trial back at once: answer from its creation
-            known = self._trial_id_to_study_id_and_number.get(trial_id)
-            if known is not None:
-                reads[("created", trial_id)] = self._studies[known[0]].trials[known[1]]
+            created = cached_trial(self, trial_id)
+            if created is not None:
+                reads[("created", trial_id)] = created
         return trial_id
 
     def get_trial(self, trial_id: int) -> FrozenTrial:

@@ -7,16 +7,18 @@ file without "database is locked". Passwords never leave this module in clear te
 from __future__ import annotations
 
 import os
+import threading
 import time
 import warnings
 from pathlib import Path
 
 import optuna
 import sqlalchemy
-from optuna.storages._rdb.storage import _VersionManager
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
+
+from storage.optuna_private import cache_migration_scripts
 
 ENV_VAR = "SWEEPS_STORAGE"
 SQLITE_BUSY_TIMEOUT_S = 60
@@ -133,6 +135,7 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
     With a heartbeat, a trial whose worker died (SIGKILL, a lost machine) is failed once its
     heartbeat is `grace_period` seconds old and queued again, up to `max_retry` times.
     """
+    install_process_hooks()
     safe = redact(url)
     kwargs: dict = {"engine_kwargs": engine_kwargs(url)}
     with warnings.catch_warnings():  # the heartbeat API is marked experimental since Optuna 2.8
@@ -164,25 +167,35 @@ def first_line(err: BaseException, url: str, safe: str) -> str:
     return reason.replace(url, safe)
 
 
-def _script_read_once(create):
-    """Optuna reads its schema's migration scripts (30 Python files, about 25 ms) each time it
-    checks the schema version: three times when it creates the tables of a new store. The scripts
-    are part of the installed Optuna and never change while it runs, so one read per URL does."""
-    scripts: dict[str, object] = {}
-
-    def cached(self: _VersionManager):
-        if self.url not in scripts:
-            scripts[self.url] = create(self)
-        return scripts[self.url]
-
-    return cached
-
-
-_VersionManager._create_alembic_script = _script_read_once(_VersionManager._create_alembic_script)
-
-
-@event.listens_for(sqlalchemy.engine.Engine, "connect")
 def _sqlite_only(dbapi_connection, record) -> None:
     """Pragmas on every SQLite connection, the first one (which creates the tables) included."""
     if type(dbapi_connection).__module__.startswith("sqlite3"):
         sqlite_pragmas(dbapi_connection, record)
+
+
+_install_lock = threading.Lock()
+
+
+def install_sqlite_pragmas() -> None:
+    """Listen for new DBAPI connections of every SQLAlchemy engine, and give SQLite's the pragmas
+    (idempotent; `open_storage` calls it first).
+
+    RDBStorage creates its engine and at once connects with it to create the tables, inside its
+    constructor, so a listener on that engine would come too late for the very first connection. A
+    `creator` passed in engine_kwargs would bypass the SQLite dialect's own connect arguments. So
+    the listener is on the Engine class (SQLAlchemy files it under every connection pool), filtered
+    to sqlite3 connections, installed once, before the first store is opened, and never removed:
+    from then on every SQLite engine of the process gets the pragmas, as when it was installed at
+    import."""
+    with _install_lock:
+        if not event.contains(sqlalchemy.engine.Engine, "connect", _sqlite_only):
+            event.listen(sqlalchemy.engine.Engine, "connect", _sqlite_only)
+
+
+def install_process_hooks() -> None:
+    """What `open_storage` installs in the process once, before its first store: the SQLite pragmas
+    (`install_sqlite_pragmas`) and one read of Optuna's migration scripts per store
+    (`storage.optuna_private.cache_migration_scripts`). Idempotent. Code that opens an Optuna store
+    by URL without `open_storage` (benchmarks' plain Optuna) calls it for the same settings."""
+    install_sqlite_pragmas()
+    cache_migration_scripts()

@@ -17,6 +17,8 @@ import optuna
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, func, insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
+from storage.optuna_private import engine_of
+
 WORKERS = Table(
     "sweeps_workers", MetaData(),
     Column("study_id", Integer, primary_key=True, autoincrement=False),
@@ -31,10 +33,9 @@ ATTEMPTS = 50
 def register_worker(storage: optuna.storages.BaseStorage, study_id: int) -> int:
     """This process's worker number in the study: 0 for the first process ever to run it, then
     1, 2, ... A store that is not SQL (in-memory, tests) gives 0."""
-    backend = getattr(storage, "_backend", storage)
-    if not isinstance(backend, optuna.storages.RDBStorage):
+    engine = engine_of(storage)
+    if engine is None:
         return 0
-    engine = backend.engine
     for attempt in range(ATTEMPTS):
         try:
             with engine.begin() as connection:

@@ -4,7 +4,8 @@ The store is found as the runner finds it (the study file, --storage, $SWEEPS_ST
 checkpoint artifacts folder as the runner writes it, so the dashboard lists and serves the best
 trials' weights. It binds to 127.0.0.1 unless --host says otherwise: the dashboard has no
 authentication, and anyone who reaches the port can read and edit the study.
-Exit codes: 0 stopped, 2 invalid study file, 3 store not there or not readable, 4 no such study.
+Exit codes (`sweeps.exits`): 0 stopped, 2 invalid study file or a port it cannot serve on, 3 store not
+there or not readable, 4 no such study.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sweeps.config.schema import ConfigError
+from storage.optuna_private import study_id_of
+from sweeps import exits
+from sweeps.cli import add_study_arguments, fail, run_command
 from sweeps.results.checkpoints import artifact_dir, open_artifact_store
-from sweeps.results.existing import EXIT_CONFIG, NotReadable, load, open_existing
+from sweeps.results.existing import load, open_existing
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -22,26 +25,21 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m sweeps.dashboard",
                                      description="Serve optuna-dashboard for the study's store.")
-    parser.add_argument("study_file", help="the study YAML file")
+    add_study_arguments(parser)
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1; anything else exposes an unauthenticated UI)")
-    parser.add_argument("--storage", help="SQLAlchemy URL (overrides the file and $SWEEPS_STORAGE)")
-    parser.add_argument("--study-name", help="study name in the store (overrides the file)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        existing = open_existing(args.study_file, args.storage, args.study_name)
-        study = load(existing)
-    except ConfigError as err:
-        print(f"error: {args.study_file}: {err}", file=sys.stderr)
-        return EXIT_CONFIG
-    except NotReadable as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.code
+    return run_command(lambda: serve(args), args.study_file)
+
+
+def serve(args: argparse.Namespace) -> int:
+    existing = open_existing(args.study_file, args.storage, args.study_name)
+    study = load(existing)
     import optuna_dashboard
 
     folder = artifact_dir(existing.config, existing.target.storage_url, existing.target.study_name)
@@ -51,17 +49,17 @@ def main(argv: list[str] | None = None) -> int:
               f"port {args.port} can read and change the study. Prefer an SSH tunnel to 127.0.0.1.",
               file=sys.stderr)
     shown_host = f"[{args.host}]" if ":" in args.host else args.host
-    study_url = f"http://{shown_host}:{args.port}/dashboard/studies/{study._study_id}"
+    study_url = f"http://{shown_host}:{args.port}/dashboard/studies/{study_id_of(study)}"
     print(f"study {study.study_name!r}: {study_url}", flush=True)
     print(f"checkpoints: {folder if store else 'none yet (' + str(folder) + ' does not exist)'}", flush=True)
     try:
         optuna_dashboard.run_server(existing.storage, host=args.host, port=args.port, artifact_store=store)
     except OSError as err:
-        print(f"error: cannot serve on {args.host}:{args.port}: {err.strerror or err}", file=sys.stderr)
-        return 3
+        return fail(exits.USAGE, f"cannot serve on {args.host}:{args.port}: {err.strerror or err}; "
+                                 "pick another --port")
     except KeyboardInterrupt:
         pass
-    return 0
+    return exits.OK
 
 
 if __name__ == "__main__":

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import torch
 
-from objectives.registry import TaskError
 from objectives.task import Task
 from objectives.training.coupling import Coupled
-from storage import StorageError, StorageUsageError
-from sweeps.config.schema import ConfigError
+from sweeps import exits
+from sweeps.cli import add_study_arguments, fail, run_command
 from sweeps.config.study_file import load_config
-from sweeps.loop.runner import build_reference_task, open_study, target_of
+from sweeps.config.target import target_of
+from sweeps.loop.runner import build_reference_task, open_study
 from sweeps.trial.run_one import PROBED_MICRO_BATCH_ATTR, build_optimizer, device_model, resolve_device
 
 PLATEAU_GAIN = 1.10  # doubling the batch must buy at least 10% more examples/s
@@ -133,48 +133,39 @@ def format_probe(tried: list[Measurement], stored: int, limit: int, device: torc
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sweeps.probe", description=__doc__.splitlines()[0])
-    parser.add_argument("study_file")
-    parser.add_argument("--storage", help="SQLAlchemy URL (overrides the file and $SWEEPS_STORAGE)")
-    parser.add_argument("--study-name")
+    add_study_arguments(parser)
     parser.add_argument("--limit", type=int, help="largest size to try (default: the largest batch searched)")
     parser.add_argument("--margin", type=float, default=0.1, help="safety margin (default 0.1)")
     parser.add_argument("--no-store", action="store_true", help="print only; do not store on the study")
     args = parser.parse_args(argv)
-    try:
-        config = load_config(args.study_file)
-        device = resolve_device(config.objective.device, config.objective.gpu_memory_fraction)
-        task = build_reference_task(config, max(config.search.batch_sizes()), device).to(device)
-        optimizer = build_optimizer(config.objective, task.model.parameters(),
-                                    Coupled(config.search.reference_lr()))
-        limit = args.limit or max(config.search.batch_sizes())
-        tried = probe(task, optimizer, device, limit)
-        biggest = largest_fit(tried)
-        if biggest == 0:
-            print("error: not even a micro-batch of 1 fits on this device", file=sys.stderr)
-            return 1
-        stored = biggest if biggest >= limit else with_margin(biggest, args.margin)
-        print(format_probe(tried, stored, limit, device))
-        if not args.no_store:
-            target = target_of(config, args.storage, args.study_name)
-            study = open_study(config, target, len(task.train[0]))
-            model = device_model(device)  # one limit per device model; a plain int from before is dropped
-            kept = study.user_attrs.get(PROBED_MICRO_BATCH_ATTR)
-            study.set_user_attr(PROBED_MICRO_BATCH_ATTR, {**(kept if isinstance(kept, dict) else {}), model: stored})
-            study.set_user_attr("probe", {
-                "device": str(device), "device_model": model, "largest_fit": biggest, "limit": limit,
-                "tried": [[m.micro_batch, m.fits, round(m.examples_per_second, 1)] for m in tried],
-            })
-            print(f"stored {PROBED_MICRO_BATCH_ATTR}={stored} for {model!r} on study {target.study_name!r}")
-    except (ConfigError, TaskError) as err:
-        print(f"error: {args.study_file}: {err}", file=sys.stderr)
-        return 2
-    except StorageUsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except StorageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 3
-    return 0
+    return run_command(lambda: probe_study(args), args.study_file)
+
+
+def probe_study(args: argparse.Namespace) -> int:
+    config = load_config(args.study_file)
+    target = None if args.no_store else target_of(config, args.storage, args.study_name)  # checked before probing
+    device = resolve_device(config.objective.device, config.objective.gpu_memory_fraction)
+    task = build_reference_task(config, max(config.search.batch_sizes()), device).to(device)
+    optimizer = build_optimizer(config.objective, task.model.parameters(),
+                                Coupled(config.search.reference_lr()))
+    limit = args.limit or max(config.search.batch_sizes())
+    tried = probe(task, optimizer, device, limit)
+    biggest = largest_fit(tried)
+    if biggest == 0:
+        return fail(exits.FAILED, "not even a micro-batch of 1 fits on this device")
+    stored = biggest if biggest >= limit else with_margin(biggest, args.margin)
+    print(format_probe(tried, stored, limit, device))
+    if target is not None:
+        study = open_study(config, target, len(task.train[0]))
+        model = device_model(device)  # one limit per device model; a plain int from before is dropped
+        kept = study.user_attrs.get(PROBED_MICRO_BATCH_ATTR)
+        study.set_user_attr(PROBED_MICRO_BATCH_ATTR, {**(kept if isinstance(kept, dict) else {}), model: stored})
+        study.set_user_attr("probe", {
+            "device": str(device), "device_model": model, "largest_fit": biggest, "limit": limit,
+            "tried": [[m.micro_batch, m.fits, round(m.examples_per_second, 1)] for m in tried],
+        })
+        print(f"stored {PROBED_MICRO_BATCH_ATTR}={stored} for {model!r} on study {target.study_name!r}")
+    return exits.OK
 
 
 if __name__ == "__main__":

@@ -14,20 +14,20 @@ import json
 import sys
 from pathlib import Path
 
+from sweeps import exits
+from sweeps.cli import add_study_arguments, fail, run_command
 from sweeps.config.plan import fmt, plan_rows
-from sweeps.config.schema import ConfigError
 from sweeps.results.analysis import StudyAnalysis, analyse
-from sweeps.results.existing import EXIT_CONFIG, EXIT_NO_RESULT, NotReadable, load, open_existing
+from sweeps.results.existing import load, open_existing
 from sweeps.results.publish import figures_of
+from sweeps.trial.record import TrialRecord
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m sweeps.report",
                                      description="Report what a sweep found: tables, report.html and PNG figures.")
-    parser.add_argument("study_file", help="the study YAML file")
+    add_study_arguments(parser)
     parser.add_argument("--out", help="output folder (default: <study name>-report beside the study file)")
-    parser.add_argument("--storage", help="SQLAlchemy URL (overrides the file and $SWEEPS_STORAGE)")
-    parser.add_argument("--study-name", help="study name in the store (overrides the file)")
     parser.add_argument("--top", type=int, default=10, help="rows of the best-trials table (default 10)")
     parser.add_argument("--target", type=float,
                         help="metric value for steps-to-target (default: the 90th percentile of finished values)")
@@ -80,30 +80,27 @@ def summary_json(a: StudyAnalysis) -> dict:
 
 def n_train_of(a: StudyAnalysis) -> int | None:
     for t in a.complete:
-        if t.user_attrs.get("n_train"):
-            return int(t.user_attrs["n_train"])
+        n_train = TrialRecord.of(t).n_train
+        if n_train:
+            return int(n_train)
     return None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        existing = open_existing(args.study_file, args.storage, args.study_name)
-        study = load(existing)
-    except ConfigError as err:
-        print(f"error: {args.study_file}: {err}", file=sys.stderr)
-        return EXIT_CONFIG
-    except NotReadable as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.code
+    return run_command(lambda: report(args), args.study_file)
+
+
+def report(args: argparse.Namespace) -> int:
+    existing = open_existing(args.study_file, args.storage, args.study_name)
+    study = load(existing)
     a = analyse(study, target=args.target)
     if args.target is not None:
         a.target_quantile = None
     if not a.complete:
         states = ", ".join(f"{n} {s}" for s, n in a.counts.items() if n) or "no trials"
-        print(f"error: study {study.study_name!r} has no finished trial with a value yet ({states}): "
-              f"nothing to report; run `python -m sweeps.run {args.study_file}`", file=sys.stderr)
-        return EXIT_NO_RESULT
+        return fail(exits.FAILED, f"study {study.study_name!r} has no finished trial with a value yet ({states}): "
+                                  f"nothing to report; run `python -m sweeps.run {args.study_file}`")
 
     config = existing.config
     out = Path(args.out) if args.out else Path(config.base_dir) / f"{existing.target.study_name}-report"

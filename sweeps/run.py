@@ -11,21 +11,20 @@ import os
 import sys
 
 import optuna
+import torch
 
-from objectives.registry import TaskError
-from storage import StorageError, StorageUsageError, redact
+from storage import redact
 from sweeps import exits
+from sweeps.cli import add_study_arguments, fail, run_command
 from sweeps.config.plan import check_plan, format_plan
-from sweeps.config.schema import ConfigError
 from sweeps.config.study_file import load_config
+from sweeps.config.target import target_of
 from sweeps.loop import signals
 from sweeps.loop.ending import report_ending
-from sweeps.loop.gpus import GPU_ENV, GpuError, check_device, cuda_device_count, plan_gpus
-from sweeps.loop.runner import SweepFailed, run_sweep, target_of, training_set_size
+from sweeps.loop.gpus import GPU_ENV, check_device, cuda_device_count, plan_gpus
+from sweeps.loop.runner import load_task, run_sweep
 from sweeps.loop.workers import run_workers
-
-EXIT_FAILED, EXIT_CONFIG, EXIT_STORAGE = exits.FAILED, exits.USAGE, exits.STORAGE
-EXIT_INTERRUPTED, EXIT_TERMINATED = exits.INTERRUPTED, exits.TERMINATED
+from sweeps.trial.record import TrialRecord
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -33,10 +32,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m sweeps.run",
         description="Search batch size, epochs and LR coupling under a fixed compute budget.",
     )
-    parser.add_argument("study_file", help="the study YAML file")
+    add_study_arguments(parser)
     parser.add_argument("--n-trials", type=int, help="total finished trials for the study")
-    parser.add_argument("--storage", help="SQLAlchemy URL (overrides the file and $SWEEPS_STORAGE)")
-    parser.add_argument("--study-name", help="study name in the store (overrides the file)")
     parser.add_argument("--dry-run", action="store_true",
                         help="validate and print the plan; train nothing, touch no store")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
@@ -53,64 +50,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def fail(code: int, message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return code
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.n_trials is not None and args.n_trials < 1:
-        return fail(EXIT_CONFIG, f"--n-trials must be >= 1 (got {args.n_trials})")
+        return fail(exits.USAGE, f"--n-trials must be >= 1 (got {args.n_trials})")
     if args.workers is not None and args.workers < 1:
-        return fail(EXIT_CONFIG, f"--workers must be >= 1 (got {args.workers})")
-    try:  # a worker child ignores --gpus and $SWEEPS_GPUS: its parent chose its GPU
-        gpus = None if args.as_worker else plan_gpus(args.gpus, args.trials_per_gpu, args.workers, args.worker_index,
-                                                      cuda_device_count, os.environ, args.dry_run)
-    except GpuError as err:
-        return fail(exits.USAGE, str(err))
+        return fail(exits.USAGE, f"--workers must be >= 1 (got {args.workers})")
     if args.as_worker and os.environ.get(GPU_ENV) and not cuda_device_count():  # an index the machine lacks
         return fail(exits.USAGE, f"the worker for GPU {os.environ[GPU_ENV]} sees no CUDA device; "
                                  "check the index with nvidia-smi")
     signals.install()
-    try:
-        config = load_config(args.study_file)
-        target = target_of(config, args.storage, args.study_name, args.n_trials)
+    return run_command(lambda: sweep(args), args.study_file)
+
+
+def sweep(args: argparse.Namespace) -> int:
+    # a worker child ignores --gpus and $SWEEPS_GPUS: its parent chose its GPU
+    gpus = None if args.as_worker else plan_gpus(args.gpus, args.trials_per_gpu, args.workers, args.worker_index,
+                                                  cuda_device_count, os.environ, args.dry_run)
+    config = load_config(args.study_file)
+    target = target_of(config, args.storage, args.study_name, args.n_trials)
+    if gpus:
+        check_device(config.objective.device)
+    task = load_task(config, torch.device("cpu") if gpus else None)  # once, before any store is opened
+    if args.dry_run:
+        check_plan(config, task.n_train)
+        print(format_plan(config, task.n_train))
+        print(f"\nstore: {redact(target.storage_url)} (not opened: dry run)")
         if gpus:
-            check_device(config.objective.device)
-        if args.dry_run:
-            n_train = training_set_size(config)
-            check_plan(config, n_train)
-            print(format_plan(config, n_train))
-            print(f"\nstore: {redact(target.storage_url)} (not opened: dry run)")
-            if gpus:
-                print("GPUs (each worker sees only its own; numbered as nvidia-smi numbers them):")
-                print("\n".join(f"  {a}" for a in gpus))
-            return 0
-        if gpus or (args.workers or 1) > 1:  # --gpus: always children, so CUDA_VISIBLE_DEVICES precedes CUDA
-            return run_workers(args.study_file, config, target, len(gpus) if gpus else args.workers,
-                               show_progress=not args.quiet, first_index=args.worker_index, gpus=gpus)
-        study = run_sweep(config, target, show_progress=not args.quiet, worker_index=args.worker_index)
-    except ConfigError as err:
-        return fail(EXIT_CONFIG, f"{args.study_file}: {err}")
-    except TaskError as err:
-        return fail(EXIT_CONFIG, f"{args.study_file}: objective.task: {err}")
-    except StorageUsageError as err:
-        return fail(EXIT_CONFIG, str(err))
-    except StorageError as err:
-        return fail(EXIT_STORAGE, str(err))
-    except SweepFailed as err:
-        return fail(EXIT_FAILED, str(err))
-    except KeyboardInterrupt:
-        return fail(EXIT_INTERRUPTED, "interrupted: the running trial is failed and queued again; "
-                                      "run the same command again to resume")
-    except signals.Terminated:
-        return fail(EXIT_TERMINATED, "terminated: the running trial is failed and queued again; "
-                                     "run the same command again to resume")
-    except optuna.exceptions.OptunaError as err:
-        return fail(EXIT_FAILED, str(err))
+            print("GPUs (each worker sees only its own; numbered as nvidia-smi numbers them):")
+            print("\n".join(f"  {a}" for a in gpus))
+        return exits.OK
+    if gpus or (args.workers or 1) > 1:  # --gpus: always children, so CUDA_VISIBLE_DEVICES precedes CUDA
+        return run_workers(args.study_file, config, target, len(gpus) if gpus else args.workers, task.n_train,
+                           show_progress=not args.quiet, first_index=args.worker_index, gpus=gpus)
+    study = run_sweep(config, target, show_progress=not args.quiet, worker_index=args.worker_index, task=task)
     if args.as_worker:  # a worker of --workers: the parent reports
-        return 0
+        return exits.OK
     print_summary(study, config.study.metric)
     return report_ending(study, target.n_trials, config)
 
@@ -121,11 +96,11 @@ def print_summary(study: optuna.Study, metric: str) -> None:
     except ValueError:
         print("no trial finished with a value")
         return
-    attrs = best.user_attrs
+    record = TrialRecord.of(best)
+    lr = record.lr if record.lr is not None else float("nan")
     print(
-        f"best {metric} = {best.value:.4f} (trial {best.number}): batch_size {attrs.get('batch_size')}, "
-        f"lr {attrs.get('lr', float('nan')):.4g} ({attrs.get('coupling')}), "
-        f"{attrs.get('epochs_completed')} epochs, {attrs.get('updates')} updates"
+        f"best {metric} = {best.value:.4f} (trial {best.number}): batch_size {record.batch_size}, "
+        f"lr {lr:.4g} ({record.coupling}), {record.epochs_completed} epochs, {record.updates} updates"
     )
 
 

@@ -19,9 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from sweeps.config.schema import ConfigError
+from storage.optuna_private import study_id_of
+from sweeps import exits
+from sweeps.cli import add_study_arguments, fail, run_command
 from sweeps.results.checkpoints import artifact_dir, open_artifact_store
-from sweeps.results.existing import EXIT_CONFIG, Existing, NotReadable, load, open_existing
+from sweeps.results.existing import Existing, load, open_existing
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -78,24 +80,19 @@ def serving(existing: Existing) -> Iterator[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sweeps.screenshot", description=__doc__.splitlines()[0])
-    parser.add_argument("study_file")
+    add_study_arguments(parser)
     parser.add_argument("out", help="PNG file to write")
     parser.add_argument("--trial", type=int, help="show this trial's page (note, values, checkpoint)")
     parser.add_argument("--size", default="1400x1000", help="window WIDTHxHEIGHT (default 1400x1000)")
-    parser.add_argument("--storage", help="SQLAlchemy URL (overrides the file and $SWEEPS_STORAGE)")
-    parser.add_argument("--study-name", help="study name in the store (overrides the file)")
     args = parser.parse_args(argv)
-    try:
-        existing = open_existing(args.study_file, args.storage, args.study_name)
-        study = load(existing)
-    except ConfigError as err:
-        print(f"error: {args.study_file}: {err}", file=sys.stderr)
-        return EXIT_CONFIG
-    except NotReadable as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.code
+    return run_command(lambda: screenshot(args), args.study_file)
+
+
+def screenshot(args: argparse.Namespace) -> int:
+    existing = open_existing(args.study_file, args.storage, args.study_name)
+    study = load(existing)
     width, height = (int(v) for v in args.size.lower().split("x"))
-    page = f"/dashboard/studies/{study._study_id}"
+    page = f"/dashboard/studies/{study_id_of(study)}"
     if args.trial is not None:
         page += f"/trials?numbers={args.trial}"
     out = Path(args.out).resolve()
@@ -104,10 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             headless(base + page, screenshot=out, size=(width, height))
         except (FileNotFoundError, RuntimeError, subprocess.TimeoutExpired) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
+            return fail(exits.FAILED, str(err))
     print(f"wrote {out}")
-    return 0
+    return exits.OK
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from sweeps.config.study_file import SweepConfig, parse_config
-from sweeps.loop.runner import run_sweep, target_of
+from sweeps.config.target import target_of
+from sweeps.loop.runner import run_sweep
 
 TINY = {
     "study": {"name": "tiny", "metric": "val_mse", "direction": "minimize", "n_trials": 3, "seed": 0},

@@ -7,7 +7,8 @@ from pathlib import Path
 import yaml
 
 from sweeps.config.study_file import load_config
-from sweeps.loop.runner import run_sweep, target_of
+from sweeps.config.target import target_of
+from sweeps.loop.runner import run_sweep
 
 STUDY = {
     "study": {"name": "digits-small", "storage": "sqlite:///small.db", "direction": "maximize",

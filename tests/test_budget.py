@@ -1,4 +1,4 @@
-"""Counting formulas (REFERENCE.md): I = ceil(N/B) or floor with drop_last, S = I*E, examples = N*E."""
+"""Counting formulas (docs/background.md#counting): I = ceil(N/B) or floor with drop_last, S = I*E, examples = N*E."""
 
 from __future__ import annotations
 
@@ -16,12 +16,6 @@ from objectives.training.budget import (
 )
 
 N = 1438  # the digits training split
-
-
-@pytest.mark.parametrize("batch_size", [1, 7, 16, 64, 100, 512, 1438, 2000])
-def test_iterations_per_epoch(batch_size):
-    assert iterations_per_epoch(N, batch_size) == math.ceil(N / batch_size)
-    assert iterations_per_epoch(N, batch_size, drop_last=True) == N // batch_size
 
 
 def test_batch_lengths_cover_the_epoch():
@@ -79,7 +73,9 @@ def test_seconds_budget_takes_the_measured_estimate():
 def test_report_steps_are_integers_on_one_scale():
     assert Budget("examples", 60000, 6000).to_step(6000, N) == 6000
     assert Budget("epochs", 10, 0.5).to_step(0.5, N) == 719  # examples: half of N
+    assert Budget("epochs", 10, 0.5).to_step(2.5, N) == 3595  # 2.5 x 1438
     assert Budget("seconds", 2, 0.25).to_step(0.25, N) == 250  # milliseconds
+    assert Budget("updates", 100, 10).to_step(30, N) == 30
 
 
 def test_drop_last_batch_larger_than_the_data_is_rejected():
@@ -87,12 +83,13 @@ def test_drop_last_batch_larger_than_the_data_is_rejected():
         plan_trial(Budget("updates", 10, 5), 100, 128, drop_last=True)
 
 
-# --- Hand-checked values on the digits split (N = 1438), from REFERENCE.md's counting formulas ---
+# --- Hand-checked values on the digits split (N = 1438), from docs/background.md's counting formulas ---
 
 
 @pytest.mark.parametrize(
     ("batch_size", "ceil_i", "floor_i"),
-    [(16, 90, 89), (64, 23, 22), (100, 15, 14), (512, 3, 2), (1438, 1, 1), (2000, 1, 0)],
+    [(1, 1438, 1438), (7, 206, 205), (16, 90, 89), (64, 23, 22), (100, 15, 14), (512, 3, 2), (1438, 1, 1),
+     (2000, 1, 0)],
 )
 def test_iterations_per_epoch_by_hand(batch_size, ceil_i, floor_i):
     assert iterations_per_epoch(N, batch_size) == ceil_i
@@ -186,8 +183,3 @@ def test_budget_caps_in_each_unit_do_not_depend_on_epochs_given_or_not():
             capped = plan_trial(budget, N, batch_size, epochs=1000)
             assert free.planned_updates == capped.planned_updates == budget.updates_cap(N, batch_size, False)
             assert free.stop_reason == capped.stop_reason == "budget"
-
-
-def test_epoch_steps_are_examples():
-    assert Budget("epochs", 10, 0.5).to_step(2.5, N) == int(2.5 * N)
-    assert Budget("updates", 100, 10).to_step(30, N) == 30

@@ -74,7 +74,7 @@ def test_warmup_never_swallows_the_whole_trial():
     assert schedule.lr_at(2) == 0.0
 
 
-# --- More rules by hand (REFERENCE.md: lr = lr0 * f(B / B0)) ---
+# --- More rules by hand (docs/background.md#learning-rate-coupling: lr = lr0 * f(B / B0)) ---
 
 
 @pytest.mark.parametrize("rule", ["none", "linear", "sqrt", "adam_sqrt"])

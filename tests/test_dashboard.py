@@ -17,6 +17,7 @@ import optuna
 import pytest
 import torch
 
+from storage.optuna_private import study_id_of
 from sweeps import dashboard
 from sweeps.results.checkpoints import kept_checkpoints
 from sweeps.screenshot import find_chromium, headless
@@ -98,12 +99,12 @@ def test_dashboard_lists_and_serves_the_best_checkpoints(served):
     study = the_study(study_file)
     kept = kept_checkpoints(study)
     assert len(kept) == 3
-    detail = json.loads(get(f"{base}/api/studies/{study._study_id}?after=0"))
+    detail = json.loads(get(f"{base}/api/studies/{study_id_of(study)}?after=0"))
     listed = {a["artifact_id"]: t for t in detail["trials"] for a in t["artifacts"]}
     assert set(listed) == {k.artifact_id for k in kept}
     best = kept[0]
     assert listed[best.artifact_id]["number"] == best.number == study.best_trial.number
-    data = get(f"{base}/artifacts/{study._study_id}/{best.trial_id}/{best.artifact_id}")
+    data = get(f"{base}/artifacts/{study_id_of(study)}/{best.trial_id}/{best.artifact_id}")
     checkpoint = torch.load(io.BytesIO(data))
     assert checkpoint["trial"] == best.number and checkpoint["value"] == study.best_value
     assert "0.weight" in checkpoint["state_dict"]
@@ -149,7 +150,7 @@ def test_headless_chromium_shows_the_study_and_its_trials(served, tmp_path):
         pytest.skip("no Chromium here (Debian: apt-get install chromium)")
     study_file, base, _ = served
     study = the_study(study_file)
-    page = f"{base}/dashboard/studies/{study._study_id}"
+    page = f"{base}/dashboard/studies/{study_id_of(study)}"
     text = text_of(headless(page, dump_dom=True))
     assert "digits-small" in text and "History" in text
     assert f"Best Trial (number={study.best_trial.number})" in text

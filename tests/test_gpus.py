@@ -14,10 +14,11 @@ import pytest
 import torch
 import yaml
 
-from sweeps import probe
+from sweeps import exits, probe
 from sweeps import run as run_cli
 from sweeps.config.plan import budget_of
 from sweeps.config.schema import ConfigError
+from sweeps.config.target import target_of
 from sweeps.loop.gpus import (
     GPU_ENV,
     GPUS_ENV,
@@ -29,7 +30,7 @@ from sweeps.loop.gpus import (
     parse_gpus,
     plan_gpus,
 )
-from sweeps.loop.runner import run_sweep, target_of
+from sweeps.loop.runner import run_sweep
 from sweeps.loop.workers import run_workers
 from sweeps.trial.run_one import PROBED_MICRO_BATCH_ATTR, SweepObjective, gpu_attrs, probed_for
 from tests.conftest import TINY, merged
@@ -167,7 +168,7 @@ def test_dry_run_takes_sweeps_gpus_from_the_environment(tmp_path):
 def test_unusable_gpus_exit_2_with_one_line(tmp_path, args, says):
     study = write_study(tmp_path, study={"storage": "sqlite:///store.db"})
     done = cli(study, *args)
-    assert done.returncode == run_cli.EXIT_CONFIG == 2
+    assert done.returncode == exits.USAGE == 2
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: ") and says in done.stderr
     assert not (tmp_path / "store.db").exists()
 
@@ -190,7 +191,8 @@ def test_help_documents_the_flags(tmp_path):
 def test_one_gpu_still_goes_through_the_worker_children(tmp_path, monkeypatch):
     seen = {}
 
-    def fake_run_workers(study_file, config, target, n_workers, show_progress=True, first_index=None, gpus=None):
+    def fake_run_workers(study_file, config, target, n_workers, n_train, show_progress=True, first_index=None,
+                         gpus=None):
         seen.update(n_workers=n_workers, gpus=gpus)
         return 0
 
@@ -205,7 +207,7 @@ def test_workers_get_their_gpu_in_their_environment(tmp_path, tiny_config, capfd
     training on the CPU unnoticed; its message proves the index arrived in its environment."""
     config = tiny_config()
     study = write_study(tmp_path)
-    code = run_workers(str(study), config, target_of(config), 1, show_progress=False, gpus=[GpuAssignment(0, 3)])
+    code = run_workers(str(study), config, target_of(config), 1, 256, show_progress=False, gpus=[GpuAssignment(0, 3)])
     assert code == 2
     assert "the worker for GPU 3 sees no CUDA device" in capfd.readouterr().err
 

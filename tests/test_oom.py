@@ -15,7 +15,8 @@ from objectives.training.loop import Trainer
 from objectives.training.schedule import Schedule
 from sweeps import probe
 from sweeps.config.study_file import parse_config
-from sweeps.loop.runner import run_sweep, target_of
+from sweeps.config.target import target_of
+from sweeps.loop.runner import run_sweep
 from sweeps.trial.run_one import PROBED_MICRO_BATCH_ATTR
 
 
@@ -126,6 +127,7 @@ def test_probe_finds_the_limit_and_sweeps_start_from_it(tmp_path, capsys):
     config = oom_config(tmp_path, oom_above=37, n_trials=2)
     study = run_sweep(config, target_of(config), show_progress=False)
     big = [t for t in study.trials if t.user_attrs.get("batch_size") == 64]
+    assert big, "the sweep must train a batch of 64 for the check below to mean anything"
     for t in big:  # started split: 64 -> 2 micro-batches of 32, no OOM needed
         assert (t.user_attrs["micro_batch"], t.user_attrs["accumulation_steps"]) == (32, 2)
 

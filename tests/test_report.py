@@ -19,6 +19,7 @@ from optuna_dashboard._note import get_note_from_system_attrs
 
 from objectives.registry import resolve_task
 from objectives.task import TrialSettings
+from storage.optuna_private import study_id_of, study_storage, trial_id_of
 from sweeps import report
 from sweeps.results.analysis import analyse, fit_lr_scaling
 from sweeps.results.checkpoints import kept_checkpoints
@@ -68,10 +69,12 @@ def test_figures_hold_the_right_series(study_file):
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     assert pruned, "the median pruner pruned some trials of this sweep"
+    assert complete, "and some trials of this sweep completed"
 
     best = figures["best-by-batch-size"]["data"]
     for trace in best:  # one series per coupling rule: the best value at each batch size
         rule_trials = [t for t in complete if t.user_attrs["coupling"] == trace["name"]]
+        assert trace["x"] and len(trace["x"]) == len(trace["y"]), trace["name"]
         for b, v in zip(trace["x"], trace["y"]):
             assert v == max(t.value for t in rule_trials if t.user_attrs["batch_size"] == b)
     assert {t["name"] for t in best} == {t.user_attrs["coupling"] for t in complete}
@@ -84,7 +87,7 @@ def test_figures_hold_the_right_series(study_file):
     for t in complete:
         assert by_trial[t.number]["opacity"] > 0.5
     steps = {x for c in curves for x in c["x"]}
-    assert steps <= {1500, 3000, 4500, 6000}, "every trial reports on the one budget grid"
+    assert steps and steps <= {1500, 3000, 4500, 6000}, "every trial reports on the one budget grid"
 
     target = figures["steps-to-target"]
     assert target["layout"]["xaxis"]["type"] == "log" and target["layout"]["yaxis"]["type"] == "log"
@@ -95,12 +98,12 @@ def test_figures_hold_the_right_series(study_file):
 
 def test_runner_writes_notes_plots_and_keeps_best_checkpoints(study_file):
     study = load(study_file)
-    system = study._storage.get_study_system_attrs(study._study_id)
+    system = study_storage(study).get_study_system_attrs(study_id_of(study))
     note = get_note_from_system_attrs(system, None)["body"]
     assert "Plan of the budget" in note and "| batch_size |" in note and "Budget spent" in note
     assert "digits_mlp" in note  # the resolved study file
     for t in study.trials:
-        body = get_note_from_system_attrs(system, t._trial_id)["body"]
+        body = get_note_from_system_attrs(system, trial_id_of(t))["body"]
         assert f"## Trial {t.number}" in body and f"| batch size | {t.user_attrs['batch_size']} |" in body
     plots = get_plotly_graph_objects(system)
     assert {"sweeps-best-by-batch-size", "sweeps-lr-scaling", "sweeps-steps-to-target", "sweeps-learning-curves",

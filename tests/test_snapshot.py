@@ -16,12 +16,14 @@ from alembic.script import ScriptDirectory
 from optuna.trial import TrialState
 
 from storage import open_storage
+from storage.optuna_private import backend_of, engine_of, study_storage, trial_id_of
 from storage.snapshot import SnapshotStorage, snapshot
 from sweeps.config.plan import budget_of
 from sweeps.config.study_file import parse_config
+from sweeps.config.target import target_of
 from sweeps.loop.bookkeeper import ProcessBookkeeper
 from sweeps.loop.books import Books
-from sweeps.loop.runner import open_study, target_of
+from sweeps.loop.runner import open_study
 from sweeps.search.strategies import build_pruner, build_sampler
 from tests.conftest import TINY, merged
 
@@ -34,7 +36,7 @@ def counted_reads(storage):
     def count(conn, cursor, statement, parameters, context, executemany):
         counts["select"] += statement.lstrip().upper().startswith("SELECT")
 
-    engine = storage._backend.engine
+    engine = engine_of(storage)
     sqlalchemy.event.listen(engine, "before_cursor_execute", count)
     try:
         yield counts
@@ -56,7 +58,7 @@ def study(tmp_path) -> optuna.Study:
 
 
 def test_inside_a_snapshot_the_trials_are_read_once_and_filtered_by_state(study):
-    storage = study._storage
+    storage = study_storage(study)
     with counted_reads(storage) as outside:
         study.get_trials(deepcopy=False)
         study.get_trials(deepcopy=False)
@@ -73,7 +75,7 @@ def test_inside_a_snapshot_the_trials_are_read_once_and_filtered_by_state(study)
 
 
 def test_a_snapshot_is_the_view_at_its_first_read_and_only_on_its_thread(study):
-    storage = study._storage
+    storage = study_storage(study)
     seen_elsewhere = []
     with snapshot(storage):
         assert len(study.get_trials(deepcopy=False)) == 3
@@ -87,18 +89,18 @@ def test_a_snapshot_is_the_view_at_its_first_read_and_only_on_its_thread(study):
 
 
 def test_a_trial_created_in_a_snapshot_is_read_back_from_its_creation_once(study):
-    storage = study._storage
+    storage = study_storage(study)
     with counted_reads(storage) as outside:
         study.ask()
     with snapshot(storage):
         with counted_reads(storage) as inside:
             trial = study.ask()
         created = trial._cached_frozen_trial
-        stored = storage._backend.get_trial(trial._trial_id)
+        stored = backend_of(storage).get_trial(trial_id_of(trial))
         assert (created.number, created.state, created.datetime_start, created.params) == (
             stored.number, stored.state, stored.datetime_start, stored.params)
         trial.suggest_float("x", 0, 3)
-        assert "x" in storage.get_trial(trial._trial_id).params, "the second read goes to the store"
+        assert "x" in storage.get_trial(trial_id_of(trial)).params, "the second read goes to the store"
     assert inside["select"] <= outside["select"] - 5, (inside, outside)
 
 
@@ -106,8 +108,8 @@ def reads_of_one_ask(config, study: optuna.Study) -> int:
     books = Books(study, config, n_trials=20)
     for value in (1.0, 2.0, 3.0):  # past TPE's start-up trials, so its joint model samples
         ref, _ = books.ask()
-        study.tell(books.open.pop(ref._trial_id), value)
-    with counted_reads(study._storage) as reads:
+        study.tell(books.open.pop(trial_id_of(ref)), value)
+    with counted_reads(study_storage(study)) as reads:
         ref, _ = books.ask()
     assert set(ref.params) == {"batch_size", "base_lr", "warmup_fraction"}
     return reads["select"]
@@ -127,7 +129,7 @@ def test_an_ask_with_hyperband_reads_the_trials_once(tmp_path):
     study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path}/plain.db"), study_name="plain",
                                 sampler=build_sampler(plain[0], config.search, 0),
                                 pruner=build_pruner(plain[1], budget_of(config), 256))
-    assert not isinstance(study._storage, SnapshotStorage)
+    assert not isinstance(study_storage(study), SnapshotStorage)
     without = reads_of_one_ask(config, study)
     assert with_snapshots <= 0.55 * without, (with_snapshots, without)
 

@@ -18,10 +18,12 @@ import yaml
 from optuna.trial import TrialState
 
 from storage import open_storage
+from storage.optuna_private import study_id_of
 from storage.workers import register_worker
 from sweeps.config.study_file import parse_config
+from sweeps.config.target import target_of
 from sweeps.loop.ending import ending_of
-from sweeps.loop.runner import open_study, run_sweep, target_of
+from sweeps.loop.runner import open_study, run_sweep
 from sweeps.results.existing import NotReadable, open_existing
 from sweeps.run import main
 from sweeps.search.space import suggest
@@ -250,7 +252,7 @@ def register_concurrently(url: str, study_id: int, n: int) -> list[int]:
 
 def test_workers_registering_at_once_get_distinct_numbers_on_sqlite(tmp_path):
     url = f"sqlite:///{tmp_path}/w.db"
-    study_id = optuna.create_study(storage=open_storage(url), study_name="w")._study_id
+    study_id = study_id_of(optuna.create_study(storage=open_storage(url), study_name="w"))
     assert sorted(register_concurrently(url, study_id, 6)) == list(range(6))
     assert register_worker(open_storage(url), study_id + 1) == 0  # numbers count per study
 
@@ -258,7 +260,7 @@ def test_workers_registering_at_once_get_distinct_numbers_on_sqlite(tmp_path):
 @needs_pg
 def test_workers_registering_at_once_get_distinct_numbers_on_postgres():
     name = f"register-{uuid.uuid4().hex[:8]}"
-    study_id = optuna.create_study(storage=open_storage(PG_URL), study_name=name)._study_id
+    study_id = study_id_of(optuna.create_study(storage=open_storage(PG_URL), study_name=name))
     try:
         assert sorted(register_concurrently(PG_URL, study_id, 6)) == list(range(6))
     finally:

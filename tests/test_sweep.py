@@ -1,7 +1,8 @@
 """Whole sweeps through the runner and the CLI: real SQLite stores in tmp_path, real training on tiny data.
 
 What each test reads back is what the store holds (trial states, values, intermediate values and
-user_attrs), and the expected numbers come from the seed formulas, walked batch by batch here.
+user_attrs), and the expected numbers come from the counting formulas (docs/background.md#counting), walked
+batch by batch here.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.config.study_file import SweepConfig, parse_config
-from sweeps.loop.runner import SweepFailed, run_sweep, target_of
+from sweeps.config.target import target_of
+from sweeps.loop.ending import SweepFailed
+from sweeps.loop.runner import run_sweep
 from sweeps.run import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,25 +91,36 @@ def snapshot(trial: FrozenTrial) -> tuple:
 
 # --- the equal-compute report grid and the budget caps, in every unit -------------------------------
 
-def test_examples_budget_two_batch_sizes_one_grid_and_the_caps(tmp_path):
-    config = make_config(tmp_path, sampler={"name": "grid"},
-                         budget={"unit": "examples", "per_trial": 3100, "eval_every": 600},
-                         search={"batch_size": [16, 128]})
+@pytest.mark.parametrize(("per_trial", "grid", "by_hand"), [
+    # The budget ends off the grid: one more report at its end. By hand: 3100 examples are 10 epochs
+    # (3000) and then 6 more batches of 16, 2 of 48, 1 of 100, none of 128.
+    (3100, [600, 1200, 1800, 2400, 3000, 3100],
+     {16: (196, 3096), 48: (72, 3096), 100: (31, 3100), 128: (30, 3000)}),
+    # The budget ends on the grid: its end is the last grid point, reported once.
+    (3000, [600, 1200, 1800, 2400, 3000], {16: (190, 3000), 48: (70, 3000), 100: (30, 3000), 128: (30, 3000)}),
+], ids=["end-off-the-grid", "end-on-the-grid"])
+def test_every_batch_size_reports_on_one_grid_within_the_cap(tmp_path, per_trial, grid, by_hand):
+    """The report-grid invariant, through the runner and the store: whatever the batch size (N = 300
+    is a multiple of 100 only; 16, 48 and 128 leave a short last batch each epoch), a trial's
+    intermediate values sit exactly at the multiples of eval_every plus the budget's end, every
+    trial has used the same examples to within one batch, and none passes its cap."""
+    config = make_config(tmp_path, study={"n_trials": 4}, sampler={"name": "grid"},
+                         budget={"unit": "examples", "per_trial": per_trial, "eval_every": 600},
+                         search={"batch_size": [16, 48, 100, 128]})
     study = sweep(config, tmp_path / "s.db")
+    assert study.user_attrs["step_unit"] == "examples"
     trials = {t.user_attrs["batch_size"]: t for t in study.trials}
-    assert set(trials) == {16, 128} and all(t.state == TrialState.COMPLETE for t in trials.values())
+    assert set(trials) == {16, 48, 100, 128} and len(study.trials) == 4
     for b, trial in trials.items():
         attrs = trial.user_attrs
-        assert sorted(trial.intermediate_values) == [600, 1200, 1800, 2400, 3000, 3100], b
-        updates, seen = walk(N, b, examples=3100)
-        assert (attrs["updates"], attrs["examples_seen"]) == (updates, seen)
-        assert attrs["planned_updates"] == updates and attrs["stop_reason"] == "budget"
+        assert trial.state == TrialState.COMPLETE and attrs["stop_reason"] == "budget", b
+        assert sorted(trial.intermediate_values) == grid, b
+        updates, seen = walk(N, b, examples=per_trial)
+        assert (attrs["updates"], attrs["examples_seen"]) == (updates, seen) == by_hand[b]
+        assert per_trial - b < seen <= per_trial, b  # equal compute, within one batch
+        assert attrs["planned_updates"] == updates
         assert attrs["iterations_per_epoch"] == math.ceil(N / b)
         assert attrs["epochs_completed"] == pytest.approx(updates / math.ceil(N / b), abs=1e-4)
-    # by hand: B = 16 takes 10 epochs (190 updates, 3000 examples) and 6 more updates; B = 128 none more
-    assert (trials[16].user_attrs["updates"], trials[16].user_attrs["examples_seen"]) == (196, 3096)
-    assert (trials[128].user_attrs["updates"], trials[128].user_attrs["examples_seen"]) == (30, 3000)
-    assert study.user_attrs["step_unit"] == "examples"
 
 
 def test_epochs_budget_reports_in_examples_on_one_grid(tmp_path):
@@ -325,6 +339,7 @@ def test_same_study_seed_same_trials_in_two_stores_and_every_attribute_recorded(
 
     finished = first.get_trials(states=FINISHED)
     assert len(finished) == 6 and len(first.trials) == 6
+    assert first.get_trials(states=(TrialState.COMPLETE,)), "the value checks for complete trials below need one"
     assert len({t.user_attrs["seed"] for t in first.trials}) == 6, "each trial has its own seed"
     for trial in finished:
         attrs = trial.user_attrs

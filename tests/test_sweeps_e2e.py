@@ -41,16 +41,6 @@ def test_every_trial_records_what_it_derived(tiny_config, sweep):
     assert study.metric_names == ["val_mse"]
 
 
-def test_trials_of_different_batch_sizes_report_on_one_grid(tiny_config, sweep):
-    config = tiny_config(study={"n_trials": 4}, sampler={"name": "grid"},
-                         budget={"unit": "examples", "per_trial": 2000, "eval_every": 500},
-                         search={"batch_size": [16, 48, 128], "base_lr": 0.05})
-    study = sweep(config)
-    grids = {t.user_attrs["batch_size"]: sorted(t.intermediate_values) for t in study.trials}
-    assert set(grids) == {16, 48, 128}
-    assert all(grid == [500, 1000, 1500, 2000] for grid in grids.values())
-
-
 def test_same_seed_same_values(tmp_path, tiny_config, sweep):
     first = sweep(tiny_config(), storage=f"sqlite:///{tmp_path}/a.db")
     second = sweep(tiny_config(), storage=f"sqlite:///{tmp_path}/b.db")
@@ -156,6 +146,7 @@ def test_interrupted_trial_is_failed_and_not_counted(tmp_path, tiny_config, monk
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 3
     failed = study.get_trials(states=(TrialState.FAIL,))
     assert [t.user_attrs["error"] for t in failed][:1] == ["interrupted: KeyboardInterrupt"]
+    assert len(failed) <= 2  # the interrupted trial and, if there was one, the trial asked ahead
     assert all(t.user_attrs["error"].startswith("not started") for t in failed[1:])  # the one asked ahead
 
 

@@ -1,7 +1,8 @@
 """objectives.training.loop.Trainer on real tasks: the LR it really trains with, best-not-last with the best
 weights restored, early stopping with min_delta, and gradient accumulation against the full batch.
 
-Expected numbers are computed here from the seed formulas (REFERENCE.md), not from objectives.training.budget.
+Expected numbers are computed here from the counting formulas (docs/background.md#counting), not from
+objectives.training.budget.
 """
 
 from __future__ import annotations
@@ -196,6 +197,6 @@ def test_micro_batches_give_the_full_batch_update(batch_size, max_micro_batch, s
     assert full.best_value < untrained / 2, "the run must really train"
     for name, value in full_task.model.state_dict().items():
         torch.testing.assert_close(split_task.model.state_dict()[name], value, rtol=1e-4, atol=1e-5)
-    assert [s for s, _ in split.history] == [s for s, _ in full.history]
+    assert [s for s, _ in split.history] == [s for s, _ in full.history] == [N, 2 * N, 3 * N, 4 * N]
     for (_, a), (_, b) in zip(split.history, full.history):
         assert a == pytest.approx(b, rel=1e-4, abs=1e-6)

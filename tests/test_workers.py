@@ -102,8 +102,12 @@ def test_four_workers_share_one_study_on_postgres(tmp_path):
     assert done.returncode == 0, err
     study = load(name, PG_URL)
     assert_exactly(study, 12)  # no overshoot
-    surplus = study.get_trials(states=(TrialState.FAIL,))  # asked in a race for the last slot, never run
-    assert all(t.user_attrs["error"].startswith("not started") for t in surplus)
+    # The only failed trials allowed: asked in a race for the last slot and closed before they ran.
+    # No race at all (none of them) is a correct outcome too, so this list may well be empty.
+    surplus = study.get_trials(states=(TrialState.FAIL,))
+    ran_and_failed = [(t.number, t.user_attrs.get("error")) for t in surplus
+                      if not t.user_attrs.get("error", "").startswith("not started") or t.intermediate_values]
+    assert not ran_and_failed
     finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
     configs = Counter((t.user_attrs["batch_size"], t.params["base_lr"]) for t in finished)
     assert max(configs.values()) == 1  # no configuration proposed twice
@@ -244,5 +248,9 @@ def test_four_local_workers_on_sqlite_never_lock(tmp_path):
     assert "locked" not in err
     study = load("local", f"sqlite:///{tmp_path}/local.db")
     assert_exactly(study, 12)
-    surplus = study.get_trials(states=(TrialState.FAIL,))  # asked in a race for the last slot, never run
-    assert all(t.user_attrs["error"].startswith("not started") for t in surplus)
+    # The only failed trials allowed: asked in a race for the last slot and closed before they ran.
+    # No race at all (none of them) is a correct outcome too, so this list may well be empty.
+    surplus = study.get_trials(states=(TrialState.FAIL,))
+    ran_and_failed = [(t.number, t.user_attrs.get("error")) for t in surplus
+                      if not t.user_attrs.get("error", "").startswith("not started") or t.intermediate_values]
+    assert not ran_and_failed

@@ -1,7 +1,8 @@
 """Synthetic linear regression with known label noise: the optimum is known exactly.
 
 x ~ N(0, I_d), y = x . w* + sigma * noise. The best achievable validation MSE is sigma^2, so a
-sweep's answer can be checked against the truth (REFERENCE.md, gradient noise scale check).
+sweep's answer can be checked against the truth (docs/background.md, section Gradient noise
+scale and critical batch size: the check with known answers).
 """
 
 from __future__ import annotations

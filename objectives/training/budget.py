@@ -1,6 +1,6 @@
 """Counting: iterations per epoch, updates, examples and epochs under a compute budget.
 
-Formulas from the seed notes (`shared/REFERENCE.md`): I = ceil(N/B) (floor with drop_last),
+Formulas from docs/background.md (section Counting): I = ceil(N/B) (floor with drop_last),
 updates S = I * E, examples seen = N * E. A trial is planned as a number of optimizer updates so
 that its LR schedule can end exactly on its last update.
 """
@@ -10,8 +10,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-# Pruners compare integer steps; each unit is reported on an integer scale of its own.
-STEP_UNIT = {"updates": "updates", "examples": "examples", "epochs": "examples", "seconds": "ms"}
+# Pruners compare integer steps; each unit is reported on an integer scale of its own
+# (`Budget.step_scale`): an epoch budget in examples, a seconds budget in milliseconds.
+STEP_UNITS = {"updates": "updates", "examples": "examples", "epochs": "examples", "seconds": "ms"}
+
+
+def step_unit_of(budget_unit: str) -> str:
+    """What one report step counts under a budget unit (an unknown unit counts itself)."""
+    return STEP_UNITS.get(budget_unit, budget_unit)
 
 
 def iterations_per_epoch(n: int, batch_size: int, drop_last: bool = False) -> int:

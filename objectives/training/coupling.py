@@ -1,7 +1,8 @@
 """How the learning rate follows the batch size.
 
-Rules (REFERENCE.md): none, linear (Goyal et al.), sqrt (Krizhevsky; Hoffer et al.) and
-adam_sqrt (Malladi et al.: sqrt LR plus rescaled betas and eps for Adam-family optimizers).
+Rules (docs/background.md, section Learning-rate coupling): none, linear (Goyal et al.),
+sqrt (Krizhevsky; Hoffer et al.) and adam_sqrt (Malladi et al.: sqrt LR plus rescaled betas and
+eps for Adam-family optimizers).
 """
 
 from __future__ import annotations

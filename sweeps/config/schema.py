@@ -36,7 +36,8 @@ def join(path: str, key: str | int) -> str:
 
 
 def build(cls: type, data: Any, path: str) -> Any:
-    """Build dataclass `cls` from mapping `data`, checking keys, types and `validate` hooks."""
+    """Build dataclass `cls` from mapping `data`: check keys and types, fill the defaults that
+    depend on other keys (`fill_defaults`), then run its checks (`validate`, which changes nothing)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -53,6 +54,9 @@ def build(cls: type, data: Any, path: str) -> Any:
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError(join(path, name), "required key is missing")
     obj = cls(**kwargs)
+    fill_defaults = getattr(obj, "fill_defaults", None)  # defaults derived from other keys, before any check
+    if fill_defaults is not None:
+        fill_defaults()
     validate = getattr(obj, "validate", None)
     if validate is not None:
         validate(path)

@@ -115,6 +115,12 @@ class BudgetSection:
     per_trial: float
     eval_every: float | None = None  # budget units between evaluations; default per_trial / 10
 
+    def fill_defaults(self) -> None:
+        if self.eval_every is None and self.per_trial > 0:
+            self.eval_every = self.per_trial / 10
+            if self.unit in ("updates", "examples"):
+                self.eval_every = max(1.0, math.floor(self.eval_every))
+
     def validate(self, path: str) -> None:
         check(self.per_trial > 0, join(path, "per_trial"), f"must be > 0 (got {self.per_trial:g})")
         if self.unit in ("updates", "examples"):
@@ -123,10 +129,6 @@ class BudgetSection:
                 join(path, "per_trial"),
                 f"must be a whole number of {self.unit}",
             )
-        if self.eval_every is None:
-            self.eval_every = self.per_trial / 10
-            if self.unit in ("updates", "examples"):
-                self.eval_every = max(1.0, math.floor(self.eval_every))
         check(self.eval_every > 0, join(path, "eval_every"), "must be > 0")
         check(
             self.eval_every <= self.per_trial,
@@ -190,6 +192,10 @@ class SearchSection:
     epochs: IntRange | list[int] | int | None = None
     warmup_fraction: FloatRange | float = 0.0
 
+    def fill_defaults(self) -> None:
+        if self.reference_batch_size is None and self.batch_sizes():
+            self.reference_batch_size = min(self.batch_sizes())
+
     def validate(self, path: str) -> None:
         sizes = self.batch_sizes()
         check(bool(sizes), join(path, "batch_size"), "must hold at least one batch size")
@@ -203,8 +209,6 @@ class SearchSection:
             check(all(lr > 0 for lr in lrs), join(path, "base_lr"), "learning rates must be > 0")
         if isinstance(self.coupling, list):
             check(bool(self.coupling), join(path, "coupling"), "must hold at least one rule")
-        if self.reference_batch_size is None:
-            self.reference_batch_size = min(sizes)
         check(self.reference_batch_size >= 1, join(path, "reference_batch_size"), "must be >= 1")
         if self.epochs is not None:
             check(bool(self.epoch_choices()), join(path, "epochs"), "must hold at least one value (or leave it out)")

@@ -19,6 +19,14 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from storage.batch import count_trials, write_trial_batch
+from storage.optuna_private import (
+    engine_of,
+    enter_optimize_loop,
+    stop_requested,
+    study_id_of,
+    study_storage,
+    trial_id_of,
+)
 from storage.retry import with_retry
 from storage.snapshot import snapshot
 from sweeps.config.study_file import SweepConfig
@@ -26,6 +34,7 @@ from sweeps.loop.heartbeat import Heartbeat
 from sweeps.loop.interface import TrialRef
 from sweeps.search.space import Suggestion, suggest
 from sweeps.search.strategies import grid_size
+from sweeps.trial.record import error_attrs
 from sweeps.trial.run_one import Outcome
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -43,6 +52,8 @@ class Books:
     def __init__(self, study: optuna.Study, config: SweepConfig, n_trials: int, keeper=None,
                  callbacks: list[Callback] | None = None, at_end: Callable[[optuna.Study], None] | None = None):
         self.study = study
+        self.storage = study_storage(study)  # Optuna's cached storage, which the study itself uses
+        self.study_id = study_id_of(study)
         self.config = config
         self.n_trials = n_trials
         self.keeper = keeper  # sweeps.results.checkpoints.CheckpointKeeper: writes the best trials' weights
@@ -57,12 +68,12 @@ class Books:
         self.open: dict[int, optuna.Trial] = {}  # trials asked and not yet closed
 
     def start_bookkeeping(self, in_child: bool) -> None:
-        backend = getattr(self.study._storage, "_backend", self.study._storage)
-        if in_child and isinstance(backend, optuna.storages.RDBStorage):
+        engine = engine_of(self.storage)
+        if in_child and engine is not None:
             # the parent's pooled connections are the parent's: open one of its own now, so the
             # first ask does not wait for it
-            backend.engine.dispose(close=False)
-            with_retry(lambda: backend.engine.connect().close(), "connecting to the store")
+            engine.dispose(close=False)
+            with_retry(lambda: engine.connect().close(), "connecting to the store")
         self.heartbeat.start()
         self.requeue_stale_trials()  # before the first ask, while the worker starts
 
@@ -82,7 +93,7 @@ class Books:
         # Samplers end a study with study.stop() (the grid sampler, when its grid is used up, from
         # ask or tell), which Optuna allows only inside its own optimize loop, a thread-local flag:
         # the bookkeeper's thread plays that part.
-        self.study._thread_local.in_optimize_loop = True
+        enter_optimize_loop(self.study)
 
     def ask(self, wait_for_others: bool = False) -> tuple[TrialRef, Suggestion] | None:
         """The next trial, or None when the study has its trials.
@@ -98,7 +109,7 @@ class Books:
         self.in_optimize_loop()
         while True:
             if (self.failures_seen >= self.config.study.max_failures or self.sampler_stopped
-                    or self.study._stop_flag or self.stopping.is_set()):
+                    or stop_requested(self.study) or self.stopping.is_set()):
                 return None
             self.requeue_stale_trials()
             taken = self.taken()
@@ -110,38 +121,38 @@ class Books:
             if not (wait_for_others and self.heartbeat.enabled) or self.finished() >= self.n_trials:
                 return None
             self.stopping.wait(min(0.5, self.heartbeat.interval))
-        with snapshot(self.study._storage):  # the study's trials read once for the whole ask
+        with snapshot(self.storage):  # the study's trials read once for the whole ask
             if self.grid_size is not None and len(self.study.get_trials(deepcopy=False)) >= self.grid_size:
                 return None  # every grid point is taken; asking again would repeat one
             trial = with_retry(self.study.ask, "asking for a trial")
-            self.heartbeat.add(trial._trial_id)
+            self.heartbeat.add(trial_id_of(trial))
             if self.taken(below=trial.number) >= self.n_trials:  # workers raced for the last slots
                 self.close_unfinished_quietly(trial)
                 return None
             point = with_retry(lambda: suggest(trial, self.config.search), "sampling a trial")
-        self.open[trial._trial_id] = trial
-        retry_of = self.study._storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
-        return TrialRef(trial.number, trial._trial_id, dict(trial.params), retry_of), point
+        self.open[trial_id_of(trial)] = trial
+        retry_of = self.storage.get_trial_system_attrs(trial_id_of(trial)).get("failed_trial")
+        return TrialRef(trial.number, trial_id_of(trial), dict(trial.params), retry_of), point
 
     def running(self) -> int:
-        return with_retry(lambda: count_trials(self.study._storage, self.study._study_id, (TrialState.RUNNING,)),
+        return with_retry(lambda: count_trials(self.storage, self.study_id, (TrialState.RUNNING,)),
                           "counting trials")
 
     def finished(self) -> int:
-        return with_retry(lambda: count_trials(self.study._storage, self.study._study_id, FINISHED),
+        return with_retry(lambda: count_trials(self.storage, self.study_id, FINISHED),
                           "counting trials")
 
     def taken(self, below: int | None = None) -> int:
         states = (*FINISHED, TrialState.RUNNING)
-        return with_retry(lambda: count_trials(self.study._storage, self.study._study_id, states, below),
+        return with_retry(lambda: count_trials(self.storage, self.study_id, states, below),
                           "counting trials")
 
     def close_unfinished_quietly(self, trial: optuna.Trial) -> None:
         """A trial asked after the last slot went to another worker: closed before it runs."""
-        write_trial_batch(self.study._storage, trial._trial_id,
-                          {"error": "not started: the study already had its trials"}, {})
+        write_trial_batch(self.storage, trial_id_of(trial),
+                          error_attrs("not started: the study already had its trials"), {})
         self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-        self.heartbeat.discard(trial._trial_id)
+        self.heartbeat.discard(trial_id_of(trial))
 
     def fail_stale_trials(self) -> None:
         with warnings.catch_warnings():
@@ -162,17 +173,17 @@ class Books:
         trial = self.open.pop(trial_id)
         if outcome.checkpoint is not None and self.keeper is not None:
             self.keeper.write(outcome.checkpoint)
-        with_retry(lambda: write_trial_batch(self.study._storage, trial._trial_id, outcome.attrs, outcome.curve),
+        with_retry(lambda: write_trial_batch(self.storage, trial_id_of(trial), outcome.attrs, outcome.curve),
                    "recording a trial")
         value = outcome.value if outcome.state == TrialState.COMPLETE else None
         with_retry(lambda: self.study.tell(trial, value, state=outcome.state, skip_if_finished=True),
                    "closing a trial")
-        self.heartbeat.discard(trial._trial_id)
+        self.heartbeat.discard(trial_id_of(trial))
         self.failures_seen = failures_in_a_row  # so an ask after this sees a give-up
-        if self.study._stop_flag:
+        if stop_requested(self.study):
             self.sampler_stopped = True
         if self.callbacks:
-            frozen = self.study._storage.get_trial(trial._trial_id)
+            frozen = self.storage.get_trial(trial_id_of(trial))
             for callback in self.callbacks:
                 callback(self.study, frozen)
 
@@ -184,11 +195,11 @@ class Books:
         """Fail a trial this process cannot finish and, when interrupted, queue its configuration
         to run again (the retry queue of `study.max_retry`)."""
         trial = self.open.pop(trial_id)
-        write_trial_batch(self.study._storage, trial_id, {"error": reason}, {})
+        write_trial_batch(self.storage, trial_id, error_attrs(reason), {})
         self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         self.heartbeat.discard(trial_id)
         if requeue and self.config.study.max_retry > 0:
-            frozen = copy.copy(self.study._storage.get_trial(trial_id))
+            frozen = copy.copy(self.storage.get_trial(trial_id))
             frozen.user_attrs = {}  # the retry starts clean; the failed trial keeps its error
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

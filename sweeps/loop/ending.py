@@ -12,6 +12,11 @@ from optuna.trial import TrialState
 from sweeps import exits
 from sweeps.config.study_file import SweepConfig
 from sweeps.search.strategies import grid_size
+from sweeps.trial.record import TrialRecord
+
+
+class SweepFailed(RuntimeError):
+    """Too many trials in a row failed: the task itself is broken, not one configuration."""
 
 
 @dataclass(frozen=True)
@@ -30,7 +35,7 @@ def ending_of(study: optuna.Study, n_trials: int, grid_size: int | None = None) 
     by_state = {state: [t for t in trials if t.state == state] for state in TrialState}
     complete, pruned = by_state[TrialState.COMPLETE], by_state[TrialState.PRUNED]
     failed, running = by_state[TrialState.FAIL], by_state[TrialState.RUNNING]
-    diverged = [t for t in pruned if t.user_attrs.get("stop_reason") == "diverged"]
+    diverged = [t for t in pruned if TrialRecord.of(t).stop_reason == "diverged"]
     finished = len(complete) + len(pruned)
     grid_done = grid_size is not None and len({tuple(sorted(t.params.items())) for t in trials}) >= grid_size
     if diverged and len(diverged) == finished and not complete:
@@ -62,7 +67,7 @@ def report_ending(study: optuna.Study, n_trials: int, config: SweepConfig) -> in
 
 
 def last_error(failed: list[optuna.trial.FrozenTrial]) -> str:
-    errors = [t.user_attrs["error"] for t in failed if t.user_attrs.get("error")]
+    errors = [error for t in failed if (error := TrialRecord.of(t).error)]
     return f"; last error: {errors[-1]}" if errors else ""
 
 

@@ -11,12 +11,14 @@ import threading
 
 import optuna
 
+from storage.optuna_private import study_storage
+
 logger = logging.getLogger("sweeps")
 
 
 class Heartbeat:
     def __init__(self, study: optuna.Study):
-        storage = study._storage
+        storage = study_storage(study)
         interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
         self.storage = storage
         self.interval = interval

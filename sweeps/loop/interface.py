@@ -25,6 +25,10 @@ class TrialRef:
     params: dict
     retry_of: int | None = None  # the number of the trial this one retries (Optuna's "failed_trial")
 
+    @property
+    def trial_id(self) -> int:
+        return self._trial_id
+
 
 class Bookkeeping(Protocol):
     """Everything the bookkeeper does for the training process (run in the bookkeeper)."""

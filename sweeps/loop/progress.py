@@ -10,17 +10,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from objectives.training.budget import Budget
-
-CONSUMED_ATTR = {
-    "updates": "updates",
-    "examples": "examples_seen",
-    "epochs": "epochs_completed",
-    "seconds": "train_seconds",
-}
-
-
-def consumed(trial: FrozenTrial, unit: str) -> float:
-    return float(trial.user_attrs.get(CONSUMED_ATTR[unit]) or 0.0)
+from sweeps.trial.record import consumed
 
 
 def human(x: float) -> str:

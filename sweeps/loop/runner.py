@@ -13,45 +13,29 @@ from dataclasses import dataclass
 import optuna
 import torch
 
-from objectives.registry import TaskError, resolve_task
+from objectives.registry import TaskError, TaskFactory, resolve_task
 from objectives.task import Task, TrialSettings
-from storage import open_storage, redact, resolve_url
+from storage import open_storage, redact
+from storage.optuna_private import study_id_of, study_storage
 from storage.snapshot import SnapshotStorage
 from storage.workers import register_worker
 from sweeps.config.plan import budget_of, check_plan
 from sweeps.config.study_file import SweepConfig
+from sweeps.config.target import SweepTarget
 from sweeps.loop.books import finished_count
+from sweeps.loop.ending import SweepFailed
 from sweeps.loop.progress import Progress
 from sweeps.loop.sweep_loop import SweepLoop
 from sweeps.results.publish import DashboardHooks
 from sweeps.search.strategies import build_pruner, build_sampler
+from sweeps.trial.record import identity_attrs, study_unit_attrs
 from sweeps.trial.run_one import PROBED_MICRO_BATCH_ATTR, SweepObjective, resolve_device
 
 
-class SweepFailed(RuntimeError):
-    """Too many trials in a row failed: the task itself is broken, not one configuration."""
-
-
-@dataclass
-class SweepTarget:
-    """Where and how much: the CLI's overrides applied to the study file."""
-
-    storage_url: str
-    study_name: str
-    n_trials: int
-
-
-def target_of(config: SweepConfig, storage: str | None = None, study_name: str | None = None,
-              n_trials: int | None = None) -> SweepTarget:
-    name = study_name or config.study.name
-    url = resolve_url(storage, config.study.storage, config.base_dir, name)
-    return SweepTarget(url, name, n_trials or config.study.n_trials)
-
-
-def build_reference_task(config: SweepConfig, batch_size: int | None = None,
-                         device: torch.device | None = None) -> Task:
+def build_reference_task(config: SweepConfig, batch_size: int | None = None, device: torch.device | None = None,
+                         factory: TaskFactory | None = None) -> Task:
     """The study's task built once outside any trial (to learn N, or to probe memory)."""
-    factory = resolve_task(config.objective.task, config.base_dir)
+    factory = factory or resolve_task(config.objective.task, config.base_dir)
     search = config.search
     settings = TrialSettings(
         batch_size=batch_size or search.reference_batch_size, lr=search.reference_lr(),
@@ -69,10 +53,25 @@ def build_reference_task(config: SweepConfig, batch_size: int | None = None,
     return task
 
 
+@dataclass(frozen=True)
+class LoadedTask:
+    """The study's task factory, resolved once per process, and N from its one reference build:
+    loaded before any store is opened, so a broken task or bad data writes nothing."""
+
+    factory: TaskFactory
+    n_train: int
+
+
+def load_task(config: SweepConfig, device: torch.device | None = None) -> LoadedTask:
+    """A --gpus parent passes the CPU, so it holds no CUDA context on its workers' GPUs."""
+    factory = resolve_task(config.objective.task, config.base_dir)
+    task = build_reference_task(config, device=device, factory=factory)
+    return LoadedTask(factory, len(task.train[0]))
+
+
 def training_set_size(config: SweepConfig, device: torch.device | None = None) -> int:
-    """N, from the task built once; nothing touches the store. A --gpus parent passes the CPU, so
-    it holds no CUDA context on its workers' GPUs."""
-    return len(build_reference_task(config, device=device).train[0])
+    """N; nothing touches the store."""
+    return load_task(config, device).n_train
 
 
 def resumed_seed(seed: int, trials_in_study: int) -> int:
@@ -108,9 +107,8 @@ def open_study(config: SweepConfig, target: SweepTarget, n_train: int,
         if stored["study"].get("storage"):  # the study file may name a URL with a password
             stored["study"]["storage"] = redact(stored["study"]["storage"])
         study.set_user_attr("config", stored)
-        study.set_user_attr("budget_unit", config.budget.unit)
-        study.set_user_attr("step_unit", {"epochs": "examples", "seconds": "ms"}.get(
-            config.budget.unit, config.budget.unit))
+        for key, value in study_unit_attrs(config.budget.unit).items():
+            study.set_user_attr(key, value)
     return study
 
 
@@ -139,16 +137,17 @@ def a_core_for_bookkeeping() -> Iterator[None]:
 
 
 def run_sweep(config: SweepConfig, target: SweepTarget, show_progress: bool = True,
-              worker_index: int | None = None) -> optuna.Study:
+              worker_index: int | None = None, task: LoadedTask | None = None) -> optuna.Study:
     """Run until the study holds `target.n_trials` finished trials; return the study.
 
     Each worker of a shared study draws its own sampler seed, study.seed + its worker number:
-    `worker_index` when given, else the next number registered in the store.
+    `worker_index` when given, else the next number registered in the store. `task`: the
+    caller's `load_task(config)`, when it has one.
     """
     optuna.logging.set_verbosity(logging.WARNING)
-    n_train = training_set_size(config)
+    task = task or load_task(config)
+    n_train, factory = task.n_train, task.factory
     check_plan(config, n_train)
-    factory = resolve_task(config.objective.task, config.base_dir)
     budget = budget_of(config)
     study = open_study(config, target, n_train)
     hooks = DashboardHooks(config, target.storage_url, study, n_train)  # notes, checkpoints, figures
@@ -157,10 +156,10 @@ def run_sweep(config: SweepConfig, target: SweepTarget, show_progress: bool = Tr
         if progress:
             progress(study, None)
         return study
-    worker = worker_index if worker_index is not None else register_worker(study._storage, study._study_id)
+    worker = worker_index if worker_index is not None else register_worker(study_storage(study), study_id_of(study))
     sampler_seed = seed_sampler(study, config, config.study.seed + worker)
     objective = SweepObjective(config, factory, budget, study.user_attrs.get(PROBED_MICRO_BATCH_ATTR))
-    objective.identity = {"worker": worker, "sampler_seed": sampler_seed}
+    objective.identity = identity_attrs(worker, sampler_seed)
     objective.keeper = hooks.keeper
     loop = SweepLoop(study, config, objective, n_train, target.n_trials,
                      ([progress] if progress else []) + hooks.callbacks, at_end=hooks.after_sweep)

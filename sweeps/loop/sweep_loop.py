@@ -87,7 +87,7 @@ class SweepLoop:
                 log_failure(current.trial, outcome)
                 self.count(outcome)
                 settled(current.decisions)  # no pruning decision may still be writing to a trial being closed
-                pending.append(self.book.finish(current.trial._trial_id, dataclasses.replace(outcome, error=None),
+                pending.append(self.book.finish(current.trial.trial_id, dataclasses.replace(outcome, error=None),
                                                 self.failures_in_a_row))
                 current = None
                 if self.gave_up:
@@ -108,14 +108,14 @@ class SweepLoop:
     def count(self, outcome: Outcome) -> None:
         if outcome.state == TrialState.FAIL:
             self.failures_in_a_row += 1
-            self.last_error = str(outcome.attrs.get("error"))
+            self.last_error = str(outcome.record.error)
         else:
             self.failures_in_a_row = 0
 
     def close_ahead(self, next_ask: Future, reason: str, requeue: bool = True) -> None:
         ahead = asked_from(next_ask)
         if ahead is not None:
-            self.book.close_unfinished(ahead.trial._trial_id, reason, requeue).result()
+            self.book.close_unfinished(ahead.trial.trial_id, reason, requeue).result()
 
     def pruner_for(self, asked: Asked) -> Callable[[float, int], bool]:
         acts_at = PruningSteps(self.config.pruner, self.objective.budget, self.n_train)
@@ -126,7 +126,7 @@ class SweepLoop:
             if any(d.result() for d in asked.decisions):
                 return True
             if acts_at(step):
-                asked.decisions.append(self.book.decide(asked.trial._trial_id, value, step))
+                asked.decisions.append(self.book.decide(asked.trial.trial_id, value, step))
             return False
 
         return report
@@ -140,7 +140,7 @@ class SweepLoop:
             try:
                 if current is not None:
                     settled(current.decisions)
-                    self.book.close_unfinished(current.trial._trial_id, reason).result()
+                    self.book.close_unfinished(current.trial.trial_id, reason).result()
                 self.close_ahead(next_ask, "not started: " + reason)
             except Exception:
                 logger.exception("could not close the open trials")
@@ -160,7 +160,7 @@ def settled(futures: list[Future]) -> None:
 def log_failure(trial: TrialRef, outcome: Outcome) -> None:
     error = outcome.error
     if error is not None:
-        logger.warning("trial %d failed: %s", trial.number, outcome.attrs.get("error"),
+        logger.warning("trial %d failed: %s", trial.number, outcome.record.error,
                        exc_info=(type(error), error, error.__traceback__))
 
 

@@ -14,16 +14,15 @@ import subprocess
 import sys
 import time
 
-import torch
-
 from storage.sql import ENV_VAR
 from sweeps.config.plan import budget_of
 from sweeps.config.study_file import SweepConfig
+from sweeps.config.target import SweepTarget
 from sweeps.loop.books import finished_count
 from sweeps.loop.ending import report_ending
 from sweeps.loop.gpus import GpuAssignment
 from sweeps.loop.progress import Progress
-from sweeps.loop.runner import SweepTarget, open_study, training_set_size
+from sweeps.loop.runner import open_study
 from sweeps.loop.signals import Terminated
 
 STOP_WAIT_S = 7  # then SIGKILL: the parent exits within 10 s of a SIGTERM, as docker stop expects
@@ -37,12 +36,12 @@ def worker_command(study_file: str, target: SweepTarget, index: int | None) -> l
             "--study-name", target.study_name, "--n-trials", str(target.n_trials)]
 
 
-def run_workers(study_file: str, config: SweepConfig, target: SweepTarget, n_workers: int,
+def run_workers(study_file: str, config: SweepConfig, target: SweepTarget, n_workers: int, n_train: int,
                 show_progress: bool = True, first_index: int | None = None,
                 gpus: list[GpuAssignment] | None = None) -> int:
     """`gpus`: worker i runs with gpus[i]'s environment (only its GPU visible); the parent itself
     stays off the GPUs."""
-    study = open_study(config, target, training_set_size(config, torch.device("cpu") if gpus else None))
+    study = open_study(config, target, n_train)
     threads = str(max(1, (os.cpu_count() or 1) // n_workers))  # N workers share the cores, not N x all
     env = {**os.environ, ENV_VAR: target.storage_url, "OMP_NUM_THREADS": threads}
     envs = [{**env, **gpu.env()} for gpu in gpus] if gpus else [env] * n_workers

@@ -14,6 +14,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from scipy import stats
 
+from sweeps.trial.record import StudyUnits, TrialRecord
+
 RULE_SLOPES = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
 
 
@@ -88,14 +90,19 @@ class StudyAnalysis:
     def best_table(self, k: int = 10) -> list[dict]:
         rows = []
         for rank, t in enumerate(self.complete[:k], 1):
-            a, p = t.user_attrs, t.params
+            r, p = TrialRecord.of(t), t.params
             rows.append({
-                "rank": rank, "trial": t.number, self.metric: t.value, "batch_size": a.get("batch_size"),
-                "coupling": a.get("coupling", p.get("coupling")), "base_lr": p.get("base_lr"), "lr": a.get("lr"),
-                "warmup": p.get("warmup_fraction"), "epochs": a.get("epochs_completed"),
-                "updates": a.get("updates"), "stop": a.get("stop_reason"),
+                "rank": rank, "trial": t.number, self.metric: t.value, "batch_size": r.batch_size,
+                "coupling": coupling_of(t, r, None), "base_lr": p.get("base_lr"), "lr": r.lr,
+                "warmup": p.get("warmup_fraction"), "epochs": r.epochs_completed,
+                "updates": r.updates, "stop": r.stop_reason,
             })
         return rows
+
+
+def coupling_of(trial: FrozenTrial, record: TrialRecord, default: object) -> object:
+    """The coupling rule the trial recorded, else its searched one, else `default`."""
+    return record.coupling if record.coupling is not None else trial.params.get("coupling", default)
 
 
 def best_of(trials: list[FrozenTrial], maximize: bool) -> FrozenTrial:
@@ -104,13 +111,7 @@ def best_of(trials: list[FrozenTrial], maximize: bool) -> FrozenTrial:
 
 def updates_per_step(trial: FrozenTrial, step_unit: str) -> float | None:
     """Convert a report step (budget units consumed) into optimizer updates for this trial."""
-    a = trial.user_attrs
-    updates = a.get("updates")
-    if not updates:
-        return None
-    denominator = {"updates": updates, "examples": a.get("examples_seen"),
-                   "ms": 1000 * (a.get("train_seconds") or 0)}.get(step_unit)
-    return updates / denominator if denominator else None
+    return TrialRecord.of(trial).updates_per_step(step_unit)
 
 
 def reached(value: float, target: float, maximize: bool) -> bool:
@@ -122,7 +123,8 @@ def steps_to_target(trials: list[FrozenTrial], target: float, maximize: bool,
     """Per batch size, the fewest updates any of its trials needed to first reach `target`."""
     best: dict[int, tuple[int, int]] = {}
     for t in trials:
-        batch, ratio = t.user_attrs.get("batch_size"), updates_per_step(t, step_unit)
+        record = TrialRecord.of(t)
+        batch, ratio = record.batch_size, record.updates_per_step(step_unit)
         if batch is None or ratio is None:
             continue
         first = next((s for s, v in sorted(t.intermediate_values.items())
@@ -143,24 +145,26 @@ def analyse(study: optuna.Study, target: float | None = None, target_quantile: f
                 and math.isfinite(t.value)]
     complete.sort(key=lambda t: (-t.value if maximize else t.value, t.number))
     metric = (study.metric_names or ["value"])[0]
-    step_unit = study.user_attrs.get("step_unit", study.user_attrs.get("budget_unit", "updates"))
+    units = StudyUnits.of(study)
+    step_unit = units.step_unit
+    records = {t.number: TrialRecord.of(t) for t in trials}
 
-    curves = [Curve(t.number, t.state.name.lower(), t.user_attrs.get("batch_size"), t.user_attrs.get("coupling"),
+    curves = [Curve(t.number, t.state.name.lower(), records[t.number].batch_size, records[t.number].coupling,
                     sorted(t.intermediate_values), [t.intermediate_values[s] for s in sorted(t.intermediate_values)])
               for t in trials if t.intermediate_values]
 
     by_batch: dict[str, dict[int, FrozenTrial]] = {}
     best_at: dict[int, FrozenTrial] = {}
     for t in complete:  # best first: the first trial seen for a key is its best
-        b, rule = t.user_attrs.get("batch_size"), str(t.user_attrs.get("coupling", t.params.get("coupling", "-")))
+        b, rule = records[t.number].batch_size, str(coupling_of(t, records[t.number], "-"))
         if b is None:
             continue
         by_batch.setdefault(rule, {}).setdefault(b, t)
         best_at.setdefault(b, t)
     best_by_batch = {rule: [(b, t.value, t.number) for b, t in sorted(d.items())]
                      for rule, d in sorted(by_batch.items())}
-    lr_fit = fit_lr_scaling([(b, float(t.user_attrs["lr"]), t.number) for b, t in best_at.items()
-                             if t.user_attrs.get("lr")])
+    lr_fit = fit_lr_scaling([(b, float(records[t.number].lr), t.number) for b, t in best_at.items()
+                             if records[t.number].lr])
 
     finished_values = [t.value for t in complete]
     if target is None and finished_values:
@@ -176,6 +180,6 @@ def analyse(study: optuna.Study, target: float | None = None, target_quantile: f
         except (RuntimeError, ValueError, ZeroDivisionError):
             importances = {}
     counts = {s.name.lower(): sum(1 for t in trials if t.state == s) for s in TrialState}
-    return StudyAnalysis(study.study_name, metric, maximize, study.user_attrs.get("budget_unit", "updates"),
+    return StudyAnalysis(study.study_name, metric, maximize, units.budget_unit,
                          step_unit, complete, curves, best_by_batch, lr_fit, target, target_quantile, reaching,
                          importances, counts)

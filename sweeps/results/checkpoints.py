@@ -25,16 +25,20 @@ import logging
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import optuna
-import torch
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 from sqlalchemy.engine import make_url
 
+from storage.dashboard_formats import artifact_key, artifact_meta, parse_artifact_key
+from storage.optuna_private import study_id_of, study_storage, trial_id_of
 from sweeps.config.study_file import SweepConfig
 
-PREFIX = "dashboard:artifacts:"  # optuna_dashboard.artifact._backend.DASHBOARD_ARTIFACTS_ATTR_PREFIX
+if TYPE_CHECKING:  # torch is imported where weights are serialised: the read-only commands never need it
+    import torch
+
 logger = logging.getLogger("sweeps")
 
 
@@ -68,13 +72,14 @@ class Kept:
 def kept_checkpoints(study: optuna.Study) -> list[Kept]:
     """The checkpoints the study keeps now, best first."""
     kept = []
-    for key, raw in study._storage.get_study_system_attrs(study._study_id).items():
-        if not key.startswith(PREFIX):
+    for key, raw in study_storage(study).get_study_system_attrs(study_id_of(study)).items():
+        parsed = parse_artifact_key(key)
+        if parsed is None:
             continue
         meta = json.loads(raw) if isinstance(raw, str) else raw
         if meta and "sweeps_value" in meta:
-            kept.append(Kept(meta["sweeps_value"], int(key[len(PREFIX):].split(":")[0]),
-                             meta.get("sweeps_trial_number", -1), meta["artifact_id"]))
+            kept.append(Kept(meta["sweeps_value"], parsed[0], meta.get("sweeps_trial_number", -1),
+                             meta["artifact_id"]))
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     return sorted(kept, key=lambda k: (-k.value if maximize else k.value, k.number))
 
@@ -121,7 +126,7 @@ class CheckpointKeeper:
             logger.exception("could not serialise the checkpoint of trial %d", trial.number)
             return None
         self.values = sorted(self.values + [value], reverse=self.maximize)[: self.keep]
-        return Checkpoint(trial._trial_id, trial.number, value, payload)
+        return Checkpoint(trial_id_of(trial), trial.number, value, payload)
 
     def write(self, checkpoint: Checkpoint) -> None:
         """Store the file and its record, then evict what dropped out of the best `keep`."""
@@ -133,19 +138,18 @@ class CheckpointKeeper:
     def save(self, checkpoint: Checkpoint) -> None:
         artifact_id = str(uuid.uuid4())
         self.store.write(artifact_id, io.BytesIO(checkpoint.payload))
-        meta = {"artifact_id": artifact_id, "filename": f"trial-{checkpoint.number}-best.pt",
-                "mimetype": "application/octet-stream", "encoding": None,
+        meta = {**artifact_meta(artifact_id, f"trial-{checkpoint.number}-best.pt"),
                 "sweeps_value": checkpoint.value, "sweeps_trial_number": checkpoint.number}
-        storage, study_id = self.study._storage, self.study._study_id
-        storage.set_study_system_attr(study_id, f"{PREFIX}{checkpoint.trial_id}:{artifact_id}", json.dumps(meta))
+        storage, study_id = study_storage(self.study), study_id_of(self.study)
+        storage.set_study_system_attr(study_id, artifact_key(checkpoint.trial_id, artifact_id), json.dumps(meta))
         kept = kept_checkpoints(self.study)
         for old in kept[self.keep:]:
             self.evict(old)
         self.values = [k.value for k in kept[: self.keep]]
 
     def evict(self, old: Kept) -> None:
-        storage, study_id = self.study._storage, self.study._study_id
-        storage.set_study_system_attr(study_id, f"{PREFIX}{old.trial_id}:{old.artifact_id}", json.dumps(None))
+        storage, study_id = study_storage(self.study), study_id_of(self.study)
+        storage.set_study_system_attr(study_id, artifact_key(old.trial_id, old.artifact_id), json.dumps(None))
         try:
             self.store.remove(old.artifact_id)
         except ArtifactNotFound:
@@ -153,6 +157,8 @@ class CheckpointKeeper:
 
 
 def serialise(trial: optuna.Trial, model: torch.nn.Module, value: float, settings: dict) -> bytes:
+    import torch
+
     model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
     state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
     buffer = io.BytesIO()

@@ -16,9 +16,7 @@ from sqlalchemy.engine import make_url
 from storage import StorageError, StorageUsageError, open_storage, redact
 from sweeps import exits
 from sweeps.config.study_file import SweepConfig, load_config
-from sweeps.loop.runner import SweepTarget, target_of
-
-EXIT_NO_RESULT, EXIT_CONFIG, EXIT_STORAGE, EXIT_NO_STUDY = exits.FAILED, exits.USAGE, exits.STORAGE, exits.NO_STUDY
+from sweeps.config.target import SweepTarget, target_of
 
 
 class NotReadable(RuntimeError):
@@ -41,24 +39,24 @@ def open_existing(study_file: str, storage_url: str | None = None, study_name: s
     try:
         target = target_of(config, storage_url, study_name)
     except StorageUsageError as err:
-        raise NotReadable(EXIT_CONFIG, str(err)) from err
+        raise NotReadable(exits.USAGE, str(err)) from err
     except StorageError as err:
-        raise NotReadable(EXIT_STORAGE, str(err)) from err
+        raise NotReadable(exits.STORAGE, str(err)) from err
     url = make_url(target.storage_url)
     if url.get_backend_name() == "sqlite" and not Path(url.database).is_file():
-        raise NotReadable(EXIT_STORAGE, f"no store at {url.database}: run `python -m sweeps.run {study_file}` "
+        raise NotReadable(exits.STORAGE, f"no store at {url.database}: run `python -m sweeps.run {study_file}` "
                                         "first (or pass --storage)")
     try:
         storage = open_storage(target.storage_url)
         names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     except StorageError as err:
-        raise NotReadable(EXIT_STORAGE, str(err)) from err
+        raise NotReadable(exits.STORAGE, str(err)) from err
     except Exception as err:  # a file that is not a database, a server that went away
-        raise NotReadable(EXIT_STORAGE, f"cannot read storage {redact(target.storage_url)}: "
+        raise NotReadable(exits.STORAGE, f"cannot read storage {redact(target.storage_url)}: "
                                         f"{type(err).__name__}: {str(err).splitlines()[0]}") from err
     if target.study_name not in names:
         there = ", ".join(names) if names else "none"
-        raise NotReadable(EXIT_NO_STUDY, f"no study {target.study_name!r} in {redact(target.storage_url)} "
+        raise NotReadable(exits.NO_STUDY, f"no study {target.study_name!r} in {redact(target.storage_url)} "
                                          f"(studies there: {there})")
     return Existing(config, target, storage)
 

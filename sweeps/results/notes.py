@@ -14,48 +14,19 @@ from typing import Any
 
 import optuna
 import yaml
-from optuna.storages._rdb import models
-from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 
+from storage.batch import set_study_system_attrs
+from storage.dashboard_formats import chunks, note_str_key_prefix, note_ver_key
+from storage.optuna_private import study_id_of, study_storage, trial_id_of
 from sweeps.config.plan import fmt, plan_rows
 from sweeps.config.study_file import SweepConfig
-from sweeps.loop.progress import consumed, human
+from sweeps.loop.progress import human
+from sweeps.trial.record import TrialRecord, consumed
 
-# optuna-dashboard's storage format (optuna_dashboard._note, _custom_plot_data; checked by the tests), written
-# here without importing optuna_dashboard, whose import pulls in its whole web app.
-CHUNK = 2045
-
-
-def note_ver_key(trial_id: int | None) -> str:
-    return "dashboard:note_ver" if trial_id is None else f"dashboard:{trial_id}:note_ver"
-
-
-def note_str_key_prefix(trial_id: int | None) -> str:
-    return "dashboard:note_str:" if trial_id is None else f"dashboard:{trial_id}:note_str:"
-
-
-def chunks(text: str, prefix: str) -> dict[str, str]:
-    return {f"{prefix}{i}": text[start:start + CHUNK] for i, start in enumerate(range(0, len(text), CHUNK))}
-
-
-def set_study_system_attrs(storage: optuna.storages.BaseStorage, study_id: int, attrs: dict[str, Any]) -> None:
-    """Set several study system attributes in one transaction on an RDB store."""
-    backend = getattr(storage, "_backend", storage)
-    if not isinstance(backend, optuna.storages.RDBStorage):
-        for key, value in attrs.items():
-            storage.set_study_system_attr(study_id, key, value)
-        return
-    model = models.StudySystemAttributeModel
-    with _create_scoped_session(backend.scoped_session, True) as session:
-        study = models.StudyModel.find_or_raise_by_id(study_id, session)
-        existing = {a.key: a for a in session.query(model).filter(model.study_id == study.study_id,
-                                                                    model.key.in_(list(attrs)))}
-        for key, value in attrs.items():
-            if key in existing:
-                existing[key].value_json = json.dumps(value)
-            else:
-                session.add(model(study_id=study_id, key=key, value_json=json.dumps(value)))
+# optuna-dashboard's storage format (`storage.dashboard_formats`, checked against the installed dashboard by
+# tests/test_optuna_private.py), written here without importing optuna_dashboard, whose import pulls in its
+# whole web app.
 
 
 def note_attrs(body: str, trial_id: int | None, version: int, old_chunks: int = 0) -> dict[str, Any]:
@@ -66,11 +37,12 @@ def note_attrs(body: str, trial_id: int | None, version: int, old_chunks: int = 
 
 
 def write_study_note(study: optuna.Study, body: str) -> None:
-    system = study._storage.get_study_system_attrs(study._study_id)
+    storage, study_id = study_storage(study), study_id_of(study)
+    system = storage.get_study_system_attrs(study_id)
     prefix = note_str_key_prefix(None)
     old_chunks = sum(1 for key in system if key.startswith(prefix))
     version = int(system.get(note_ver_key(None), 0)) + 1
-    set_study_system_attrs(study._storage, study._study_id, note_attrs(body, None, version, old_chunks))
+    set_study_system_attrs(storage, study_id, note_attrs(body, None, version, old_chunks))
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -121,14 +93,14 @@ def study_note(study: optuna.Study, config: SweepConfig, n_train: int, footer: s
     return "\n\n".join(parts)
 
 
-SETTINGS = [  # (user attr or param, label)
+SETTINGS = [  # (a TrialRecord field or a searched parameter, label)
     ("batch_size", "batch size"), ("base_lr", "base LR"), ("coupling", "coupling rule"),
     ("lr", "effective peak LR"), ("warmup_fraction", "warmup fraction"), ("epochs", "epochs (searched)"),
     ("iterations_per_epoch", "iterations per epoch"), ("planned_updates", "planned updates"),
     ("micro_batch", "micro-batch"), ("accumulation_steps", "accumulation steps"), ("seed", "seed"),
     ("device", "device"), ("n_train", "training examples"),
 ]
-RESULTS = [
+RESULTS = [  # (a TrialRecord field, label)
     ("stop_reason", "stopped by"), ("best_step", "best at step"), ("updates", "updates"),
     ("examples_seen", "examples seen"), ("epochs_completed", "epochs completed"),
     ("train_seconds", "train seconds"), ("examples_per_second", "examples / s"),
@@ -136,12 +108,13 @@ RESULTS = [
 
 
 def trial_note(trial: FrozenTrial, config: SweepConfig) -> str:
-    values = {**trial.params, **trial.user_attrs}
+    record = TrialRecord.of(trial)
+    values = {**trial.params, **record.known()}
     if "warmup_fraction" not in values and not hasattr(config.search.warmup_fraction, "low"):
         values["warmup_fraction"] = config.search.warmup_fraction
-    if values.get("warmup_fraction") is not None and values.get("planned_updates"):
+    if values.get("warmup_fraction") is not None and record.planned_updates:
         values["warmup_fraction"] = (f"{values['warmup_fraction']:.4g} "
-                                     f"({round(values['warmup_fraction'] * values['planned_updates'])} updates)")
+                                     f"({round(values['warmup_fraction'] * record.planned_updates)} updates)")
     o = config.objective
     opt = f"{o.optimizer}, momentum {o.momentum:g}" if o.optimizer == "sgd" else f"{o.optimizer}, betas {o.betas}"
     rows = [f"| {label} | {fmt(values[key])} |" for key, label in SETTINGS if values.get(key) is not None]
@@ -153,8 +126,8 @@ def trial_note(trial: FrozenTrial, config: SweepConfig) -> str:
     parts = [head, "| effective setting | value |\n|---|---:|\n" + "\n".join(rows)]
     if results:
         parts.append("| outcome | value |\n|---|---:|\n" + "\n".join(results))
-    if values.get("error"):
-        parts.append(f"**error**: `{values['error']}`")
+    if record.error:
+        parts.append(f"**error**: `{record.error}`")
     return "\n\n".join(parts)
 
 
@@ -166,4 +139,4 @@ class TrialNotes:
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         body = trial_note(trial, self.config)
-        set_study_system_attrs(study._storage, study._study_id, note_attrs(body, trial._trial_id, 1))
+        set_study_system_attrs(study_storage(study), study_id_of(study), note_attrs(body, trial_id_of(trial), 1))

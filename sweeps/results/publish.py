@@ -16,29 +16,32 @@ import logging
 
 import optuna
 
+from storage.batch import set_study_system_attrs
+from storage.dashboard_formats import chunks, plot_data_key_prefix
+from storage.optuna_private import study_id_of, study_storage
 from sweeps.config.plan import plan_rows
 from sweeps.config.study_file import SweepConfig
 from sweeps.results.analysis import StudyAnalysis, analyse
 from sweeps.results.checkpoints import CheckpointKeeper, artifact_dir, open_artifact_store
 from sweeps.results.figures import Figure, build_figures, to_json
-from sweeps.results.notes import TrialNotes, chunks, set_study_system_attrs, study_note, write_study_note
+from sweeps.results.notes import TrialNotes, study_note, write_study_note
 
 logger = logging.getLogger("sweeps")
-SYSTEM_ATTR_PLOT_DATA = "dashboard:plot_data:"  # optuna_dashboard._custom_plot_data's key prefix
 PLOT_PREFIX = "sweeps-"  # dashboard graph-object ids of the report's figures
 
 
 def publish_figures(study: optuna.Study, figures: dict[str, Figure]) -> None:
     """Save figures as optuna-dashboard plots (its `save_plotly_graph_object` format), one transaction."""
-    system = study._storage.get_study_system_attrs(study._study_id)
+    storage, study_id = study_storage(study), study_id_of(study)
+    system = storage.get_study_system_attrs(study_id)
     attrs: dict[str, str] = {}
     for key, fig in figures.items():
-        prefix = f"{SYSTEM_ATTR_PLOT_DATA}{PLOT_PREFIX}{key}:"
+        prefix = plot_data_key_prefix(f"{PLOT_PREFIX}{key}")
         parts = chunks(to_json(fig), prefix)
         old = sum(1 for k in system if k.startswith(prefix))
         attrs.update(parts)
         attrs.update({f"{prefix}{i}": "" for i in range(len(parts), old)})
-    set_study_system_attrs(study._storage, study._study_id, attrs)
+    set_study_system_attrs(storage, study_id, attrs)
 
 
 def figures_of(analysis: StudyAnalysis, config: SweepConfig | None, n_train: int | None) -> dict[str, Figure]:

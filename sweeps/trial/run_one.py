@@ -20,6 +20,8 @@ from sweeps.config.study_file import ObjectiveSection, SweepConfig
 from sweeps.loop.gpus import machine_gpu
 from sweeps.results.checkpoints import Checkpoint
 from sweeps.search.space import Suggestion
+from sweeps.trial import record
+from sweeps.trial.record import TrialRecord
 
 PROBED_MICRO_BATCH_ATTR = "probed_micro_batch"  # {device model: size}, set on the study by `python -m sweeps.probe`
 
@@ -144,14 +146,14 @@ class SweepObjective:
             prepared = self.prepare(trial, point)
             outcome.attrs.update(plan_attrs(prepared, self.device))
             result = self.train(prepared, report)
-            outcome.attrs.update(result_attrs(result, prepared.plan))
+            outcome.attrs.update(record.result_attrs(result, prepared.plan))
             if self.keeper is not None and result.stop_reason not in ("pruned", "diverged", "oom"):
                 outcome.checkpoint = self.keeper.offer(trial, prepared.task.model, result.best_value, outcome.attrs)
             if result.stop_reason == "oom":
                 raise OutOfMemoryTrial(f"batch size {prepared.plan.batch_size} does not fit even as "
                                        "micro-batches of one example")
         except Exception as err:
-            outcome.attrs["error"] = f"{type(err).__name__}: {err}"[:2000]
+            outcome.attrs.update(record.error_attrs(f"{type(err).__name__}: {err}"[:2000]))
             outcome.error = err
             return outcome
         finally:
@@ -195,18 +197,17 @@ class Outcome:
     error: BaseException | None = None
     checkpoint: Checkpoint | None = None  # the best weights, when the trial enters the study's best few
 
+    @property
+    def record(self) -> TrialRecord:
+        """`attrs` read as the record they will be stored as."""
+        return TrialRecord.from_attrs(self.attrs)
+
 
 def plan_attrs(prepared: PreparedTrial, device: torch.device) -> dict[str, object]:
     """What the trial derived before training; a crashed trial records these too."""
     return {
-        "batch_size": prepared.suggestion.batch_size,
-        "lr": prepared.coupled.lr,
-        "coupling": prepared.suggestion.coupling,
-        "iterations_per_epoch": prepared.plan.iterations_per_epoch,
-        "planned_updates": prepared.plan.planned_updates,
-        "seed": prepared.seed,
-        "n_train": prepared.plan.n_train,
-        "device": str(device),
+        **record.plan_attrs(prepared.suggestion.batch_size, prepared.coupled.lr, prepared.suggestion.coupling,
+                            prepared.plan, prepared.seed, str(device)),
         **gpu_attrs(device),
     }
 
@@ -235,22 +236,4 @@ def gpu_attrs(device: torch.device) -> dict[str, object]:
     if device.type != "cuda":
         return {}
     index = device.index if device.index is not None else torch.cuda.current_device()
-    return {"gpu": machine_gpu(index, os.environ), "gpu_name": torch.cuda.get_device_name(index)}
-
-
-def result_attrs(result: TrainResult, plan: TrialPlan) -> dict[str, object]:
-    attrs = {
-        "updates": result.updates,
-        "examples_seen": result.examples_seen,
-        "epochs_completed": round(result.updates / plan.iterations_per_epoch, 4),
-        "train_seconds": round(result.train_seconds, 4),
-        "eval_seconds": round(result.eval_seconds, 4),
-        "examples_per_second": round(result.examples_per_second, 1),
-        "stop_reason": result.stop_reason,
-        "best_step": result.best_step,
-        "micro_batch": result.micro_batch,
-        "accumulation_steps": result.accumulation_steps,
-    }
-    if result.peak_memory_mb is not None:
-        attrs["peak_memory_mb"] = round(result.peak_memory_mb, 1)
-    return attrs
+    return record.gpu_attrs(machine_gpu(index, os.environ), torch.cuda.get_device_name(index))

@@ -1,0 +1,148 @@
+"""Every use of Optuna's private API in the project, behind named functions.
+
+Optuna's public API has no way to name a study's or a trial's row in the store, to take part in
+its optimize loop without `Study.optimize`, or to write many rows in one transaction. The service
+needs all three, so it relies on a few private attributes of the installed Optuna (5.x). They are
+reached only through this module; `tests/test_optuna_private.py` exercises each function against
+the installed Optuna, so an upgrade that renames or changes one of them fails there, by name.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages._cached_storage import _CachedStorage
+from optuna.storages._rdb import models as rdb_models
+from optuna.storages._rdb.storage import _create_scoped_session, _VersionManager
+from optuna.trial import FrozenTrial
+
+if TYPE_CHECKING:
+    import sqlalchemy.engine
+    import sqlalchemy.orm
+
+__all__ = [
+    "CachedStorage", "backend_of", "cache_migration_scripts", "cached_trial", "engine_of", "enter_optimize_loop",
+    "rdb_backend", "rdb_models", "rdb_session", "stop_requested", "study_id_of", "study_storage", "trial_id_of",
+]
+
+# `rdb_models` is `optuna.storages._rdb.models`: Optuna's SQLAlchemy table models (StudyModel, TrialModel,
+# TrialUserAttributeModel, TrialIntermediateValueModel, StudySystemAttributeModel), through which
+# `storage.batch` writes a trial's or a study's rows in one transaction.
+
+CachedStorage = _CachedStorage
+"""`optuna.storages._cached_storage._CachedStorage`: the cache Optuna puts in front of every RDBStorage
+(finished trials kept in memory). `storage.snapshot.SnapshotStorage` extends it."""
+
+
+# --- a study, a trial ------------------------------------------------------------------------
+
+def study_storage(study: optuna.Study) -> BaseStorage:
+    """The storage the study reads and writes through (`Study._storage`; for an RDB store, Optuna's
+    cache in front of it). Needed to write study system attributes and to read a trial's system
+    attributes, which `Study` has no public call for."""
+    return study._storage
+
+
+def study_id_of(study: optuna.Study) -> int:
+    """The study's id in its store (`Study._study_id`): the key of every storage call about the study,
+    and the id in optuna-dashboard's URLs."""
+    return study._study_id
+
+
+def trial_id_of(trial: Any) -> int:
+    """The trial's id in its store (`Trial._trial_id`, `FrozenTrial._trial_id`; the sweep loop's
+    `TrialRef` mirrors the name): the key of every storage call about the trial and of
+    optuna-dashboard's notes and artifacts. The trial *number* is per study, the id per store."""
+    return trial._trial_id
+
+
+def enter_optimize_loop(study: optuna.Study) -> None:
+    """Mark the calling thread as inside the study's optimize loop, as `Study.optimize` does for its own
+    thread (`Study._thread_local.in_optimize_loop`). A sampler ends a study with `study.stop()` (the grid
+    sampler, once its grid is used up), which Optuna allows only inside that loop; and `study.ask()` on a
+    store with a heartbeat warns outside it. The sweep loop's bookkeeping thread plays that loop."""
+    study._thread_local.in_optimize_loop = True
+
+
+def stop_requested(study: optuna.Study) -> bool:
+    """Whether `study.stop()` was called (`Study._stop_flag`), which `Study.optimize` checks after each
+    trial; the sweep loop checks it instead."""
+    return bool(study._stop_flag)
+
+
+# --- a storage -------------------------------------------------------------------------------
+
+def backend_of(storage: BaseStorage) -> BaseStorage:
+    """The storage behind Optuna's cache (`_CachedStorage._backend`), or `storage` itself when it is not
+    behind one. `optuna.create_study(storage=url)` and `SnapshotStorage` wrap an RDBStorage in that cache."""
+    if isinstance(storage, _CachedStorage):
+        return storage._backend
+    return storage
+
+
+def rdb_backend(storage: BaseStorage) -> RDBStorage | None:
+    """The RDBStorage behind `storage` (see `backend_of`), or None for any other store (in-memory, journal)."""
+    backend = backend_of(storage)
+    return backend if isinstance(backend, RDBStorage) else None
+
+
+def engine_of(storage: BaseStorage) -> sqlalchemy.engine.Engine | None:
+    """The SQLAlchemy engine of the RDBStorage behind `storage` (`RDBStorage.engine`, an attribute Optuna
+    documents as not for users), or None when it is not an RDB store. Needed for the service's own table
+    (`storage.workers`) and to give a forked process connections of its own."""
+    backend = rdb_backend(storage)
+    return None if backend is None else backend.engine
+
+
+@contextmanager
+def rdb_session(backend: RDBStorage, ignore_integrity_error: bool = False) -> Iterator[sqlalchemy.orm.Session]:
+    """A session of `backend` committed at the end of the block (`optuna.storages._rdb.storage.
+    _create_scoped_session` over `RDBStorage.scoped_session`): rolled back on an error, a database error
+    raised as Optuna's StorageInternalError, and an IntegrityError ignored when asked, as Optuna's own
+    writes do. Used with `rdb_models` to write many rows in one transaction."""
+    with _create_scoped_session(backend.scoped_session, ignore_integrity_error) as session:
+        yield session
+
+
+def cached_trial(storage: _CachedStorage, trial_id: int) -> FrozenTrial | None:
+    """The trial as Optuna's cache holds it now, finished or not (not a copy), or None when the cache has
+    not seen it (`_CachedStorage._trial_id_to_study_id_and_number` and `._studies[...].trials`). A trial
+    is in the cache from its creation on, so `SnapshotStorage` answers Optuna's read-back of a new trial
+    from it."""
+    known = storage._trial_id_to_study_id_and_number.get(trial_id)
+    if known is None:
+        return None
+    return storage._studies[known[0]].trials[known[1]]
+
+
+# --- a process-wide speed-up -----------------------------------------------------------------
+
+_install_lock = threading.Lock()
+
+
+def cache_migration_scripts() -> None:
+    """Read Optuna's schema migration scripts once per store URL per process (idempotent).
+
+    Optuna reads them (30 Python files, about 25 ms) each time it checks the schema version
+    (`_VersionManager._create_alembic_script`): three times when it creates the tables of a new store.
+    They are part of the installed Optuna and never change while it runs, so one read per URL does.
+    The method is replaced on the class, so every RDBStorage of the process benefits from then on."""
+    with _install_lock:
+        create = _VersionManager._create_alembic_script
+        if getattr(create, "sweeps_read_once", False):
+            return
+        scripts: dict[str, object] = {}
+
+        def read_once(self: _VersionManager):
+            if self.url not in scripts:
+                scripts[self.url] = create(self)
+            return scripts[self.url]
+
+        read_once.sweeps_read_once = True  # type: ignore[attr-defined]
+        read_once.__wrapped__ = create  # type: ignore[attr-defined]
+        _VersionManager._create_alembic_script = read_once

@@ -1,0 +1,71 @@
+"""What every command shares: how it is told where the study is, and how an error becomes one
+line on stderr and an exit code from `sweeps.exits`.
+
+Nothing here imports torch, so the read-only commands stay light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+import optuna
+
+from objectives.registry import TaskError
+from storage import StorageError, StorageUsageError
+from sweeps import exits
+from sweeps.config.schema import ConfigError
+from sweeps.loop.ending import SweepFailed
+from sweeps.loop.gpus import GpuError
+from sweeps.loop.signals import Terminated
+from sweeps.results.existing import NotReadable
+
+RESUME = "the running trial is failed and queued again; run the same command again to resume"
+
+
+def add_study_arguments(parser: argparse.ArgumentParser) -> None:
+    """The study file and where its store is: the same for every command."""
+    parser.add_argument("study_file", help="the study YAML file")
+    parser.add_argument("--storage", help="SQLAlchemy URL of the store (wins over $SWEEPS_STORAGE, "
+                                          "then study.storage, then <study name>.db beside the file)")
+    parser.add_argument("--study-name", help="study name in the store (overrides the file)")
+
+
+def fail(code: int, message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def exit_for(err: BaseException, study_file: str) -> tuple[int, str] | None:
+    """The exit code and message for an error every command can meet; None for any other."""
+    if isinstance(err, ConfigError):
+        return exits.USAGE, f"{study_file}: {err}"
+    if isinstance(err, TaskError):
+        return exits.USAGE, f"{study_file}: objective.task: {err}"
+    if isinstance(err, (StorageUsageError, GpuError)):
+        return exits.USAGE, str(err)
+    if isinstance(err, StorageError):
+        return exits.STORAGE, str(err)
+    if isinstance(err, NotReadable):
+        return err.code, str(err)
+    if isinstance(err, SweepFailed):
+        return exits.FAILED, str(err)
+    if isinstance(err, KeyboardInterrupt):
+        return exits.INTERRUPTED, f"interrupted: {RESUME}"
+    if isinstance(err, Terminated):
+        return exits.TERMINATED, f"terminated: {RESUME}"
+    if isinstance(err, optuna.exceptions.OptunaError):
+        return exits.FAILED, str(err)
+    return None
+
+
+def run_command(body: Callable[[], int], study_file: str) -> int:
+    """Run a command's body; an error it cannot handle itself ends in one line and its code."""
+    try:
+        return body()
+    except (Exception, KeyboardInterrupt, Terminated) as err:
+        mapped = exit_for(err, study_file)
+        if mapped is None:
+            raise
+        return fail(*mapped)

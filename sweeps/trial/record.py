@@ -1,0 +1,180 @@
+"""What a trial records, and the names it is stored under: the one place that spells them.
+
+A trial's user attributes are a public contract (the report, the dashboard's notes, notebooks
+and studies stored long ago read them by name), so every stored name is a field of
+`TrialRecord` and nothing else spells one. Writers build their attribute dicts with the helpers
+below; readers read `TrialRecord.of(trial)`.
+
+A trial writes its attributes in groups, each once it is known, and a group never reached is
+absent, not None: `IDENTITY` (set by the runner before the trial starts), `PLAN` (derived before
+training, so a trial that crashes while training carries it too), `GPU` (CUDA trials only),
+`RESULT` (after training; `peak_memory_mb` only when measured) and `ERROR` (a failed trial).
+
+The study's own units are here too: `budget_unit` and `step_unit`, the unit of the integer steps
+its trials report (`objectives.training.budget.step_unit_of`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+from objectives.training.budget import TrialPlan, step_unit_of
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+    from objectives.training.loop import TrainResult
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """Every user attribute a trial stores, each field under its stored name. None: not stored,
+    or stored as None (`gpu` when the index cannot be told, `best_step` before any evaluation)."""
+
+    # IDENTITY: which worker ran it (absent when the objective runs outside the runner)
+    worker: int | None = None
+    sampler_seed: int | None = None
+    # PLAN: derived before training
+    batch_size: int | None = None
+    lr: float | None = None  # the effective peak LR, after coupling
+    coupling: str | None = None
+    iterations_per_epoch: int | None = None
+    planned_updates: int | None = None
+    seed: int | None = None
+    n_train: int | None = None
+    device: str | None = None
+    # GPU: CUDA trials only
+    gpu: int | None = None  # the index as nvidia-smi numbers it
+    gpu_name: str | None = None
+    # RESULT: measured by training
+    updates: int | None = None
+    examples_seen: int | None = None
+    epochs_completed: float | None = None
+    train_seconds: float | None = None
+    eval_seconds: float | None = None
+    examples_per_second: float | None = None
+    stop_reason: str | None = None  # budget | epochs | early_stopping | pruned | diverged | oom
+    best_step: int | None = None
+    micro_batch: int | None = None
+    accumulation_steps: int | None = None
+    peak_memory_mb: float | None = None  # CUDA only, stored only when measured
+    # ERROR: why the trial failed
+    error: str | None = None
+
+    @classmethod
+    def of(cls, trial: FrozenTrial) -> TrialRecord:
+        """The record a stored trial holds; a name it does not hold reads as None."""
+        return cls.from_attrs(trial.user_attrs)
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> TrialRecord:
+        return cls(**{name: attrs.get(name) for name in NAMES})
+
+    def attrs(self, names: Iterable[str]) -> dict[str, Any]:
+        """The attributes stored for `names`, in that order (a `WHEN_KNOWN` name only when set)."""
+        return {name: getattr(self, name) for name in names
+                if name not in WHEN_KNOWN or getattr(self, name) is not None}
+
+    def known(self) -> dict[str, Any]:
+        """The fields that hold a value, by stored name."""
+        return {name: value for name in NAMES if (value := getattr(self, name)) is not None}
+
+    def updates_per_step(self, step_unit: str) -> float | None:
+        """Optimizer updates per report step (`step_unit`, the study's) in this trial; None when
+        the trial made no update or its record cannot tell."""
+        if not self.updates:
+            return None
+        denominator = {"updates": self.updates, "examples": self.examples_seen,
+                       "ms": 1000 * (self.train_seconds or 0)}.get(step_unit)
+        return self.updates / denominator if denominator else None
+
+
+NAMES = tuple(f.name for f in fields(TrialRecord))
+IDENTITY = ("worker", "sampler_seed")
+PLAN = ("batch_size", "lr", "coupling", "iterations_per_epoch", "planned_updates", "seed", "n_train", "device")
+GPU = ("gpu", "gpu_name")
+RESULT = ("updates", "examples_seen", "epochs_completed", "train_seconds", "eval_seconds", "examples_per_second",
+          "stop_reason", "best_step", "micro_batch", "accumulation_steps", "peak_memory_mb")
+ERROR = ("error",)
+WHEN_KNOWN = frozenset({"peak_memory_mb"})  # stored only when not None
+# The attribute that counts what a trial used of its budget, per budget unit.
+CONSUMED = {"updates": "updates", "examples": "examples_seen", "epochs": "epochs_completed", "seconds": "train_seconds"}
+
+
+def _check_names() -> None:
+    """The groups name every field once and nothing else: a name spelled wrong fails on import."""
+    grouped = IDENTITY + PLAN + GPU + RESULT + ERROR
+    if sorted(grouped) != sorted(NAMES) or not (WHEN_KNOWN | set(CONSUMED.values())) <= set(NAMES):
+        raise RuntimeError(f"sweeps.trial.record: the groups {grouped} do not match the fields {NAMES}")
+
+
+_check_names()
+
+
+# --- writers: the attribute dicts a trial stores, group by group --------------------------------
+def identity_attrs(worker: int, sampler_seed: int) -> dict[str, Any]:
+    return TrialRecord(worker=worker, sampler_seed=sampler_seed).attrs(IDENTITY)
+
+
+def plan_attrs(batch_size: int, lr: float, coupling: str, plan: TrialPlan, seed: int, device: str) -> dict[str, Any]:
+    return TrialRecord(batch_size=batch_size, lr=lr, coupling=coupling,
+                       iterations_per_epoch=plan.iterations_per_epoch, planned_updates=plan.planned_updates,
+                       seed=seed, n_train=plan.n_train, device=device).attrs(PLAN)
+
+
+def gpu_attrs(gpu: int | None, gpu_name: str) -> dict[str, Any]:
+    return TrialRecord(gpu=gpu, gpu_name=gpu_name).attrs(GPU)
+
+
+def result_attrs(result: TrainResult, plan: TrialPlan) -> dict[str, Any]:
+    peak = result.peak_memory_mb
+    return TrialRecord(
+        updates=result.updates,
+        examples_seen=result.examples_seen,
+        epochs_completed=round(result.updates / plan.iterations_per_epoch, 4),
+        train_seconds=round(result.train_seconds, 4),
+        eval_seconds=round(result.eval_seconds, 4),
+        examples_per_second=round(result.examples_per_second, 1),
+        stop_reason=result.stop_reason,
+        best_step=result.best_step,
+        micro_batch=result.micro_batch,
+        accumulation_steps=result.accumulation_steps,
+        peak_memory_mb=None if peak is None else round(peak, 1),
+    ).attrs(RESULT)
+
+
+def error_attrs(message: str) -> dict[str, Any]:
+    return TrialRecord(error=message).attrs(ERROR)
+
+
+# --- readers ------------------------------------------------------------------------------------
+def consumed(trial: FrozenTrial, budget_unit: str) -> float:
+    """What the trial used of its budget, in the budget's unit. Read without building a record:
+    the progress line sums it over every trial of the study after each trial."""
+    return float(trial.user_attrs.get(CONSUMED[budget_unit]) or 0.0)
+
+
+# --- the study's units ----------------------------------------------------------------------------
+BUDGET_UNIT_ATTR = "budget_unit"
+STEP_UNIT_ATTR = "step_unit"
+
+
+def study_unit_attrs(budget_unit: str) -> dict[str, str]:
+    """The study attributes naming its units, stored when the study is created."""
+    return {BUDGET_UNIT_ATTR: budget_unit, STEP_UNIT_ATTR: step_unit_of(budget_unit)}
+
+
+@dataclass(frozen=True)
+class StudyUnits:
+    budget_unit: str
+    step_unit: str  # what the trials' report steps count
+
+    @classmethod
+    def of(cls, study: optuna.Study) -> StudyUnits:
+        """The units a study stored; one that stored none is read as an updates budget."""
+        attrs = study.user_attrs
+        budget_unit = attrs.get(BUDGET_UNIT_ATTR, "updates")
+        return cls(budget_unit, attrs.get(STEP_UNIT_ATTR, budget_unit))
