@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import optuna
 import torch
@@ -32,3 +33,18 @@ def test_offer_only_serialises_and_write_keeps_the_best(tmp_path):
     saved = torch.load(io.BytesIO((tmp_path / "artifacts" / kept[0].artifact_id).read_bytes()))
     assert saved["value"] == 0.9 and saved["settings"]["batch_size"] == 32
     assert torch.equal(saved["state_dict"]["weight"], model.weight.detach())
+
+
+def test_artifact_folder_precedence(tiny_config, tmp_path, monkeypatch):
+    """$SWEEPS_ARTIFACTS, then dashboard.artifacts, then beside the store (a container's workers
+    cannot write beside a read-only study file)."""
+    from sweeps.results.checkpoints import artifact_dir
+
+    monkeypatch.delenv("SWEEPS_ARTIFACTS", raising=False)
+    pg = "postgresql+psycopg://u@h/db"
+    assert artifact_dir(tiny_config(), f"sqlite:///{tmp_path}/s.db", "tiny") == tmp_path / "s-artifacts"
+    assert artifact_dir(tiny_config(), pg, "tiny") == tmp_path.resolve() / "tiny-artifacts"
+    named = tiny_config(dashboard={"artifacts": "kept"})
+    assert artifact_dir(named, pg, "tiny") == tmp_path.resolve() / "kept"
+    monkeypatch.setenv("SWEEPS_ARTIFACTS", "/var/sweeps/artifacts")
+    assert artifact_dir(named, pg, "tiny") == Path("/var/sweeps/artifacts")

@@ -45,22 +45,40 @@ def test_workers_wait_for_a_healthy_database_and_scale(name):
     assert worker["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert "container_name" not in worker  # --scale needs unnamed containers
     assert "ports" not in worker
-    assert worker["build"] == "."
+    assert worker["build"]["context"] == "."
+    assert worker["build"]["args"]["WHEELHOUSE"] == "${WHEELHOUSE:-}"  # unset: the package indexes, as before
     assert "@postgres:5432/" in worker["environment"]["SWEEPS_STORAGE"]
+    assert worker["stop_grace_period"] == "15s"
 
 
-def test_gpu_profile_reserves_nvidia_devices():
+def test_gpu_profile_is_one_container_per_machine_with_all_its_gpus():
     gpu = SERVICES["worker-gpu"]
     assert gpu["profiles"] == ["gpu"]
     device = gpu["deploy"]["resources"]["reservations"]["devices"][0]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert device["count"] == "all"
+    assert gpu["command"][-2:] == ["--gpus", "all"]  # one worker process per GPU in the container
+    assert "cu" in gpu["build"]["args"]["TORCH_INDEX"]  # a CUDA build of torch
     assert "profiles" not in SERVICES["worker"]
+
+
+def test_workers_and_dashboard_share_the_checkpoint_volume():
+    for name in ("worker", "worker-gpu"):
+        assert "artifacts:/app/artifacts" in SERVICES[name]["volumes"]
+        assert SERVICES[name]["environment"]["SWEEPS_ARTIFACTS"] == "/app/artifacts"
+    dashboard = SERVICES["dashboard"]
+    assert any(v.startswith("artifacts:/app/artifacts") for v in dashboard["volumes"])
+    assert dashboard["entrypoint"][dashboard["entrypoint"].index("--artifact-dir") + 1] == "/app/artifacts"
+    assert "artifacts" in COMPOSE["volumes"]
+    # The dashboard exits while the database has no tables yet; it must come back.
+    assert dashboard["restart"] == "on-failure"
 
 
 def test_dockerfile_runs_the_sweep_cli():
     dockerfile = (REPO / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["python", "-m", "sweeps.run"]' in dockerfile
     assert "torch==${TORCH_VERSION}" in dockerfile
+    assert "\nARG WHEELHOUSE=\n" in dockerfile  # offline builds only when asked for
 
 
 @pytest.mark.skipif(not shutil.which("docker-compose") and not os.environ.get("CI"),

@@ -165,6 +165,13 @@ def wheelhouse() -> Path:
     return folder
 
 
+def link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)  # no copy of 300 MB of wheels on the same file system
+    except OSError:
+        shutil.copy2(source, target)
+
+
 def study_config() -> dict:
     """examples/digits.yaml, short: 30 trials of 2 seconds of training each, a 1 s heartbeat
     and a 3 s grace period so a dead worker's trial is retried quickly."""
@@ -175,7 +182,6 @@ def study_config() -> dict:
     # Every trial trains for its 2 s (or is pruned), to be caught mid-trial: no epoch cap, no early stop.
     config["search"].pop("epochs", None)
     config.pop("early_stopping", None)
-    config["dashboard"] = {"artifacts": "/app/artifacts"}  # the compose file's checkpoint volume
     return config
 
 
@@ -267,7 +273,7 @@ def compose(docker_engine, tmp_path_factory):
     start = time.monotonic()
     wheels = wheelhouse()
     note(f"wheelhouse: {time.monotonic() - start:.0f} s")
-    shutil.copytree(wheels, folder / "wheelhouse", copy_function=os.link,
+    shutil.copytree(wheels, folder / "wheelhouse", copy_function=link_or_copy,
                     ignore=shutil.ignore_patterns(".complete"))
     (folder / "examples" / f"{STUDY}.yaml").write_text(yaml.safe_dump(study_config(), sort_keys=False))
     env = {"POSTGRES_USER": "sweeps", "POSTGRES_PASSWORD": secrets.token_hex(16), "POSTGRES_DB": "sweeps",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,9 +43,15 @@ if TYPE_CHECKING:  # torch is imported where weights are serialised: the read-on
 logger = logging.getLogger("sweeps")
 
 
+ARTIFACTS_ENV = "SWEEPS_ARTIFACTS"  # wins over dashboard.artifacts: a container points every worker at its volume
+
+
 def artifact_dir(config: SweepConfig, storage_url: str, study_name: str) -> Path:
-    if config.dashboard.artifacts:
-        path = Path(config.dashboard.artifacts).expanduser()
+    """$SWEEPS_ARTIFACTS, then dashboard.artifacts, then beside the SQLite file (or, for a server
+    store, `<study name>-artifacts` beside the study file)."""
+    chosen = os.environ.get(ARTIFACTS_ENV) or config.dashboard.artifacts
+    if chosen:
+        path = Path(chosen).expanduser()
         return path if path.is_absolute() else Path(config.base_dir) / path
     url = make_url(storage_url)
     if url.get_backend_name() == "sqlite" and url.database:
