@@ -12,7 +12,6 @@ from contextlib import contextmanager
 import optuna
 import pytest
 import sqlalchemy
-from alembic.script import ScriptDirectory
 from optuna.trial import TrialState
 
 from storage import open_storage
@@ -132,21 +131,6 @@ def test_an_ask_with_hyperband_reads_the_trials_once(tmp_path):
     assert not isinstance(study_storage(study), SnapshotStorage)
     without = reads_of_one_ask(config, study)
     assert with_snapshots <= 0.55 * without, (with_snapshots, without)
-
-
-def test_migration_scripts_are_read_once_per_store(tmp_path, monkeypatch):
-    loads = Counter()
-    original = ScriptDirectory.from_config.__func__
-
-    def counting(cls, config):
-        loads[config.get_main_option("sqlalchemy.url")] += 1
-        return original(cls, config)
-
-    monkeypatch.setattr(ScriptDirectory, "from_config", classmethod(counting))
-    url = f"sqlite:///{tmp_path}/new.db"
-    open_storage(url)  # creates the tables: Optuna checks the schema three times
-    open_storage(url)
-    assert loads[url] == 1
 
 
 class ThreadCounter:

@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 
+import optuna
+
 from storage.sql import ENV_VAR
 from sweeps.config.plan import budget_of
 from sweeps.config.study_file import SweepConfig
@@ -41,6 +43,7 @@ def run_workers(study_file: str, config: SweepConfig, target: SweepTarget, n_wor
                 gpus: list[GpuAssignment] | None = None) -> int:
     """`gpus`: worker i runs with gpus[i]'s environment (only its GPU visible); the parent itself
     stays off the GPUs."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # as in each worker: the progress line says it all
     study = open_study(config, target, n_train)
     threads = str(max(1, (os.cpu_count() or 1) // n_workers))  # N workers share the cores, not N x all
     env = {**os.environ, ENV_VAR: target.storage_url, "OMP_NUM_THREADS": threads}
