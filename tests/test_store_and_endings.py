@@ -297,3 +297,29 @@ def test_each_optimizer_under_each_budget_unit(tmp_path, sweep, optimizer, unit,
     trial = sweep(config).trials[0]
     assert trial.state == TrialState.COMPLETE, trial.user_attrs.get("error")
     assert trial.user_attrs["updates"] > 0
+
+
+@pytest.mark.parametrize("given", ["flag", "env", "file"])
+def test_the_probe_stores_its_limit_where_the_precedence_says(tmp_path, no_env, capsys, given):
+    from sweeps import probe
+
+    study = write_study(tmp_path)  # the file names from_file.db
+    chosen = {"flag": tmp_path / "flag.db", "env": tmp_path / "env.db", "file": tmp_path / "from_file.db"}[given]
+    args = [str(study), "--limit", "16"]
+    if given == "flag":
+        args += ["--storage", f"sqlite:///{chosen}"]
+        no_env.setenv("SWEEPS_STORAGE", f"sqlite:///{tmp_path}/env.db")  # the flag wins over it
+    if given == "env":
+        no_env.setenv("SWEEPS_STORAGE", f"sqlite:///{chosen}")
+    assert probe.main(args) == 0
+    stored = optuna.load_study(study_name="tiny", storage=f"sqlite:///{chosen}").user_attrs
+    assert stored["probed_micro_batch"] == {"cpu": 16}
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == [chosen.name]
+
+
+def test_the_probe_rejects_a_storage_value_before_probing(tmp_path, no_env, capsys):
+    from sweeps import probe
+
+    assert probe.main([str(write_study(tmp_path)), "--storage", "results.db"]) == 2
+    captured = capsys.readouterr()
+    assert "'sqlite:///results.db'" in captured.err and "tried" not in captured.out  # nothing probed
