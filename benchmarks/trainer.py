@@ -1,7 +1,12 @@
 """Examples/second of the service's trainer against a minimal hand-written loop and a DataLoader loop.
 
 Same model, data, batch size and number of updates for each; runs alternate and the median of
-`--repeats` is reported. Last line: `trainer_vs_minimal=<c/a> trainer_vs_dataloader=<c/b>`.
+`--repeats` is reported. Then the Dataset path: the trainer fed a map-style Dataset (the same
+rows) through its DataLoader, against a minimal hand-written DataLoader loop on the same Dataset
+and model, with the same loader settings (`--loader-workers`, default: the study file's default
+rule). The trainer fits torch's threads beside the loader's processes (objectives/training/cores.py);
+the minimal loop keeps torch's default threads, as a hand-written loop would.
+Last line: `trainer_vs_minimal=<c/a> trainer_vs_dataloader=<c/b> dataset_vs_minimal=<e/d>`.
 
     python benchmarks/trainer.py                                  # digits MLP on the CPU
     python benchmarks/trainer.py --task resnet_synthetic --batch-size 256 --updates 200  # a GPU
@@ -14,11 +19,13 @@ import statistics
 import time
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from objectives.registry import resolve_task
 from objectives.task import Task, TrialSettings
 from objectives.training.budget import Budget, plan_trial
+from objectives.training.cores import default_loader_workers
+from objectives.training.data import LoaderOptions
 from objectives.training.loop import Trainer
 from objectives.training.schedule import Schedule
 
@@ -77,14 +84,58 @@ def dataloader_loop(task: Task, batch_size: int, updates: int, lr: float, device
     return time.perf_counter() - started
 
 
-def service_trainer(task: Task, batch_size: int, updates: int, lr: float, device) -> float:
+def service_trainer(task: Task, batch_size: int, updates: int, lr: float, device,
+                    loader: LoaderOptions | None = None) -> float:
     """(c) The service's Trainer, with its LR schedule, budget grid and divergence checks."""
     opt = torch.optim.SGD(task.model.parameters(), lr=lr, momentum=0.9)
     budget = Budget("updates", updates, updates)  # one evaluation, at the end (not timed)
-    plan = plan_trial(budget, len(task.train[0]), batch_size)
+    plan = plan_trial(budget, task.n_train, batch_size)
     schedule = Schedule.build(lr, plan.planned_updates, 0.05, "cosine", 0.0)
-    trainer = Trainer(task, opt, schedule, plan, budget, maximize=True, seed=0)
+    trainer = Trainer(task, opt, schedule, plan, budget, maximize=True, seed=0, loader=loader)
     return trainer.train().train_seconds
+
+
+class Rows(Dataset):
+    """A map-style Dataset over host tensors: one example per `__getitem__`, as a file-backed one."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y = x.cpu(), y.cpu()
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i], self.y[i]
+
+
+def as_dataset_task(task: Task) -> Task:
+    task.train, task.val = Rows(*task.train), Rows(*task.val)
+    return task
+
+
+def minimal_dataset_loop(task: Task, batch_size: int, updates: int, lr: float, device,
+                         loader: LoaderOptions) -> float:
+    """(d) A minimal hand-written DataLoader loop on the Dataset: the same loader settings."""
+    workers = loader.resolved_workers()
+    extra = {"persistent_workers": True, "prefetch_factor": loader.prefetch} if workers else {}
+    pin = loader.pin_memory and device.type == "cuda"
+    data = DataLoader(task.train, batch_size=batch_size, shuffle=True, num_workers=workers, pin_memory=pin, **extra)
+    model = task.model
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    done = 0
+    sync(device)
+    started = time.perf_counter()
+    while done < updates:
+        for xb, yb in data:
+            loss = task.loss(model(xb.to(device, non_blocking=pin)), yb.to(device, non_blocking=pin))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            done += 1
+            if done == updates:
+                break
+    sync(device)
+    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -95,6 +146,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dataset-updates", type=int, default=1000, help="updates of each Dataset-path run")
+    parser.add_argument("--loader-workers", type=int, default=default_loader_workers(),
+                        help="DataLoader workers of both Dataset-path loops (default: the study file's rule)")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -116,8 +170,34 @@ def main() -> None:
     for name, value in median.items():
         spread = f"{min(speeds[name]):.0f}-{max(speeds[name]):.0f}"
         print(f"  {name:<10} {value:>12.0f} examples/s  (range {spread})")
+    dataset = dataset_speeds(args, device)
+    print(f"Dataset path ({args.loader_workers} loader workers), {args.dataset_updates} updates, "
+          f"median of {args.repeats}")
+    for name, values in dataset.items():
+        print(f"  {name:<16} {statistics.median(values):>12.0f} examples/s  "
+              f"(range {min(values):.0f}-{max(values):.0f})")
+    dataset_ratio = statistics.median(dataset["dataset_trainer"]) / statistics.median(dataset["dataset_minimal"])
     print(f"trainer_vs_minimal={median['trainer'] / median['minimal']:.3f} "
-          f"trainer_vs_dataloader={median['trainer'] / median['dataloader']:.3f}")
+          f"trainer_vs_dataloader={median['trainer'] / median['dataloader']:.3f} "
+          f"dataset_vs_minimal={dataset_ratio:.3f}")
+
+
+def dataset_speeds(args: argparse.Namespace, device: torch.device) -> dict[str, list[float]]:
+    """(d) and (e), alternating, each on a fresh Dataset task (same rows, same model init)."""
+    loader = LoaderOptions(workers=args.loader_workers)
+    loops = {
+        "dataset_minimal": lambda task, n: minimal_dataset_loop(task, args.batch_size, n, args.lr, device, loader),
+        "dataset_trainer": lambda task, n: service_trainer(task, args.batch_size, n, args.lr, device, loader),
+    }
+    speeds: dict[str, list[float]] = {name: [] for name in loops}
+    for loop in loops.values():  # warm-up
+        loop(as_dataset_task(make_task(args.task, device, args.batch_size, args.lr)), 20)
+    for _ in range(args.repeats):
+        for name, loop in loops.items():
+            task = as_dataset_task(make_task(args.task, device, args.batch_size, args.lr))
+            seconds = loop(task, args.dataset_updates)
+            speeds[name].append(args.dataset_updates * args.batch_size / seconds)
+    return speeds
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ BUILTIN = {
     "regression": "objectives.tasks.regression:regression",
     "resnet_synthetic": "objectives.tasks.synthetic_images:resnet_synthetic",
     "teacher_mlp": "objectives.tasks.teacher:teacher_mlp",
+    "cifar10": "objectives.tasks.cifar10:cifar10",
+    "char_lm": "objectives.tasks.char_lm:char_lm",
+    "csv": "objectives.tasks.csv_table:csv_table",
 }
 
 

@@ -3,16 +3,48 @@
 The service owns the loop; a task only says what the model, the data, the loss and the metric
 are. `loss` must be a mean over the batch (gradient accumulation relies on it) and `metric` a
 mean over the examples it is given (evaluation averages it over chunks of the validation set).
+
+Data (`train`, `val`), in one of two forms:
+
+- a pair of tensors `(inputs, targets)` that fits on the device: moved there once, shuffled by
+  index permutation, no DataLoader (the fast path);
+- a map-style `torch.utils.data.Dataset` of any size (memory-mapped arrays, files decoded on the
+  fly): it stays where it is, and a DataLoader (worker processes, pinned memory and non-blocking
+  copies on CUDA, persistent workers, prefetching; `objective.loader` in the study file) feeds
+  the device batch by batch. N = len(dataset). Shuffling is seeded from the trial seed.
+
+A batch (what the Dataset's items collate to) is a tuple or a dict of tensors:
+
+- a tuple `(x, y)` calls `model(x)` and `loss(outputs, y)`; `(x1, ..., xk, y)` calls
+  `model(x1, ..., xk)`;
+- a dict calls `model(**{k: v for k, v in batch.items() if k != target_key})` and
+  `loss(outputs, batch[target_key])` (`target_key` defaults to "labels"): a Hugging Face-style
+  model whose `forward` takes `input_ids=`, `attention_mask=` fits without a wrapper, with a
+  `loss` that reads what it returns (e.g. `lambda out, y: cross_entropy(out.logits..., y)`).
+
+Micro-batching and OOM recovery split every tensor of a batch along dim 0, so each must hold one
+row per example.
+
+Optional fields (their defaults keep the plain behaviour):
+
+- `augment(batch, generator) -> batch`: applied to every training batch on the device, drawing
+  from `generator` (seeded from the trial seed, on the device); evaluation never augments;
+- `tokens_per_example`: what one example counts under a `tokens` budget
+  (tokens = examples x tokens_per_example); a tokens budget requires it;
+- `target_key`: the key of the targets in a dict batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+Data = tuple[Tensor, Tensor] | Dataset
 
 
 @dataclass(frozen=True)
@@ -31,28 +63,69 @@ class TrialSettings:
 @dataclass
 class Task:
     model: nn.Module
-    train: tuple[Tensor, Tensor]
-    val: tuple[Tensor, Tensor]
-    loss: Callable[[Tensor, Tensor], Tensor]
-    metric: Callable[[Tensor, Tensor], Tensor]
+    train: Data
+    val: Data
+    loss: Callable[[Any, Any], Tensor]
+    metric: Callable[[Any, Any], Tensor]
+    augment: Callable[[Any, torch.Generator], Any] | None = None  # training batches only, on the device
+    tokens_per_example: int | None = None  # for a `tokens` budget
+    target_key: str = "labels"  # dict batches: the targets; every other key is a model argument
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train[0]) if isinstance(self.train, tuple | list) else len(self.train)
 
     def validate(self) -> None:
         """Reject data the loop cannot train on, naming what is wrong."""
-        for name, (x, y) in (("train", self.train), ("val", self.val)):
-            if not isinstance(x, Tensor) or not isinstance(y, Tensor):
-                raise TypeError(f"task {name} data must be a pair of tensors (inputs, targets)")
-            if len(x) != len(y):
-                raise ValueError(f"task {name} data: {len(x)} inputs but {len(y)} targets")
-            if len(x) == 0:
-                raise ValueError(f"task {name} data is empty")
-            if x.is_floating_point() and not torch.isfinite(x).all():
-                raise ValueError(f"task {name} inputs hold NaN or infinite values")
+        if self.tokens_per_example is not None and (
+                isinstance(self.tokens_per_example, bool) or not isinstance(self.tokens_per_example, int)
+                or self.tokens_per_example < 1):
+            raise ValueError(f"task tokens_per_example must be a whole number >= 1 (got {self.tokens_per_example!r})")
+        for name, data in (("train", self.train), ("val", self.val)):
+            if isinstance(data, tuple | list):
+                self.validate_tensors(name, data)
+            elif isinstance(data, Dataset):
+                self.validate_dataset(name, data)
+            else:
+                raise TypeError(f"task {name} data must be a pair of tensors (inputs, targets) or a "
+                                f"torch.utils.data.Dataset, got {type(data).__name__}")
+
+    @staticmethod
+    def validate_tensors(name: str, data: tuple) -> None:
+        if len(data) != 2 or not all(isinstance(t, Tensor) for t in data):
+            raise TypeError(f"task {name} data must be a pair of tensors (inputs, targets)")
+        x, y = data
+        if len(x) != len(y):
+            raise ValueError(f"task {name} data: {len(x)} inputs but {len(y)} targets")
+        if len(x) == 0:
+            raise ValueError(f"task {name} data is empty")
+        if x.is_floating_point() and not torch.isfinite(x).all():
+            raise ValueError(f"task {name} inputs hold NaN or infinite values")
+
+    def validate_dataset(self, name: str, data: Dataset) -> None:
+        try:
+            n = len(data)
+        except TypeError:
+            raise TypeError(f"task {name} data: a Dataset needs __len__ (a map-style dataset)") from None
+        if n == 0:
+            raise ValueError(f"task {name} data is empty")
+        first = data[0]  # one example, to check its structure before any trial trains
+        if isinstance(first, Mapping):
+            if self.target_key not in first:
+                raise ValueError(f"task {name} data: a dict example needs the target key {self.target_key!r} "
+                                 f"(has {', '.join(map(str, first))}); set Task.target_key")
+        elif not isinstance(first, tuple | list) or len(first) < 2:
+            raise TypeError(f"task {name} data: an example must be a tuple (inputs..., target) or a dict, "
+                            f"got {type(first).__name__}")
 
     def to(self, device: torch.device) -> Task:
-        """Move model and data to the device once; the training loop then never copies."""
+        """Move the model, and tensor data, to the device once: the training loop then never
+        copies them. A Dataset stays where it is; its batches are moved step by step."""
         self.model.to(device)
-        self.train = tuple(t.to(device) for t in self.train)
-        self.val = tuple(t.to(device) for t in self.val)
+        if isinstance(self.train, tuple | list):
+            self.train = tuple(t.to(device) for t in self.train)
+        if isinstance(self.val, tuple | list):
+            self.val = tuple(t.to(device) for t in self.val)
         return self
 
 

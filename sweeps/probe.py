@@ -14,8 +14,10 @@ import time
 from dataclasses import dataclass
 
 import torch
+from torch.utils.data import default_collate
 
 from objectives.task import Task
+from objectives.training.batches import forward, to_device
 from objectives.training.coupling import Coupled
 from sweeps import exits
 from sweeps.cli import add_study_arguments, fail, run_command
@@ -38,10 +40,14 @@ class Measurement:
 def measure(task: Task, optimizer: torch.optim.Optimizer, micro_batch: int, device: torch.device,
             repeats: int = 3) -> Measurement:
     """Train `repeats` updates at this micro-batch (after one warm-up) and time them."""
-    x, y = task.train
-    gen = torch.Generator(device=x.device).manual_seed(0)
-    idx = torch.randint(0, len(x), (micro_batch,), device=x.device, generator=gen)
-    xb, yb = x[idx], y[idx]
+    if isinstance(task.train, tuple | list):
+        x, y = task.train
+        gen = torch.Generator(device=x.device).manual_seed(0)
+        idx = torch.randint(0, len(x), (micro_batch,), device=x.device, generator=gen)
+        batch = (x[idx], y[idx])
+    else:  # a Dataset: its first examples, repeated up to the micro-batch
+        n = len(task.train)
+        batch = to_device(default_collate([task.train[i % n] for i in range(micro_batch)]), device)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
@@ -51,14 +57,14 @@ def measure(task: Task, optimizer: torch.optim.Optimizer, micro_batch: int, devi
                 if cuda:
                     torch.cuda.synchronize(device)
                 started = time.perf_counter()
-            task.loss(task.model(xb), yb).backward()
+            task.loss(*forward(task.model, batch, task.target_key)).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         if cuda:
             torch.cuda.synchronize(device)
     except torch.cuda.OutOfMemoryError:
         optimizer.zero_grad(set_to_none=True)
-        del xb, yb
+        del batch
         if cuda:
             torch.cuda.empty_cache()
         return Measurement(micro_batch, fits=False)
@@ -156,7 +162,7 @@ def probe_study(args: argparse.Namespace) -> int:
     stored = biggest if biggest >= limit else with_margin(biggest, args.margin)
     print(format_probe(tried, stored, limit, device))
     if target is not None:
-        study = open_study(config, target, len(task.train[0]))
+        study = open_study(config, target, task.n_train)
         model = device_model(device)  # one limit per device model; a plain int from before is dropped
         kept = study.user_attrs.get(PROBED_MICRO_BATCH_ATTR)
         study.set_user_attr(PROBED_MICRO_BATCH_ATTR, {**(kept if isinstance(kept, dict) else {}), model: stored})

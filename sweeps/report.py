@@ -78,6 +78,14 @@ def summary_json(a: StudyAnalysis) -> dict:
     }
 
 
+def tokens_per_example_of(a: StudyAnalysis) -> int | None:
+    for t in a.complete:
+        tokens = TrialRecord.of(t).tokens_per_example
+        if tokens:
+            return int(tokens)
+    return None
+
+
 def n_train_of(a: StudyAnalysis) -> int | None:
     for t in a.complete:
         n_train = TrialRecord.of(t).n_train
@@ -106,8 +114,9 @@ def report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(config.base_dir) / f"{existing.target.study_name}-report"
     out.mkdir(parents=True, exist_ok=True)
     n_train = n_train_of(a)
-    plan = plan_rows(config, n_train) if n_train else None
-    figures = figures_of(a, config, n_train)
+    tokens = tokens_per_example_of(a)
+    plan = plan_rows(config, n_train, tokens) if n_train else None
+    figures = figures_of(a, config, n_train, tokens)
 
     table = a.best_table(args.top)
     print(f"best {len(table)} trials of {len(a.complete)} complete:")

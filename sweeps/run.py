@@ -72,9 +72,9 @@ def sweep(args: argparse.Namespace) -> int:
     if gpus:
         check_device(config.objective.device)
     task = load_task(config, torch.device("cpu") if gpus else None)  # once, before any store is opened
+    check_plan(config, task.n_train, task.tokens_per_example)  # a tokens budget needs the task's tokens
     if args.dry_run:
-        check_plan(config, task.n_train)
-        print(format_plan(config, task.n_train))
+        print(format_plan(config, task.n_train, task.tokens_per_example))
         print(f"\nstore: {redact(target.storage_url)} (not opened: dry run)")
         if gpus:
             print("GPUs (each worker sees only its own; numbered as nvidia-smi numbers them):")

@@ -15,7 +15,9 @@ class OutOfMemoryAbove(nn.Module):
         self.model = model
         self.limit = limit
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and len(x) > self.limit:
-            raise torch.cuda.OutOfMemoryError(f"injected: micro-batch {len(x)} > {self.limit}")
-        return self.model(x)
+    def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
+        """Any inputs (a dict batch arrives as keyword arguments): the first one's length counts."""
+        n = len((*args, *kwargs.values())[0])
+        if self.training and n > self.limit:
+            raise torch.cuda.OutOfMemoryError(f"injected: micro-batch {n} > {self.limit}")
+        return self.model(*args, **kwargs)

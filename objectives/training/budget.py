@@ -3,6 +3,9 @@
 Formulas from docs/background.md (section Counting): I = ceil(N/B) (floor with drop_last),
 updates S = I * E, examples seen = N * E. A trial is planned as a number of optimizer updates so
 that its LR schedule can end exactly on its last update.
+
+A `tokens` budget counts examples x tokens_per_example (the task declares it): every tokens
+figure here is an examples figure scaled by it, and its report steps count tokens.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from dataclasses import dataclass
 
 # Pruners compare integer steps; each unit is reported on an integer scale of its own
 # (`Budget.step_scale`): an epoch budget in examples, a seconds budget in milliseconds.
-STEP_UNITS = {"updates": "updates", "examples": "examples", "epochs": "examples", "seconds": "ms"}
+STEP_UNITS = {"updates": "updates", "examples": "examples", "epochs": "examples", "seconds": "ms",
+              "tokens": "tokens"}
 
 
 def step_unit_of(budget_unit: str) -> str:
@@ -52,17 +56,41 @@ def updates_within_examples(examples: float, n: int, batch_size: int, drop_last:
     return full * iterations_per_epoch(n, batch_size, drop_last) + rest // batch_size
 
 
+def tokens_after(updates: int, n: int, batch_size: int, drop_last: bool, tokens_per_example: int) -> int:
+    """Tokens processed by the first `updates` updates."""
+    return examples_after(updates, n, batch_size, drop_last) * tokens_per_example
+
+
 @dataclass(frozen=True)
 class Budget:
-    """A per-trial compute cap and its evaluation grid, in one of four units."""
+    """A per-trial compute cap and its evaluation grid, in one of five units."""
 
-    unit: str  # updates | examples | epochs | seconds
+    unit: str  # updates | examples | epochs | seconds | tokens
     per_trial: float
     eval_every: float
+    tokens_per_example: int | None = None  # the task's; a tokens budget needs it to count
 
     def step_scale(self, n_train: int) -> float:
         """Multiplier from budget units to the integer step reported to the pruner."""
-        return {"updates": 1, "examples": 1, "epochs": n_train, "seconds": 1000}[self.unit]
+        return {"updates": 1, "examples": 1, "epochs": n_train, "seconds": 1000, "tokens": 1}[self.unit]
+
+    def per_example(self) -> int:
+        """Tokens per example; an error naming the fix when the task declares none."""
+        if self.tokens_per_example is None:
+            raise ValueError("a tokens budget needs the task's tokens_per_example")
+        return self.tokens_per_example
+
+    def examples_within(self, units: float) -> int:
+        """The most whole examples a tokens (or examples) amount holds."""
+        if self.unit == "tokens":
+            return math.floor(units / self.per_example() + 1e-9)
+        return int(units)
+
+    def examples_to_reach(self, units: float) -> int:
+        """The fewest whole examples that reach a tokens (or examples) amount."""
+        if self.unit == "tokens":
+            return math.ceil(units / self.per_example() - 1e-9)
+        return math.ceil(units - 1e-9)
 
     def to_step(self, units: float, n_train: int) -> int:
         return int(round(units * self.step_scale(n_train)))
@@ -71,8 +99,8 @@ class Budget:
         """Updates the budget allows; None for seconds (planned from measured throughput)."""
         if self.unit == "updates":
             return int(self.per_trial)
-        if self.unit == "examples":
-            return updates_within_examples(self.per_trial, n, batch_size, drop_last)
+        if self.unit in ("examples", "tokens"):
+            return updates_within_examples(self.examples_within(self.per_trial), n, batch_size, drop_last)
         if self.unit == "epochs":
             per_epoch = iterations_per_epoch(n, batch_size, drop_last)
             return math.floor(self.per_trial * per_epoch + 1e-9)
@@ -89,10 +117,17 @@ class TrialPlan:
     iterations_per_epoch: int
     planned_updates: int
     stop_reason: str  # why training ends if nothing else stops it: budget | epochs
+    tokens_per_example: int | None = None  # the task's, when it declares one
 
     @property
     def planned_examples(self) -> int:
         return examples_after(self.planned_updates, self.n_train, self.batch_size, self.drop_last)
+
+    @property
+    def planned_tokens(self) -> int | None:
+        if self.tokens_per_example is None:
+            return None
+        return self.planned_examples * self.tokens_per_example
 
     @property
     def planned_epochs(self) -> float:
@@ -114,6 +149,7 @@ def plan_trial(
     cap = budget.updates_cap(n_train, batch_size, drop_last)
     if cap is None:
         cap = updates_for_seconds if updates_for_seconds is not None else 2**62
+    tokens = budget.tokens_per_example
     if epochs is not None and epochs * per_epoch < cap:
-        return TrialPlan(n_train, batch_size, drop_last, per_epoch, epochs * per_epoch, "epochs")
-    return TrialPlan(n_train, batch_size, drop_last, per_epoch, cap, "budget")
+        return TrialPlan(n_train, batch_size, drop_last, per_epoch, epochs * per_epoch, "epochs", tokens)
+    return TrialPlan(n_train, batch_size, drop_last, per_epoch, cap, "budget", tokens)

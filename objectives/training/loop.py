@@ -1,4 +1,5 @@
-"""The training loop: data resident on the device, batches by index permutation, no DataLoader.
+"""The training loop. Tensor data stays resident on the device, batched by index permutation, no
+DataLoader; a Dataset is fed by a DataLoader (`objectives.training.data`), batch by batch.
 
 One trial = `planned_updates` optimizer updates. Evaluation happens on the budget grid (every
 `eval_every` budget units), the reporter may prune, early stopping may end it, and a non-finite
@@ -11,14 +12,18 @@ import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import default_collate
 
 from objectives.task import Task
+from objectives.training.batches import Batch, batch_len, forward, split, to_device
 from objectives.training.budget import Budget, TrialPlan, examples_after, updates_within_examples
+from objectives.training.cores import cores_per_worker
+from objectives.training.data import LoaderOptions, make_loader, pins
 from objectives.training.schedule import Schedule
 
 # reporter(value, step) -> True when the trial should stop (pruned)
@@ -74,7 +79,7 @@ def eval_points(plan: TrialPlan, budget: Budget) -> dict[int, int]:
     k = 1
     while k * budget.eval_every <= budget.per_trial + 1e-9:
         units = k * budget.eval_every
-        after = updates_to_reach(units, plan, budget.unit)
+        after = updates_to_reach(units, plan, budget.unit, budget.tokens_per_example)
         if after > plan.planned_updates:
             break
         points[max(after, 1)] = budget.to_step(units, plan.n_train)
@@ -82,14 +87,23 @@ def eval_points(plan: TrialPlan, budget: Budget) -> dict[int, int]:
     return points
 
 
-def updates_to_reach(units: float, plan: TrialPlan, unit: str) -> int:
+def updates_to_reach(units: float, plan: TrialPlan, unit: str, tokens_per_example: int | None = None) -> int:
     if unit == "updates":
         return math.ceil(units - 1e-9)
     if unit == "epochs":
         return math.ceil(units * plan.iterations_per_epoch - 1e-9)
-    done = updates_within_examples(units, plan.n_train, plan.batch_size, plan.drop_last)
+    examples = Budget(unit, units, units, tokens_per_example).examples_to_reach(units)  # examples | tokens
+    done = updates_within_examples(examples, plan.n_train, plan.batch_size, plan.drop_last)
     reached = examples_after(done, plan.n_train, plan.batch_size, plan.drop_last)
-    return done if reached >= units else done + 1
+    return done if reached >= examples else done + 1
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
 
 
 class Trainer:
@@ -110,6 +124,7 @@ class Trainer:
         max_micro_batch: int | None = None,
         eval_batch_size: int = 4096,
         precision: str = "fp32",
+        loader: LoaderOptions | None = None,
     ):
         self.task = task
         self.model: nn.Module = task.model
@@ -122,9 +137,17 @@ class Trainer:
         self.early_stopping = early_stopping
         self.accumulation = micro_batches(plan.batch_size, max_micro_batch)
         self.eval_batch_size = eval_batch_size
-        device = task.train[0].device
+        self.tensors = isinstance(task.train, tuple | list)  # else a Dataset, through a DataLoader
+        device = task.train[0].device if self.tensors else model_device(task.model)
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.device = device
+        self.seed = seed
+        self.loader = loader or LoaderOptions()
+        self.non_blocking = pins(self.loader, device)
+        self.augment_generator = (
+            torch.Generator(device=device).manual_seed(seed + 1) if task.augment is not None else None
+        )
+        self.val_loader = None  # the Dataset path's evaluation loader, for its eval_batch_size
         self.check_every = 1 if device.type == "cpu" else 32  # host syncs are free on the CPU
         self.autocast = (
             torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
@@ -136,34 +159,58 @@ class Trainer:
         self.bad_evals = 0
 
     # --- the hot path -------------------------------------------------------------------
-    def step(self, xb: Tensor, yb: Tensor) -> Tensor:
+    def loss_of(self, batch: Batch) -> Tensor:
+        if type(batch) is tuple and len(batch) == 2:  # the tensor pair: model(x), loss(out, y)
+            return self.task.loss(self.model(batch[0]), batch[1])
+        return self.task.loss(*forward(self.model, batch, self.task.target_key))
+
+    def step(self, batch: Batch) -> Tensor:
         if self.accumulation == 1:
             with self.autocast:
-                loss = self.task.loss(self.model(xb), yb)
+                loss = self.loss_of(batch)
             loss.backward()
         else:
-            loss = torch.zeros((), device=xb.device)
-            for xs, ys in zip(xb.tensor_split(self.accumulation), yb.tensor_split(self.accumulation)):
+            n = batch_len(batch)
+            loss = torch.zeros((), device=self.device)
+            for part in split(batch, min(self.accumulation, n)):  # a short last batch: no empty parts
                 with self.autocast:
-                    part = self.task.loss(self.model(xs), ys) * (len(xs) / len(xb))
-                part.backward()
-                loss += part.detach()
+                    part_loss = self.loss_of(part) * (batch_len(part) / n)
+                part_loss.backward()
+                loss += part_loss.detach()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
-    def step_within_memory(self, xb: Tensor, yb: Tensor) -> Tensor:
+    def step_within_memory(self, batch: Batch) -> Tensor:
         """On OOM, halve the micro-batch and double accumulation: same batch, LR and update."""
         while True:
             try:
-                return self.step(xb, yb)
+                return self.step(batch)
             except torch.cuda.OutOfMemoryError:
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
-                if self.accumulation >= len(xb):
-                    raise OutOfMemory(f"a micro-batch of 1 does not fit (batch {len(xb)})") from None
-                self.accumulation = min(2 * self.accumulation, len(xb))
+                n = batch_len(batch)
+                if self.accumulation >= n:
+                    raise OutOfMemory(f"a micro-batch of 1 does not fit (batch {n})") from None
+                self.accumulation = min(2 * self.accumulation, n)
+
+    def training_batches(self) -> Iterator[Batch]:
+        """Endless batches, epoch after epoch, each epoch in a fresh order drawn from the seed."""
+        n, batch_size, per_epoch = self.plan.n_train, self.plan.batch_size, self.plan.iterations_per_epoch
+        if self.tensors:
+            x, y = self.task.train
+            while True:
+                perm = torch.randperm(n, device=x.device, generator=self.generator)
+                for slot in range(per_epoch):
+                    idx = perm[slot * batch_size : (slot + 1) * batch_size]
+                    yield x[idx], y[idx]
+        loader = make_loader(self.task.train, batch_size, self.loader, self.device, seed=self.seed,
+                             shuffle=True, drop_last=self.plan.drop_last)
+        device, non_blocking = self.device, self.non_blocking
+        while True:
+            for batch in loader:
+                yield to_device(batch, device, non_blocking)
 
     def train(self) -> TrainResult:
         cuda = self.device.type == "cuda"
@@ -171,10 +218,14 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats(self.device)
             torch.cuda.synchronize(self.device)
         started = time.perf_counter()
+        threads = torch.get_num_threads()
         try:
+            self.fit_threads_to_loader()
             self.run_updates(started)
         except OutOfMemory:
             self.result.stop_reason = "oom"
+        finally:
+            torch.set_num_threads(threads)
         if cuda:
             torch.cuda.synchronize(self.device)  # so train_seconds and throughput are true
             self.result.peak_memory_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
@@ -185,10 +236,22 @@ class Trainer:
             self.finish()
         return self.result
 
+    def fit_threads_to_loader(self) -> None:
+        """Loader processes and training threads together fit this process's cores (cores.py)."""
+        workers = 0 if self.tensors else self.loader.resolved_workers()
+        cores = cores_per_worker()
+        if workers and torch.get_num_threads() + workers > cores:
+            torch.set_num_threads(max(1, cores - workers))
+
     def run_updates(self, started: float) -> None:
-        x, y = self.task.train
-        n, batch_size = len(x), self.plan.batch_size
-        per_epoch = self.plan.iterations_per_epoch
+        batches = self.training_batches()
+        try:
+            self.run_batches(started, batches)
+        finally:
+            batches.close()  # the loader's worker processes end with it
+
+    def run_batches(self, started: float, batches: Iterator[Batch]) -> None:
+        n = self.plan.n_train
         points = eval_points(self.plan, self.budget)
         timed = self.budget.unit == "seconds"
         next_timed_eval, time_cap = self.budget.eval_every, self.budget.per_trial
@@ -199,21 +262,21 @@ class Trainer:
         horizon = self.plan.planned_updates
         spent = 0.0
         groups = self.optimizer.param_groups
-        loss_sum = torch.zeros((), device=x.device)
+        loss_sum = torch.zeros((), device=self.device)
         losses_since_check = 0
-        perm = x.new_empty(0, dtype=torch.long)
+        augment, tensors = self.task.augment, self.tensors
         self.model.train()
         for update in range(2**62 if by_clock else horizon):
-            slot = update % per_epoch
-            if slot == 0:
-                perm = torch.randperm(n, device=x.device, generator=self.generator)
-            idx = perm[slot * batch_size : (slot + 1) * batch_size]
+            batch = next(batches)
+            size = len(batch[0]) if tensors else batch_len(batch)
+            if augment is not None:
+                batch = augment(batch, self.augment_generator)
             lr = self.schedule.lr_at(min(int(spent / time_cap * horizon), horizon - 1) if by_clock else update)
             for group in groups:
                 group["lr"] = lr
-            loss_sum += self.step_within_memory(x[idx], y[idx])
+            loss_sum += self.step_within_memory(batch)
             self.result.updates = update + 1
-            self.result.examples_seen += len(idx)
+            self.result.examples_seen += size
             losses_since_check += 1
             if (update + 1) % self.check_every == 0 and not math.isfinite(loss_sum.item()):
                 self.result.stop_reason = "diverged"
@@ -256,6 +319,8 @@ class Trainer:
         return value
 
     def metric_over_val(self) -> float:
+        if not isinstance(self.task.val, tuple | list):
+            return self.metric_over_val_dataset()
         x, y = self.task.val
         total = torch.zeros((), device=x.device)
         with torch.no_grad(), self.autocast:
@@ -263,6 +328,21 @@ class Trainer:
                 xb, yb = x[start : start + self.eval_batch_size], y[start : start + self.eval_batch_size]
                 total += self.task.metric(self.model(xb), yb).float() * len(xb)
         return (total / len(x)).item()
+
+    def metric_over_val_dataset(self) -> float:
+        """The same mean over a validation Dataset, in order, never augmented."""
+        val = self.task.val
+        if self.val_loader is None or self.val_loader.batch_size != self.eval_batch_size:
+            self.val_loader = None  # an OOM halved the chunk: the old loader's workers end first
+            self.val_loader = make_loader(val, self.eval_batch_size, self.loader, self.device,
+                                          seed=self.seed, shuffle=False)
+        total = torch.zeros((), device=self.device)
+        with torch.no_grad(), self.autocast:
+            for batch in self.val_loader:
+                batch = to_device(batch, self.device, self.non_blocking)
+                outputs, targets = forward(self.model, batch, self.task.target_key)
+                total += self.task.metric(outputs, targets).float() * batch_len(batch)
+        return (total / len(val)).item()
 
     def evaluate_and_report(self, step: int) -> bool:
         """Evaluate at `step`; True when the trial must stop (pruned, diverged, early stop)."""
@@ -305,6 +385,7 @@ class Trainer:
                     self.result.stop_reason = reason  # the run was over anyway
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
+        self.val_loader = None  # its worker processes end here, not with the trainer
 
     def end_step(self) -> int:
         """The report step of the last update: the budget's end, or what `epochs` consumed."""
@@ -315,6 +396,7 @@ class Trainer:
             "examples": self.result.examples_seen,
             "epochs": self.result.updates / self.plan.iterations_per_epoch,
             "seconds": self.result.train_seconds,
+            "tokens": self.result.examples_seen * (self.budget.tokens_per_example or 0),
         }[self.budget.unit]
         return self.budget.to_step(units, self.plan.n_train)
 
@@ -331,17 +413,22 @@ def measure_seconds_per_update(task: Task, make_optimizer: OptimizerFactory, bat
     `decoupled_weight_decay`)."""
     model = copy.deepcopy(task.model)
     probe_opt = make_optimizer(model.parameters())
-    x, y = task.train
-    n = len(x)
-    gen = torch.Generator(device=x.device).manual_seed(0)
+    tensors = isinstance(task.train, tuple | list)
+    device = task.train[0].device if tensors else model_device(model)
+    n = task.n_train
+    gen = torch.Generator(device=device if tensors else "cpu").manual_seed(0)
     timings = []
     for _ in range(updates + 1):
-        idx = torch.randint(0, n, (min(batch_size, n),), device=x.device, generator=gen)
+        idx = torch.randint(0, n, (min(batch_size, n),), device=gen.device, generator=gen)
         started = time.perf_counter()
-        task.loss(model(x[idx]), y[idx]).backward()
+        if tensors:
+            batch = (task.train[0][idx], task.train[1][idx])
+        else:  # a Dataset: loading the batch is part of the update's time
+            batch = to_device(default_collate([task.train[i] for i in idx.tolist()]), device)
+        task.loss(*forward(model, batch, task.target_key)).backward()
         probe_opt.step()
         probe_opt.zero_grad(set_to_none=True)
-        if x.device.type == "cuda":
-            torch.cuda.synchronize(x.device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         timings.append(time.perf_counter() - started)
     return sorted(timings[1:])[len(timings[1:]) // 2]  # median, after one warm-up update

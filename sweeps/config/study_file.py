@@ -10,11 +10,12 @@ from typing import Any, Literal
 
 import yaml
 
+from objectives.training.cores import default_loader_workers
 from sweeps.config.schema import ConfigError, build, join
 
 SamplerName = Literal["tpe", "random", "grid", "qmc", "gp", "cmaes"]
 PrunerName = Literal["none", "median", "hyperband", "successive_halving"]
-BudgetUnit = Literal["updates", "examples", "epochs", "seconds"]
+BudgetUnit = Literal["updates", "examples", "epochs", "seconds", "tokens"]
 CouplingName = Literal["none", "linear", "sqrt", "adam_sqrt"]
 ScheduleName = Literal["constant", "cosine", "linear"]
 OptimizerName = Literal["sgd", "adam", "adamw"]
@@ -77,6 +78,26 @@ class PrunerSection:
 
 
 @dataclass
+class LoaderSection:
+    """How a Dataset task's batches are loaded (tensor tasks ignore it). The default `workers`
+    leaves one core to training: max(0, cores_per_worker - 1), where cores_per_worker is the
+    fewest of the CPU affinity and OMP_NUM_THREADS (`--workers N` sets it to cores // N), so loader
+    processes and training threads together fit the cores (objectives/training/cores.py)."""
+
+    workers: int | None = None  # DataLoader worker processes (0: load in the training process)
+    prefetch: int = 2  # batches each worker loads ahead
+    pin_memory: bool = True  # CUDA only: pinned host batches, copied to the device without blocking
+
+    def fill_defaults(self) -> None:
+        if self.workers is None:
+            self.workers = default_loader_workers()
+
+    def validate(self, path: str) -> None:
+        check(self.workers >= 0, join(path, "workers"), f"must be >= 0 (got {self.workers})")
+        check(self.prefetch >= 1, join(path, "prefetch"), f"must be >= 1 (got {self.prefetch})")
+
+
+@dataclass
 class ObjectiveSection:
     task: str
     optimizer: OptimizerName = "sgd"
@@ -91,7 +112,11 @@ class ObjectiveSection:
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast for forward and loss
     compile: bool = False  # torch.compile the model
     gpu_memory_fraction: float | None = None  # cap this process's share of the GPU (workers sharing one)
+    loader: LoaderSection = field(default_factory=LoaderSection)  # a Dataset task's DataLoader
     options: dict[str, Any] = field(default_factory=dict)  # passed to the task factory
+
+    def fill_defaults(self) -> None:
+        self.loader.fill_defaults()  # a section left out is built without going through `build`
 
     def validate(self, path: str) -> None:
         check(bool(self.task.strip()), join(path, "task"), "must not be empty")
@@ -118,12 +143,12 @@ class BudgetSection:
     def fill_defaults(self) -> None:
         if self.eval_every is None and self.per_trial > 0:
             self.eval_every = self.per_trial / 10
-            if self.unit in ("updates", "examples"):
+            if self.unit in ("updates", "examples", "tokens"):
                 self.eval_every = max(1.0, math.floor(self.eval_every))
 
     def validate(self, path: str) -> None:
         check(self.per_trial > 0, join(path, "per_trial"), f"must be > 0 (got {self.per_trial:g})")
-        if self.unit in ("updates", "examples"):
+        if self.unit in ("updates", "examples", "tokens"):
             check(
                 float(self.per_trial).is_integer(),
                 join(path, "per_trial"),

@@ -60,13 +60,14 @@ class LoadedTask:
 
     factory: TaskFactory
     n_train: int
+    tokens_per_example: int | None = None  # what a tokens budget counts per example
 
 
 def load_task(config: SweepConfig, device: torch.device | None = None) -> LoadedTask:
     """A --gpus parent passes the CPU, so it holds no CUDA context on its workers' GPUs."""
     factory = resolve_task(config.objective.task, config.base_dir)
     task = build_reference_task(config, device=device, factory=factory)
-    return LoadedTask(factory, len(task.train[0]))
+    return LoadedTask(factory, task.n_train, task.tokens_per_example)
 
 
 def training_set_size(config: SweepConfig, device: torch.device | None = None) -> int:
@@ -147,10 +148,11 @@ def run_sweep(config: SweepConfig, target: SweepTarget, show_progress: bool = Tr
     optuna.logging.set_verbosity(logging.WARNING)
     task = task or load_task(config)
     n_train, factory = task.n_train, task.factory
-    check_plan(config, n_train)
-    budget = budget_of(config)
+    check_plan(config, n_train, task.tokens_per_example)
+    budget = budget_of(config, task.tokens_per_example)
     study = open_study(config, target, n_train)
-    hooks = DashboardHooks(config, target.storage_url, study, n_train)  # notes, checkpoints, figures
+    # notes, checkpoints, figures
+    hooks = DashboardHooks(config, target.storage_url, study, n_train, task.tokens_per_example)
     progress = Progress(target.n_trials, budget, config.study.metric) if show_progress else None
     if finished_count(study) >= target.n_trials:
         if progress:

@@ -70,7 +70,8 @@ def budget_line(study: optuna.Study, config: SweepConfig) -> str:
             f"{counts[TrialState.FAIL]} failed · {best}")
 
 
-def study_note(study: optuna.Study, config: SweepConfig, n_train: int, footer: str = "") -> str:
+def study_note(study: optuna.Study, config: SweepConfig, n_train: int, footer: str = "",
+               tokens_per_example: int | None = None) -> str:
     s, b = config.study, config.budget
     stored = config.to_dict()
     if stored["study"].get("storage"):
@@ -84,7 +85,7 @@ def study_note(study: optuna.Study, config: SweepConfig, n_train: int, footer: s
         f"{b.eval_every:g} {b.unit}",
         budget_line(study, config),
         f"### Plan of the budget (N = {n_train} training examples, base LR {config.search.reference_lr():.4g})",
-        markdown_table(plan_rows(config, n_train)),
+        markdown_table(plan_rows(config, n_train, tokens_per_example)),
         "### Resolved study file",
         "```yaml\n" + config_yaml + "```",
     ]
@@ -98,11 +99,11 @@ SETTINGS = [  # (a TrialRecord field or a searched parameter, label)
     ("lr", "effective peak LR"), ("warmup_fraction", "warmup fraction"), ("epochs", "epochs (searched)"),
     ("iterations_per_epoch", "iterations per epoch"), ("planned_updates", "planned updates"),
     ("micro_batch", "micro-batch"), ("accumulation_steps", "accumulation steps"), ("seed", "seed"),
-    ("device", "device"), ("n_train", "training examples"),
+    ("device", "device"), ("n_train", "training examples"), ("tokens_per_example", "tokens per example"),
 ]
 RESULTS = [  # (a TrialRecord field, label)
     ("stop_reason", "stopped by"), ("best_step", "best at step"), ("updates", "updates"),
-    ("examples_seen", "examples seen"), ("epochs_completed", "epochs completed"),
+    ("examples_seen", "examples seen"), ("tokens_seen", "tokens seen"), ("epochs_completed", "epochs completed"),
     ("train_seconds", "train seconds"), ("examples_per_second", "examples / s"),
 ]
 

@@ -44,17 +44,20 @@ def publish_figures(study: optuna.Study, figures: dict[str, Figure]) -> None:
     set_study_system_attrs(storage, study_id, attrs)
 
 
-def figures_of(analysis: StudyAnalysis, config: SweepConfig | None, n_train: int | None) -> dict[str, Figure]:
-    plan = plan_rows(config, n_train) if config is not None and n_train else None
+def figures_of(analysis: StudyAnalysis, config: SweepConfig | None, n_train: int | None,
+               tokens_per_example: int | None = None) -> dict[str, Figure]:
+    plan = plan_rows(config, n_train, tokens_per_example) if config is not None and n_train else None
     return build_figures(analysis, plan)
 
 
 class DashboardHooks:
     """Built by the runner once the study is open; every hook is a no-op with `dashboard.notes: false`."""
 
-    def __init__(self, config: SweepConfig, storage_url: str, study: optuna.Study, n_train: int):
+    def __init__(self, config: SweepConfig, storage_url: str, study: optuna.Study, n_train: int,
+                 tokens_per_example: int | None = None):
         self.config = config
         self.n_train = n_train
+        self.tokens_per_example = tokens_per_example
         section = config.dashboard
         self.callbacks = [TrialNotes(config)] if section.notes else []
         self.keeper: CheckpointKeeper | None = None
@@ -62,16 +65,17 @@ class DashboardHooks:
             store = open_artifact_store(artifact_dir(config, storage_url, study.study_name))
             self.keeper = CheckpointKeeper(study, store, section.keep_checkpoints)
         if section.notes:
-            write_study_note(study, study_note(study, config, n_train))
+            write_study_note(study, study_note(study, config, n_train, tokens_per_example=tokens_per_example))
 
     def after_sweep(self, study: optuna.Study) -> None:
         if not self.config.dashboard.notes:
             return
         try:
-            write_study_note(study, study_note(study, self.config, self.n_train))
+            write_study_note(study, study_note(study, self.config, self.n_train,
+                                               tokens_per_example=self.tokens_per_example))
             analysis = analyse(study, with_importances=False)  # the dashboard plots importances itself
             if analysis.complete:
-                publish_figures(study, figures_of(analysis, self.config, self.n_train))
+                publish_figures(study, figures_of(analysis, self.config, self.n_train, self.tokens_per_example))
         except optuna.exceptions.OptunaError:
             raise
         except Exception:  # a report figure must never fail a finished sweep

@@ -46,12 +46,14 @@ class TrialRecord:
     seed: int | None = None
     n_train: int | None = None
     device: str | None = None
+    tokens_per_example: int | None = None  # the task's, stored only when it declares one
     # GPU: CUDA trials only
     gpu: int | None = None  # the index as nvidia-smi numbers it
     gpu_name: str | None = None
     # RESULT: measured by training
     updates: int | None = None
     examples_seen: int | None = None
+    tokens_seen: int | None = None  # examples_seen x tokens_per_example, stored only when declared
     epochs_completed: float | None = None
     train_seconds: float | None = None
     eval_seconds: float | None = None
@@ -87,21 +89,23 @@ class TrialRecord:
         the trial made no update or its record cannot tell."""
         if not self.updates:
             return None
-        denominator = {"updates": self.updates, "examples": self.examples_seen,
+        denominator = {"updates": self.updates, "examples": self.examples_seen, "tokens": self.tokens_seen,
                        "ms": 1000 * (self.train_seconds or 0)}.get(step_unit)
         return self.updates / denominator if denominator else None
 
 
 NAMES = tuple(f.name for f in fields(TrialRecord))
 IDENTITY = ("worker", "sampler_seed")
-PLAN = ("batch_size", "lr", "coupling", "iterations_per_epoch", "planned_updates", "seed", "n_train", "device")
+PLAN = ("batch_size", "lr", "coupling", "iterations_per_epoch", "planned_updates", "seed", "n_train", "device",
+        "tokens_per_example")
 GPU = ("gpu", "gpu_name")
-RESULT = ("updates", "examples_seen", "epochs_completed", "train_seconds", "eval_seconds", "examples_per_second",
-          "stop_reason", "best_step", "micro_batch", "accumulation_steps", "peak_memory_mb")
+RESULT = ("updates", "examples_seen", "tokens_seen", "epochs_completed", "train_seconds", "eval_seconds",
+          "examples_per_second", "stop_reason", "best_step", "micro_batch", "accumulation_steps", "peak_memory_mb")
 ERROR = ("error",)
-WHEN_KNOWN = frozenset({"peak_memory_mb"})  # stored only when not None
+WHEN_KNOWN = frozenset({"peak_memory_mb", "tokens_per_example", "tokens_seen"})  # stored only when not None
 # The attribute that counts what a trial used of its budget, per budget unit.
-CONSUMED = {"updates": "updates", "examples": "examples_seen", "epochs": "epochs_completed", "seconds": "train_seconds"}
+CONSUMED = {"updates": "updates", "examples": "examples_seen", "epochs": "epochs_completed", "seconds": "train_seconds",
+            "tokens": "tokens_seen"}
 
 
 def _check_names() -> None:
@@ -122,7 +126,8 @@ def identity_attrs(worker: int, sampler_seed: int) -> dict[str, Any]:
 def plan_attrs(batch_size: int, lr: float, coupling: str, plan: TrialPlan, seed: int, device: str) -> dict[str, Any]:
     return TrialRecord(batch_size=batch_size, lr=lr, coupling=coupling,
                        iterations_per_epoch=plan.iterations_per_epoch, planned_updates=plan.planned_updates,
-                       seed=seed, n_train=plan.n_train, device=device).attrs(PLAN)
+                       seed=seed, n_train=plan.n_train, device=device,
+                       tokens_per_example=plan.tokens_per_example).attrs(PLAN)
 
 
 def gpu_attrs(gpu: int | None, gpu_name: str) -> dict[str, Any]:
@@ -134,6 +139,7 @@ def result_attrs(result: TrainResult, plan: TrialPlan) -> dict[str, Any]:
     return TrialRecord(
         updates=result.updates,
         examples_seen=result.examples_seen,
+        tokens_seen=None if plan.tokens_per_example is None else result.examples_seen * plan.tokens_per_example,
         epochs_completed=round(result.updates / plan.iterations_per_epoch, 4),
         train_seconds=round(result.train_seconds, 4),
         eval_seconds=round(result.eval_seconds, 4),

@@ -14,6 +14,7 @@ from objectives.registry import TaskFactory
 from objectives.task import Task, TrialSettings
 from objectives.training.budget import Budget, TrialPlan, plan_trial
 from objectives.training.coupling import Coupled, couple
+from objectives.training.data import LoaderOptions
 from objectives.training.loop import EarlyStopping, Reporter, Trainer, TrainResult, measure_seconds_per_update
 from objectives.training.schedule import Schedule
 from sweeps.config.study_file import ObjectiveSection, SweepConfig
@@ -102,7 +103,7 @@ class SweepObjective:
                          cfg.search.reference_batch_size, cfg.objective.betas, cfg.objective.eps)
         task = self.make_task(point, coupled, seed, trial.params)
         optimizer = build_optimizer(cfg.objective, task.model.parameters(), coupled)
-        n_train = len(task.train[0])
+        n_train = task.n_train
         timed_updates = None
         if self.budget.unit == "seconds":
             per_update = measure_seconds_per_update(
@@ -182,6 +183,8 @@ class SweepObjective:
             max_micro_batch=self.max_micro_batch,
             eval_batch_size=cfg.objective.eval_batch_size,
             precision=cfg.objective.precision,
+            loader=LoaderOptions(cfg.objective.loader.workers, cfg.objective.loader.prefetch,
+                                 cfg.objective.loader.pin_memory),
         )
         return trainer.train()
 

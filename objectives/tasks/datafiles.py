@@ -1,0 +1,41 @@
+"""Shared by the tasks that read local files: where the file is, and one-line errors naming it."""
+
+from __future__ import annotations
+
+import os
+
+from objectives.task import TrialSettings
+
+
+class DataFileError(ValueError):
+    """A data file is missing or not in the expected format. The message is one line that names
+    the file and says what was expected; the command maps it to exit 2 (objectives.registry.TaskError)."""
+
+    def __init__(self, path: str, expected: str):
+        super().__init__(f"{path}: {' '.join(expected.split())}")
+        self.path = path
+
+
+def data_path(settings: TrialSettings, what: str) -> str:
+    """objective.options.path, resolved against the study file's folder; `what` names the format."""
+    raw = settings.options.get("path")
+    if not raw or not isinstance(raw, str):
+        raise DataFileError("objective.options.path", f"missing: give the path of {what}")
+    path = os.path.normpath(os.path.join(settings.base_dir, os.path.expanduser(raw)))
+    if not os.path.exists(path):
+        raise DataFileError(path, f"no such file or folder; expected {what}")
+    return path
+
+
+def option(settings: TrialSettings, name: str, default, kind=int, low=None, high=None):
+    """objective.options[name] converted to `kind`, with a one-line error naming the option."""
+    value = settings.options.get(name, default)
+    try:
+        value = kind(value)
+    except (TypeError, ValueError):
+        raise DataFileError(f"objective.options.{name}", f"expected {kind.__name__}, got {value!r}") from None
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"{'' if low is None else f'>= {low}'}{' and ' if low is not None and high is not None else ''}" \
+                 f"{'' if high is None else f'<= {high}'}"
+        raise DataFileError(f"objective.options.{name}", f"expected {bounds}, got {value!r}")
+    return value
