@@ -58,6 +58,7 @@ class TrialSettings:
     params: dict[str, Any] = field(default_factory=dict)  # every searched value of the trial
     options: dict[str, Any] = field(default_factory=dict)  # objective.options from the study file
     base_dir: str = "."  # the study file's folder: relative data paths resolve against it
+    maximize: bool | None = None  # the study's direction (None: unknown); a task whose metric has one can check it
 
 
 @dataclass

@@ -504,3 +504,22 @@ def test_examples_build_on_the_samples_module_output(tmp_path, monkeypatch, caps
     assert main([str(tmp_path / f"{example}.yaml"), "--dry-run"]) == 0
     assert "batch_size" in capsys.readouterr().out
     assert list(tmp_path.glob("*.db")) == []
+
+
+@pytest.mark.parametrize("kind,direction", [("regression", "maximize"), ("classification", "minimize")])
+def test_a_csv_study_whose_direction_contradicts_the_metric_exits_2(tmp_path, kind, direction):
+    rng = np.random.RandomState(0)
+    rows = [[round(rng.randn(), 3), rng.choice(["red", "blue"])] for _ in range(40)]
+    write_csv(tmp_path / "t.csv", ["a", "colour"], rows)
+    target = "colour" if kind == "classification" else "a"
+    options = {"path": "t.csv", "target": target, "kind": kind}
+    study = study_file(tmp_path, "csv", options, metric="whatever", direction=direction)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("SWEEPS_STORAGE", None)
+    done = subprocess.run([sys.executable, "-m", "sweeps.run", str(study)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    wanted = "study.direction: maximize" if kind == "classification" else "study.direction: minimize"
+    assert len(lines) == 1 and wanted in lines[0], done.stderr
+    assert list(tmp_path.glob("*.db*")) == []

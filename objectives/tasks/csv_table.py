@@ -6,8 +6,8 @@ training mean), any other is one-hot encoded (an empty cell is a category of its
 
 Kind: classification when the target holds strings, or integers with few distinct values
 (at most 20, and fewer than 5% of the rows); regression otherwise. `kind` (classification |
-regression) overrides the guess. The study file must name the matching metric; the factory cannot
-see `study.metric`, so it cannot check this:
+regression) overrides the guess. The study file must name the matching metric and direction; a
+direction that does not match the kind is an error (exit 2):
 - classification: cross-entropy loss, metric accuracy (`study.metric: val_accuracy`,
   `study.direction: maximize`);
 - regression: loss the MSE of the standardised target, metric the MSE in the target's own units
@@ -176,6 +176,16 @@ def hidden_widths(settings: TrialSettings) -> list[int]:
     return widths
 
 
+def check_direction(kind: str, maximize: bool | None) -> None:
+    """Accuracy is maximised and MSE minimised: a study that goes the other way would search for
+    the worst model, silently."""
+    wanted = kind == "classification"
+    if maximize is not None and maximize != wanted:
+        metric, direction = ("val_accuracy", "maximize") if wanted else ("val_mse", "minimize")
+        raise ValueError(f"the CSV target is a {kind} target, whose metric is {metric}: set study.metric: "
+                         f"{metric} and study.direction: {direction} (or objective.options.kind)")
+
+
 def csv_table(settings: TrialSettings) -> Task:
     path = data_path(settings, EXPECTED)
     opts = settings.options
@@ -193,6 +203,7 @@ def csv_table(settings: TrialSettings) -> Task:
         option(settings, "val_fraction", 0.2, float, 0.0, 0.9), option(settings, "split_seed", 0),
         str(opts.get("delimiter", ",")), option(settings, "max_classes", 20, int, low=2),
     )
+    check_direction(kind, settings.maximize)
     hidden = hidden_widths(settings)
     if kind == "classification":
         model = nn.Sequential(*mlp(x_train.shape[1], hidden, len(classes)))

@@ -41,6 +41,7 @@ def build_reference_task(config: SweepConfig, batch_size: int | None = None, dev
         batch_size=batch_size or search.reference_batch_size, lr=search.reference_lr(),
         seed=config.study.seed, device=device or resolve_device(config.objective.device),
         options=dict(config.objective.options), base_dir=config.base_dir,
+        maximize=config.study.direction == "maximize",
     )
     try:
         task = factory(settings)

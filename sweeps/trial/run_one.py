@@ -124,7 +124,7 @@ class SweepObjective:
         settings = TrialSettings(
             batch_size=point.batch_size, lr=coupled.lr, seed=seed, device=self.device,
             params=dict(params), options=dict(self.config.objective.options),
-            base_dir=self.config.base_dir,
+            base_dir=self.config.base_dir, maximize=self.config.study.direction == "maximize",
         )
         task = self.factory(settings)
         if not isinstance(task, Task):
