@@ -11,6 +11,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from urllib.parse import quote
 
 import optuna
 import sqlalchemy
@@ -160,6 +161,30 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
         except (SQLAlchemyError, ImportError, ValueError, OSError) as err:
             raise StorageError(f"cannot open storage {safe}: {first_line(err, url, safe)}") from err
     raise AssertionError("unreachable")
+
+
+def open_read_only(url: str) -> optuna.storages.RDBStorage:
+    """An RDBStorage that only reads: no table is created, no schema check, no pragma, and a SQLite
+    file opened read-only (a missing file is a StorageError, never a new empty store) that leaves no
+    -wal or -shm file behind."""
+    safe = redact(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = Path(parsed.database or "")
+        if not path.is_file():
+            raise StorageError(f"no store at {path}")
+        # A WAL file is there while another connection has the store open: read alongside it. Without
+        # one nobody is writing, and `immutable` reads the file as it is, creating no -wal or -shm file.
+        live = Path(f"{path}-wal").exists()
+        url = f"sqlite:///file:{quote(str(path.resolve()))}?mode=ro{'' if live else '&immutable=1'}&uri=true"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url), skip_compatibility_check=True,
+                                              skip_table_creation=True)
+    except (SQLAlchemyError, ImportError, ValueError, OSError, optuna.exceptions.OptunaError) as err:
+        cause = err.__cause__ if isinstance(err, optuna.exceptions.OptunaError) and err.__cause__ else err
+        raise StorageError(f"cannot read storage {safe}: {first_line(cause, url, safe)}") from err
 
 
 def first_line(err: BaseException, url: str, safe: str) -> str:

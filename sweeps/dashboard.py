@@ -24,7 +24,9 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m sweeps.dashboard",
-                                     description="Serve optuna-dashboard for the study's store.")
+                                     description="Serve optuna-dashboard for the study's store.",
+                                     epilog="example:\n  sweeps dashboard study.yaml --port 8080\n",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_study_arguments(parser)
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     parser.add_argument("--host", default="127.0.0.1",

@@ -138,7 +138,9 @@ def format_probe(tried: list[Measurement], stored: int, limit: int, device: torc
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sweeps.probe", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m sweeps.probe", description=__doc__.splitlines()[0],
+                                     epilog="example:\n  sweeps probe study.yaml --limit 4096\n",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_study_arguments(parser)
     parser.add_argument("--limit", type=int, help="largest size to try (default: the largest batch searched)")
     parser.add_argument("--margin", type=float, default=0.1, help="safety margin (default 0.1)")

@@ -25,7 +25,9 @@ from sweeps.trial.record import TrialRecord
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m sweeps.report",
-                                     description="Report what a sweep found: tables, report.html and PNG figures.")
+                                     description="Report what a sweep found: tables, report.html and PNG figures.",
+                                     epilog="example:\n  sweeps report study.yaml --top 5 --out report/\n",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_study_arguments(parser)
     parser.add_argument("--out", help="output folder (default: <study name>-report beside the study file)")
     parser.add_argument("--top", type=int, default=10, help="rows of the best-trials table (default 10)")

@@ -22,7 +22,7 @@ from sweeps.config.target import target_of
 from sweeps.loop import signals
 from sweeps.loop.ending import report_ending
 from sweeps.loop.gpus import GPU_ENV, check_device, cuda_device_count, plan_gpus
-from sweeps.loop.runner import load_task, run_sweep
+from sweeps.loop.runner import load_task, recorded_overrides, run_sweep
 from sweeps.loop.workers import run_workers
 from sweeps.trial.record import TrialRecord
 
@@ -31,6 +31,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m sweeps.run",
         description="Search batch size, epochs and LR coupling under a fixed compute budget.",
+        epilog="example:\n  sweeps run study.yaml --dry-run    # validate and print the plan\n"
+               "  sweeps run study.yaml --workers 2  # run (or resume) with two worker processes\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_study_arguments(parser)
     parser.add_argument("--n-trials", type=int, help="total finished trials for the study")
@@ -46,6 +49,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--worker-index", type=int, default=None,
                         help="fix this worker's sampler seed to study.seed + index (by default each worker "
                              "process registers in the store and takes the next free number)")
+    parser.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY.PATH=VALUE",
+                        help="override one key of the study file, e.g. --set search.base_lr.high=0.1 or "
+                             "--set search.batch_size=[32,64] (a YAML value; repeatable; validated like the file, "
+                             "recorded with the study and passed on to --workers)")
     parser.add_argument("--as-worker", action="store_true", help=argparse.SUPPRESS)  # a child of --workers
     return parser.parse_args(argv)
 
@@ -67,7 +74,7 @@ def sweep(args: argparse.Namespace) -> int:
     # a worker child ignores --gpus and $SWEEPS_GPUS: its parent chose its GPU
     gpus = None if args.as_worker else plan_gpus(args.gpus, args.trials_per_gpu, args.workers, args.worker_index,
                                                   cuda_device_count, os.environ, args.dry_run)
-    config = load_config(args.study_file)
+    config = load_config(args.study_file, overrides=args.sets)
     target = target_of(config, args.storage, args.study_name, args.n_trials)
     if gpus:
         check_device(config.objective.device)
@@ -75,6 +82,8 @@ def sweep(args: argparse.Namespace) -> int:
     check_plan(config, task.n_train, task.tokens_per_example)  # a tokens budget needs the task's tokens
     if args.dry_run:
         print(format_plan(config, task.n_train, task.tokens_per_example))
+        if args.sets:
+            print("\noverrides: " + " ".join(f"--set {s}" for s in recorded_overrides(args.sets)))
         print(f"\nstore: {redact(target.storage_url)} (not opened: dry run)")
         if gpus:
             print("GPUs (each worker sees only its own; numbered as nvidia-smi numbers them):")
@@ -82,8 +91,10 @@ def sweep(args: argparse.Namespace) -> int:
         return exits.OK
     if gpus or (args.workers or 1) > 1:  # --gpus: always children, so CUDA_VISIBLE_DEVICES precedes CUDA
         return run_workers(args.study_file, config, target, len(gpus) if gpus else args.workers, task.n_train,
-                           show_progress=not args.quiet, first_index=args.worker_index, gpus=gpus)
-    study = run_sweep(config, target, show_progress=not args.quiet, worker_index=args.worker_index, task=task)
+                           show_progress=not args.quiet, first_index=args.worker_index, gpus=gpus,
+                           overrides=args.sets)
+    study = run_sweep(config, target, show_progress=not args.quiet, worker_index=args.worker_index, task=task,
+                      overrides=args.sets)
     if args.as_worker:  # a worker of --workers: the parent reports
         return exits.OK
     print_summary(study, config.study.metric)
@@ -104,13 +115,17 @@ def print_summary(study: optuna.Study, metric: str) -> None:
     )
 
 
-if __name__ == "__main__":
-    code = main()
-    if "--as-worker" in sys.argv or code in (exits.INTERRUPTED, exits.TERMINATED):
-        # A worker of --workers, or a stopped sweep: everything it wrote is committed; skip the
-        # interpreter's teardown (seconds of CPU with torch loaded on a busy machine), so SIGTERM
-        # (docker stop) ends it well within the grace period.
+def exit_at_once_if_stopped(code: int, argv: list[str]) -> None:
+    """A worker of --workers, or a stopped sweep: everything it wrote is committed, so skip the
+    interpreter's teardown (seconds of CPU with torch loaded on a busy machine), and SIGTERM
+    (docker stop) ends it well within the grace period."""
+    if "--as-worker" in argv or code in (exits.INTERRUPTED, exits.TERMINATED):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+if __name__ == "__main__":
+    code = main()
+    exit_at_once_if_stopped(code, sys.argv[1:])
     sys.exit(code)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -11,6 +12,7 @@ from typing import Any, Literal
 import yaml
 
 from objectives.training.cores import default_loader_workers
+from sweeps.config.overrides import apply_overrides, blamed_on
 from sweeps.config.schema import ConfigError, build, join
 
 SamplerName = Literal["tpe", "random", "grid", "qmc", "gp", "cmaes"]
@@ -38,6 +40,7 @@ class StudySection:
     heartbeat_interval: int = 10  # seconds; a dead worker's trial is retried (0: off)
     grace_period: int | None = None  # seconds without a heartbeat before that; default 2 x interval
     max_retry: int = 3  # times one configuration is retried after its worker died or was stopped
+    training_seed: int | None = None  # every trial trains with this seed (default: from seed and trial number)
 
     def validate(self, path: str) -> None:
         check(bool(self.name.strip()), join(path, "name"), "must not be empty")
@@ -48,6 +51,9 @@ class StudySection:
             check(self.grace_period > self.heartbeat_interval, join(path, "grace_period"),
                   "must be longer than heartbeat_interval")
         check(self.max_retry >= 0, join(path, "max_retry"), "must be >= 0")
+        if self.training_seed is not None:
+            check(0 <= self.training_seed < 2**31 - 1, join(path, "training_seed"),
+                  f"must be in [0, 2**31 - 1) (got {self.training_seed})")
 
 
 @dataclass
@@ -335,17 +341,19 @@ class SweepConfig:
         return data
 
 
-def parse_config(data: Any, base_dir: str | Path = ".") -> SweepConfig:
+def parse_config(data: Any, base_dir: str | Path = ".", overrides: Sequence[str] = ()) -> SweepConfig:
+    """`overrides`: `--set KEY.PATH=VALUE` arguments, applied before validation (config/overrides.py)."""
     if not isinstance(data, dict):
         raise ConfigError("", f"the study file must be a mapping of sections, got {type(data).__name__}")
-    data = dict(data)
+    data = apply_overrides(data, overrides) if overrides else dict(data)
     data.pop("base_dir", None)
-    config = build(SweepConfig, data, "")
+    with blamed_on(overrides):
+        config = build(SweepConfig, data, "")
     config.base_dir = str(Path(base_dir).resolve())
     return config
 
 
-def load_config(path: str | Path) -> SweepConfig:
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> SweepConfig:
     path = Path(path)
     try:
         text = path.read_text()
@@ -355,4 +363,4 @@ def load_config(path: str | Path) -> SweepConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError("", f"{path} is not valid YAML: {err}") from err
-    return parse_config(data, base_dir=path.parent)
+    return parse_config(data, base_dir=path.parent, overrides=overrides)

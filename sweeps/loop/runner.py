@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -19,6 +19,7 @@ from storage import open_storage, redact
 from storage.optuna_private import study_id_of, study_storage
 from storage.snapshot import SnapshotStorage
 from storage.workers import register_worker
+from sweeps.config.overrides import OVERRIDES_ATTR
 from sweeps.config.plan import budget_of, check_plan
 from sweeps.config.study_file import SweepConfig
 from sweeps.config.target import SweepTarget
@@ -83,7 +84,8 @@ def resumed_seed(seed: int, trials_in_study: int) -> int:
 
 
 def open_study(config: SweepConfig, target: SweepTarget, n_train: int,
-               sampler_seed: int | None = None) -> optuna.Study:
+               sampler_seed: int | None = None, overrides: Sequence[str] = ()) -> optuna.Study:
+    """A new study records its config, and the `--set` overrides that made it (`overrides`)."""
     storage = SnapshotStorage(open_storage(target.storage_url, config.study.heartbeat_interval,
                                            config.study.grace_period, config.study.max_retry))
     seed = config.study.seed if sampler_seed is None else sampler_seed
@@ -109,9 +111,22 @@ def open_study(config: SweepConfig, target: SweepTarget, n_train: int,
         if stored["study"].get("storage"):  # the study file may name a URL with a password
             stored["study"]["storage"] = redact(stored["study"]["storage"])
         study.set_user_attr("config", stored)
+        if overrides:
+            study.set_user_attr(OVERRIDES_ATTR, recorded_overrides(overrides))
         for key, value in study_unit_attrs(config.budget.unit).items():
             study.set_user_attr(key, value)
     return study
+
+
+def recorded_overrides(overrides: Sequence[str]) -> list[str]:
+    """The --set arguments as stored with the study: a store URL's password hidden, as in `config`."""
+    recorded = []
+    for text in overrides:
+        key, sep, value = text.partition("=")
+        if key.strip() == "study.storage" and value.strip():
+            text = f"{key}{sep}{redact(value.strip())}"
+        recorded.append(text)
+    return recorded
 
 
 def seed_sampler(study: optuna.Study, config: SweepConfig, seed: int) -> int:
@@ -139,19 +154,21 @@ def a_core_for_bookkeeping() -> Iterator[None]:
 
 
 def run_sweep(config: SweepConfig, target: SweepTarget, show_progress: bool = True,
-              worker_index: int | None = None, task: LoadedTask | None = None) -> optuna.Study:
+              worker_index: int | None = None, task: LoadedTask | None = None,
+              overrides: Sequence[str] = ()) -> optuna.Study:
     """Run until the study holds `target.n_trials` finished trials; return the study.
 
     Each worker of a shared study draws its own sampler seed, study.seed + its worker number:
     `worker_index` when given, else the next number registered in the store. `task`: the
-    caller's `load_task(config)`, when it has one.
+    caller's `load_task(config)`, when it has one. `overrides`: the `--set` arguments `config`
+    was loaded with, recorded with a new study.
     """
     optuna.logging.set_verbosity(logging.WARNING)
     task = task or load_task(config)
     n_train, factory = task.n_train, task.factory
     check_plan(config, n_train, task.tokens_per_example)
     budget = budget_of(config, task.tokens_per_example)
-    study = open_study(config, target, n_train)
+    study = open_study(config, target, n_train, overrides=overrides)
     # notes, checkpoints, figures
     hooks = DashboardHooks(config, target.storage_url, study, n_train, task.tokens_per_example)
     progress = Progress(target.n_trials, budget, config.study.metric) if show_progress else None

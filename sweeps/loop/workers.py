@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 
 import optuna
 
@@ -30,25 +31,31 @@ from sweeps.loop.signals import Terminated
 STOP_WAIT_S = 7  # then SIGKILL: the parent exits within 10 s of a SIGTERM, as docker stop expects
 
 
-def worker_command(study_file: str, target: SweepTarget, index: int | None) -> list[str]:
+def worker_command(study_file: str, target: SweepTarget, index: int | None,
+                   overrides: Sequence[str] = ()) -> list[str]:
     """A worker's command line; its store URL travels in the environment (`ENV_VAR`), exactly as
-    the parent resolved it, and wins there over the study file's own `study.storage`."""
+    the parent resolved it, and wins there over the study file's own `study.storage`. The
+    parent's `--set` overrides go along, in order, so every worker trains the same config."""
     fixed_seed = [] if index is None else ["--worker-index", str(index)]
-    return [sys.executable, "-m", "sweeps.run", study_file, "--quiet", "--as-worker", *fixed_seed,
-            "--study-name", target.study_name, "--n-trials", str(target.n_trials)]
+    sets = [arg for text in overrides for arg in ("--set", text)]
+    # through the console entry, which keeps a user's own storage.py or objectives.py in the
+    # working directory from shadowing the project's packages
+    return [sys.executable, "-m", "sweeps.console", "run", study_file, "--quiet", "--as-worker", *fixed_seed,
+            "--study-name", target.study_name, "--n-trials", str(target.n_trials), *sets]
 
 
 def run_workers(study_file: str, config: SweepConfig, target: SweepTarget, n_workers: int, n_train: int,
                 show_progress: bool = True, first_index: int | None = None,
-                gpus: list[GpuAssignment] | None = None) -> int:
+                gpus: list[GpuAssignment] | None = None, overrides: Sequence[str] = ()) -> int:
     """`gpus`: worker i runs with gpus[i]'s environment (only its GPU visible); the parent itself
     stays off the GPUs."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # as in each worker: the progress line says it all
-    study = open_study(config, target, n_train)
+    study = open_study(config, target, n_train, overrides=overrides)
     threads = str(max(1, (os.cpu_count() or 1) // n_workers))  # N workers share the cores, not N x all
     env = {**os.environ, ENV_VAR: target.storage_url, "OMP_NUM_THREADS": threads}
     envs = [{**env, **gpu.env()} for gpu in gpus] if gpus else [env] * n_workers
-    workers = [subprocess.Popen(worker_command(study_file, target, None if first_index is None else first_index + i),
+    workers = [subprocess.Popen(worker_command(study_file, target, None if first_index is None else first_index + i,
+                                               overrides),
                                 env=envs[i])
                for i in range(n_workers)]
     progress = Progress(target.n_trials, budget_of(config), config.study.metric) if show_progress else None

@@ -39,6 +39,12 @@ def seed_number(trial) -> int:
     return trial.number if retry_of is None else retry_of
 
 
+def training_seed_of(config: SweepConfig, trial) -> int:
+    """`study.training_seed` when the study file fixes it (an exported best trial), else `trial_seed`."""
+    fixed = config.study.training_seed
+    return fixed if fixed is not None else trial_seed(config.study.seed, seed_number(trial))
+
+
 def resolve_device(name: str, memory_fraction: float | None = None) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -98,7 +104,7 @@ class SweepObjective:
 
     def prepare(self, trial: optuna.Trial, point: Suggestion) -> PreparedTrial:
         cfg = self.config
-        seed = trial_seed(cfg.study.seed, seed_number(trial))
+        seed = training_seed_of(cfg, trial)
         coupled = couple(point.coupling, point.base_lr, point.batch_size,
                          cfg.search.reference_batch_size, cfg.objective.betas, cfg.objective.eps)
         task = self.make_task(point, coupled, seed, trial.params)

@@ -1,0 +1,193 @@
+"""`sweeps best STUDY.yaml [--top K] [--export best.yaml]`: the best trials and the settings they
+trained with, and a study file that trains the best one again.
+
+Each row shows what the trial really used (sweeps/trial/record.py): batch size, epochs (when
+searched), planned and made updates, the effective LR after coupling, the coupling rule and base
+LR, warmup, schedule and training seed. `--export` writes a study file of one trial that trains
+exactly that configuration: the batch size, epochs and warmup fixed, coupling `none` with the base
+LR set to the trial's effective LR (with adam_sqrt, the coupled betas and eps too), the same
+schedule and budget, and `study.training_seed` set to the trial's seed. On the same device and
+thread count its value is the trial's (a `seconds` budget, measured on the clock, is the exception).
+The settings come from the config the study stored when it was created (the study file with any
+`--set` overrides applied), or from the study file when the study stored none.
+Exit codes (`sweeps.exits`): 0 printed, 1 no finished trial yet, 2 invalid study file or flag,
+3 store not there or not readable, 4 no such study.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+
+from objectives.training.coupling import couple
+from sweeps import exits
+from sweeps.cli import add_study_arguments, fail, run_command
+from sweeps.config.plan import fmt
+from sweeps.config.schema import ConfigError
+from sweeps.config.study_file import FloatRange, SweepConfig, parse_config
+from sweeps.results.existing import load, open_existing
+from sweeps.trial.record import TrialRecord
+
+EXAMPLE = """example:
+  sweeps best study.yaml --top 3 --export best.yaml
+  sweeps run best.yaml        # trains the best trial again: same settings, same seed, same value
+"""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="sweeps best", description="The best trials with their effective "
+                                     "settings; --export writes a study file that trains the best one again.",
+                                     epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_study_arguments(parser)
+    parser.add_argument("--top", type=int, default=5, help="trials to show (default 5)")
+    parser.add_argument("--export", metavar="FILE", help="write a study file that trains the best trial again")
+    parser.add_argument("--trial", type=int, help="with --export: export this trial number instead of the best")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.top < 1:
+        return fail(exits.USAGE, f"--top must be >= 1 (got {args.top})")
+    return run_command(lambda: best(args), args.study_file)
+
+
+def fixed_or_param(trial: FrozenTrial, name: str, spec: Any) -> Any:
+    """The value a trial trained with for a search key: its parameter when searched, else the
+    study file's fixed value (a one-value list or a range of one point)."""
+    if name in trial.params:
+        return trial.params[name]
+    if isinstance(spec, list) and len(spec) == 1:
+        return spec[0]
+    if hasattr(spec, "low") and spec.low == spec.high:
+        return spec.low
+    return spec
+
+
+def searched_epochs(trial: FrozenTrial, config: SweepConfig) -> int | None:
+    search = config.search
+    return None if search.epochs is None else fixed_or_param(trial, "epochs", search.epochs)
+
+
+def settings_of(trial: FrozenTrial, config: SweepConfig) -> dict[str, Any]:
+    """One row: what the trial trained with, as it stored it (its record) and as it sampled it."""
+    rec = TrialRecord.of(trial)
+    search = config.search
+    epochs = searched_epochs(trial, config)
+    return {
+        "trial": trial.number,
+        "value": trial.value,
+        "batch_size": rec.batch_size,
+        "epochs": rec.epochs_completed if epochs is None else epochs,  # searched, else as trained
+        "updates": rec.updates,
+        "planned_updates": rec.planned_updates,
+        "lr": rec.lr,
+        "coupling": rec.coupling,
+        "base_lr": fixed_or_param(trial, "base_lr", search.base_lr),
+        "warmup": fixed_or_param(trial, "warmup_fraction", search.warmup_fraction),
+        "schedule": config.schedule.name,
+        "seed": rec.seed,
+    }
+
+
+def ranked(trials: list[FrozenTrial], maximize: bool) -> list[FrozenTrial]:
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
+    return sorted(done, key=lambda t: (-t.value if maximize else t.value, t.number))
+
+
+def text_table(rows: list[dict]) -> str:
+    columns = list(rows[0])
+    cells = [[fmt(r[c]) if r[c] is not None else "-" for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def best(args: argparse.Namespace) -> int:
+    existing = open_existing(args.study_file, args.storage, args.study_name)
+    study = load(existing)
+    config = study_config(study, existing.config)
+    maximize = config.study.direction == "maximize"
+    top = ranked(study.get_trials(deepcopy=False), maximize)
+    if not top:
+        return fail(exits.FAILED, f"study {study.study_name!r} has no finished trial with a value yet: "
+                                  f"run `sweeps run {args.study_file}`")
+    print(f"study {study.study_name}: best {min(args.top, len(top))} of {len(top)} finished trials "
+          f"({'maximize' if maximize else 'minimize'} {config.study.metric})")
+    print(text_table([settings_of(t, config) for t in top[:args.top]]))
+    if args.export:
+        chosen = top[0]
+        if args.trial is not None:
+            by_number = {t.number: t for t in top}
+            if args.trial not in by_number:
+                return fail(exits.USAGE, f"--trial {args.trial} is not a finished trial of {study.study_name!r}")
+            chosen = by_number[args.trial]
+        data = export_data(chosen, config, study.study_name)
+        parse_config(data, Path(args.export).resolve().parent)  # what is written must load
+        Path(args.export).write_text(export_header(chosen, study.study_name, config)
+                                     + yaml.safe_dump(data, sort_keys=False))
+        print(f"wrote {args.export}: trains trial {chosen.number} again (sweeps run {args.export})")
+    return exits.OK
+
+
+def study_config(study, file_config: SweepConfig) -> SweepConfig:
+    """The config the study ran with, as it stored it (the study file with any `--set` applied);
+    the study file's own when the study stored none that loads."""
+    stored = study.user_attrs.get("config")
+    if isinstance(stored, dict):
+        try:
+            return parse_config(stored, file_config.base_dir)
+        except ConfigError:
+            pass
+    return file_config
+
+
+def without_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: without_none(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def export_data(trial: FrozenTrial, config: SweepConfig, study_name: str) -> dict[str, Any]:
+    """A study file of one trial that trains `trial`'s configuration with its seed."""
+    rec = TrialRecord.of(trial)
+    row = settings_of(trial, config)
+    if rec.batch_size is None or rec.lr is None or rec.seed is None:
+        raise RuntimeError(f"trial {trial.number} stored no batch size, LR or seed: it cannot be exported")
+    data = json.loads(json.dumps(config.to_dict()))  # tuples as lists, plain YAML types
+    data["study"].update(name=f"{study_name}-trial{trial.number}", n_trials=1, training_seed=rec.seed,
+                         storage=None)
+    data["sampler"] = {"name": "random"}
+    data["pruner"] = {"name": "none"}
+    warmup = row["warmup"]
+    if isinstance(warmup, FloatRange):  # not stored: cannot happen for a trial that sampled it
+        raise RuntimeError(f"trial {trial.number} holds no warmup_fraction")
+    search = {"batch_size": rec.batch_size, "base_lr": rec.lr, "coupling": "none",
+              "reference_batch_size": rec.batch_size, "warmup_fraction": warmup}
+    epochs = searched_epochs(trial, config)
+    if epochs is not None:
+        search["epochs"] = epochs
+    data["search"] = search
+    rule = rec.coupling or "none"
+    if rule == "adam_sqrt":  # the coupling scaled betas and eps too: fix them as the trial had them
+        coupled = couple(rule, row["base_lr"], rec.batch_size, config.search.reference_batch_size,
+                         config.objective.betas, config.objective.eps)
+        data["objective"]["betas"] = list(coupled.betas)
+        data["objective"]["eps"] = coupled.eps
+    if rec.micro_batch and rec.micro_batch < rec.batch_size:  # it trained in micro-batches: the same ones
+        data["objective"]["max_micro_batch"] = rec.micro_batch
+    return without_none(data)
+
+
+def export_header(trial: FrozenTrial, study_name: str, config: SweepConfig) -> str:
+    rec = TrialRecord.of(trial)
+    return (f"# Trial {trial.number} of study {study_name!r}: {config.study.metric} = {trial.value!r}\n"
+            f"# batch size {rec.batch_size}, effective LR {rec.lr!r} ({rec.coupling} coupling), seed {rec.seed}.\n"
+            f"# Written by `sweeps best --export`; `sweeps run` on this file trains that configuration again.\n")

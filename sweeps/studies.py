@@ -1,0 +1,108 @@
+"""`sweeps studies [STUDY.yaml] [--storage URL]`: the studies in a store, one line each.
+
+The store is found as every command finds it: with a study file, --storage, then $SWEEPS_STORAGE,
+then study.storage, then `<study name>.db` beside the file; without one, --storage or
+$SWEEPS_STORAGE (a relative SQLite path is then taken from the working directory). Each line
+counts the study's finished, pruned, failed and running trials, its best value and its last
+activity (the latest trial start or end). Read-only: no table is created and a SQLite file is
+opened read-only, so a store that is not there is an error, not a new empty file.
+Exit codes (`sweeps.exits`): 0 listed, 2 no store named or an invalid study file or URL,
+3 store not there or not readable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from datetime import datetime
+
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
+
+from storage import StorageError, StorageUsageError, redact
+from storage.sql import ENV_VAR, open_read_only, resolve_url
+from sweeps import exits
+from sweeps.cli import run_command
+
+EXAMPLE = """examples:
+  sweeps studies study.yaml                      # the store the study file names
+  sweeps studies --storage sqlite:///tiny.db
+  SWEEPS_STORAGE=postgresql+psycopg://USER@HOST:5432/DB sweeps studies
+"""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="sweeps studies", description="List the studies in a store: trials "
+                                     "finished, pruned and failed, best value, last activity.",
+                                     epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("study_file", nargs="?", help="a study YAML file whose store to list (optional)")
+    parser.add_argument("--storage", help=f"SQLAlchemy URL of the store (wins over ${ENV_VAR}, then the study "
+                                          "file's study.storage, then <study name>.db beside the file)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return run_command(lambda: list_studies(args), args.study_file or "sweeps studies")
+
+
+def store_url(args: argparse.Namespace) -> str:
+    if args.study_file:
+        from sweeps.config.study_file import load_config
+        from sweeps.config.target import target_of
+
+        config = load_config(args.study_file)
+        return target_of(config, args.storage).storage_url
+    if not (args.storage or os.environ.get(ENV_VAR, "").strip()):
+        raise StorageUsageError(f"no store named: pass a study file, --storage URL or set ${ENV_VAR}")
+    return resolve_url(args.storage, None, os.getcwd(), "studies")
+
+
+def summary(storage, study) -> dict:
+    trials = storage.get_all_trials(study._study_id, deepcopy=False)
+    count = {state: sum(t.state == state for t in trials) for state in TrialState}
+    values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.values and len(t.values) == 1
+              and t.value is not None and math.isfinite(t.value)]
+    best = None
+    if values and len(study.directions) == 1:
+        best = max(values) if study.directions[0] == StudyDirection.MAXIMIZE else min(values)
+    times = [d for t in trials for d in (t.datetime_complete, t.datetime_start) if isinstance(d, datetime)]
+    direction = "/".join(d.name.lower() for d in study.directions)
+    return {"study": study.study_name, "direction": direction, "finished": count[TrialState.COMPLETE],
+            "pruned": count[TrialState.PRUNED], "failed": count[TrialState.FAIL],
+            "running": count[TrialState.RUNNING] + count[TrialState.WAITING],
+            "best": "-" if best is None else f"{best:.6g}",
+            "last activity": max(times).strftime("%Y-%m-%d %H:%M:%S") if times else "-"}
+
+
+def table(rows: list[dict]) -> str:
+    columns = list(rows[0])
+    cells = [[str(r[c]) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths)))
+
+    return "\n".join([line(columns), *(line(row) for row in cells)]).rstrip()
+
+
+def list_studies(args: argparse.Namespace) -> int:
+    url = store_url(args)
+    storage = open_read_only(url)
+    try:
+        studies = storage.get_all_studies()
+        rows = [summary(storage, s) for s in sorted(studies, key=lambda s: s.study_name)]
+    except StorageError:
+        raise
+    except Exception as err:  # not an Optuna store, a file that is not a database, a server that went away
+        raise StorageError(f"cannot read storage {redact(url)}: {type(err).__name__}: "
+                           f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}") from err
+    finally:
+        storage.engine.dispose()
+    print(f"store: {redact(url)}")
+    if not rows:
+        print("no studies")
+        return exits.OK
+    print(table(rows))
+    return exits.OK

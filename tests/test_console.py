@@ -1,0 +1,288 @@
+"""The `sweeps` console command: real subprocesses, run from a folder outside the repository.
+
+The console entry point is tested as the installed script runs it (`from sweeps.console import
+main`) and as `python -m sweeps.console`; both from a folder whose own `storage.py` and
+`objectives.py` would break the project's packages if they were imported.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from tests.conftest import TINY
+
+REPO = Path(__file__).resolve().parents[1]
+PG_URL = os.environ.get("SWEEPS_TEST_POSTGRES_URL")
+if not PG_URL and os.environ.get("CI"):
+    raise RuntimeError("SWEEPS_TEST_POSTGRES_URL must be set under CI (see .ci/run)")
+needs_pg = pytest.mark.skipif(not PG_URL, reason="set SWEEPS_TEST_POSTGRES_URL to run PostgreSQL tests")
+
+SCRIPT = [sys.executable, "-c", "import sys; from sweeps.console import main; sys.exit(main())"]
+MODULE = [sys.executable, "-m", "sweeps.console"]
+SUBCOMMANDS = ["run", "report", "dashboard", "probe", "best", "studies", "screenshot"]
+if (REPO / "sweeps" / "schema_cmd.py").is_file():
+    SUBCOMMANDS.append("schema")
+
+
+def env(**extra: str) -> dict[str, str]:
+    out = {k: v for k, v in os.environ.items() if k != "SWEEPS_STORAGE"}
+    out["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    out["OMP_NUM_THREADS"] = "1"  # the same thread count in every run: values comparable to the last bit
+    return {**out, **extra}
+
+
+def sweeps(args: list[str], cwd: Path, form: list[str] = SCRIPT, **extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*form, *args], cwd=cwd, env=env(**extra), capture_output=True, text=True, timeout=300)
+
+
+def write_study(folder: Path, name: str = "tiny", n_trials: int = 2, **study: object) -> Path:
+    data = copy.deepcopy(TINY)
+    data["study"].update(name=name, n_trials=n_trials, **study)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def shadowed(tmp_path: Path) -> Path:
+    """A working folder holding a user's own storage.py and objectives.py that fail on import."""
+    for name in ("storage", "objectives"):
+        (tmp_path / f"{name}.py").write_text(f"raise ImportError('the user\\'s own {name}.py was imported')\n")
+    return tmp_path
+
+
+def test_top_level_help_lists_every_subcommand(tmp_path):
+    done = sweeps(["--help"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    for name in SUBCOMMANDS:
+        assert f"    {name}" in done.stdout, f"{name} missing from `sweeps --help`:\n{done.stdout}"
+    assert "example" in done.stdout
+
+
+def test_no_subcommand_or_an_unknown_one_is_a_usage_error(tmp_path):
+    assert sweeps([], tmp_path).returncode == 2
+    done = sweeps(["nonsense"], tmp_path)
+    assert done.returncode == 2
+    assert "invalid choice" in done.stderr
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_each_subcommand_help_shows_an_example(name, tmp_path):
+    done = sweeps([name, "--help"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "usage:" in done.stdout
+    assert "example" in done.stdout.lower(), done.stdout
+
+
+def test_importing_the_dispatcher_does_not_import_torch_or_optuna(tmp_path):
+    done = subprocess.run([sys.executable, "-c", "import sys, sweeps.console; "
+                           "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'optuna')))"],
+                          cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", ["studies", "best", "report"])
+def test_read_only_subcommands_do_not_import_torch(name, tmp_path):
+    code = ("import sys; from sweeps.console import main\n"
+            f"try:\n    main([{name!r}, '--help'])\nexcept SystemExit:\n    pass\n"
+            f"print({'sweeps.' + name!r} in sys.modules, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env(), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "True False"
+
+
+@pytest.mark.parametrize("form", [SCRIPT, MODULE], ids=["script", "python-m"])
+def test_a_users_storage_and_objectives_modules_do_not_break_it(form, shadowed):
+    study = write_study(shadowed)
+    done = sweeps(["run", study.name, "--quiet"], shadowed, form)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "best val_mse" in done.stdout
+    assert "user's own" not in done.stderr
+    done = sweeps(["studies", study.name], shadowed, form)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "tiny " in done.stdout
+
+
+def test_python_m_sweeps_run_in_such_a_folder_is_what_breaks(shadowed):
+    """The case the console fixes: `python -m sweeps.run` imports the user's storage.py."""
+    study = write_study(shadowed)
+    done = subprocess.run([sys.executable, "-m", "sweeps.run", study.name, "--dry-run"], cwd=shadowed, env=env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "user's own" in done.stderr
+
+
+def test_run_and_report_dispatch_to_the_module_mains(tmp_path):
+    study = write_study(tmp_path)
+    done = sweeps(["run", str(study), "--quiet"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'tiny.db'}")
+    assert len(loaded.trials) == 2
+    out = tmp_path / "out"
+    done = sweeps(["report", str(study), "--out", str(out), "--top", "2"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "study tiny: 2 complete" in done.stdout
+    assert (out / "summary.json").is_file()
+    done = sweeps(["run", str(study), "--n-trials", "0"], tmp_path)  # the module's own checks answer
+    assert done.returncode == 2
+    assert "--n-trials must be >= 1" in done.stderr
+
+
+def test_best_prints_and_its_export_reproduces_the_trial(tmp_path):
+    study = write_study(tmp_path, n_trials=3, seed=5)
+    assert sweeps(["run", str(study), "--quiet"], tmp_path).returncode == 0
+    done = sweeps(["best", str(study), "--top", "2", "--export", "best.yaml"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0] == "study tiny: best 2 of 3 finished trials (minimize val_mse)"
+    header = lines[1].split()
+    assert header == ["trial", "value", "batch_size", "epochs", "updates", "planned_updates", "lr", "coupling",
+                      "base_lr", "warmup", "schedule", "seed"]
+    assert len(lines) == 5 and lines[4].startswith("wrote best.yaml")
+
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'tiny.db'}").trials
+    best = min(trials, key=lambda t: t.value)
+    first = dict(zip(header, lines[2].split()))
+    assert int(first["trial"]) == best.number
+    assert int(first["batch_size"]) == best.user_attrs["batch_size"]
+    assert int(first["seed"]) == best.user_attrs["seed"]
+
+    exported = yaml.safe_load((tmp_path / "best.yaml").read_text())
+    assert exported["study"]["training_seed"] == best.user_attrs["seed"]
+    assert exported["search"] == {"batch_size": best.user_attrs["batch_size"], "base_lr": best.user_attrs["lr"],
+                                  "coupling": "none", "reference_batch_size": best.user_attrs["batch_size"],
+                                  "warmup_fraction": 0.0}
+    assert exported["sampler"] == {"name": "random"} and exported["pruner"] == {"name": "none"}
+    assert exported["study"]["n_trials"] == 1
+
+    done = sweeps(["run", "best.yaml", "--quiet"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    again = optuna.load_study(study_name=f"tiny-trial{best.number}",
+                              storage=f"sqlite:///{tmp_path / f'tiny-trial{best.number}.db'}").trials
+    assert len(again) == 1
+    assert again[0].user_attrs["seed"] == best.user_attrs["seed"]
+    assert again[0].user_attrs["lr"] == best.user_attrs["lr"]
+    assert abs(again[0].value - best.value) <= 1e-6, (again[0].value, best.value)
+
+
+def test_best_export_of_a_coupled_trial_keeps_its_effective_lr(tmp_path):
+    """With linear coupling the exported base LR is the trial's coupled LR, not its sampled base LR;
+    searched epochs are fixed at the trial's."""
+    data = copy.deepcopy(TINY)
+    data["study"].update(n_trials=2)
+    data["search"].update(coupling="linear", batch_size=[64], reference_batch_size=16, epochs=[1, 2])
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(data))
+    assert sweeps(["run", "tiny.yaml", "--quiet"], tmp_path).returncode == 0
+    assert sweeps(["best", "tiny.yaml", "--export", "b.yaml"], tmp_path).returncode == 0
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'tiny.db'}").trials
+    best = min(trials, key=lambda t: t.value)
+    exported = yaml.safe_load((tmp_path / "b.yaml").read_text())
+    assert best.user_attrs["lr"] == pytest.approx(4 * best.params["base_lr"])
+    assert exported["search"]["base_lr"] == best.user_attrs["lr"]
+    assert exported["search"]["coupling"] == "none"
+    assert exported["search"]["epochs"] == best.params["epochs"]  # searched: fixed at the trial's
+
+
+def test_best_without_a_store(tmp_path):
+    study = write_study(tmp_path)
+    done = sweeps(["best", str(study)], tmp_path)
+    assert done.returncode == 3
+    assert "no store at" in done.stderr
+
+
+def test_training_seed_is_validated(tmp_path):
+    study = write_study(tmp_path, training_seed=-1)
+    done = sweeps(["run", str(study), "--dry-run"], tmp_path)
+    assert done.returncode == 2
+    assert "study.training_seed" in done.stderr
+
+
+def test_studies_lists_a_sqlite_store_and_creates_nothing(tmp_path):
+    first = write_study(tmp_path, name="alpha", n_trials=2)
+    second = write_study(tmp_path, name="beta", n_trials=1, storage="sqlite:///alpha.db")
+    assert sweeps(["run", str(first), "--quiet"], tmp_path).returncode == 0
+    assert sweeps(["run", str(second), "--quiet"], tmp_path).returncode == 0
+    before = sorted(p.name for p in tmp_path.iterdir())
+    stamp = (tmp_path / "alpha.db").stat().st_mtime_ns
+    done = sweeps(["studies", str(first)], tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"store: sqlite:///{tmp_path / 'alpha.db'}"
+    assert lines[1].split() == ["study", "direction", "finished", "pruned", "failed", "running", "best", "last",
+                                "activity"]
+    rows = {line.split()[0]: line.split() for line in lines[2:]}
+    assert set(rows) == {"alpha", "beta"}
+    assert rows["alpha"][1:6] == ["minimize", "2", "0", "0", "0"]
+    assert rows["beta"][1:6] == ["minimize", "1", "0", "0", "0"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no -wal, -shm or other file made
+    assert (tmp_path / "alpha.db").stat().st_mtime_ns == stamp
+    alpha = optuna.load_study(study_name="alpha", storage=f"sqlite:///{tmp_path / 'alpha.db'}")
+    assert float(rows["alpha"][6]) == pytest.approx(alpha.best_value, rel=1e-5)
+    latest = max(t.datetime_complete for t in alpha.trials).strftime("%Y-%m-%d %H:%M:%S")
+    assert " ".join(rows["alpha"][7:]) == latest
+
+    by_flag = sweeps(["studies", "--storage", "sqlite:///alpha.db"], tmp_path)  # relative: the working folder
+    assert by_flag.returncode == 0, by_flag.stderr
+    assert by_flag.stdout == done.stdout
+    by_env = sweeps(["studies"], tmp_path, SWEEPS_STORAGE=f"sqlite:///{tmp_path / 'alpha.db'}")
+    assert by_env.stdout == done.stdout
+
+
+def test_studies_without_a_store_named_is_a_usage_error(tmp_path):
+    done = sweeps(["studies"], tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: no store named: pass a study file, --storage URL or set $SWEEPS_STORAGE"]
+
+
+def test_studies_on_a_missing_sqlite_file_creates_nothing(tmp_path):
+    done = sweeps(["studies", "--storage", "sqlite:///missing.db"], tmp_path)
+    assert done.returncode == 3
+    assert done.stderr.strip().splitlines() == [f"error: no store at {tmp_path / 'missing.db'}"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_studies_on_a_file_that_is_not_a_store(tmp_path):
+    (tmp_path / "junk.db").write_text("not a database")
+    done = sweeps(["studies", "--storage", "sqlite:///junk.db"], tmp_path)
+    assert done.returncode == 3
+    assert len(done.stderr.strip().splitlines()) == 1 and "cannot read storage" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.db"]
+
+
+@needs_pg
+def test_studies_lists_a_postgresql_store(tmp_path):
+    name = f"console-{uuid.uuid4().hex[:8]}"
+    study = write_study(tmp_path, name=name, n_trials=1)
+    try:
+        assert sweeps(["run", str(study), "--storage", PG_URL, "--quiet"], tmp_path).returncode == 0
+        done = sweeps(["studies", "--storage", PG_URL], tmp_path)
+        assert done.returncode == 0, done.stderr
+        rows = {line.split()[0]: line.split() for line in done.stdout.splitlines()[2:]}
+        assert rows[name][1:6] == ["minimize", "1", "0", "0", "0"]
+        assert "password" not in done.stdout
+    finally:
+        optuna.delete_study(study_name=name, storage=PG_URL)
+
+
+@pytest.mark.skipif(not (REPO / "sweeps" / "config" / "overrides.py").is_file(), reason="no --set in this tree")
+def test_best_reads_the_config_the_study_ran_with(tmp_path):
+    """A study run with --set stored its config: the export keeps the overridden warmup, not the file's 0."""
+    study = write_study(tmp_path, n_trials=1)
+    done = sweeps(["run", str(study), "--quiet", "--set", "search.warmup_fraction=0.2"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = sweeps(["best", str(study), "--export", "b.yaml"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert yaml.safe_load((tmp_path / "b.yaml").read_text())["search"]["warmup_fraction"] == 0.2
+    assert dict(zip(done.stdout.splitlines()[1].split(), done.stdout.splitlines()[2].split()))["warmup"] == "0.2"
