@@ -25,6 +25,13 @@ method's sweep. A method that does not get there within C is censored at C ("not
 
     python benchmarks/search_efficiency.py [--quick] [--seeds 5] [--tasks ...] [--compare]
     python benchmarks/search_efficiency.py --make-reference   # rebuild the reference JSON
+    python benchmarks/search_efficiency.py --tasks char_lm [--corpus-mb 20]   # see below
+
+char_lm (only when named in --tasks): a small character GPT (CHAR_LM_OPTIONS) on the first
+--corpus-mb MB of the standard library's *.py files in sorted order (build_corpus; its sha256 and
+the Python version are printed and saved with --save, as the corpus differs between versions),
+metric val_loss (minimize). It has no reference: the target is the best value any method and seed
+reached within C in the same runs, worsened by MARGIN.
 
 The last line is `speedup_vs_random=<x> speedup_vs_plain_optuna=<y>`: geometric means over tasks of
 median(compute to target of the baseline) / median(compute to target of the service).
@@ -36,11 +43,13 @@ from __future__ import annotations
 import argparse
 import copy
 import gzip
+import hashlib
 import json
 import logging
 import math
 import statistics
 import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -58,7 +67,7 @@ from sweeps.config.target import target_of
 from sweeps.loop.runner import run_sweep
 
 REFERENCE_FILE = Path(__file__).resolve().parent / "search_efficiency_reference.json"
-MARGIN = 0.01  # absolute, in the task's metric (validation accuracy for every task here)
+MARGIN = 0.01  # absolute, in the task's metric (validation accuracy; val_loss in nats for char_lm)
 LR_RANGE = (1e-3, 1.0)
 BATCH_EXPONENTS = (4, 9)  # batch sizes 16 .. 512
 REFERENCE_BATCH = 64
@@ -76,6 +85,8 @@ class TaskSpec:
     epochs: int  # per-trial budget: this many epochs of the training set, in examples
     full_trials: int  # total compute per method = this many full-budget trials
     options: dict = field(default_factory=dict)
+    metric: str = "val_accuracy"
+    maximize: bool = True
 
     @property
     def per_trial(self) -> int:
@@ -93,6 +104,73 @@ TASKS = {
 }
 # --quick: the same tasks and per-trial budgets (so the same reference), a quarter of the compute
 QUICK = {name: TaskSpec(s.name, s.n_train, s.epochs, 4, s.options) for name, s in TASKS.items()}
+
+
+# --- char_lm on the Python standard library (a real text corpus every machine has) --------------
+
+CORPUS_DIR = Path.home() / ".cache" / "sweeps"
+MB = 2**20
+CHAR_LM_OPTIONS = {"block_size": 64, "n_layer": 2, "n_head": 2, "n_embd": 64, "dropout": 0.0}
+
+
+def stdlib_files() -> list[Path]:
+    """The standard library's *.py files in sorted relative-path order, without site-packages."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = [f.relative_to(root) for f in root.rglob("*.py") if f.is_file()]
+    files = [f for f in files if not {"site-packages", "dist-packages"} & set(f.parts)]
+    return [root / f for f in sorted(files, key=lambda f: f.as_posix())]
+
+
+def build_corpus(megabytes: float, folder: Path = CORPUS_DIR) -> dict:
+    """The first `megabytes` MB (1 MB = 2**20 bytes of UTF-8) of the standard library's *.py files,
+    concatenated as they are in sorted relative-path order; a file that is not valid UTF-8 is
+    skipped whole (never replaced), the last file is cut at a character boundary. Written to
+    `folder` (rewritten only when its content differs); returns the path, sha256 and counts."""
+    limit = int(megabytes * MB)
+    parts, size, used, skipped = [], 0, 0, []
+    for path in stdlib_files():
+        if size >= limit:
+            break
+        raw = path.read_bytes()
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            skipped.append(path.relative_to(sysconfig.get_paths()["stdlib"]).as_posix())
+            continue
+        raw = raw[: limit - size]
+        raw = raw.decode("utf-8", errors="ignore").encode("utf-8")  # a cut inside a character drops it
+        parts.append(raw)
+        size += len(raw)
+        used += 1
+    data = b"".join(parts)
+    digest = hashlib.sha256(data).hexdigest()
+    folder.mkdir(parents=True, exist_ok=True)
+    version = ".".join(map(str, sys.version_info[:3]))
+    out = folder / f"stdlib_py{version}_{megabytes:g}MB.txt"
+    if not out.exists() or hashlib.sha256(out.read_bytes()).hexdigest() != digest:
+        out.write_bytes(data)
+    text = data.decode("utf-8")
+    return {"path": str(out), "sha256": digest, "bytes": len(data), "chars": len(text),
+            "vocabulary": len(set(text)), "files": used, "skipped_not_utf8": skipped,
+            "python": sys.version.split()[0], "stdlib": sysconfig.get_paths()["stdlib"],
+            "megabytes": megabytes}
+
+
+def char_lm_spec(corpus: dict, windows: int, epochs: int, full_trials: int, val_blocks: int) -> TaskSpec:
+    """char_lm on the corpus: `windows` training windows of block_size characters spread evenly over
+    the training part (the task's stride option), the last `val_blocks` blocks held out."""
+    block = CHAR_LM_OPTIONS["block_size"]
+    val_fraction = val_blocks * block / corpus["chars"]
+    n_train_chars = corpus["chars"] - int(corpus["chars"] * val_fraction)
+    stride = max(block, (n_train_chars - block - 1) // max(windows - 1, 1))
+    options = dict(CHAR_LM_OPTIONS, path=corpus["path"], val_fraction=val_fraction, stride=stride,
+                   max_train=windows)
+    return TaskSpec("char_lm", windows, epochs, full_trials, options, metric="val_loss", maximize=False)
+
+
+# the compute level for a 2-core CPU: 2048 windows (131k characters sampled across the corpus), 4 epochs
+# of them per trial (8192 examples), C = 10 such trials per method and seed (4 with --quick)
+CHAR_LM_LEVEL = {"windows": 2048, "epochs": 4, "full_trials": 10, "val_blocks": 512}
 
 
 # --- accounting -------------------------------------------------------------------------------
@@ -136,6 +214,8 @@ def compute_to_target(trials: Sequence[TrialRecord], target: float, total: float
         for ev in sorted(trial.evaluations, key=lambda e: e.examples):
             if spent + ev.examples > total:
                 break
+            if not math.isfinite(ev.value):  # a diverged evaluation (NaN or inf) never counts as best
+                continue
             if best is None or (ev.value > best if maximize else ev.value < best):
                 best = ev.value
             if hit is None and ((ev.value >= target) if maximize else (ev.value <= target)):
@@ -204,7 +284,8 @@ class PlainTrainer:
         warmup = min(int(round(warmup_fraction * planned)), max(planned - 1, 0))
         record = TrialRecord(0, [])
         self.records.append(record)
-        best = -math.inf
+        better = max if self.spec.maximize else min
+        best = -math.inf if self.spec.maximize else math.inf
         update = 0
         for epoch in range(1, epochs + 1):
             model.train()
@@ -222,10 +303,13 @@ class PlainTrainer:
             if not math.isfinite(loss.item()):
                 raise optuna.TrialPruned()  # diverged: the service records these as pruned too
             model.eval()
-            with torch.no_grad():
-                value = task.metric(model(xv), yv).item()
+            with torch.no_grad():  # in chunks, a mean weighted by chunk size, as the service's Trainer
+                value = sum(task.metric(model(xv[i : i + 512]), yv[i : i + 512]).item() * len(xv[i : i + 512])
+                            for i in range(0, len(xv), 512)) / len(xv)
             record.evaluations.append(Evaluation(record.examples, value, time.perf_counter() - self.started))
-            best = max(best, value)
+            if not math.isfinite(value):
+                raise optuna.TrialPruned()
+            best = better(best, value)
             if on_epoch is not None and on_epoch(epoch, value):
                 raise optuna.TrialPruned()
         return best
@@ -239,7 +323,7 @@ def plain_sweep(spec: TaskSpec, seed: int, method: str) -> tuple[list[TrialRecor
         sampler, pruner = optuna.samplers.RandomSampler(seed=seed), optuna.pruners.NopPruner()
     else:
         sampler, pruner = optuna.samplers.TPESampler(seed=seed), optuna.pruners.MedianPruner()
-    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    study = optuna.create_study(direction="maximize" if spec.maximize else "minimize", sampler=sampler, pruner=pruner)
 
     def objective(trial: optuna.Trial) -> float:
         batch_size = 2 ** trial.suggest_int("batch_size_log2", *BATCH_EXPONENTS)
@@ -284,7 +368,8 @@ class one_thread:
 def service_study(spec: TaskSpec, seed: int, overrides: dict | None = None) -> dict:
     """The study file (c) runs: defaults for everything but the task, budget and search block."""
     data = {
-        "study": {"name": f"eff-{spec.name}-{seed}", "metric": "val_accuracy", "direction": "maximize",
+        "study": {"name": f"eff-{spec.name}-{seed}", "metric": spec.metric,
+                  "direction": "maximize" if spec.maximize else "minimize",
                   "n_trials": spec.full_trials, "seed": seed},
         "objective": {"task": spec.name, "optimizer": "sgd", "options": dict(spec.options)},
         "budget": {"unit": "examples", "per_trial": spec.per_trial},
@@ -370,8 +455,28 @@ class Cell:
 
     runs: list[tuple[list[TrialRecord], float]] = field(default_factory=list)
 
-    def hits(self, target: float, total: float) -> list[Hit]:
-        return [compute_to_target(records, target, total) for records, _ in self.runs]
+    def hits(self, target: float, total: float, maximize: bool = True) -> list[Hit]:
+        return [compute_to_target(records, target, total, maximize) for records, _ in self.runs]
+
+
+def target_for(reference: dict, name: str, spec: TaskSpec, margin: float) -> float:
+    """The reference value, worse by `margin` in the task's direction."""
+    best = reference[name]["best"]
+    return best - margin if spec.maximize else best + margin
+
+
+def with_pooled_best(reference: dict, cells: dict[tuple[str, str], Cell], specs: dict[str, TaskSpec]) -> dict:
+    """A task without a reference (char_lm) takes the best value any method and seed reached within
+    its total compute C in these runs: the target is relative to the best found."""
+    out = dict(reference)
+    for name, spec in specs.items():
+        if name in out:
+            continue
+        bests = [h.best for (task, _), cell in cells.items() if task == name
+                 for h in cell.hits(math.nan, spec.total, spec.maximize) if h.best is not None]
+        if bests:
+            out[name] = {"best": max(bests) if spec.maximize else min(bests), "pooled": True}
+    return out
 
 
 def censored_median(values: list[float], total: float) -> float:
@@ -383,14 +488,14 @@ def run_grid(specs: dict[str, TaskSpec], seeds: list[int], methods: dict[str, di
              reference: dict, log=print) -> dict[tuple[str, str], Cell]:
     cells: dict[tuple[str, str], Cell] = {}
     for name, spec in specs.items():
-        target = reference[name]["best"] - MARGIN
+        target = target_for(reference, name, spec, MARGIN) if name in reference else math.nan
         for label, overrides in methods.items():
             cell = cells.setdefault((name, label), Cell())
             for seed in seeds:
                 method = label if label in ("random", "plain_optuna") else "service"
                 records, wall = run_method(method, spec, seed, overrides)
                 cell.runs.append((records, wall))
-                hit = compute_to_target(records, target, spec.total)
+                hit = compute_to_target(records, target, spec.total, spec.maximize)
                 log(f"# {name:12s} {label:22s} seed {seed}: examples {fmt(hit.examples)} seconds "
                     f"{fmt(hit.seconds, 's')} best@C {hit.best:.4f} target {target:.4f} "
                     f"trials {len(records)} wall {wall:.1f}s")
@@ -400,20 +505,22 @@ def run_grid(specs: dict[str, TaskSpec], seeds: list[int], methods: dict[str, di
 def print_table(cells: dict[tuple[str, str], Cell], specs: dict[str, TaskSpec], reference: dict,
                 labels: Sequence[str], margin: float = MARGIN) -> None:
     print()
-    print(f"compute to target (target = reference - {margin}); IQR over seeds; n/r = not reached within C")
+    print(f"compute to target (target = reference worsened by {margin}); IQR over seeds; n/r = not reached within C")
     print(f"{'task':12s} {'method':22s} {'reached':>7s} {'examples (median)':>17s} {'IQR':>13s} "
           f"{'seconds (median)':>16s} {'IQR':>11s} {'best@C (median)':>15s}")
     for name, spec in specs.items():
-        target = reference[name]["best"] - margin
+        target = target_for(reference, name, spec, margin)
         for label in labels:
-            hits = cells[(name, label)].hits(target, spec.total)
+            hits = cells[(name, label)].hits(target, spec.total, spec.maximize)
             examples, seconds = [h.examples for h in hits], [h.seconds for h in hits]
             bests = [h.best for h in hits if h.best is not None]
             print(f"{name:12s} {label:22s} {sum(h.reached for h in hits):>3d}/{len(hits):<3d} "
                   f"{fmt(median_of(examples)):>17s} {spread(examples):>13s} "
                   f"{fmt(median_of(seconds), 's'):>16s} {spread(seconds, 's'):>11s} "
                   f"{statistics.median(bests) if bests else float('nan'):>15.4f}")
-        print(f"{'':12s} target {target:.4f} (reference {reference[name]['best']:.4f} - {margin}), "
+        what = "best of all runs within C" if reference[name].get("pooled") else "reference"
+        print(f"{'':12s} {spec.metric} target {target:.4f} ({what} {reference[name]['best']:.4f} "
+              f"{'-' if spec.maximize else '+'} {margin}), "
               f"budget C = {spec.total} examples = {spec.full_trials} trials of {spec.per_trial}")
 
 
@@ -421,10 +528,12 @@ def speedups(cells, specs, reference: dict, margin: float = MARGIN, service_labe
              log=print) -> tuple[float, float]:
     ratios: dict[str, list[float]] = {"random": [], "plain_optuna": []}
     for name, spec in specs.items():
-        target = reference[name]["best"] - margin
-        ours = censored_median([h.examples for h in cells[(name, service_label)].hits(target, spec.total)], spec.total)
+        target = target_for(reference, name, spec, margin)
+        service_hits = cells[(name, service_label)].hits(target, spec.total, spec.maximize)
+        ours = censored_median([h.examples for h in service_hits], spec.total)
         for base in ratios:
-            theirs = censored_median([h.examples for h in cells[(name, base)].hits(target, spec.total)], spec.total)
+            theirs = censored_median([h.examples for h in cells[(name, base)].hits(target, spec.total, spec.maximize)],
+                                     spec.total)
             ratios[base].append(theirs / ours)
             log(f"# margin {margin}, {name}: median examples to target {base} / service = "
                 f"{fmt(theirs)} / {fmt(ours)} = {theirs / ours:.2f}")
@@ -432,12 +541,12 @@ def speedups(cells, specs, reference: dict, margin: float = MARGIN, service_labe
     return geo["random"], geo["plain_optuna"]
 
 
-def save_runs(path: str, cells: dict[tuple[str, str], Cell]) -> None:
+def save_runs(path: str, cells: dict[tuple[str, str], Cell], meta: dict | None = None) -> None:
     data = [{"task": task, "method": label, "runs": [
         {"wall": wall, "trials": [{"examples": r.examples, "evals": [[e.examples, e.value, e.seconds]
                                                                      for e in r.evaluations]} for r in records]}
         for records, wall in cell.runs]} for (task, label), cell in cells.items()]
-    text = json.dumps(data)
+    text = json.dumps({"meta": meta, "cells": data} if meta else data)  # meta: e.g. the corpus and its hash
     if path.endswith(".gz"):
         Path(path).write_bytes(gzip.compress(text.encode()))
     else:
@@ -449,7 +558,8 @@ def load_runs(paths: Sequence[str]) -> dict[tuple[str, str], Cell]:
     cells: dict[tuple[str, str], Cell] = {}
     for path in paths:
         raw = Path(path).read_bytes()
-        for item in json.loads(gzip.decompress(raw) if path.endswith(".gz") else raw):
+        saved = json.loads(gzip.decompress(raw) if path.endswith(".gz") else raw)
+        for item in saved["cells"] if isinstance(saved, dict) else saved:
             cell = cells.setdefault((item["task"], item["method"]), Cell())
             cell.runs.extend(
                 ([TrialRecord(t["examples"], [Evaluation(*e) for e in t["evals"]]) for t in run["trials"]],
@@ -515,7 +625,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 seeds, 4 full trials' compute per method (a smoke run)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per method and task (default 5; 2 quick)")
-    parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=None)
+    parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS) + ["char_lm"], default=None,
+                        help="default: the tasks with a reference; char_lm (on the standard library's *.py "
+                             "files, target relative to the best any method found) only when named")
+    parser.add_argument("--corpus-mb", type=float, default=20.0,
+                        help="char_lm: the corpus is the first this many MB (2**20 bytes) of the stdlib's *.py files")
     parser.add_argument("--compare", nargs="*", default=None, metavar="VARIANT",
                         help=f"compare service settings instead (default all): {', '.join(VARIANTS)}")
     parser.add_argument("--make-reference", action="store_true", help="rebuild " + REFERENCE_FILE.name)
@@ -531,8 +645,19 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(logging.WARNING)
     specs = QUICK if args.quick else TASKS
+    meta = None
     if args.tasks:
         specs = {k: v for k, v in specs.items() if k in args.tasks}
+        if "char_lm" in args.tasks:
+            if args.make_reference:
+                parser.error("char_lm has no reference: its target is relative to the best found")
+            corpus = build_corpus(args.corpus_mb)
+            level = dict(CHAR_LM_LEVEL, full_trials=4 if args.quick else CHAR_LM_LEVEL["full_trials"])
+            specs["char_lm"] = char_lm_spec(corpus, **level)
+            meta = {"corpus": corpus, "char_lm": dict(level, options=specs["char_lm"].options)}
+            print(f"# char_lm corpus: {corpus['path']} sha256 {corpus['sha256']} python {corpus['python']} "
+                  f"{corpus['bytes']} bytes, {corpus['files']} files, skipped (not UTF-8): "
+                  f"{', '.join(corpus['skipped_not_utf8']) or 'none'}", flush=True)
     if args.make_reference:
         make_reference({k: TASKS[k] for k in specs})
         return
@@ -554,8 +679,9 @@ def main(argv: list[str] | None = None) -> None:
         methods = {m: None for m in args.methods}
         cells = load_runs(args.load) if args.load else run_grid(specs, seeds, methods, reference, log)
     if args.save:
-        save_runs(args.save, cells)
+        save_runs(args.save, cells, meta)
     specs = {k: v for k, v in specs.items() if any(task == k for task, _ in cells)}
+    reference = with_pooled_best(reference, cells, specs)
     rated = args.compare is None and all((task, method) in cells for task in specs
                                          for method in ("random", "plain_optuna", args.service_label))
     for margin in args.also_margin:
