@@ -3,7 +3,7 @@
 The store is found as every command finds it: with a study file, --storage, then $SWEEPS_STORAGE,
 then study.storage, then `<study name>.db` beside the file; without one, --storage or
 $SWEEPS_STORAGE (a relative SQLite path is then taken from the working directory). Each line
-counts the study's finished, pruned, failed and running trials, its best value and its last
+counts the study's complete, pruned, failed and running trials, its best value and its last
 activity (the latest trial start or end). Read-only: no table is created and a SQLite file is
 opened read-only, so a store that is not there is an error, not a new empty file.
 Exit codes (`sweeps.exits`): 0 listed, 2 no store named or an invalid study file or URL,
@@ -34,7 +34,7 @@ EXAMPLE = """examples:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="sweeps studies", description="List the studies in a store: trials "
-                                     "finished, pruned and failed, best value, last activity.",
+                                     "complete, pruned and failed, best value, last activity.",
                                      epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study_file", nargs="?", help="a study YAML file whose store to list (optional)")
     parser.add_argument("--storage", help=f"SQLAlchemy URL of the store (wins over ${ENV_VAR}, then the study "
@@ -69,7 +69,7 @@ def summary(storage, study) -> dict:
         best = max(values) if study.directions[0] == StudyDirection.MAXIMIZE else min(values)
     times = [d for t in trials for d in (t.datetime_complete, t.datetime_start) if isinstance(d, datetime)]
     direction = "/".join(d.name.lower() for d in study.directions)
-    return {"study": study.study_name, "direction": direction, "finished": count[TrialState.COMPLETE],
+    return {"study": study.study_name, "direction": direction, "complete": count[TrialState.COMPLETE],
             "pruned": count[TrialState.PRUNED], "failed": count[TrialState.FAIL],
             "running": count[TrialState.RUNNING] + count[TrialState.WAITING],
             "best": "-" if best is None else f"{best:.6g}",

@@ -219,7 +219,7 @@ def test_studies_lists_a_sqlite_store_and_creates_nothing(tmp_path):
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == f"store: sqlite:///{tmp_path / 'alpha.db'}"
-    assert lines[1].split() == ["study", "direction", "finished", "pruned", "failed", "running", "best", "last",
+    assert lines[1].split() == ["study", "direction", "complete", "pruned", "failed", "running", "best", "last",
                                 "activity"]
     rows = {line.split()[0]: line.split() for line in lines[2:]}
     assert set(rows) == {"alpha", "beta"}
