@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeline", action="store_true", help="also print every timed step over 2 ms")
     args = parser.parse_args()
-    for owner, name in [(runner, "training_set_size"), (runner, "open_study"), (loop, "start_bookkeeper"),
+    for owner, name in [(runner, "load_task"), (runner, "open_study"), (loop, "start_bookkeeper"),
                         (loop, "asked_from"), (objective.SweepObjective, "prepare"),
                         (objective.SweepObjective, "train"), (checkpoints.CheckpointKeeper, "offer"),
                         (bookkeeping.ProcessBookkeeper, "submit"), (bookkeeping.ProcessBookkeeper, "shutdown")]:

@@ -66,14 +66,19 @@ def dataloader_loop(task: Task, batch_size: int, updates: int, lr: float, device
     """(b) The textbook loop: a DataLoader over CPU tensors, each batch copied to the device."""
     x, y = (t.cpu() for t in task.train)
     loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True)
-    model = task.model
+    return loader_loop(task.model, task.loss, loader, updates, lr, device)
+
+
+def loader_loop(model, loss_fn, loader: DataLoader, updates: int, lr: float, device,
+                non_blocking: bool = False) -> float:
+    """The hand-written loop over a DataLoader that (b) and (d) share: copy, forward, backward, step."""
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     done = 0
     sync(device)
     started = time.perf_counter()
     while done < updates:
         for xb, yb in loader:
-            loss = task.loss(model(xb.to(device)), yb.to(device))
+            loss = loss_fn(model(xb.to(device, non_blocking=non_blocking)), yb.to(device, non_blocking=non_blocking))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -120,22 +125,7 @@ def minimal_dataset_loop(task: Task, batch_size: int, updates: int, lr: float, d
     extra = {"persistent_workers": True, "prefetch_factor": loader.prefetch} if workers else {}
     pin = loader.pin_memory and device.type == "cuda"
     data = DataLoader(task.train, batch_size=batch_size, shuffle=True, num_workers=workers, pin_memory=pin, **extra)
-    model = task.model
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    done = 0
-    sync(device)
-    started = time.perf_counter()
-    while done < updates:
-        for xb, yb in data:
-            loss = task.loss(model(xb.to(device, non_blocking=pin)), yb.to(device, non_blocking=pin))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            done += 1
-            if done == updates:
-                break
-    sync(device)
-    return time.perf_counter() - started
+    return loader_loop(task.model, task.loss, data, updates, lr, device, non_blocking=pin)
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from objectives.training.coupling import couple
 from sweeps import exits
 from sweeps.cli import add_study_arguments, fail, run_command
-from sweeps.config.plan import fmt
+from sweeps.config.plan import text_table
 from sweeps.config.schema import ConfigError
 from sweeps.config.study_file import FloatRange, SweepConfig, parse_config
 from sweeps.results.existing import load, open_existing
@@ -99,15 +99,6 @@ def settings_of(trial: FrozenTrial, config: SweepConfig) -> dict[str, Any]:
 def ranked(trials: list[FrozenTrial], maximize: bool) -> list[FrozenTrial]:
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
     return sorted(done, key=lambda t: (-t.value if maximize else t.value, t.number))
-
-
-def text_table(rows: list[dict]) -> str:
-    columns = list(rows[0])
-    cells = [[fmt(r[c]) if r[c] is not None else "-" for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
-    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
 
 
 def best(args: argparse.Namespace) -> int:

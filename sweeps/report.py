@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sweeps import exits
 from sweeps.cli import add_study_arguments, fail, run_command
-from sweeps.config.plan import fmt, plan_rows
+from sweeps.config.plan import fmt, plan_rows, text_table
 from sweeps.results.analysis import StudyAnalysis, analyse
 from sweeps.results.existing import load, open_existing
 from sweeps.results.publish import figures_of
@@ -34,15 +34,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--target", type=float,
                         help="metric value for steps-to-target (default: the 90th percentile of finished values)")
     return parser.parse_args(argv)
-
-
-def text_table(rows: list[dict]) -> str:
-    columns = list(rows[0])
-    cells = [[fmt(r[c]) if r[c] is not None else "-" for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
-    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
 
 
 def html_table(rows: list[dict]) -> str:

@@ -417,17 +417,22 @@ BREAKAGES = [break_cifar_not_a_pickle, break_cifar_wrong_shape, break_cifar_no_l
              break_csv_strings_for_regression]
 
 
+def error_lines_of_a_usage_error(study: Path, cwd: Path) -> list[str]:
+    """Run the study through the real CLI; it must exit 2. Its non-empty stderr lines."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("SWEEPS_STORAGE", None)
+    done = subprocess.run([sys.executable, "-m", "sweeps.run", str(study)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    return [line for line in done.stderr.splitlines() if line.strip()]
+
+
 @pytest.mark.parametrize("breakage", BREAKAGES, ids=lambda f: f.__name__[len("break_"):])
 def test_malformed_file_exits_2_with_one_line_naming_it(tmp_path, breakage):
     task, options, bad_file, expected = breakage(tmp_path)
     study = study_file(tmp_path, task, options)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("SWEEPS_STORAGE", None)
-    done = subprocess.run([sys.executable, "-m", "sweeps.run", str(study)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2, done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, done.stderr
+    lines = error_lines_of_a_usage_error(study, tmp_path)
+    assert len(lines) == 1, lines
     assert str(bad_file) in lines[0] and expected in lines[0], lines[0]
     assert list(tmp_path.glob("*.db*")) == []
 
@@ -514,12 +519,7 @@ def test_a_csv_study_whose_direction_contradicts_the_metric_exits_2(tmp_path, ki
     target = "colour" if kind == "classification" else "a"
     options = {"path": "t.csv", "target": target, "kind": kind}
     study = study_file(tmp_path, "csv", options, metric="whatever", direction=direction)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("SWEEPS_STORAGE", None)
-    done = subprocess.run([sys.executable, "-m", "sweeps.run", str(study)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2, done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    lines = error_lines_of_a_usage_error(study, tmp_path)
     wanted = "study.direction: maximize" if kind == "classification" else "study.direction: minimize"
-    assert len(lines) == 1 and wanted in lines[0], done.stderr
+    assert len(lines) == 1 and wanted in lines[0], lines
     assert list(tmp_path.glob("*.db*")) == []

@@ -99,3 +99,13 @@ def fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def text_table(rows: list[dict]) -> str:
+    """Rows of the same keys as right-aligned columns, `-` for a missing value (report, best)."""
+    columns = list(rows[0])
+    cells = [[fmt(r[c]) if r[c] is not None else "-" for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)

@@ -72,11 +72,6 @@ def load_task(config: SweepConfig, device: torch.device | None = None) -> Loaded
     return LoadedTask(factory, task.n_train, task.tokens_per_example)
 
 
-def training_set_size(config: SweepConfig, device: torch.device | None = None) -> int:
-    """N; nothing touches the store."""
-    return load_task(config, device).n_train
-
-
 def resumed_seed(seed: int, trials_in_study: int) -> int:
     """The sampler seed of a process that joins a study already holding trials: deterministic
     for the same store, and a different stream for every resume point."""
