@@ -12,13 +12,15 @@ import math
 from typing import Any
 
 from sweeps.results.analysis import RULE_SLOPES, StudyAnalysis
+from sweeps.results.palette import BARS
+from sweeps.results.ranges import Range
+from sweeps.results.series import Beyond, best_view, curve_view, front_views
 
 Figure = dict[str, Any]
 
-COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 LAYOUT = dict(height=460, margin=dict(l=60, r=20, t=60, b=50), legend=dict(orientation="h", y=-0.2),
               plot_bgcolor="white", hovermode="closest")
-GRID = dict(gridcolor="#e5e5e5", zeroline=False, showline=True, linecolor="#999")
+GRID = dict(gridcolor="#e5e5e5", zeroline=False, showline=True, linecolor="#999", automargin=True)
 
 
 def scatter(**trace) -> dict:
@@ -41,6 +43,8 @@ TITLES = {
     "lr-scaling": "Best effective LR against batch size: {fit}",
     "importances": "Parameter importances (fANOVA)",
     "budget-plan": "Plan of the budget per batch size",
+    "pareto-examples": "{metric} against examples seen: the Pareto front of the complete trials",
+    "pareto-seconds": "{metric} against train seconds: the Pareto front of the complete trials",
 }
 
 
@@ -50,38 +54,87 @@ def title(key: str, a: StudyAnalysis) -> str:
     return TITLES[key].format(metric=a.metric, unit=a.step_unit, target=target, fit=fit)
 
 
-def batch_color(batch: int | None, batches: list[int]) -> str:
-    if batch is None or batch not in batches:
-        return "#7f7f7f"
-    return COLORS[batches.index(batch) % len(COLORS)]
+def y_range(rng: Range | None) -> dict:
+    return {} if rng is None else {"range": [rng.lo, rng.hi]}
 
 
-def best_by_batch_size(a: StudyAnalysis) -> Figure:
+def beyond_traces(points: list[Beyond], metric: str) -> list[dict]:
+    """Values beyond the y range, as triangles on the edge they lie beyond, labelled with their value."""
+    if not points:
+        return []
+    return [scatter(x=[p.x for p in points], y=[p.at for p in points], name="beyond the axis (drawn at its edge)",
+                    mode="markers+text", cliponaxis=False, text=[f"{p.value:.3g}" for p in points],
+                    textposition=["top center" if p.side < 0 else "bottom center" for p in points],
+                    textfont={"size": 10, "color": [p.color for p in points]},
+                    marker={"symbol": ["triangle-down" if p.side < 0 else "triangle-up" for p in points],
+                            "size": 12, "color": [p.color for p in points]},
+                    customdata=[[p.value, p.trial] for p in points],
+                    hovertemplate=f"x=%{{x}}<br>{metric}=%{{customdata[0]:.4f}} (beyond the axis)<br>"
+                                  "trial %{customdata[1]}<extra></extra>")]
+
+
+def note_annotation(text: str) -> list[dict]:
+    if not text:
+        return []
+    return [{"text": text, "x": 0, "y": 1.0, "xref": "paper", "yref": "paper", "xanchor": "left", "yanchor": "bottom",
+             "showarrow": False, "font": {"size": 11, "color": "#a33"}}]
+
+
+def best_by_batch_size(a: StudyAnalysis, plan: list[dict] | None = None) -> Figure:
+    view = best_view(a, plan)
     data = []
-    for i, (rule, points) in enumerate(a.best_by_batch.items()):
+    for line in view.lines:
         data.append(scatter(
-            x=[p[0] for p in points], y=[p[1] for p in points], name=rule, mode="lines+markers",
-            line={"color": COLORS[i % len(COLORS)]}, customdata=[p[2] for p in points],
-            hovertemplate="B=%{x}<br>" + a.metric + "=%{y:.4f}<br>trial %{customdata}<extra>" + rule + "</extra>"))
-    return figure(data, title("best-by-batch-size", a), {"type": "log", **axis_title("batch size")},
-                  axis_title(f"best {a.metric}"))
+            x=line.x, y=line.y, name=line.name, mode="lines+markers", connectgaps=False,
+            line={"color": line.color}, marker={"color": line.color}, customdata=line.trials,
+            hovertemplate="B=%{x}<br>" + a.metric + "=%{y:.4f}<br>trial %{customdata}<extra>" + line.name + "</extra>"))
+    for label, color in view.absent:
+        data.append(scatter(x=[None], y=[None], name=label, mode="markers",
+                            marker={"color": color, "symbol": "x-open", "size": 10}))
+    data += beyond_traces(view.beyond, a.metric)
+    grid = sorted({x for line in view.lines for x in line.x})
+    return figure(data, title("best-by-batch-size", a),
+                  {"type": "log", "tickvals": grid, "ticktext": [str(b) for b in grid], **axis_title("batch size")},
+                  {**axis_title(f"best {a.metric}"), **y_range(view.y_range)},
+                  annotations=note_annotation(view.note))
 
 
-def learning_curves(a: StudyAnalysis) -> Figure:
+def learning_curves(a: StudyAnalysis, plan: list[dict] | None = None) -> Figure:
+    view = curve_view(a, plan)
     data = []
-    batches = sorted({c.batch_size for c in a.curves if c.batch_size is not None})
-    shown: set[int | None] = set()
-    for c in a.curves:
-        faded = c.state != "complete"
+    for c in view.lines:
         data.append(scatter(
-            x=c.steps, y=[v if math.isfinite(v) else None for v in c.values], mode="lines", name=f"B={c.batch_size}",
-            legendgroup=f"B={c.batch_size}", showlegend=c.batch_size not in shown, opacity=0.25 if faded else 0.9,
-            line={"color": batch_color(c.batch_size, batches), "width": 1 if faded else 2},
-            meta={"trial": c.number, "state": c.state},
-            hovertemplate=f"trial {c.number} ({c.state}, B={c.batch_size}, {c.coupling})<br>"
+            x=c.x, y=c.y, mode="lines", name=f"B={c.batch_size}", legendgroup=f"B={c.batch_size}",
+            showlegend=False, opacity=0.3 if c.faded else 0.9, line={"color": c.color, "width": 1 if c.faded else 2},
+            meta={"trial": c.trial, "state": c.state},
+            hovertemplate=f"trial {c.trial} ({c.state}, B={c.batch_size}, {c.coupling})<br>"
                           "step %{x}<br>%{y:.4f}<extra></extra>"))
-        shown.add(c.batch_size)
-    return figure(data, title("learning-curves", a), axis_title(f"{a.step_unit} consumed"), axis_title(a.metric))
+    for label, color in view.legend:  # full-colour legend entries, even for a batch size whose trials all faded
+        data.append(scatter(x=[None], y=[None], mode="lines", name=label, legendgroup=label.split(" ")[0],
+                            line={"color": color, "width": 3}, hoverinfo="skip"))
+    return figure(data, title("learning-curves", a), axis_title(f"{a.step_unit} consumed"),
+                  {**axis_title(a.metric), **y_range(view.y_range)}, annotations=note_annotation(view.note))
+
+
+def pareto(a: StudyAnalysis, cost: str, plan: list[dict] | None = None) -> Figure:
+    view = next(v for v in front_views(a, plan) if v.cost == cost)
+    data = [scatter(x=view.front.x, y=view.front.y, name="Pareto front", mode="lines", connectgaps=False,
+                    line={"color": view.front.color, "shape": "hv", "width": 1.5}, hoverinfo="skip")]
+    for label, color in view.legend:
+        b = int(label[2:])
+        pts = [p for p in view.points if p[3] == b]
+        data.append(scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], name=label, mode="markers",
+                            marker={"color": color, "size": 9, "line": {"color": "white", "width": 1}},
+                            customdata=[p[2] for p in pts],
+                            hovertemplate=f"{view.axis_title} %{{x:.4g}}<br>{a.metric} %{{y:.4f}}<br>"
+                                          f"trial %{{customdata}} ({label})<extra></extra>"))
+    on_front = [(x, y) for x, y in zip(view.front.x, view.front.y) if y is not None]
+    data.append(scatter(x=[p[0] for p in on_front], y=[p[1] for p in on_front], name="on the front", mode="markers",
+                        marker={"color": "rgba(0,0,0,0)", "size": 15, "line": {"color": "#222222", "width": 1.5}},
+                        hoverinfo="skip"))
+    data += beyond_traces(view.beyond, a.metric)
+    return figure(data, title(f"pareto-{cost}", a), {"type": "log", **axis_title(view.axis_title)},
+                  {**axis_title(a.metric), **y_range(view.y_range)})
 
 
 def steps_to_target(a: StudyAnalysis) -> Figure:
@@ -141,7 +194,7 @@ def budget_plan(a: StudyAnalysis, plan: list[dict]) -> Figure:
         suffix = "" if i == 0 else str(i + 1)
         values = [r.get(key) for r in plan]
         if all(isinstance(v, (int, float)) for v in values):
-            data.append({"type": "bar", "x": labels, "y": values, "name": key, "marker": {"color": COLORS[i]},
+            data.append({"type": "bar", "x": labels, "y": values, "name": key, "marker": {"color": BARS[i]},
                          "xaxis": f"x{suffix}", "yaxis": f"y{suffix}"})
         domain = [i / 3 + 0.03, (i + 1) / 3 - 0.03]
         layout[f"xaxis{suffix}"] = {**GRID, "domain": domain, "type": "category", **axis_title("batch size"),
@@ -156,10 +209,12 @@ def budget_plan(a: StudyAnalysis, plan: list[dict]) -> Figure:
 
 def build_figures(a: StudyAnalysis, plan: list[dict] | None) -> dict[str, Figure]:
     figures = {
-        "best-by-batch-size": best_by_batch_size(a),
+        "best-by-batch-size": best_by_batch_size(a, plan),
         "lr-scaling": lr_scaling(a),
         "steps-to-target": steps_to_target(a),
-        "learning-curves": learning_curves(a),
+        "learning-curves": learning_curves(a, plan),
+        "pareto-examples": pareto(a, "examples", plan),
+        "pareto-seconds": pareto(a, "seconds", plan),
     }
     if a.importances:
         figures["importances"] = importances(a)

@@ -9,31 +9,85 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from sweeps.results.analysis import RULE_SLOPES, StudyAnalysis  # noqa: E402
+from sweeps.results.palette import BARS, FIT, GREY  # noqa: E402
+from sweeps.results.ranges import Range  # noqa: E402
+from sweeps.results.series import Beyond, best_view, curve_view, front_views  # noqa: E402
 
-COLORS = plt.get_cmap("tab10").colors
+NOTE = "#aa3333"
 
 
-def draw_best_by_batch(ax, a: StudyAnalysis) -> None:
-    for i, (rule, pts) in enumerate(a.best_by_batch.items()):
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=COLORS[i % 10], label=rule)
+def nan(values: list[float | None]) -> list[float]:
+    """None (a gap) as NaN, which matplotlib does not bridge."""
+    return [math.nan if v is None else v for v in values]
+
+
+def set_range(ax, rng: Range | None) -> None:
+    if rng is not None:
+        ax.set_ylim(rng.lo, rng.hi)
+
+
+def draw_beyond(ax, points: list[Beyond]) -> list[Line2D]:
+    """Values beyond the y range: triangles on the edge, labelled with their value; the legend handle."""
+    for p in points:
+        ax.plot([p.x], [p.at], "v" if p.side < 0 else "^", ms=9, color=p.color, clip_on=False, zorder=5)
+        ax.annotate(f"{p.value:.3g}", (p.x, p.at), xytext=(0, 7 if p.side < 0 else -11), textcoords="offset points",
+                    ha="center", fontsize=7, color=p.color, annotation_clip=False)
+    return [Line2D([], [], marker="v", ls="", color=GREY, label="beyond the axis (at its edge)")] if points else []
+
+
+def note(ax, text: str, title: str) -> None:
+    """The title, with what is missing or clipped in a smaller line under it."""
+    ax.set_title(title, pad=14 if text else 6)
+    if text:
+        ax.text(0, 1.01, text, transform=ax.transAxes, fontsize=7, color=NOTE, va="bottom")
+
+
+def draw_best_by_batch(ax, a: StudyAnalysis, plan: list[dict] | None = None) -> None:
+    view = best_view(a, plan)
+    for line in view.lines:
+        ax.plot(line.x, nan(line.y), "o-", color=line.color, label=line.name)
+    handles = [Line2D([], [], marker="x", ls="", color=color, label=label) for label, color in view.absent]
+    handles += draw_beyond(ax, view.beyond)
     ax.set_xscale("log", base=2)
-    ax.set(xlabel="batch size", ylabel=f"best {a.metric}", title="Best value per batch size and coupling rule")
-    ax.legend(fontsize=8)
+    set_range(ax, view.y_range)
+    ax.set(xlabel="batch size", ylabel=f"best {a.metric}")
+    note(ax, view.note, "Best value per batch size and coupling rule")
+    ax.legend(handles=ax.get_legend_handles_labels()[0] + handles, fontsize=8)
 
 
-def draw_curves(ax, a: StudyAnalysis) -> None:
-    batches = sorted({c.batch_size for c in a.curves if c.batch_size is not None})
-    seen = set()
-    for c in sorted(a.curves, key=lambda c: (c.batch_size or 0, c.number)):
-        color = COLORS[batches.index(c.batch_size) % 10] if c.batch_size in batches else "grey"
-        done = c.state == "complete"
-        ax.plot(c.steps, c.values, color=color, alpha=0.9 if done else 0.2, lw=1.6 if done else 0.8,
-                label=f"B={c.batch_size}" if c.batch_size not in seen else None)
-        seen.add(c.batch_size)
-    ax.set(xlabel=f"{a.step_unit} consumed", ylabel=a.metric, title="Learning curves (pruned faded)")
-    ax.legend(fontsize=7, ncol=2)
+def draw_curves(ax, a: StudyAnalysis, plan: list[dict] | None = None) -> None:
+    view = curve_view(a, plan)
+    for c in view.lines:
+        ax.plot(c.x, nan(c.y), color=c.color, alpha=0.3 if c.faded else 0.9, lw=0.9 if c.faded else 1.6)
+    set_range(ax, view.y_range)
+    ax.set(xlabel=f"{a.step_unit} consumed", ylabel=a.metric)
+    note(ax, view.note, "Learning curves (pruned faded)")
+    ax.legend(handles=[Line2D([], [], color=color, lw=2.5, label=label) for label, color in view.legend],
+              fontsize=7, ncol=2)
+
+
+def draw_front(ax, a: StudyAnalysis, cost: str, plan: list[dict] | None = None) -> None:
+    view = next(v for v in front_views(a, plan) if v.cost == cost)
+    ax.plot(view.front.x, nan(view.front.y), drawstyle="steps-post", color=view.front.color, lw=1.2,
+            label="Pareto front")
+    for label, color in view.legend:
+        pts = [p for p in view.points if f"B={p[3]}" == label]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", color=color, ms=6, mec="white", label=label)
+    front = [(x, y) for x, y in zip(view.front.x, view.front.y) if y is not None]
+    ax.plot([p[0] for p in front], [p[1] for p in front], "o", ms=11, mfc="none", mec=view.front.color,
+            label="on the front")
+    handles = draw_beyond(ax, view.beyond)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))  # labelled ticks even within one decade, none crowded
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}" if x >= 1 else f"{x:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    set_range(ax, view.y_range)
+    ax.set(xlabel=view.axis_title, ylabel=a.metric, title=f"{a.metric} against {view.axis_title}: Pareto front")
+    ax.legend(handles=ax.get_legend_handles_labels()[0] + handles, fontsize=7, ncol=2)
 
 
 def draw_steps(ax, a: StudyAnalysis) -> None:
@@ -41,7 +95,7 @@ def draw_steps(ax, a: StudyAnalysis) -> None:
     if pts:
         xs = [p[0] for p in pts]
         ax.plot(xs, [p[1] for p in pts], "o-", label="updates to target")
-        ax.plot(xs, [pts[0][1] * pts[0][0] / b for b in xs], "--", color="grey", label="perfect scaling")
+        ax.plot(xs, [pts[0][1] * pts[0][0] / b for b in xs], "--", color=GREY, label="perfect scaling")
         ax.plot(xs, [pts[0][1]] * len(xs), ":", color="silver", label="no benefit")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -59,12 +113,12 @@ def draw_lr(ax, a: StudyAnalysis) -> None:
         mid = math.sqrt(lo * hi)
         centre = math.exp(fit.intercept) * mid ** fit.slope
         label = f"B^{fit.slope:.2f}" + ("" if fit.half_width is None else f" ± {fit.half_width:.2f}")
-        ax.plot(xs, [centre * (x / mid) ** fit.slope for x in xs], "-", color="C3", label=label)
+        ax.plot(xs, [centre * (x / mid) ** fit.slope for x in xs], "-", color=FIT, label=label)
         if fit.half_width is not None:
             low = [centre * (x / mid) ** (fit.slope - fit.half_width) for x in xs]
             high = [centre * (x / mid) ** (fit.slope + fit.half_width) for x in xs]
             ax.fill_between(xs, [min(p) for p in zip(low, high)], [max(p) for p in zip(low, high)],
-                            color="C3", alpha=0.15, label="95% CI of the slope")
+                            color=FIT, alpha=0.15, label="95% CI of the slope")
         for rule, slope in RULE_SLOPES.items():
             ax.plot(xs, [centre * (x / mid) ** slope for x in xs], ":", color="grey", lw=0.8)
             ax.annotate(rule, (xs[-1], centre * (xs[-1] / mid) ** slope), fontsize=7, color="grey")
@@ -76,7 +130,7 @@ def draw_lr(ax, a: StudyAnalysis) -> None:
 
 def draw_importances(ax, a: StudyAnalysis) -> None:
     items = sorted(a.importances.items(), key=lambda kv: kv[1])
-    ax.barh([k for k, _ in items], [v for _, v in items], color="C0")
+    ax.barh([k for k, _ in items], [v for _, v in items], color=BARS[0])
     ax.set(xlabel="importance", title="Parameter importances")
 
 
@@ -84,20 +138,23 @@ def draw_plan(ax, a: StudyAnalysis, plan: list[dict]) -> None:
     labels = [str(r["batch_size"]) for r in plan]
     updates = [r["updates"] for r in plan]
     if all(isinstance(u, (int, float)) for u in updates):
-        ax.bar(labels, updates, color="C0", label="updates")
+        ax.bar(labels, updates, color=BARS[0], label="updates")
         ax.set_yscale("log")
         twin = ax.twinx()
-        twin.plot(labels, [r["epochs"] for r in plan], "o-", color="C1", label="epochs")
+        epochs = [r["epochs"] for r in plan]
+        twin.plot(labels, epochs, "o-", color=BARS[2], label="epochs")
         twin.set_ylabel("epochs")
-        twin.set_ylim(bottom=0)
+        twin.set_ylim(0, 1.25 * max(epochs))  # room above the markers and the legend: none sits on the frame
         twin.legend(loc="center right", fontsize=8)
         ax.legend(loc="upper right", fontsize=8)
     ax.set(xlabel="batch size", ylabel="updates", title="Plan of the budget")
 
 
 def write_pngs(out: Path, a: StudyAnalysis, plan: list[dict] | None) -> list[Path]:
-    panels = [("best_by_batch_size", draw_best_by_batch), ("lr_scaling", draw_lr),
-              ("steps_to_target", draw_steps), ("learning_curves", draw_curves)]
+    panels = [("best_by_batch_size", lambda ax, a: draw_best_by_batch(ax, a, plan)), ("lr_scaling", draw_lr),
+              ("steps_to_target", draw_steps), ("learning_curves", lambda ax, a: draw_curves(ax, a, plan)),
+              ("pareto_examples", lambda ax, a: draw_front(ax, a, "examples", plan)),
+              ("pareto_seconds", lambda ax, a: draw_front(ax, a, "seconds", plan))]
     if a.importances:
         panels.append(("importances", draw_importances))
     if plan:
