@@ -27,7 +27,7 @@ from sweeps.results.figures import build_figures
 from tests.dashboard_study import STUDY, make_study
 
 PNGS = ["best_by_batch_size", "lr_scaling", "steps_to_target", "learning_curves", "importances", "budget_plan",
-        "report"]
+        "pareto_examples", "pareto_seconds", "report"]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_report_writes_html_pngs_and_summary(study_file, tmp_path, capsys):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
     page = (out / "report.html").read_text()
     for div in ("best-by-batch-size", "lr-scaling", "steps-to-target", "learning-curves", "importances",
-                "budget-plan"):
+                "budget-plan", "pareto-examples", "pareto-seconds"):
         assert f'id="{div}"' in page
     summary = json.loads((out / "summary.json").read_text())
     couplings = {t.user_attrs["coupling"] for t in study.trials if t.state == TrialState.COMPLETE}
@@ -71,15 +71,21 @@ def test_figures_hold_the_right_series(study_file):
     assert pruned, "the median pruner pruned some trials of this sweep"
     assert complete, "and some trials of this sweep completed"
 
-    best = figures["best-by-batch-size"]["data"]
+    best = [t for t in figures["best-by-batch-size"]["data"] if t["name"] in a.best_by_batch]
+    beyond = [t for t in figures["best-by-batch-size"]["data"] if t["name"].startswith("beyond the axis")]
+    clipped = {(x, v) for t in beyond for x, (v, _) in zip(t["x"], t["customdata"])}
     for trace in best:  # one series per coupling rule: the best value at each batch size
         rule_trials = [t for t in complete if t.user_attrs["coupling"] == trace["name"]]
         assert trace["x"] and len(trace["x"]) == len(trace["y"]), trace["name"]
         for b, v in zip(trace["x"], trace["y"]):
-            assert v == max(t.value for t in rule_trials if t.user_attrs["batch_size"] == b)
+            values = [t.value for t in rule_trials if t.user_attrs["batch_size"] == b]
+            if v is None:  # a gap: no finished trial there, or its value lies beyond the axis (drawn at the edge)
+                assert not values or (b, max(values)) in clipped
+            else:
+                assert v == max(values)
     assert {t["name"] for t in best} == {t.user_attrs["coupling"] for t in complete}
 
-    curves = figures["learning-curves"]["data"]
+    curves = [c for c in figures["learning-curves"]["data"] if "meta" in c]  # less the legend entries
     assert len(curves) == len([t for t in trials if t.intermediate_values])
     by_trial = {c["meta"]["trial"]: c for c in curves}
     for t in pruned:
@@ -107,7 +113,7 @@ def test_runner_writes_notes_plots_and_keeps_best_checkpoints(study_file):
         assert f"## Trial {t.number}" in body and f"| batch size | {t.user_attrs['batch_size']} |" in body
     plots = get_plotly_graph_objects(system)
     assert {"sweeps-best-by-batch-size", "sweeps-lr-scaling", "sweeps-steps-to-target", "sweeps-learning-curves",
-            "sweeps-budget-plan"} <= set(plots)
+            "sweeps-budget-plan", "sweeps-pareto-examples", "sweeps-pareto-seconds"} <= set(plots)
     assert json.loads(plots["sweeps-lr-scaling"])["data"]
 
     kept = kept_checkpoints(study)
