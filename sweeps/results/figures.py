@@ -121,8 +121,7 @@ def pareto(a: StudyAnalysis, cost: str, plan: list[dict] | None = None) -> Figur
     data = [scatter(x=view.front.x, y=view.front.y, name="Pareto front", mode="lines", connectgaps=False,
                     line={"color": view.front.color, "shape": "hv", "width": 1.5}, hoverinfo="skip")]
     for label, color in view.legend:
-        b = int(label[2:])
-        pts = [p for p in view.points if p[3] == b]
+        pts = [p for p in view.points if p[3] == label]
         data.append(scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], name=label, mode="markers",
                             marker={"color": color, "size": 9, "line": {"color": "white", "width": 1}},
                             customdata=[p[2] for p in pts],

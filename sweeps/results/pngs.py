@@ -75,7 +75,7 @@ def draw_front(ax, a: StudyAnalysis, cost: str, plan: list[dict] | None = None) 
     ax.plot(view.front.x, nan(view.front.y), drawstyle="steps-post", color=view.front.color, lw=1.2,
             label="Pareto front")
     for label, color in view.legend:
-        pts = [p for p in view.points if f"B={p[3]}" == label]
+        pts = [p for p in view.points if p[3] == label]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", color=color, ms=6, mec="white", label=label)
     front = [(x, y) for x, y in zip(view.front.x, view.front.y) if y is not None]
     ax.plot([p[0] for p in front], [p[1] for p in front], "o", ms=11, mfc="none", mec=view.front.color,

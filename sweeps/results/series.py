@@ -75,11 +75,15 @@ class CurveView:
 class FrontView:
     cost: str  # a key of fronts.COSTS
     axis_title: str
-    points: list[tuple[float, float, int, int | None, str]]  # (cost, value, trial, batch size, colour), in range
+    points: list[tuple[float, float, int, str, str]]  # (cost, value, trial, legend label, colour), in range
     front: Line  # the non-dominated trials, cheapest first; gaps where beyond the range
     beyond: list[Beyond]
     y_range: Range | None
     legend: list[tuple[str, str]] = field(default_factory=list)
+
+
+def batch_label(batch: int | None) -> str:
+    return "B unknown" if batch is None else f"B={batch}"
 
 
 def value_range(a: StudyAnalysis) -> Range | None:
@@ -172,10 +176,12 @@ def front_views(a: StudyAnalysis, plan: list[dict] | None = None) -> list[FrontV
             if side:
                 beyond.append(Beyond(p.cost, p.value, side, p.trial, color, rng.edge(side)))
             else:
-                points.append((p.cost, p.value, p.trial, p.batch_size, color))
+                points.append((p.cost, p.value, p.trial, batch_label(p.batch_size), color))
         line = Line("Pareto front", [p.cost for p in f.front],
                     [None if rng and rng.side(p.value) else p.value for p in f.front], "#222222",
                     [p.trial for p in f.front])
-        legend = [(f"B={b}", colors[b]) for b in sorted({p.batch_size for p in f.points if p.batch_size in colors})]
+        batches = {p.batch_size for p in f.points}
+        ordered = sorted(b for b in batches if b is not None) + ([None] if None in batches else [])
+        legend = [(batch_label(b), batch_color(b, colors)) for b in ordered]
         views.append(FrontView(cost, COSTS[cost][1], points, line, beyond, rng, legend))
     return views
