@@ -47,7 +47,7 @@ class LrFit:
 
     batch_sizes: list[int]  # the fitted batch sizes
     lrs: list[float]  # per fitted batch size: the geometric mean LR of its good trials
-    trial_numbers: list[int]  # the good trials, all batch sizes
+    trial_numbers: list[int]  # per fitted batch size: its best trial (`good` holds them all)
     tolerance: float = 0.0
     far: float = 0.0
     good: dict[int, list[LrPoint]] = field(default_factory=dict)
@@ -103,7 +103,7 @@ class LrFit:
         return f"more trials at {', '.join(parts)}{more} would narrow it"
 
     def sentence(self) -> str:
-        k, n = len(self.batch_sizes), len(self.trial_numbers)
+        k, n = len(self.batch_sizes), sum(len(self.good[b]) for b in self.batch_sizes)
         if self.slope is None:
             sizes = f" (B={', '.join(map(str, self.batch_sizes))})" if self.batch_sizes else ""
             return (f"LR scaling: {k} batch sizes with good trials{sizes}, need {MIN_BATCH_SIZES}: "
@@ -162,12 +162,19 @@ def fit_lr_scaling(points: list[LrPoint], maximize: bool = True, tolerance: floa
     good, left_out, study_best = good_points(points, maximize, tolerance, far)
     batch_sizes = sorted(good)
     means = [float(np.mean([math.log(p.lr) for p in good[b]])) for b in batch_sizes]
-    fit = LrFit(batch_sizes, [math.exp(m) for m in means], sorted(p.trial for b in batch_sizes for p in good[b]),
+    sign = 1.0 if maximize else -1.0
+    best_trials = [max(good[b], key=lambda p: (sign * p.value, -p.trial)).trial for b in batch_sizes]
+    fit = LrFit(batch_sizes, [math.exp(m) for m in means], best_trials,
                 tolerance=tolerance, far=far, good=good, left_out=left_out, study_best=study_best,
                 confidence=confidence)
     if len(batch_sizes) < MIN_BATCH_SIZES:
         return fit
-    result = stats.linregress(np.log(batch_sizes), means)
-    fit.slope, fit.intercept = float(result.slope), float(result.intercept)
-    fit.half_width = float(stats.t.ppf(0.5 + confidence / 2, len(batch_sizes) - 2) * result.stderr)
+    x, y = np.log(batch_sizes), np.array(means)
+    sxx = float(np.sum((x - x.mean()) ** 2))
+    slope = float(np.sum((x - x.mean()) * (y - y.mean())) / sxx)
+    intercept = float(y.mean() - slope * x.mean())
+    dof = len(batch_sizes) - 2
+    stderr = math.sqrt(float(np.sum((y - intercept - slope * x) ** 2)) / dof / sxx)
+    fit.slope, fit.intercept = slope, intercept
+    fit.half_width = float(stats.t.ppf(0.5 + confidence / 2, dof)) * stderr
     return fit

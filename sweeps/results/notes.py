@@ -80,6 +80,7 @@ def study_note(study: optuna.Study, config: SweepConfig, n_train: int, footer: s
     config_yaml = yaml.safe_dump(json.loads(json.dumps(stored, default=str)), sort_keys=False)
     parts = [
         f"## {s.name}: batch size, epochs and LR coupling under one compute budget",
+        *recommendation_section(study),
         f"{s.direction} **{s.metric}** over {s.n_trials} trials · {config.sampler.name} sampler · "
         f"{config.pruner.name} pruner · budget **{b.per_trial:g} {b.unit}** per trial, evaluated every "
         f"{b.eval_every:g} {b.unit}",
@@ -92,6 +93,15 @@ def study_note(study: optuna.Study, config: SweepConfig, n_train: int, footer: s
     if footer:
         parts.append(footer)
     return "\n\n".join(parts)
+
+
+def recommendation_section(study: optuna.Study) -> list[str]:
+    """The report's recommendation paragraph, once the study has a complete trial (else nothing)."""
+    from sweeps.results.analysis import analyse
+    from sweeps.results.recommendation import recommendation
+
+    analysis = analyse(study, with_importances=False)
+    return ["### Recommendation", recommendation(analysis)] if analysis.complete else []
 
 
 SETTINGS = [  # (a TrialRecord field or a searched parameter, label)

@@ -52,7 +52,7 @@ def draw_steps(ax, a: StudyAnalysis) -> None:
 
 def draw_lr(ax, a: StudyAnalysis) -> None:
     fit = a.lr_fit
-    ax.plot(fit.batch_sizes, fit.lrs, "o", ms=7, label="best trial per batch size")
+    ax.plot(fit.batch_sizes, fit.lrs, "o", ms=7, label="good trials' mean LR per batch size")
     if fit.slope is not None:
         lo, hi = min(fit.batch_sizes), max(fit.batch_sizes)
         xs = [lo * (hi / lo) ** (i / 40) for i in range(41)]
