@@ -189,7 +189,8 @@ def test_recommendation_spread_comes_from_the_good_trials_of_its_batch_size():
 def test_examples_per_second_give_the_fastest_batch_size_in_seconds():
     a = analyse(reaching_study(200, 100, (1.0,) * 6), target=0.9, with_importances=False)
     # seconds to target = S(B) B / (1000 sqrt(B)) = 0.2 (1 + 100/B) sqrt(B): least at B = 100, so B=128
-    assert "In seconds, B=128 reached val_accuracy 0.9 fastest" in recommendation(a)
+    assert ("In seconds, batch size stops paying past B=128: B=128 reached val_accuracy 0.9 fastest"
+            in recommendation(a))
 
 
 def test_study_note_starts_with_the_recommendation(tmp_path):

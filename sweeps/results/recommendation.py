@@ -47,10 +47,11 @@ def expected_metric(values: list[float], source: str, confirmed: Expected | None
 
 
 def seconds_to_target(a: StudyAnalysis) -> dict[int, float]:
-    """Per batch size that reached the target: its examples to target / its measured examples per second."""
+    """Per batch size that reached the target between two evaluations (a first-evaluation crossing is
+    only an upper bound): its examples to target / its measured examples per second."""
     if a.critical is None:
         return {}
-    return {b: r.examples / a.throughput[b] for b, r in a.critical.reached.items() if a.throughput.get(b)}
+    return {b: a.critical.reached[b].examples / a.throughput[b] for b in a.critical.fitted if a.throughput.get(b)}
 
 
 def lr_advice(a: StudyAnalysis) -> str:
@@ -87,15 +88,19 @@ def examples_advice(a: StudyAnalysis) -> str:
 def seconds_advice(a: StudyAnalysis) -> str:
     seconds = seconds_to_target(a)
     if not seconds:
-        return "No batch size that reached the target recorded its throughput, so the fastest in seconds is unknown."
+        return ("No batch size that reached the target between two evaluations recorded its throughput, so "
+                "where batch size stops paying in seconds is unknown.")
     fastest = min(seconds, key=seconds.get)
-    text = (f"In seconds, B={fastest} reached {a.metric} {a.target:.4g} fastest "
-            f"({seconds[fastest]:.3g} s at {a.throughput[fastest]:,.0f} examples/s, measured)")
+    took = (f"B={fastest} reached {a.metric} {a.target:.4g} fastest ({seconds[fastest]:.3g} s at "
+            f"{a.throughput[fastest]:,.0f} examples/s, measured)")
     larger = [b for b in seconds if b > fastest]
     if larger:
-        return text + f"; larger batches took longer (B={', '.join(map(str, larger))})."
-    return text + ("; it is the largest batch size that reached the target, so batch size may pay in seconds "
-                   "beyond it." if len(seconds) > 1 else "; it is the only batch size with a time to compare.")
+        return (f"In seconds, batch size stops paying past B={fastest}: {took}; "
+                f"B={', '.join(map(str, larger))} took longer.")
+    if len(seconds) > 1:
+        return (f"In seconds, batch size still paid at B={fastest}, the largest that reached the target: {took}; "
+                f"larger batches may be faster still.")
+    return f"In seconds: {took}; no other batch size reached the target to compare with."
 
 
 def recommendation(a: StudyAnalysis, confirmed: Expected | None = None) -> str:
@@ -110,10 +115,11 @@ def recommendation(a: StudyAnalysis, confirmed: Expected | None = None) -> str:
     base = best.params.get("base_lr")
     how = f"base LR {base:.4g}, coupling {coupling_of(best, record, '-')}" if base is not None else \
         f"coupling {coupling_of(best, record, '-')}"
-    length = ", ".join(part for part in (
-        None if record.epochs_completed is None else f"{record.epochs_completed:.3g} epochs",
-        None if record.updates is None else f"{record.updates} updates",
+    epochs = None if record.epochs_completed is None else f"{record.epochs_completed:.3g} epochs"
+    counts = ", ".join(part for part in (
+        None if record.updates is None else f"{record.updates:,} updates",
         None if record.examples_seen is None else f"{record.examples_seen:,} examples") if part)
+    length = f"{epochs} ({counts})" if epochs and counts else (epochs or counts)
     optimistic = "" if confirmed is not None else (
         f"; the best of {len(a.complete)} trials is optimistic until confirmation runs repeat it")
     parts = [
