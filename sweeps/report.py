@@ -13,6 +13,7 @@ import argparse
 import html
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 from sweeps import exits
@@ -148,7 +149,7 @@ def report(args: argparse.Namespace) -> int:
 
     table = a.best_table(args.top)
     advice = recommendation(a)
-    print(advice + "\n")
+    print(textwrap.fill(advice, width=100) + "\n")
     print(f"best {len(table)} trials of {len(a.complete)} complete:")
     print(text_table(table))
     print()

@@ -24,8 +24,8 @@ BATCHES = (16, 32, 64, 128, 256, 512)
 DISTRIBUTIONS = {"batch_size": IntDistribution(16, 1024, log=True), "lr_factor": FloatDistribution(0.1, 10, log=True)}
 
 
-def new_study(storage: str | None = None, name: str = "synthetic") -> optuna.Study:
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+def new_study(storage: str | None = None, name: str = "synthetic", direction: str = "maximize") -> optuna.Study:
+    study = optuna.create_study(study_name=name, storage=storage, direction=direction)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(["val_accuracy"])
@@ -64,6 +64,17 @@ def test_true_slope_recovered_and_its_rule_named(slope, rule):
     assert abs(fit.slope - slope) < 0.05 and fit.half_width < 0.1
     assert fit.rule == rule and fit.covered_rules == [rule]
     assert f"the {rule} rule" in fit.sentence()
+
+
+def test_a_minimized_metric_gets_the_same_answer():
+    study = new_study(direction="minimize")
+    for b in BATCHES:
+        for factor in (0.25, 0.9, 1.0, 1.1, 4.0):
+            add(study, b, 0.01 * (b / 16) ** 0.5 * factor, 0.05 + 0.05 * math.log(factor) ** 2)
+    add(study, 1024, 6.0, 0.5)  # far above (worse than) the best
+    a = analyse(study, with_importances=False)
+    assert a.lr_fit.rule == "sqrt" and 1024 in a.lr_fit.left_out
+    assert "expect val_accuracy 0.05" in recommendation(a)
 
 
 def test_wide_scatter_is_undetermined_and_says_what_would_narrow_it():

@@ -116,11 +116,16 @@ class CriticalFit:
         early = [b for b, r in self.reached.items() if r.at_first_evaluation]
         text = (f"too few batch sizes reached {goal} between two evaluations: {names(fitted) or 'none'} "
                 f"(need {MIN_REACHED})")
+        fixes = []
         if early:
             text += f"; {names(early)} by the first evaluation (an upper bound only)"
+            fixes.append(f"evaluate more often (a smaller budget.eval_every) to time {names(early)}")
         if self.not_reached:
             text += f"; {names(self.not_reached)} never did"
-        return text + "; run more trials at other batch sizes, or lower --target"
+            fixes.append(f"run more trials at {names(self.not_reached)}")
+        if not early:
+            fixes.append("lower --target")
+        return f"{text}: {', or '.join(fixes)}"
 
 
 def names(batch_sizes: list[int]) -> str:
