@@ -108,11 +108,11 @@ class CriticalFit:
         """Why there is no B_crit inside the range: too few reached, or where it lies instead."""
         fitted, goal = self.fitted, f"{metric} {self.target:.4g}"
         if self.s_min is not None and self.s_min <= 0:
-            return (f"above B={max(fitted)}: steps to {goal} fall as fast as 1/B (perfect scaling) over "
-                    f"B={min(fitted)}..{max(fitted)}")
+            return (f"B_crit lies above B={max(fitted)} (steps to {goal} fall as fast as 1/B, perfect scaling, "
+                    f"over B={min(fitted)}..{max(fitted)})")
         if self.b_crit is not None and self.b_crit <= 0:
-            return (f"below B={min(fitted)}: steps to {goal} do not fall with batch size over "
-                    f"B={min(fitted)}..{max(fitted)}")
+            return (f"B_crit lies below B={min(fitted)} (steps to {goal} do not fall with batch size over "
+                    f"B={min(fitted)}..{max(fitted)})")
         early = [b for b, r in self.reached.items() if r.at_first_evaluation]
         text = (f"too few batch sizes reached {goal} between two evaluations: {names(fitted) or 'none'} "
                 f"(need {MIN_REACHED})")

@@ -71,16 +71,22 @@ def examples_advice(a: StudyAnalysis) -> str:
     critical = a.critical
     b_crit = critical.value if critical is not None else None
     if b_crit is not None:
-        text = (f"Batch size stops paying in examples around B_crit ~ {b_crit:.0f} "
-                f"{interval_text(critical.interval, critical.confidence)} from steps to target")
+        interval = interval_text(critical.interval, critical.confidence)
+        text = (f"Batch size stops paying in examples around B_crit ~ {b_crit:.0f} {interval} from steps to target"
+                if critical.interval is not None else
+                f"Where batch size stops paying in examples is uncertain: the steps-to-target fit puts B_crit near "
+                f"{b_crit:.0f}, but its {100 * critical.confidence:.0f}% interval is unbounded "
+                f"({len(critical.fitted)} batch sizes reached the target), so treat it as a rough guess")
         if a.noise is not None:
             text += f" (noise scale: {a.noise.median:.0f})"
         warn = disagreement(b_crit, a.noise)
-        return f"{text}: {tradeoff_sentence()}." + (f" Note: {warn}." if warn else "")
+        return f"{text}; {tradeoff_sentence()}." + (f" Note: {warn}." if warn else "")
     if a.noise is not None:
         return (f"Batch size stops paying in examples around B_crit ~ {a.noise.median:.0f} from the gradient "
                 f"noise scale alone (range [{a.noise.low:.0f}, {a.noise.high:.0f}]; steps to target could not "
                 f"place it): {tradeoff_sentence()}.")
+    if critical is not None and critical.s_min is not None:  # fitted, but B_crit lies outside the range
+        return f"Where batch size stops paying in examples: {critical.reason(a.metric)}."
     reason = critical.reason(a.metric) if critical is not None else "no target"
     return f"Where batch size stops paying in examples is not known yet: {reason}."
 
