@@ -46,7 +46,7 @@ TITLES = {
 
 def title(key: str, a: StudyAnalysis) -> str:
     target = "-" if a.target is None else f"{a.target:.4g}"
-    fit = "no fit" if a.lr_fit.slope is None else a.lr_fit.sentence().split(":")[0].replace("this task's best LR", "LR")
+    fit = "no fit" if a.lr_fit.slope is None else a.lr_fit.headline()
     return TITLES[key].format(metric=a.metric, unit=a.step_unit, target=target, fit=fit)
 
 

@@ -113,6 +113,17 @@ class LrFit:
                 f"({100 * self.confidence:.0f}% CI [{low:.2f}, {high:.2f}], {k} batch sizes, {n} good trials): "
                 f"{self.verdict()}")
 
+    def headline(self) -> str:
+        """The sentence, short enough for a figure's title."""
+        if self.slope is None:
+            return f"LR scaling: {len(self.batch_sizes)} batch sizes with good trials, need {MIN_BATCH_SIZES}"
+        low, high = self.interval  # type: ignore[misc]
+        covered = self.covered_rules
+        verdict = (f"the {self.rule} rule" if self.rule else
+                   f"undetermined (covers {covered[0]}..{covered[-1]})" if covered else "outside every rule")
+        return (f"best LR ~ B^{self.slope:.2f}, {100 * self.confidence:.0f}% CI [{low:.2f}, {high:.2f}] over "
+                f"{len(self.batch_sizes)} batch sizes: {verdict}")
+
     def notes(self) -> list[str]:
         """What the fit left out and why, and what a good trial is: one line each."""
         lines = [f"good trials: within {self.tolerance:.3g} of their batch size's best"]

@@ -117,7 +117,7 @@ def write_pngs(out: Path, a: StudyAnalysis, plan: list[dict] | None) -> list[Pat
         draw(ax, a)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.suptitle(f"{a.study_name}: {a.lr_fit.sentence()}", fontsize=12)
+    fig.suptitle(f"{a.study_name}: {a.lr_fit.headline()}", fontsize=12)
     path = out / "report.png"
     fig.savefig(path, dpi=90)
     plt.close(fig)
