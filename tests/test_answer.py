@@ -63,7 +63,7 @@ def test_true_slope_recovered_and_its_rule_named(slope, rule):
     assert all(len(fit.good[b]) == 3 for b in BATCHES), "factors 0.9, 1.0 and 1.1 are within 1% of the range"
     assert abs(fit.slope - slope) < 0.05 and fit.half_width < 0.1
     assert fit.rule == rule and fit.covered_rules == [rule]
-    assert f"the {rule} rule" in fit.sentence()
+    assert f"the {rule} rule" in fit.sentence() and fit.headline().endswith(f": the {rule} rule")
 
 
 def test_a_minimized_metric_gets_the_same_answer():
@@ -83,6 +83,7 @@ def test_wide_scatter_is_undetermined_and_says_what_would_narrow_it():
     sentence = fit.sentence()
     assert f"undetermined: the interval covers {fit.covered_rules[0]}..{fit.covered_rules[-1]}" in sentence
     assert "more trials at B=16, 512 (the ends of the fitted range)" in sentence
+    assert fit.headline().endswith(f"undetermined (covers {fit.covered_rules[0]}..{fit.covered_rules[-1]})")
 
 
 def test_slope_outside_every_rule():
