@@ -22,6 +22,8 @@ from storage.optuna_private import study_id_of, study_storage, trial_id_of
 from sweeps.config.plan import fmt, plan_rows
 from sweeps.config.study_file import SweepConfig
 from sweeps.loop.progress import human
+from sweeps.results.analysis import analyse
+from sweeps.results.recommendation import recommendation
 from sweeps.trial.record import TrialRecord, consumed
 
 # optuna-dashboard's storage format (`storage.dashboard_formats`, checked against the installed dashboard by
@@ -97,9 +99,6 @@ def study_note(study: optuna.Study, config: SweepConfig, n_train: int, footer: s
 
 def recommendation_section(study: optuna.Study) -> list[str]:
     """The report's recommendation paragraph, once the study has a complete trial (else nothing)."""
-    from sweeps.results.analysis import analyse
-    from sweeps.results.recommendation import recommendation
-
     analysis = analyse(study, with_importances=False)
     return ["### Recommendation", recommendation(analysis)] if analysis.complete else []
 
