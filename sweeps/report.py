@@ -1,7 +1,8 @@
 """`python -m sweeps.report STUDY.yaml [--out DIR]`: what the sweep found, in the terminal and in files.
 
-Prints the best trials and the fitted LR-vs-batch-size slope; writes `report.html` (interactive
-plotly), one PNG per figure and `report.png` (all of them), and `summary.json` (the numbers).
+Prints the recommendation (batch size, length, LR and its rule, expected metric, where batch size
+stops paying), the best trials, the LR-vs-batch-size slope and the critical batch size; writes
+`report.html` (interactive plotly), one PNG per figure and `report.png` (all of them), and `summary.json` (the numbers).
 Exit codes: 0 written, 1 no finished trial yet, 2 invalid study file, 3 store not there or not
 readable, 4 no such study in the store.
 """
@@ -12,6 +13,7 @@ import argparse
 import html
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 from sweeps import exits
@@ -19,7 +21,9 @@ from sweeps.cli import add_study_arguments, fail, run_command
 from sweeps.config.plan import fmt, plan_rows, text_table
 from sweeps.results.analysis import StudyAnalysis, analyse
 from sweeps.results.existing import load, open_existing
+from sweeps.results.noise import disagreement
 from sweeps.results.publish import figures_of
+from sweeps.results.recommendation import recommendation
 from sweeps.trial.record import TrialRecord
 
 
@@ -33,6 +37,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--top", type=int, default=10, help="rows of the best-trials table (default 10)")
     parser.add_argument("--target", type=float,
                         help="metric value for steps-to-target (default: the 90th percentile of finished values)")
+    parser.add_argument("--tolerance", type=float,
+                        help="how far below its batch size's best a trial may be and still count as good for the "
+                             "LR fit and the expected metric, in metric units (default: 1%% of the range of "
+                             "finished values)")
     return parser.parse_args(argv)
 
 
@@ -47,24 +55,49 @@ def summary_lines(a: StudyAnalysis) -> list[str]:
     c = a.counts
     lines = [f"study {a.study_name}: {c.get('complete', 0)} complete, {c.get('pruned', 0)} pruned, "
              f"{c.get('fail', 0)} failed; {'maximize' if a.maximize else 'minimize'} {a.metric}",
-             a.lr_fit.sentence()]
+             a.lr_fit.sentence(), *a.lr_fit.notes()]
     if a.target is not None:
         quant = "" if a.target_quantile is None else f" (the {100 * a.target_quantile:.0f}th percentile)"
         steps = ", ".join(f"B={b}: {u}" for b, u, _ in a.steps_to_target) or "no trial reached it"
-        lines.append(f"updates to reach {a.metric} {a.target:.4g}{quant}: {steps}")
+        lines.append(f"updates to reach {a.metric} {a.target:.4g}{quant}, interpolated between evaluations: {steps}")
+    lines += critical_lines(a)
+    return lines
+
+
+def critical_lines(a: StudyAnalysis) -> list[str]:
+    """B_crit from both methods, and the warning when they disagree."""
+    lines = [] if a.critical is None else [a.critical.sentence(a.metric)]
+    if a.noise is not None:
+        lines.append(a.noise.sentence())
+    warn = disagreement(a.critical.value if a.critical else None, a.noise)
+    if warn:
+        lines.append(f"warning: {warn}")
     return lines
 
 
 def summary_json(a: StudyAnalysis) -> dict:
-    fit = a.lr_fit
+    fit, crit, noise = a.lr_fit, a.critical, a.noise
     return {
         "study": a.study_name, "metric": a.metric, "direction": "maximize" if a.maximize else "minimize",
         "counts": a.counts, "best_trials": a.best_table(),
+        "recommendation": recommendation(a),
         "lr_scaling": {"slope": fit.slope, "ci_half_width": fit.half_width, "confidence": fit.confidence,
-                       "nearest_rule": fit.nearest_rule, "batch_sizes": fit.batch_sizes, "lrs": fit.lrs,
-                       "trials": fit.trial_numbers},
-        "target": a.target, "steps_to_target": [{"batch_size": b, "updates": u, "trial": n}
-                                                for b, u, n in a.steps_to_target],
+                       "interval": fit.interval, "covered_rules": fit.covered_rules, "rule": fit.rule,
+                       "verdict": fit.verdict(), "tolerance": fit.tolerance, "batch_sizes": fit.batch_sizes,
+                       "lrs": fit.lrs, "trials": fit.trial_numbers,
+                       "left_out": {str(b): v for b, v in fit.left_out.items()}, "far": fit.far},
+        "target": a.target, "steps_to_target": [{"batch_size": b, "updates": r.updates, "examples": r.examples,
+                                                 "trial": r.trial, "at_first_evaluation": r.at_first_evaluation}
+                                                for b, r in (crit.reached.items() if crit else [])],
+        "critical_batch_size": {
+            "from_steps": None if crit is None else {"b_crit": crit.b_crit, "interval": crit.interval,
+                                                     "s_min": crit.s_min, "e_min": crit.e_min,
+                                                     "batch_sizes": crit.fitted, "not_reached": crit.not_reached},
+            "from_noise_scale": None if noise is None else {"median": noise.median, "low": noise.low,
+                                                            "high": noise.high, "trials": noise.n,
+                                                            "basis": noise.basis},
+        },
+        "examples_per_second": {str(b): v for b, v in a.throughput.items()},
         "best_by_batch_size": {rule: [{"batch_size": b, "value": v, "trial": n} for b, v, n in pts]
                                for rule, pts in a.best_by_batch.items()},
         "importances": a.importances,
@@ -95,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
 def report(args: argparse.Namespace) -> int:
     existing = open_existing(args.study_file, args.storage, args.study_name)
     study = load(existing)
-    a = analyse(study, target=args.target)
+    if args.tolerance is not None and args.tolerance < 0:
+        return fail(exits.USAGE, f"--tolerance must be >= 0 (got {args.tolerance}): a metric distance below a "
+                                 "batch size's best")
+    a = analyse(study, target=args.target, tolerance=args.tolerance)
     if args.target is not None:
         a.target_quantile = None
     if not a.complete:
@@ -112,6 +148,8 @@ def report(args: argparse.Namespace) -> int:
     figures = figures_of(a, config, n_train, tokens)
 
     table = a.best_table(args.top)
+    advice = recommendation(a)
+    print(textwrap.fill(advice, width=100) + "\n")
     print(f"best {len(table)} trials of {len(a.complete)} complete:")
     print(text_table(table))
     print()
@@ -121,7 +159,8 @@ def report(args: argparse.Namespace) -> int:
     from sweeps.results.figures import write_html
     from sweeps.results.pngs import write_pngs
 
-    summary = "".join(f"<p>{html.escape(line)}</p>" for line in summary_lines(a)) + html_table(table)
+    summary = (f"<p><b>{html.escape(advice)}</b></p>"
+               + "".join(f"<p>{html.escape(line)}</p>" for line in summary_lines(a)) + html_table(table))
     write_html(out / "report.html", a, figures, summary)
     pngs = write_pngs(out, a, plan)
     (out / "summary.json").write_text(json.dumps(summary_json(a), indent=2, default=str))

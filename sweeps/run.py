@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 
 import optuna
 import torch
@@ -24,6 +25,8 @@ from sweeps.loop.ending import report_ending
 from sweeps.loop.gpus import GPU_ENV, check_device, cuda_device_count, plan_gpus
 from sweeps.loop.runner import load_task, recorded_overrides, run_sweep
 from sweeps.loop.workers import run_workers
+from sweeps.results.analysis import analyse
+from sweeps.results.recommendation import recommendation
 from sweeps.trial.record import TrialRecord
 
 
@@ -102,6 +105,7 @@ def sweep(args: argparse.Namespace) -> int:
 
 
 def print_summary(study: optuna.Study, metric: str) -> None:
+    """The best trial, then the report's recommendation paragraph (`sweeps report` says the rest)."""
     try:
         best = study.best_trial
     except ValueError:
@@ -113,6 +117,9 @@ def print_summary(study: optuna.Study, metric: str) -> None:
         f"best {metric} = {best.value:.4f} (trial {best.number}): batch_size {record.batch_size}, "
         f"lr {lr:.4g} ({record.coupling}), {record.epochs_completed} epochs, {record.updates} updates"
     )
+    analysis = analyse(study, with_importances=False)
+    if analysis.complete:
+        print("\n" + textwrap.fill(recommendation(analysis), width=100))
 
 
 def exit_at_once_if_stopped(code: int, argv: list[str]) -> None:

@@ -21,9 +21,10 @@ from objectives.registry import resolve_task
 from objectives.task import TrialSettings
 from storage.optuna_private import study_id_of, study_storage, trial_id_of
 from sweeps import report
-from sweeps.results.analysis import analyse, fit_lr_scaling
+from sweeps.results.analysis import analyse
 from sweeps.results.checkpoints import kept_checkpoints
 from sweeps.results.figures import build_figures
+from sweeps.results.lr_advice import LrPoint, fit_lr_scaling
 from tests.dashboard_study import STUDY, make_study
 
 PNGS = ["best_by_batch_size", "lr_scaling", "steps_to_target", "learning_curves", "importances", "budget_plan",
@@ -45,7 +46,9 @@ def test_report_writes_html_pngs_and_summary(study_file, tmp_path, capsys):
     printed = capsys.readouterr().out
     study = load(study_file)
     best = study.best_trial
-    assert f"{best.value:.4g}" in printed and "best LR scales as B^" in printed
+    a = analyse(study)
+    assert f"{best.value:.4g}" in printed and a.lr_fit.sentence() in printed
+    assert printed.startswith(f"Recommendation: train at batch size {best.user_attrs['batch_size']} ")
     for name in PNGS:
         data = (out / f"{name}.png").read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
@@ -57,7 +60,8 @@ def test_report_writes_html_pngs_and_summary(study_file, tmp_path, capsys):
     couplings = {t.user_attrs["coupling"] for t in study.trials if t.state == TrialState.COMPLETE}
     assert set(summary["best_by_batch_size"]) == couplings
     assert summary["best_trials"][0]["trial"] == best.number
-    assert summary["lr_scaling"]["slope"] is not None and len(summary["lr_scaling"]["batch_sizes"]) >= 2
+    assert summary["lr_scaling"]["verdict"] == a.lr_fit.verdict()
+    assert summary["lr_scaling"]["batch_sizes"] == a.lr_fit.batch_sizes
     assert summary["steps_to_target"], "the best trial reaches the 90th percentile, so some batch size does"
 
 
@@ -99,7 +103,8 @@ def test_figures_hold_the_right_series(study_file):
     assert target["layout"]["xaxis"]["type"] == "log" and target["layout"]["yaxis"]["type"] == "log"
     assert [t["name"] for t in target["data"]][:2] == ["updates to target", "perfect scaling (updates ~ 1/B)"]
     lr = figures["lr-scaling"]["data"]
-    assert lr[0]["x"] == a.lr_fit.batch_sizes and lr[1]["name"].startswith("fit: B^")
+    assert lr[0]["x"] == a.lr_fit.batch_sizes
+    assert a.lr_fit.slope is None or lr[1]["name"].startswith("fit: B^")
 
 
 def test_runner_writes_notes_plots_and_keeps_best_checkpoints(study_file):
@@ -155,30 +160,36 @@ def synthetic_study(path: Path, exponent: float) -> optuna.Study:
 
 
 @pytest.mark.parametrize("exponent", [1.0, 0.5])
-def test_fitted_slope_recovers_the_lr_scaling(tmp_path, exponent):
+def test_fitted_slope_recovers_the_lr_scaling(tmp_path, exponent, capsys):
     study = synthetic_study(tmp_path / "synthetic.db", exponent)
     fit = analyse(study, with_importances=False).lr_fit
     assert fit.batch_sizes == [16, 32, 64, 128, 256, 512, 1024]
     assert abs(fit.slope - exponent) < 0.1
     assert fit.half_width is not None and fit.half_width < 0.1
-    assert fit.nearest_rule == {1.0: "linear", 0.5: "sqrt"}[exponent]
+    rule = {1.0: "linear", 0.5: "sqrt"}[exponent]
+    assert fit.rule == rule
 
-    # and through the command, from a study file naming that store
+    # and through the command, from a study file naming that store; factors 0.5 and 2 (0.024 below) are good too
     config = yaml.safe_load(yaml.safe_dump(STUDY))
     config["study"].update(name="synthetic", storage="sqlite:///synthetic.db")
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(config))
-    assert report.main([str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out")]) == 0
+    assert report.main([str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out"), "--tolerance", "0.03"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("Recommendation: train at batch size ")
+    assert f"When you change batch size, scale the LR with the {rule} rule" in printed.replace("\n", " ")
+    assert "good trials: within 0.03 of their batch size's best" in printed
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert abs(summary["lr_scaling"]["slope"] - exponent) < 0.1
+    assert abs(summary["lr_scaling"]["slope"] - exponent) < 0.1 and summary["lr_scaling"]["rule"] == rule
+    assert summary["recommendation"] == printed.split("\n\n")[0].replace("\n", " ")
 
 
 def test_slope_confidence_interval_widens_with_noise():
-    exact = fit_lr_scaling([(b, 0.01 * b ** 0.5, i) for i, b in enumerate((16, 64, 256, 1024))])
-    noisy = fit_lr_scaling([(b, 0.01 * b ** 0.5 * f, i) for i, (b, f) in
+    exact = fit_lr_scaling([LrPoint(b, 0.01 * b ** 0.5, 0.9, i) for i, b in enumerate((16, 64, 256, 1024))])
+    noisy = fit_lr_scaling([LrPoint(b, 0.01 * b ** 0.5 * f, 0.9, i) for i, (b, f) in
                             enumerate(zip((16, 64, 256, 1024), (1.5, 0.7, 1.4, 0.8)))])
     assert exact.half_width == pytest.approx(0, abs=1e-9) and noisy.half_width > 0.05
-    assert fit_lr_scaling([(16, 0.1, 0)]).slope is None
-    assert fit_lr_scaling([(16, 0.1, 0), (32, 0.2, 1)]).half_width is None
+    assert fit_lr_scaling([LrPoint(16, 0.1, 0.9, 0)]).slope is None
+    assert fit_lr_scaling([LrPoint(16, 0.1, 0.9, 0), LrPoint(32, 0.2, 0.9, 1)]).half_width is None
 
 
 def write_file(folder: Path, **study) -> Path:

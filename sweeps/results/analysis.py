@@ -12,53 +12,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
-from scipy import stats
 
+from sweeps.results.critical import CriticalFit, fit_critical, reaches
+from sweeps.results.lr_advice import RULE_SLOPES, LrFit, LrPoint, default_tolerance, fit_lr_scaling
+from sweeps.results.noise import NoiseEstimate, estimate
 from sweeps.trial.record import StudyUnits, TrialRecord
 
-RULE_SLOPES = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
-
-
-@dataclass
-class LrFit:
-    """log(best effective LR) = intercept + slope * log(batch size), over the best trial of each B."""
-
-    batch_sizes: list[int]
-    lrs: list[float]
-    trial_numbers: list[int]
-    slope: float | None = None
-    intercept: float | None = None
-    half_width: float | None = None  # of the confidence interval of the slope (None: too few points)
-    confidence: float = 0.95
-
-    @property
-    def nearest_rule(self) -> str | None:
-        if self.slope is None:
-            return None
-        return min(RULE_SLOPES, key=lambda rule: abs(RULE_SLOPES[rule] - self.slope))
-
-    def sentence(self) -> str:
-        if self.slope is None:
-            return "LR scaling: too few batch sizes with a finished trial to fit a slope"
-        ci = "" if self.half_width is None else f" +/- {self.half_width:.2f}"
-        conf = "" if self.half_width is None else f" ({100 * self.confidence:.0f}% CI"
-        return (f"this task's best LR scales as B^{self.slope:.2f}{ci}{conf}, {len(self.batch_sizes)} batch sizes"
-                f"{')' if conf else ''}: closest coupling rule {self.nearest_rule}")
-
-
-def fit_lr_scaling(points: list[tuple[int, float, int]], confidence: float = 0.95) -> LrFit:
-    """`points`: (batch size, effective LR, trial number) of the best trial at each batch size."""
-    points = sorted(points)
-    fit = LrFit([p[0] for p in points], [p[1] for p in points], [p[2] for p in points], confidence=confidence)
-    if len(points) < 2:
-        return fit
-    x, y = np.log([p[0] for p in points]), np.log([p[1] for p in points])
-    result = stats.linregress(x, y)
-    fit.slope, fit.intercept = float(result.slope), float(result.intercept)
-    if len(points) >= 3:
-        fit.half_width = float(stats.t.ppf(0.5 + confidence / 2, len(points) - 2) * result.stderr)
-    return fit
-
+__all__ = ["RULE_SLOPES", "LrFit", "StudyAnalysis", "analyse"]
 
 @dataclass
 class Curve:
@@ -83,9 +43,13 @@ class StudyAnalysis:
     lr_fit: LrFit
     target: float | None
     target_quantile: float
-    steps_to_target: list[tuple[int, int, int]]  # (B, updates to first reach target, trial)
+    steps_to_target: list[tuple[int, int, int]]  # (B, updates to first reach target, interpolated; trial)
     importances: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    tolerance: float = 0.0  # of a good trial, in metric units
+    critical: CriticalFit | None = None  # B_crit from steps to target (None: no target)
+    noise: NoiseEstimate | None = None  # B_crit from the trials' noise scale (None: none measured it)
+    throughput: dict[int, float] = field(default_factory=dict)  # B -> median examples/s of its complete trials
 
     def best_table(self, k: int = 10) -> list[dict]:
         rows = []
@@ -109,36 +73,20 @@ def best_of(trials: list[FrozenTrial], maximize: bool) -> FrozenTrial:
     return max(trials, key=lambda t: t.value) if maximize else min(trials, key=lambda t: t.value)
 
 
-def updates_per_step(trial: FrozenTrial, step_unit: str) -> float | None:
-    """Convert a report step (budget units consumed) into optimizer updates for this trial."""
-    return TrialRecord.of(trial).updates_per_step(step_unit)
-
-
-def reached(value: float, target: float, maximize: bool) -> bool:
-    return value >= target if maximize else value <= target
-
-
-def steps_to_target(trials: list[FrozenTrial], target: float, maximize: bool,
-                    step_unit: str) -> list[tuple[int, int, int]]:
-    """Per batch size, the fewest updates any of its trials needed to first reach `target`."""
-    best: dict[int, tuple[int, int]] = {}
+def throughput_by_batch(trials: list[FrozenTrial]) -> dict[int, float]:
+    """Median examples per second of each batch size's trials: what a batch size costs in seconds."""
+    rates: dict[int, list[float]] = {}
     for t in trials:
-        record = TrialRecord.of(t)
-        batch, ratio = record.batch_size, record.updates_per_step(step_unit)
-        if batch is None or ratio is None:
-            continue
-        first = next((s for s, v in sorted(t.intermediate_values.items())
-                      if math.isfinite(v) and reached(v, target, maximize)), None)
-        if first is None:
-            continue
-        updates = max(1, round(first * ratio))
-        if batch not in best or updates < best[batch][0]:
-            best[batch] = (updates, t.number)
-    return [(b, u, n) for b, (u, n) in sorted(best.items())]
+        r = TrialRecord.of(t)
+        if r.batch_size is not None and r.examples_per_second:
+            rates.setdefault(r.batch_size, []).append(float(r.examples_per_second))
+    return {b: float(np.median(v)) for b, v in sorted(rates.items())}
 
 
 def analyse(study: optuna.Study, target: float | None = None, target_quantile: float = 0.9,
-            with_importances: bool = True) -> StudyAnalysis:
+            with_importances: bool = True, tolerance: float | None = None) -> StudyAnalysis:
+    """Everything the report says about a study. `tolerance`: how far below its batch size's best a
+    trial may be and still count as good (metric units; None: 1% of the range of finished values)."""
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None
@@ -154,24 +102,28 @@ def analyse(study: optuna.Study, target: float | None = None, target_quantile: f
               for t in trials if t.intermediate_values]
 
     by_batch: dict[str, dict[int, FrozenTrial]] = {}
-    best_at: dict[int, FrozenTrial] = {}
     for t in complete:  # best first: the first trial seen for a key is its best
         b, rule = records[t.number].batch_size, str(coupling_of(t, records[t.number], "-"))
         if b is None:
             continue
         by_batch.setdefault(rule, {}).setdefault(b, t)
-        best_at.setdefault(b, t)
     best_by_batch = {rule: [(b, t.value, t.number) for b, t in sorted(d.items())]
                      for rule, d in sorted(by_batch.items())}
-    lr_fit = fit_lr_scaling([(b, float(records[t.number].lr), t.number) for b, t in best_at.items()
-                             if records[t.number].lr])
-
     finished_values = [t.value for t in complete]
+    tolerance = default_tolerance(finished_values) if tolerance is None else tolerance
+    lr_fit = fit_lr_scaling([LrPoint(r.batch_size, float(r.lr), t.value, t.number) for t in complete
+                             if (r := records[t.number]).batch_size is not None and r.lr],
+                            maximize=maximize, tolerance=tolerance)
     if target is None and finished_values:
         q = target_quantile if maximize else 1 - target_quantile
         target = float(np.quantile(finished_values, q))
-    reaching = steps_to_target(complete + [t for t in trials if t.state == TrialState.PRUNED],
-                               target, maximize, step_unit) if target is not None else []
+    critical = None
+    if target is not None:
+        finished = complete + [t for t in trials if t.state == TrialState.PRUNED]
+        reached = reaches(finished, target, maximize, step_unit)
+        tried = {records[t.number].batch_size for t in finished} - {None} - set(reached)
+        critical = fit_critical(reached, target, sorted(tried))
+    reaching = [(b, max(1, round(r.updates)), r.trial) for b, r in critical.reached.items()] if critical else []
 
     importances: dict[str, float] = {}
     if with_importances and len(complete) >= 2:
@@ -182,4 +134,5 @@ def analyse(study: optuna.Study, target: float | None = None, target_quantile: f
     counts = {s.name.lower(): sum(1 for t in trials if t.state == s) for s in TrialState}
     return StudyAnalysis(study.study_name, metric, maximize, units.budget_unit,
                          step_unit, complete, curves, best_by_batch, lr_fit, target, target_quantile, reaching,
-                         importances, counts)
+                         importances, counts, tolerance, critical, estimate(complete, target, maximize),
+                         throughput_by_batch(complete))

@@ -50,7 +50,7 @@ TITLES = {
 
 def title(key: str, a: StudyAnalysis) -> str:
     target = "-" if a.target is None else f"{a.target:.4g}"
-    fit = "no fit" if a.lr_fit.slope is None else a.lr_fit.sentence().split(":")[0].replace("this task's best LR", "LR")
+    fit = "no fit" if a.lr_fit.slope is None else a.lr_fit.headline()
     return TITLES[key].format(metric=a.metric, unit=a.step_unit, target=target, fit=fit)
 
 
@@ -154,9 +154,9 @@ def steps_to_target(a: StudyAnalysis) -> Figure:
 
 def lr_scaling(a: StudyAnalysis) -> Figure:
     fit = a.lr_fit
-    data = [scatter(x=fit.batch_sizes, y=fit.lrs, mode="markers", name="best trial per batch size",
+    data = [scatter(x=fit.batch_sizes, y=fit.lrs, mode="markers", name="good trials' mean LR per batch size",
                     marker={"size": 10}, customdata=fit.trial_numbers,
-                    hovertemplate="B=%{x}<br>lr=%{y:.4g}<br>trial %{customdata}<extra></extra>")]
+                    hovertemplate="B=%{x}<br>lr=%{y:.4g}<br>best trial %{customdata}<extra></extra>")]
     if fit.slope is not None:
         lo, hi = min(fit.batch_sizes), max(fit.batch_sizes)
         xs = [lo * (hi / lo) ** (i / 40) for i in range(41)]

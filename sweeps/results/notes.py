@@ -22,6 +22,8 @@ from storage.optuna_private import study_id_of, study_storage, trial_id_of
 from sweeps.config.plan import fmt, plan_rows
 from sweeps.config.study_file import SweepConfig
 from sweeps.loop.progress import human
+from sweeps.results.analysis import analyse
+from sweeps.results.recommendation import recommendation
 from sweeps.trial.record import TrialRecord, consumed
 
 # optuna-dashboard's storage format (`storage.dashboard_formats`, checked against the installed dashboard by
@@ -80,6 +82,7 @@ def study_note(study: optuna.Study, config: SweepConfig, n_train: int, footer: s
     config_yaml = yaml.safe_dump(json.loads(json.dumps(stored, default=str)), sort_keys=False)
     parts = [
         f"## {s.name}: batch size, epochs and LR coupling under one compute budget",
+        *recommendation_section(study),
         f"{s.direction} **{s.metric}** over {s.n_trials} trials · {config.sampler.name} sampler · "
         f"{config.pruner.name} pruner · budget **{b.per_trial:g} {b.unit}** per trial, evaluated every "
         f"{b.eval_every:g} {b.unit}",
@@ -92,6 +95,12 @@ def study_note(study: optuna.Study, config: SweepConfig, n_train: int, footer: s
     if footer:
         parts.append(footer)
     return "\n\n".join(parts)
+
+
+def recommendation_section(study: optuna.Study) -> list[str]:
+    """The report's recommendation paragraph, once the study has a complete trial (else nothing)."""
+    analysis = analyse(study, with_importances=False)
+    return ["### Recommendation", recommendation(analysis)] if analysis.complete else []
 
 
 SETTINGS = [  # (a TrialRecord field or a searched parameter, label)

@@ -106,7 +106,7 @@ def draw_steps(ax, a: StudyAnalysis) -> None:
 
 def draw_lr(ax, a: StudyAnalysis) -> None:
     fit = a.lr_fit
-    ax.plot(fit.batch_sizes, fit.lrs, "o", ms=7, label="best trial per batch size")
+    ax.plot(fit.batch_sizes, fit.lrs, "o", ms=7, label="good trials' mean LR per batch size")
     if fit.slope is not None:
         lo, hi = min(fit.batch_sizes), max(fit.batch_sizes)
         xs = [lo * (hi / lo) ** (i / 40) for i in range(41)]
@@ -174,7 +174,7 @@ def write_pngs(out: Path, a: StudyAnalysis, plan: list[dict] | None) -> list[Pat
         draw(ax, a)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.suptitle(f"{a.study_name}: {a.lr_fit.sentence()}", fontsize=12)
+    fig.suptitle(f"{a.study_name}: {a.lr_fit.headline()}", fontsize=12)
     path = out / "report.png"
     fig.savefig(path, dpi=90)
     plt.close(fig)

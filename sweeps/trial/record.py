@@ -63,6 +63,8 @@ class TrialRecord:
     micro_batch: int | None = None
     accumulation_steps: int | None = None
     peak_memory_mb: float | None = None  # CUDA only, stored only when measured
+    noise_scale: float | None = None  # B_simple at the last evaluation; only with measure.noise_scale
+    noise_scale_curve: list | None = None  # [[budget step, B_simple], ...] at each evaluation; ditto
     # ERROR: why the trial failed
     error: str | None = None
 
@@ -100,9 +102,11 @@ PLAN = ("batch_size", "lr", "coupling", "iterations_per_epoch", "planned_updates
         "tokens_per_example")
 GPU = ("gpu", "gpu_name")
 RESULT = ("updates", "examples_seen", "tokens_seen", "epochs_completed", "train_seconds", "eval_seconds",
-          "examples_per_second", "stop_reason", "best_step", "micro_batch", "accumulation_steps", "peak_memory_mb")
+          "examples_per_second", "stop_reason", "best_step", "micro_batch", "accumulation_steps", "peak_memory_mb",
+          "noise_scale", "noise_scale_curve")
 ERROR = ("error",)
-WHEN_KNOWN = frozenset({"peak_memory_mb", "tokens_per_example", "tokens_seen"})  # stored only when not None
+WHEN_KNOWN = frozenset({"peak_memory_mb", "tokens_per_example", "tokens_seen",  # stored only when not None
+                        "noise_scale", "noise_scale_curve"})  # stored only when not None
 # The attribute that counts what a trial used of its budget, per budget unit.
 CONSUMED = {"updates": "updates", "examples": "examples_seen", "epochs": "epochs_completed", "seconds": "train_seconds",
             "tokens": "tokens_seen"}

@@ -1,0 +1,139 @@
+"""The answer in one paragraph: which batch size, how long, which LR and how to scale it, what to
+expect, and where batch size stops paying in examples and in seconds.
+
+Printed at the top of the report, at the top of the study note and at the end of a sweep, so all
+three say the same thing. The expected metric comes from the good trials of the recommended batch
+size (within the tolerance of its best): the best of a sweep is an optimistic estimate of what
+its configuration gives. Confirmation runs, repeats of the configuration with other seeds, are
+the honest estimate: `recommendation` takes their result as `confirmed` (the hook for a
+`sweeps confirm` command, which no study records yet) and then uses it instead.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from sweeps.results.analysis import StudyAnalysis, coupling_of
+from sweeps.results.critical import interval_text, tradeoff_sentence
+from sweeps.results.noise import disagreement
+from sweeps.trial.record import TrialRecord
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the recommended configuration is expected to score."""
+
+    mean: float
+    sd: float | None  # None: a single value, no spread
+    n: int
+    source: str  # e.g. "good trials at B=32" or "confirmation runs"
+
+    def text(self, metric: str) -> str:
+        if self.sd is None:
+            return (f"expect {metric} about {self.mean:.4g} (a single {self.source.replace('trials', 'trial')}: "
+                    f"no spread yet; repeat it with other seeds to measure one)")
+        return f"expect {metric} {self.mean:.4g} +/- {self.sd:.2g} (mean +/- sd of {self.n} {self.source})"
+
+
+def expected_metric(values: list[float], source: str, confirmed: Expected | None = None) -> Expected:
+    """Confirmation runs win when there are some; else the mean and spread of `values`."""
+    if confirmed is not None:
+        return confirmed
+    sd = float(np.std(values, ddof=1)) if len(values) >= 2 else None
+    return Expected(float(np.mean(values)), sd, len(values), source)
+
+
+def seconds_to_target(a: StudyAnalysis) -> dict[int, float]:
+    """Per batch size that reached the target between two evaluations (a first-evaluation crossing is
+    only an upper bound): its examples to target / its measured examples per second."""
+    if a.critical is None:
+        return {}
+    return {b: a.critical.reached[b].examples / a.throughput[b] for b in a.critical.fitted if a.throughput.get(b)}
+
+
+def lr_advice(a: StudyAnalysis) -> str:
+    fit = a.lr_fit
+    if fit.slope is None:
+        return "When you change batch size, retune the LR: too few batch sizes had good trials to fit how it scales."
+    low, high = fit.interval  # type: ignore[misc]
+    slope = f"fitted slope {fit.slope:.2f}, {100 * fit.confidence:.0f}% CI [{low:.2f}, {high:.2f}]"
+    if fit.rule is not None:
+        return f"When you change batch size, scale the LR with the {fit.rule} rule ({slope})."
+    covered = fit.covered_rules
+    why = f"covers {covered[0]}..{covered[-1]}" if covered else "lies outside every rule"
+    return f"When you change batch size, retune the LR: the {slope} {why}."
+
+
+def examples_advice(a: StudyAnalysis) -> str:
+    critical = a.critical
+    b_crit = critical.value if critical is not None else None
+    if b_crit is not None:
+        interval = interval_text(critical.interval, critical.confidence)
+        text = (f"Batch size stops paying in examples around B_crit ~ {b_crit:.0f} {interval} from steps to target"
+                if critical.interval is not None else
+                f"Where batch size stops paying in examples is uncertain: the steps-to-target fit puts B_crit near "
+                f"{b_crit:.0f}, but its {100 * critical.confidence:.0f}% interval is unbounded "
+                f"({len(critical.fitted)} batch sizes reached the target), so treat it as a rough guess")
+        if a.noise is not None:
+            text += f" (noise scale: {a.noise.median:.0f})"
+        warn = disagreement(b_crit, a.noise)
+        return f"{text}; {tradeoff_sentence()}." + (f" Note: {warn}." if warn else "")
+    if a.noise is not None:
+        return (f"Batch size stops paying in examples around B_crit ~ {a.noise.median:.0f} from the gradient "
+                f"noise scale alone (range [{a.noise.low:.0f}, {a.noise.high:.0f}]; steps to target could not "
+                f"place it): {tradeoff_sentence()}.")
+    if critical is not None and critical.s_min is not None:  # fitted, but B_crit lies outside the range
+        return f"Where batch size stops paying in examples: {critical.reason(a.metric)}."
+    reason = critical.reason(a.metric) if critical is not None else "no target"
+    return f"Where batch size stops paying in examples is not known yet: {reason}."
+
+
+def seconds_advice(a: StudyAnalysis) -> str:
+    seconds = seconds_to_target(a)
+    if not seconds:
+        return ("No batch size that reached the target between two evaluations recorded its throughput, so "
+                "where batch size stops paying in seconds is unknown.")
+    fastest = min(seconds, key=seconds.get)
+    took = (f"B={fastest} reached {a.metric} {a.target:.4g} fastest ({seconds[fastest]:.3g} s at "
+            f"{a.throughput[fastest]:,.0f} examples/s, measured)")
+    larger = [b for b in seconds if b > fastest]
+    if larger:
+        return (f"In seconds, batch size stops paying past B={fastest}: {took}; "
+                f"B={', '.join(map(str, larger))} took longer.")
+    if len(seconds) > 1:
+        return (f"In seconds, batch size still paid at B={fastest}, the largest that reached the target: {took}; "
+                f"larger batches may be faster still.")
+    return f"In seconds: {took}; no other batch size reached the target to compare with."
+
+
+def recommendation(a: StudyAnalysis, confirmed: Expected | None = None) -> str:
+    """The one paragraph; `a` must have a complete trial."""
+    best = a.complete[0]
+    record = TrialRecord.of(best)
+    b = record.batch_size
+    good = [t.value for t in a.complete if TrialRecord.of(t).batch_size == b
+            and (1 if a.maximize else -1) * (best.value - t.value) <= a.tolerance]
+    expected = expected_metric(good, f"good trials at B={b}", confirmed)
+    lr = "-" if record.lr is None else f"{record.lr:.4g}"
+    base = best.params.get("base_lr")
+    how = f"base LR {base:.4g}, coupling {coupling_of(best, record, '-')}" if base is not None else \
+        f"coupling {coupling_of(best, record, '-')}"
+    epochs = None if record.epochs_completed is None else f"{record.epochs_completed:.3g} epochs"
+    counts = ", ".join(part for part in (
+        None if record.updates is None else f"{record.updates:,} updates",
+        None if record.examples_seen is None else f"{record.examples_seen:,} examples") if part)
+    length = f"{epochs} ({counts})" if epochs and counts else (epochs or counts)
+    optimistic = "" if confirmed is not None else (
+        f"; the best of {len(a.complete)} trials is optimistic until confirmation runs repeat it")
+    parts = [
+        f"Recommendation: train at batch size {b}" + (f" for {length}" if length else "")
+        + f" with peak LR {lr} ({how}; trial {best.number}); {expected.text(a.metric)}{optimistic}.",
+        lr_advice(a),
+        examples_advice(a),
+    ]
+    if a.target is not None and math.isfinite(a.target):
+        parts.append(seconds_advice(a))
+    return " ".join(parts)
