@@ -18,6 +18,7 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from storage import ledger
 from storage.batch import count_trials, write_trial_batch
 from storage.optuna_private import (
     engine_of,
@@ -32,6 +33,7 @@ from storage.snapshot import snapshot
 from sweeps.config.study_file import SweepConfig
 from sweeps.loop.heartbeat import Heartbeat
 from sweeps.loop.interface import TrialRef
+from sweeps.loop.spending import Pace, Spending
 from sweeps.search.space import Suggestion, suggest
 from sweeps.search.strategies import grid_size
 from sweeps.trial.record import error_attrs
@@ -50,7 +52,8 @@ class Books:
     """The study's bookkeeping for one worker process (implements `interface.Bookkeeping`)."""
 
     def __init__(self, study: optuna.Study, config: SweepConfig, n_trials: int, keeper=None,
-                 callbacks: list[Callback] | None = None, at_end: Callable[[optuna.Study], None] | None = None):
+                 callbacks: list[Callback] | None = None, at_end: Callable[[optuna.Study], None] | None = None,
+                 spending: Spending | None = None):
         self.study = study
         self.storage = study_storage(study)  # Optuna's cached storage, which the study itself uses
         self.study_id = study_id_of(study)
@@ -66,6 +69,9 @@ class Books:
         self.next_stale_check = 0.0
         self.stopping = threading.Event()  # set on abort: a waiting ask gives up
         self.open: dict[int, optuna.Trial] = {}  # trials asked and not yet closed
+        # study.total_budget: its ledger in the store (None: no total budget, or a store without SQL)
+        self.spending = spending if engine_of(self.storage) is not None else None
+        self.pace = Pace()  # seconds per budget unit, for a time total on a counting budget
 
     def start_bookkeeping(self, in_child: bool) -> None:
         engine = engine_of(self.storage)
@@ -75,6 +81,9 @@ class Books:
             engine.dispose(close=False)
             with_retry(lambda: engine.connect().close(), "connecting to the store")
         self.heartbeat.start()
+        if self.spending is not None and self.spending.estimated:
+            for trial in self.study.get_trials(deepcopy=False, states=FINISHED):
+                self.pace.add(trial.user_attrs, self.spending.budget.unit)
         self.requeue_stale_trials()  # before the first ask, while the worker starts
 
     def requeue_stale_trials(self) -> None:
@@ -109,7 +118,7 @@ class Books:
         self.in_optimize_loop()
         while True:
             if (self.failures_seen >= self.config.study.max_failures or self.sampler_stopped
-                    or stop_requested(self.study) or self.stopping.is_set()):
+                    or stop_requested(self.study) or self.stopping.is_set() or self.budget_spent()):
                 return None
             self.requeue_stale_trials()
             taken = self.taken()
@@ -133,6 +142,36 @@ class Books:
         self.open[trial_id_of(trial)] = trial
         retry_of = self.storage.get_trial_system_attrs(trial_id_of(trial)).get("failed_trial")
         return TrialRef(trial.number, trial_id_of(trial), dict(trial.params), retry_of), point
+
+    def budget_spent(self) -> bool:
+        """True once what is left of the total budget holds no trial of the search; noted in the
+        ledger, so the sweep's ending can say so."""
+        if self.spending is None:
+            return False
+        engine = engine_of(self.storage)
+        left = with_retry(lambda: ledger.left(engine, self.study_id), "reading the ledger")
+        if left is None or (left > 0 and left + ledger.SLACK * self.spending.total.amount
+                            >= self.spending.cheapest(self.pace)):
+            return False
+        with_retry(lambda: ledger.mark_stopped(engine, self.study_id), "writing the ledger")
+        return True
+
+    def reserve(self, trial_id: int, point: Suggestion) -> bool:
+        """Book the trial's planned cost before it trains; a trial that would overrun what is left
+        is closed unstarted (not queued again) and the budget noted as spent."""
+        engine = engine_of(self.storage)
+        cost = self.spending.planned_for(point, self.pace)
+        booked = with_retry(lambda: ledger.reserve(engine, self.study_id, trial_id, cost), "writing the ledger")
+        if booked.granted:
+            return True
+        trial = self.open.pop(trial_id)
+        write_trial_batch(self.storage, trial_id, error_attrs(
+            f"not started: the total budget has {booked.left:.6g} {self.spending.total.unit} left, "
+            f"the trial needs {cost:.6g}"), {})
+        self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        self.heartbeat.discard(trial_id)
+        with_retry(lambda: ledger.mark_stopped(engine, self.study_id), "writing the ledger")
+        return False
 
     def running(self) -> int:
         return with_retry(lambda: count_trials(self.storage, self.study_id, (TrialState.RUNNING,)),
@@ -175,6 +214,11 @@ class Books:
             self.keeper.write(outcome.checkpoint)
         with_retry(lambda: write_trial_batch(self.storage, trial_id_of(trial), outcome.attrs, outcome.curve),
                    "recording a trial")
+        if self.spending is not None:
+            cost = self.spending.actual(outcome.attrs)
+            with_retry(lambda: ledger.settle(engine_of(self.storage), self.study_id, trial_id_of(trial), cost),
+                       "settling the ledger")
+            self.pace.add(outcome.attrs, self.spending.budget.unit)
         value = outcome.value if outcome.state == TrialState.COMPLETE else None
         with_retry(lambda: self.study.tell(trial, value, state=outcome.state, skip_if_finished=True),
                    "closing a trial")
