@@ -181,10 +181,23 @@ def mark_stopped(engine: sqlalchemy.engine.Engine, study_id: int) -> None:
 
 
 def left(engine: sqlalchemy.engine.Engine, study_id: int) -> float | None:
-    """What is left of the study's total (one small query: asked before every trial); None without one."""
+    """What is left of the study's total to start trials with (small queries: asked before every
+    trial): 0 once a worker found it spent at this amount; None without a total."""
     with engine.connect() as connection:
-        amount = connection.execute(select(BUDGETS.c.amount).where(BUDGETS.c.study_id == study_id)).scalar()
-        return None if amount is None else float(amount) - spent_in(connection, study_id)
+        budget = connection.execute(select(BUDGETS.c.amount, BUDGETS.c.stopped_at)
+                                    .where(BUDGETS.c.study_id == study_id)).first()
+        if budget is None:
+            return None
+        if budget.stopped_at is not None and budget.stopped_at == budget.amount:
+            return 0.0
+        return float(budget.amount) - spent_in(connection, study_id)
+
+
+def open_trials(engine: sqlalchemy.engine.Engine, study_id: int) -> list[int]:
+    """The trials holding a reservation not yet settled: running, or lost with their worker."""
+    with engine.connect() as connection:
+        return list(connection.execute(select(LEDGER.c.trial_id).where(
+            LEDGER.c.study_id == study_id, LEDGER.c.spent.is_(None))).scalars())
 
 
 def read(engine: sqlalchemy.engine.Engine, study_id: int) -> LedgerState | None:

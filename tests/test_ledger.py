@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 
 import optuna
 import pytest
@@ -21,6 +22,7 @@ from sweeps.config.target import target_of
 from sweeps.loop.ending import report_ending
 from sweeps.loop.runner import run_sweep
 from sweeps.loop.spending import Pace, Spending
+from sweeps.results.ledger_view import sci
 from sweeps.run import main
 from sweeps.trial.record import TrialRecord
 from tests.conftest import TINY, merged
@@ -45,6 +47,18 @@ def write(folder, name: str, data: dict, **study) -> str:
 def ledger_of(name: str, url: str) -> ledger.LedgerState:
     study = load(name, url)
     return ledger.read(sqlalchemy.create_engine(url), study._study_id)
+
+
+def wait_for_reservation(name: str, url: str, timeout: float = 60) -> None:
+    """Until a trial holds a reservation (it trains from then on)."""
+    wait_for_running(name, url, timeout)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = ledger_of(name, url)
+        if state is not None and state.open:
+            return
+        time.sleep(0.05)
+    raise AssertionError("no trial reserved its cost")
 
 
 def booked(name: str, url: str) -> dict[int, tuple[float, float | None]]:
@@ -152,8 +166,9 @@ def test_three_workers_on_postgres_never_exceed_the_total(tmp_path):
     state = ledger_of(name, PG_URL)
     assert state.stopped and state.open == 0
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) >= 2
-    assert f"note: total budget spent: {state.spent / 1000:.2f}e3 of 2.00e3 examples; raise " \
-           "study.total_budget.amount to continue" in out
+    note = [line for line in out.splitlines() if line.startswith("note: total budget spent: ")]
+    assert len(note) == 1 and note[0].endswith("; raise study.total_budget.amount to continue")
+    assert f"spent: {sci(state.spent)} of 2.00e3 examples" in note[0]
     assert len({t.user_attrs["worker"] for t in study.trials if "worker" in t.user_attrs}) >= 2
 
 
@@ -166,7 +181,7 @@ def test_a_killed_workers_compute_counts_and_a_resume_respects_it(tmp_path, caps
                                   "budget": {"unit": "seconds", "per_trial": 1.0, "eval_every": 0.25}},
                  n_trials=10, heartbeat_interval=1, grace_period=3)
     victim = start(path, storage=PG_URL)
-    wait_for_running(name, PG_URL)
+    wait_for_reservation(name, PG_URL)
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=10)
     dead = ledger_of(name, PG_URL)

@@ -18,7 +18,6 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from storage import ledger
 from storage.batch import count_trials, write_trial_batch
 from storage.optuna_private import (
     engine_of,
@@ -31,9 +30,10 @@ from storage.optuna_private import (
 from storage.retry import with_retry
 from storage.snapshot import snapshot
 from sweeps.config.study_file import SweepConfig
+from sweeps.loop.budget_books import BudgetBooks
 from sweeps.loop.heartbeat import Heartbeat
 from sweeps.loop.interface import TrialRef
-from sweeps.loop.spending import Pace, Spending
+from sweeps.loop.spending import Spending
 from sweeps.search.space import Suggestion, suggest
 from sweeps.search.strategies import grid_size
 from sweeps.trial.record import error_attrs
@@ -71,7 +71,8 @@ class Books:
         self.open: dict[int, optuna.Trial] = {}  # trials asked and not yet closed
         # study.total_budget: its ledger in the store (None: no total budget, or a store without SQL)
         self.spending = spending if engine_of(self.storage) is not None else None
-        self.pace = Pace()  # seconds per budget unit, for a time total on a counting budget
+        self.budget = None if self.spending is None else BudgetBooks(
+            self.storage, self.study_id, self.spending, self.pause if self.heartbeat.enabled else None)
 
     def start_bookkeeping(self, in_child: bool) -> None:
         engine = engine_of(self.storage)
@@ -81,9 +82,8 @@ class Books:
             engine.dispose(close=False)
             with_retry(lambda: engine.connect().close(), "connecting to the store")
         self.heartbeat.start()
-        if self.spending is not None and self.spending.estimated:
-            for trial in self.study.get_trials(deepcopy=False, states=FINISHED):
-                self.pace.add(trial.user_attrs, self.spending.budget.unit)
+        if self.budget is not None:
+            self.budget.learn_pace(self.study.get_trials(deepcopy=False, states=FINISHED))
         self.requeue_stale_trials()  # before the first ask, while the worker starts
 
     def requeue_stale_trials(self) -> None:
@@ -118,7 +118,8 @@ class Books:
         self.in_optimize_loop()
         while True:
             if (self.failures_seen >= self.config.study.max_failures or self.sampler_stopped
-                    or stop_requested(self.study) or self.stopping.is_set() or self.budget_spent()):
+                    or stop_requested(self.study) or self.stopping.is_set()
+                    or (self.budget is not None and self.budget.spent(self.open, wait_for_others))):
                 return None
             self.requeue_stale_trials()
             taken = self.taken()
@@ -143,34 +144,24 @@ class Books:
         retry_of = self.storage.get_trial_system_attrs(trial_id_of(trial)).get("failed_trial")
         return TrialRef(trial.number, trial_id_of(trial), dict(trial.params), retry_of), point
 
-    def budget_spent(self) -> bool:
-        """True once what is left of the total budget holds no trial of the search; noted in the
-        ledger, so the sweep's ending can say so."""
-        if self.spending is None:
-            return False
-        engine = engine_of(self.storage)
-        left = with_retry(lambda: ledger.left(engine, self.study_id), "reading the ledger")
-        if left is None or (left > 0 and left + ledger.SLACK * self.spending.total.amount
-                            >= self.spending.cheapest(self.pace)):
-            return False
-        with_retry(lambda: ledger.mark_stopped(engine, self.study_id), "writing the ledger")
-        return True
+    def pause(self, seconds: float) -> bool:
+        """Wait (failing stale trials meanwhile) unless the sweep is stopping; False when it is."""
+        self.requeue_stale_trials()
+        return not self.stopping.wait(seconds)
 
     def reserve(self, trial_id: int, point: Suggestion) -> bool:
-        """Book the trial's planned cost before it trains; a trial that would overrun what is left
-        is closed unstarted (not queued again) and the budget noted as spent."""
-        engine = engine_of(self.storage)
-        cost = self.spending.planned_for(point, self.pace)
-        booked = with_retry(lambda: ledger.reserve(engine, self.study_id, trial_id, cost), "writing the ledger")
-        if booked.granted:
-            return True
+        """Book the trial's planned cost in the total budget's ledger before it trains. A trial
+        that would overrun what is left is closed unstarted (not queued again); one interrupted
+        while it waits for budget stays open, for the training process to close and queue again."""
+        granted, left, cost = self.budget.reserve(trial_id, point, self.open)
+        if granted or self.stopping.is_set():
+            return granted
         trial = self.open.pop(trial_id)
         write_trial_batch(self.storage, trial_id, error_attrs(
-            f"not started: the total budget has {booked.left:.6g} {self.spending.total.unit} left, "
+            f"not started: the total budget has {left:.6g} {self.spending.total.unit} left, "
             f"the trial needs {cost:.6g}"), {})
         self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         self.heartbeat.discard(trial_id)
-        with_retry(lambda: ledger.mark_stopped(engine, self.study_id), "writing the ledger")
         return False
 
     def running(self) -> int:
@@ -214,11 +205,8 @@ class Books:
             self.keeper.write(outcome.checkpoint)
         with_retry(lambda: write_trial_batch(self.storage, trial_id_of(trial), outcome.attrs, outcome.curve),
                    "recording a trial")
-        if self.spending is not None:
-            cost = self.spending.actual(outcome.attrs)
-            with_retry(lambda: ledger.settle(engine_of(self.storage), self.study_id, trial_id_of(trial), cost),
-                       "settling the ledger")
-            self.pace.add(outcome.attrs, self.spending.budget.unit)
+        if self.budget is not None:
+            self.budget.settle(trial_id_of(trial), outcome.attrs)
         value = outcome.value if outcome.state == TrialState.COMPLETE else None
         with_retry(lambda: self.study.tell(trial, value, state=outcome.state, skip_if_finished=True),
                    "closing a trial")

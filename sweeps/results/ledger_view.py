@@ -72,4 +72,5 @@ def spent_message(state: LedgerState | None) -> str | None:
     """The one line a sweep ends with when its total budget is spent; None while some is left."""
     if state is None or not (state.stopped or state.spent >= state.amount):
         return None
-    return f"total budget spent: {sci(state.spent)} of {sci(state.amount)} {state.unit}; {RAISE_FIX}"
+    rest = f" ({sci(state.left)} left, less than the next trial needs)" if state.left > 0 else ""
+    return f"total budget spent: {sci(state.spent)} of {sci(state.amount)} {state.unit}{rest}; {RAISE_FIX}"
