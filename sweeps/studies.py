@@ -4,8 +4,10 @@ The store is found as every command finds it: with a study file, --storage, then
 then study.storage, then `<study name>.db` beside the file; without one, --storage or
 $SWEEPS_STORAGE (a relative SQLite path is then taken from the working directory). Each line
 counts the study's complete, pruned, failed and running trials, its best value and its last
-activity (the latest trial start or end). Read-only: no table is created and a SQLite file is
-opened read-only, so a store that is not there is an error, not a new empty file.
+activity (the latest trial start or end); when a study of the store has a `study.total_budget`,
+its ledger too: spent of the total, left, and the rate across all workers. Read-only: no table
+is created and a SQLite file is opened read-only, so a store that is not there is an error, not a
+new empty file.
 Exit codes (`sweeps.exits`): 0 listed, 2 no store named or an invalid study file or URL,
 3 store not there or not readable.
 """
@@ -20,10 +22,11 @@ from datetime import datetime
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from storage import StorageError, StorageUsageError, redact
+from storage import StorageError, StorageUsageError, ledger, redact
 from storage.sql import ENV_VAR, open_read_only, resolve_url
 from sweeps import exits
 from sweeps.cli import run_command
+from sweeps.results.ledger_view import columns
 
 EXAMPLE = """examples:
   sweeps studies study.yaml                      # the store the study file names
@@ -59,7 +62,8 @@ def store_url(args: argparse.Namespace) -> str:
     return resolve_url(args.storage, None, os.getcwd(), "studies")
 
 
-def summary(storage, study) -> dict:
+def summary(storage, study, states: dict) -> dict:
+    """`states`: each study's ledger by study id; the ledger columns are shown when any has one."""
     trials = storage.get_all_trials(study._study_id, deepcopy=False)
     count = {state: sum(t.state == state for t in trials) for state in TrialState}
     values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.values and len(t.values) == 1
@@ -73,6 +77,7 @@ def summary(storage, study) -> dict:
             "pruned": count[TrialState.PRUNED], "failed": count[TrialState.FAIL],
             "running": count[TrialState.RUNNING] + count[TrialState.WAITING],
             "best": "-" if best is None else f"{best:.6g}",
+            **(columns(states.get(study._study_id)) if any(states.values()) else {}),
             "last activity": max(times).strftime("%Y-%m-%d %H:%M:%S") if times else "-"}
 
 
@@ -92,7 +97,8 @@ def list_studies(args: argparse.Namespace) -> int:
     storage = open_read_only(url)
     try:
         studies = storage.get_all_studies()
-        rows = [summary(storage, s) for s in sorted(studies, key=lambda s: s.study_name)]
+        states = {s._study_id: ledger.read(storage.engine, s._study_id) for s in studies}
+        rows = [summary(storage, s, states) for s in sorted(studies, key=lambda s: s.study_name)]
     except StorageError:
         raise
     except Exception as err:  # not an Optuna store, a file that is not a database, a server that went away

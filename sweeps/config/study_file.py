@@ -21,11 +21,25 @@ BudgetUnit = Literal["updates", "examples", "epochs", "seconds", "tokens"]
 CouplingName = Literal["none", "linear", "sqrt", "adam_sqrt"]
 ScheduleName = Literal["constant", "cosine", "linear"]
 OptimizerName = Literal["sgd", "adam", "adamw"]
+# what study.total_budget counts: the budget's own unit, or training time (seconds, gpu_hours)
+TotalBudgetUnit = Literal["updates", "examples", "epochs", "seconds", "tokens", "gpu_hours"]
+TIME_UNITS = ("seconds", "gpu_hours")
 
 
 def check(ok: bool, path: str, message: str) -> None:
     if not ok:
         raise ConfigError(path, message)
+
+
+@dataclass
+class TotalBudgetSection:
+    """What the whole sweep may spend, summed over every worker on every machine and every run."""
+
+    amount: float
+    unit: TotalBudgetUnit
+
+    def validate(self, path: str) -> None:
+        check(self.amount > 0, join(path, "amount"), f"must be > 0 (got {self.amount:g})")
 
 
 @dataclass
@@ -41,6 +55,7 @@ class StudySection:
     grace_period: int | None = None  # seconds without a heartbeat before that; default 2 x interval
     max_retry: int = 3  # times one configuration is retried after its worker died or was stopped
     training_seed: int | None = None  # every trial trains with this seed (default: from seed and trial number)
+    total_budget: TotalBudgetSection | None = None  # the sweep stops starting trials once it is spent
 
     def validate(self, path: str) -> None:
         check(bool(self.name.strip()), join(path, "name"), "must not be empty")
@@ -320,6 +335,11 @@ class SweepConfig:
             raise ConfigError(
                 "search.coupling", "adam_sqrt scales Adam's betas and eps: it needs optimizer adam or adamw"
             )
+        total = self.study.total_budget
+        if total is not None:
+            check(total.unit in (self.budget.unit, *TIME_UNITS), "study.total_budget.unit",
+                  f"must be {self.budget.unit} (the budget's unit), or seconds or gpu_hours of training time; "
+                  f"got {total.unit}")
         if self.budget.unit == "examples":
             largest = max(self.search.batch_sizes())
             check(

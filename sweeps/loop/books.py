@@ -30,8 +30,10 @@ from storage.optuna_private import (
 from storage.retry import with_retry
 from storage.snapshot import snapshot
 from sweeps.config.study_file import SweepConfig
+from sweeps.loop.budget_books import BudgetBooks
 from sweeps.loop.heartbeat import Heartbeat
 from sweeps.loop.interface import TrialRef
+from sweeps.loop.spending import Spending
 from sweeps.search.space import Suggestion, suggest
 from sweeps.search.strategies import grid_size
 from sweeps.trial.record import error_attrs
@@ -50,7 +52,8 @@ class Books:
     """The study's bookkeeping for one worker process (implements `interface.Bookkeeping`)."""
 
     def __init__(self, study: optuna.Study, config: SweepConfig, n_trials: int, keeper=None,
-                 callbacks: list[Callback] | None = None, at_end: Callable[[optuna.Study], None] | None = None):
+                 callbacks: list[Callback] | None = None, at_end: Callable[[optuna.Study], None] | None = None,
+                 spending: Spending | None = None):
         self.study = study
         self.storage = study_storage(study)  # Optuna's cached storage, which the study itself uses
         self.study_id = study_id_of(study)
@@ -66,6 +69,10 @@ class Books:
         self.next_stale_check = 0.0
         self.stopping = threading.Event()  # set on abort: a waiting ask gives up
         self.open: dict[int, optuna.Trial] = {}  # trials asked and not yet closed
+        # study.total_budget: its ledger in the store (None: no total budget, or a store without SQL)
+        self.spending = spending if engine_of(self.storage) is not None else None
+        self.budget = None if self.spending is None else BudgetBooks(
+            self.storage, self.study_id, self.spending, self.pause if self.heartbeat.enabled else None)
 
     def start_bookkeeping(self, in_child: bool) -> None:
         engine = engine_of(self.storage)
@@ -75,6 +82,8 @@ class Books:
             engine.dispose(close=False)
             with_retry(lambda: engine.connect().close(), "connecting to the store")
         self.heartbeat.start()
+        if self.budget is not None:
+            self.budget.learn_pace(self.study.get_trials(deepcopy=False, states=FINISHED))
         self.requeue_stale_trials()  # before the first ask, while the worker starts
 
     def requeue_stale_trials(self) -> None:
@@ -109,7 +118,8 @@ class Books:
         self.in_optimize_loop()
         while True:
             if (self.failures_seen >= self.config.study.max_failures or self.sampler_stopped
-                    or stop_requested(self.study) or self.stopping.is_set()):
+                    or stop_requested(self.study) or self.stopping.is_set()
+                    or (self.budget is not None and self.budget.spent(self.open, wait_for_others))):
                 return None
             self.requeue_stale_trials()
             taken = self.taken()
@@ -133,6 +143,26 @@ class Books:
         self.open[trial_id_of(trial)] = trial
         retry_of = self.storage.get_trial_system_attrs(trial_id_of(trial)).get("failed_trial")
         return TrialRef(trial.number, trial_id_of(trial), dict(trial.params), retry_of), point
+
+    def pause(self, seconds: float) -> bool:
+        """Wait (failing stale trials meanwhile) unless the sweep is stopping; False when it is."""
+        self.requeue_stale_trials()
+        return not self.stopping.wait(seconds)
+
+    def reserve(self, trial_id: int, point: Suggestion) -> bool:
+        """Book the trial's planned cost in the total budget's ledger before it trains. A trial
+        that would overrun what is left is closed unstarted (not queued again); one interrupted
+        while it waits for budget stays open, for the training process to close and queue again."""
+        granted, left, cost = self.budget.reserve(trial_id, point, self.open)
+        if granted or self.stopping.is_set():
+            return granted
+        trial = self.open.pop(trial_id)
+        write_trial_batch(self.storage, trial_id, error_attrs(
+            f"not started: the total budget has {left:.6g} {self.spending.total.unit} left, "
+            f"the trial needs {cost:.6g}"), {})
+        self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        self.heartbeat.discard(trial_id)
+        return False
 
     def running(self) -> int:
         return with_retry(lambda: count_trials(self.storage, self.study_id, (TrialState.RUNNING,)),
@@ -175,6 +205,8 @@ class Books:
             self.keeper.write(outcome.checkpoint)
         with_retry(lambda: write_trial_batch(self.storage, trial_id_of(trial), outcome.attrs, outcome.curve),
                    "recording a trial")
+        if self.budget is not None:
+            self.budget.settle(trial_id_of(trial), outcome.attrs)
         value = outcome.value if outcome.state == TrialState.COMPLETE else None
         with_retry(lambda: self.study.tell(trial, value, state=outcome.state, skip_if_finished=True),
                    "closing a trial")

@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 
 from sweeps import exits
 from sweeps.config.study_file import SweepConfig
+from sweeps.results.ledger_view import spent_message, state_of
 from sweeps.search.strategies import grid_size
 from sweeps.trial.record import TrialRecord
 
@@ -25,11 +26,13 @@ class Ending:
     message: str  # a note when the code is 0, the reason and the likely fix otherwise
 
 
-def ending_of(study: optuna.Study, n_trials: int, grid_size: int | None = None) -> Ending:
+def ending_of(study: optuna.Study, n_trials: int, grid_size: int | None = None,
+              budget_spent: str | None = None) -> Ending:
     """Judge the study's trials against the `n_trials` asked for.
 
     A finished trial is COMPLETE or PRUNED; a diverged trial (loss NaN/inf) is stored as PRUNED
-    with `stop_reason: diverged`, so it counts as finished but never as a result.
+    with `stop_reason: diverged`, so it counts as finished but never as a result. `budget_spent`:
+    the line saying `study.total_budget` is spent (`sweeps.results.ledger_view.spent_message`).
     """
     trials = study.get_trials(deepcopy=False)
     by_state = {state: [t for t in trials if t.state == state] for state in TrialState}
@@ -41,6 +44,8 @@ def ending_of(study: optuna.Study, n_trials: int, grid_size: int | None = None) 
     if diverged and len(diverged) == finished and not complete:
         return Ending(exits.FAILED, f"all {len(diverged)} trials diverged (loss NaN/inf): lower "
                                     "search.base_lr.high (or try a smaller batch size or a longer warmup)")
+    if not complete and budget_spent:
+        return Ending(exits.FAILED, f"{budget_spent}: no trial finished with a value")
     if not complete:
         return Ending(exits.FAILED, f"no trial finished with a value ({finished} of {n_trials} finished: "
                                     f"{len(pruned)} pruned, {len(failed)} failed, {len(running)} running)"
@@ -48,6 +53,8 @@ def ending_of(study: optuna.Study, n_trials: int, grid_size: int | None = None) 
     if finished >= n_trials:
         note = f"{len(diverged)} of {finished} trials diverged (loss NaN/inf)" if diverged else ""
         return Ending(exits.OK, note)
+    if budget_spent:
+        return Ending(exits.OK, budget_spent)
     if grid_done:
         return Ending(exits.OK, f"stopped at {finished} of {n_trials} trials: the grid has no more points")
     return Ending(exits.FAILED, f"stopped at {finished} of {n_trials} trials ({len(failed)} failed, "
@@ -57,7 +64,8 @@ def ending_of(study: optuna.Study, n_trials: int, grid_size: int | None = None) 
 
 def report_ending(study: optuna.Study, n_trials: int, config: SweepConfig) -> int:
     """Print how the sweep ended (a note, or the reason and the fix) and return its exit code."""
-    ending = ending_of(study, n_trials, grid_size(config) if config.sampler.name == "grid" else None)
+    ending = ending_of(study, n_trials, grid_size(config) if config.sampler.name == "grid" else None,
+                       spent_message(state_of(study)) if config.study.total_budget else None)
     if ending.code == exits.OK:
         if ending.message:
             print(f"note: {ending.message}")

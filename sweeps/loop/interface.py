@@ -44,6 +44,9 @@ class Bookkeeping(Protocol):
     def ask(self, wait_for_others: bool = False) -> tuple[TrialRef, Suggestion] | None:
         """The next trial to train, or None when the study has its trials."""
 
+    def reserve(self, trial_id: int, point: Suggestion) -> bool:
+        """Book the trial's planned cost in the total budget's ledger; False: it does not fit (closed)."""
+
     def decide(self, trial_id: int, value: float, step: int) -> bool:
         """Report an evaluation; True when the pruner stops the trial."""
 
@@ -76,6 +79,9 @@ class BooksClient:
 
     def ask(self, wait_for_others: bool = False) -> Future:  # Future[tuple[TrialRef, Suggestion] | None]
         return self.transport.submit(Bookkeeping.ask.__name__, wait_for_others)
+
+    def reserve(self, trial_id: int, point: Suggestion) -> Future:  # Future[bool]
+        return self.transport.submit(Bookkeeping.reserve.__name__, trial_id, point)
 
     def decide(self, trial_id: int, value: float, step: int) -> Future:  # Future[bool]
         return self.transport.submit(Bookkeeping.decide.__name__, trial_id, value, step)

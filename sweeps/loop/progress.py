@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 import optuna
@@ -23,7 +24,9 @@ def human(x: float) -> str:
 class Progress:
     """An Optuna callback; one line rewritten in place on a terminal, one line per trial otherwise."""
 
-    def __init__(self, n_trials: int, budget: Budget, metric: str, stream: TextIO | None = None):
+    def __init__(self, n_trials: int, budget: Budget, metric: str, stream: TextIO | None = None,
+                 ledger: Callable[[], str] | None = None):
+        """`ledger`: the study.total_budget figures (spent, left, rate), read at each line."""
         self.n_trials = n_trials
         self.budget = budget
         self.metric = metric
@@ -31,6 +34,7 @@ class Progress:
         self.live = self.stream.isatty()
         self.started = time.monotonic()
         self.last: str | None = None
+        self.ledger = ledger
 
     def line(self, study: optuna.Study) -> str:
         trials = study.get_trials(deepcopy=False)
@@ -50,7 +54,7 @@ class Progress:
             f"[{done}/{self.n_trials}] complete {counts[TrialState.COMPLETE]}"
             f" pruned {counts[TrialState.PRUNED]} failed {counts[TrialState.FAIL]} | {best}"
             f" | budget spent {human(spent)} of {human(total)} {self.budget.unit}"
-            f" ({100 * spent / total:.1f}%)"
+            f" ({100 * spent / total:.1f}%)" + (f" | {figures}" if self.ledger and (figures := self.ledger()) else "")
         )
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial | None) -> None:

@@ -16,17 +16,21 @@ import torch
 from objectives.registry import TaskError, TaskFactory, resolve_task
 from objectives.task import Task, TrialSettings
 from storage import open_storage, redact
-from storage.optuna_private import study_id_of, study_storage
+from storage.ledger import LedgerUnitError, set_total
+from storage.optuna_private import engine_of, study_id_of, study_storage
 from storage.snapshot import SnapshotStorage
 from storage.workers import register_worker
 from sweeps.config.overrides import OVERRIDES_ATTR
 from sweeps.config.plan import budget_of, check_plan
+from sweeps.config.schema import ConfigError
 from sweeps.config.study_file import SweepConfig
 from sweeps.config.target import SweepTarget
 from sweeps.loop.books import finished_count
 from sweeps.loop.ending import SweepFailed
 from sweeps.loop.progress import Progress
+from sweeps.loop.spending import Spending
 from sweeps.loop.sweep_loop import SweepLoop
+from sweeps.results.ledger_view import line_of
 from sweeps.results.publish import DashboardHooks
 from sweeps.search.strategies import build_pruner, build_sampler
 from sweeps.trial.record import identity_attrs, study_unit_attrs
@@ -110,7 +114,19 @@ def open_study(config: SweepConfig, target: SweepTarget, n_train: int,
             study.set_user_attr(OVERRIDES_ATTR, recorded_overrides(overrides))
         for key, value in study_unit_attrs(config.budget.unit).items():
             study.set_user_attr(key, value)
+    open_ledger(study, config)
     return study
+
+
+def open_ledger(study: optuna.Study, config: SweepConfig) -> None:
+    """Record `study.total_budget` in the store's ledger (each run may raise it)."""
+    total, engine = config.study.total_budget, engine_of(study_storage(study))
+    if total is None or engine is None:
+        return
+    try:
+        set_total(engine, study_id_of(study), study.study_name, total.amount, total.unit)
+    except LedgerUnitError as err:
+        raise ConfigError("study.total_budget.unit", f"{err}: keep that unit (or start a new study)") from err
 
 
 def recorded_overrides(overrides: Sequence[str]) -> list[str]:
@@ -166,7 +182,8 @@ def run_sweep(config: SweepConfig, target: SweepTarget, show_progress: bool = Tr
     study = open_study(config, target, n_train, overrides=overrides)
     # notes, checkpoints, figures
     hooks = DashboardHooks(config, target.storage_url, study, n_train, task.tokens_per_example)
-    progress = Progress(target.n_trials, budget, config.study.metric) if show_progress else None
+    ledger_line = line_of(study) if config.study.total_budget else None
+    progress = Progress(target.n_trials, budget, config.study.metric, ledger=ledger_line) if show_progress else None
     if finished_count(study) >= target.n_trials:
         if progress:
             progress(study, None)
@@ -177,7 +194,8 @@ def run_sweep(config: SweepConfig, target: SweepTarget, show_progress: bool = Tr
     objective.identity = identity_attrs(worker, sampler_seed)
     objective.keeper = hooks.keeper
     loop = SweepLoop(study, config, objective, n_train, target.n_trials,
-                     ([progress] if progress else []) + hooks.callbacks, at_end=hooks.after_sweep)
+                     ([progress] if progress else []) + hooks.callbacks, at_end=hooks.after_sweep,
+                     spending=Spending.of(config, budget, n_train))
     try:
         with a_core_for_bookkeeping():
             loop.run()

@@ -29,6 +29,7 @@ from sweeps.loop import signals
 from sweeps.loop.bookkeeper import start_bookkeeper
 from sweeps.loop.books import Books, Callback
 from sweeps.loop.interface import BooksClient, TrialRef
+from sweeps.loop.spending import Spending
 from sweeps.search.space import Suggestion
 from sweeps.search.strategies import PruningSteps
 from sweeps.trial.run_one import Outcome, SweepObjective
@@ -48,7 +49,7 @@ class SweepLoop:
 
     def __init__(self, study: optuna.Study, config: SweepConfig, objective: SweepObjective, n_train: int,
                  n_trials: int, callbacks: list[Callback] | None = None,
-                 at_end: Callable[[optuna.Study], None] | None = None):
+                 at_end: Callable[[optuna.Study], None] | None = None, spending: Spending | None = None):
         self.config = config
         self.objective = objective
         self.n_train = n_train
@@ -56,7 +57,7 @@ class SweepLoop:
         self.failures_in_a_row = 0
         self.last_error: str | None = None
         # what the bookkeeper runs, handed over whole at the fork (or to its thread)
-        self.books = Books(study, config, n_trials, getattr(objective, "keeper", None), callbacks, at_end)
+        self.books = Books(study, config, n_trials, getattr(objective, "keeper", None), callbacks, at_end, spending)
         self.book: BooksClient | None = None
 
     @property
@@ -81,6 +82,11 @@ class SweepLoop:
                     next_ask = self.book.ask(wait_for_others=True)
                     current = asked_from(next_ask)
                     if current is None:
+                        break
+                if self.books.spending is not None:  # study.total_budget: book the trial before it trains
+                    next_ask = nothing_asked()  # the one asked is `current` now: abort must not close it twice
+                    if not self.book.reserve(current.trial.trial_id, current.point).result():
+                        current = None  # closed unstarted by the bookkeeper: the budget is spent
                         break
                 next_ask = self.book.ask()
                 outcome = self.objective.run(current.trial, current.point, self.pruner_for(current))
@@ -149,6 +155,12 @@ class SweepLoop:
 def asked_from(future: Future) -> Asked | None:
     answer = future.result()
     return None if answer is None else Asked(*answer, [])
+
+
+def nothing_asked() -> Future:
+    future: Future = Future()
+    future.set_result(None)
+    return future
 
 
 def settled(futures: list[Future]) -> None:

@@ -27,6 +27,7 @@ from sweeps.loop.gpus import GpuAssignment
 from sweeps.loop.progress import Progress
 from sweeps.loop.runner import open_study
 from sweeps.loop.signals import Terminated
+from sweeps.results.ledger_view import line_of
 
 STOP_WAIT_S = 7  # then SIGKILL: the parent exits within 10 s of a SIGTERM, as docker stop expects
 
@@ -58,7 +59,9 @@ def run_workers(study_file: str, config: SweepConfig, target: SweepTarget, n_wor
                                                overrides),
                                 env=envs[i])
                for i in range(n_workers)]
-    progress = Progress(target.n_trials, budget_of(config), config.study.metric) if show_progress else None
+    ledger_line = line_of(study) if config.study.total_budget else None
+    progress = (Progress(target.n_trials, budget_of(config), config.study.metric, ledger=ledger_line)
+                if show_progress else None)
     try:
         while any(w.poll() is None for w in workers):
             if progress:

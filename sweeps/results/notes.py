@@ -23,6 +23,7 @@ from sweeps.config.plan import fmt, plan_rows
 from sweeps.config.study_file import SweepConfig
 from sweeps.loop.progress import human
 from sweeps.results.analysis import analyse
+from sweeps.results.ledger_view import note_text, state_of
 from sweeps.results.recommendation import recommendation
 from sweeps.trial.record import TrialRecord, consumed
 
@@ -87,6 +88,7 @@ def study_note(study: optuna.Study, config: SweepConfig, n_train: int, footer: s
         f"{config.pruner.name} pruner · budget **{b.per_trial:g} {b.unit}** per trial, evaluated every "
         f"{b.eval_every:g} {b.unit}",
         budget_line(study, config),
+        *([note_text(state)] if config.study.total_budget and (state := state_of(study)) else []),
         f"### Plan of the budget (N = {n_train} training examples, base LR {config.search.reference_lr():.4g})",
         markdown_table(plan_rows(config, n_train, tokens_per_example)),
         "### Resolved study file",

@@ -1,0 +1,101 @@
+"""What a trial costs against `study.total_budget`: planned before it starts (what the ledger
+reserves), actual once it ended (what the ledger settles to).
+
+In the budget's own unit (updates, examples, epochs, tokens) a trial's plan gives its cost ahead:
+the updates, examples, epochs or tokens it will train at most. In training time:
+- a `seconds` budget: the trial's own time budget (`budget.per_trial` seconds, / 3600 in gpu_hours);
+- any other budget: an estimate, the trial's planned units times the seconds per unit measured on
+  the study's finished trials; before any trial finished it is 0, so each worker's first trials
+  are not held back and the total can overrun by the trials in flight, at most one per worker.
+The actual cost is what the trial recorded: its `examples_seen`, `updates`, ... or its
+`train_seconds` (/ 3600 in gpu_hours), the training time of one process on one device.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from objectives.training.budget import Budget, TrialPlan, plan_trial
+from sweeps.config.study_file import TIME_UNITS, SweepConfig, TotalBudgetSection
+from sweeps.search.space import Suggestion
+from sweeps.trial.record import CONSUMED
+
+SECONDS_PER = {"seconds": 1.0, "gpu_hours": 3600.0}
+
+
+def planned_units(plan: TrialPlan, unit: str) -> float:
+    """What the plan will train at most, in a counting unit."""
+    return float({"updates": plan.planned_updates, "examples": plan.planned_examples, "epochs": plan.planned_epochs,
+                  "tokens": plan.planned_tokens or 0}[unit])
+
+
+@dataclass
+class Pace:
+    """Seconds of training per budget unit, from finished trials (for a time total on a counting budget)."""
+
+    seconds: float = 0.0
+    units: float = 0.0
+
+    def add(self, attrs: Mapping[str, Any], budget_unit: str) -> None:
+        seconds, units = attrs.get(CONSUMED["seconds"]), attrs.get(CONSUMED[budget_unit])
+        if seconds and units:
+            self.seconds += float(seconds)
+            self.units += float(units)
+
+    @property
+    def seconds_per_unit(self) -> float:
+        return self.seconds / self.units if self.units else 0.0
+
+
+@dataclass(frozen=True)
+class Spending:
+    """The costs of one study's trials against its total budget (only what that needs of the config)."""
+
+    total: TotalBudgetSection
+    budget: Budget
+    n_train: int
+    drop_last: bool
+    candidates: tuple[tuple[int, int | None], ...]  # (batch size, epochs) pairs the search can propose
+
+    @classmethod
+    def of(cls, config: SweepConfig, budget: Budget, n_train: int) -> Spending | None:
+        """None when the study has no total budget."""
+        total = config.study.total_budget
+        if total is None:
+            return None
+        epochs: Iterable[int | None] = config.search.epoch_choices() or [None]
+        pairs = tuple(itertools.product(config.search.batch_sizes(), epochs))
+        return cls(total, budget, n_train, config.objective.drop_last, pairs)
+
+    @property
+    def estimated(self) -> bool:
+        """True when the planned cost is an estimate (a time total on a counting budget)."""
+        return self.total.unit in TIME_UNITS and self.budget.unit != "seconds"
+
+    def planned(self, batch_size: int, epochs: int | None, pace: Pace | None = None) -> float:
+        """The most the trial can cost (an estimate, see the module's docstring, for `estimated`)."""
+        unit = self.total.unit
+        if unit in TIME_UNITS and self.budget.unit == "seconds":
+            return self.budget.per_trial / SECONDS_PER[unit]
+        plan = plan_trial(self.budget, self.n_train, batch_size, epochs, self.drop_last)
+        if unit in TIME_UNITS:
+            rate = pace.seconds_per_unit if pace is not None else 0.0
+            return planned_units(plan, self.budget.unit) * rate / SECONDS_PER[unit]
+        return planned_units(plan, unit)
+
+    def planned_for(self, point: Suggestion, pace: Pace | None = None) -> float:
+        return self.planned(point.batch_size, point.epochs, pace)
+
+    def cheapest(self, pace: Pace | None = None) -> float:
+        """The least any trial of the search can cost: once less than that is left, the budget is spent."""
+        return min(self.planned(b, e, pace) for b, e in self.candidates)
+
+    def actual(self, attrs: Mapping[str, Any]) -> float:
+        """What a trial cost, from the attributes it recorded (0 for one that never trained)."""
+        unit = self.total.unit
+        if unit in TIME_UNITS:
+            return float(attrs.get(CONSUMED["seconds"]) or 0.0) / SECONDS_PER[unit]
+        return float(attrs.get(CONSUMED[unit]) or 0.0)

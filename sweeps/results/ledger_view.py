@@ -1,0 +1,76 @@
+"""The ledger of `study.total_budget` as text: the progress line, the study note, `sweeps studies`
+and the sweep's ending all say spent, left and the rate the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import optuna
+
+from storage import ledger
+from storage.ledger import LedgerState
+from storage.optuna_private import engine_of, study_id_of, study_storage
+from sweeps.loop.progress import human
+
+RAISE_FIX = "raise study.total_budget.amount to continue"
+
+
+def state_of(study: optuna.Study) -> LedgerState | None:
+    engine = engine_of(study_storage(study))
+    return None if engine is None else ledger.read(engine, study_id_of(study))
+
+
+def rate_text(state: LedgerState) -> str:
+    """Units per second; gpu_hours per hour (both read as "devices busy" for time units)."""
+    rate = state.rate
+    if rate is None:
+        return "-"
+    if state.unit == "gpu_hours":
+        return f"{human(rate * 3600)} gpu_hours/h"
+    return f"{human(rate)} {state.unit}/s"
+
+
+def sci(x: float) -> str:
+    """2.00e7, as the one-line ending says it (Python would write 2.00e+07)."""
+    mantissa, exponent = f"{x:.2e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def line_text(state: LedgerState) -> str:
+    """For the progress line."""
+    return (f"total budget {human(state.spent)} of {human(state.amount)} {state.unit} spent, "
+            f"{human(state.left)} left, {rate_text(state)}")
+
+
+def line_of(study: optuna.Study) -> Callable[[], str]:
+    """A reader for the progress line: the ledger's figures now, or "" without a ledger."""
+
+    def text() -> str:
+        state = state_of(study)
+        return "" if state is None else line_text(state)
+
+    return text
+
+
+def note_text(state: LedgerState) -> str:
+    """For the study note (markdown)."""
+    share = 100 * state.spent / state.amount
+    in_flight = f", {state.open} trials reserved and running (or lost with their worker)" if state.open else ""
+    return (f"**Total budget**: {human(state.spent)} of {human(state.amount)} {state.unit} spent ({share:.1f}%), "
+            f"{human(state.left)} left, at {rate_text(state)}{in_flight}")
+
+
+def columns(state: LedgerState | None) -> dict[str, str]:
+    """For `sweeps studies`."""
+    if state is None:
+        return {"budget spent": "-", "left": "-", "rate": "-"}
+    return {"budget spent": f"{human(state.spent)}/{human(state.amount)} {state.unit}", "left": human(state.left),
+            "rate": rate_text(state)}
+
+
+def spent_message(state: LedgerState | None) -> str | None:
+    """The one line a sweep ends with when its total budget is spent; None while some is left."""
+    if state is None or not (state.stopped or state.spent >= state.amount):
+        return None
+    rest = f" ({sci(state.left)} left, less than the next trial needs)" if state.left > 0 else ""
+    return f"total budget spent: {sci(state.spent)} of {sci(state.amount)} {state.unit}{rest}; {RAISE_FIX}"

@@ -1,0 +1,214 @@
+"""study.total_budget: one compute budget for the whole sweep, booked in the store's ledger.
+
+Real stores (SQLite, and PostgreSQL from SWEEPS_TEST_POSTGRES_URL), real training on tiny tasks.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import optuna
+import pytest
+import sqlalchemy
+import yaml
+from optuna.trial import TrialState
+
+from storage import ledger
+from sweeps.config.plan import budget_of
+from sweeps.config.study_file import load_config, parse_config
+from sweeps.config.target import target_of
+from sweeps.loop.ending import report_ending
+from sweeps.loop.runner import run_sweep
+from sweeps.loop.spending import Pace, Spending
+from sweeps.results.ledger_view import sci
+from sweeps.run import main
+from sweeps.trial.record import TrialRecord
+from tests.conftest import TINY, merged
+from tests.test_workers import PG_URL, load, needs_pg, start, unique, wait_for_running
+
+N_TRAIN = 256
+# examples budget: a trial costs 256 x its epochs (1 to 4), so costs differ and some trials do not fit
+VARIED = {
+    "study": {"n_trials": 20, "total_budget": {"amount": 2000, "unit": "examples"}},
+    "budget": {"unit": "examples", "per_trial": 1024, "eval_every": 256},
+    "search": {"batch_size": [32, 64], "epochs": {"low": 1, "high": 4}},
+}
+
+
+def write(folder, name: str, data: dict, **study) -> str:
+    data = merged(merged(TINY, data), {"study": {"name": name, **study}})
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def ledger_of(name: str, url: str) -> ledger.LedgerState:
+    study = load(name, url)
+    return ledger.read(sqlalchemy.create_engine(url), study._study_id)
+
+
+def wait_for_reservation(name: str, url: str, timeout: float = 60) -> None:
+    """Until a trial holds a reservation (it trains from then on)."""
+    wait_for_running(name, url, timeout)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = ledger_of(name, url)
+        if state is not None and state.open:
+            return
+        time.sleep(0.05)
+    raise AssertionError("no trial reserved its cost")
+
+
+def booked(name: str, url: str) -> dict[int, tuple[float, float | None]]:
+    """trial number -> (reserved, spent) for every trial the ledger booked."""
+    study = load(name, url)
+    numbers = {t._trial_id: t.number for t in study.trials}
+    with sqlalchemy.create_engine(url).connect() as connection:
+        rows = connection.execute(sqlalchemy.select(ledger.LEDGER).where(
+            ledger.LEDGER.c.study_id == study._study_id)).all()
+    return {numbers[r.trial_id]: (r.reserved, r.spent) for r in rows}
+
+
+def assert_books_balance(name: str, url: str, amount: float) -> optuna.Study:
+    """Every trial that trained was booked and settled to what it recorded; none booked that did
+    not start; the total never exceeds the amount."""
+    study = load(name, url)
+    books = booked(name, url)
+    trained = {t.number: t for t in study.trials if TrialRecord.of(t).examples_seen is not None}
+    assert set(books) == set(trained)  # a trial asked ahead and closed unstarted books nothing
+    for number, (reserved, spent) in books.items():
+        assert spent == trained[number].user_attrs["examples_seen"] <= reserved
+    for t in study.get_trials(states=(TrialState.FAIL,)):
+        assert t.user_attrs["error"].startswith("not started") and not t.intermediate_values
+    assert sum(spent for _, spent in books.values()) <= amount
+    return study
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("study.total_budget.amount=0", "study.total_budget.amount: must be > 0 (got 0)"),
+    ("study.total_budget.unit=updates", "study.total_budget.unit: must be examples (the budget's unit), or "
+                                        "seconds or gpu_hours of training time; got updates"),
+    ("study.total_budget.unit=gpu_hour", "(did you mean 'gpu_hours'?)"),
+])
+def test_bad_total_budget_values_exit_2_with_one_line(tmp_path, capsys, override, message):
+    path = write(tmp_path, "bad", VARIED)
+    assert main([path, "--dry-run", "--set", override]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message in err
+
+
+STORES = ["sqlite", pytest.param("postgresql", marks=needs_pg)]
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_concurrent_reservations_never_overbook(tmp_path, store):
+    """Eight threads, each with its own connections, race to book 3-unit trials against 20 units:
+    exactly six fit, whatever the interleaving (BEGIN IMMEDIATE on SQLite, FOR UPDATE on PostgreSQL)."""
+    url = f"sqlite:///{tmp_path / 'l.db'}" if store == "sqlite" else PG_URL
+    study_id = 2_000_000_000 + threading.get_ident() % 100_000  # a study id no Optuna study has here
+    engine = sqlalchemy.create_engine(url)
+    try:
+        ledger.set_total(engine, study_id, "race", 20.0, "examples")
+        granted = []
+
+        def book(worker: int) -> None:
+            own = sqlalchemy.create_engine(url, connect_args={"timeout": 60} if store == "sqlite" else {})
+            for i in range(4):
+                granted.append(ledger.reserve(own, study_id, worker * 10 + i, 3.0).granted)
+            own.dispose()
+
+        threads = [threading.Thread(target=book, args=(w,)) for w in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        state = ledger.read(engine, study_id)
+        assert granted.count(True) == 6 and state.spent == 18.0 and state.open == 6
+    finally:
+        with engine.begin() as connection:
+            for table in (ledger.LEDGER, ledger.BUDGETS):
+                connection.execute(sqlalchemy.delete(table).where(table.c.study_id == study_id))
+        engine.dispose()
+
+
+def test_sqlite_sweep_stops_at_its_total_and_a_resume_respects_what_is_left(tmp_path, capsys):
+    data = merged(merged(TINY, VARIED), {"study": {"name": "led"}})
+    config = parse_config(data, tmp_path)
+    target = target_of(config)
+    study = run_sweep(config, target, show_progress=False)
+    assert report_ending(study, target.n_trials, config) == 0
+    assert capsys.readouterr().out.startswith("note: total budget spent: ")
+    assert_books_balance("led", target.storage_url, 2000)
+    first = ledger_of("led", target.storage_url)
+    assert first.stopped and first.open == 0 and first.left < 4 * N_TRAIN
+    trials = len(study.trials)
+
+    study = run_sweep(config, target, show_progress=False)  # the same total: nothing more starts
+    assert len(study.trials) == trials and ledger_of("led", target.storage_url).spent == first.spent
+
+    raised = parse_config(data, tmp_path, overrides=["study.total_budget.amount=3000"])
+    study = run_sweep(raised, target, show_progress=False)
+    assert report_ending(study, target.n_trials, raised) == 0
+    assert_books_balance("led", target.storage_url, 3000)
+    assert ledger_of("led", target.storage_url).spent > first.spent
+
+
+@needs_pg
+def test_three_workers_on_postgres_never_exceed_the_total(tmp_path):
+    name = unique("ledger3")
+    path = write(tmp_path, name, VARIED, heartbeat_interval=1, grace_period=3)
+    done = start(path, "--workers", "3", storage=PG_URL)
+    out, err = done.communicate(timeout=300)
+    assert done.returncode == 0, err
+    study = assert_books_balance(name, PG_URL, 2000)
+    state = ledger_of(name, PG_URL)
+    assert state.stopped and state.open == 0
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) >= 2
+    note = [line for line in out.splitlines() if line.startswith("note: total budget spent: ")]
+    assert len(note) == 1 and note[0].endswith("; raise study.total_budget.amount to continue")
+    assert f"spent: {sci(state.spent)} of 2.00e3 examples" in note[0]
+    assert len({t.user_attrs["worker"] for t in study.trials if "worker" in t.user_attrs}) >= 2
+
+
+@needs_pg
+def test_a_killed_workers_compute_counts_and_a_resume_respects_it(tmp_path, capsys):
+    """SIGKILL mid-trial: the dead trial's reservation stays spent; the resumed sweep (in this
+    process) books only what is left after it."""
+    name = unique("ledgerkill")
+    path = write(tmp_path, name, {"study": {"total_budget": {"amount": 3.5, "unit": "seconds"}},
+                                  "budget": {"unit": "seconds", "per_trial": 1.0, "eval_every": 0.25}},
+                 n_trials=10, heartbeat_interval=1, grace_period=3)
+    victim = start(path, storage=PG_URL)
+    wait_for_reservation(name, PG_URL)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=10)
+    dead = ledger_of(name, PG_URL)
+    assert dead.open >= 1 and dead.spent >= 1.0  # reserved when it started, never settled
+    config = load_config(path)
+    target = target_of(config, PG_URL)
+    study = run_sweep(config, target, show_progress=False)
+    assert report_ending(study, target.n_trials, config) == 0
+    assert "total budget spent" in capsys.readouterr().out
+    state = ledger_of(name, PG_URL)
+    assert state.open == dead.open  # the dead trials' reservations still count
+    settled = [spent for _, spent in booked(name, PG_URL).values() if spent is not None]
+    assert settled and state.spent == pytest.approx(dead.spent + sum(settled))
+    assert dead.spent + len(settled) * 1.0 <= 3.5  # every resumed trial reserved 1 s of what was left
+
+
+def test_planned_costs_in_time_units(tiny_config):
+    """A seconds budget reserves its own time budget; a counting budget with a time total reserves
+    its planned units at the measured pace, nothing before any trial finished."""
+    timed = tiny_config(study={"total_budget": {"amount": 2, "unit": "gpu_hours"}},
+                        budget={"unit": "seconds", "per_trial": 90, "eval_every": 30})
+    spending = Spending.of(timed, budget_of(timed), 256)
+    assert spending.planned(16, None) == pytest.approx(90 / 3600) and not spending.estimated
+    assert spending.actual({"train_seconds": 36.0}) == pytest.approx(0.01)
+    counted = tiny_config(study={"total_budget": {"amount": 100, "unit": "seconds"}})  # 40 updates per trial
+    spending = Spending.of(counted, budget_of(counted), 256)
+    pace = Pace()
+    assert spending.estimated and spending.planned(16, None, pace) == 0.0
+    pace.add({"train_seconds": 2.0, "updates": 40}, "updates")
+    assert spending.planned(16, None, pace) == pytest.approx(2.0)
