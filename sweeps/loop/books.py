@@ -30,11 +30,12 @@ from storage.optuna_private import (
 from storage.retry import with_retry
 from storage.snapshot import snapshot
 from sweeps.config.study_file import SweepConfig
+from sweeps.loop.companion import why_not_run
 from sweeps.loop.heartbeat import Heartbeat
 from sweeps.loop.interface import TrialRef
 from sweeps.search.space import Suggestion, suggest
 from sweeps.search.strategies import grid_size
-from sweeps.trial.record import error_attrs
+from sweeps.trial.record import CONFIRMS_STUDY_ATTR, TrialRecord, error_attrs, queued_attrs
 from sweeps.trial.run_one import Outcome
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -66,6 +67,8 @@ class Books:
         self.next_stale_check = 0.0
         self.stopping = threading.Event()  # set on abort: a waiting ask gives up
         self.open: dict[int, optuna.Trial] = {}  # trials asked and not yet closed
+        # a companion study of confirmation runs trains only what `sweeps confirm` queued in it
+        self.queued_only = CONFIRMS_STUDY_ATTR in study.user_attrs
 
     def start_bookkeeping(self, in_child: bool) -> None:
         engine = engine_of(self.storage)
@@ -121,6 +124,8 @@ class Books:
             if not (wait_for_others and self.heartbeat.enabled) or self.finished() >= self.n_trials:
                 return None
             self.stopping.wait(min(0.5, self.heartbeat.interval))
+        if self.queued_only and not self.waiting():
+            return None
         with snapshot(self.storage):  # the study's trials read once for the whole ask
             if self.grid_size is not None and len(self.study.get_trials(deepcopy=False)) >= self.grid_size:
                 return None  # every grid point is taken; asking again would repeat one
@@ -130,12 +135,23 @@ class Books:
                 self.close_unfinished_quietly(trial)
                 return None
             point = with_retry(lambda: suggest(trial, self.config.search), "sampling a trial")
+        fixed_seed = None
+        if self.queued_only:
+            reason = why_not_run(trial.number, trial.user_attrs, self.study.get_trials(deepcopy=False))
+            if reason is not None:  # the sampler's own point, or a confirmation run another trial took
+                self.close_unfinished_quietly(trial, reason)
+                return self.ask(wait_for_others)
+            fixed_seed = TrialRecord.from_attrs(trial.user_attrs).confirm_seed
         self.open[trial_id_of(trial)] = trial
         retry_of = self.storage.get_trial_system_attrs(trial_id_of(trial)).get("failed_trial")
-        return TrialRef(trial.number, trial_id_of(trial), dict(trial.params), retry_of), point
+        return TrialRef(trial.number, trial_id_of(trial), dict(trial.params), retry_of, fixed_seed), point
 
     def running(self) -> int:
         return with_retry(lambda: count_trials(self.storage, self.study_id, (TrialState.RUNNING,)),
+                          "counting trials")
+
+    def waiting(self) -> int:
+        return with_retry(lambda: count_trials(self.storage, self.study_id, (TrialState.WAITING,)),
                           "counting trials")
 
     def finished(self) -> int:
@@ -147,10 +163,10 @@ class Books:
         return with_retry(lambda: count_trials(self.storage, self.study_id, states, below),
                           "counting trials")
 
-    def close_unfinished_quietly(self, trial: optuna.Trial) -> None:
+    def close_unfinished_quietly(self, trial: optuna.Trial,
+                                 reason: str = "not started: the study already had its trials") -> None:
         """A trial asked after the last slot went to another worker: closed before it runs."""
-        write_trial_batch(self.storage, trial_id_of(trial),
-                          error_attrs("not started: the study already had its trials"), {})
+        write_trial_batch(self.storage, trial_id_of(trial), error_attrs(reason), {})
         self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         self.heartbeat.discard(trial_id_of(trial))
 
@@ -200,7 +216,8 @@ class Books:
         self.heartbeat.discard(trial_id)
         if requeue and self.config.study.max_retry > 0:
             frozen = copy.copy(self.storage.get_trial(trial_id))
-            frozen.user_attrs = {}  # the retry starts clean; the failed trial keeps its error
+            # the retry starts clean but for what it was queued with; the failed trial keeps its error
+            frozen.user_attrs = queued_attrs(frozen.user_attrs)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 RetryHeartbeatStaleTrialCallback(max_retry=self.config.study.max_retry)(self.study, frozen)
