@@ -42,6 +42,7 @@ from sweeps.loop.runner import LoadedTask, load_task, open_study, run_sweep
 from sweeps.loop.workers import start_and_wait
 from sweeps.results.confirmed import confirmed, ranking_note, runs_text
 from sweeps.results.existing import load, open_existing
+from sweeps.run import exit_at_once_if_stopped
 
 EXAMPLE = """example:
   sweeps confirm study.yaml --top 3 --seeds 3              # 9 runs, one after another
@@ -149,4 +150,6 @@ def ending(companion: optuna.Study, plan: list[Confirmation], study_file: str) -
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    exit_at_once_if_stopped(code, sys.argv[1:])  # a worker child, or a stopped one: all is committed
+    sys.exit(code)
