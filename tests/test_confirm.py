@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from sweeps.config.target import target_of
 from sweeps.loop.books import Books
 from sweeps.loop.companion import companion_config, companion_target, link, planned, queue_missing, why_not_run
 from sweeps.loop.runner import open_study, run_sweep
-from sweeps.results.confirmed import Confirmed, ranking_note
+from sweeps.results.confirmed import Confirmed, ranking_note, report_lines
 from sweeps.trial.record import CONFIRM_STUDY_ATTR, CONFIRMS_STUDY_ATTR, TrialRecord, confirm_attrs
 from tests.conftest import TINY, merged
 
@@ -83,6 +81,9 @@ def test_confirm_retrains_the_best_with_fresh_seeds_in_a_linked_companion_and_re
         assert rows[str(source.number)] == [str(source.number), fmt(source.value), fmt(mean),
                                             fmt(statistics.stdev(values)), "2", fmt(mean - source.value)]
     assert "ranking: the confirmed means rank the trials" in out
+    report = report_lines(main)  # `sweeps report`: the same values beside the search's
+    assert report[0].startswith("confirmed with fresh seeds (4 runs in study tiny-confirm)")
+    assert table_rows("\n".join(report)) == rows
 
     # a rerun redoes nothing and prints the same table; more seeds train only the new ones
     assert confirm.main([str(path), "--top", "2", "--seeds", "2", "--quiet"]) == exits.OK
@@ -145,6 +146,8 @@ def test_the_ranking_note_says_when_the_confirmed_means_reorder_the_search():
     assert a.overstated == pytest.approx(0.045) and a.sd == pytest.approx(0.00707, rel=1e-3)
     a.values = [0.89, 0.90]
     assert "as the search did (best first: 1, 2)" in ranking_note([a, b])
+    b.values = [0.895, 0.895]
+    assert ranking_note([a, b]).endswith("(best first: 1, 2; trials 1 and 2 tie)")
     low = Confirmed(1, 0.30, False, [0.35])
     assert low.overstated == pytest.approx(0.05) and low.sd is None  # minimizing: positive is optimistic too
 
@@ -175,22 +178,25 @@ def test_a_study_with_no_complete_trial_has_nothing_to_confirm(tmp_path, capsys)
 
 
 @needs_pg
-def test_two_workers_confirm_on_postgres(tmp_path):
+def test_two_workers_confirm_on_postgres(tmp_path, monkeypatch, capsys):
+    """The parent here, its two worker processes pulling the queue of the companion on PostgreSQL."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the workers import this checkout
     name = f"confirm-{uuid.uuid4().hex[:8]}"
     try:
         path, url = searched(tmp_path, name, storage=PG_URL)
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        done = subprocess.run([sys.executable, "-m", "sweeps.confirm", str(path), "--top", "2", "--seeds", "2",
-                               "--workers", "2", "--quiet", "--storage", PG_URL],
-                              env=env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
+        capsys.readouterr()
+        assert confirm.main([str(path), "--top", "2", "--seeds", "2", "--workers", "2", "--quiet",
+                             "--storage", PG_URL]) == exits.OK
         companion = optuna.load_study(study_name=f"{name}-confirm", storage=PG_URL)
         assert optuna.load_study(study_name=name, storage=PG_URL).user_attrs[CONFIRM_STUDY_ATTR] == companion.study_name
         runs = by_source(companion)
         keys = [(TrialRecord.of(t).confirms_trial, TrialRecord.of(t).confirm_seed) for ts in runs.values() for t in ts]
         assert len(keys) == 4 and len(set(keys)) == 4 and len(runs) == 2
         assert not companion.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
-        assert set(table_rows(done.stdout)) == {str(n) for n in runs}
+        ran_and_failed = [t.number for t in companion.get_trials(states=(TrialState.FAIL,))
+                          if not TrialRecord.of(t).error.startswith("not started")]  # only a race's surplus ask
+        assert not ran_and_failed
+        assert set(table_rows(capsys.readouterr().out)) == {str(n) for n in runs}
     finally:
         for study_name in (name, f"{name}-confirm"):
             try:

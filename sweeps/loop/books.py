@@ -117,6 +117,10 @@ class Books:
             self.requeue_stale_trials()
             taken = self.taken()
             free = self.n_trials - taken
+            if self.queued_only:  # a slot with nothing queued for it is no slot; wait only while a retry may come
+                free = min(free, self.waiting())
+                if free <= 0 and not self.running():
+                    return None
             if free > 0 and (wait_for_others or free > taken or free > self.running() - len(self.open)):
                 break
             if free > 0:  # asking ahead for one of the last slots would hold it while another worker idles
@@ -124,8 +128,6 @@ class Books:
             if not (wait_for_others and self.heartbeat.enabled) or self.finished() >= self.n_trials:
                 return None
             self.stopping.wait(min(0.5, self.heartbeat.interval))
-        if self.queued_only and not self.waiting():
-            return None
         with snapshot(self.storage):  # the study's trials read once for the whole ask
             if self.grid_size is not None and len(self.study.get_trials(deepcopy=False)) >= self.grid_size:
                 return None  # every grid point is taken; asking again would repeat one

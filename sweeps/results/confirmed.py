@@ -97,10 +97,14 @@ def ranking_note(rows: list[Confirmed]) -> str:
     sign = -1 if rated[0].maximize else 1
     search = [r.trial for r in sorted(rated, key=lambda r: (sign * r.search_value, r.trial))]
     confirmed_order = [r.trial for r in sorted(rated, key=lambda r: (sign * r.mean, r.trial))]
+    means = {r.trial: r.mean for r in rated}
+    tied = [f"{a} and {b}" for a, b in zip(confirmed_order, confirmed_order[1:]) if means[a] == means[b]]
+    ties = f"; trials {', '.join(tied)} tie" if tied else ""
     if search == confirmed_order:
-        return f"ranking: the confirmed means rank the trials as the search did (best first: {order(search)})"
+        return f"ranking: the confirmed means rank the trials as the search did (best first: {order(search)}{ties})"
     return (f"ranking: the confirmed means rank the trials differently from the search (best first: "
-            f"{order(confirmed_order)}; the search: {order(search)}): trial {confirmed_order[0]} is the confirmed best")
+            f"{order(confirmed_order)}; the search: {order(search)}{ties}): trial {confirmed_order[0]} is the "
+            "confirmed best")
 
 
 def order(numbers: list[int]) -> str:
