@@ -87,9 +87,9 @@ def confirm(args: argparse.Namespace) -> int:
     plan = planned(sources, args.seeds, config.study.seed)
     plan = within_budget(study, plan)
     # the companion's config: the main study's training settings, the search switched off
-    probe = companion_config(config, study.study_name, len(plan))
-    task = load_task(probe)  # before the store is written: a broken task queues nothing
-    companion = open_study(probe, companion_target(existing.target, len(plan)), task.n_train)
+    queue_config = companion_config(config, study.study_name, len(plan))
+    task = load_task(queue_config)  # before the store is written: a broken task queues nothing
+    companion = open_study(queue_config, companion_target(existing.target, len(plan)), task.n_train)
     link(study, companion)
     if not args.as_worker:  # the parent (or a lone process) queues; its workers only pull
         queue_missing(companion, plan)
@@ -144,9 +144,9 @@ def ending(companion: optuna.Study, plan: list[Confirmation], study_file: str) -
     _, open_runs = runs_to_make(companion, plan)
     if not open_runs:
         return exits.OK
-    return fail(exits.FAILED, f"{len(open_runs)} of {len(plan)} confirmation runs did not finish (see the failed "
-                              f"trials of {companion.study_name}): run `sweeps confirm {study_file}` again to "
-                              "resume them")
+    return fail(exits.FAILED, f"{len(open_runs)} of {len(plan)} confirmation runs have not finished (failed: see the "
+                              f"trials of {companion.study_name}; or still running in another worker): run "
+                              f"`sweeps confirm {study_file}` again to resume them")
 
 
 if __name__ == "__main__":

@@ -102,7 +102,8 @@ def test_confirm_retrains_the_best_with_fresh_seeds_in_a_linked_companion_and_re
 
 def test_a_companion_trains_only_its_queue_and_a_retry_keeps_its_seed(tmp_path):
     """The bookkeeper hands out the queued run with its seed; an interrupted run is queued again
-    with what it was queued with; an empty queue ends the sweep instead of sampling a new point."""
+    with what it was queued with; an empty queue ends the sweep instead of sampling a new point;
+    a run that failed for good is queued again by the next `sweeps confirm`."""
     path, url = searched(tmp_path, n_trials=2)
     config = load_config(path)
     main = optuna.load_study(study_name="tiny", storage=url)
@@ -121,6 +122,11 @@ def test_a_companion_trains_only_its_queue_and_a_retry_keeps_its_seed(tmp_path):
     books.close_unfinished(retry.trial_id, "interrupted", requeue=False)
     assert books.ask() is None
     assert len(companion.trials) == 2  # no sampled trial
+
+    # out of retries: the next `sweeps confirm` queues the run again, with the same seed
+    assert confirm.main([str(path), "--top", "1", "--seeds", "1", "--quiet"]) == exits.OK
+    done = optuna.load_study(study_name="tiny-confirm", storage=url).get_trials(states=(TrialState.COMPLETE,))
+    assert [(TrialRecord.of(t).seed, t.params) for t in done] == [(plan[0].seed, plan[0].params)]
 
 
 def test_why_not_run_refuses_unqueued_points_and_a_run_another_trial_holds():
