@@ -47,6 +47,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dashboard": ("sweeps.dashboard", "optuna-dashboard on the study's store"),
     "probe": ("sweeps.probe", "the largest micro-batch that fits the device, stored on the study"),
     "best": ("sweeps.best", "the best trials' effective settings; --export a study file that retrains one"),
+    "confirm": ("sweeps.confirm", "train the best trials again with fresh seeds; how far the search overstated them"),
     "studies": ("sweeps.studies", "the studies in a store: trials, best value, last activity"),
     "schema": ("sweeps.schema_cmd", "the study file's JSON schema"),
     "screenshot": ("sweeps.screenshot", "a PNG of the dashboard (needs a browser)"),
@@ -91,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     code = module.main(rest)
-    if name == "run":
-        module.exit_at_once_if_stopped(code, rest)
+    exit_now = getattr(module, "exit_at_once_if_stopped", None)  # run, confirm: a worker skips the teardown
+    if exit_now is not None:
+        exit_now(code, rest)
     return code
 
 

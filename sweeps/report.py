@@ -20,6 +20,7 @@ from sweeps import exits
 from sweeps.cli import add_study_arguments, fail, run_command
 from sweeps.config.plan import fmt, plan_rows, text_table
 from sweeps.results.analysis import StudyAnalysis, analyse
+from sweeps.results.confirmed import report_lines
 from sweeps.results.existing import load, open_existing
 from sweeps.results.noise import disagreement
 from sweeps.results.publish import figures_of
@@ -155,12 +156,16 @@ def report(args: argparse.Namespace) -> int:
     print()
     for line in summary_lines(a):
         print(line)
+    confirmed = report_lines(study)  # the confirmation runs of `sweeps confirm`, when there are any
+    if confirmed:
+        print("\n" + "\n".join(confirmed))
 
     from sweeps.results.figures import write_html
     from sweeps.results.pngs import write_pngs
 
     summary = (f"<p><b>{html.escape(advice)}</b></p>"
                + "".join(f"<p>{html.escape(line)}</p>" for line in summary_lines(a)) + html_table(table))
+    summary += f"<pre>{html.escape(chr(10).join(confirmed))}</pre>" if confirmed else ""
     write_html(out / "report.html", a, figures, summary)
     pngs = write_pngs(out, a, plan)
     (out / "summary.json").write_text(json.dumps(summary_json(a), indent=2, default=str))

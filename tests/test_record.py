@@ -17,6 +17,7 @@ from sweeps.config.target import target_of
 from sweeps.loop.runner import SweepFailed
 from sweeps.results import notes
 from sweeps.trial.record import (
+    CONFIRM,
     ERROR,
     GPU,
     IDENTITY,
@@ -98,7 +99,7 @@ def test_the_stored_step_unit_is_what_the_trials_report_in(tiny_config, sweep, u
 
 
 def test_the_groups_partition_the_record_and_gpu_is_written_only_on_cuda():
-    grouped = IDENTITY + PLAN + GPU + RESULT + ERROR
+    grouped = IDENTITY + PLAN + GPU + RESULT + ERROR + CONFIRM
     assert sorted(grouped) == sorted(NAMES) and len(set(grouped)) == len(grouped)
     assert TrialRecord(gpu=None, gpu_name="NVIDIA H200").attrs(GPU) == {"gpu": None, "gpu_name": "NVIDIA H200"}
     assert TrialRecord().attrs(RESULT) == dict.fromkeys(n for n in RESULT if n not in WHEN_KNOWN)

@@ -31,12 +31,13 @@ from storage.retry import with_retry
 from storage.snapshot import snapshot
 from sweeps.config.study_file import SweepConfig
 from sweeps.loop.budget_books import BudgetBooks
+from sweeps.loop.companion import why_not_run
 from sweeps.loop.heartbeat import Heartbeat
 from sweeps.loop.interface import TrialRef
 from sweeps.loop.spending import Spending
 from sweeps.search.space import Suggestion, suggest
 from sweeps.search.strategies import grid_size
-from sweeps.trial.record import error_attrs
+from sweeps.trial.record import CONFIRMS_STUDY_ATTR, TrialRecord, error_attrs, queued_attrs
 from sweeps.trial.run_one import Outcome
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -73,6 +74,8 @@ class Books:
         self.spending = spending if engine_of(self.storage) is not None else None
         self.budget = None if self.spending is None else BudgetBooks(
             self.storage, self.study_id, self.spending, self.pause if self.heartbeat.enabled else None)
+        # a companion study of confirmation runs trains only what `sweeps confirm` queued in it
+        self.queued_only = CONFIRMS_STUDY_ATTR in study.user_attrs
 
     def start_bookkeeping(self, in_child: bool) -> None:
         engine = engine_of(self.storage)
@@ -124,6 +127,10 @@ class Books:
             self.requeue_stale_trials()
             taken = self.taken()
             free = self.n_trials - taken
+            if self.queued_only:  # a slot with nothing queued for it is no slot; wait only while a retry may come
+                free = min(free, self.waiting())
+                if free <= 0 and not self.running():
+                    return None
             if free > 0 and (wait_for_others or free > taken or free > self.running() - len(self.open)):
                 break
             if free > 0:  # asking ahead for one of the last slots would hold it while another worker idles
@@ -140,9 +147,16 @@ class Books:
                 self.close_unfinished_quietly(trial)
                 return None
             point = with_retry(lambda: suggest(trial, self.config.search), "sampling a trial")
+        fixed_seed = None
+        if self.queued_only:
+            reason = why_not_run(trial.number, trial.user_attrs, self.study.get_trials(deepcopy=False))
+            if reason is not None:  # the sampler's own point, or a confirmation run another trial took
+                self.close_unfinished_quietly(trial, reason)
+                return self.ask(wait_for_others)
+            fixed_seed = TrialRecord.from_attrs(trial.user_attrs).confirm_seed
         self.open[trial_id_of(trial)] = trial
         retry_of = self.storage.get_trial_system_attrs(trial_id_of(trial)).get("failed_trial")
-        return TrialRef(trial.number, trial_id_of(trial), dict(trial.params), retry_of), point
+        return TrialRef(trial.number, trial_id_of(trial), dict(trial.params), retry_of, fixed_seed), point
 
     def pause(self, seconds: float) -> bool:
         """Wait (failing stale trials meanwhile) unless the sweep is stopping; False when it is."""
@@ -168,6 +182,10 @@ class Books:
         return with_retry(lambda: count_trials(self.storage, self.study_id, (TrialState.RUNNING,)),
                           "counting trials")
 
+    def waiting(self) -> int:
+        return with_retry(lambda: count_trials(self.storage, self.study_id, (TrialState.WAITING,)),
+                          "counting trials")
+
     def finished(self) -> int:
         return with_retry(lambda: count_trials(self.storage, self.study_id, FINISHED),
                           "counting trials")
@@ -177,10 +195,10 @@ class Books:
         return with_retry(lambda: count_trials(self.storage, self.study_id, states, below),
                           "counting trials")
 
-    def close_unfinished_quietly(self, trial: optuna.Trial) -> None:
+    def close_unfinished_quietly(self, trial: optuna.Trial,
+                                 reason: str = "not started: the study already had its trials") -> None:
         """A trial asked after the last slot went to another worker: closed before it runs."""
-        write_trial_batch(self.storage, trial_id_of(trial),
-                          error_attrs("not started: the study already had its trials"), {})
+        write_trial_batch(self.storage, trial_id_of(trial), error_attrs(reason), {})
         self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         self.heartbeat.discard(trial_id_of(trial))
 
@@ -232,7 +250,8 @@ class Books:
         self.heartbeat.discard(trial_id)
         if requeue and self.config.study.max_retry > 0:
             frozen = copy.copy(self.storage.get_trial(trial_id))
-            frozen.user_attrs = {}  # the retry starts clean; the failed trial keeps its error
+            # the retry starts clean but for what it was queued with; the failed trial keeps its error
+            frozen.user_attrs = queued_attrs(frozen.user_attrs)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 RetryHeartbeatStaleTrialCallback(max_retry=self.config.study.max_retry)(self.study, frozen)

@@ -24,6 +24,7 @@ class TrialRef:
     _trial_id: int
     params: dict
     retry_of: int | None = None  # the number of the trial this one retries (Optuna's "failed_trial")
+    fixed_seed: int | None = None  # the training seed it was queued with (a confirmation run), else derived
 
     @property
     def trial_id(self) -> int:

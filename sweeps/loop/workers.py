@@ -52,13 +52,24 @@ def run_workers(study_file: str, config: SweepConfig, target: SweepTarget, n_wor
     stays off the GPUs."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # as in each worker: the progress line says it all
     study = open_study(config, target, n_train, overrides=overrides)
+    commands = [worker_command(study_file, target, None if first_index is None else first_index + i, overrides)
+                for i in range(n_workers)]
+    failed = start_and_wait(study, config, target, commands, show_progress, gpus)
+    if failed:
+        return failed
+    print(f"{finished_count(study)} trials finished; best {config.study.metric} = {best_text(study)}")
+    return report_ending(study, target.n_trials, config)
+
+
+def start_and_wait(study: optuna.Study, config: SweepConfig, target: SweepTarget, commands: list[list[str]],
+                   show_progress: bool = True, gpus: list[GpuAssignment] | None = None) -> int:
+    """Run one worker process per command on `study` (already opened) and show its progress until
+    all have ended; 0, or the first failing worker's exit code."""
+    n_workers = len(commands)
     threads = str(max(1, (os.cpu_count() or 1) // n_workers))  # N workers share the cores, not N x all
     env = {**os.environ, ENV_VAR: target.storage_url, "OMP_NUM_THREADS": threads}
     envs = [{**env, **gpu.env()} for gpu in gpus] if gpus else [env] * n_workers
-    workers = [subprocess.Popen(worker_command(study_file, target, None if first_index is None else first_index + i,
-                                               overrides),
-                                env=envs[i])
-               for i in range(n_workers)]
+    workers = [subprocess.Popen(command, env=envs[i]) for i, command in enumerate(commands)]
     ledger_line = line_of(study) if config.study.total_budget else None
     progress = (Progress(target.n_trials, budget_of(config), config.study.metric, ledger=ledger_line)
                 if show_progress else None)
@@ -77,8 +88,7 @@ def run_workers(study_file: str, config: SweepConfig, target: SweepTarget, n_wor
     failed = [w.returncode for w in workers if w.returncode != 0]
     if failed:  # a worker killed by a signal: 128 + its number, as a shell reports it
         return failed[0] if failed[0] > 0 else 128 - failed[0]
-    print(f"{finished_count(study)} trials finished; best {config.study.metric} = {best_text(study)}")
-    return report_ending(study, target.n_trials, config)
+    return 0
 
 
 def best_text(study) -> str:

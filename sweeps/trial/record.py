@@ -9,6 +9,7 @@ A trial writes its attributes in groups, each once it is known, and a group neve
 absent, not None: `IDENTITY` (set by the runner before the trial starts), `PLAN` (derived before
 training, so a trial that crashes while training carries it too), `GPU` (CUDA trials only),
 `RESULT` (after training; `peak_memory_mb` only when measured) and `ERROR` (a failed trial).
+A confirmation run (`sweeps confirm`) also carries `CONFIRM`, set when it is queued.
 
 The study's own units are here too: `budget_unit` and `step_unit`, the unit of the integer steps
 its trials report (`objectives.training.budget.step_unit_of`).
@@ -67,6 +68,9 @@ class TrialRecord:
     noise_scale_curve: list | None = None  # [[budget step, B_simple], ...] at each evaluation; ditto
     # ERROR: why the trial failed
     error: str | None = None
+    # CONFIRM: a confirmation run, set when `sweeps confirm` queues it in the companion study
+    confirms_trial: int | None = None  # the main study's trial whose configuration it trains again
+    confirm_seed: int | None = None  # the fresh training seed it trains with
 
     @classmethod
     def of(cls, trial: FrozenTrial) -> TrialRecord:
@@ -105,6 +109,7 @@ RESULT = ("updates", "examples_seen", "tokens_seen", "epochs_completed", "train_
           "examples_per_second", "stop_reason", "best_step", "micro_batch", "accumulation_steps", "peak_memory_mb",
           "noise_scale", "noise_scale_curve")
 ERROR = ("error",)
+CONFIRM = ("confirms_trial", "confirm_seed")
 WHEN_KNOWN = frozenset({"peak_memory_mb", "tokens_per_example", "tokens_seen",  # stored only when not None
                         "noise_scale", "noise_scale_curve"})  # stored only when not None
 # The attribute that counts what a trial used of its budget, per budget unit.
@@ -114,7 +119,7 @@ CONSUMED = {"updates": "updates", "examples": "examples_seen", "epochs": "epochs
 
 def _check_names() -> None:
     """The groups name every field once and nothing else: a name spelled wrong fails on import."""
-    grouped = IDENTITY + PLAN + GPU + RESULT + ERROR
+    grouped = IDENTITY + PLAN + GPU + RESULT + ERROR + CONFIRM
     if sorted(grouped) != sorted(NAMES) or not (WHEN_KNOWN | set(CONSUMED.values())) <= set(NAMES):
         raise RuntimeError(f"sweeps.trial.record: the groups {grouped} do not match the fields {NAMES}")
 
@@ -160,6 +165,15 @@ def error_attrs(message: str) -> dict[str, Any]:
     return TrialRecord(error=message).attrs(ERROR)
 
 
+def confirm_attrs(source_trial: int, seed: int) -> dict[str, Any]:
+    return TrialRecord(confirms_trial=source_trial, confirm_seed=seed).attrs(CONFIRM)
+
+
+def queued_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The attributes a trial was queued with (`CONFIRM`): what a retry of it must carry too."""
+    return {name: attrs[name] for name in CONFIRM if name in attrs}
+
+
 # --- readers ------------------------------------------------------------------------------------
 def consumed(trial: FrozenTrial, budget_unit: str) -> float:
     """What the trial used of its budget, in the budget's unit. Read without building a record:
@@ -175,6 +189,17 @@ STEP_UNIT_ATTR = "step_unit"
 def study_unit_attrs(budget_unit: str) -> dict[str, str]:
     """The study attributes naming its units, stored when the study is created."""
     return {BUDGET_UNIT_ATTR: budget_unit, STEP_UNIT_ATTR: step_unit_of(budget_unit)}
+
+
+# --- a study's confirmation runs (`sweeps confirm`) ---------------------------------------------
+# They live in a companion study of the same store (Optuna's samplers read every trial of a study,
+# so they must not sit among the search's); each study names the other.
+CONFIRM_STUDY_ATTR = "confirm_study"  # on the main study: its companion's name
+CONFIRMS_STUDY_ATTR = "confirms_study"  # on the companion: the main study's name
+
+
+def companion_name(study_name: str) -> str:
+    return f"{study_name}-confirm"
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,11 @@ def seed_number(trial) -> int:
 
 
 def training_seed_of(config: SweepConfig, trial) -> int:
-    """`study.training_seed` when the study file fixes it (an exported best trial), else `trial_seed`."""
+    """The seed the trial was queued with (a confirmation run), else `study.training_seed` when the
+    study file fixes it (an exported best trial), else `trial_seed`."""
+    queued = getattr(trial, "fixed_seed", None)
+    if queued is not None:
+        return queued
     fixed = config.study.training_seed
     return fixed if fixed is not None else trial_seed(config.study.seed, seed_number(trial))
 

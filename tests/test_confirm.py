@@ -1,0 +1,211 @@
+"""`sweeps confirm`: the best trials trained again with fresh seeds in a linked companion study,
+on real stores (SQLite, and PostgreSQL with two worker processes) with real training."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from sweeps import confirm, exits, studies
+from sweeps.best import ranked
+from sweeps.config.plan import fmt
+from sweeps.config.study_file import load_config
+from sweeps.config.target import target_of
+from sweeps.loop.books import Books
+from sweeps.loop.companion import companion_config, companion_target, link, planned, queue_missing, why_not_run
+from sweeps.loop.runner import open_study, run_sweep
+from sweeps.results.confirmed import Confirmed, ranking_note, report_lines
+from sweeps.trial.record import CONFIRM_STUDY_ATTR, CONFIRMS_STUDY_ATTR, TrialRecord, confirm_attrs
+from tests.conftest import TINY, merged
+
+REPO = Path(__file__).resolve().parents[1]
+PG_URL = os.environ.get("SWEEPS_TEST_POSTGRES_URL")
+needs_pg = pytest.mark.skipif(not PG_URL, reason="set SWEEPS_TEST_POSTGRES_URL to run PostgreSQL tests")
+
+
+def searched(folder: Path, name: str = "tiny", storage: str | None = None, n_trials: int = 3) -> tuple[Path, str]:
+    """A study file and its finished search of `n_trials` tiny trials; returns the file and its store URL."""
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(merged(TINY, {"study": {"name": name, "n_trials": n_trials}})))
+    config = load_config(path)
+    target = target_of(config, storage)
+    run_sweep(config, target, show_progress=False)
+    return path, target.storage_url
+
+
+def table_rows(out: str) -> dict[str, list[str]]:
+    """The confirm table's rows by trial number, as printed."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["trial", "search"])
+    rows = [line.split() for line in lines[start + 1:] if line.split() and line.split()[0].isdigit()]
+    return {row[0]: row for row in rows}
+
+
+def by_source(companion: optuna.Study) -> dict[int, list[optuna.trial.FrozenTrial]]:
+    runs: dict[int, list] = {}
+    for t in companion.get_trials(states=(TrialState.COMPLETE,)):
+        runs.setdefault(TrialRecord.of(t).confirms_trial, []).append(t)
+    return runs
+
+
+def test_confirm_retrains_the_best_with_fresh_seeds_in_a_linked_companion_and_resumes(tmp_path, capsys):
+    path, url = searched(tmp_path)
+    assert confirm.main([str(path), "--top", "2", "--seeds", "2", "--quiet"]) == exits.OK
+    out = capsys.readouterr().out
+    main = optuna.load_study(study_name="tiny", storage=url)
+    companion = optuna.load_study(study_name="tiny-confirm", storage=url)
+    assert main.user_attrs[CONFIRM_STUDY_ATTR] == "tiny-confirm"
+    assert companion.user_attrs[CONFIRMS_STUDY_ATTR] == "tiny"
+    assert len(companion.trials) == 4 and all(t.state == TrialState.COMPLETE for t in companion.trials)
+
+    best = ranked(main.trials, maximize=False)[:2]
+    runs = by_source(companion)
+    assert set(runs) == {t.number for t in best}
+    search_seeds = {TrialRecord.of(t).seed for t in main.trials}
+    rows = table_rows(out)
+    for source in best:
+        records = [TrialRecord.of(t) for t in runs[source.number]]
+        assert all(t.params == source.params for t in runs[source.number])  # the same configuration
+        seeds = [r.seed for r in records]
+        assert seeds == [r.confirm_seed for r in records]  # trained with the seed it was queued with
+        assert len(set(seeds)) == 2 and not set(seeds) & search_seeds  # fresh
+        values = [t.value for t in runs[source.number]]
+        mean = statistics.fmean(values)
+        assert rows[str(source.number)] == [str(source.number), fmt(source.value), fmt(mean),
+                                            fmt(statistics.stdev(values)), "2", fmt(mean - source.value)]
+    assert "ranking: the confirmed means rank the trials" in out
+    report = report_lines(main)  # `sweeps report`: the same values beside the search's
+    assert report[0].startswith("confirmed with fresh seeds (4 runs in study tiny-confirm)")
+    assert table_rows("\n".join(report)) == rows
+
+    # a rerun redoes nothing and prints the same table; more seeds train only the new ones
+    assert confirm.main([str(path), "--top", "2", "--seeds", "2", "--quiet"]) == exits.OK
+    assert capsys.readouterr().out == out
+    assert len(optuna.load_study(study_name="tiny-confirm", storage=url).trials) == 4
+    before = {t.number: t.value for t in companion.trials}
+    assert confirm.main([str(path), "--top", "2", "--seeds", "3", "--quiet"]) == exits.OK
+    companion = optuna.load_study(study_name="tiny-confirm", storage=url)
+    assert len(companion.get_trials(states=(TrialState.COMPLETE,))) == 6 and len(companion.trials) == 6
+    assert {t.number: t.value for t in companion.trials if t.number in before} == before
+
+    # the companion is an ordinary study of the store: listed beside the search (and by the dashboard)
+    assert studies.main(["--storage", url]) == exits.OK
+    assert "tiny-confirm" in capsys.readouterr().out
+
+
+def test_a_companion_trains_only_its_queue_and_a_retry_keeps_its_seed(tmp_path):
+    """The bookkeeper hands out the queued run with its seed; an interrupted run is queued again
+    with what it was queued with; an empty queue ends the sweep instead of sampling a new point;
+    a run that failed for good is queued again by the next `sweeps confirm`."""
+    path, url = searched(tmp_path, n_trials=2)
+    config = load_config(path)
+    main = optuna.load_study(study_name="tiny", storage=url)
+    plan = planned(ranked(main.trials, maximize=False)[:1], seeds=1, study_seed=config.study.seed)
+    companion_cfg = companion_config(config, "tiny", 1)
+    companion = open_study(companion_cfg, companion_target(target_of(config), 1), n_train=256)
+    link(main, companion)
+    assert queue_missing(companion, plan) == plan and queue_missing(companion, plan) == []
+
+    books = Books(companion, companion_cfg, n_trials=1)
+    ref, point = books.ask()
+    assert ref.fixed_seed == plan[0].seed and ref.params == plan[0].params
+    books.close_unfinished(ref.trial_id, "interrupted: KeyboardInterrupt")
+    retry, _ = books.ask()
+    assert (retry.fixed_seed, retry.retry_of, retry.params) == (plan[0].seed, ref.number, plan[0].params)
+    books.close_unfinished(retry.trial_id, "interrupted", requeue=False)
+    assert books.ask() is None
+    assert len(companion.trials) == 2  # no sampled trial
+
+    # out of retries: the next `sweeps confirm` queues the run again, with the same seed
+    assert confirm.main([str(path), "--top", "1", "--seeds", "1", "--quiet"]) == exits.OK
+    done = optuna.load_study(study_name="tiny-confirm", storage=url).get_trials(states=(TrialState.COMPLETE,))
+    assert [(TrialRecord.of(t).seed, t.params) for t in done] == [(plan[0].seed, plan[0].params)]
+
+
+def test_why_not_run_refuses_unqueued_points_and_a_run_another_trial_holds():
+    queued = confirm_attrs(3, 111)
+    assert "queued" in why_not_run(5, {}, [])
+    assert why_not_run(5, queued, [_frozen(4, TrialState.FAIL, queued)]) is None  # a failed run is run again
+    assert "trial 2" in why_not_run(5, queued, [_frozen(2, TrialState.COMPLETE, queued)])
+    assert "trial 4" in why_not_run(5, queued, [_frozen(4, TrialState.RUNNING, queued)])
+    assert why_not_run(5, queued, [_frozen(6, TrialState.RUNNING, queued)]) is None  # the lower number runs
+    assert why_not_run(5, queued, [_frozen(2, TrialState.COMPLETE, confirm_attrs(3, 222))]) is None
+
+
+def _frozen(number: int, state: TrialState, attrs: dict) -> optuna.trial.FrozenTrial:
+    trial = optuna.trial.create_trial(state=state, value=1.0 if state == TrialState.COMPLETE else None,
+                                      user_attrs=attrs)
+    trial.number = number
+    return trial
+
+
+def test_the_ranking_note_says_when_the_confirmed_means_reorder_the_search():
+    a, b = Confirmed(1, 0.90, True, [0.85, 0.86]), Confirmed(2, 0.89, True, [0.88, 0.87])
+    assert "differently from the search (best first: 2, 1; the search: 1, 2)" in ranking_note([a, b])
+    assert a.overstated == pytest.approx(0.045) and a.sd == pytest.approx(0.00707, rel=1e-3)
+    a.values = [0.89, 0.90]
+    assert "as the search did (best first: 1, 2)" in ranking_note([a, b])
+    b.values = [0.895, 0.895]
+    assert ranking_note([a, b]).endswith("(best first: 1, 2; trials 1 and 2 tie)")
+    low = Confirmed(1, 0.30, False, [0.35])
+    assert low.overstated == pytest.approx(0.05) and low.sd is None  # minimizing: positive is optimistic too
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--top", "0"], exits.USAGE, "--top must be >= 1 (got 0)"),
+    (["--seeds", "0"], exits.USAGE, "--seeds must be >= 1 (got 0)"),
+    (["--workers", "0"], exits.USAGE, "--workers must be >= 1 (got 0)"),
+    (["--study-name", "nope"], exits.NO_STUDY, "no study 'nope' in"),
+    (["--storage", "sqlite:///{tmp}/missing.db"], exits.STORAGE, "no store at"),
+])
+def test_bad_arguments_exit_with_their_code_and_one_line(args, code, message, tmp_path, capsys):
+    path = tmp_path / "tiny.yaml"
+    store = f"sqlite:///{tmp_path}/tiny.db"
+    path.write_text(yaml.safe_dump(merged(TINY, {"study": {"storage": store}})))  # found whatever the name
+    optuna.create_study(study_name="tiny", storage=store)
+    assert confirm.main([str(path), *[a.format(tmp=tmp_path) for a in args]]) == code
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_study_with_no_complete_trial_has_nothing_to_confirm(tmp_path, capsys):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    optuna.create_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/tiny.db")
+    assert confirm.main([str(path)]) == exits.FAILED
+    assert "no complete trial with a value to confirm" in capsys.readouterr().err
+
+
+@needs_pg
+def test_two_workers_confirm_on_postgres(tmp_path, monkeypatch, capsys):
+    """The parent here, its two worker processes pulling the queue of the companion on PostgreSQL."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the workers import this checkout
+    name = f"confirm-{uuid.uuid4().hex[:8]}"
+    try:
+        path, url = searched(tmp_path, name, storage=PG_URL)
+        capsys.readouterr()
+        assert confirm.main([str(path), "--top", "2", "--seeds", "2", "--workers", "2", "--quiet",
+                             "--storage", PG_URL]) == exits.OK
+        companion = optuna.load_study(study_name=f"{name}-confirm", storage=PG_URL)
+        assert optuna.load_study(study_name=name, storage=PG_URL).user_attrs[CONFIRM_STUDY_ATTR] == companion.study_name
+        runs = by_source(companion)
+        keys = [(TrialRecord.of(t).confirms_trial, TrialRecord.of(t).confirm_seed) for ts in runs.values() for t in ts]
+        assert len(keys) == 4 and len(set(keys)) == 4 and len(runs) == 2
+        assert not companion.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+        ran_and_failed = [t.number for t in companion.get_trials(states=(TrialState.FAIL,))
+                          if not TrialRecord.of(t).error.startswith("not started")]  # only a race's surplus ask
+        assert not ran_and_failed
+        assert set(table_rows(capsys.readouterr().out)) == {str(n) for n in runs}
+    finally:
+        for study_name in (name, f"{name}-confirm"):
+            try:
+                optuna.delete_study(study_name=study_name, storage=PG_URL)
+            except KeyError:
+                pass
