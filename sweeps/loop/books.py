@@ -9,6 +9,7 @@ is what the two say to each other.
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 import time
 import warnings
@@ -19,6 +20,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from storage.batch import count_trials, write_trial_batch
+from storage.heartbeats import grace_period_of, heartbeat_ages
 from storage.optuna_private import (
     engine_of,
     enter_optimize_loop,
@@ -30,8 +32,9 @@ from storage.optuna_private import (
 from storage.retry import with_retry
 from storage.snapshot import snapshot
 from sweeps.config.study_file import SweepConfig
-from sweeps.loop.heartbeat import Heartbeat
+from sweeps.loop.heartbeat import Heartbeat, stale_wait_text
 from sweeps.loop.interface import TrialRef
+from sweeps.loop.progress import Progress
 from sweeps.search.space import Suggestion, suggest
 from sweeps.search.strategies import grid_size
 from sweeps.trial.record import error_attrs
@@ -40,6 +43,7 @@ from sweeps.trial.run_one import Outcome
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
+logger = logging.getLogger("sweeps")
 
 
 def finished_count(study: optuna.Study) -> int:
@@ -50,7 +54,8 @@ class Books:
     """The study's bookkeeping for one worker process (implements `interface.Bookkeeping`)."""
 
     def __init__(self, study: optuna.Study, config: SweepConfig, n_trials: int, keeper=None,
-                 callbacks: list[Callback] | None = None, at_end: Callable[[optuna.Study], None] | None = None):
+                 callbacks: list[Callback] | None = None, at_end: Callable[[optuna.Study], None] | None = None,
+                 display: Progress | None = None):
         self.study = study
         self.storage = study_storage(study)  # Optuna's cached storage, which the study itself uses
         self.study_id = study_id_of(study)
@@ -66,6 +71,8 @@ class Books:
         self.next_stale_check = 0.0
         self.stopping = threading.Event()  # set on abort: a waiting ask gives up
         self.open: dict[int, optuna.Trial] = {}  # trials asked and not yet closed
+        self.display = display  # the live progress display, drawn from this process
+        self.waiting_logged = False
 
     def start_bookkeeping(self, in_child: bool) -> None:
         engine = engine_of(self.storage)
@@ -75,6 +82,8 @@ class Books:
             engine.dispose(close=False)
             with_retry(lambda: engine.connect().close(), "connecting to the store")
         self.heartbeat.start()
+        if self.display is not None:
+            self.display.start()
         self.requeue_stale_trials()  # before the first ask, while the worker starts
 
     def requeue_stale_trials(self) -> None:
@@ -85,6 +94,8 @@ class Books:
 
     def stop_bookkeeping(self) -> None:
         self.heartbeat.stop()
+        if self.display is not None:
+            self.display.stop()
 
     def interrupt(self) -> None:
         self.stopping.set()
@@ -120,7 +131,9 @@ class Books:
                 return None
             if not (wait_for_others and self.heartbeat.enabled) or self.finished() >= self.n_trials:
                 return None
+            self.say_waiting()
             self.stopping.wait(min(0.5, self.heartbeat.interval))
+        self.say_waiting(done=True)
         with snapshot(self.storage):  # the study's trials read once for the whole ask
             if self.grid_size is not None and len(self.study.get_trials(deepcopy=False)) >= self.grid_size:
                 return None  # every grid point is taken; asking again would repeat one
@@ -133,6 +146,21 @@ class Books:
         self.open[trial_id_of(trial)] = trial
         retry_of = self.storage.get_trial_system_attrs(trial_id_of(trial)).get("failed_trial")
         return TrialRef(trial.number, trial_id_of(trial), dict(trial.params), retry_of), point
+
+    def say_waiting(self, done: bool = False) -> None:
+        """Tell the user why nothing trains: the slots left are held by other workers' trials."""
+        text = None
+        if done:
+            self.waiting_logged = False
+        else:
+            ages = with_retry(lambda: heartbeat_ages(self.storage, self.study_id), "reading heartbeats")
+            others = [age for trial_id, age in ages.items() if trial_id not in self.open]
+            text = stale_wait_text(others, self.heartbeat.interval, grace_period_of(self.storage))
+            if not self.waiting_logged:
+                logger.info(text)
+                self.waiting_logged = True
+        if self.display is not None and (text is not None or self.display.waiting is not None):
+            self.display.set_waiting(text)
 
     def running(self) -> int:
         return with_retry(lambda: count_trials(self.storage, self.study_id, (TrialState.RUNNING,)),

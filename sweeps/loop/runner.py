@@ -15,6 +15,7 @@ import torch
 
 from objectives.registry import TaskError, TaskFactory, resolve_task
 from objectives.task import Task, TrialSettings
+from objectives.training.live import LiveTrial
 from storage import open_storage, redact
 from storage.optuna_private import study_id_of, study_storage
 from storage.snapshot import SnapshotStorage
@@ -166,7 +167,10 @@ def run_sweep(config: SweepConfig, target: SweepTarget, show_progress: bool = Tr
     study = open_study(config, target, n_train, overrides=overrides)
     # notes, checkpoints, figures
     hooks = DashboardHooks(config, target.storage_url, study, n_train, task.tokens_per_example)
-    progress = Progress(target.n_trials, budget, config.study.metric) if show_progress else None
+    live = LiveTrial() if show_progress else None  # made before the bookkeeper forks, so both see it
+    progress = Progress(target.n_trials, budget, config.study.metric, live_trial=live) if show_progress else None
+    if progress:
+        progress.refresh(study)
     if finished_count(study) >= target.n_trials:
         if progress:
             progress(study, None)
@@ -176,8 +180,9 @@ def run_sweep(config: SweepConfig, target: SweepTarget, show_progress: bool = Tr
     objective = SweepObjective(config, factory, budget, study.user_attrs.get(PROBED_MICRO_BATCH_ATTR))
     objective.identity = identity_attrs(worker, sampler_seed)
     objective.keeper = hooks.keeper
+    objective.live = live
     loop = SweepLoop(study, config, objective, n_train, target.n_trials,
-                     ([progress] if progress else []) + hooks.callbacks, at_end=hooks.after_sweep)
+                     ([progress] if progress else []) + hooks.callbacks, at_end=hooks.after_sweep, display=progress)
     try:
         with a_core_for_bookkeeping():
             loop.run()

@@ -32,21 +32,24 @@ STOP_WAIT_S = 7  # then SIGKILL: the parent exits within 10 s of a SIGTERM, as d
 
 
 def worker_command(study_file: str, target: SweepTarget, index: int | None,
-                   overrides: Sequence[str] = ()) -> list[str]:
+                   overrides: Sequence[str] = (), log_file: str | None = None) -> list[str]:
     """A worker's command line; its store URL travels in the environment (`ENV_VAR`), exactly as
     the parent resolved it, and wins there over the study file's own `study.storage`. The
     parent's `--set` overrides go along, in order, so every worker trains the same config."""
     fixed_seed = [] if index is None else ["--worker-index", str(index)]
     sets = [arg for text in overrides for arg in ("--set", text)]
+    # every worker appends to the parent's log file (each line names its process)
+    log = ["--log-file", os.path.abspath(log_file)] if log_file else []
     # through the console entry, which keeps a user's own storage.py or objectives.py in the
     # working directory from shadowing the project's packages
     return [sys.executable, "-m", "sweeps.console", "run", study_file, "--quiet", "--as-worker", *fixed_seed,
-            "--study-name", target.study_name, "--n-trials", str(target.n_trials), *sets]
+            "--study-name", target.study_name, "--n-trials", str(target.n_trials), *sets, *log]
 
 
 def run_workers(study_file: str, config: SweepConfig, target: SweepTarget, n_workers: int, n_train: int,
                 show_progress: bool = True, first_index: int | None = None,
-                gpus: list[GpuAssignment] | None = None, overrides: Sequence[str] = ()) -> int:
+                gpus: list[GpuAssignment] | None = None, overrides: Sequence[str] = (),
+                log_file: str | None = None) -> int:
     """`gpus`: worker i runs with gpus[i]'s environment (only its GPU visible); the parent itself
     stays off the GPUs."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # as in each worker: the progress line says it all
@@ -55,7 +58,7 @@ def run_workers(study_file: str, config: SweepConfig, target: SweepTarget, n_wor
     env = {**os.environ, ENV_VAR: target.storage_url, "OMP_NUM_THREADS": threads}
     envs = [{**env, **gpu.env()} for gpu in gpus] if gpus else [env] * n_workers
     workers = [subprocess.Popen(worker_command(study_file, target, None if first_index is None else first_index + i,
-                                               overrides),
+                                               overrides, log_file),
                                 env=envs[i])
                for i in range(n_workers)]
     progress = Progress(target.n_trials, budget_of(config), config.study.metric) if show_progress else None
