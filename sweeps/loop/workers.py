@@ -24,9 +24,9 @@ from sweeps.config.target import SweepTarget
 from sweeps.loop.books import finished_count
 from sweeps.loop.ending import report_ending
 from sweeps.loop.gpus import GpuAssignment
-from sweeps.loop.progress import Progress
 from sweeps.loop.runner import open_study
 from sweeps.loop.signals import Terminated
+from sweeps.loop.workers_progress import WorkersProgress
 
 STOP_WAIT_S = 7  # then SIGKILL: the parent exits within 10 s of a SIGTERM, as docker stop expects
 
@@ -57,22 +57,27 @@ def run_workers(study_file: str, config: SweepConfig, target: SweepTarget, n_wor
     threads = str(max(1, (os.cpu_count() or 1) // n_workers))  # N workers share the cores, not N x all
     env = {**os.environ, ENV_VAR: target.storage_url, "OMP_NUM_THREADS": threads}
     envs = [{**env, **gpu.env()} for gpu in gpus] if gpus else [env] * n_workers
+    metric = config.study.metric
+    progress = WorkersProgress(study, target.n_trials, budget_of(config), metric) if show_progress else None
+    through_parent = progress is not None and progress.tty  # the workers' lines printed above the live region
     workers = [subprocess.Popen(worker_command(study_file, target, None if first_index is None else first_index + i,
                                                overrides, log_file),
-                                env=envs[i])
+                                env=envs[i], stderr=subprocess.PIPE if through_parent else None)
                for i in range(n_workers)]
-    progress = Progress(target.n_trials, budget_of(config), config.study.metric) if show_progress else None
+    readers = [progress.forward(w) for w in workers] if through_parent else []
     try:
         while any(w.poll() is None for w in workers):
             if progress:
-                progress(study, None)
+                progress()
             time.sleep(1.0)
     except (KeyboardInterrupt, Terminated):
         stop(workers)
         raise
     finally:
+        for reader in readers:
+            reader.join(timeout=5)
         if progress:
-            progress(study, None)
+            progress()
             progress.close()
     failed = [w.returncode for w in workers if w.returncode != 0]
     if failed:  # a worker killed by a signal: 128 + its number, as a shell reports it
