@@ -17,7 +17,10 @@ import sys
 import traceback
 from typing import TextIO
 
-from sweeps.loop.progress import CLEAR_LINE
+import optuna
+from optuna.trial import FrozenTrial
+
+from sweeps.loop.progress import CLEAR_LINE, finished_text
 
 LOGGER = "sweeps"
 FILE_FORMAT = "%(asctime)s pid %(process)d %(levelname)s %(message)s"
@@ -78,6 +81,21 @@ def configure(log_file: str | None, stream: TextIO | None = None) -> None:
         handler.setLevel(logging.INFO)
         handler.setFormatter(logging.Formatter(FILE_FORMAT))
         logger.addHandler(handler)
+
+
+class TrialLog:
+    """An Optuna callback: a line per finished trial in the log file (with or without a display)."""
+
+    def __init__(self, metric: str):
+        self.metric = metric
+
+    @staticmethod
+    def wanted() -> bool:
+        """Only with a log file: otherwise the callback would cost a trial read for nothing."""
+        return logging.getLogger(LOGGER).isEnabledFor(logging.INFO)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        logging.getLogger(LOGGER).info(finished_text(trial, self.metric))
 
 
 def short_path(path: str) -> str:

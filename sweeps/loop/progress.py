@@ -12,7 +12,6 @@ Anywhere else (a log, CI, docker), one plain line per finished trial, no carriag
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import threading
@@ -27,7 +26,6 @@ from objectives.training.budget import Budget
 from objectives.training.live import LiveTrial, LiveView
 from sweeps.trial.record import TrialRecord, consumed
 
-logger = logging.getLogger("sweeps")
 CLEAR_LINE = "\r\033[K"
 REDRAW_S = 1.0
 WAIT_REPEAT_S = 10.0  # a plain log repeats the waiting message this often
@@ -146,7 +144,6 @@ class Progress:
         text = " | ".join(self.summary(time.monotonic(), None).values())
         if trial is not None:
             text = f"{finished_text(trial, self.metric)} | {text}"
-            logger.info(text)  # the log file's line per trial, on a terminal too
         if not self.tty:
             self.write(text + "\n")
         elif self.thread is not None:

@@ -26,6 +26,7 @@ from sweeps.config.study_file import SweepConfig
 from sweeps.config.target import SweepTarget
 from sweeps.loop.books import finished_count
 from sweeps.loop.ending import SweepFailed
+from sweeps.loop.logs import TrialLog
 from sweeps.loop.progress import Progress
 from sweeps.loop.sweep_loop import SweepLoop
 from sweeps.results.publish import DashboardHooks
@@ -182,7 +183,9 @@ def run_sweep(config: SweepConfig, target: SweepTarget, show_progress: bool = Tr
     objective.keeper = hooks.keeper
     objective.live = live
     loop = SweepLoop(study, config, objective, n_train, target.n_trials,
-                     ([progress] if progress else []) + hooks.callbacks, at_end=hooks.after_sweep, display=progress)
+                     ([progress] if progress else []) + ([TrialLog(config.study.metric)] if TrialLog.wanted() else [])
+                     + hooks.callbacks,
+                     at_end=hooks.after_sweep, display=progress)
     try:
         with a_core_for_bookkeeping():
             loop.run()
