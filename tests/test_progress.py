@@ -153,7 +153,7 @@ def test_a_worker_waiting_for_a_dead_workers_trial_says_how_long_until_it_goes_s
 
 
 def test_the_wait_tells_stopped_workers_from_running_ones():
-    assert stale_wait_text([0.4, 12.0, 15.5], interval=10, grace_period=20) == \
+    assert stale_wait_text([0.4, 10.5, 15.5], interval=10, grace_period=20) == \
         "waiting for 1 trial of stopped workers to go stale: 4 s left"
     assert stale_wait_text([0.4, 3.0], interval=10, grace_period=20) == \
         "waiting for 2 running trials of other workers to finish"
