@@ -10,7 +10,9 @@ shape, each with its own fresh SQLite store in a temporary folder:
     `trial.should_prune()`, in `optuna.create_study(storage="sqlite:///...")` with TPE and Hyperband
     (min resource = the service's evaluation interval, max = the example cap, both in epochs).
 (b) service: `sweeps.loop.runner.run_sweep` on examples/digits.yaml with its store, trial count and
-    (with --quick or --examples) budget overridden, progress display off.
+    (with --quick or --examples) budget overridden, progress display off (on with --progress: the
+    trainer's shared-memory record, and on a terminal the bookkeeper's redraw thread; run it
+    under a terminal, e.g. `script -qc "..." /dev/null`, to time the live line).
 
 Inside = training and evaluation. For the plain loop that is each epoch's training loop as a user
 writes it (DataLoader batch fetching included: it is how that loop trains) plus the validation
@@ -27,7 +29,7 @@ finished trial is trained again on its own, with the same seed, parameters and s
 no sweep around it (`--no-replay` skips this), and the service's inside is the
 smaller of the two totals. Both rows are printed.
 
-    python benchmarks/overhead.py [--trials 30] [--examples N] [--quick] [--no-replay] [--seed 0]
+    python benchmarks/overhead.py [--trials 30] [--examples N] [--quick] [--no-replay] [--seed 0] [--progress]
 
 Last line: `overhead_share_service=<x> overhead_share_plain=<y>` (fractions of wall time).
 """
@@ -144,9 +146,9 @@ def plain_sweep(storage: str, n_trials: int, config: SweepConfig) -> Measured:
     return Measured("plain Optuna", wall, inside, *counts(study), examples_seen)
 
 
-def service_sweep(config: SweepConfig) -> tuple[Measured, optuna.Study]:
+def service_sweep(config: SweepConfig, show_progress: bool = False) -> tuple[Measured, optuna.Study]:
     started = time.perf_counter()
-    study = run_sweep(config, target_of(config), show_progress=False)
+    study = run_sweep(config, target_of(config), show_progress=show_progress)
     wall = time.perf_counter() - started
     attrs = [t.user_attrs for t in study.trials]
     inside = sum(a.get("train_seconds", 0) + a.get("eval_seconds", 0) for a in attrs)
@@ -201,6 +203,7 @@ def main() -> None:
     parser.add_argument("--no-replay", action="store_true",
                         help="take the service's train+eval time as its trials recorded it (see above)")
     parser.add_argument("--seed", type=int, default=0, help="sampler seed of both sweeps")
+    parser.add_argument("--progress", action="store_true", help="the service sweep with its progress display on")
     args = parser.parse_args()
     n_trials = args.trials or (8 if args.quick else 30)
     examples = args.examples or (20000 if args.quick else None)
@@ -210,7 +213,7 @@ def main() -> None:
         folder = Path(tmp)
         config = service_config(folder, n_trials, examples, args.seed)
         plain = plain_sweep(f"sqlite:///{folder}/plain.db", n_trials, config)
-        service, study = service_sweep(config)
+        service, study = service_sweep(config, args.progress)
         rows = [plain, service]
         if not args.no_replay:
             with a_core_for_bookkeeping():  # the thread count the sweep trained with

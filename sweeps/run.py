@@ -20,7 +20,7 @@ from sweeps.cli import add_study_arguments, fail, run_command
 from sweeps.config.plan import check_plan, format_plan
 from sweeps.config.study_file import load_config
 from sweeps.config.target import target_of
-from sweeps.loop import signals
+from sweeps.loop import logs, signals
 from sweeps.loop.ending import report_ending
 from sweeps.loop.gpus import GPU_ENV, check_device, cuda_device_count, plan_gpus
 from sweeps.loop.runner import load_task, recorded_overrides, run_sweep
@@ -43,6 +43,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true",
                         help="validate and print the plan; train nothing, touch no store")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
+    parser.add_argument("--log-file", metavar="PATH",
+                        help="append the full log to PATH: a line per finished trial, waits for other workers, "
+                             "each failed trial's full traceback (the terminal shows it in one line); the workers "
+                             "of --workers append to the same file, each line with its process id")
     parser.add_argument("--workers", type=int, help="worker processes on this machine (default 1; with --gpus, "
                                                     "GPUs x --trials-per-gpu, and any other count is an error)")
     parser.add_argument("--gpus", help="one GPU per worker: 'all' or indexes as nvidia-smi numbers them, e.g. 0,2,3; "
@@ -69,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.as_worker and os.environ.get(GPU_ENV) and not cuda_device_count():  # an index the machine lacks
         return fail(exits.USAGE, f"the worker for GPU {os.environ[GPU_ENV]} sees no CUDA device; "
                                  "check the index with nvidia-smi")
+    try:
+        logs.configure(args.log_file)
+    except logs.LogFileError as err:
+        return fail(exits.USAGE, str(err))
     signals.install()
     return run_command(lambda: sweep(args), args.study_file)
 
@@ -95,7 +103,7 @@ def sweep(args: argparse.Namespace) -> int:
     if gpus or (args.workers or 1) > 1:  # --gpus: always children, so CUDA_VISIBLE_DEVICES precedes CUDA
         return run_workers(args.study_file, config, target, len(gpus) if gpus else args.workers, task.n_train,
                            show_progress=not args.quiet, first_index=args.worker_index, gpus=gpus,
-                           overrides=args.sets)
+                           overrides=args.sets, log_file=args.log_file)
     study = run_sweep(config, target, show_progress=not args.quiet, worker_index=args.worker_index, task=task,
                       overrides=args.sets)
     if args.as_worker:  # a worker of --workers: the parent reports

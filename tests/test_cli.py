@@ -97,7 +97,7 @@ def test_cli_subprocess_runs_from_another_folder_and_resolves_the_store_beside_t
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "rel.db").exists() and not (elsewhere / "rel.db").exists()
-    assert "[2/2]" in done.stderr and "best val_mse" in done.stdout
+    assert "2/2 done" in done.stderr and "best val_mse" in done.stdout
     assert "Recommendation: train at batch size" in done.stdout, "the end of a sweep gives the report's answer"
     bad = write_study(tmp_path, study={"storgae": "x"})
     done = subprocess.run([sys.executable, "-m", "sweeps.run", str(bad)], cwd=elsewhere, env=env,

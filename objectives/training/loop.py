@@ -24,6 +24,7 @@ from objectives.training.batches import Batch, batch_len, forward, split, to_dev
 from objectives.training.budget import Budget, TrialPlan, examples_after, updates_within_examples
 from objectives.training.cores import cores_per_worker
 from objectives.training.data import LoaderOptions, make_loader, pins
+from objectives.training.live import SECONDS, UPDATES, LiveTrial
 from objectives.training.schedule import Schedule
 
 # reporter(value, step) -> True when the trial should stop (pruned)
@@ -125,6 +126,7 @@ class Trainer:
         eval_batch_size: int = 4096,
         precision: str = "fp32",
         loader: LoaderOptions | None = None,
+        live: LiveTrial | None = None,
     ):
         self.task = task
         self.model: nn.Module = task.model
@@ -153,6 +155,7 @@ class Trainer:
             torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
             else contextlib.nullcontext()
         )
+        self.live = live  # where a display in another process reads how far the trial is
         self.result = TrainResult()
         self.best_state: dict[str, Tensor] | None = None
         self.patience_ref: float | None = None
@@ -265,6 +268,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         losses_since_check = 0
         augment, tensors = self.task.augment, self.tensors
+        live = self.live.values if self.live is not None else None  # one store per update, no lock
         self.model.train()
         for update in range(2**62 if by_clock else horizon):
             batch = next(batches)
@@ -278,12 +282,16 @@ class Trainer:
             self.result.updates = update + 1
             self.result.examples_seen += size
             losses_since_check += 1
+            if live is not None:
+                live[UPDATES] = update + 1
             if (update + 1) % self.check_every == 0 and not math.isfinite(loss_sum.item()):
                 self.result.stop_reason = "diverged"
                 break
             step = points.get(update + 1)
             if timed:
                 spent = time.perf_counter() - started - self.result.eval_seconds
+                if live is not None:
+                    live[SECONDS] = spent
                 if spent >= time_cap:
                     break
                 if spent >= next_timed_eval:
@@ -348,6 +356,8 @@ class Trainer:
         """Evaluate at `step`; True when the trial must stop (pruned, diverged, early stop)."""
         value = self.evaluate()
         self.result.history.append((step, value))
+        if self.live is not None:
+            self.live.evaluated(step, value)
         if not math.isfinite(value):
             self.result.stop_reason = "diverged"
             return True

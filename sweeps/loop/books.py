@@ -9,6 +9,7 @@ is what the two say to each other.
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 import time
 import warnings
@@ -19,6 +20,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from storage.batch import count_trials, write_trial_batch
+from storage.heartbeats import grace_period_of, heartbeat_ages
 from storage.optuna_private import (
     engine_of,
     enter_optimize_loop,
@@ -32,8 +34,9 @@ from storage.snapshot import snapshot
 from sweeps.config.study_file import SweepConfig
 from sweeps.loop.budget_books import BudgetBooks
 from sweeps.loop.companion import why_not_run
-from sweeps.loop.heartbeat import Heartbeat
+from sweeps.loop.heartbeat import Heartbeat, stale_wait_text
 from sweeps.loop.interface import TrialRef
+from sweeps.loop.progress import Progress
 from sweeps.loop.spending import Spending
 from sweeps.search.space import Suggestion, suggest
 from sweeps.search.strategies import grid_size
@@ -43,6 +46,7 @@ from sweeps.trial.run_one import Outcome
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
+logger = logging.getLogger("sweeps")
 
 
 def finished_count(study: optuna.Study) -> int:
@@ -54,7 +58,7 @@ class Books:
 
     def __init__(self, study: optuna.Study, config: SweepConfig, n_trials: int, keeper=None,
                  callbacks: list[Callback] | None = None, at_end: Callable[[optuna.Study], None] | None = None,
-                 spending: Spending | None = None):
+                 spending: Spending | None = None, display: Progress | None = None):
         self.study = study
         self.storage = study_storage(study)  # Optuna's cached storage, which the study itself uses
         self.study_id = study_id_of(study)
@@ -76,6 +80,8 @@ class Books:
             self.storage, self.study_id, self.spending, self.pause if self.heartbeat.enabled else None)
         # a companion study of confirmation runs trains only what `sweeps confirm` queued in it
         self.queued_only = CONFIRMS_STUDY_ATTR in study.user_attrs
+        self.display = display  # the live progress display, drawn from this process
+        self.waiting_logged = False
 
     def start_bookkeeping(self, in_child: bool) -> None:
         engine = engine_of(self.storage)
@@ -87,6 +93,8 @@ class Books:
         self.heartbeat.start()
         if self.budget is not None:
             self.budget.learn_pace(self.study.get_trials(deepcopy=False, states=FINISHED))
+        if self.display is not None:
+            self.display.start()
         self.requeue_stale_trials()  # before the first ask, while the worker starts
 
     def requeue_stale_trials(self) -> None:
@@ -97,6 +105,8 @@ class Books:
 
     def stop_bookkeeping(self) -> None:
         self.heartbeat.stop()
+        if self.display is not None:
+            self.display.stop()
 
     def interrupt(self) -> None:
         self.stopping.set()
@@ -137,7 +147,9 @@ class Books:
                 return None
             if not (wait_for_others and self.heartbeat.enabled) or self.finished() >= self.n_trials:
                 return None
+            self.say_waiting()
             self.stopping.wait(min(0.5, self.heartbeat.interval))
+        self.say_waiting(done=True)
         with snapshot(self.storage):  # the study's trials read once for the whole ask
             if self.grid_size is not None and len(self.study.get_trials(deepcopy=False)) >= self.grid_size:
                 return None  # every grid point is taken; asking again would repeat one
@@ -177,6 +189,21 @@ class Books:
         self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         self.heartbeat.discard(trial_id)
         return False
+
+    def say_waiting(self, done: bool = False) -> None:
+        """Tell the user why nothing trains: the slots left are held by other workers' trials."""
+        text = None
+        if done:
+            self.waiting_logged = False
+        else:
+            ages = with_retry(lambda: heartbeat_ages(self.storage, self.study_id), "reading heartbeats")
+            others = [age for trial_id, age in ages.items() if trial_id not in self.open]
+            text = stale_wait_text(others, self.heartbeat.interval, grace_period_of(self.storage))
+            if not self.waiting_logged:
+                logger.info(text)
+                self.waiting_logged = True
+        if self.display is not None and (text is not None or self.display.waiting is not None):
+            self.display.set_waiting(text)
 
     def running(self) -> int:
         return with_retry(lambda: count_trials(self.storage, self.study_id, (TrialState.RUNNING,)),

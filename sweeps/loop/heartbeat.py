@@ -59,3 +59,18 @@ class Heartbeat:
                     self.storage.record_heartbeat(trial_id)
                 except Exception as err:  # the database may be restarting: the next beat retries
                     logger.warning("heartbeat for trial %d failed: %s", trial_id, err)
+
+
+def stale_wait_text(ages: list[float], interval: float, grace_period: float | None) -> str:
+    """What a worker waiting for other workers' running trials says, from their heartbeats' ages.
+
+    A trial whose heartbeat missed a beat (older than the interval, plus a second of slack) has a
+    stopped worker: it goes stale `grace_period` seconds after its last beat. The others are
+    training somewhere, and the wait lasts until they finish."""
+    stopped = [age for age in ages if age > interval + 1]
+    if stopped and grace_period is not None:
+        left = max(0.0, grace_period - max(stopped))
+        return (f"waiting for {len(stopped)} trial{'s' if len(stopped) != 1 else ''} of stopped workers "
+                f"to go stale: {left:.0f} s left")
+    n = len(ages)
+    return f"waiting for {n} running trial{'s' if n != 1 else ''} of other workers to finish"

@@ -15,6 +15,7 @@ import torch
 
 from objectives.registry import TaskError, TaskFactory, resolve_task
 from objectives.task import Task, TrialSettings
+from objectives.training.live import LiveTrial
 from storage import open_storage, redact
 from storage.ledger import LedgerUnitError, set_total
 from storage.optuna_private import engine_of, study_id_of, study_storage
@@ -27,6 +28,7 @@ from sweeps.config.study_file import SweepConfig
 from sweeps.config.target import SweepTarget
 from sweeps.loop.books import finished_count
 from sweeps.loop.ending import SweepFailed
+from sweeps.loop.logs import TrialLog
 from sweeps.loop.progress import Progress
 from sweeps.loop.spending import Spending
 from sweeps.loop.sweep_loop import SweepLoop
@@ -183,7 +185,11 @@ def run_sweep(config: SweepConfig, target: SweepTarget, show_progress: bool = Tr
     # notes, checkpoints, figures
     hooks = DashboardHooks(config, target.storage_url, study, n_train, task.tokens_per_example)
     ledger_line = line_of(study) if config.study.total_budget else None
-    progress = Progress(target.n_trials, budget, config.study.metric, ledger=ledger_line) if show_progress else None
+    live = LiveTrial() if show_progress else None  # made before the bookkeeper forks, so both see it
+    progress = (Progress(target.n_trials, budget, config.study.metric, live_trial=live, ledger=ledger_line)
+                if show_progress else None)
+    if progress:
+        progress.refresh(study)
     if finished_count(study) >= target.n_trials:
         if progress:
             progress(study, None)
@@ -193,9 +199,11 @@ def run_sweep(config: SweepConfig, target: SweepTarget, show_progress: bool = Tr
     objective = SweepObjective(config, factory, budget, study.user_attrs.get(PROBED_MICRO_BATCH_ATTR))
     objective.identity = identity_attrs(worker, sampler_seed)
     objective.keeper = hooks.keeper
+    objective.live = live
     loop = SweepLoop(study, config, objective, n_train, target.n_trials,
-                     ([progress] if progress else []) + hooks.callbacks, at_end=hooks.after_sweep,
-                     spending=Spending.of(config, budget, n_train))
+                     ([progress] if progress else []) + ([TrialLog(config.study.metric)] if TrialLog.wanted() else [])
+                     + hooks.callbacks,
+                     at_end=hooks.after_sweep, spending=Spending.of(config, budget, n_train), display=progress)
     try:
         with a_core_for_bookkeeping():
             loop.run()

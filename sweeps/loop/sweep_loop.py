@@ -29,6 +29,7 @@ from sweeps.loop import signals
 from sweeps.loop.bookkeeper import start_bookkeeper
 from sweeps.loop.books import Books, Callback
 from sweeps.loop.interface import BooksClient, TrialRef
+from sweeps.loop.progress import Progress
 from sweeps.loop.spending import Spending
 from sweeps.search.space import Suggestion
 from sweeps.search.strategies import PruningSteps
@@ -49,7 +50,8 @@ class SweepLoop:
 
     def __init__(self, study: optuna.Study, config: SweepConfig, objective: SweepObjective, n_train: int,
                  n_trials: int, callbacks: list[Callback] | None = None,
-                 at_end: Callable[[optuna.Study], None] | None = None, spending: Spending | None = None):
+                 at_end: Callable[[optuna.Study], None] | None = None, spending: Spending | None = None,
+                 display: Progress | None = None):
         self.config = config
         self.objective = objective
         self.n_train = n_train
@@ -57,7 +59,8 @@ class SweepLoop:
         self.failures_in_a_row = 0
         self.last_error: str | None = None
         # what the bookkeeper runs, handed over whole at the fork (or to its thread)
-        self.books = Books(study, config, n_trials, getattr(objective, "keeper", None), callbacks, at_end, spending)
+        self.books = Books(study, config, n_trials, getattr(objective, "keeper", None), callbacks, at_end,
+                           spending=spending, display=display)
         self.book: BooksClient | None = None
 
     @property

@@ -15,6 +15,7 @@ from objectives.task import Task, TrialSettings
 from objectives.training.budget import Budget, TrialPlan, plan_trial
 from objectives.training.coupling import Coupled, couple
 from objectives.training.data import LoaderOptions
+from objectives.training.live import LiveTrial
 from objectives.training.loop import EarlyStopping, Reporter, Trainer, TrainResult, measure_seconds_per_update
 from objectives.training.schedule import Schedule
 from sweeps.config.study_file import ObjectiveSection, SweepConfig
@@ -105,6 +106,7 @@ class SweepObjective:
         self.max_micro_batch = min(limits) if limits else None
         self.keeper = None  # sweeps.results.checkpoints.CheckpointKeeper, set by the runner: the best trials' weights
         self.identity: dict[str, object] = {}  # which worker ran the trial (worker number, sampler seed)
+        self.live: LiveTrial | None = None  # set by the runner when a progress display reads it
 
     def prepare(self, trial: optuna.Trial, point: Suggestion) -> PreparedTrial:
         cfg = self.config
@@ -153,9 +155,15 @@ class SweepObjective:
             outcome.curve[step] = value
             return pruner(value, step)
 
+        live = self.live
         try:
+            if live is not None:
+                live.begin(trial.number, point.batch_size, point.base_lr)
             prepared = self.prepare(trial, point)
             outcome.attrs.update(plan_attrs(prepared, self.device))
+            if live is not None:
+                live.plan(prepared.coupled.lr, prepared.plan.planned_updates, planned_units(prepared.plan, self.budget),
+                          self.budget.per_trial if timed_by_clock(prepared.plan, self.budget) else None)
             result = self.train(prepared, report)
             outcome.attrs.update(record.result_attrs(result, prepared.plan))
             if self.keeper is not None and result.stop_reason not in ("pruned", "diverged", "oom"):
@@ -168,6 +176,8 @@ class SweepObjective:
             outcome.error = err
             return outcome
         finally:
+            if live is not None:
+                live.end()
             self.release_memory()
         if result.stop_reason in ("pruned", "diverged") or result.best_value is None:
             outcome.state = TrialState.PRUNED
@@ -195,8 +205,22 @@ class SweepObjective:
             precision=cfg.objective.precision,
             loader=LoaderOptions(cfg.objective.loader.workers, cfg.objective.loader.prefetch,
                                  cfg.objective.loader.pin_memory),
+            live=self.live,
         )
         return trainer.train()
+
+
+def planned_units(plan: TrialPlan, budget: Budget) -> float:
+    """The trial's whole plan in the budget's unit (less than the budget when epochs end it first)."""
+    if budget.unit == "seconds":
+        return budget.per_trial
+    return float({"updates": plan.planned_updates, "examples": plan.planned_examples,
+                  "epochs": plan.planned_epochs, "tokens": plan.planned_tokens or 0}[budget.unit])
+
+
+def timed_by_clock(plan: TrialPlan, budget: Budget) -> bool:
+    """The clock ends the trial (as `Trainer.run_batches` decides), so its progress is time, not updates."""
+    return budget.unit == "seconds" and plan.stop_reason == "budget"
 
 
 @dataclass
