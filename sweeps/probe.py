@@ -164,7 +164,7 @@ def probe_study(args: argparse.Namespace) -> int:
     stored = biggest if biggest >= limit else with_margin(biggest, args.margin)
     print(format_probe(tried, stored, limit, device))
     if target is not None:
-        study = open_study(config, target, task.n_train)
+        study = open_study(config, target, task.n_train, changes="skip")  # a probe changes no search
         model = device_model(device)  # one limit per device model; a plain int from before is dropped
         kept = study.user_attrs.get(PROBED_MICRO_BATCH_ATTR)
         study.set_user_attr(PROBED_MICRO_BATCH_ATTR, {**(kept if isinstance(kept, dict) else {}), model: stored})

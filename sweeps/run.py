@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 
 import optuna
 import torch
@@ -16,12 +17,13 @@ import torch
 from storage import redact
 from sweeps import exits
 from sweeps.cli import add_study_arguments, fail, run_command
-from sweeps.config.plan import check_plan, format_plan
+from sweeps.config.plan import check_plan, format_plan, plan_warnings
 from sweeps.config.study_file import load_config
 from sweeps.config.target import target_of
 from sweeps.loop import signals
 from sweeps.loop.ending import report_ending
 from sweeps.loop.gpus import GPU_ENV, check_device, cuda_device_count, plan_gpus
+from sweeps.loop.resume import ALLOW_CHANGES_FLAG, NEW_STUDY_FLAG
 from sweeps.loop.runner import load_task, recorded_overrides, run_sweep
 from sweeps.loop.workers import run_workers
 from sweeps.trial.record import TrialRecord
@@ -29,7 +31,7 @@ from sweeps.trial.record import TrialRecord
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m sweeps.run",
+        prog="sweeps run",
         description="Search batch size, epochs and LR coupling under a fixed compute budget.",
         epilog="example:\n  sweeps run study.yaml --dry-run    # validate and print the plan\n"
                "  sweeps run study.yaml --workers 2  # run (or resume) with two worker processes\n",
@@ -53,6 +55,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="override one key of the study file, e.g. --set search.base_lr.high=0.1 or "
                              "--set search.batch_size=[32,64] (a YAML value; repeatable; validated like the file, "
                              "recorded with the study and passed on to --workers)")
+    changed = parser.add_mutually_exclusive_group()
+    changed.add_argument(NEW_STUDY_FLAG, metavar="NAME", dest="new_study",
+                         help="run the study file as a new study NAME in the same store (when the stored "
+                              "study searched something else)")
+    changed.add_argument(ALLOW_CHANGES_FLAG, action="store_true", dest="allow_changes",
+                         help="carry on with a study file whose search differs from the stored study's; "
+                              "the change is recorded in the study's fingerprint_history")
     parser.add_argument("--as-worker", action="store_true", help=argparse.SUPPRESS)  # a child of --workers
     return parser.parse_args(argv)
 
@@ -76,10 +85,16 @@ def sweep(args: argparse.Namespace) -> int:
                                                   cuda_device_count, os.environ, args.dry_run)
     config = load_config(args.study_file, overrides=args.sets)
     target = target_of(config, args.storage, args.study_name, args.n_trials)
+    if args.new_study:  # the same store, found as before; only the study's name is new
+        target = replace(target, study_name=args.new_study)
+    changes = "allow" if args.allow_changes else "check"
     if gpus:
         check_device(config.objective.device)
     task = load_task(config, torch.device("cpu") if gpus else None)  # once, before any store is opened
     check_plan(config, task.n_train, task.tokens_per_example)  # a tokens budget needs the task's tokens
+    if not args.dry_run and not args.as_worker:  # the dry run prints them under its plan
+        for warning in plan_warnings(config, task.n_train, task.tokens_per_example):
+            print(f"warning: {warning}", file=sys.stderr)
     if args.dry_run:
         print(format_plan(config, task.n_train, task.tokens_per_example))
         if args.sets:
@@ -92,9 +107,9 @@ def sweep(args: argparse.Namespace) -> int:
     if gpus or (args.workers or 1) > 1:  # --gpus: always children, so CUDA_VISIBLE_DEVICES precedes CUDA
         return run_workers(args.study_file, config, target, len(gpus) if gpus else args.workers, task.n_train,
                            show_progress=not args.quiet, first_index=args.worker_index, gpus=gpus,
-                           overrides=args.sets)
+                           overrides=args.sets, changes=changes)
     study = run_sweep(config, target, show_progress=not args.quiet, worker_index=args.worker_index, task=task,
-                      overrides=args.sets)
+                      overrides=args.sets, changes=changes, is_worker=args.as_worker)
     if args.as_worker:  # a worker of --workers: the parent reports
         return exits.OK
     print_summary(study, config.study.metric)

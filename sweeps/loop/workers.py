@@ -25,6 +25,7 @@ from sweeps.loop.books import finished_count
 from sweeps.loop.ending import report_ending
 from sweeps.loop.gpus import GpuAssignment
 from sweeps.loop.progress import Progress
+from sweeps.loop.resume import ChangePolicy, complete_note
 from sweeps.loop.runner import open_study
 from sweeps.loop.signals import Terminated
 
@@ -46,11 +47,15 @@ def worker_command(study_file: str, target: SweepTarget, index: int | None,
 
 def run_workers(study_file: str, config: SweepConfig, target: SweepTarget, n_workers: int, n_train: int,
                 show_progress: bool = True, first_index: int | None = None,
-                gpus: list[GpuAssignment] | None = None, overrides: Sequence[str] = ()) -> int:
+                gpus: list[GpuAssignment] | None = None, overrides: Sequence[str] = (),
+                changes: ChangePolicy = "check") -> int:
     """`gpus`: worker i runs with gpus[i]'s environment (only its GPU visible); the parent itself
-    stays off the GPUs."""
+    stays off the GPUs. The parent checks the search once (`changes`); its workers do not."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # as in each worker: the progress line says it all
-    study = open_study(config, target, n_train, overrides=overrides)
+    study = open_study(config, target, n_train, overrides=overrides, changes=changes)
+    if finished_count(study) >= target.n_trials:  # nothing left to do: start no worker
+        print(complete_note(finished_count(study), target.n_trials))
+        return report_ending(study, target.n_trials, config)
     threads = str(max(1, (os.cpu_count() or 1) // n_workers))  # N workers share the cores, not N x all
     env = {**os.environ, ENV_VAR: target.storage_url, "OMP_NUM_THREADS": threads}
     envs = [{**env, **gpu.env()} for gpu in gpus] if gpus else [env] * n_workers
