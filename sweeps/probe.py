@@ -138,7 +138,7 @@ def format_probe(tried: list[Measurement], stored: int, limit: int, device: torc
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sweeps.probe", description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="sweeps probe", description=__doc__.splitlines()[0],
                                      epilog="example:\n  sweeps probe study.yaml --limit 4096\n",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_study_arguments(parser)

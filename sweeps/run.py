@@ -26,6 +26,7 @@ from sweeps.loop.gpus import GPU_ENV, check_device, cuda_device_count, plan_gpus
 from sweeps.loop.resume import ALLOW_CHANGES_FLAG, NEW_STUDY_FLAG
 from sweeps.loop.runner import load_task, recorded_overrides, run_sweep
 from sweeps.loop.workers import run_workers
+from sweeps.results.locations import checkpoint_folder, checkpoint_notice, report_folder
 from sweeps.trial.record import TrialRecord
 
 
@@ -34,7 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="sweeps run",
         description="Search batch size, epochs and LR coupling under a fixed compute budget.",
         epilog="example:\n  sweeps run study.yaml --dry-run    # validate and print the plan\n"
-               "  sweeps run study.yaml --workers 2  # run (or resume) with two worker processes\n",
+               "  sweeps run study.yaml --workers 2  # run (or resume) with two worker processes\n"
+               "  sweeps run study.yaml --new-study digits-2  # the search changed: a new study, same store\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_study_arguments(parser)
@@ -100,10 +102,13 @@ def sweep(args: argparse.Namespace) -> int:
         if args.sets:
             print("\noverrides: " + " ".join(f"--set {s}" for s in recorded_overrides(args.sets)))
         print(f"\nstore: {redact(target.storage_url)} (not opened: dry run)")
+        print(outputs_lines(config, target))
         if gpus:
             print("GPUs (each worker sees only its own; numbered as nvidia-smi numbers them):")
             print("\n".join(f"  {a}" for a in gpus))
         return exits.OK
+    if not args.as_worker and (notice := checkpoint_notice(config, target.storage_url, target.study_name)):
+        print(notice)  # a server store's checkpoint folder: said once, by the parent
     if gpus or (args.workers or 1) > 1:  # --gpus: always children, so CUDA_VISIBLE_DEVICES precedes CUDA
         return run_workers(args.study_file, config, target, len(gpus) if gpus else args.workers, task.n_train,
                            show_progress=not args.quiet, first_index=args.worker_index, gpus=gpus,
@@ -114,6 +119,15 @@ def sweep(args: argparse.Namespace) -> int:
         return exits.OK
     print_summary(study, config.study.metric)
     return report_ending(study, target.n_trials, config)
+
+
+def outputs_lines(config, target) -> str:
+    """Where the sweep keeps its checkpoints and where `sweeps report` writes by default."""
+    url, name = target.storage_url, target.study_name
+    checkpoints = checkpoint_notice(config, url, name) or (
+        f"checkpoints: {checkpoint_folder(config, url, name).path}" if config.dashboard.keep_checkpoints > 0
+        else "checkpoints: none (dashboard.keep_checkpoints: 0)")
+    return f"{checkpoints}\nreport: {report_folder(config, url, name, None)} (sweeps report --out DIR to choose)"
 
 
 def print_summary(study: optuna.Study, metric: str) -> None:

@@ -110,21 +110,28 @@ def format_plan(config: SweepConfig, n_train: int, tokens_per_example: int | Non
     return "\n".join(head + lines + ([""] + warnings if warnings else []))
 
 
-SIGNIFICANT = 4  # digits the smallest value of a plan column shows
+SIGNIFICANT = 4  # significant digits each value of a plan column keeps
+MAX_DECIMALS = 6  # past these, a column turns scientific (eps)
 
 
 def column_format(values: list) -> Callable[[Any], str]:
-    """One number format for a whole column, so its decimal points line up: fixed decimals
-    enough for SIGNIFICANT digits of its smallest value, or scientific notation when those
-    would run past 6 decimals (eps) or the values reach 1e6. Non-floats print as they are."""
-    floats = [abs(v) for v in values if isinstance(v, float) and math.isfinite(v)]
-    nonzero = [v for v in floats if v > 0]
+    """One number format for a whole column, so its decimal points line up: as many decimals as
+    its most precise value needs at SIGNIFICANT digits (41.72 and 41.70, not 41.72 and 41.7), or
+    scientific notation past MAX_DECIMALS decimals or from 1e6 on. Non-floats print as they are."""
+    nonzero = [abs(v) for v in values if isinstance(v, float) and math.isfinite(v) and v != 0]
     if not nonzero:
         return fmt
-    decimals = max(0, SIGNIFICANT - 1 - math.floor(math.log10(min(nonzero))))
-    if decimals > 6 or max(nonzero) >= 1e6:
+    decimals = max(decimals_needed(v) for v in nonzero)
+    if decimals > MAX_DECIMALS or max(nonzero) >= 1e6:
         return lambda v: f"{v:.{SIGNIFICANT - 1}e}" if isinstance(v, float) else fmt(v)
     return lambda v: f"{v:.{decimals}f}" if isinstance(v, float) else fmt(v)
+
+
+def decimals_needed(value: float) -> int:
+    """Decimals that show `value` to SIGNIFICANT digits, trailing zeros dropped (2.5: 1, 10.0: 0)."""
+    places = max(0, SIGNIFICANT - 1 - math.floor(math.log10(value)))
+    text = f"{value:.{places}f}".rstrip("0")
+    return len(text) - text.index(".") - 1 if "." in text else 0
 
 
 def fmt(value) -> str:
