@@ -17,7 +17,7 @@ import torch
 from storage import redact
 from sweeps import exits
 from sweeps.cli import add_study_arguments, fail, run_command
-from sweeps.config.plan import check_plan, format_plan, plan_warnings
+from sweeps.config.plan import check_plan, format_plan
 from sweeps.config.study_file import load_config
 from sweeps.config.target import target_of
 from sweeps.loop import signals
@@ -94,9 +94,6 @@ def sweep(args: argparse.Namespace) -> int:
         check_device(config.objective.device)
     task = load_task(config, torch.device("cpu") if gpus else None)  # once, before any store is opened
     check_plan(config, task.n_train, task.tokens_per_example)  # a tokens budget needs the task's tokens
-    if not args.dry_run and not args.as_worker:  # the dry run prints them under its plan
-        for warning in plan_warnings(config, task.n_train, task.tokens_per_example):
-            print(f"warning: {warning}", file=sys.stderr)
     if args.dry_run:
         print(format_plan(config, task.n_train, task.tokens_per_example))
         if args.sets:
