@@ -32,7 +32,7 @@ from sweeps.config.plan import text_table
 from sweeps.config.schema import ConfigError
 from sweeps.config.study_file import FloatRange, SweepConfig, parse_config
 from sweeps.results.existing import load, open_existing
-from sweeps.trial.record import TrialRecord
+from sweeps.trial.record import CONFIG_ATTR, TrialRecord
 
 EXAMPLE = """example:
   sweeps best study.yaml --top 3 --export best.yaml
@@ -131,7 +131,7 @@ def best(args: argparse.Namespace) -> int:
 def study_config(study, file_config: SweepConfig) -> SweepConfig:
     """The config the study ran with, as it stored it (the study file with any `--set` applied);
     the study file's own when the study stored none that loads."""
-    stored = study.user_attrs.get("config")
+    stored = study.user_attrs.get(CONFIG_ATTR)
     if isinstance(stored, dict):
         try:
             return parse_config(stored, file_config.base_dir)

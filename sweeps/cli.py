@@ -15,6 +15,7 @@ import optuna
 from objectives.registry import TaskError
 from storage import StorageError, StorageUsageError
 from sweeps import exits
+from sweeps.config.fingerprint import SearchChanged
 from sweeps.config.schema import ConfigError
 from sweeps.loop.ending import SweepFailed
 from sweeps.loop.gpus import GpuError
@@ -43,7 +44,7 @@ def exit_for(err: BaseException, study_file: str) -> tuple[int, str] | None:
         return exits.USAGE, f"{study_file}: {err}"
     if isinstance(err, TaskError):
         return exits.USAGE, f"{study_file}: objective.task: {err}"
-    if isinstance(err, (StorageUsageError, GpuError)):
+    if isinstance(err, (StorageUsageError, GpuError, SearchChanged)):
         return exits.USAGE, str(err)
     if isinstance(err, StorageError):
         return exits.STORAGE, str(err)

@@ -23,7 +23,7 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m sweeps.dashboard",
+    parser = argparse.ArgumentParser(prog="sweeps dashboard",
                                      description="Serve optuna-dashboard for the study's store.",
                                      epilog="example:\n  sweeps dashboard study.yaml --port 8080\n",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -6,6 +6,7 @@
 | 1    | the sweep did not deliver: too many failures in a row, every trial diverged, fewer |
 |      | finished trials than asked for; or a report with no result                         |
 | 2    | usage: the study file, a flag, a storage value or a task is invalid |
+|      | (or the study file changes a stored study's search: sweeps.config.fingerprint) |
 | 3    | the store cannot be opened or used (an unreachable server, a missing SQLite file) |
 | 4    | the store has no such study |
 | 130  | interrupted by Ctrl-C (the running trial is failed and queued again; rerun to resume) |

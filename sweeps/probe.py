@@ -138,7 +138,7 @@ def format_probe(tried: list[Measurement], stored: int, limit: int, device: torc
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sweeps.probe", description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="sweeps probe", description=__doc__.splitlines()[0],
                                      epilog="example:\n  sweeps probe study.yaml --limit 4096\n",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_study_arguments(parser)
@@ -164,7 +164,7 @@ def probe_study(args: argparse.Namespace) -> int:
     stored = biggest if biggest >= limit else with_margin(biggest, args.margin)
     print(format_probe(tried, stored, limit, device))
     if target is not None:
-        study = open_study(config, target, task.n_train)
+        study = open_study(config, target, task.n_train, changes="skip")  # a probe changes no search
         model = device_model(device)  # one limit per device model; a plain int from before is dropped
         kept = study.user_attrs.get(PROBED_MICRO_BATCH_ATTR)
         study.set_user_attr(PROBED_MICRO_BATCH_ATTR, {**(kept if isinstance(kept, dict) else {}), model: stored})

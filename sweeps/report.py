@@ -14,7 +14,6 @@ import html
 import json
 import sys
 import textwrap
-from pathlib import Path
 
 from sweeps import exits
 from sweeps.cli import add_study_arguments, fail, run_command
@@ -22,6 +21,7 @@ from sweeps.config.plan import fmt, plan_rows, text_table
 from sweeps.results.analysis import StudyAnalysis, analyse
 from sweeps.results.confirmed import report_lines
 from sweeps.results.existing import load, open_existing
+from sweeps.results.locations import report_folder
 from sweeps.results.noise import disagreement
 from sweeps.results.publish import figures_of
 from sweeps.results.recommendation import recommendation
@@ -29,12 +29,13 @@ from sweeps.trial.record import TrialRecord
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m sweeps.report",
+    parser = argparse.ArgumentParser(prog="sweeps report",
                                      description="Report what a sweep found: tables, report.html and PNG figures.",
                                      epilog="example:\n  sweeps report study.yaml --top 5 --out report/\n",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_study_arguments(parser)
-    parser.add_argument("--out", help="output folder (default: <study name>-report beside the study file)")
+    parser.add_argument("--out", help="output folder (default: <study name>-report beside the SQLite store, "
+                                          "or beside the study file for a server store)")
     parser.add_argument("--top", type=int, default=10, help="rows of the best-trials table (default 10)")
     parser.add_argument("--target", type=float,
                         help="metric value for steps-to-target (default: the 90th percentile of finished values)")
@@ -138,10 +139,10 @@ def report(args: argparse.Namespace) -> int:
     if not a.complete:
         states = ", ".join(f"{n} {s}" for s, n in a.counts.items() if n) or "no trials"
         return fail(exits.FAILED, f"study {study.study_name!r} has no finished trial with a value yet ({states}): "
-                                  f"nothing to report; run `python -m sweeps.run {args.study_file}`")
+                                  f"nothing to report; run `sweeps run {args.study_file}`")
 
     config = existing.config
-    out = Path(args.out) if args.out else Path(config.base_dir) / f"{existing.target.study_name}-report"
+    out = report_folder(config, existing.target.storage_url, existing.target.study_name, args.out)
     out.mkdir(parents=True, exist_ok=True)
     n_train = n_train_of(a)
     tokens = tokens_per_example_of(a)

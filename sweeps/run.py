@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 import textwrap
+from dataclasses import replace
 
 import optuna
 import torch
@@ -23,19 +24,22 @@ from sweeps.config.target import target_of
 from sweeps.loop import logs, signals
 from sweeps.loop.ending import report_ending
 from sweeps.loop.gpus import GPU_ENV, check_device, cuda_device_count, plan_gpus
+from sweeps.loop.resume import ALLOW_CHANGES_FLAG, NEW_STUDY_FLAG
 from sweeps.loop.runner import load_task, recorded_overrides, run_sweep
 from sweeps.loop.workers import run_workers
 from sweeps.results.analysis import analyse
+from sweeps.results.locations import checkpoint_folder, checkpoint_notice, report_folder
 from sweeps.results.recommendation import recommendation
 from sweeps.trial.record import TrialRecord
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m sweeps.run",
+        prog="sweeps run",
         description="Search batch size, epochs and LR coupling under a fixed compute budget.",
         epilog="example:\n  sweeps run study.yaml --dry-run    # validate and print the plan\n"
-               "  sweeps run study.yaml --workers 2  # run (or resume) with two worker processes\n",
+               "  sweeps run study.yaml --workers 2  # run (or resume) with two worker processes\n"
+               "  sweeps run study.yaml --new-study digits-2  # the search changed: a new study, same store\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_study_arguments(parser)
@@ -60,6 +64,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="override one key of the study file, e.g. --set search.base_lr.high=0.1 or "
                              "--set search.batch_size=[32,64] (a YAML value; repeatable; validated like the file, "
                              "recorded with the study and passed on to --workers)")
+    changed = parser.add_mutually_exclusive_group()
+    changed.add_argument(NEW_STUDY_FLAG, metavar="NAME", dest="new_study",
+                         help="run the study file as a new study NAME in the same store (when the stored "
+                              "study searched something else)")
+    changed.add_argument(ALLOW_CHANGES_FLAG, action="store_true", dest="allow_changes",
+                         help="carry on with a study file whose search differs from the stored study's; "
+                              "the change is recorded in the study's fingerprint_history")
     parser.add_argument("--as-worker", action="store_true", help=argparse.SUPPRESS)  # a child of --workers
     return parser.parse_args(argv)
 
@@ -87,6 +98,9 @@ def sweep(args: argparse.Namespace) -> int:
                                                   cuda_device_count, os.environ, args.dry_run)
     config = load_config(args.study_file, overrides=args.sets)
     target = target_of(config, args.storage, args.study_name, args.n_trials)
+    if args.new_study:  # the same store, found as before; only the study's name is new
+        target = replace(target, study_name=args.new_study)
+    changes = "allow" if args.allow_changes else "check"
     if gpus:
         check_device(config.objective.device)
     task = load_task(config, torch.device("cpu") if gpus else None)  # once, before any store is opened
@@ -96,20 +110,32 @@ def sweep(args: argparse.Namespace) -> int:
         if args.sets:
             print("\noverrides: " + " ".join(f"--set {s}" for s in recorded_overrides(args.sets)))
         print(f"\nstore: {redact(target.storage_url)} (not opened: dry run)")
+        print(outputs_lines(config, target))
         if gpus:
             print("GPUs (each worker sees only its own; numbered as nvidia-smi numbers them):")
             print("\n".join(f"  {a}" for a in gpus))
         return exits.OK
+    if not args.as_worker and (notice := checkpoint_notice(config, target.storage_url, target.study_name)):
+        print(notice)  # a server store's checkpoint folder: said once, by the parent
     if gpus or (args.workers or 1) > 1:  # --gpus: always children, so CUDA_VISIBLE_DEVICES precedes CUDA
         return run_workers(args.study_file, config, target, len(gpus) if gpus else args.workers, task.n_train,
                            show_progress=not args.quiet, first_index=args.worker_index, gpus=gpus,
-                           overrides=args.sets, log_file=args.log_file)
+                           overrides=args.sets, log_file=args.log_file, changes=changes)
     study = run_sweep(config, target, show_progress=not args.quiet, worker_index=args.worker_index, task=task,
-                      overrides=args.sets)
+                      overrides=args.sets, changes=changes, is_worker=args.as_worker)
     if args.as_worker:  # a worker of --workers: the parent reports
         return exits.OK
     print_summary(study, config.study.metric)
     return report_ending(study, target.n_trials, config)
+
+
+def outputs_lines(config, target) -> str:
+    """Where the sweep keeps its checkpoints and where `sweeps report` writes by default."""
+    url, name = target.storage_url, target.study_name
+    checkpoints = checkpoint_notice(config, url, name) or (
+        f"checkpoints: {checkpoint_folder(config, url, name).path}" if config.dashboard.keep_checkpoints > 0
+        else "checkpoints: none (dashboard.keep_checkpoints: 0)")
+    return f"{checkpoints}\nreport: {report_folder(config, url, name, None)} (sweeps report --out DIR to choose)"
 
 
 def print_summary(study: optuna.Study, metric: str) -> None:

@@ -79,7 +79,7 @@ def serving(existing: Existing) -> Iterator[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sweeps.screenshot", description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="sweeps screenshot", description=__doc__.splitlines()[0],
                                      epilog="example:\n  sweeps screenshot study.yaml dashboard.png --trial 3\n",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_study_arguments(parser)

@@ -40,7 +40,7 @@ def test_dry_run_prints_the_plan_and_opens_no_store(tmp_path, capsys):
                       "lr_none", "lr_linear", "lr_sqrt"]
     by_batch = {int(r[0]): r for r in rows}
     assert by_batch[16][1:3] == ["16", "40"]  # N = 256: ceil(256/16) = 16 per epoch, 40 updates
-    assert by_batch[64][1:5] == ["4", "40", "10", "2560"]  # 40 updates = 10 epochs of 4
+    assert by_batch[64][1:5] == ["4", "40", "10.0", "2560"]  # 40 updates = 10 epochs of 4 (2.5 above: one format)
     base = float(by_batch[16][5])
     assert abs(float(by_batch[64][6]) - base * 4) < 4e-3 * base  # linear: x B/B0 = 4
     assert abs(float(by_batch[64][7]) - base * 2) < 2e-3 * base  # sqrt: x 2
@@ -154,12 +154,12 @@ def test_dry_run_of_the_digits_example_by_hand(tmp_path, monkeypatch, capsys):
     assert sorted(rows) == [16, 32, 64, 128, 256, 512]
     # 60000 = 41 x 1438 + 1042: 41 epochs, then 1042 // B batches; the budget binds before 60 epochs.
     assert rows[16][1:5] == ["90", "3755", "41.72", "59998"]
-    assert rows[64][1:5] == ["23", "959", "41.7", "59982"]
+    assert rows[64][1:5] == ["23", "959", "41.70", "59982"]  # one format per column
     assert rows[512][1:5] == ["3", "125", "41.67", "59982"]
     # base LR 0.03162: linear x B/64, sqrt x sqrt(B/64).
     assert rows[16][5:] == ["0.03162", "0.007906", "0.01581"]
-    assert rows[64][5:] == ["0.03162", "0.03162", "0.03162"]
-    assert rows[512][5:] == ["0.03162", "0.253", "0.08944"]
+    assert rows[64][5:] == ["0.03162", "0.031623", "0.03162"]
+    assert rows[512][5:] == ["0.03162", "0.252982", "0.08944"]
     # The relative sqlite:///digits.db resolves beside the YAML file, and nothing is created.
     assert store_line(out) == f"store: sqlite:///{(tmp_path / 'digits.db').resolve()} (not opened: dry run)"
     assert list(tmp_path.rglob("*.db*")) == []
@@ -173,7 +173,7 @@ def test_dry_run_when_searched_epochs_end_the_trial_first(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "epochs capped at 3" in out and "reference batch size 16" in out
     header, rows = plan_table(out)
-    assert header[-2:] == ["lr_none", "lr_adam_sqrt"]
+    assert header[-5:] == ["lr_none", "lr_adam_sqrt", "beta1_adam_sqrt", "beta2_adam_sqrt", "eps_adam_sqrt"]
     assert rows[16][1:5] == ["16", "48", "3", "768"]  # N = 256: 3 epochs of 16 updates, 3 x N examples
     assert rows[64][1:5] == ["4", "12", "3", "768"]
     assert float(rows[64][6]) == pytest.approx(2 * float(rows[64][5]), rel=1e-3)  # sqrt(64 / 16)
@@ -184,8 +184,8 @@ def test_dry_run_with_an_epoch_budget_shows_fractional_epochs(tmp_path, capsys):
                         search={"batch_size": [16, 64, 100]})
     assert main([str(study), "--dry-run"]) == 0
     _, rows = plan_table(capsys.readouterr().out)
-    assert rows[16][1:5] == ["16", "40", "2.5", "640"]
-    assert rows[64][1:5] == ["4", "10", "2.5", "640"]
+    assert rows[16][1:5] == ["16", "40", "2.50", "640"]  # one format per column
+    assert rows[64][1:5] == ["4", "10", "2.50", "640"]
     assert rows[100][1:5] == ["3", "7", "2.33", "612"]  # floor(2.5 x 3) = 7 updates: 2 epochs + one batch of 100
 
 

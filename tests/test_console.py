@@ -79,7 +79,7 @@ def test_no_subcommand_or_an_unknown_one_is_a_usage_error(tmp_path):
 def test_each_subcommand_help_shows_an_example(name, tmp_path):
     done = sweeps([name, "--help"], tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "usage:" in done.stdout
+    assert f"usage: sweeps {name} " in done.stdout, "the usage line names the command as users type it"
     assert "example" in done.stdout.lower(), done.stdout
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from objectives.training.budget import Budget, plan_trial
-from objectives.training.coupling import effective_lr
+import math
+from collections.abc import Callable
+from typing import Any
+
+from objectives.training.budget import Budget, iterations_per_epoch, plan_trial
+from objectives.training.coupling import couple, effective_lr
 from sweeps.config.schema import ConfigError
-from sweeps.config.study_file import SweepConfig
+from sweeps.config.study_file import FloatRange, IntRange, SweepConfig
 
 
 def budget_of(config: SweepConfig, tokens_per_example: int | None = None) -> Budget:
@@ -69,6 +73,10 @@ def plan_rows(config: SweepConfig, n_train: int, tokens_per_example: int | None 
                 row["tokens"] = plan.planned_tokens
         for rule in search.couplings():
             row[f"lr_{rule}"] = effective_lr(rule, base_lr, batch_size, search.reference_batch_size)
+        if "adam_sqrt" in search.couplings():  # the rule rescales Adam's betas and eps too
+            adam = couple("adam_sqrt", base_lr, batch_size, search.reference_batch_size,
+                          config.objective.betas, config.objective.eps)
+            row.update(beta1_adam_sqrt=adam.betas[0], beta2_adam_sqrt=adam.betas[1], eps_adam_sqrt=adam.eps)
         rows.append(row)
     return rows
 
@@ -87,12 +95,43 @@ def format_plan(config: SweepConfig, n_train: int, tokens_per_example: int | Non
         + (f"; epochs capped at {max(s.epoch_choices())}" if s.epochs is not None else ""),
         "",
     ]
+    if "adam_sqrt" in s.couplings():
+        o = config.objective
+        head.insert(-1, f"adam_sqrt also rescales Adam's betas and eps, with k = B / {s.reference_batch_size}: "
+                        f"1 - beta times k (within [0, 0.9999]) and eps / sqrt(k), from objective.betas "
+                        f"({o.betas[0]:g}, {o.betas[1]:g}) and eps {o.eps:g}, which the other rules keep")
     columns = list(rows[0])
-    cells = [[fmt(r[c]) for c in columns] for r in rows]
+    formats = {c: column_format([r[c] for r in rows]) for c in columns}
+    cells = [[formats[c](r[c]) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(head + lines)
+    warnings = [f"warning: {w}" for w in plan_warnings(config, n_train, tokens_per_example)]
+    return "\n".join(head + lines + ([""] + warnings if warnings else []))
+
+
+SIGNIFICANT = 4  # significant digits each value of a plan column keeps
+MAX_DECIMALS = 6  # past these, a column turns scientific (eps)
+
+
+def column_format(values: list) -> Callable[[Any], str]:
+    """One number format for a whole column, so its decimal points line up: as many decimals as
+    its most precise value needs at SIGNIFICANT digits (41.72 and 41.70, not 41.72 and 41.7), or
+    scientific notation past MAX_DECIMALS decimals or from 1e6 on. Non-floats print as they are."""
+    nonzero = [abs(v) for v in values if isinstance(v, float) and math.isfinite(v) and v != 0]
+    if not nonzero:
+        return fmt
+    decimals = max(decimals_needed(v) for v in nonzero)
+    if decimals > MAX_DECIMALS or max(nonzero) >= 1e6:
+        return lambda v: f"{v:.{SIGNIFICANT - 1}e}" if isinstance(v, float) else fmt(v)
+    return lambda v: f"{v:.{decimals}f}" if isinstance(v, float) else fmt(v)
+
+
+def decimals_needed(value: float) -> int:
+    """Decimals that show `value` to SIGNIFICANT digits, trailing zeros dropped (2.5: 1, 10.0: 0)."""
+    places = max(0, SIGNIFICANT - 1 - math.floor(math.log10(value)))
+    text = f"{value:.{places}f}".rstrip("0")
+    return len(text) - text.index(".") - 1 if "." in text else 0
 
 
 def fmt(value) -> str:
@@ -109,3 +148,61 @@ def text_table(rows: list[dict]) -> str:
     lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
     return "\n".join(lines)
+
+
+WARMUP_INERT_SHARE = 0.05  # a smaller sliver of the warmup range that rounds to no warmup is not worth a warning
+
+
+def plan_warnings(config: SweepConfig, n_train: int, tokens_per_example: int | None = None) -> list[str]:
+    """Parts of a search range the budget makes inert: values no batch size can ever train
+    differently. Empty for a seconds budget (its updates are known only once a trial runs)."""
+    budget = budget_of(config, tokens_per_example)
+    if budget.unit == "seconds" or (budget.unit == "tokens" and tokens_per_example is None):
+        return []
+    found = [inert_epochs(config, n_train, budget), inert_warmup(config, n_train, budget)]
+    return [w for w in found if w]
+
+
+def inert_epochs(config: SweepConfig, n_train: int, budget: Budget) -> str | None:
+    """Epoch values at or past the most epochs the budget holds at any batch size all end on the
+    budget instead (E x I >= the budget's updates): they train alike, so all but one do nothing."""
+    search, drop_last = config.search, config.objective.drop_last
+    if search.epochs is None:
+        return None
+    held = {b: budget.updates_cap(n_train, b, drop_last) / iterations_per_epoch(n_train, b, drop_last)
+            for b in search.batch_sizes()}
+    at = max(held, key=held.get)
+    first = math.ceil(held[at] - 1e-9)  # the smallest epoch count that reaches the budget everywhere
+    epochs = search.epochs
+    values = epochs.values() if isinstance(epochs, IntRange) else search.epoch_choices()
+    inert = sorted(v for v in set(values) if v >= first)
+    if len(inert) < 2:
+        return None
+    contiguous = inert == list(range(inert[0], inert[-1] + 1))
+    span = f"{inert[0]}-{inert[-1]}" if contiguous and len(inert) > 2 else ", ".join(map(str, inert))
+    fix = "lower search.epochs.high to" if isinstance(epochs, IntRange) else "keep one value of them, e.g."
+    return (f"search.epochs: {span} ({len(inert)} of {len(set(values))} values) never take effect: the budget "
+            f"ends every trial first, at {held[at]:.1f} epochs at most (batch size {at}), so they all train "
+            f"alike; {fix} {first}, or raise budget.per_trial")
+
+
+def inert_warmup(config: SweepConfig, n_train: int, budget: Budget) -> str | None:
+    """Warmup fractions too small to round to one warmup update at any batch size, even with the
+    most updates a trial can plan: that part of the range trains with no warmup at all."""
+    warm, search = config.search.warmup_fraction, config.search
+    if not isinstance(warm, FloatRange) or warm.high <= warm.low:
+        return None
+    epochs = max(search.epoch_choices()) if search.epochs is not None else None
+    most = max(plan_trial(budget, n_train, b, epochs, config.objective.drop_last).planned_updates
+               for b in search.batch_sizes())
+    none_below = 0.5 / most  # round(f x updates) is 0 up to here
+    if none_below <= warm.low:
+        return None
+    edge = min(none_below, warm.high)
+    scale = math.log if warm.log else (lambda x: x)
+    share = (scale(edge) - scale(warm.low)) / (scale(warm.high) - scale(warm.low))
+    if share < WARMUP_INERT_SHARE:
+        return None
+    return (f"search.warmup_fraction: {warm.low:g}-{edge:.3g} ({share:.0%} of the range) never takes effect: "
+            f"with {most} updates at most, it rounds to no warmup update at every batch size; raise "
+            f"search.warmup_fraction.low to {edge:.3g}, or raise budget.per_trial")

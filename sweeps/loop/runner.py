@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
@@ -30,12 +29,13 @@ from sweeps.loop.books import finished_count
 from sweeps.loop.ending import SweepFailed
 from sweeps.loop.logs import TrialLog
 from sweeps.loop.progress import Progress
+from sweeps.loop.resume import ChangePolicy, complete_note, keep_search, stored_config
 from sweeps.loop.spending import Spending
 from sweeps.loop.sweep_loop import SweepLoop
 from sweeps.results.ledger_view import line_of
 from sweeps.results.publish import DashboardHooks
 from sweeps.search.strategies import build_pruner, build_sampler
-from sweeps.trial.record import identity_attrs, study_unit_attrs
+from sweeps.trial.record import CONFIG_ATTR, identity_attrs, study_unit_attrs
 from sweeps.trial.run_one import PROBED_MICRO_BATCH_ATTR, SweepObjective, resolve_device
 
 
@@ -85,8 +85,10 @@ def resumed_seed(seed: int, trials_in_study: int) -> int:
 
 
 def open_study(config: SweepConfig, target: SweepTarget, n_train: int,
-               sampler_seed: int | None = None, overrides: Sequence[str] = ()) -> optuna.Study:
-    """A new study records its config, and the `--set` overrides that made it (`overrides`)."""
+               sampler_seed: int | None = None, overrides: Sequence[str] = (),
+               changes: ChangePolicy = "check") -> optuna.Study:
+    """A new study records its config, and the `--set` overrides that made it (`overrides`).
+    A study that exists must search what `config` searches, as `changes` says (loop/resume.py)."""
     storage = SnapshotStorage(open_storage(target.storage_url, config.study.heartbeat_interval,
                                            config.study.grace_period, config.study.max_retry))
     seed = config.study.seed if sampler_seed is None else sampler_seed
@@ -104,18 +106,16 @@ def open_study(config: SweepConfig, target: SweepTarget, n_train: int,
             f"study {target.study_name!r} in {redact(target.storage_url)} was created to "
             f"{study.direction.name.lower()}, but the study file says {config.study.direction}"
         )
-    if "config" not in study.user_attrs:
+    if CONFIG_ATTR not in study.user_attrs:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([config.study.metric])
-        stored = json.loads(json.dumps(config.to_dict(), default=str))
-        if stored["study"].get("storage"):  # the study file may name a URL with a password
-            stored["study"]["storage"] = redact(stored["study"]["storage"])
-        study.set_user_attr("config", stored)
+        study.set_user_attr(CONFIG_ATTR, stored_config(config, target))
         if overrides:
             study.set_user_attr(OVERRIDES_ATTR, recorded_overrides(overrides))
         for key, value in study_unit_attrs(config.budget.unit).items():
             study.set_user_attr(key, value)
+    keep_search(study, config, target, changes, recorded_overrides(overrides))
     open_ledger(study, config)
     return study
 
@@ -168,20 +168,23 @@ def a_core_for_bookkeeping() -> Iterator[None]:
 
 def run_sweep(config: SweepConfig, target: SweepTarget, show_progress: bool = True,
               worker_index: int | None = None, task: LoadedTask | None = None,
-              overrides: Sequence[str] = ()) -> optuna.Study:
+              overrides: Sequence[str] = (), changes: ChangePolicy = "check",
+              is_worker: bool = False) -> optuna.Study:
     """Run until the study holds `target.n_trials` finished trials; return the study.
 
     Each worker of a shared study draws its own sampler seed, study.seed + its worker number:
     `worker_index` when given, else the next number registered in the store. `task`: the
     caller's `load_task(config)`, when it has one. `overrides`: the `--set` arguments `config`
-    was loaded with, recorded with a new study.
+    was loaded with, recorded with a new study. `changes`: what a changed search does
+    (loop/resume.py). `is_worker`: a child of `--workers`, whose parent checked the search and
+    says how the study ended.
     """
     optuna.logging.set_verbosity(logging.WARNING)
     task = task or load_task(config)
     n_train, factory = task.n_train, task.factory
     check_plan(config, n_train, task.tokens_per_example)
     budget = budget_of(config, task.tokens_per_example)
-    study = open_study(config, target, n_train, overrides=overrides)
+    study = open_study(config, target, n_train, overrides=overrides, changes="skip" if is_worker else changes)
     # notes, checkpoints, figures
     hooks = DashboardHooks(config, target.storage_url, study, n_train, task.tokens_per_example)
     ledger_line = line_of(study) if config.study.total_budget else None
@@ -193,6 +196,8 @@ def run_sweep(config: SweepConfig, target: SweepTarget, show_progress: bool = Tr
     if finished_count(study) >= target.n_trials:
         if progress:
             progress(study, None)
+        if not is_worker:
+            print(complete_note(finished_count(study), target.n_trials))
         return study
     worker = worker_index if worker_index is not None else register_worker(study_storage(study), study_id_of(study))
     sampler_seed = seed_sampler(study, config, config.study.seed + worker)

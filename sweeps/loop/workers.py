@@ -24,6 +24,7 @@ from sweeps.config.target import SweepTarget
 from sweeps.loop.books import finished_count
 from sweeps.loop.ending import report_ending
 from sweeps.loop.gpus import GpuAssignment
+from sweeps.loop.resume import ChangePolicy, complete_note
 from sweeps.loop.runner import open_study
 from sweeps.loop.signals import Terminated
 from sweeps.loop.workers_progress import WorkersProgress
@@ -50,11 +51,14 @@ def worker_command(study_file: str, target: SweepTarget, index: int | None,
 def run_workers(study_file: str, config: SweepConfig, target: SweepTarget, n_workers: int, n_train: int,
                 show_progress: bool = True, first_index: int | None = None,
                 gpus: list[GpuAssignment] | None = None, overrides: Sequence[str] = (),
-                log_file: str | None = None) -> int:
+                log_file: str | None = None, changes: ChangePolicy = "check") -> int:
     """`gpus`: worker i runs with gpus[i]'s environment (only its GPU visible); the parent itself
-    stays off the GPUs."""
+    stays off the GPUs. The parent checks the search once (`changes`); its workers do not."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # as in each worker: the progress line says it all
-    study = open_study(config, target, n_train, overrides=overrides)
+    study = open_study(config, target, n_train, overrides=overrides, changes=changes)
+    if finished_count(study) >= target.n_trials:  # nothing left to do: start no worker
+        print(complete_note(finished_count(study), target.n_trials))
+        return report_ending(study, target.n_trials, config)
     commands = [worker_command(study_file, target, None if first_index is None else first_index + i, overrides,
                                log_file)
                 for i in range(n_workers)]

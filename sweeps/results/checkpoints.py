@@ -12,9 +12,9 @@ random order), and every other trial costs one comparison.
 The artifact's record lives in the study's system attributes under the dashboard's own key
 (`dashboard:artifacts:<trial_id>:<artifact_id>`), where the dashboard lists it with its trial
 and serves it, and where, unlike a finished trial's attributes, it can be cleared when the
-checkpoint is evicted. Files go to a FileSystemArtifactStore: `dashboard.artifacts` in the study
-file, else a folder `<store stem>-artifacts` beside the SQLite file, else `<study name>-artifacts`
-beside the study file (a server store: every worker must then see that folder).
+checkpoint is evicted. Files go to a FileSystemArtifactStore in the folder `sweeps.results.locations`
+chooses: $SWEEPS_ARTIFACTS, `dashboard.artifacts`, else beside the SQLite file, or beside the study
+file for a server store (every worker must then see that folder).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +30,11 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
-from sqlalchemy.engine import make_url
 
 from storage.dashboard_formats import artifact_key, artifact_meta, parse_artifact_key
 from storage.optuna_private import study_id_of, study_storage, trial_id_of
 from sweeps.config.study_file import SweepConfig
+from sweeps.results.locations import checkpoint_folder
 
 if TYPE_CHECKING:  # torch is imported where weights are serialised: the read-only commands never need it
     import torch
@@ -43,21 +42,10 @@ if TYPE_CHECKING:  # torch is imported where weights are serialised: the read-on
 logger = logging.getLogger("sweeps")
 
 
-ARTIFACTS_ENV = "SWEEPS_ARTIFACTS"  # wins over dashboard.artifacts: a container points every worker at its volume
-
-
 def artifact_dir(config: SweepConfig, storage_url: str, study_name: str) -> Path:
     """$SWEEPS_ARTIFACTS, then dashboard.artifacts, then beside the SQLite file (or, for a server
-    store, `<study name>-artifacts` beside the study file)."""
-    chosen = os.environ.get(ARTIFACTS_ENV) or config.dashboard.artifacts
-    if chosen:
-        path = Path(chosen).expanduser()
-        return path if path.is_absolute() else Path(config.base_dir) / path
-    url = make_url(storage_url)
-    if url.get_backend_name() == "sqlite" and url.database:
-        db = Path(url.database)
-        return db.with_name(db.stem + "-artifacts")
-    return Path(config.base_dir) / f"{study_name}-artifacts"
+    store, `<study name>-artifacts` beside the study file): `sweeps.results.locations`."""
+    return checkpoint_folder(config, storage_url, study_name).path
 
 
 def open_artifact_store(path: Path, create: bool = True) -> FileSystemArtifactStore | None:

@@ -213,3 +213,9 @@ class StudyUnits:
         attrs = study.user_attrs
         budget_unit = attrs.get(BUDGET_UNIT_ATTR, "updates")
         return cls(budget_unit, attrs.get(STEP_UNIT_ATTR, budget_unit))
+
+
+# --- the study's own config: the file as it ran, and what of it defines the search ----------------
+CONFIG_ATTR = "config"  # the validated study file, `--set` applied, study.name the study's own
+FINGERPRINT_ATTR = "fingerprint"  # sweeps.config.fingerprint: {key path: value}
+FINGERPRINT_HISTORY_ATTR = "fingerprint_history"  # [{"at": ISO time, "changes": ["key: old -> new"]}]
