@@ -192,7 +192,7 @@ def test_one_gpu_still_goes_through_the_worker_children(tmp_path, monkeypatch):
     seen = {}
 
     def fake_run_workers(study_file, config, target, n_workers, n_train, show_progress=True, first_index=None,
-                         gpus=None, overrides=(), log_file=None):
+                         gpus=None, overrides=(), log_file=None, changes="check"):
         seen.update(n_workers=n_workers, gpus=gpus)
         return 0
 
