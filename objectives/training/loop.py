@@ -24,6 +24,7 @@ from objectives.training.batches import Batch, batch_len, forward, split, to_dev
 from objectives.training.budget import Budget, TrialPlan, examples_after, updates_within_examples
 from objectives.training.cores import cores_per_worker
 from objectives.training.data import LoaderOptions, make_loader, pins
+from objectives.training.noise_scale import GradientParts, NoiseScale, span_of, squared_norm
 from objectives.training.schedule import Schedule
 
 # reporter(value, step) -> True when the trial should stop (pruned)
@@ -50,6 +51,7 @@ class TrainResult:
     micro_batch: int = 0  # largest micro-batch in use at the end (after any OOM recovery)
     accumulation_steps: int = 1
     peak_memory_mb: float | None = None  # CUDA only
+    noise_scale_curve: list[tuple[int, float]] | None = None  # (step, B_simple) per evaluation, when measured
 
     @property
     def examples_per_second(self) -> float:
@@ -85,6 +87,13 @@ def eval_points(plan: TrialPlan, budget: Budget) -> dict[int, int]:
         points[max(after, 1)] = budget.to_step(units, plan.n_train)
         k += 1
     return points
+
+
+def eval_window(plan: TrialPlan, budget: Budget) -> int:
+    """Updates from the start to the first evaluation: the grid's window (a tenth of the plan
+    under a seconds budget, whose grid is timed)."""
+    points = eval_points(plan, budget)
+    return min(points) if points else max(1, plan.planned_updates // 10)
 
 
 def updates_to_reach(units: float, plan: TrialPlan, unit: str, tokens_per_example: int | None = None) -> int:
@@ -125,6 +134,7 @@ class Trainer:
         eval_batch_size: int = 4096,
         precision: str = "fp32",
         loader: LoaderOptions | None = None,
+        measure_noise: bool = False,
     ):
         self.task = task
         self.model: nn.Module = task.model
@@ -154,6 +164,13 @@ class Trainer:
             else contextlib.nullcontext()
         )
         self.result = TrainResult()
+        # Measuring swaps in its own step; off, the update is `step` exactly as without it.
+        self.noise = NoiseScale(device, span_of(eval_window(plan, budget), self.accumulation > 1)) \
+            if measure_noise else None
+        self.update = self.measured_step if measure_noise else self.step
+        if measure_noise:
+            self.gradient_parts = GradientParts([p for p in self.model.parameters() if p.requires_grad])
+            self.result.noise_scale_curve = []
         self.best_state: dict[str, Tensor] | None = None
         self.patience_ref: float | None = None
         self.bad_evals = 0
@@ -181,11 +198,44 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
+    def measured_step(self, batch: Batch) -> Tensor:
+        """`step`, also measuring the noise scale (`noise_scale.py`) from the micro-batches: on
+        every update of a split batch, and on every `UNSPLIT_EVERY`th update of one that is not
+        split, which that update then trains as two half micro-batches (same update, no extra pass)."""
+        noise = self.noise
+        n = batch_len(batch)
+        parts = self.accumulation
+        if parts == 1 and noise.due_unsplit():
+            parts = 2
+        parts = min(parts, n)
+        if parts == 1:
+            return self.step(batch)
+        gradients = self.gradient_parts
+        loss = torch.zeros((), device=self.device)
+        small_sq = torch.zeros((), device=self.device)
+        inverse_small = 0.0
+        for i, part in enumerate(split(batch, parts)):
+            size = batch_len(part)
+            if i:
+                gradients.set_aside()  # this micro-batch's gradient alone, then the sum again
+            with self.autocast:
+                part_loss = self.loss_of(part) * (size / n)
+            part_loss.backward()
+            small_sq += squared_norm(gradients.grads()) * (n / size) ** 2
+            inverse_small += 1.0 / size
+            if i:
+                gradients.add_back()
+            loss += part_loss.detach()
+        noise.add(small_sq / parts, inverse_small / parts, squared_norm(gradients.grads()), n)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
     def step_within_memory(self, batch: Batch) -> Tensor:
         """On OOM, halve the micro-batch and double accumulation: same batch, LR and update."""
         while True:
             try:
-                return self.step(batch)
+                return self.update(batch)
             except torch.cuda.OutOfMemoryError:
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.device.type == "cuda":
@@ -348,6 +398,8 @@ class Trainer:
         """Evaluate at `step`; True when the trial must stop (pruned, diverged, early stop)."""
         value = self.evaluate()
         self.result.history.append((step, value))
+        if self.noise is not None and (noise_scale := self.noise.value()) is not None:
+            self.result.noise_scale_curve.append((step, noise_scale))
         if not math.isfinite(value):
             self.result.stop_reason = "diverged"
             return True

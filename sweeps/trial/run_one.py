@@ -191,6 +191,7 @@ class SweepObjective:
             precision=cfg.objective.precision,
             loader=LoaderOptions(cfg.objective.loader.workers, cfg.objective.loader.prefetch,
                                  cfg.objective.loader.pin_memory),
+            measure_noise=cfg.measure.noise_scale,
         )
         return trainer.train()
 
