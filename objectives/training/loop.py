@@ -24,7 +24,7 @@ from objectives.training.batches import Batch, batch_len, forward, split, to_dev
 from objectives.training.budget import Budget, TrialPlan, examples_after, updates_within_examples
 from objectives.training.cores import cores_per_worker
 from objectives.training.data import LoaderOptions, make_loader, pins
-from objectives.training.noise_scale import GradientParts, NoiseScale, span_of, squared_norm
+from objectives.training.noise_scale import GradientParts, NoiseScale
 from objectives.training.schedule import Schedule
 
 # reporter(value, step) -> True when the trial should stop (pruned)
@@ -165,8 +165,7 @@ class Trainer:
         )
         self.result = TrainResult()
         # Measuring swaps in its own step; off, the update is `step` exactly as without it.
-        self.noise = NoiseScale(device, span_of(eval_window(plan, budget), self.accumulation > 1)) \
-            if measure_noise else None
+        self.noise = NoiseScale(device, eval_window(plan, budget), self.accumulation > 1) if measure_noise else None
         self.update = self.measured_step if measure_noise else self.step
         if measure_noise:
             self.gradient_parts = GradientParts([p for p in self.model.parameters() if p.requires_grad])
@@ -199,34 +198,30 @@ class Trainer:
         return loss.detach()
 
     def measured_step(self, batch: Batch) -> Tensor:
-        """`step`, also measuring the noise scale (`noise_scale.py`) from the micro-batches: on
-        every update of a split batch, and on every `UNSPLIT_EVERY`th update of one that is not
-        split, which that update then trains as two half micro-batches (same update, no extra pass)."""
-        noise = self.noise
+        """`step`, measuring the noise scale (`noise_scale.py`) from the micro-batches on one
+        update in `noise.every`. A batch that is not split is then trained as two half
+        micro-batches: the same update, no extra pass."""
+        if not self.noise.due():
+            return self.step(batch)
+        parts = max(self.accumulation, 2)
         n = batch_len(batch)
-        parts = self.accumulation
-        if parts == 1 and noise.due_unsplit():
-            parts = 2
-        parts = min(parts, n)
-        if parts == 1:
+        if n < 2:
             return self.step(batch)
         gradients = self.gradient_parts
         loss = torch.zeros((), device=self.device)
-        small_sq = torch.zeros((), device=self.device)
-        inverse_small = 0.0
-        for i, part in enumerate(split(batch, parts)):
-            size = batch_len(part)
+        norms = []
+        for i, part in enumerate(split(batch, min(parts, n))):
             if i:
                 gradients.set_aside()  # this micro-batch's gradient alone, then the sum again
             with self.autocast:
-                part_loss = self.loss_of(part) * (size / n)
+                part_loss = self.loss_of(part) * (batch_len(part) / n)
             part_loss.backward()
-            small_sq += squared_norm(gradients.grads()) * (n / size) ** 2
-            inverse_small += 1.0 / size
+            norms.append(torch._foreach_norm(gradients.grads()))
             if i:
                 gradients.add_back()
             loss += part_loss.detach()
-        noise.add(small_sq / parts, inverse_small / parts, squared_norm(gradients.grads()), n)
+        norms.append(torch._foreach_norm(gradients.grads()))
+        self.noise.add(norms, n)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()

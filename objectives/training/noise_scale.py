@@ -17,10 +17,10 @@ which for equal micro-batches are the background document's two-batch formulas. 
 noisy (|G|^2 may come out negative), so the numerator and the denominator are averaged separately
 (an exponential moving average over measured updates) and divided only when read. Both averages
 start at zero and grow alike, so their ratio needs no bias correction. The averages span about the
-measurements of one evaluation window (`span_of`): each point of the curve then stands for its
-window, as the evaluation beside it does; a shorter memory only adds noise, a longer one lags.
+measurements of one evaluation window: each point of the curve then stands for its window, as the
+evaluation beside it does; a shorter memory only adds noise, a longer one lags.
 
-Everything in the hot path stays on the device: the averages are 0-d tensors, read (one host
+Everything in the hot path stays on the device: the averages are one 2-vector, read (one host
 sync) only at evaluation, which syncs anyway.
 """
 
@@ -32,49 +32,57 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-UNSPLIT_EVERY = 8  # a batch that is not split is split in two halves on every 8th update only
+# Updates between two measurements, at most. A measurement costs a few fused ops over the
+# gradients (and, for a batch that is not split, the launches of a second, half-size pass): a fixed
+# cost, felt most by a tiny model; these keep the digits MLP of `benchmarks/trainer.py` within 5%.
+SPLIT_EVERY = 8
+UNSPLIT_EVERY = 32
+PER_WINDOW = 4  # measurements per evaluation window at least: a short window measures more often
+MIN_SPAN = 8  # measurements the averages span at least, even across evaluation windows
 
 
-def span_of(window_updates: int, split: bool) -> int:
-    """Measured updates in an evaluation window of `window_updates` updates: every update of a
-    split batch, every `UNSPLIT_EVERY`th of one that is not."""
-    return max(1, window_updates if split else window_updates // UNSPLIT_EVERY)
-
-
-def squared_norm(grads: Sequence[Tensor]) -> Tensor:
-    """|g|^2 over every gradient tensor: one fused `_foreach_norm` read of the gradients."""
-    if not grads:
-        return torch.zeros(())
-    return torch.stack(torch._foreach_norm(grads)).square().sum()
+def measure_every(window_updates: int, split: bool) -> int:
+    """Updates between two measurements: `SPLIT_EVERY` or `UNSPLIT_EVERY`, fewer when the
+    evaluation window of `window_updates` updates would otherwise get under `PER_WINDOW`
+    (a trial of few updates, such as a large batch under an examples budget, whose updates are
+    each costlier, so the fixed cost of a measurement weighs less)."""
+    most = SPLIT_EVERY if split else UNSPLIT_EVERY
+    return max(1, min(most, window_updates // PER_WINDOW))
 
 
 class NoiseScale:
-    """Exponential moving averages of the |G|^2 and tr(Sigma) estimates, on the device."""
+    """Exponential moving averages of the tr(Sigma) and |G|^2 estimates, on the device."""
 
-    def __init__(self, device: torch.device, span: int):
-        """`span`: the averages' memory in measured updates (decay 1 - 2 / (span + 1), the
-        weighted mean of the last `span` or so measurements)."""
+    def __init__(self, device: torch.device, window_updates: int, split: bool):
+        """`window_updates`: the updates of one evaluation window; `split`: whether the batch is
+        split into micro-batches. The averages span the measurements of one window, at least
+        `MIN_SPAN` (decay 1 - 2 / (span + 1): about the weighted mean of the last `span`)."""
+        self.every = measure_every(window_updates, split)
+        span = max(MIN_SPAN, window_updates // self.every)
         self.decay = 1.0 - 2.0 / (span + 1)
-        self.gradient_sq = torch.zeros((), device=device)  # EMA of the |G|^2 estimates
-        self.trace = torch.zeros((), device=device)  # EMA of the tr(Sigma) estimates
+        self.averages = torch.zeros(2, device=device)  # [tr(Sigma), |G|^2]
+        self.device = device
         self.measurements = 0
-        self.unsplit_updates = 0
+        self.updates = 0
+        self.weights: dict[tuple[int, tuple[int, ...]], Tensor] = {}
 
-    def due_unsplit(self) -> bool:
-        """Whether this update of a batch that is not split is one measured (split in halves)."""
-        self.unsplit_updates += 1
-        return self.unsplit_updates % UNSPLIT_EVERY == 0
+    def due(self) -> bool:
+        """Whether this update is measured (one in `every`)."""
+        self.updates += 1
+        return self.updates % self.every == 0
 
-    def add(self, small_sq: Tensor, inverse_small: float, big_sq: Tensor, big: int) -> None:
-        """One update's two-batch estimate: `small_sq` the mean squared norm of its micro-batch
-        gradients, `inverse_small` the mean of 1 / (micro-batch size), `big_sq` the squared norm
-        of the whole batch's gradient over `big` examples."""
-        spread = inverse_small - 1.0 / big
-        trace = (small_sq - big_sq) / spread
-        gradient_sq = (inverse_small * big_sq - small_sq / big) / spread
-        keep = self.decay
-        self.trace.mul_(keep).add_(trace, alpha=1 - keep)
-        self.gradient_sq.mul_(keep).add_(gradient_sq, alpha=1 - keep)
+    def add(self, norms: Sequence[Sequence[Tensor]], batch: int) -> None:
+        """One update's estimates. `norms[i]`: the per-tensor gradient norms (`_foreach_norm`) of
+        micro-batch i, whose loss was weighted by its share of the `batch` examples, as
+        `batches.split` cuts it; `norms[-1]`: those of the update's whole gradient. Four ops
+        whatever the number of micro-batches: the estimates are one fixed linear map of the
+        squared norms, applied with the average's decay in one `addmv_`."""
+        counts = tuple(len(group) for group in norms)
+        weights = self.weights.get((batch, counts))
+        if weights is None:
+            weights = self.weights[(batch, counts)] = estimate_weights(batch, counts).to(self.device)
+        squares = torch.stack([norm for group in norms for norm in group]).float().square()
+        self.averages.addmv_(weights, squares, beta=self.decay, alpha=1 - self.decay)
         self.measurements += 1
 
     def value(self) -> float | None:
@@ -82,10 +90,36 @@ class NoiseScale:
         average is not positive (the gradient is lost in the noise) or the result not finite."""
         if self.measurements == 0:
             return None
-        gradient_sq, trace = self.gradient_sq.item(), self.trace.item()
+        trace, gradient_sq = self.averages.tolist()
         if gradient_sq <= 0 or not math.isfinite(trace / gradient_sq):
             return None
         return trace / gradient_sq
+
+
+def micro_sizes(batch: int, parts: int) -> list[int]:
+    """The sizes `tensor_split` (and so `batches.split`) gives: the first `batch % parts` one larger."""
+    base, extra = divmod(batch, parts)
+    return [base + 1] * extra + [base] * (parts - extra)
+
+
+def estimate_weights(batch: int, counts: tuple[int, ...]) -> Tensor:
+    """The 2 x sum(counts) map from squared per-tensor norms to [tr(Sigma), |G|^2] (module doc).
+
+    A micro-batch of b_i examples enters the sum with its loss weighted b_i / B, so its own
+    gradient's squared norm is (B / b_i)^2 times what was measured; s averages those."""
+    sizes = micro_sizes(batch, len(counts) - 1)
+    parts = len(sizes)
+    inverse_small = sum(1.0 / b for b in sizes) / parts
+    spread = inverse_small - 1.0 / batch
+    trace_row: list[float] = []
+    gradient_row: list[float] = []
+    for size, count in zip(sizes, counts, strict=False):
+        w = (batch / size) ** 2 / parts  # this micro-batch's share of s
+        trace_row += [w / spread] * count
+        gradient_row += [-w / (batch * spread)] * count
+    trace_row += [-1.0 / spread] * counts[-1]  # S, the whole batch's gradient
+    gradient_row += [inverse_small / spread] * counts[-1]
+    return torch.tensor([trace_row, gradient_row], dtype=torch.float32)
 
 
 class GradientParts:
