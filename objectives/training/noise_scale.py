@@ -35,8 +35,8 @@ from torch import Tensor, nn
 # Updates between two measurements, at most. A measurement costs a few fused ops over the
 # gradients (and, for a batch that is not split, the launches of a second, half-size pass): a fixed
 # cost, felt most by a tiny model; these keep the digits MLP of `benchmarks/trainer.py` within 5%.
-SPLIT_EVERY = 8
-UNSPLIT_EVERY = 32
+SPLIT_EVERY = 16
+UNSPLIT_EVERY = 64
 PER_WINDOW = 4  # measurements per evaluation window at least: a short window measures more often
 MIN_SPAN = 8  # measurements the averages span at least, even across evaluation windows
 
