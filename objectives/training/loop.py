@@ -216,11 +216,11 @@ class Trainer:
             with self.autocast:
                 part_loss = self.loss_of(part) * (batch_len(part) / n)
             part_loss.backward()
-            norms.append(torch._foreach_norm(gradients.grads()))
+            norms.append(gradients.norms())
             if i:
                 gradients.add_back()
             loss += part_loss.detach()
-        norms.append(torch._foreach_norm(gradients.grads()))
+        norms.append(gradients.norms())
         self.noise.add(norms, n)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -78,6 +78,8 @@ class NoiseScale:
         whatever the number of micro-batches: the estimates are one fixed linear map of the
         squared norms, applied with the average's decay in one `addmv_`."""
         counts = tuple(len(group) for group in norms)
+        if not any(counts):
+            return
         weights = self.weights.get((batch, counts))
         if weights is None:
             weights = self.weights[(batch, counts)] = estimate_weights(batch, counts).to(self.device)
@@ -130,7 +132,8 @@ class GradientParts:
     references, no copy); backward then writes that micro-batch's gradient alone into fresh
     `.grad` tensors, its norm is read, and the running sum is added back in place. Plain
     accumulation does the same addition inside autograd, so the extra work is one fused norm per
-    micro-batch plus one for the sum; no copy of the gradients and no extra pass."""
+    micro-batch plus one for the sum: no extra pass, and cheaper than the norm of the difference
+    between consecutive running sums, which needs a copy of the previous sum each time."""
 
     def __init__(self, params: Sequence[nn.Parameter]):
         self.params = params
@@ -143,6 +146,11 @@ class GradientParts:
 
     def grads(self) -> list[Tensor]:
         return [p.grad for p in self.params if p.grad is not None]
+
+    def norms(self) -> list[Tensor]:
+        """The norm of each gradient tensor there is, in one fused op."""
+        grads = self.grads()
+        return torch._foreach_norm(grads) if grads else []
 
     def add_back(self) -> None:
         fresh, earlier = [], []
