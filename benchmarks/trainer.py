@@ -8,6 +8,12 @@ rule). The trainer fits torch's threads beside the loader's processes (objective
 the minimal loop keeps torch's default threads, as a hand-written loop would.
 Last line: `trainer_vs_minimal=<c/a> trainer_vs_dataloader=<c/b> dataset_vs_minimal=<e/d>`.
 
+The cost of `measure: {noise_scale: true}` (objectives/training/noise_scale.py) comes before it: the
+trainer measuring against the same trainer not measuring, alternating in one process, for the batch
+not split and for the batch split in `--noise-parts` micro-batches, each printed as the measuring
+run's throughput over the baseline's (`noise_scale_unsplit=<ratio> noise_scale_split=<ratio>`;
+1.00 is free, 0.95 a 5% cost). `--noise-only` runs just that part.
+
     python benchmarks/trainer.py                                  # digits MLP on the CPU
     python benchmarks/trainer.py --task resnet_synthetic --batch-size 256 --updates 200  # a GPU
 """
@@ -90,13 +96,15 @@ def loader_loop(model, loss_fn, loader: DataLoader, updates: int, lr: float, dev
 
 
 def service_trainer(task: Task, batch_size: int, updates: int, lr: float, device,
-                    loader: LoaderOptions | None = None) -> float:
+                    loader: LoaderOptions | None = None, *, measure_noise: bool = False,
+                    max_micro_batch: int | None = None) -> float:
     """(c) The service's Trainer, with its LR schedule, budget grid and divergence checks."""
     opt = torch.optim.SGD(task.model.parameters(), lr=lr, momentum=0.9)
     budget = Budget("updates", updates, updates)  # one evaluation, at the end (not timed)
     plan = plan_trial(budget, task.n_train, batch_size)
     schedule = Schedule.build(lr, plan.planned_updates, 0.05, "cosine", 0.0)
-    trainer = Trainer(task, opt, schedule, plan, budget, maximize=True, seed=0, loader=loader)
+    trainer = Trainer(task, opt, schedule, plan, budget, maximize=True, seed=0, loader=loader,
+                      measure_noise=measure_noise, max_micro_batch=max_micro_batch)
     return trainer.train().train_seconds
 
 
@@ -139,11 +147,16 @@ def main() -> None:
     parser.add_argument("--dataset-updates", type=int, default=1000, help="updates of each Dataset-path run")
     parser.add_argument("--loader-workers", type=int, default=default_loader_workers(),
                         help="DataLoader workers of both Dataset-path loops (default: the study file's rule)")
+    parser.add_argument("--noise-parts", type=int, default=2, help="micro-batches of the split noise-scale runs")
+    parser.add_argument("--noise-only", action="store_true", help="only the cost of measuring the noise scale")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    noise_scale_ratios(args, device)
+    if args.noise_only:
+        return
     loops = {"minimal": minimal_loop, "dataloader": dataloader_loop, "trainer": service_trainer}
     speeds: dict[str, list[float]] = {name: [] for name in loops}
     examples = args.updates * args.batch_size
@@ -170,6 +183,35 @@ def main() -> None:
     print(f"trainer_vs_minimal={median['trainer'] / median['minimal']:.3f} "
           f"trainer_vs_dataloader={median['trainer'] / median['dataloader']:.3f} "
           f"dataset_vs_minimal={dataset_ratio:.3f}")
+
+
+def noise_scale_ratios(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+    """Throughput measuring the noise scale over throughput not measuring it, alternating runs of
+    the same trainer on fresh tasks: for the batch not split (one update in 64 measured, as two
+    halves) and for the batch split in `--noise-parts` micro-batches (one in 16)."""
+    split = -(-args.batch_size // args.noise_parts)
+    cases = {"unsplit": None, "split": split}
+    ratios: dict[str, float] = {}
+    print(f"Noise scale cost (measure: {{noise_scale: true}}), {args.updates} updates, median of {args.repeats}")
+    for case, micro in cases.items():
+        runs = {"baseline": False, "measured": True}
+        speeds: dict[str, list[float]] = {name: [] for name in runs}
+        for measure in runs.values():  # warm-up
+            service_trainer(make_task(args.task, device, args.batch_size, args.lr), args.batch_size, 20, args.lr,
+                            device, measure_noise=measure, max_micro_batch=micro)
+        for _ in range(args.repeats):
+            for name, measure in runs.items():
+                task = make_task(args.task, device, args.batch_size, args.lr)
+                seconds = service_trainer(task, args.batch_size, args.updates, args.lr, device,
+                                          measure_noise=measure, max_micro_batch=micro)
+                speeds[name].append(args.updates * args.batch_size / seconds)
+        median = {name: statistics.median(v) for name, v in speeds.items()}
+        ratios[case] = median["measured"] / median["baseline"]
+        label = f"batch {args.batch_size}" + ("" if micro is None else f" as {args.noise_parts} x {micro}")
+        print(f"  {case:<8} {label:<20} baseline {median['baseline']:>10.0f}  measured {median['measured']:>10.0f} "
+              f"examples/s  ratio {ratios[case]:.3f}")
+    print(" ".join(f"noise_scale_{name}={ratio:.3f}" for name, ratio in ratios.items()))
+    return ratios
 
 
 def dataset_speeds(args: argparse.Namespace, device: torch.device) -> dict[str, list[float]]:

@@ -25,6 +25,7 @@ from objectives.training.budget import Budget, TrialPlan, examples_after, update
 from objectives.training.cores import cores_per_worker
 from objectives.training.data import LoaderOptions, make_loader, pins
 from objectives.training.live import SECONDS, UPDATES, LiveTrial
+from objectives.training.noise_scale import GradientParts, NoiseScale
 from objectives.training.schedule import Schedule
 
 # reporter(value, step) -> True when the trial should stop (pruned)
@@ -51,6 +52,7 @@ class TrainResult:
     micro_batch: int = 0  # largest micro-batch in use at the end (after any OOM recovery)
     accumulation_steps: int = 1
     peak_memory_mb: float | None = None  # CUDA only
+    noise_scale_curve: list[tuple[int, float]] | None = None  # (step, B_simple) per evaluation, when measured
 
     @property
     def examples_per_second(self) -> float:
@@ -86,6 +88,13 @@ def eval_points(plan: TrialPlan, budget: Budget) -> dict[int, int]:
         points[max(after, 1)] = budget.to_step(units, plan.n_train)
         k += 1
     return points
+
+
+def eval_window(plan: TrialPlan, budget: Budget) -> int:
+    """Updates from the start to the first evaluation: the grid's window (a tenth of the plan
+    under a seconds budget, whose grid is timed)."""
+    points = eval_points(plan, budget)
+    return min(points) if points else max(1, plan.planned_updates // 10)
 
 
 def updates_to_reach(units: float, plan: TrialPlan, unit: str, tokens_per_example: int | None = None) -> int:
@@ -127,6 +136,7 @@ class Trainer:
         precision: str = "fp32",
         loader: LoaderOptions | None = None,
         live: LiveTrial | None = None,
+        measure_noise: bool = False,
     ):
         self.task = task
         self.model: nn.Module = task.model
@@ -157,6 +167,12 @@ class Trainer:
         )
         self.live = live  # where a display in another process reads how far the trial is
         self.result = TrainResult()
+        # Measuring swaps in its own step; off, the update is `step` exactly as without it.
+        self.noise = NoiseScale(device, eval_window(plan, budget), self.accumulation > 1) if measure_noise else None
+        self.update = self.measured_step if measure_noise else self.step
+        if measure_noise:
+            self.gradient_parts = GradientParts([p for p in self.model.parameters() if p.requires_grad])
+            self.result.noise_scale_curve = []
         self.best_state: dict[str, Tensor] | None = None
         self.patience_ref: float | None = None
         self.bad_evals = 0
@@ -184,11 +200,40 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
+    def measured_step(self, batch: Batch) -> Tensor:
+        """`step`, measuring the noise scale (`noise_scale.py`) from the micro-batches on one
+        update in `noise.every`. A batch that is not split is then trained as two half
+        micro-batches: the same update, no extra pass."""
+        if not self.noise.due():
+            return self.step(batch)
+        parts = max(self.accumulation, 2)
+        n = batch_len(batch)
+        if n < 2:
+            return self.step(batch)
+        gradients = self.gradient_parts
+        loss = torch.zeros((), device=self.device)
+        norms = []
+        for i, part in enumerate(split(batch, min(parts, n))):
+            if i:
+                gradients.set_aside()  # this micro-batch's gradient alone, then the sum again
+            with self.autocast:
+                part_loss = self.loss_of(part) * (batch_len(part) / n)
+            part_loss.backward()
+            norms.append(gradients.norms())
+            if i:
+                gradients.add_back()
+            loss += part_loss.detach()
+        norms.append(gradients.norms())
+        self.noise.add(norms, n)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
     def step_within_memory(self, batch: Batch) -> Tensor:
         """On OOM, halve the micro-batch and double accumulation: same batch, LR and update."""
         while True:
             try:
-                return self.step(batch)
+                return self.update(batch)
             except torch.cuda.OutOfMemoryError:
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.device.type == "cuda":
@@ -358,6 +403,8 @@ class Trainer:
         self.result.history.append((step, value))
         if self.live is not None:
             self.live.evaluated(step, value)
+        if self.noise is not None and (noise_scale := self.noise.value()) is not None:
+            self.result.noise_scale_curve.append((step, noise_scale))
         if not math.isfinite(value):
             self.result.stop_reason = "diverged"
             return True

@@ -317,6 +317,13 @@ class DashboardSection:
 
 
 @dataclass
+class MeasureSection:
+    """What a trial measures beside its metric; each costs training time, so each is off by default."""
+
+    noise_scale: bool = False  # B_simple at each evaluation (objectives/training/noise_scale.py)
+
+
+@dataclass
 class SweepConfig:
     study: StudySection
     objective: ObjectiveSection
@@ -327,6 +334,7 @@ class SweepConfig:
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     early_stopping: EarlyStoppingSection | None = None
     dashboard: DashboardSection = field(default_factory=DashboardSection)
+    measure: MeasureSection = field(default_factory=MeasureSection)
     base_dir: str = "."  # folder of the YAML file; relative SQLite paths resolve against it
 
     def validate(self, path: str) -> None:

@@ -8,7 +8,8 @@ below; readers read `TrialRecord.of(trial)`.
 A trial writes its attributes in groups, each once it is known, and a group never reached is
 absent, not None: `IDENTITY` (set by the runner before the trial starts), `PLAN` (derived before
 training, so a trial that crashes while training carries it too), `GPU` (CUDA trials only),
-`RESULT` (after training; `peak_memory_mb` only when measured) and `ERROR` (a failed trial).
+`RESULT` (after training; `peak_memory_mb` only when measured, `noise_scale_curve` and
+`noise_scale` only with `measure: {noise_scale: true}`) and `ERROR` (a failed trial).
 A confirmation run (`sweeps confirm`) also carries `CONFIRM`, set when it is queued.
 
 The study's own units are here too: `budget_unit` and `step_unit`, the unit of the integer steps
@@ -64,8 +65,9 @@ class TrialRecord:
     micro_batch: int | None = None
     accumulation_steps: int | None = None
     peak_memory_mb: float | None = None  # CUDA only, stored only when measured
-    noise_scale: float | None = None  # B_simple at the last evaluation; only with measure.noise_scale
-    noise_scale_curve: list | None = None  # [[budget step, B_simple], ...] at each evaluation; ditto
+    # B_simple at each evaluation, [[step, value], ...]; stored only with measure.noise_scale
+    noise_scale_curve: list[list[float]] | None = None
+    noise_scale: float | None = None  # the curve's last value; absent when the curve is empty
     # ERROR: why the trial failed
     error: str | None = None
     # CONFIRM: a confirmation run, set when `sweeps confirm` queues it in the companion study
@@ -107,11 +109,11 @@ PLAN = ("batch_size", "lr", "coupling", "iterations_per_epoch", "planned_updates
 GPU = ("gpu", "gpu_name")
 RESULT = ("updates", "examples_seen", "tokens_seen", "epochs_completed", "train_seconds", "eval_seconds",
           "examples_per_second", "stop_reason", "best_step", "micro_batch", "accumulation_steps", "peak_memory_mb",
-          "noise_scale", "noise_scale_curve")
+          "noise_scale_curve", "noise_scale")
 ERROR = ("error",)
 CONFIRM = ("confirms_trial", "confirm_seed")
-WHEN_KNOWN = frozenset({"peak_memory_mb", "tokens_per_example", "tokens_seen",  # stored only when not None
-                        "noise_scale", "noise_scale_curve"})  # stored only when not None
+# stored only when not None
+WHEN_KNOWN = frozenset({"peak_memory_mb", "tokens_per_example", "tokens_seen", "noise_scale_curve", "noise_scale"})
 # The attribute that counts what a trial used of its budget, per budget unit.
 CONSUMED = {"updates": "updates", "examples": "examples_seen", "epochs": "epochs_completed", "seconds": "train_seconds",
             "tokens": "tokens_seen"}
@@ -144,7 +146,7 @@ def gpu_attrs(gpu: int | None, gpu_name: str) -> dict[str, Any]:
 
 
 def result_attrs(result: TrainResult, plan: TrialPlan) -> dict[str, Any]:
-    peak = result.peak_memory_mb
+    peak, curve = result.peak_memory_mb, result.noise_scale_curve
     return TrialRecord(
         updates=result.updates,
         examples_seen=result.examples_seen,
@@ -158,6 +160,8 @@ def result_attrs(result: TrainResult, plan: TrialPlan) -> dict[str, Any]:
         micro_batch=result.micro_batch,
         accumulation_steps=result.accumulation_steps,
         peak_memory_mb=None if peak is None else round(peak, 1),
+        noise_scale_curve=None if curve is None else [[step, round(value, 4)] for step, value in curve],
+        noise_scale=round(curve[-1][1], 4) if curve else None,
     ).attrs(RESULT)
 
 

@@ -206,6 +206,7 @@ class SweepObjective:
             loader=LoaderOptions(cfg.objective.loader.workers, cfg.objective.loader.prefetch,
                                  cfg.objective.loader.pin_memory),
             live=self.live,
+            measure_noise=cfg.measure.noise_scale,
         )
         return trainer.train()
 
