@@ -14,6 +14,10 @@ not split and for the batch split in `--noise-parts` micro-batches, each printed
 run's throughput over the baseline's (`noise_scale_unsplit=<ratio> noise_scale_split=<ratio>`;
 1.00 is free, 0.95 a 5% cost). `--noise-only` runs just that part.
 
+Then the cost of the live progress display: the trainer writing its shared record
+(objectives/training/live.py) each update, read once a second by a forked process as the
+bookkeeper reads it, against the same trainer without it (`live_display=<ratio>`; `--live-only`).
+
     python benchmarks/trainer.py                                  # digits MLP on the CPU
     python benchmarks/trainer.py --task resnet_synthetic --batch-size 256 --updates 200  # a GPU
 """
@@ -21,6 +25,7 @@ run's throughput over the baseline's (`noise_scale_unsplit=<ratio> noise_scale_s
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import time
 
@@ -32,6 +37,7 @@ from objectives.task import Task, TrialSettings
 from objectives.training.budget import Budget, plan_trial
 from objectives.training.cores import default_loader_workers
 from objectives.training.data import LoaderOptions
+from objectives.training.live import LiveTrial
 from objectives.training.loop import Trainer
 from objectives.training.schedule import Schedule
 
@@ -97,14 +103,14 @@ def loader_loop(model, loss_fn, loader: DataLoader, updates: int, lr: float, dev
 
 def service_trainer(task: Task, batch_size: int, updates: int, lr: float, device,
                     loader: LoaderOptions | None = None, *, measure_noise: bool = False,
-                    max_micro_batch: int | None = None) -> float:
+                    max_micro_batch: int | None = None, live: LiveTrial | None = None) -> float:
     """(c) The service's Trainer, with its LR schedule, budget grid and divergence checks."""
     opt = torch.optim.SGD(task.model.parameters(), lr=lr, momentum=0.9)
     budget = Budget("updates", updates, updates)  # one evaluation, at the end (not timed)
     plan = plan_trial(budget, task.n_train, batch_size)
     schedule = Schedule.build(lr, plan.planned_updates, 0.05, "cosine", 0.0)
     trainer = Trainer(task, opt, schedule, plan, budget, maximize=True, seed=0, loader=loader,
-                      measure_noise=measure_noise, max_micro_batch=max_micro_batch)
+                      measure_noise=measure_noise, max_micro_batch=max_micro_batch, live=live)
     return trainer.train().train_seconds
 
 
@@ -149,13 +155,18 @@ def main() -> None:
                         help="DataLoader workers of both Dataset-path loops (default: the study file's rule)")
     parser.add_argument("--noise-parts", type=int, default=2, help="micro-batches of the split noise-scale runs")
     parser.add_argument("--noise-only", action="store_true", help="only the cost of measuring the noise scale")
+    parser.add_argument("--live-only", action="store_true", help="only the cost of the progress display's record")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    noise_scale_ratios(args, device)
+    if not args.live_only:
+        noise_scale_ratios(args, device)
     if args.noise_only:
+        return
+    live_display_ratio(args, device)
+    if args.live_only:
         return
     loops = {"minimal": minimal_loop, "dataloader": dataloader_loop, "trainer": service_trainer}
     speeds: dict[str, list[float]] = {name: [] for name in loops}
@@ -212,6 +223,36 @@ def noise_scale_ratios(args: argparse.Namespace, device: torch.device) -> dict[s
               f"examples/s  ratio {ratios[case]:.3f}")
     print(" ".join(f"noise_scale_{name}={ratio:.3f}" for name, ratio in ratios.items()))
     return ratios
+
+
+def live_display_ratio(args: argparse.Namespace, device: torch.device) -> float:
+    """Throughput with the progress display's shared record written (and read once a second, from
+    a forked process, as the bookkeeper draws it) over throughput without it, alternating runs."""
+    speeds: dict[str, list[float]] = {"baseline": [], "live": []}
+    record = LiveTrial()
+    reader = multiprocessing.get_context("fork").Process(target=read_every_second, args=(record,), daemon=True)
+    reader.start()
+    try:
+        for _ in range(args.repeats):
+            for name in speeds:
+                task = make_task(args.task, device, args.batch_size, args.lr)
+                seconds = service_trainer(task, args.batch_size, args.updates, args.lr, device,
+                                          live=record if name == "live" else None)
+                speeds[name].append(args.updates * args.batch_size / seconds)
+    finally:
+        reader.terminate()
+    median = {name: statistics.median(v) for name, v in speeds.items()}
+    ratio = median["live"] / median["baseline"]
+    print(f"Progress display cost, {args.updates} updates, median of {args.repeats}: baseline "
+          f"{median['baseline']:.0f}, live record {median['live']:.0f} examples/s")
+    print(f"live_display={ratio:.3f}")
+    return ratio
+
+
+def read_every_second(record: LiveTrial) -> None:
+    while True:
+        record.read()
+        time.sleep(1.0)
 
 
 def dataset_speeds(args: argparse.Namespace, device: torch.device) -> dict[str, list[float]]:
