@@ -115,7 +115,8 @@ def runs_text(rows: list[Confirmed]) -> str:
     """How many finished runs stand behind the table (a diverged run has no value to average)."""
     runs = sum(len(r.values) + r.diverged for r in rows)
     diverged = sum(r.diverged for r in rows)
-    return f"{runs} runs" + (f", {diverged} diverged (loss NaN/inf, no value)" if diverged else "")
+    counted = f"{runs} run" + ("" if runs == 1 else "s")
+    return counted + (f", {diverged} diverged (loss NaN/inf, no value)" if diverged else "")
 
 
 def report_lines(study: optuna.Study) -> list[str]:
