@@ -89,6 +89,12 @@ def confirmed(study: optuna.Study, companion: optuna.Study, sources: list[int] |
     return [by_trial.get(n) or Confirmed(n, main[n].value, maximize) for n in sources if n in main]
 
 
+def confirmed_of(study: optuna.Study) -> list[Confirmed]:
+    """Every configuration the study's companion confirms (best search value first); none without one."""
+    companion = companion_of(study)
+    return confirmed(study, companion) if companion is not None else []
+
+
 def ranking_note(rows: list[Confirmed]) -> str:
     """Whether the confirmed means order the configurations as the search values did."""
     rated = [r for r in rows if r.mean is not None]
