@@ -4,6 +4,8 @@ count against the main study's total budget."""
 
 from __future__ import annotations
 
+import html
+import json
 import os
 import statistics
 import uuid
@@ -17,7 +19,7 @@ from optuna.trial import TrialState
 
 from storage import ledger
 from storage.dashboard_formats import note_str_key_prefix
-from sweeps import confirm, exits, studies
+from sweeps import confirm, exits, report, run, studies
 from sweeps.best import ranked
 from sweeps.config.plan import budget_of, fmt
 from sweeps.config.study_file import load_config
@@ -26,7 +28,9 @@ from sweeps.loop.books import Books
 from sweeps.loop.companion import companion_config, companion_target, link, planned, queue_missing, why_not_run
 from sweeps.loop.runner import open_study, run_sweep
 from sweeps.loop.spending import Spending
-from sweeps.results.confirmed import Confirmed, ranking_note, report_lines
+from sweeps.results.analysis import analyse
+from sweeps.results.confirmed import Confirmed, confirmed_of, ranking_note, report_lines
+from sweeps.results.recommendation import recommendation
 from sweeps.trial.record import CONFIRM_STUDY_ATTR, CONFIRMS_STUDY_ATTR, TrialRecord, confirm_attrs
 from tests.conftest import TINY, merged
 
@@ -370,3 +374,31 @@ def test_confirmation_runs_count_against_the_total_budget_on_postgres(tmp_path, 
                     connection.execute(sqlalchemy.delete(table).where(table.c.study_id == study_id))
             optuna.delete_study(study_name=study_name, storage=PG_URL)
         engine.dispose()
+
+
+def test_the_report_the_study_note_and_the_end_of_a_sweep_give_the_confirmed_recommendation(tmp_path, capsys):
+    """A real search and a real `sweeps confirm`: the one paragraph follows the confirmed values
+    everywhere it appears."""
+    path, url = searched(tmp_path)
+    assert confirm.main([str(path), "--top", "2", "--seeds", "2", "--quiet"]) == exits.OK
+    main = optuna.load_study(study_name="tiny", storage=url)
+    runs = confirmed_of(main)
+    top = min(runs, key=lambda r: r.mean)  # minimizing val_mse
+    paragraph = recommendation(analyse(main, with_importances=False))
+    assert (f"; trial {top.trial}); expect val_mse {top.mean:.4g} +/- {top.sd:.2g} (mean +/- sd of 2 confirmation "
+            "runs with fresh seeds)") in paragraph and "optimistic" not in paragraph
+    assert ("ahead of the search's best" in paragraph) == (top.trial != ranked(main.trials, maximize=False)[0].number)
+
+    def flat(text: str) -> str:
+        return " ".join(text.split())
+
+    assert f"### Recommendation\n\n{paragraph}\n\n" in study_note_of(main)  # rewritten by `sweeps confirm`
+    capsys.readouterr()
+    assert report.main([str(path), "--out", str(tmp_path / "report")]) == exits.OK
+    assert flat(capsys.readouterr().out).startswith(paragraph)
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["recommendation"] == paragraph
+    assert {r["trial"]: r["confirmed_mean"] for r in summary["confirmed"]} == {r.trial: r.mean for r in runs}
+    assert html.escape(paragraph) in (tmp_path / "report" / "report.html").read_text()
+    assert run.main([str(path), "--quiet"]) == exits.OK  # complete already: the end of a sweep, summary only
+    assert paragraph in flat(capsys.readouterr().out)
