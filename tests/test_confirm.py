@@ -314,6 +314,7 @@ def test_confirmation_runs_count_against_the_main_studys_total_budget(tmp_path, 
 
 @pytest.mark.parametrize("lowered_to, why", [
     (3 * PER_RUN + 100, "1.00e2 of 1.64e3 examples left, the next run needs 5.12e2"),  # lowered in the study file
+    (PER_RUN, "nothing left of 5.12e2 examples, the next run needs 5.12e2"),  # lowered below what was spent
     (None, "the sweep found it spent with 1.00e2 of 1.64e3 examples left"),  # the search stopped at it
 ])
 def test_no_confirmation_run_starts_when_none_fits_what_is_left(tmp_path, capsys, lowered_to, why):

@@ -81,6 +81,10 @@ def spent_message(state: LedgerState | None) -> str | None:
 def not_started_message(not_started: int, planned: int, left: float, amount: float, unit: str, needs: float,
                         stopped: bool = False) -> str:
     """The one line `sweeps confirm` ends with when the total budget cannot hold all its runs."""
-    rest = (f"the sweep found it spent with {sci(left)} of {sci(amount)} {unit} left" if stopped else
-            f"{sci(left)} of {sci(amount)} {unit} left, the next run needs {sci(needs)}")
+    if stopped:
+        rest = f"the sweep found it spent with {sci(left)} of {sci(amount)} {unit} left"
+    elif left <= 0:
+        rest = f"nothing left of {sci(amount)} {unit}, the next run needs {sci(needs)}"
+    else:
+        rest = f"{sci(left)} of {sci(amount)} {unit} left, the next run needs {sci(needs)}"
     return f"total budget: {not_started} of {planned} confirmation runs not started ({rest}); {RAISE_FIX}"
