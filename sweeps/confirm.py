@@ -9,9 +9,15 @@ the same command on other machines with the same store), and prints each configu
 search-time value, the mean and standard deviation of its confirmed values, and how far the
 search value overstated the mean. Rerunning resumes: finished runs are kept, failed ones queued
 again.
-Exit codes (`sweeps.exits`): 0 every run finished, 1 no complete trial to confirm or a run did
-not finish (rerun to resume), 2 invalid study file or flag, 3 store not there or not readable,
-4 no such study, 130/143 interrupted (rerun to resume).
+The runs count against the main study's `study.total_budget` (its ledger; the study file's amount
+is recorded first, as `sweeps run` records it): the runs are taken best configuration first, and
+the first that does not fit what is left, with every run after it, is not started. As when
+`sweeps run` finds its budget spent, that ends in 0 with a `note:` line when the runs that fitted
+finished, and in 1 with one `error:` line when not even the first run fits.
+Exit codes (`sweeps.exits`): 0 every run that fits the total budget finished, 1 no complete trial
+to confirm, no run fits the total budget, or a run did not finish (rerun to resume), 2 invalid
+study file or flag, 3 store not there or not readable, 4 no such study, 130/143 interrupted
+(rerun to resume).
 """
 
 from __future__ import annotations
@@ -22,14 +28,17 @@ import sys
 
 import optuna
 
+from storage.ledger import LedgerState
 from sweeps import exits
 from sweeps.best import ranked, study_config
 from sweeps.cli import add_study_arguments, fail, run_command
-from sweeps.config.plan import text_table
+from sweeps.config.plan import budget_of, text_table
 from sweeps.config.study_file import SweepConfig
 from sweeps.config.target import SweepTarget
 from sweeps.loop import signals
 from sweeps.loop.companion import (
+    FINISHED,
+    BudgetCheck,
     Confirmation,
     companion_config,
     companion_target,
@@ -37,11 +46,15 @@ from sweeps.loop.companion import (
     planned,
     queue_missing,
     runs_to_make,
+    split_by_budget,
 )
-from sweeps.loop.runner import LoadedTask, load_task, open_study, run_sweep
+from sweeps.loop.runner import LoadedTask, load_task, open_ledger, open_study, run_sweep
+from sweeps.loop.spending import Pace, Spending
 from sweeps.loop.workers import start_and_wait
-from sweeps.results.confirmed import confirmed, ranking_note, runs_text
+from sweeps.results.confirmed import companion_of, confirmed, ranking_note, runs_text
 from sweeps.results.existing import load, open_existing
+from sweeps.results.ledger_view import not_started_message, state_of
+from sweeps.results.notes import study_note, write_study_note
 from sweeps.run import exit_at_once_if_stopped
 
 EXAMPLE = """example:
@@ -85,10 +98,16 @@ def confirm(args: argparse.Namespace) -> int:
         return fail(exits.FAILED, f"study {study.study_name!r} has no complete trial with a value to confirm: "
                                   f"run `sweeps run {args.study_file}` first")
     plan = planned(sources, args.seeds, config.study.seed)
-    plan = within_budget(study, plan)
+    open_ledger(study, existing.config)  # the study file's total, recorded as `sweeps run` records it
+    ledger = state_of(study)  # the main study's ledger: the runs count against its total budget
     # the companion's config: the main study's training settings, the search switched off
-    queue_config = companion_config(config, study.study_name, len(plan))
-    task = load_task(queue_config)  # before the store is written: a broken task queues nothing
+    task = load_task(companion_config(config, study.study_name, len(plan), ledger))  # a broken task queues nothing
+    check = within_budget(study, plan, config, ledger, task)
+    if check is not None:
+        plan = check.allowed
+        if not plan:  # nothing fits: nothing is queued or trained
+            return exits.OK if args.as_worker else fail(exits.FAILED, budget_text(check))
+    queue_config = companion_config(config, study.study_name, len(plan), ledger)
     companion = open_study(queue_config, companion_target(existing.target, len(plan)), task.n_train)
     link(study, companion)
     if not args.as_worker:  # the parent (or a lone process) queues; its workers only pull
@@ -96,7 +115,7 @@ def confirm(args: argparse.Namespace) -> int:
     finished, open_runs = runs_to_make(companion, plan)
     n_trials = finished + len(open_runs)  # finished trials of earlier, larger plans count too
     target = companion_target(existing.target, n_trials)
-    run_config = companion_config(config, study.study_name, n_trials)
+    run_config = companion_config(config, study.study_name, n_trials, ledger)
     if open_runs:
         code = run(args, run_config, target, task)
         if code != exits.OK:
@@ -108,16 +127,42 @@ def confirm(args: argparse.Namespace) -> int:
           f"({runs_text(rows)} in study {companion.study_name}; {config.study.direction} {config.study.metric})")
     print(text_table([r.row() for r in rows]))
     print(ranking_note(rows))
-    return ending(companion, plan, args.study_file)
+    refresh_note(study, config, task)
+    code = ending(companion, plan, args.study_file)
+    if code == exits.OK and check is not None and check.left_out:
+        print(f"note: {budget_text(check, state_of(study))}")
+    return code
 
 
-def within_budget(study: optuna.Study, plan: list[Confirmation]) -> list[Confirmation]:
-    """The runs the sweep's compute ledger (`study.total_budget`) still allows.
+def within_budget(study: optuna.Study, plan: list[Confirmation], config: SweepConfig, ledger: LedgerState | None,
+                  task: LoadedTask) -> BudgetCheck | None:
+    """The runs the sweep's compute ledger (`study.total_budget` of the main study) still holds,
+    planned as their reservations will be (sweeps/loop/companion.py); None without a ledger."""
+    if ledger is None:
+        return None
+    companion = companion_of(study)
+    run_config = companion_config(config, study.study_name, len(plan), ledger)
+    spending = Spending.of(run_config, budget_of(run_config, task.tokens_per_example), task.n_train)
+    pace = Pace()  # seconds per budget unit so far, for a time total on a counting budget
+    if spending.estimated:
+        for trial in [*study.get_trials(deepcopy=False, states=FINISHED),
+                      *(companion.get_trials(deepcopy=False, states=FINISHED) if companion else [])]:
+            pace.add(trial.user_attrs, spending.budget.unit)
+    return split_by_budget(plan, companion, run_config, spending, ledger, pace)
 
-    The one place the ledger check goes: confirmation runs count against the main study's budget
-    (each records its examples, updates and train_seconds as any trial does, in the companion).
-    Until the ledger exists every planned run is allowed."""
-    return plan
+
+def budget_text(check: BudgetCheck, now: LedgerState | None = None) -> str:
+    """The one line on runs the total budget cannot hold; `now`: the ledger after the runs that fitted."""
+    state = now or check
+    return not_started_message(len(check.left_out), len(check.allowed) + len(check.left_out), state.left,
+                               check.amount, check.unit, check.needs, state.stopped)
+
+
+def refresh_note(study: optuna.Study, config: SweepConfig, task: LoadedTask) -> None:
+    """The main study's dashboard note again: its recommendation now follows the confirmed
+    values, its ledger includes the confirmation runs."""
+    if config.dashboard.notes:
+        write_study_note(study, study_note(study, config, task.n_train, tokens_per_example=task.tokens_per_example))
 
 
 def run(args: argparse.Namespace, config: SweepConfig, target: SweepTarget, task: LoadedTask) -> int:

@@ -2,9 +2,11 @@
 
 | code | meaning |
 | ---- | ------- |
-| 0    | done (a grid exhausted or a sampler that stopped the study also ends here, with a note) |
+| 0    | done (a grid exhausted, a sampler that stopped the study, or a total budget spent also |
+|      | ends here, with a note; `sweeps confirm`: the runs that fit the total budget finished) |
 | 1    | the sweep did not deliver: too many failures in a row, every trial diverged, fewer |
-|      | finished trials than asked for; or a report with no result                         |
+|      | finished trials than asked for; or a report with no result; or no confirmation run |
+|      | fits the total budget                                                               |
 | 2    | usage: the study file, a flag, a storage value or a task is invalid |
 |      | (or the study file changes a stored study's search: sweeps.config.fingerprint) |
 | 3    | the store cannot be opened or used (an unreachable server, a missing SQLite file) |

@@ -83,6 +83,7 @@ def summary_json(a: StudyAnalysis) -> dict:
         "study": a.study_name, "metric": a.metric, "direction": "maximize" if a.maximize else "minimize",
         "counts": a.counts, "best_trials": a.best_table(),
         "recommendation": recommendation(a),
+        "confirmed": [r.row() for r in a.confirmed],  # `sweeps confirm`'s runs, per configuration
         "lr_scaling": {"slope": fit.slope, "ci_half_width": fit.half_width, "confidence": fit.confidence,
                        "interval": fit.interval, "covered_rules": fit.covered_rules, "rule": fit.rule,
                        "verdict": fit.verdict(), "tolerance": fit.tolerance, "batch_sizes": fit.batch_sizes,

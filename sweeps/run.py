@@ -9,10 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import textwrap
 from dataclasses import replace
 
-import optuna
 import torch
 
 from storage import redact
@@ -22,15 +20,12 @@ from sweeps.config.plan import check_plan, format_plan
 from sweeps.config.study_file import load_config
 from sweeps.config.target import target_of
 from sweeps.loop import logs, signals
-from sweeps.loop.ending import report_ending
+from sweeps.loop.ending import end_sweep
 from sweeps.loop.gpus import GPU_ENV, check_device, cuda_device_count, plan_gpus
 from sweeps.loop.resume import ALLOW_CHANGES_FLAG, NEW_STUDY_FLAG
 from sweeps.loop.runner import load_task, recorded_overrides, run_sweep
 from sweeps.loop.workers import run_workers
-from sweeps.results.analysis import analyse
 from sweeps.results.locations import checkpoint_folder, checkpoint_notice, report_folder
-from sweeps.results.recommendation import recommendation
-from sweeps.trial.record import TrialRecord
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -125,8 +120,7 @@ def sweep(args: argparse.Namespace) -> int:
                       overrides=args.sets, changes=changes, is_worker=args.as_worker)
     if args.as_worker:  # a worker of --workers: the parent reports
         return exits.OK
-    print_summary(study, config.study.metric)
-    return report_ending(study, target.n_trials, config)
+    return end_sweep(study, target.n_trials, config)
 
 
 def outputs_lines(config, target) -> str:
@@ -136,24 +130,6 @@ def outputs_lines(config, target) -> str:
         f"checkpoints: {checkpoint_folder(config, url, name).path}" if config.dashboard.keep_checkpoints > 0
         else "checkpoints: none (dashboard.keep_checkpoints: 0)")
     return f"{checkpoints}\nreport: {report_folder(config, url, name, None)} (sweeps report --out DIR to choose)"
-
-
-def print_summary(study: optuna.Study, metric: str) -> None:
-    """The best trial, then the report's recommendation paragraph (`sweeps report` says the rest)."""
-    try:
-        best = study.best_trial
-    except ValueError:
-        print("no trial finished with a value")
-        return
-    record = TrialRecord.of(best)
-    lr = record.lr if record.lr is not None else float("nan")
-    print(
-        f"best {metric} = {best.value:.4f} (trial {best.number}): batch_size {record.batch_size}, "
-        f"lr {lr:.4g} ({record.coupling}), {record.epochs_completed} epochs, {record.updates} updates"
-    )
-    analysis = analyse(study, with_importances=False)
-    if analysis.complete:
-        print("\n" + textwrap.fill(recommendation(analysis), width=100))
 
 
 def exit_at_once_if_stopped(code: int, argv: list[str]) -> None:

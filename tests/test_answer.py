@@ -1,5 +1,6 @@
 """The report's answer on synthetic studies whose truth is set: the LR slope and the rule it names
-(or refuses to name), B_crit from steps to target and from the noise scale, and the recommendation."""
+(or refuses to name), B_crit from steps to target and from the noise scale, and the recommendation
+(with confirmation runs in a companion study: their mean, and their ranking)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ import optuna
 import pytest
 import yaml
 from optuna.distributions import FloatDistribution, IntDistribution
-from optuna.trial import create_trial
+from optuna.trial import TrialState, create_trial
 
 from sweeps import report
+from sweeps.loop.companion import link
 from sweeps.results.analysis import analyse
 from sweeps.results.critical import Reach, crossing, examples_ratio, fit_critical, steps_ratio, tradeoff_sentence
 from sweeps.results.lr_advice import LrPoint, fit_lr_scaling
 from sweeps.results.recommendation import recommendation
+from sweeps.trial.record import confirm_attrs
 from tests.dashboard_study import STUDY
 
 BATCHES = (16, 32, 64, 128, 256, 512)
@@ -215,3 +218,59 @@ def test_study_note_starts_with_the_recommendation(tmp_path):
     path.write_text(yaml.safe_dump(config))
     note = study_note(study, load_config(path), 1000)
     assert note.split("\n\n")[1:3] == ["### Recommendation", recommendation(analyse(study, with_importances=False))]
+
+
+def confirmed_study(search: dict[int, float], runs: dict[int, list[float | None]]) -> optuna.Study:
+    """A search (trial number -> value, at B = 32 for trial 0, 64, 128, ...) and its companion of
+    confirmation runs (trial number -> the runs' values, None for a diverged run), linked as
+    `sweeps confirm` links them."""
+    storage = optuna.storages.InMemoryStorage()
+    study = new_study(storage)
+    for number, value in sorted(search.items()):
+        add(study, 32 * 2 ** number, 0.01, value, seed=number)
+    companion = optuna.create_study(study_name="synthetic-confirm", storage=storage, direction="maximize")
+    link(study, companion)
+    for number, values in runs.items():
+        for seed, value in enumerate(values, 100):
+            trial = create_trial(params=study.trials[number].params, distributions=DISTRIBUTIONS,
+                                 value=value, state=TrialState.COMPLETE if value is not None else TrialState.PRUNED,
+                                 user_attrs={**confirm_attrs(number, seed), "seed": seed})
+            companion.add_trial(trial)
+    return study
+
+
+def test_the_recommendation_expects_the_confirmed_mean_and_spread():
+    text = recommendation(analyse(confirmed_study({0: 0.95, 1: 0.94}, {0: [0.93, 0.94, 0.95], 1: [0.90]}),
+                                  with_importances=False))
+    assert text.startswith("Recommendation: train at batch size 32 for 10 epochs (1,000 updates, 32,000 examples) "
+                           "with peak LR 0.01 (coupling none; trial 0); expect val_accuracy 0.94 +/- 0.01 (mean "
+                           "+/- sd of 3 confirmation runs with fresh seeds); its search-time value was 0.95. When")
+    assert "optimistic" not in text and "ahead of" not in text
+
+
+def test_the_recommendation_follows_the_confirmed_ranking_and_says_so():
+    """Trial 0 led the search, trial 1 leads the confirmation runs: trial 1 is recommended, with its mean."""
+    study = confirmed_study({0: 0.95, 1: 0.94, 2: 0.93}, {0: [0.90, 0.91, None], 1: [0.93, 0.935]})
+    text = recommendation(analyse(study, with_importances=False))
+    assert text.startswith("Recommendation: train at batch size 64 for 10 epochs (1,000 updates, 64,000 examples) "
+                           "with peak LR 0.01 (coupling none; trial 1); expect val_accuracy 0.9325 +/- 0.0035 "
+                           "(mean +/- sd of 2 confirmation runs with fresh seeds); its search-time value was 0.94. "
+                           "The confirmation runs rank trial 1 first, ahead of the search's best, trial 0 "
+                           "(val_accuracy 0.95 in the search, 0.905 confirmed), so this follows them. When")
+    diverged = confirmed_study({0: 0.95, 1: 0.94}, {0: [None], 1: [0.92]})  # the search's best diverged
+    assert ("expect val_accuracy about 0.92 (a single confirmation run with fresh seeds: no spread yet; repeat it "
+            "with other seeds to measure one); its search-time value was 0.94. The confirmation runs rank trial 1 "
+            "first, ahead of the search's best, trial 0 (val_accuracy 0.95 in the search, its confirmation runs "
+            "diverged), so this follows them." in recommendation(analyse(diverged, with_importances=False)))
+    mine = confirmed_study({0: 0.95, 1: 0.94}, {0: [0.90, None, 0.92]})
+    assert ("(mean +/- sd of 2 confirmation runs with fresh seeds); 1 more diverged (loss NaN/inf); its search-time "
+            "value was 0.95. When" in recommendation(analyse(mine, with_importances=False)))
+
+
+def test_a_search_best_never_confirmed_is_recommended_as_the_search_found_it():
+    """A newer best than the configurations `sweeps confirm` retrained: their means say nothing of it."""
+    study = confirmed_study({0: 0.95, 1: 0.94}, {1: [0.93, 0.935]})
+    text = recommendation(analyse(study, with_importances=False))
+    assert "train at batch size 32" in text and "(trial 0)" not in text and "; trial 0);" in text
+    assert ("the best of 2 trials is optimistic until confirmation runs repeat it (`sweeps confirm` has not "
+            "retrained trial 0 yet)." in text)

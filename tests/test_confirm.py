@@ -1,8 +1,11 @@
 """`sweeps confirm`: the best trials trained again with fresh seeds in a linked companion study,
-on real stores (SQLite, and PostgreSQL with two worker processes) with real training."""
+on real stores (SQLite, and PostgreSQL with two worker processes) with real training; the runs
+count against the main study's total budget."""
 
 from __future__ import annotations
 
+import html
+import json
 import os
 import statistics
 import uuid
@@ -10,18 +13,24 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 import yaml
 from optuna.trial import TrialState
 
-from sweeps import confirm, exits, studies
+from storage import ledger
+from storage.dashboard_formats import note_str_key_prefix
+from sweeps import confirm, exits, report, run, studies
 from sweeps.best import ranked
-from sweeps.config.plan import fmt
+from sweeps.config.plan import budget_of, fmt
 from sweeps.config.study_file import load_config
 from sweeps.config.target import target_of
 from sweeps.loop.books import Books
 from sweeps.loop.companion import companion_config, companion_target, link, planned, queue_missing, why_not_run
 from sweeps.loop.runner import open_study, run_sweep
-from sweeps.results.confirmed import Confirmed, ranking_note, report_lines
+from sweeps.loop.spending import Spending
+from sweeps.results.analysis import analyse
+from sweeps.results.confirmed import Confirmed, confirmed_of, ranking_note, report_lines
+from sweeps.results.recommendation import recommendation
 from sweeps.trial.record import CONFIRM_STUDY_ATTR, CONFIRMS_STUDY_ATTR, TrialRecord, confirm_attrs
 from tests.conftest import TINY, merged
 
@@ -209,3 +218,188 @@ def test_two_workers_confirm_on_postgres(tmp_path, monkeypatch, capsys):
                 optuna.delete_study(study_name=study_name, storage=PG_URL)
             except KeyError:
                 pass
+
+
+# --- the total budget: confirmation runs count against the main study's ledger --------------------
+
+PER_RUN = 512  # examples: each trial and each confirmation run of `budgeted` trains exactly this many
+BUDGETED = {"budget": {"unit": "examples", "per_trial": PER_RUN, "eval_every": 256}}
+
+
+def budgeted(folder: Path, amount: float, name: str = "tiny", storage: str | None = None) -> tuple[Path, str]:
+    """A study file with `study.total_budget` in examples and its finished search of 3 trials (1536 examples)."""
+    path = folder / f"{name}.yaml"
+    data = merged(merged(TINY, BUDGETED), {"study": {"name": name, "n_trials": 3,
+                                                     "total_budget": {"amount": amount, "unit": "examples"}}})
+    path.write_text(yaml.safe_dump(data))
+    config = load_config(path)
+    target = target_of(config, storage)
+    run_sweep(config, target, show_progress=False)
+    return path, target.storage_url
+
+
+def set_amount(path: Path, amount: float) -> None:
+    data = yaml.safe_load(path.read_text())
+    data["study"]["total_budget"]["amount"] = amount
+    path.write_text(yaml.safe_dump(data))
+
+
+def ledger_rows(url: str, study_id: int) -> dict[int, tuple[float, float | None]]:
+    """trial id -> (reserved, spent) booked against the study's total budget."""
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(sqlalchemy.select(ledger.LEDGER).where(ledger.LEDGER.c.study_id == study_id))
+            return {r.trial_id: (r.reserved, r.spent) for r in rows}
+    finally:
+        engine.dispose()
+
+
+def ledger_state(url: str, study_id: int) -> ledger.LedgerState | None:
+    engine = sqlalchemy.create_engine(url)
+    try:
+        return ledger.read(engine, study_id)
+    finally:
+        engine.dispose()
+
+
+def check_confirmations_are_booked_in_the_main_ledger(path: Path, url: str, name: str, capsys) -> None:
+    """Room for one confirmation run: it trains and books in the main study's ledger, the rest is not
+    started and the note says so; raising the amount in the study file lets the rest run."""
+    capsys.readouterr()
+    assert confirm.main([str(path), "--top", "2", "--seeds", "2", "--quiet", "--storage", url]) == exits.OK
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == (
+        "note: total budget: 3 of 4 confirmation runs not started (1.00e2 of 2.15e3 examples left, the next run "
+        "needs 5.12e2); raise study.total_budget.amount to continue")
+    main = optuna.load_study(study_name=name, storage=url)
+    companion = optuna.load_study(study_name=f"{name}-confirm", storage=url)
+    best = ranked(main.trials, maximize=False)[0]
+    assert [(t.state, TrialRecord.of(t).confirms_trial) for t in companion.trials] == [(TrialState.COMPLETE,
+                                                                                         best.number)]
+    rows = ledger_rows(url, main._study_id)
+    run_id = companion.trials[0]._trial_id
+    assert set(rows) == {t._trial_id for t in main.trials} | {run_id}  # booked in the main study's ledger
+    assert rows[run_id] == (PER_RUN, PER_RUN)  # reserved, then settled to what it trained
+    state = ledger_state(url, main._study_id)
+    assert (state.spent, state.open, state.stopped) == (4 * PER_RUN, 0, False)
+    assert ledger_state(url, companion._study_id) is None  # a companion keeps no ledger of its own
+
+    # every figure of the main study's ledger includes the run: `sweeps studies` and the study note
+    assert studies.main(["--storage", url]) == exits.OK
+    listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert "2.05k/2.15k examples" in listed[name] and "2.05k/" not in listed[f"{name}-confirm"]
+    assert "**Total budget**: 2.05k of 2.15k examples spent (95.3%), 100 left" in study_note_of(main)
+
+    set_amount(path, 4 * PER_RUN + 3 * PER_RUN)  # raised in the study file: the three other runs fit
+    assert confirm.main([str(path), "--top", "2", "--seeds", "2", "--quiet", "--storage", url]) == exits.OK
+    assert "not started" not in capsys.readouterr().out
+    companion = optuna.load_study(study_name=f"{name}-confirm", storage=url)
+    assert [t.state for t in companion.trials] == [TrialState.COMPLETE] * 4
+    state = ledger_state(url, main._study_id)
+    assert (state.spent, state.amount) == (7 * PER_RUN, 7 * PER_RUN)
+
+
+def study_note_of(study: optuna.Study) -> str:
+    storage = study._storage
+    system = storage.get_study_system_attrs(study._study_id)
+    prefix = note_str_key_prefix(None)
+    return "".join(system[f"{prefix}{i}"] for i in range(sum(1 for key in system if key.startswith(prefix))))
+
+
+def test_confirmation_runs_count_against_the_main_studys_total_budget(tmp_path, capsys):
+    path, url = budgeted(tmp_path, amount=3 * PER_RUN + PER_RUN + 100)
+    check_confirmations_are_booked_in_the_main_ledger(path, url, "tiny", capsys)
+
+
+@pytest.mark.parametrize("lowered_to, why", [
+    (3 * PER_RUN + 100, "1.00e2 of 1.64e3 examples left, the next run needs 5.12e2"),  # lowered in the study file
+    (PER_RUN, "nothing left of 5.12e2 examples, the next run needs 5.12e2"),  # lowered below what was spent
+    (None, "the sweep found it spent with 1.00e2 of 1.64e3 examples left"),  # the search stopped at it
+])
+def test_no_confirmation_run_starts_when_none_fits_what_is_left(tmp_path, capsys, lowered_to, why):
+    path, url = budgeted(tmp_path, 3 * PER_RUN + 100 if lowered_to is None else 10 * PER_RUN)
+    if lowered_to is not None:
+        set_amount(path, lowered_to)
+    capsys.readouterr()
+    assert confirm.main([str(path), "--top", "1", "--seeds", "2", "--quiet"]) == exits.FAILED
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (f"error: total budget: 2 of 2 confirmation runs not started ({why}); raise "
+                            "study.total_budget.amount to continue\n")
+    with pytest.raises(KeyError):  # nothing was queued: no companion either
+        optuna.load_study(study_name="tiny-confirm", storage=url)
+
+
+def test_a_run_that_no_longer_fits_when_it_starts_is_closed_unstarted_and_the_search_may_go_on(tmp_path):
+    """The reservation each run makes as it starts is the guard when the budget shrank since it was
+    queued (another worker, a lowered amount): the run is closed unstarted, and the main study's
+    ledger is not marked spent, since the search's own trials may still fit."""
+    path, url = budgeted(tmp_path, amount=10 * PER_RUN)
+    config = load_config(path)
+    main = optuna.load_study(study_name="tiny", storage=url)
+    engine = sqlalchemy.create_engine(url)
+    state = ledger.read(engine, main._study_id)
+    companion_cfg = companion_config(config, "tiny", 1, state)
+    companion = open_study(companion_cfg, companion_target(target_of(config), 1), n_train=256)
+    link(main, companion)
+    queue_missing(companion, planned(ranked(main.trials, maximize=False)[:1], seeds=1, study_seed=0))
+    books = Books(companion, companion_cfg, n_trials=1,
+                  spending=Spending.of(companion_cfg, budget_of(companion_cfg), 256))
+    ref, point = books.ask()
+    ledger.set_total(engine, main._study_id, "tiny", state.spent + PER_RUN - 1, "examples")  # lowered meanwhile
+    assert books.reserve(ref.trial_id, point) is False
+    closed = optuna.load_study(study_name="tiny-confirm", storage=url).trials[0]
+    assert closed.state == TrialState.FAIL and TrialRecord.of(closed).error.startswith(
+        "not started: the total budget has 511 examples left, the trial needs 512")
+    after = ledger.read(engine, main._study_id)
+    assert ref.trial_id not in ledger_rows(url, main._study_id) and not after.stopped and after.left == PER_RUN - 1
+    engine.dispose()
+
+
+@needs_pg
+def test_confirmation_runs_count_against_the_total_budget_on_postgres(tmp_path, capsys):
+    name = f"confirm-budget-{uuid.uuid4().hex[:8]}"
+    try:
+        path, url = budgeted(tmp_path, 3 * PER_RUN + PER_RUN + 100, name=name, storage=PG_URL)
+        check_confirmations_are_booked_in_the_main_ledger(path, url, name, capsys)
+    finally:
+        engine = sqlalchemy.create_engine(PG_URL)
+        for study_name in (name, f"{name}-confirm"):
+            try:
+                study_id = optuna.load_study(study_name=study_name, storage=PG_URL)._study_id
+            except KeyError:
+                continue
+            with engine.begin() as connection:
+                for table in (ledger.LEDGER, ledger.BUDGETS):
+                    connection.execute(sqlalchemy.delete(table).where(table.c.study_id == study_id))
+            optuna.delete_study(study_name=study_name, storage=PG_URL)
+        engine.dispose()
+
+
+def test_the_report_the_study_note_and_the_end_of_a_sweep_give_the_confirmed_recommendation(tmp_path, capsys):
+    """A real search and a real `sweeps confirm`: the one paragraph follows the confirmed values
+    everywhere it appears."""
+    path, url = searched(tmp_path)
+    assert confirm.main([str(path), "--top", "2", "--seeds", "2", "--quiet"]) == exits.OK
+    main = optuna.load_study(study_name="tiny", storage=url)
+    runs = confirmed_of(main)
+    top = min(runs, key=lambda r: r.mean)  # minimizing val_mse
+    paragraph = recommendation(analyse(main, with_importances=False))
+    assert (f"; trial {top.trial}); expect val_mse {top.mean:.4g} +/- {top.sd:.2g} (mean +/- sd of 2 confirmation "
+            "runs with fresh seeds)") in paragraph and "optimistic" not in paragraph
+    assert ("ahead of the search's best" in paragraph) == (top.trial != ranked(main.trials, maximize=False)[0].number)
+
+    def flat(text: str) -> str:
+        return " ".join(text.split())
+
+    assert f"### Recommendation\n\n{paragraph}\n\n" in study_note_of(main)  # rewritten by `sweeps confirm`
+    capsys.readouterr()
+    assert report.main([str(path), "--out", str(tmp_path / "report")]) == exits.OK
+    assert flat(capsys.readouterr().out).startswith(paragraph)
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["recommendation"] == paragraph
+    assert {r["trial"]: r["confirmed_mean"] for r in summary["confirmed"]} == {r.trial: r.mean for r in runs}
+    assert html.escape(paragraph) in (tmp_path / "report" / "report.html").read_text()
+    assert run.main([str(path), "--quiet"]) == exits.OK  # complete already: the end of a sweep, summary only
+    assert paragraph in flat(capsys.readouterr().out)

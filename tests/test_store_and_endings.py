@@ -116,6 +116,24 @@ def test_workers_of_a_sqlite_sweep_write_where_the_parent_resolved(tmp_path):
     trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{other}").trials
     assert {t.user_attrs["worker"] for t in trials} <= {0, 1}
     assert {t.user_attrs["sampler_seed"] for t in trials if t.user_attrs["worker"] == 0} == {0}
+    # the parent of --workers ends as one worker does: the best trial, then the recommendation
+    assert "4 trials finished; best val_mse = " in done.stdout
+    assert "\nRecommendation: train at batch size " in done.stdout
+
+
+def test_one_worker_and_the_parent_of_workers_print_the_same_summary(tmp_path, capsys):
+    """Both end through `ending.end_sweep`: the same count, best trial and recommendation paragraph
+    (here on a complete study, where the parent starts no worker)."""
+    study = write_study(tmp_path, study={"n_trials": 3})
+    assert main([str(study), "--quiet"]) == 0
+    alone = capsys.readouterr().out
+    assert main([str(study), "--quiet"]) == 0
+    again = capsys.readouterr().out
+    assert main([str(study), "--quiet", "--workers", "2"]) == 0
+    assert capsys.readouterr().out == again
+    summary = alone[alone.index("3 trials finished; best val_mse = "):]
+    assert again == f"study complete: 3 of 3 trials; raise --n-trials to continue\n{summary}"
+    assert "\n\nRecommendation: train at batch size " in summary
 
 
 @needs_pg

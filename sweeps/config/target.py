@@ -14,6 +14,7 @@ class SweepTarget:
     storage_url: str
     study_name: str
     n_trials: int
+    confirms: str | None = None  # a companion of `sweeps confirm`: the main study it confirms
 
 
 def target_of(config: SweepConfig, storage: str | None = None, study_name: str | None = None,

@@ -33,7 +33,7 @@ from storage.retry import with_retry
 from storage.snapshot import snapshot
 from sweeps.config.study_file import SweepConfig
 from sweeps.loop.budget_books import BudgetBooks
-from sweeps.loop.companion import why_not_run
+from sweeps.loop.companion import ledger_study_id, why_not_run
 from sweeps.loop.heartbeat import Heartbeat, stale_wait_text
 from sweeps.loop.interface import TrialRef
 from sweeps.loop.progress import Progress
@@ -75,11 +75,13 @@ class Books:
         self.stopping = threading.Event()  # set on abort: a waiting ask gives up
         self.open: dict[int, optuna.Trial] = {}  # trials asked and not yet closed
         # study.total_budget: its ledger in the store (None: no total budget, or a store without SQL)
+        # a companion study of confirmation runs trains only what `sweeps confirm` queued in it,
+        # and books its runs in its main study's ledger
+        self.queued_only = CONFIRMS_STUDY_ATTR in study.user_attrs
         self.spending = spending if engine_of(self.storage) is not None else None
         self.budget = None if self.spending is None else BudgetBooks(
-            self.storage, self.study_id, self.spending, self.pause if self.heartbeat.enabled else None)
-        # a companion study of confirmation runs trains only what `sweeps confirm` queued in it
-        self.queued_only = CONFIRMS_STUDY_ATTR in study.user_attrs
+            self.storage, ledger_study_id(study), self.spending, self.pause if self.heartbeat.enabled else None,
+            marks_spent=not self.queued_only)
         self.display = display  # the live progress display, drawn from this process
         self.waiting_logged = False
 

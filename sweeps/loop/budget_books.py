@@ -7,6 +7,10 @@ finds too little left while other workers' trials are still running waits for th
 heartbeats are on, so a dead worker's trial goes stale instead of holding it up forever) before it
 concludes the budget is spent. Once a worker finds it spent with nothing in flight, it notes so in
 the ledger at the current amount: every worker then stops, and the sweep's ending says why.
+
+`study_id` is the study whose ledger pays: a companion of confirmation runs books in its main
+study's (sweeps/loop/companion.py). Such a worker never notes the budget spent: a confirmation run
+that does not fit says nothing about the cheaper trials the search may still start.
 """
 
 from __future__ import annotations
@@ -30,14 +34,16 @@ class BudgetBooks:
     """One worker's view of its study's ledger."""
 
     def __init__(self, storage: optuna.storages.BaseStorage, study_id: int, spending: Spending,
-                 wait: Callable[[float], bool] | None = None):
+                 wait: Callable[[float], bool] | None = None, marks_spent: bool = True):
         """`wait(seconds)`: pause (and fail stale trials) unless the sweep is stopping; False when
-        it is stopping. None: never wait (heartbeats off)."""
+        it is stopping. None: never wait (heartbeats off). `marks_spent`: note a spent budget in
+        the ledger, for every worker (False for a companion's)."""
         self.storage = storage
         self.engine = engine_of(storage)
         self.study_id = study_id
         self.spending = spending
         self.wait = wait
+        self.marks_spent = marks_spent
         self.pace = Pace()  # seconds per budget unit, for a time total on a counting budget
 
     def learn_pace(self, finished: list[optuna.trial.FrozenTrial]) -> None:
@@ -90,4 +96,6 @@ class BudgetBooks:
         self.pace.add(attrs, self.spending.budget.unit)
 
     def stop(self) -> None:
+        if not self.marks_spent:
+            return
         with_retry(lambda: ledger.mark_stopped(self.engine, self.study_id), "writing the ledger")

@@ -7,7 +7,13 @@ Each run is queued with the source trial's parameters (`study.enqueue_trial`) an
 `CONFIRM` attributes (sweeps/trial/record.py): which trial it confirms and the seed it trains
 with. Workers pull the queue through the ordinary sweep loop (`sweeps.loop.books` trains
 nothing else in a study that carries `CONFIRMS_STUDY_ATTR`), so a run records its cost
-(examples, updates, train_seconds) like any trial. Nothing here imports torch.
+(examples, updates, train_seconds) like any trial.
+
+The runs count against the main study's `study.total_budget`: a companion keeps no ledger of its
+own, its trials reserve and settle in the main study's (`ledger_study_id`), so every figure of
+that ledger (progress line, study note, `sweeps studies`) includes them. `split_by_budget` decides
+before anything is queued which runs what is left still holds; the reservation each run makes
+when it starts stays the guard against other workers spending meanwhile. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -20,8 +26,12 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from storage.ledger import SLACK, LedgerState
+from storage.optuna_private import study_id_of, study_storage
 from sweeps.config.study_file import SweepConfig, parse_config
 from sweeps.config.target import SweepTarget
+from sweeps.loop.spending import Pace, Spending
+from sweeps.search.space import Suggestion, suggest
 from sweeps.trial.record import (
     CONFIRM_STUDY_ATTR,
     CONFIRMS_STUDY_ATTR,
@@ -69,19 +79,37 @@ def key_of(attrs: Mapping[str, Any]) -> tuple[int, int] | None:
     return record.confirms_trial, record.confirm_seed
 
 
-def companion_config(config: SweepConfig, study_name: str, n_trials: int) -> SweepConfig:
+def companion_config(config: SweepConfig, study_name: str, n_trials: int,
+                     ledger: LedgerState | None = None) -> SweepConfig:
     """The main study's config with the search switched off: its name, the runs to make, a
     random sampler (the queue supplies every point) and no pruner (a confirmation trains to its
-    budget, as the configuration would in use). Training settings are untouched."""
+    budget, as the configuration would in use). Training settings are untouched. Its
+    `total_budget` is the main study's ledger as it stands (`ledger`: amount and unit; none
+    without one), not the stored config's, which a later `sweeps run` may have raised."""
     data = json.loads(json.dumps(config.to_dict(), default=str))
-    data["study"].update(name=companion_name(study_name), n_trials=max(1, n_trials))
+    data["study"].update(name=companion_name(study_name), n_trials=max(1, n_trials),
+                         total_budget=None if ledger is None else {"amount": ledger.amount, "unit": ledger.unit})
     data["sampler"] = {"name": "random"}
     data["pruner"] = {"name": "none"}
     return parse_config(data, config.base_dir)
 
 
 def companion_target(main: SweepTarget, n_trials: int) -> SweepTarget:
-    return SweepTarget(main.storage_url, companion_name(main.study_name), max(1, n_trials))
+    """`confirms` links the companion to its main study as it is opened, before its ledger would be."""
+    return SweepTarget(main.storage_url, companion_name(main.study_name), max(1, n_trials),
+                       confirms=main.study_name)
+
+
+def ledger_study_id(study: optuna.Study) -> int:
+    """The study whose `study.total_budget` pays for this study's trials: a companion's main
+    study (while it exists), any other study itself."""
+    main = study.user_attrs.get(CONFIRMS_STUDY_ATTR)
+    if main:
+        try:
+            return study_storage(study).get_study_id_from_name(main)
+        except KeyError:  # the main study was deleted: nothing pays, no ledger
+            pass
+    return study_id_of(study)
 
 
 def link(main: optuna.Study, companion: optuna.Study) -> None:
@@ -125,3 +153,46 @@ def why_not_run(number: int, attrs: Mapping[str, Any], trials: Iterable[FrozenTr
         if other.state in FINISHED or (other.state == TrialState.RUNNING and other.number < number):
             return f"not started: trial {other.number} already runs this confirmation"
     return None
+
+
+@dataclass(frozen=True)
+class BudgetCheck:
+    """The planned runs the main study's total budget holds (`allowed`), and those it does not."""
+
+    allowed: list[Confirmation]
+    left_out: list[Confirmation]
+    left: float  # what the ledger had left before these runs
+    amount: float
+    unit: str
+    needs: float = 0.0  # the planned cost of the first run left out
+    stopped: bool = False  # a worker found the budget spent: nothing starts until the amount is raised
+
+
+def point_of(run: Confirmation, config: SweepConfig) -> Suggestion:
+    """What the run will train: its parameters read as the sweep loop reads them."""
+    return suggest(optuna.trial.FixedTrial(run.params), config.search)
+
+
+def split_by_budget(plan: list[Confirmation], companion: optuna.Study | None, config: SweepConfig,
+                    spending: Spending, ledger: LedgerState, pace: Pace | None = None) -> BudgetCheck:
+    """Split the plan against what the ledger has left (nothing once a worker found it spent).
+    A run finished or running already is kept at no cost (its cost is booked). The others take
+    their planned cost (`Spending.planned`, as their reservation will) in the plan's order, best
+    configuration first, until one does not fit: that run and every later one not already booked
+    are left out, so what the budget holds goes to the best configurations."""
+    booked = set() if companion is None else {
+        key_of(t.user_attrs) for t in companion.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))}
+    remaining, allowed, left_out, needs = 0.0 if ledger.stopped else ledger.left, [], [], 0.0
+    for run in plan:
+        if run.key in booked:
+            allowed.append(run)
+            continue
+        cost = spending.planned_for(point_of(run, config), pace)
+        if not left_out and cost <= remaining + SLACK * ledger.amount:
+            remaining -= cost
+            allowed.append(run)
+            continue
+        if not left_out:
+            needs = cost
+        left_out.append(run)
+    return BudgetCheck(allowed, left_out, ledger.left, ledger.amount, ledger.unit, needs, ledger.stopped)

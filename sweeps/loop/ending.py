@@ -1,9 +1,12 @@
-"""How a sweep ended, as one exit code and one line: the same for one process and for the
-parent of `--workers`, so "0 trials finished" can never end in success."""
+"""How a sweep ended: its summary (the finished count, the best trial and the report's
+recommendation paragraph), then one exit code and one line. The same for one process and for the
+parent of `--workers` (`end_sweep`), so both print the same answer and "0 trials finished" can
+never end in success."""
 
 from __future__ import annotations
 
 import sys
+import textwrap
 from dataclasses import dataclass
 
 import optuna
@@ -11,7 +14,9 @@ from optuna.trial import TrialState
 
 from sweeps import exits
 from sweeps.config.study_file import SweepConfig
+from sweeps.results.analysis import analyse
 from sweeps.results.ledger_view import spent_message, state_of
+from sweeps.results.recommendation import recommendation
 from sweeps.search.strategies import grid_size
 from sweeps.trial.record import TrialRecord
 
@@ -60,6 +65,31 @@ def ending_of(study: optuna.Study, n_trials: int, grid_size: int | None = None,
     return Ending(exits.FAILED, f"stopped at {finished} of {n_trials} trials ({len(failed)} failed, "
                                 f"{len(running)} running){last_error(failed)}: run the same command again "
                                 "to resume")
+
+
+def summary_text(study: optuna.Study, metric: str) -> str:
+    """What a sweep prints at its end: the finished trials and the best one, then the report's
+    recommendation paragraph (`sweeps report` says the rest)."""
+    finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    count = f"{finished} trial{'' if finished == 1 else 's'} finished"
+    try:
+        best = study.best_trial
+    except ValueError:
+        return f"{count}; none with a value"
+    record = TrialRecord.of(best)
+    lr = record.lr if record.lr is not None else float("nan")
+    line = (f"{count}; best {metric} = {best.value:.4f} (trial {best.number}): batch_size {record.batch_size}, "
+            f"lr {lr:.4g} ({record.coupling}), {record.epochs_completed} epochs, {record.updates} updates")
+    analysis = analyse(study, with_importances=False)
+    if not analysis.complete:  # a best value that is not finite
+        return line
+    return f"{line}\n\n{textwrap.fill(recommendation(analysis), width=100)}"
+
+
+def end_sweep(study: optuna.Study, n_trials: int, config: SweepConfig) -> int:
+    """The end of `sweeps run`, with one worker or many: the summary, then how it ended (its code)."""
+    print(summary_text(study, config.study.metric))
+    return report_ending(study, n_trials, config)
 
 
 def report_ending(study: optuna.Study, n_trials: int, config: SweepConfig) -> int:

@@ -35,7 +35,7 @@ from sweeps.loop.sweep_loop import SweepLoop
 from sweeps.results.ledger_view import line_of
 from sweeps.results.publish import DashboardHooks
 from sweeps.search.strategies import build_pruner, build_sampler
-from sweeps.trial.record import CONFIG_ATTR, identity_attrs, study_unit_attrs
+from sweeps.trial.record import CONFIG_ATTR, CONFIRMS_STUDY_ATTR, identity_attrs, study_unit_attrs
 from sweeps.trial.run_one import PROBED_MICRO_BATCH_ATTR, SweepObjective, resolve_device
 
 
@@ -100,6 +100,8 @@ def open_study(config: SweepConfig, target: SweepTarget, n_train: int,
         pruner=build_pruner(config.pruner, budget_of(config), n_train),
         load_if_exists=True,
     )
+    if target.confirms and study.user_attrs.get(CONFIRMS_STUDY_ATTR) != target.confirms:
+        study.set_user_attr(CONFIRMS_STUDY_ATTR, target.confirms)  # before the ledger: a companion keeps none
     seed_sampler(study, config, seed)
     if study.direction.name.lower() != config.study.direction:
         raise optuna.exceptions.OptunaError(
@@ -121,9 +123,11 @@ def open_study(config: SweepConfig, target: SweepTarget, n_train: int,
 
 
 def open_ledger(study: optuna.Study, config: SweepConfig) -> None:
-    """Record `study.total_budget` in the store's ledger (each run may raise it)."""
+    """Record `study.total_budget` in the store's ledger (each run may raise it). A companion of
+    confirmation runs records none: its runs book against its main study's ledger, whose total
+    only `sweeps run` sets (sweeps/loop/companion.py: `ledger_study_id`)."""
     total, engine = config.study.total_budget, engine_of(study_storage(study))
-    if total is None or engine is None:
+    if total is None or engine is None or CONFIRMS_STUDY_ATTR in study.user_attrs:
         return
     try:
         set_total(engine, study_id_of(study), study.study_name, total.amount, total.unit)

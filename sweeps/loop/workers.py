@@ -22,7 +22,7 @@ from sweeps.config.plan import budget_of
 from sweeps.config.study_file import SweepConfig
 from sweeps.config.target import SweepTarget
 from sweeps.loop.books import finished_count
-from sweeps.loop.ending import report_ending
+from sweeps.loop.ending import end_sweep
 from sweeps.loop.gpus import GpuAssignment
 from sweeps.loop.resume import ChangePolicy, complete_note
 from sweeps.loop.runner import open_study
@@ -58,15 +58,14 @@ def run_workers(study_file: str, config: SweepConfig, target: SweepTarget, n_wor
     study = open_study(config, target, n_train, overrides=overrides, changes=changes)
     if finished_count(study) >= target.n_trials:  # nothing left to do: start no worker
         print(complete_note(finished_count(study), target.n_trials))
-        return report_ending(study, target.n_trials, config)
+        return end_sweep(study, target.n_trials, config)
     commands = [worker_command(study_file, target, None if first_index is None else first_index + i, overrides,
                                log_file)
                 for i in range(n_workers)]
     failed = start_and_wait(study, config, target, commands, show_progress, gpus)
     if failed:
         return failed
-    print(f"{finished_count(study)} trials finished; best {config.study.metric} = {best_text(study)}")
-    return report_ending(study, target.n_trials, config)
+    return end_sweep(study, target.n_trials, config)  # the same summary as one worker's
 
 
 def start_and_wait(study: optuna.Study, config: SweepConfig, target: SweepTarget, commands: list[list[str]],
@@ -103,13 +102,6 @@ def start_and_wait(study: optuna.Study, config: SweepConfig, target: SweepTarget
     if failed:  # a worker killed by a signal: 128 + its number, as a shell reports it
         return failed[0] if failed[0] > 0 else 128 - failed[0]
     return 0
-
-
-def best_text(study) -> str:
-    try:
-        return f"{study.best_value:.4f} (trial {study.best_trial.number})"
-    except ValueError:
-        return "- (no trial finished with a value)"
 
 
 def stop(workers: list[subprocess.Popen]) -> None:

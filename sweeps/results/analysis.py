@@ -13,6 +13,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeps.results.confirmed import Confirmed, confirmed_of
 from sweeps.results.critical import CriticalFit, fit_critical, reaches
 from sweeps.results.lr_advice import RULE_SLOPES, LrFit, LrPoint, default_tolerance, fit_lr_scaling
 from sweeps.results.noise import NoiseEstimate, estimate
@@ -50,6 +51,7 @@ class StudyAnalysis:
     critical: CriticalFit | None = None  # B_crit from steps to target (None: no target)
     noise: NoiseEstimate | None = None  # B_crit from the trials' noise scale (None: none measured it)
     throughput: dict[int, float] = field(default_factory=dict)  # B -> median examples/s of its complete trials
+    confirmed: list[Confirmed] = field(default_factory=list)  # `sweeps confirm`'s runs, per configuration
 
     def best_table(self, k: int = 10) -> list[dict]:
         rows = []
@@ -135,4 +137,4 @@ def analyse(study: optuna.Study, target: float | None = None, target_quantile: f
     return StudyAnalysis(study.study_name, metric, maximize, units.budget_unit,
                          step_unit, complete, curves, best_by_batch, lr_fit, target, target_quantile, reaching,
                          importances, counts, tolerance, critical, estimate(complete, target, maximize),
-                         throughput_by_batch(complete))
+                         throughput_by_batch(complete), confirmed_of(study))

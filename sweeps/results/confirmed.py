@@ -89,6 +89,12 @@ def confirmed(study: optuna.Study, companion: optuna.Study, sources: list[int] |
     return [by_trial.get(n) or Confirmed(n, main[n].value, maximize) for n in sources if n in main]
 
 
+def confirmed_of(study: optuna.Study) -> list[Confirmed]:
+    """Every configuration the study's companion confirms (best search value first); none without one."""
+    companion = companion_of(study)
+    return confirmed(study, companion) if companion is not None else []
+
+
 def ranking_note(rows: list[Confirmed]) -> str:
     """Whether the confirmed means order the configurations as the search values did."""
     rated = [r for r in rows if r.mean is not None]
@@ -115,7 +121,8 @@ def runs_text(rows: list[Confirmed]) -> str:
     """How many finished runs stand behind the table (a diverged run has no value to average)."""
     runs = sum(len(r.values) + r.diverged for r in rows)
     diverged = sum(r.diverged for r in rows)
-    return f"{runs} runs" + (f", {diverged} diverged (loss NaN/inf, no value)" if diverged else "")
+    counted = f"{runs} run" + ("" if runs == 1 else "s")
+    return counted + (f", {diverged} diverged (loss NaN/inf, no value)" if diverged else "")
 
 
 def report_lines(study: optuna.Study) -> list[str]:

@@ -9,15 +9,17 @@ import optuna
 
 from storage import ledger
 from storage.ledger import LedgerState
-from storage.optuna_private import engine_of, study_id_of, study_storage
+from storage.optuna_private import engine_of, study_storage
+from sweeps.loop.companion import ledger_study_id
 from sweeps.loop.progress import human
 
 RAISE_FIX = "raise study.total_budget.amount to continue"
 
 
 def state_of(study: optuna.Study) -> LedgerState | None:
+    """The ledger that pays for the study's trials: a companion's is its main study's."""
     engine = engine_of(study_storage(study))
-    return None if engine is None else ledger.read(engine, study_id_of(study))
+    return None if engine is None else ledger.read(engine, ledger_study_id(study))
 
 
 def rate_text(state: LedgerState) -> str:
@@ -74,3 +76,15 @@ def spent_message(state: LedgerState | None) -> str | None:
         return None
     rest = f" ({sci(state.left)} left, less than the next trial needs)" if state.left > 0 else ""
     return f"total budget spent: {sci(state.spent)} of {sci(state.amount)} {state.unit}{rest}; {RAISE_FIX}"
+
+
+def not_started_message(not_started: int, planned: int, left: float, amount: float, unit: str, needs: float,
+                        stopped: bool = False) -> str:
+    """The one line `sweeps confirm` ends with when the total budget cannot hold all its runs."""
+    if stopped:
+        rest = f"the sweep found it spent with {sci(left)} of {sci(amount)} {unit} left"
+    elif left <= 0:
+        rest = f"nothing left of {sci(amount)} {unit}, the next run needs {sci(needs)}"
+    else:
+        rest = f"{sci(left)} of {sci(amount)} {unit} left, the next run needs {sci(needs)}"
+    return f"total budget: {not_started} of {planned} confirmation runs not started ({rest}); {RAISE_FIX}"

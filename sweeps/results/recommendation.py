@@ -4,9 +4,11 @@ expect, and where batch size stops paying in examples and in seconds.
 Printed at the top of the report, at the top of the study note and at the end of a sweep, so all
 three say the same thing. The expected metric comes from the good trials of the recommended batch
 size (within the tolerance of its best): the best of a sweep is an optimistic estimate of what
-its configuration gives. Confirmation runs, repeats of the configuration with other seeds, are
-the honest estimate: `recommendation` takes their result as `confirmed` (the hook for a
-`sweeps confirm` command, which no study records yet) and then uses it instead.
+its configuration gives. Confirmation runs (`sweeps confirm`: the best configurations trained
+again with fresh seeds, `StudyAnalysis.confirmed`) are the honest estimate. Once the search's best
+has some, the paragraph follows them (`choose`): it recommends the configuration with the best
+confirmed mean, expects that mean with the runs' spread, and says so when that is not the
+search's best.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from optuna.trial import FrozenTrial
 
 from sweeps.results.analysis import StudyAnalysis, coupling_of
+from sweeps.results.confirmed import Confirmed
 from sweeps.results.critical import interval_text, tradeoff_sentence
 from sweeps.results.noise import disagreement
 from sweeps.trial.record import TrialRecord
@@ -33,7 +37,8 @@ class Expected:
 
     def text(self, metric: str) -> str:
         if self.sd is None:
-            return (f"expect {metric} about {self.mean:.4g} (a single {self.source.replace('trials', 'trial')}: "
+            single = self.source.replace("trials", "trial").replace("runs", "run")
+            return (f"expect {metric} about {self.mean:.4g} (a single {single}: "
                     f"no spread yet; repeat it with other seeds to measure one)")
         return f"expect {metric} {self.mean:.4g} +/- {self.sd:.2g} (mean +/- sd of {self.n} {self.source})"
 
@@ -109,13 +114,70 @@ def seconds_advice(a: StudyAnalysis) -> str:
     return f"In seconds: {took}; no other batch size reached the target to compare with."
 
 
-def recommendation(a: StudyAnalysis, confirmed: Expected | None = None) -> str:
-    """The one paragraph; `a` must have a complete trial."""
+@dataclass(frozen=True)
+class Choice:
+    """The configuration to recommend: the search's best, or the confirmed best once the search's
+    best has confirmation runs."""
+
+    trial: FrozenTrial
+    confirmed: Confirmed | None = None  # its confirmation runs, when the paragraph follows them
+    overtook: Confirmed | None = None  # the search's best, when the confirmed ranking put another first
+    unconfirmed_best: bool = False  # other configurations have confirmation runs, the search's best none
+
+
+CONFIRMED_SOURCE = "confirmation runs with fresh seeds"
+
+
+def choose(a: StudyAnalysis) -> Choice:
+    """Follow the confirmed ranking when the search's best was trained again: the configuration
+    with the best confirmed mean (ties: the search's order). A search best that was never retrained
+    (a newer best than the confirmed ones) is recommended as the search found it."""
     best = a.complete[0]
+    by_number = {t.number: t for t in a.complete}
+    retrained = {r.trial: r for r in a.confirmed if (r.values or r.diverged) and r.trial in by_number}
+    rated = [r for r in retrained.values() if r.mean is not None]
+    if not rated or best.number not in retrained:
+        return Choice(best, unconfirmed_best=bool(rated))
+    sign = -1 if a.maximize else 1
+    top = min(rated, key=lambda r: (sign * r.mean, a.complete.index(by_number[r.trial])))
+    return Choice(by_number[top.trial], top, retrained[best.number] if top.trial != best.number else None)
+
+
+def confirmed_expected(runs: Confirmed) -> Expected:
+    return Expected(runs.mean, runs.sd, len(runs.values), CONFIRMED_SOURCE)
+
+
+def confirmation_text(choice: Choice, a: StudyAnalysis) -> str:
+    """After the expected metric: what the confirmation runs add, or that there are none yet."""
+    runs = choice.confirmed
+    if runs is None:
+        why = (f" (`sweeps confirm` has not retrained trial {choice.trial.number} yet)" if choice.unconfirmed_best
+               else "")
+        return f"; the best of {len(a.complete)} trials is optimistic until confirmation runs repeat it{why}"
+    diverged = f"; {runs.diverged} more diverged (loss NaN/inf)" if runs.diverged else ""
+    return f"{diverged}; its search-time value was {runs.search_value:.4g}"
+
+
+def overtaken_text(choice: Choice, metric: str) -> str:
+    """The sentence saying the confirmed ranking, not the search's, chose the configuration."""
+    search = choice.overtook
+    if search is None:
+        return ""
+    confirmed = (f"{search.mean:.4g} confirmed" if search.mean is not None
+                 else "its confirmation runs diverged")
+    return (f" The confirmation runs rank trial {choice.trial.number} first, ahead of the search's best, trial "
+            f"{search.trial} ({metric} {search.search_value:.4g} in the search, {confirmed}), so this follows them.")
+
+
+def recommendation(a: StudyAnalysis) -> str:
+    """The one paragraph; `a` must have a complete trial."""
+    choice = choose(a)
+    best = choice.trial
     record = TrialRecord.of(best)
     b = record.batch_size
     good = [t.value for t in a.complete if TrialRecord.of(t).batch_size == b
             and (1 if a.maximize else -1) * (best.value - t.value) <= a.tolerance]
+    confirmed = None if choice.confirmed is None else confirmed_expected(choice.confirmed)
     expected = expected_metric(good, f"good trials at B={b}", confirmed)
     lr = "-" if record.lr is None else f"{record.lr:.4g}"
     base = best.params.get("base_lr")
@@ -126,11 +188,10 @@ def recommendation(a: StudyAnalysis, confirmed: Expected | None = None) -> str:
         None if record.updates is None else f"{record.updates:,} updates",
         None if record.examples_seen is None else f"{record.examples_seen:,} examples") if part)
     length = f"{epochs} ({counts})" if epochs and counts else (epochs or counts)
-    optimistic = "" if confirmed is not None else (
-        f"; the best of {len(a.complete)} trials is optimistic until confirmation runs repeat it")
     parts = [
         f"Recommendation: train at batch size {b}" + (f" for {length}" if length else "")
-        + f" with peak LR {lr} ({how}; trial {best.number}); {expected.text(a.metric)}{optimistic}.",
+        + f" with peak LR {lr} ({how}; trial {best.number}); {expected.text(a.metric)}"
+        + f"{confirmation_text(choice, a)}.{overtaken_text(choice, a.metric)}",
         lr_advice(a),
         examples_advice(a),
     ]
