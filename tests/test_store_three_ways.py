@@ -1,0 +1,60 @@
+"""Every command that opens an existing study finds its store in each of the three ways a user
+gives it (`--storage`, `$SWEEPS_STORAGE`, the study file's `study.storage`), and with none of them
+looks beside the study file, where this store is not: exit 4 (no such study) or 3 (no store)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sweeps import best, confirm, exits, report, run, studies
+from tests.conftest import TINY
+
+COMMANDS = {
+    "report": lambda study, extra: report.main([str(study), "--out", str(study.parent / "rep"), *extra]),
+    "best": lambda study, extra: best.main([str(study), "--top", "1", *extra]),
+    "studies": lambda study, extra: studies.main([str(study), *extra]),
+    "confirm": lambda study, extra: confirm.main([str(study), "--top", "1", "--seeds", "1", *extra]),
+}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """One finished 2-trial study in a store that is not where the study file would put it."""
+    folder = tmp_path_factory.mktemp("three_ways")
+    db = folder / "elsewhere" / "kept.db"
+    db.parent.mkdir()
+    study = write(folder, None)
+    assert run.main([str(study), "--quiet", "--storage", f"sqlite:///{db}"]) == exits.OK
+    return db
+
+
+def write(folder: Path, storage: str | None) -> Path:
+    data = copy.deepcopy(TINY)
+    data["study"].update(name="three", n_trials=2)
+    if storage is not None:
+        data["study"]["storage"] = storage
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("way", ["--storage", "$SWEEPS_STORAGE", "study.storage", "none"])
+def test_each_command_finds_the_store_each_way(command, way, store, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("SWEEPS_STORAGE", raising=False)
+    url = f"sqlite:///{store}"
+    study = write(tmp_path, url if way == "study.storage" else None)
+    if way == "$SWEEPS_STORAGE":
+        monkeypatch.setenv("SWEEPS_STORAGE", url)
+    code = COMMANDS[command](study, ["--storage", url] if way == "--storage" else [])
+    out = capsys.readouterr()
+    if way == "none":  # three.db beside the study file: no such store
+        assert code in (exits.STORAGE, exits.NO_STUDY), (code, out.err)
+        assert not (tmp_path / "three.db").exists(), "a reading command must not create a store"
+        return
+    assert code == exits.OK, out.err
+    assert "three" in out.out
