@@ -47,6 +47,7 @@ import hashlib
 import json
 import logging
 import math
+import random
 import statistics
 import sys
 import sysconfig
@@ -256,6 +257,56 @@ def cosine_lr(peak: float, update: int, planned: int, warmup: int) -> float:
     return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+class EpochRun:
+    """One trial of the plain loop, trained one epoch at a time, so that it can be paused after an
+    epoch and finished later (one_epoch_topk). The LR schedule is planned for `epochs` epochs from
+    the start, whether or not the trial gets to finish."""
+
+    def __init__(self, trainer: PlainTrainer, seed: int, batch_size: int, lr: float, epochs: int,
+                 warmup_fraction: float):
+        torch.random.default_generator.manual_seed(seed)
+        settings = TrialSettings(batch_size=batch_size, lr=lr, seed=seed, device=torch.device("cpu"),
+                                 options=dict(trainer.spec.options))
+        self.trainer, self.task = trainer, trainer.factory(settings)
+        self.batch_size, self.lr, self.epochs = batch_size, lr, epochs
+        self.optimizer = torch.optim.SGD(self.task.model.parameters(), lr=lr, momentum=0.9)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.n = len(self.task.train[0])
+        self.planned = -(-self.n // batch_size) * epochs
+        self.warmup = min(int(round(warmup_fraction * self.planned)), max(self.planned - 1, 0))
+        self.update = 0
+        self.epoch = 0
+
+    def next_epoch(self, record: TrialRecord) -> float:
+        """Train one epoch, add its examples to `record` and its evaluation (at `record.examples`,
+        so a record may hold a later part of the trial); raises TrialPruned when it diverged."""
+        task, (x, y), (xv, yv) = self.task, self.task.train, self.task.val
+        model = task.model
+        model.train()
+        perm = torch.randperm(self.n, generator=self.gen)
+        for start in range(0, self.n, self.batch_size):
+            idx = perm[start : start + self.batch_size]
+            for group in self.optimizer.param_groups:
+                group["lr"] = cosine_lr(self.lr, self.update, self.planned, self.warmup)
+            loss = task.loss(model(x[idx]), y[idx])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.update += 1
+            record.examples += len(idx)
+        self.epoch += 1
+        if not math.isfinite(loss.item()):
+            raise optuna.TrialPruned()  # diverged: the service records these as pruned too
+        model.eval()
+        with torch.no_grad():  # in chunks, a mean weighted by chunk size, as the service's Trainer
+            value = sum(task.metric(model(xv[i : i + 512]), yv[i : i + 512]).item() * len(xv[i : i + 512])
+                        for i in range(0, len(xv), 512)) / len(xv)
+        record.evaluations.append(Evaluation(record.examples, value, time.perf_counter() - self.trainer.started))
+        if not math.isfinite(value):
+            raise optuna.TrialPruned()
+        return value
+
+
 class PlainTrainer:
     """The loop a user writes: epochs of shuffled mini-batches, evaluate after each epoch.
 
@@ -269,46 +320,18 @@ class PlainTrainer:
         self.started = started
         self.records: list[TrialRecord] = []
 
+    def start(self, seed: int, batch_size: int, lr: float, epochs: int, warmup_fraction: float) -> EpochRun:
+        return EpochRun(self, seed, batch_size, lr, epochs, warmup_fraction)
+
     def train(self, seed: int, batch_size: int, lr: float, epochs: int, warmup_fraction: float,
               on_epoch: Callable[[int, float], bool] | None = None) -> float:
-        torch.random.default_generator.manual_seed(seed)
-        settings = TrialSettings(batch_size=batch_size, lr=lr, seed=seed, device=torch.device("cpu"),
-                                 options=dict(self.spec.options))
-        task = self.factory(settings)
-        model, (x, y), (xv, yv) = task.model, task.train, task.val
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-        gen = torch.Generator().manual_seed(seed)
-        n = len(x)
-        per_epoch = -(-n // batch_size)
-        planned = per_epoch * epochs
-        warmup = min(int(round(warmup_fraction * planned)), max(planned - 1, 0))
+        run = self.start(seed, batch_size, lr, epochs, warmup_fraction)
         record = TrialRecord(0, [])
         self.records.append(record)
         better = max if self.spec.maximize else min
         best = -math.inf if self.spec.maximize else math.inf
-        update = 0
         for epoch in range(1, epochs + 1):
-            model.train()
-            perm = torch.randperm(n, generator=gen)
-            for start in range(0, n, batch_size):
-                idx = perm[start : start + batch_size]
-                for group in optimizer.param_groups:
-                    group["lr"] = cosine_lr(lr, update, planned, warmup)
-                loss = task.loss(model(x[idx]), y[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                update += 1
-                record.examples += len(idx)
-            if not math.isfinite(loss.item()):
-                raise optuna.TrialPruned()  # diverged: the service records these as pruned too
-            model.eval()
-            with torch.no_grad():  # in chunks, a mean weighted by chunk size, as the service's Trainer
-                value = sum(task.metric(model(xv[i : i + 512]), yv[i : i + 512]).item() * len(xv[i : i + 512])
-                            for i in range(0, len(xv), 512)) / len(xv)
-            record.evaluations.append(Evaluation(record.examples, value, time.perf_counter() - self.started))
-            if not math.isfinite(value):
-                raise optuna.TrialPruned()
+            value = run.next_epoch(record)
             best = better(best, value)
             if on_epoch is not None and on_epoch(epoch, value):
                 raise optuna.TrialPruned()
@@ -316,11 +339,15 @@ class PlainTrainer:
 
 
 def plain_sweep(spec: TaskSpec, seed: int, method: str) -> tuple[list[TrialRecord], float]:
-    """(a) random or (b) plain TPE + median, run until the method has used its total compute."""
+    """(a) random, (b) plain TPE + median or (d) TPE + Optuna's HyperbandPruner (method
+    "hyperband"), run until the method has used its total compute."""
     started = time.perf_counter()
     trainer = PlainTrainer(spec, started)
     if method == "random":
         sampler, pruner = optuna.samplers.RandomSampler(seed=seed), optuna.pruners.NopPruner()
+    elif method == "hyperband":  # rungs in epochs (the step reported), 1 .. E, Optuna's default eta 3
+        sampler = optuna.samplers.TPESampler(seed=seed)
+        pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.epochs, reduction_factor=3)
     else:
         sampler, pruner = optuna.samplers.TPESampler(seed=seed), optuna.pruners.MedianPruner()
     study = optuna.create_study(direction="maximize" if spec.maximize else "minimize", sampler=sampler, pruner=pruner)
@@ -349,6 +376,62 @@ def plain_sweep(spec: TaskSpec, seed: int, method: str) -> tuple[list[TrialRecor
 
     with one_thread():
         study.optimize(objective, callbacks=[enough], catch=(Exception,))
+    return trainer.records, time.perf_counter() - started
+
+
+def topk_plan(spec: TaskSpec) -> tuple[int, int]:
+    """(N, K) for one_epoch_topk: N configurations trained one epoch each, the best K finished to
+    E epochs, with N + K (E - 1) = F E epochs of the training set, i.e. exactly the total compute
+    C = F full trials. K spends about half of C on finishing (K = round(F E / (2 (E - 1)))), so
+    N is about F E / 2 screening epochs; with E = 1 there is nothing to finish and N = K = F."""
+    full, epochs = spec.full_trials, spec.epochs
+    if epochs == 1:
+        return full, full
+    k = max(1, round(full * epochs / (2 * (epochs - 1))))
+    return full * epochs - k * (epochs - 1), k
+
+
+def one_epoch_topk_sweep(spec: TaskSpec, seed: int, picked: list[int] | None = None) -> tuple[list[TrialRecord], float]:
+    """(e) Egele et al. 2023's one-epoch baseline: N random configurations (batch size and LR from
+    the plain loop's space, the whole E epochs planned, no warmup) trained one epoch each, then the
+    K best by that first evaluation resumed from where they stopped and trained to E epochs.
+
+    Records in the order the compute was spent: N one-epoch records, then one record per finished
+    configuration holding only its epochs 2..E (examples counted from its resumption), so
+    compute_to_target counts every example once, in order. A configuration that diverges is
+    dropped (its epoch still counts); one that diverges while finishing leaves its rest unspent.
+    `picked`, when given, receives the screening indices of the configurations finished.
+    """
+    started = time.perf_counter()
+    trainer = PlainTrainer(spec, started)
+    n, k = topk_plan(spec)
+    rng = random.Random(seed)
+    sign = -1.0 if spec.maximize else 1.0  # sort ascending on sign * value: best first
+    best: list[tuple[float, int, EpochRun]] = []
+    with one_thread():
+        for i in range(n):
+            batch_size = 2 ** rng.randint(*BATCH_EXPONENTS)
+            lr = math.exp(rng.uniform(math.log(LR_RANGE[0]), math.log(LR_RANGE[1])))
+            record = TrialRecord(0, [])
+            trainer.records.append(record)
+            run = trainer.start(seed * 100_003 + i, batch_size, lr, spec.epochs, 0.0)
+            try:
+                value = run.next_epoch(record)
+            except optuna.TrialPruned:
+                continue
+            best.append((sign * value, i, run))
+            best.sort(key=lambda b: (b[0], b[1]))
+            del best[k:]  # only the K best so far stay in memory
+        for _, i, run in best:
+            if picked is not None:
+                picked.append(i)
+            record = TrialRecord(0, [])
+            trainer.records.append(record)
+            try:
+                while run.epoch < spec.epochs:
+                    run.next_epoch(record)
+            except optuna.TrialPruned:
+                pass
     return trainer.records, time.perf_counter() - started
 
 
@@ -412,7 +495,8 @@ def service_sweep(spec: TaskSpec, seed: int, overrides: dict | None = None) -> t
 
 # --- the benchmark ---------------------------------------------------------------------------------
 
-METHODS = ("random", "plain_optuna", "service")
+BASELINES = ("random", "plain_optuna", "optuna_hyperband", "one_epoch_topk")
+METHODS = BASELINES + ("service",)
 
 
 def run_method(method: str, spec: TaskSpec, seed: int,
@@ -421,6 +505,10 @@ def run_method(method: str, spec: TaskSpec, seed: int,
         return plain_sweep(spec, seed, "random")
     if method == "plain_optuna":
         return plain_sweep(spec, seed, "tpe")
+    if method == "optuna_hyperband":
+        return plain_sweep(spec, seed, "hyperband")
+    if method == "one_epoch_topk":
+        return one_epoch_topk_sweep(spec, seed)
     return service_sweep(spec, seed, overrides)
 
 
@@ -492,7 +580,7 @@ def run_grid(specs: dict[str, TaskSpec], seeds: list[int], methods: dict[str, di
         for label, overrides in methods.items():
             cell = cells.setdefault((name, label), Cell())
             for seed in seeds:
-                method = label if label in ("random", "plain_optuna") else "service"
+                method = label if label in BASELINES else "service"
                 records, wall = run_method(method, spec, seed, overrides)
                 cell.runs.append((records, wall))
                 hit = compute_to_target(records, target, spec.total, spec.maximize)
