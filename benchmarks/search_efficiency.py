@@ -679,14 +679,17 @@ def todo_fp(todo: list[RunKey], task: str) -> str | None:
 
 def run_grid(specs: dict[str, TaskSpec], seeds: list[int], methods: dict[str, dict | None],
              reference: dict, log=print, save: str | None = None,
-             metas: dict[str, dict] | None = None) -> dict[tuple[str, str], Cell]:
-    """Every task x method x seed. With `save`, each finished run is appended to that file as it
-    completes, and a run already in it (same task, method, seed and fingerprint) is read back
-    instead of trained again: a stopped run resumes where it stopped."""
+             metas: dict[str, dict] | None = None,
+             methods_by_task: dict[str, dict[str, dict | None]] | None = None) -> dict[tuple[str, str], Cell]:
+    """Every task x method x seed (`methods_by_task`: each task's own methods, e.g. variants resolved
+    to its budget). With `save`, each finished run is appended to that file as it completes, and a
+    run already in it (same task, method, seed and fingerprint) is read back instead of trained
+    again: a stopped run resumes where it stopped. The estimate covers the whole grid."""
     metas = metas or {}
+    by_task = methods_by_task or {name: methods for name in specs}
     fps = {name: fingerprint(spec, metas.get(name)) for name, spec in specs.items()}
     done = saved_runs(save) if save else {}
-    todo = [(name, label, seed, fps[name]) for name in specs for label in methods for seed in seeds]
+    todo = [(name, label, seed, fps[name]) for name in specs for label in by_task[name] for seed in seeds]
     report_estimate(specs, todo, done, log)
     cells: dict[tuple[str, str], Cell] = {}
     for key in todo:
@@ -698,7 +701,7 @@ def run_grid(specs: dict[str, TaskSpec], seeds: list[int], methods: dict[str, di
             (records, wall), how = done[key], " (saved)"
         else:
             method = label if label in BASELINES else "service"
-            records, wall = run_method(method, spec, seed, methods[label])
+            records, wall = run_method(method, spec, seed, by_task[name][label])
             how = ""
             if save:
                 append_run(save, run_to_json(name, label, seed, fp, records, wall, metas.get(name)))
@@ -1024,9 +1027,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.load:
         cells = load_runs(args.load, None if args.quick else fps)
     else:
-        cells = {}
-        for name, spec in specs.items():  # one task at a time, so that a task's variants resolve to its budget
-            cells.update(run_grid({name: spec}, seeds, methods_of[name], reference, log, args.save, metas))
+        cells = run_grid(specs, seeds, {}, reference, log, args.save, metas, methods_by_task=methods_of)
     specs = {k: v for k, v in specs.items() if any(task == k for task, _ in cells)}
     for name in specs:
         if name in HELD_OUT and name not in reference:
