@@ -11,7 +11,12 @@ best value known for the task (benchmarks/search_efficiency_reference.json):
     (step = epoch, so trials of different batch size are compared at different compute), the LR
     searched directly, no coupling, no warmup;
 (c) service: `sweeps.loop.runner.run_sweep` with the service's defaults (sampler, pruner, eval_every,
-    schedule, coupling) over the same ranges, in a temporary SQLite store.
+    schedule, coupling) over the same ranges, in a temporary SQLite store;
+(d) optuna_hyperband: (b) with Optuna's HyperbandPruner (min_resource 1, max_resource E epochs,
+    reduction factor 3) in place of the MedianPruner, `trial.report` once per epoch;
+(e) one_epoch_topk (Egele et al. 2023): N random configurations (batch size, LR) trained one epoch
+    each, the K best by that value resumed and trained to E epochs; N + K (E - 1) = F E epochs,
+    exactly C (topk_plan: K spends about half of C on finishing).
 
 (a) and (b) train with the same recipe as the service (SGD with momentum 0.9, LR cosine-decayed to
 zero at the trial's last planned update, data resident as tensors, the task's factory for model
@@ -24,7 +29,18 @@ its first evaluation within MARGIN of the reference; wall seconds likewise, from
 method's sweep. A method that does not get there within C is censored at C ("not reached").
 
     python benchmarks/search_efficiency.py [--quick] [--seeds 5] [--tasks ...] [--compare]
-    python benchmarks/search_efficiency.py --make-reference   # rebuild the reference JSON
+    python benchmarks/search_efficiency.py --make-reference [--tasks ...]   # (re)make reference entries
+    python benchmarks/search_efficiency.py --noise [--tasks ...]   # noise of the reference configuration
+    python benchmarks/search_efficiency.py --tasks split --seeds 8 --save runs.jsonl [--estimate]
+
+Split (docs/search_efficiency.md): development tasks digits_mlp and teacher_mlp (the defaults are
+chosen there), held-out tasks char_lm and resnet_synthetic (reported apart; the defaults are not
+changed after seeing them). `--tasks development|held_out|split` name the groups; --quick runs the
+development tasks only. `--save FILE` appends each finished (task, method, seed) run as one JSON
+line as it completes, and a rerun with the same FILE reads those back instead of running them, so a
+stopped run resumes; the time estimate of the whole grid and of what is left is printed at the
+start and after each run. `--noise` writes search_efficiency_noise.json; the analysis adds a
+second margin of twice that noise per task.
     python benchmarks/search_efficiency.py --tasks char_lm [--corpus-mb 20]   # see below
 
 char_lm (only when named in --tasks): a small character GPT (CHAR_LM_OPTIONS) on the first
@@ -33,8 +49,9 @@ the Python version are printed and saved with --save, as the corpus differs betw
 metric val_loss (minimize). It has no reference: the target is the best value any method and seed
 reached within C in the same runs, worsened by MARGIN.
 
-The last line is `speedup_vs_random=<x> speedup_vs_plain_optuna=<y>`: geometric means over tasks of
-median(compute to target of the baseline) / median(compute to target of the service).
+Per group (development, held-out) and margin, a line `<group> <margin>: speedup_vs_<baseline>=<x> ...`:
+geometric means over tasks of median(compute to target of the baseline) / median(compute to target
+of the service), each task's ratio printed on the line before it.
 `--compare` instead runs service variants (sampler, pruner, eval_every, coupling list).
 """
 
