@@ -988,6 +988,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--service-label", default="service",
                         help="with --load: the saved variant (from --compare) to rate against the baselines")
     args = parser.parse_args(argv)
+    if args.save and args.save.endswith(".gz"):
+        parser.error("--save appends JSON lines to a plain file; gzip it afterwards (--load reads .gz)")
     optuna.logging.set_verbosity(logging.WARNING)
     specs = QUICK if args.quick else TASKS
     names = expand_tasks(args.tasks) if args.tasks else list(DEVELOPMENT if args.quick else DEFAULT_TASKS)
