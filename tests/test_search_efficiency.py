@@ -142,3 +142,17 @@ def test_save_appends_each_run_and_a_rerun_skips_what_is_saved(tmp_path, monkeyp
     assert calls[-1] == ("digits_mlp", "random", 0) and len(calls) == 7
     loaded = bench.load_runs([save], {"digits_mlp": bench.fingerprint(tiny(2))})
     assert len(loaded[("digits_mlp", "random")].runs) == 3 and len(loaded[("digits_mlp", "one_epoch_topk")].runs) == 3
+
+
+def test_noise_is_measured_on_the_reference_configuration_and_gives_the_second_margin(tmp_path):
+    path = tmp_path / "noise.json"
+    reference = {"digits_mlp": {"best": 0.9, "best_params": {"batch_size": 256, "lr": 0.05}}}
+    noise = bench.measure_noise({"digits_mlp": tiny(2)}, reference, seeds=3, path=path, log=lambda line: None)
+    entry = noise["digits_mlp"]
+    assert entry["config"] == {"batch_size": 256, "lr": 0.05, "epochs": 1, "warmup_fraction": 0.0}
+    assert len(entry["final"]) == 3 and entry["std_final"] >= 0
+    saved = bench.json.loads(path.read_text())
+    # the margin depends on the per-trial budget only: a run with another total compute uses it too
+    assert bench.noise_margins(saved, {"digits_mlp": tiny(5)}) == {"digits_mlp": 2 * entry["std_final"]}
+    other = bench.TaskSpec("digits_mlp", 1438, epochs=2, full_trials=2)
+    assert bench.noise_margins(saved, {"digits_mlp": other}) == {"digits_mlp": None}
