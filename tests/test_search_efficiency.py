@@ -90,3 +90,69 @@ def test_service_records_come_from_the_trials_examples_seen_and_curves():
 @pytest.mark.parametrize("values,expected", [([1.0, 2.0, 3.0, 4.0, 5.0], "2-4"), ([1.0], "-")])
 def test_spread_is_the_interquartile_range(values, expected):
     assert bench.spread(values) == expected
+
+
+@pytest.mark.parametrize("full,epochs", [(20, 20), (16, 20), (10, 4), (4, 20), (3, 3), (5, 1), (1, 2)])
+def test_one_epoch_topk_plan_spends_exactly_the_total_compute(full, epochs):
+    n, k = bench.topk_plan(bench.TaskSpec("x", 100, epochs=epochs, full_trials=full))
+    assert n + k * (epochs - 1) == full * epochs  # epochs of the training set: C exactly
+    assert 1 <= k <= n
+
+
+def test_one_epoch_topk_screens_one_epoch_each_then_finishes_the_best_from_where_they_stopped():
+    spec = bench.TaskSpec("digits_mlp", 1438, epochs=3, full_trials=3)
+    n, k = bench.topk_plan(spec)
+    assert (n, k) == (5, 2)
+    picked = []
+    records, _ = bench.one_epoch_topk_sweep(spec, seed=0, picked=picked)
+    assert [r.examples for r in records] == [1438] * 5 + [2 * 1438] * 2
+    assert sum(r.examples for r in records) == spec.total
+    first = [r.evaluations[0].value for r in records[:5]]
+    assert sorted(picked) == sorted(sorted(range(5), key=lambda i: -first[i])[:2])
+    # a finished trial's record holds epochs 2..E, counted from its resumption
+    assert [[e.examples for e in r.evaluations] for r in records[5:]] == [[1438, 2876]] * 2
+
+
+def fake_runs(monkeypatch):
+    calls = []
+
+    def run_method(method, spec, seed, overrides=None):
+        calls.append((spec.name, method, seed))
+        return [Tr(10, [Ev(10, 0.5 + seed / 10, 1.0)])], 0.5
+
+    monkeypatch.setattr(bench, "run_method", run_method)
+    return calls
+
+
+def test_save_appends_each_run_and_a_rerun_skips_what_is_saved(tmp_path, monkeypatch):
+    calls = fake_runs(monkeypatch)
+    save = str(tmp_path / "runs.jsonl")
+    specs = {"digits_mlp": tiny(2)}
+    methods = {"random": None, "one_epoch_topk": None}
+    quiet = lambda line: None  # noqa: E731
+    bench.run_grid(specs, [0, 1], methods, {}, quiet, save)
+    assert len(calls) == 4 and len(Path(save).read_text().splitlines()) == 4
+    with open(save, "a") as f:  # a stop mid-write leaves a cut line: it is skipped, not fatal
+        f.write('{"task": "digits_mlp", "meth')
+    cells = bench.run_grid(specs, [0, 1, 2], methods, {}, quiet, save)
+    assert calls[4:] == [("digits_mlp", "random", 2), ("digits_mlp", "one_epoch_topk", 2)]
+    assert [wall for _, wall in cells[("digits_mlp", "random")].runs] == [0.5] * 3
+    assert cells[("digits_mlp", "random")].runs[1][0][0].evaluations[0].value == 0.6  # read back
+    bench.run_grid({"digits_mlp": tiny(3)}, [0], {"random": None}, {}, quiet, save)  # another compute level
+    assert calls[-1] == ("digits_mlp", "random", 0) and len(calls) == 7
+    loaded = bench.load_runs([save], {"digits_mlp": bench.fingerprint(tiny(2))})
+    assert len(loaded[("digits_mlp", "random")].runs) == 3 and len(loaded[("digits_mlp", "one_epoch_topk")].runs) == 3
+
+
+def test_noise_is_measured_on_the_reference_configuration_and_gives_the_second_margin(tmp_path):
+    path = tmp_path / "noise.json"
+    reference = {"digits_mlp": {"best": 0.9, "best_params": {"batch_size": 256, "lr": 0.05}}}
+    noise = bench.measure_noise({"digits_mlp": tiny(2)}, reference, seeds=3, path=path, log=lambda line: None)
+    entry = noise["digits_mlp"]
+    assert entry["config"] == {"batch_size": 256, "lr": 0.05, "epochs": 1, "warmup_fraction": 0.0}
+    assert len(entry["final"]) == 3 and entry["std_final"] >= 0
+    saved = bench.json.loads(path.read_text())
+    # the margin depends on the per-trial budget only: a run with another total compute uses it too
+    assert bench.noise_margins(saved, {"digits_mlp": tiny(5)}) == {"digits_mlp": 2 * entry["std_final"]}
+    other = bench.TaskSpec("digits_mlp", 1438, epochs=2, full_trials=2)
+    assert bench.noise_margins(saved, {"digits_mlp": other}) == {"digits_mlp": None}
