@@ -7,6 +7,7 @@ Nothing here imports torch, so the read-only commands stay light.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
@@ -64,7 +65,12 @@ def exit_for(err: BaseException, study_file: str) -> tuple[int, str] | None:
 def run_command(body: Callable[[], int], study_file: str) -> int:
     """Run a command's body; an error it cannot handle itself ends in one line and its code."""
     try:
-        return body()
+        code = body()
+        sys.stdout.flush()  # here, not at exit, so a closed pipe is met below
+        return code
+    except BrokenPipeError:  # `| head` closed stdout: stop quietly, and let no flush at exit fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return exits.BROKEN_PIPE
     except (Exception, KeyboardInterrupt, Terminated) as err:
         mapped = exit_for(err, study_file)
         if mapped is None:

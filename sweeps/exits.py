@@ -12,6 +12,8 @@
 | 3    | the store cannot be opened or used (an unreachable server, a missing SQLite file) |
 | 4    | the store has no such study |
 | 130  | interrupted by Ctrl-C (the running trial is failed and queued again; rerun to resume) |
+| 141  | its output went to a pipe that closed early (`sweeps report ... | head`): nothing more is |
+|      | printed; what it writes to files and the store is unaffected |
 | 143  | terminated by SIGTERM (the same) |
 """
 
@@ -23,4 +25,5 @@ USAGE = 2
 STORAGE = 3
 NO_STUDY = 4
 INTERRUPTED = 130
+BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command a closed pipe stopped
 TERMINATED = 143

@@ -5,6 +5,9 @@ looks beside the study file, where this store is not: exit 4 (no such study) or 
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,8 @@ import yaml
 
 from sweeps import best, confirm, exits, report, run, studies
 from tests.conftest import TINY
+
+REPO = Path(__file__).resolve().parents[1]
 
 COMMANDS = {
     "report": lambda study, extra: report.main([str(study), "--out", str(study.parent / "rep"), *extra]),
@@ -58,3 +63,19 @@ def test_each_command_finds_the_store_each_way(command, way, store, tmp_path, mo
         return
     assert code == exits.OK, out.err
     assert "three" in out.out
+
+
+@pytest.mark.parametrize("command", ["studies", "report"])
+def test_a_pipe_closed_early_ends_quietly_with_its_exit_code(command, store, tmp_path):
+    """`sweeps report ... | head`: the command stops at the closed pipe with 141 and no traceback,
+    however little it had left to print (a short output meets the pipe only when flushed)."""
+    study = write(tmp_path, f"sqlite:///{store}")
+    env = {k: v for k, v in os.environ.items() if k != "SWEEPS_STORAGE"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    extra = ["--out", str(tmp_path / "rep")] if command == "report" else []
+    proc = subprocess.Popen([sys.executable, "-m", "sweeps.console", command, str(study), *extra], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == exits.BROKEN_PIPE, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
