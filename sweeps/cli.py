@@ -34,6 +34,14 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--study-name", help="study name in the store (overrides the file)")
 
 
+def add_override_argument(parser: argparse.ArgumentParser, passed_on: str) -> None:
+    """`--set KEY.PATH=VALUE`, the same for every command that reads the study file to train."""
+    parser.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY.PATH=VALUE",
+                        help="override one key of the study file, e.g. --set search.base_lr.high=0.1 or "
+                             "--set search.batch_size=[32,64] (a YAML value; repeatable; validated like the file, "
+                             f"{passed_on})")
+
+
 def fail(code: int, message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return code

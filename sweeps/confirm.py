@@ -31,7 +31,7 @@ import optuna
 from storage.ledger import LedgerState
 from sweeps import exits
 from sweeps.best import ranked, study_config
-from sweeps.cli import add_study_arguments, fail, run_command
+from sweeps.cli import add_override_argument, add_study_arguments, fail, run_command
 from sweeps.config.plan import budget_of, text_table
 from sweeps.config.study_file import SweepConfig
 from sweeps.config.target import SweepTarget
@@ -74,6 +74,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=3, help="fresh-seed runs of each (default 3)")
     parser.add_argument("--workers", type=int, help="worker processes on this machine (default 1)")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
+    add_override_argument(parser, "e.g. --set study.total_budget.amount=3e7; the runs train the stored "
+                                  "config of the trials they confirm; passed on to --workers")
     parser.add_argument("--as-worker", action="store_true", help=argparse.SUPPRESS)  # a child of --workers
     return parser.parse_args(argv)
 
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def confirm(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(logging.WARNING)
-    existing = open_existing(args.study_file, args.storage, args.study_name)
+    existing = open_existing(args.study_file, args.storage, args.study_name, overrides=args.sets)
     study = load(existing)
     config = study_config(study, existing.config)
     sources = ranked(study.get_trials(deepcopy=False), config.study.direction == "maximize")[:args.top]
@@ -180,8 +182,9 @@ def run(args: argparse.Namespace, config: SweepConfig, target: SweepTarget, task
 def worker_command(args: argparse.Namespace) -> list[str]:
     """A child's command line; the parent's store URL reaches it in $SWEEPS_STORAGE (`start_and_wait`)."""
     name = ["--study-name", args.study_name] if args.study_name else []
+    sets = [arg for text in args.sets for arg in ("--set", text)]
     return [sys.executable, "-m", "sweeps.console", "confirm", args.study_file, "--as-worker", "--quiet",
-            "--top", str(args.top), "--seeds", str(args.seeds), *name]
+            "--top", str(args.top), "--seeds", str(args.seeds), *name, *sets]
 
 
 def ending(companion: optuna.Study, plan: list[Confirmation], study_file: str) -> int:

@@ -15,7 +15,7 @@ import torch
 
 from storage import redact
 from sweeps import exits
-from sweeps.cli import add_study_arguments, fail, run_command
+from sweeps.cli import add_override_argument, add_study_arguments, fail, run_command
 from sweeps.config.plan import check_plan, format_plan
 from sweeps.config.study_file import load_config
 from sweeps.config.target import target_of
@@ -55,10 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--worker-index", type=int, default=None,
                         help="fix this worker's sampler seed to study.seed + index (by default each worker "
                              "process registers in the store and takes the next free number)")
-    parser.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY.PATH=VALUE",
-                        help="override one key of the study file, e.g. --set search.base_lr.high=0.1 or "
-                             "--set search.batch_size=[32,64] (a YAML value; repeatable; validated like the file, "
-                             "recorded with the study and passed on to --workers)")
+    add_override_argument(parser, "recorded with the study and passed on to --workers")
     changed = parser.add_mutually_exclusive_group()
     changed.add_argument(NEW_STUDY_FLAG, metavar="NAME", dest="new_study",
                          help="run the study file as a new study NAME in the same store (when the stored "

@@ -265,7 +265,7 @@ def ledger_state(url: str, study_id: int) -> ledger.LedgerState | None:
 
 def check_confirmations_are_booked_in_the_main_ledger(path: Path, url: str, name: str, capsys) -> None:
     """Room for one confirmation run: it trains and books in the main study's ledger, the rest is not
-    started and the note says so; raising the amount in the study file lets the rest run."""
+    started and the note says so; raising the amount (`--set`) lets the rest run."""
     capsys.readouterr()
     assert confirm.main([str(path), "--top", "2", "--seeds", "2", "--quiet", "--storage", url]) == exits.OK
     out = capsys.readouterr().out
@@ -291,8 +291,9 @@ def check_confirmations_are_booked_in_the_main_ledger(path: Path, url: str, name
     assert "2.05k/2.15k examples" in listed[name] and "2.05k/" not in listed[f"{name}-confirm"]
     assert "**Total budget**: 2.05k of 2.15k examples spent (95.3%), 100 left" in study_note_of(main)
 
-    set_amount(path, 4 * PER_RUN + 3 * PER_RUN)  # raised in the study file: the three other runs fit
-    assert confirm.main([str(path), "--top", "2", "--seeds", "2", "--quiet", "--storage", url]) == exits.OK
+    # raised on the command line, as with `sweeps run --set`: the three other runs fit
+    raised = f"study.total_budget.amount={4 * PER_RUN + 3 * PER_RUN}"
+    assert confirm.main([str(path), "--top", "2", "--seeds", "2", "--quiet", "--storage", url, "--set", raised]) == 0
     assert "not started" not in capsys.readouterr().out
     companion = optuna.load_study(study_name=f"{name}-confirm", storage=url)
     assert [t.state for t in companion.trials] == [TrialState.COMPLETE] * 4

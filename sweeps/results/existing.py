@@ -7,6 +7,7 @@ store each end in one clear message.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +35,9 @@ class Existing:
     storage: optuna.storages.BaseStorage
 
 
-def open_existing(study_file: str, storage_url: str | None = None, study_name: str | None = None) -> Existing:
-    config = load_config(study_file)  # a ConfigError is the caller's to report
+def open_existing(study_file: str, storage_url: str | None = None, study_name: str | None = None,
+                  overrides: Sequence[str] = ()) -> Existing:
+    config = load_config(study_file, overrides=overrides)  # a ConfigError is the caller's to report
     try:
         target = target_of(config, storage_url, study_name)
     except StorageUsageError as err:
@@ -44,7 +46,7 @@ def open_existing(study_file: str, storage_url: str | None = None, study_name: s
         raise NotReadable(exits.STORAGE, str(err)) from err
     url = make_url(target.storage_url)
     if url.get_backend_name() == "sqlite" and not Path(url.database).is_file():
-        raise NotReadable(exits.STORAGE, f"no store at {url.database}: run `python -m sweeps.run {study_file}` "
+        raise NotReadable(exits.STORAGE, f"no store at {url.database}: run `sweeps run {study_file}` "
                                         "first (or pass --storage)")
     try:
         storage = open_storage(target.storage_url)
