@@ -16,6 +16,8 @@ Which keys define the search, and why (`SEARCH_KEYS`):
 - `search`: the space itself (batch sizes, LR range, coupling rules, reference batch size,
   epochs, warmup);
 - `schedule`, `early_stopping`: the LR each update uses, and when a trial stops before its budget.
+  The schedule's opt-in keys (`OPT_IN`: wsd's, added later) enter it only when set, so a study
+  fingerprinted before they existed resumes with a file that leaves them out.
 
 Not in it, because they change where or how fast the same search runs, or how many trials it
 gets, never what a trial measures: `study.name`, `n_trials`, `storage`, `seed` (each resume
@@ -41,6 +43,10 @@ SEARCH_KEYS: tuple[tuple[str, str | None], ...] = (
     ("objective", "precision"),
     ("budget", None), ("search", None), ("schedule", None), ("early_stopping", None),
 )
+
+# keys added after studies were fingerprinted, with the value that means "off": left out when off
+OPT_IN: dict[str, Any] = {"schedule.decay_fraction": None, "schedule.cooldown_evaluations": False,
+                          "schedule.cooldown_fraction": None}
 
 
 class SearchChanged(Exception):
@@ -70,6 +76,9 @@ def fingerprint_of(config: SweepConfig) -> dict[str, Any]:
             flatten(section, data.get(section), flat)
         else:
             flatten(f"{section}.{key}", (data.get(section) or {}).get(key), flat)
+    for key, off in OPT_IN.items():
+        if key in flat and flat[key] == off:
+            del flat[key]
     return flat
 
 

@@ -19,7 +19,7 @@ SamplerName = Literal["tpe", "random", "grid", "qmc", "gp", "cmaes"]
 PrunerName = Literal["none", "median", "hyperband", "successive_halving"]
 BudgetUnit = Literal["updates", "examples", "epochs", "seconds", "tokens"]
 CouplingName = Literal["none", "linear", "sqrt", "adam_sqrt"]
-ScheduleName = Literal["constant", "cosine", "linear"]
+ScheduleName = Literal["constant", "cosine", "linear", "wsd"]
 OptimizerName = Literal["sgd", "adam", "adamw"]
 # what study.total_budget counts: the budget's own unit, or training time (seconds, gpu_hours)
 TotalBudgetUnit = Literal["updates", "examples", "epochs", "seconds", "tokens", "gpu_hours"]
@@ -287,13 +287,42 @@ class SearchSection:
         return lr[0] if isinstance(lr, list) else lr
 
 
+DEFAULT_DECAY_FRACTION = 0.2  # wsd: the last fifth of the plan decays (Hägele et al. 2024 use 0.1-0.2)
+DEFAULT_COOLDOWN_FRACTION = 0.1  # a cooldown branch: a tenth of the updates done so far
+
+
 @dataclass
 class ScheduleSection:
+    """The LR over a trial's planned updates. `wsd` and its keys are opt-in (issue 17, not yet
+    measured by the benchmark): left at None / False they change nothing, and a study fingerprinted
+    before they existed resumes unchanged (`sweeps/config/fingerprint.py`, `OPT_IN`)."""
+
     name: ScheduleName = "cosine"
     final_lr_fraction: float = 0.0  # the LR at the last planned update, as a fraction of peak
+    decay_fraction: float | None = None  # wsd: the fraction of the plan that decays (default 0.2)
+    cooldown_evaluations: bool = False  # wsd: rung evaluations on a short cooldown branch of the weights
+    cooldown_fraction: float | None = None  # with them: the branch's updates / the updates done (default 0.1)
+
+    def fill_defaults(self) -> None:
+        if self.name == "wsd" and self.decay_fraction is None:
+            self.decay_fraction = DEFAULT_DECAY_FRACTION
+        if self.cooldown_evaluations and self.cooldown_fraction is None:
+            self.cooldown_fraction = DEFAULT_COOLDOWN_FRACTION
 
     def validate(self, path: str) -> None:
         check(0 <= self.final_lr_fraction <= 1, join(path, "final_lr_fraction"), "must be in [0, 1]")
+        if self.decay_fraction is not None:
+            check(self.name == "wsd", join(path, "decay_fraction"),
+                  f"applies only to schedule name wsd (name is {self.name})")
+            check(0 < self.decay_fraction <= 1, join(path, "decay_fraction"),
+                  f"must be in (0, 1] (got {self.decay_fraction:g})")
+        check(not self.cooldown_evaluations or self.name == "wsd", join(path, "cooldown_evaluations"),
+              f"needs schedule name wsd, whose stable phase a cooldown branch leaves (name is {self.name})")
+        if self.cooldown_fraction is not None:
+            check(self.cooldown_evaluations, join(path, "cooldown_fraction"),
+                  "applies only with cooldown_evaluations: true")
+            check(0 < self.cooldown_fraction <= 1, join(path, "cooldown_fraction"),
+                  f"must be in (0, 1] (got {self.cooldown_fraction:g})")
 
 
 @dataclass
@@ -348,6 +377,9 @@ class SweepConfig:
             check(total.unit in (self.budget.unit, *TIME_UNITS), "study.total_budget.unit",
                   f"must be {self.budget.unit} (the budget's unit), or seconds or gpu_hours of training time; "
                   f"got {total.unit}")
+        check(not (self.schedule.cooldown_evaluations and self.budget.unit == "seconds"),
+              "schedule.cooldown_evaluations", "needs a counting budget (updates, examples, epochs or tokens), "
+              "not seconds: a timed trial's schedule follows its clock")
         if self.budget.unit == "examples":
             largest = max(self.search.batch_sizes())
             check(

@@ -131,7 +131,11 @@ def trial_note(trial: FrozenTrial, config: SweepConfig) -> str:
     opt = f"{o.optimizer}, momentum {o.momentum:g}" if o.optimizer == "sgd" else f"{o.optimizer}, betas {o.betas}"
     rows = [f"| {label} | {fmt(values[key])} |" for key, label in SETTINGS if values.get(key) is not None]
     rows.append(f"| optimizer | {opt}, weight decay {o.weight_decay:g} |")
-    rows.append(f"| LR schedule | {config.schedule.name}, to {config.schedule.final_lr_fraction:g} x peak |")
+    sched = config.schedule
+    shape = sched.name if sched.name != "wsd" else f"wsd (last {sched.decay_fraction:g} of the plan decays)"
+    rows.append(f"| LR schedule | {shape}, to {sched.final_lr_fraction:g} x peak |")
+    if sched.cooldown_evaluations:
+        rows.append(f"| rung evaluations | on a cooldown branch of {sched.cooldown_fraction:g} x the updates done |")
     value = "-" if trial.value is None else f"{trial.value:.4f}"
     results = [f"| {label} | {fmt(values[key])} |" for key, label in RESULTS if values.get(key) is not None]
     head = f"## Trial {trial.number}: {trial.state.name.lower()}, {config.study.metric} {value}"

@@ -124,7 +124,7 @@ class SweepObjective:
         plan = plan_trial(self.budget, n_train, point.batch_size, point.epochs,
                           cfg.objective.drop_last, timed_updates)
         schedule = Schedule.build(coupled.lr, plan.planned_updates, point.warmup_fraction,
-                                  cfg.schedule.name, cfg.schedule.final_lr_fraction)
+                                  cfg.schedule.name, cfg.schedule.final_lr_fraction, cfg.schedule.decay_fraction)
         return PreparedTrial(point, seed, task, coupled, optimizer, plan, schedule)
 
     def make_task(self, point: Suggestion, coupled: Coupled, seed: int, params: dict) -> Task:
