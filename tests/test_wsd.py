@@ -5,12 +5,18 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
+from torch import nn
 
+from objectives.task import Task, negative_mse
+from objectives.training.budget import Budget, plan_trial
+from objectives.training.loop import Trainer
 from objectives.training.schedule import Schedule, cooled
 from sweeps.config.fingerprint import fingerprint_of
 from sweeps.config.schema import ConfigError
 from sweeps.config.study_file import parse_config
 from tests.conftest import TINY, merged
+from tests.tasks_for_tests import RecordingSGD, mse
 
 
 def test_wsd_holds_the_peak_then_decays_1_sqrt_to_zero_at_the_last_update():
@@ -97,3 +103,77 @@ def test_bad_schedule_keys_name_their_path(schedule, more, path, words):
         parsed(schedule, **more)
     assert caught.value.path == path, str(caught.value)
     assert words in str(caught.value)
+
+
+# --- the cooldown branch ---------------------------------------------------------------------------
+class KeepsLastWeights(Trainer):
+    """The trainer, remembering the main run's weights before `finish` restores the best ones."""
+
+    def finish(self) -> None:
+        self.last_weights = {k: v.clone() for k, v in self.model.state_dict().items()}
+        super().finish()
+
+
+def noisy_task(seed: int) -> Task:
+    """Regression through dropout, with an augmentation drawing from its generator: the branch must
+    leave both random streams where the main run expects them."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(192, 6, generator=gen)  # 12 batches of 16
+    y = x @ torch.randn(6, 1, generator=gen)
+    torch.random.default_generator.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 1))
+    return Task(model, (x, y), (x[:50], y[:50]), mse, negative_mse,
+                augment=lambda batch, g: (batch[0] + 0.01 * torch.randn(batch[0].shape, generator=g), batch[1]))
+
+
+def train_wsd(cooldown_fraction: float | None, optimizer: str = "sgd", updates: int = 60):
+    task = noisy_task(3)
+    budget = Budget("updates", updates, 10)
+    plan = plan_trial(budget, task.n_train, 16, None)
+    schedule = Schedule.build(0.05, plan.planned_updates, 0.1, "wsd", 0.0, decay_fraction=0.3)
+    if optimizer == "sgd":
+        opt = RecordingSGD(task.model.parameters(), lr=0.05, momentum=0.9)
+    else:
+        opt = torch.optim.AdamW(task.model.parameters(), lr=0.05)
+    reported: list[tuple[int, float]] = []
+    trainer = KeepsLastWeights(task, opt, schedule, plan, budget, maximize=True, seed=7,
+                               reporter=lambda value, step: reported.append((step, value)) and False,
+                               cooldown_fraction=cooldown_fraction)
+    return trainer, trainer.train(), reported, opt
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_the_branch_leaves_the_main_run_bit_identical_and_changes_the_rung_values(optimizer):
+    plain, plain_result, plain_reported, plain_opt = train_wsd(None, optimizer)
+    branched, result, reported, opt = train_wsd(0.5, optimizer)
+    for name, weight in plain.last_weights.items():
+        assert torch.equal(weight, branched.last_weights[name]), f"{name} differs after the branches"
+    assert result.updates == plain_result.updates == 60
+    assert result.examples_seen == plain_result.examples_seen == 60 * 16
+    # the grid is 10, 20, ..., 60 and the decay starts at update 42: branches at 10 to 40, after
+    # 5, 10, 15, 20 cooldown updates (half the updates done)
+    assert result.cooldown_updates == 5 + 10 + 15 + 20 and result.cooldown_examples == 50 * 16
+    assert result.cooldown_seconds >= 0 and plain_result.cooldown_updates is None
+    steps = [step for step, _ in reported]
+    assert steps == [step for step, _ in plain_reported] == [10, 20, 30, 40, 50, 60]
+    values, plain_values = dict(reported), dict(plain_reported)
+    assert all(values[s] != plain_values[s] for s in (10, 20, 30, 40)), "a branch changes its rung's value"
+    assert values[50] == plain_values[50] and values[60] == plain_values[60], "in the decay: no branch"
+    if optimizer == "sgd":
+        # the main run's LRs are the schedule's; each branch goes 1-sqrt from the peak to zero
+        lrs, main, branches = list(opt.lrs), [], []
+        for length in (5, 10, 15, 20):
+            main += lrs[:10]
+            branches.append(lrs[10 : 10 + length])
+            lrs = lrs[10 + length :]
+        assert main + lrs == plain_opt.lrs
+        for length, branch in zip((5, 10, 15, 20), branches, strict=True):
+            assert branch == pytest.approx([cooled(0.05, k / length) for k in range(1, length + 1)])
+
+
+def test_with_the_branch_off_the_batches_are_the_plain_generator():
+    trainer = KeepsLastWeights(noisy_task(0), torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1),
+                               Schedule.build(0.1, 10, 0.0, "wsd", 0.0, 0.2),
+                               plan_trial(Budget("updates", 10, 5), 192, 16, None), Budget("updates", 10, 5),
+                               maximize=True, seed=0)
+    assert trainer.cooldown_fraction is None and trainer.result.cooldown_updates is None

@@ -4,14 +4,22 @@ DataLoader; a Dataset is fed by a DataLoader (`objectives.training.data`), batch
 One trial = `planned_updates` optimizer updates. Evaluation happens on the budget grid (every
 `eval_every` budget units), the reporter may prune, early stopping may end it, and a non-finite
 loss ends it as diverged. The value is the best evaluation, whose weights are restored.
+
+With cooldown evaluations (opt-in, a wsd schedule only), a grid evaluation before the trial's own
+decay is made on a short cooldown branch: weights and optimizer state are copied, a few updates
+run on the next training batches with the LR going 1-sqrt from the current LR to zero, the branch
+is evaluated and reported, and the copy is restored. The main run then trains on those same
+batches, so its trajectory is the one it would have had without branches.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -26,7 +34,7 @@ from objectives.training.cores import cores_per_worker
 from objectives.training.data import LoaderOptions, make_loader, pins
 from objectives.training.live import SECONDS, UPDATES, LiveTrial
 from objectives.training.noise_scale import GradientParts, NoiseScale
-from objectives.training.schedule import Schedule
+from objectives.training.schedule import Schedule, cooled
 
 # reporter(value, step) -> True when the trial should stop (pruned)
 Reporter = Callable[[float, int], bool]
@@ -53,10 +61,69 @@ class TrainResult:
     accumulation_steps: int = 1
     peak_memory_mb: float | None = None  # CUDA only
     noise_scale_curve: list[tuple[int, float]] | None = None  # (step, B_simple) per evaluation, when measured
+    # cooldown evaluations only (None without them): what the branches trained, beside `updates`,
+    # `examples_seen` and `train_seconds`, which count the main run alone
+    cooldown_updates: int | None = None
+    cooldown_examples: int | None = None
+    cooldown_seconds: float | None = None
 
     @property
     def examples_per_second(self) -> float:
         return self.examples_seen / self.train_seconds if self.train_seconds > 0 else 0.0
+
+
+class Replay:
+    """The training batches with a look-ahead: a cooldown branch trains on the next batches, and
+    the main run then gets the same ones, in the same order."""
+
+    def __init__(self, batches: Iterator[Batch]):
+        self.batches = batches
+        self.ahead: deque[Batch] = deque()
+
+    def __iter__(self) -> Replay:
+        return self
+
+    def __next__(self) -> Batch:
+        return self.ahead.popleft() if self.ahead else next(self.batches)
+
+    def peek(self, n: int) -> list[Batch]:
+        while len(self.ahead) < n:
+            self.ahead.append(next(self.batches))
+        return list(itertools.islice(self.ahead, n))
+
+    def close(self) -> None:
+        self.ahead.clear()
+        self.batches.close()
+
+
+OptimizerSnapshot = tuple[dict[nn.Parameter, dict[str, object]], list[dict[str, object]]]
+
+
+def optimizer_snapshot(optimizer: torch.optim.Optimizer) -> OptimizerSnapshot:
+    """The optimizer's per-parameter state and group settings, copied."""
+    state = {p: {k: v.clone() if isinstance(v, Tensor) else copy.deepcopy(v) for k, v in st.items()}
+             for p, st in optimizer.state.items()}
+    groups = [{k: copy.deepcopy(v) for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    return state, groups
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, snapshot: OptimizerSnapshot) -> None:
+    """Put a snapshot back in place: the same state tensors and group dicts (`load_state_dict`
+    would make new groups, and the loop sets the LR on the ones it holds)."""
+    state, groups = snapshot
+    for p in [p for p in optimizer.state if p not in state]:
+        del optimizer.state[p]
+    for p, saved in state.items():
+        live = optimizer.state[p]
+        for k in [k for k in live if k not in saved]:
+            del live[k]
+        for k, v in saved.items():
+            if isinstance(v, Tensor) and isinstance(live.get(k), Tensor) and live[k].shape == v.shape:
+                live[k].copy_(v)
+            else:
+                live[k] = v
+    for group, saved in zip(optimizer.param_groups, groups, strict=True):
+        group.update(saved)
 
 
 class OutOfMemory(RuntimeError):
@@ -137,6 +204,7 @@ class Trainer:
         loader: LoaderOptions | None = None,
         live: LiveTrial | None = None,
         measure_noise: bool = False,
+        cooldown_fraction: float | None = None,
     ):
         self.task = task
         self.model: nn.Module = task.model
@@ -173,6 +241,10 @@ class Trainer:
         if measure_noise:
             self.gradient_parts = GradientParts([p for p in self.model.parameters() if p.requires_grad])
             self.result.noise_scale_curve = []
+        # Cooldown evaluations: the branch's updates, as a fraction of the updates done (wsd only).
+        self.cooldown_fraction = cooldown_fraction if schedule.shape == "wsd" else None
+        if self.cooldown_fraction is not None:
+            self.result.cooldown_updates, self.result.cooldown_examples, self.result.cooldown_seconds = 0, 0, 0.0
         self.best_state: dict[str, Tensor] | None = None
         self.patience_ref: float | None = None
         self.bad_evals = 0
@@ -277,7 +349,8 @@ class Trainer:
         if cuda:
             torch.cuda.synchronize(self.device)  # so train_seconds and throughput are true
             self.result.peak_memory_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
-        self.result.train_seconds = time.perf_counter() - started - self.result.eval_seconds
+        self.result.train_seconds = (time.perf_counter() - started - self.result.eval_seconds
+                                     - (self.result.cooldown_seconds or 0.0))
         self.result.accumulation_steps = self.accumulation
         self.result.micro_batch = -(-self.plan.batch_size // self.accumulation)
         if self.result.stop_reason != "oom":
@@ -293,6 +366,8 @@ class Trainer:
 
     def run_updates(self, started: float) -> None:
         batches = self.training_batches()
+        if self.cooldown_fraction is not None:
+            batches = Replay(batches)
         try:
             self.run_batches(started, batches)
         finally:
@@ -350,7 +425,8 @@ class Trainer:
                     break
                 loss_sum.zero_()
                 losses_since_check = 0
-                if self.evaluate_and_report(step):
+                branch = self.cooldown_fraction is not None and update + 1 < self.schedule.decay_start
+                if self.evaluate_on_cooldown(step, update + 1, batches) if branch else self.evaluate_and_report(step):
                     break
         else:
             self.result.stop_reason = self.plan.stop_reason
@@ -416,6 +492,42 @@ class Trainer:
             self.result.stop_reason = "pruned"
             return True
         return self.patience_exhausted(value)
+
+    def evaluate_on_cooldown(self, step: int, done: int, batches: Replay) -> bool:
+        """`evaluate_and_report` at `step` on a cooldown branch after `done` updates: copy the
+        weights, the optimizer state and the random states, train cooldown_fraction x done updates
+        on the next batches with the LR going 1-sqrt from the current one to zero, evaluate and
+        report, then restore the copy. True when the trial must stop."""
+        started, evaluated = time.perf_counter(), self.result.eval_seconds
+        saved_model = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        saved_optimizer = optimizer_snapshot(self.optimizer)
+        augment, generator = self.task.augment, self.augment_generator
+        saved_augment = generator.get_state() if generator is not None else None
+        groups = self.optimizer.param_groups
+        start_lr = groups[0]["lr"]  # the last update's, as the schedule set it
+        n = max(1, round(self.cooldown_fraction * done))
+        update, self.update = self.update, self.step  # the branch leaves the noise measurement alone
+        devices = [self.device] if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices):  # dropout draws in the branch, not in the main run
+                for i, batch in enumerate(batches.peek(n)):
+                    self.result.cooldown_examples += batch_len(batch)
+                    if augment is not None:
+                        batch = augment(batch, generator)
+                    lr = cooled(start_lr, (i + 1) / n)
+                    for group in groups:
+                        group["lr"] = lr
+                    self.step_within_memory(batch)
+                    self.result.cooldown_updates += 1
+                stop = self.evaluate_and_report(step)
+        finally:
+            self.update = update
+            self.model.load_state_dict(saved_model)
+            restore_optimizer(self.optimizer, saved_optimizer)
+            if generator is not None:
+                generator.set_state(saved_augment)
+            self.result.cooldown_seconds += time.perf_counter() - started - (self.result.eval_seconds - evaluated)
+        return stop
 
     def patience_exhausted(self, value: float) -> bool:
         rule = self.early_stopping
