@@ -8,7 +8,9 @@ the updates, examples, epochs or tokens it will train at most. In training time:
   the study's finished trials; before any trial finished it is 0, so each worker's first trials
   are not held back and the total can overrun by the trials in flight, at most one per worker.
 The actual cost is what the trial recorded: its `examples_seen`, `updates`, ... or its
-`train_seconds` (/ 3600 in gpu_hours), the training time of one process on one device.
+`train_seconds` (/ 3600 in gpu_hours), the training time of one process on one device, plus what
+its cooldown branches trained (`record.cooldown_consumed`; the reservation does not foresee them,
+so with cooldown evaluations the total can overrun by the branches of the trials in flight).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 from objectives.training.budget import Budget, TrialPlan, plan_trial
 from sweeps.config.study_file import TIME_UNITS, SweepConfig, TotalBudgetSection
 from sweeps.search.space import Suggestion
-from sweeps.trial.record import CONSUMED
+from sweeps.trial.record import CONSUMED, cooldown_consumed
 
 SECONDS_PER = {"seconds": 1.0, "gpu_hours": 3600.0}
 
@@ -97,5 +99,6 @@ class Spending:
         """What a trial cost, from the attributes it recorded (0 for one that never trained)."""
         unit = self.total.unit
         if unit in TIME_UNITS:
-            return float(attrs.get(CONSUMED["seconds"]) or 0.0) / SECONDS_PER[unit]
-        return float(attrs.get(CONSUMED[unit]) or 0.0)
+            seconds = float(attrs.get(CONSUMED["seconds"]) or 0.0) + cooldown_consumed(attrs, "seconds")
+            return seconds / SECONDS_PER[unit]
+        return float(attrs.get(CONSUMED[unit]) or 0.0) + cooldown_consumed(attrs, unit)

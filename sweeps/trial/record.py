@@ -9,7 +9,8 @@ A trial writes its attributes in groups, each once it is known, and a group neve
 absent, not None: `IDENTITY` (set by the runner before the trial starts), `PLAN` (derived before
 training, so a trial that crashes while training carries it too), `GPU` (CUDA trials only),
 `RESULT` (after training; `peak_memory_mb` only when measured, `noise_scale_curve` and
-`noise_scale` only with `measure: {noise_scale: true}`) and `ERROR` (a failed trial).
+`noise_scale` only with `measure: {noise_scale: true}`, the `cooldown_*` names only with
+`schedule: {cooldown_evaluations: true}`) and `ERROR` (a failed trial).
 A confirmation run (`sweeps confirm`) also carries `CONFIRM`, set when it is queued.
 
 The study's own units are here too: `budget_unit` and `step_unit`, the unit of the integer steps
@@ -68,6 +69,11 @@ class TrialRecord:
     # B_simple at each evaluation, [[step, value], ...]; stored only with measure.noise_scale
     noise_scale_curve: list[list[float]] | None = None
     noise_scale: float | None = None  # the curve's last value; absent when the curve is empty
+    # what the cooldown branches of rung evaluations trained, beside the main run's `updates`,
+    # `examples_seen` and `train_seconds`; stored only with schedule.cooldown_evaluations
+    cooldown_updates: int | None = None
+    cooldown_examples: int | None = None
+    cooldown_seconds: float | None = None
     # ERROR: why the trial failed
     error: str | None = None
     # CONFIRM: a confirmation run, set when `sweeps confirm` queues it in the companion study
@@ -109,11 +115,12 @@ PLAN = ("batch_size", "lr", "coupling", "iterations_per_epoch", "planned_updates
 GPU = ("gpu", "gpu_name")
 RESULT = ("updates", "examples_seen", "tokens_seen", "epochs_completed", "train_seconds", "eval_seconds",
           "examples_per_second", "stop_reason", "best_step", "micro_batch", "accumulation_steps", "peak_memory_mb",
-          "noise_scale_curve", "noise_scale")
+          "noise_scale_curve", "noise_scale", "cooldown_updates", "cooldown_examples", "cooldown_seconds")
 ERROR = ("error",)
 CONFIRM = ("confirms_trial", "confirm_seed")
 # stored only when not None
-WHEN_KNOWN = frozenset({"peak_memory_mb", "tokens_per_example", "tokens_seen", "noise_scale_curve", "noise_scale"})
+WHEN_KNOWN = frozenset({"peak_memory_mb", "tokens_per_example", "tokens_seen", "noise_scale_curve", "noise_scale",
+                        "cooldown_updates", "cooldown_examples", "cooldown_seconds"})
 # The attribute that counts what a trial used of its budget, per budget unit.
 CONSUMED = {"updates": "updates", "examples": "examples_seen", "epochs": "epochs_completed", "seconds": "train_seconds",
             "tokens": "tokens_seen"}
@@ -162,6 +169,9 @@ def result_attrs(result: TrainResult, plan: TrialPlan) -> dict[str, Any]:
         peak_memory_mb=None if peak is None else round(peak, 1),
         noise_scale_curve=None if curve is None else [[step, round(value, 4)] for step, value in curve],
         noise_scale=round(curve[-1][1], 4) if curve else None,
+        cooldown_updates=result.cooldown_updates,
+        cooldown_examples=result.cooldown_examples,
+        cooldown_seconds=None if result.cooldown_seconds is None else round(result.cooldown_seconds, 4),
     ).attrs(RESULT)
 
 
@@ -180,9 +190,26 @@ def queued_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
 
 # --- readers ------------------------------------------------------------------------------------
 def consumed(trial: FrozenTrial, budget_unit: str) -> float:
-    """What the trial used of its budget, in the budget's unit. Read without building a record:
-    the progress line sums it over every trial of the study after each trial."""
-    return float(trial.user_attrs.get(CONSUMED[budget_unit]) or 0.0)
+    """What the trial used of its budget, in the budget's unit, its cooldown branches included.
+    Read without building a record: the progress line sums it over every trial of the study after
+    each trial."""
+    attrs = trial.user_attrs
+    return float(attrs.get(CONSUMED[budget_unit]) or 0.0) + cooldown_consumed(attrs, budget_unit)
+
+
+def cooldown_consumed(attrs: Mapping[str, Any], unit: str) -> float:
+    """What a trial's cooldown branches trained, in a budget unit (0 without them). They are not
+    part of the trial's own `budget.per_trial`, which its main run fills, but they count against
+    `study.total_budget` and in the study's spent budget."""
+    updates = attrs.get("cooldown_updates")
+    if not updates:
+        return 0.0
+    examples = float(attrs.get("cooldown_examples") or 0)
+    per_epoch = attrs.get("iterations_per_epoch")
+    return float({"updates": updates, "examples": examples,
+                  "tokens": examples * float(attrs.get("tokens_per_example") or 0),
+                  "epochs": updates / per_epoch if per_epoch else 0.0,
+                  "seconds": attrs.get("cooldown_seconds") or 0.0}[unit])
 
 
 # --- the study's units ----------------------------------------------------------------------------

@@ -207,6 +207,7 @@ class SweepObjective:
                                  cfg.objective.loader.pin_memory),
             live=self.live,
             measure_noise=cfg.measure.noise_scale,
+            cooldown_fraction=cfg.schedule.cooldown_fraction if cfg.schedule.cooldown_evaluations else None,
         )
         return trainer.train()
 
