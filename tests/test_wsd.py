@@ -14,9 +14,12 @@ from objectives.training.loop import Trainer
 from objectives.training.schedule import Schedule, cooled
 from sweeps.config.fingerprint import fingerprint_of
 from sweeps.config.schema import ConfigError
-from sweeps.config.study_file import parse_config
+from sweeps.config.study_file import TotalBudgetSection, parse_config
+from sweeps.loop.spending import Spending
+from sweeps.trial.record import consumed, cooldown_consumed
 from tests.conftest import TINY, merged
 from tests.tasks_for_tests import RecordingSGD, mse
+from tests.test_sweep import TASKS, make_config, sweep
 
 
 def test_wsd_holds_the_peak_then_decays_1_sqrt_to_zero_at_the_last_update():
@@ -168,7 +171,7 @@ def test_the_branch_leaves_the_main_run_bit_identical_and_changes_the_rung_value
             lrs = lrs[10 + length :]
         assert main + lrs == plain_opt.lrs
         for length, branch in zip((5, 10, 15, 20), branches, strict=True):
-            assert branch == pytest.approx([cooled(0.05, k / length) for k in range(1, length + 1)])
+            assert branch == pytest.approx([cooled(0.05, k / (length + 1)) for k in range(1, length + 1)])
 
 
 def test_with_the_branch_off_the_batches_are_the_plain_generator():
@@ -177,3 +180,37 @@ def test_with_the_branch_off_the_batches_are_the_plain_generator():
                                plan_trial(Budget("updates", 10, 5), 192, 16, None), Budget("updates", 10, 5),
                                maximize=True, seed=0)
     assert trainer.cooldown_fraction is None and trainer.result.cooldown_updates is None
+
+
+def test_a_sweep_with_cooldown_evaluations_reports_the_branches_and_records_their_cost(tmp_path):
+    """lr_probe's weight (its metric) moves by exactly -lr per update: a rung's value is minus the
+    main run's LRs and its branch's, and the main run goes on as if no branch had run."""
+    config = make_config(tmp_path, study={"n_trials": 1, "metric": "w", "direction": "maximize"},
+                         objective={"task": f"{TASKS}:lr_probe", "momentum": 0.0},
+                         schedule={"name": "wsd", "decay_fraction": 0.25, "cooldown_evaluations": True,
+                                   "cooldown_fraction": 0.2},
+                         budget={"unit": "updates", "per_trial": 20, "eval_every": 5},
+                         search={"batch_size": 8, "base_lr": 0.05})
+    trial = sweep(config, tmp_path / "s.db").trials[0]
+    curve, attrs, peak = trial.intermediate_values, trial.user_attrs, 0.05
+    # rung 5: a branch of round(0.2 x 5) = 1 update; rung 10: 2 updates; 15: the decay (15 to 19) begins
+    assert curve[5] == pytest.approx(-5 * peak - cooled(peak, 1 / 2))
+    assert curve[10] == pytest.approx(-10 * peak - cooled(peak, 1 / 3) - cooled(peak, 2 / 3))
+    assert curve[15] == pytest.approx(-15 * peak), "the main run took no branch update"
+    decay = sum(cooled(peak, k / 5) for k in range(1, 6))
+    assert curve[20] == pytest.approx(-15 * peak - decay)
+    assert (attrs["updates"], attrs["examples_seen"]) == (20, 160)
+    assert (attrs["cooldown_updates"], attrs["cooldown_examples"]) == (3, 24) and attrs["cooldown_seconds"] >= 0
+    assert consumed(trial, "updates") == 23 and consumed(trial, "examples") == 184
+
+
+@pytest.mark.parametrize(("unit", "expected"), [("updates", 23.0), ("examples", 184.0), ("epochs", 23 / 5),
+                                                ("tokens", 184.0 * 4), ("seconds", 2.5), ("gpu_hours", 2.5 / 3600)])
+def test_the_branches_count_against_the_total_budget(unit, expected):
+    attrs = {"updates": 20, "examples_seen": 160, "epochs_completed": 4.0, "tokens_seen": 640, "train_seconds": 2.0,
+             "iterations_per_epoch": 5, "tokens_per_example": 4,
+             "cooldown_updates": 3, "cooldown_examples": 24, "cooldown_seconds": 0.5}
+    budget_unit = "updates" if unit == "gpu_hours" else unit
+    spending = Spending(TotalBudgetSection(1e6, unit), Budget(budget_unit, 20, 5), 40, False, ((8, None),))
+    assert spending.actual(attrs) == pytest.approx(expected)
+    assert cooldown_consumed({"updates": 20}, unit) == 0.0  # no branches, nothing added

@@ -495,9 +495,11 @@ class Trainer:
 
     def evaluate_on_cooldown(self, step: int, done: int, batches: Replay) -> bool:
         """`evaluate_and_report` at `step` on a cooldown branch after `done` updates: copy the
-        weights, the optimizer state and the random states, train cooldown_fraction x done updates
-        on the next batches with the LR going 1-sqrt from the current one to zero, evaluate and
-        report, then restore the copy. True when the trial must stop."""
+        weights, the optimizer state and the random states, train n = cooldown_fraction x done
+        updates (at least one) on the next batches with the LR going 1-sqrt from the current one
+        towards zero (update i of n at progress i / (n + 1), so even a one-update branch cools and
+        none is spent at LR zero), evaluate and report, then restore the copy. True when the trial
+        must stop."""
         started, evaluated = time.perf_counter(), self.result.eval_seconds
         saved_model = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         saved_optimizer = optimizer_snapshot(self.optimizer)
@@ -514,7 +516,7 @@ class Trainer:
                     self.result.cooldown_examples += batch_len(batch)
                     if augment is not None:
                         batch = augment(batch, generator)
-                    lr = cooled(start_lr, (i + 1) / n)
+                    lr = cooled(start_lr, (i + 1) / (n + 1))  # below the current LR, zero one update past the end
                     for group in groups:
                         group["lr"] = lr
                     self.step_within_memory(batch)
