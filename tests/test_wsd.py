@@ -16,6 +16,7 @@ from sweeps.config.fingerprint import fingerprint_of
 from sweeps.config.schema import ConfigError
 from sweeps.config.study_file import TotalBudgetSection, parse_config
 from sweeps.loop.spending import Spending
+from sweeps.results.notes import trial_note
 from sweeps.trial.record import consumed, cooldown_consumed
 from tests.conftest import TINY, merged
 from tests.tasks_for_tests import RecordingSGD, mse
@@ -202,6 +203,9 @@ def test_a_sweep_with_cooldown_evaluations_reports_the_branches_and_records_thei
     assert (attrs["updates"], attrs["examples_seen"]) == (20, 160)
     assert (attrs["cooldown_updates"], attrs["cooldown_examples"]) == (3, 24) and attrs["cooldown_seconds"] >= 0
     assert consumed(trial, "updates") == 23 and consumed(trial, "examples") == 184
+    note = trial_note(trial, config)
+    assert "wsd (last 0.25 of the plan decays)" in note and "cooldown branch of 0.2 x" in note
+    assert "| cooldown-branch updates | 3 |" in note
 
 
 @pytest.mark.parametrize(("unit", "expected"), [("updates", 23.0), ("examples", 184.0), ("epochs", 23 / 5),

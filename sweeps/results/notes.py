@@ -116,6 +116,7 @@ RESULTS = [  # (a TrialRecord field, label)
     ("stop_reason", "stopped by"), ("best_step", "best at step"), ("updates", "updates"),
     ("examples_seen", "examples seen"), ("tokens_seen", "tokens seen"), ("epochs_completed", "epochs completed"),
     ("train_seconds", "train seconds"), ("examples_per_second", "examples / s"),
+    ("cooldown_updates", "cooldown-branch updates"), ("cooldown_examples", "cooldown-branch examples"),
 ]
 
 
