@@ -321,6 +321,9 @@ class MeasureSection:
     """What a trial measures beside its metric; each costs training time, so each is off by default."""
 
     noise_scale: bool = False  # B_simple at each evaluation (objectives/training/noise_scale.py)
+    # the standard error of each evaluation, from its examples' values (objectives/training/loop.py);
+    # costs one per-example metric per validation chunk
+    value_se: bool = False
 
 
 @dataclass

@@ -151,9 +151,9 @@ class SweepObjective:
         """Train one trial; nothing here writes to the store (the sweep loop records the outcome)."""
         outcome = Outcome(TrialState.FAIL, attrs=dict(self.identity))
 
-        def report(value: float, step: int) -> bool:
+        def report(value: float, step: int, value_se: float | None) -> bool:
             outcome.curve[step] = value
-            return pruner(value, step)
+            return pruner(value, step, value_se)
 
         live = self.live
         try:
@@ -207,6 +207,7 @@ class SweepObjective:
                                  cfg.objective.loader.pin_memory),
             live=self.live,
             measure_noise=cfg.measure.noise_scale,
+            measure_value_se=cfg.measure.value_se,
         )
         return trainer.train()
 
