@@ -207,7 +207,7 @@ class SweepObjective:
                                  cfg.objective.loader.pin_memory),
             live=self.live,
             measure_noise=cfg.measure.noise_scale,
-            measure_value_se=cfg.measure.value_se,
+            measure_value_se=cfg.measure.value_se or cfg.pruner.noise_margin is not None,
         )
         return trainer.train()
 
