@@ -9,6 +9,7 @@ import optuna
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from objectives.task import Task, TrialSettings, accuracy
 from objectives.tasks.regression import regression
@@ -56,6 +57,14 @@ def test_accuracy_se_is_the_binomial_standard_error_over_chunks():
     p = correct / n
     assert value == pytest.approx(p)
     assert se == pytest.approx(math.sqrt(p * (1 - p) / n), rel=1e-5)
+
+
+def test_a_dataset_validation_set_gives_the_same_value_and_se_as_tensors():
+    tensors = scripted_accuracy_task(100, 71)
+    dataset = scripted_accuracy_task(100, 71)
+    dataset.val = TensorDataset(*dataset.val)
+    assert trainer_for(dataset, eval_batch_size=30).evaluate() == pytest.approx(trainer_for(tensors).evaluate())
+    assert trainer_for(dataset).evaluate()[1] == pytest.approx(math.sqrt(0.71 * 0.29 / 100), rel=1e-5)
 
 
 def test_mse_se_is_the_sd_of_the_squared_errors_over_root_n():
