@@ -31,7 +31,11 @@ Optional fields (their defaults keep the plain behaviour):
   from `generator` (seeded from the trial seed, on the device); evaluation never augments;
 - `tokens_per_example`: what one example counts under a `tokens` budget
   (tokens = examples x tokens_per_example); a tokens budget requires it;
-- `target_key`: the key of the targets in a dict batch.
+- `target_key`: the key of the targets in a dict batch;
+- `metric_per_example(outputs, targets) -> Tensor` of shape (batch,): the metric of each example,
+  whose mean is `metric`. Only the standard error of an evaluation (`measure: {value_se: true}`)
+  reads it; the built-in `accuracy` and `negative_mse` have theirs (`per_example_metric`), and a
+  task without one simply records no standard error.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ class Task:
     augment: Callable[[Any, torch.Generator], Any] | None = None  # training batches only, on the device
     tokens_per_example: int | None = None  # for a `tokens` budget
     target_key: str = "labels"  # dict batches: the targets; every other key is a model argument
+    metric_per_example: Callable[[Any, Any], Tensor] | None = None  # (batch,) values whose mean is `metric`
 
     @property
     def n_train(self) -> int:
@@ -136,3 +141,32 @@ def accuracy(logits: Tensor, targets: Tensor) -> Tensor:
 
 def negative_mse(pred: Tensor, targets: Tensor) -> Tensor:
     return -((pred - targets) ** 2).mean()
+
+
+def accuracy_per_example(logits: Tensor, targets: Tensor) -> Tensor:
+    return (logits.argmax(dim=1) == targets).float()
+
+
+def squared_error_per_example(pred: Tensor, targets: Tensor) -> Tensor:
+    """Each example's squared error, averaged over its own elements: the mean over the examples is
+    the MSE (every example holds as many elements)."""
+    return ((pred - targets) ** 2).reshape(len(pred), -1).mean(dim=1)
+
+
+def negative_squared_error_per_example(pred: Tensor, targets: Tensor) -> Tensor:
+    return -squared_error_per_example(pred, targets)
+
+
+# the built-in metrics' per-example values, for a task that does not set `metric_per_example`
+PER_EXAMPLE: dict[Callable, Callable] = {
+    accuracy: accuracy_per_example,
+    negative_mse: negative_squared_error_per_example,
+}
+
+
+def per_example_metric(task: Task) -> Callable[[Any, Any], Tensor] | None:
+    """The task's per-example metric: its own, else a built-in metric's, else None (a metric that
+    returns only its mean, whose evaluations then carry no standard error)."""
+    if task.metric_per_example is not None:
+        return task.metric_per_example
+    return PER_EXAMPLE.get(task.metric)

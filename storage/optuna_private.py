@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CachedStorage", "backend_of", "cache_migration_scripts", "cached_trial", "engine_of", "enter_optimize_loop",
-    "rdb_backend", "rdb_models", "rdb_session", "stop_requested", "study_id_of", "study_storage", "trial_id_of",
+    "hyperband_bracket_study", "rdb_backend", "rdb_models", "rdb_session", "stop_requested", "study_id_of",
+    "study_storage", "trial_id_of",
 ]
 
 # `rdb_models` is `optuna.storages._rdb.models`: Optuna's SQLAlchemy table models (StudyModel, TrialModel,
@@ -73,6 +74,14 @@ def stop_requested(study: optuna.Study) -> bool:
     """Whether `study.stop()` was called (`Study._stop_flag`), which `Study.optimize` checks after each
     trial; the sweep loop checks it instead."""
     return bool(study._stop_flag)
+
+
+def hyperband_bracket_study(pruner: optuna.pruners.HyperbandPruner, study: optuna.Study,
+                            trial: FrozenTrial) -> optuna.Study:
+    """The study as Hyperband shows it to the trial's bracket: only the trials of that bracket
+    (`HyperbandPruner._get_bracket_id`, `_create_bracket_study`, as Optuna's own `_filter_study`
+    does for the samplers). The noise guard finds the cut a trial competes for among them."""
+    return pruner._create_bracket_study(study, pruner._get_bracket_id(study, trial))
 
 
 # --- a storage -------------------------------------------------------------------------------

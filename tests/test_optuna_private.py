@@ -45,6 +45,7 @@ from storage.optuna_private import (
     cached_trial,
     engine_of,
     enter_optimize_loop,
+    hyperband_bracket_study,
     rdb_backend,
     rdb_models,
     rdb_session,
@@ -123,6 +124,23 @@ def test_stop_requested_is_what_optimize_checks_after_a_trial(study):
 
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=5, callbacks=[stop_then_look])
     assert seen == [True] and len(study.trials) == 1, "Study.optimize no longer stops on Study._stop_flag"
+
+
+def test_hyperband_bracket_study_holds_the_trials_of_the_trials_bracket():
+    pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=9, reduction_factor=3)
+    study = optuna.create_study(pruner=pruner)
+    for _ in range(12):
+        trial = study.ask()
+        trial.report(1.0, 1)
+        trial.should_prune()  # sets up the brackets
+        study.tell(trial, 1.0)
+    seen = {}
+    for trial in study.trials:
+        bracket = {t.number for t in hyperband_bracket_study(pruner, study, trial).get_trials(deepcopy=False)}
+        assert trial.number in bracket
+        seen[frozenset(bracket)] = True
+    assert len(seen) > 1 and sum(len(b) for b in seen) == len(study.trials), "the brackets no longer split the trials"
+    assert hyperband_bracket_study(pruner, study, study.trials[0]).direction == study.direction
 
 
 def test_enter_optimize_loop_silences_the_heartbeat_warning_of_ask(tmp_path):

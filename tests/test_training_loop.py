@@ -163,7 +163,7 @@ def test_early_stopping_ends_after_patience_evaluations_without_improvement():
 def test_reporter_can_prune():
     seen = []
 
-    def reporter(value, step):
+    def reporter(value, step, value_se):
         seen.append(step)
         return step >= 20
 

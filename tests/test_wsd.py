@@ -141,7 +141,7 @@ def train_wsd(cooldown_fraction: float | None, optimizer: str = "sgd", updates: 
         opt = torch.optim.AdamW(task.model.parameters(), lr=0.05)
     reported: list[tuple[int, float]] = []
     trainer = KeepsLastWeights(task, opt, schedule, plan, budget, maximize=True, seed=7,
-                               reporter=lambda value, step: reported.append((step, value)) and False,
+                               reporter=lambda value, step, se: reported.append((step, value)) and False,
                                cooldown_fraction=cooldown_fraction)
     return trainer, trainer.train(), reported, opt
 

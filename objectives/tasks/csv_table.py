@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from objectives.task import Task, TrialSettings, accuracy
+from objectives.task import Task, TrialSettings, accuracy, squared_error_per_example
 from objectives.tasks.datafiles import DataFileError, data_path, option
 
 EXPECTED = "a CSV file with a header row"
@@ -216,4 +216,5 @@ def csv_table(settings: TrialSettings) -> Task:
         return ((pred.float() - targets) ** 2).mean()
 
     model = nn.Sequential(*mlp(x_train.shape[1], hidden, 1), Destandardize(y_mean, y_std))
-    return Task(model, (x_train, y_train), (x_val, y_val), standardised_mse, mse)
+    return Task(model, (x_train, y_train), (x_val, y_val), standardised_mse, mse,
+                metric_per_example=lambda pred, targets: squared_error_per_example(pred.float(), targets))

@@ -10,6 +10,11 @@ decay is made on a short cooldown branch: weights and optimizer state are copied
 run on the next training batches with the LR going 1-sqrt from the current LR to zero, the branch
 is evaluated and reported, and the copy is restored. The main run then trains on those same
 batches, so its trajectory is the one it would have had without branches.
+
+With `measure_value_se`, each evaluation also estimates its own standard error from the values
+of its examples, in the same pass: SE = sd / sqrt(n_val), sd over the validation examples (the
+plug-in form: for accuracy p it is sqrt(p (1 - p) / n_val)). It needs the task's per-example
+metric (`objectives.task.per_example_metric`); a metric that returns only its mean has none.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import default_collate
 
-from objectives.task import Task
+from objectives.task import Task, per_example_metric
 from objectives.training.batches import Batch, batch_len, forward, split, to_device
 from objectives.training.budget import Budget, TrialPlan, examples_after, updates_within_examples
 from objectives.training.cores import cores_per_worker
@@ -36,8 +41,9 @@ from objectives.training.live import SECONDS, UPDATES, LiveTrial
 from objectives.training.noise_scale import GradientParts, NoiseScale
 from objectives.training.schedule import Schedule, cooled
 
-# reporter(value, step) -> True when the trial should stop (pruned)
-Reporter = Callable[[float, int], bool]
+# reporter(value, step, value_se) -> True when the trial should stop (pruned); value_se is the
+# evaluation's standard error, None unless measured
+Reporter = Callable[[float, int, float | None], bool]
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,7 @@ class TrainResult:
     cooldown_updates: int | None = None
     cooldown_examples: int | None = None
     cooldown_seconds: float | None = None
+    value_se_curve: list[tuple[int, float]] | None = None  # (step, standard error of the value), when measured
 
     @property
     def examples_per_second(self) -> float:
@@ -205,6 +212,7 @@ class Trainer:
         live: LiveTrial | None = None,
         measure_noise: bool = False,
         cooldown_fraction: float | None = None,
+        measure_value_se: bool = False,
     ):
         self.task = task
         self.model: nn.Module = task.model
@@ -245,6 +253,11 @@ class Trainer:
         self.cooldown_fraction = cooldown_fraction if schedule.shape == "wsd" else None
         if self.cooldown_fraction is not None:
             self.result.cooldown_updates, self.result.cooldown_examples, self.result.cooldown_seconds = 0, 0, 0.0
+        # the per-example metric when the standard error is measured (None: not measured, or the
+        # task's metric returns only its mean); evaluation then sums the values and their squares
+        self.per_example = per_example_metric(task) if measure_value_se else None
+        if self.per_example is not None:
+            self.result.value_se_curve = []
         self.best_state: dict[str, Tensor] | None = None
         self.patience_ref: float | None = None
         self.bad_evals = 0
@@ -432,12 +445,13 @@ class Trainer:
             self.result.stop_reason = self.plan.stop_reason
 
     # --- bookkeeping --------------------------------------------------------------------
-    def evaluate(self) -> float:
+    def evaluate(self) -> tuple[float, float | None]:
+        """The metric over the validation set, and its standard error when measured."""
         started = time.perf_counter()
         self.model.eval()
         while True:
             try:
-                value = self.metric_over_val()
+                value, se = self.metric_over_val()
                 break
             except torch.cuda.OutOfMemoryError:
                 if self.eval_batch_size == 1:
@@ -445,18 +459,34 @@ class Trainer:
                 self.eval_batch_size = max(1, self.eval_batch_size // 2)
         self.model.train()
         self.result.eval_seconds += time.perf_counter() - started
-        return value
+        return value, se
 
-    def metric_over_val(self) -> float:
+    def metric_over_val(self) -> tuple[float, float | None]:
         if not isinstance(self.task.val, tuple | list):
             return self.metric_over_val_dataset()
         x, y = self.task.val
-        total = torch.zeros((), device=x.device)
+        sums = torch.zeros(3, device=x.device)  # metric x examples; per-example sum and sum of squares
         with torch.no_grad(), self.autocast:
             for start in range(0, len(x), self.eval_batch_size):
                 xb, yb = x[start : start + self.eval_batch_size], y[start : start + self.eval_batch_size]
-                total += self.task.metric(self.model(xb), yb).float() * len(xb)
-        return (total / len(x)).item()
+                self.accumulate(sums, self.model(xb), yb, len(xb))
+        return self.mean_and_se(sums, len(x))
+
+    def accumulate(self, sums: Tensor, outputs, targets, n: int) -> None:
+        sums[0] += self.task.metric(outputs, targets).float() * n
+        if self.per_example is not None:
+            values = self.per_example(outputs, targets).float()
+            sums[1] += values.sum()
+            sums[2] += (values * values).sum()
+
+    def mean_and_se(self, sums: Tensor, n: int) -> tuple[float, float | None]:
+        """The metric's mean and, when measured, sd / sqrt(n) from the per-example sums (one
+        host sync for both)."""
+        value, first, second = (sums / n).tolist()  # the value divided on the device, as ever
+        if self.per_example is None:
+            return value, None
+        variance = max(0.0, second - first * first)
+        return value, math.sqrt(variance / n)
 
     def metric_over_val_dataset(self) -> float:
         """The same mean over a validation Dataset, in order, never augmented."""
@@ -465,18 +495,20 @@ class Trainer:
             self.val_loader = None  # an OOM halved the chunk: the old loader's workers end first
             self.val_loader = make_loader(val, self.eval_batch_size, self.loader, self.device,
                                           seed=self.seed, shuffle=False)
-        total = torch.zeros((), device=self.device)
+        sums = torch.zeros(3, device=self.device)
         with torch.no_grad(), self.autocast:
             for batch in self.val_loader:
                 batch = to_device(batch, self.device, self.non_blocking)
                 outputs, targets = forward(self.model, batch, self.task.target_key)
-                total += self.task.metric(outputs, targets).float() * batch_len(batch)
-        return (total / len(val)).item()
+                self.accumulate(sums, outputs, targets, batch_len(batch))
+        return self.mean_and_se(sums, len(val))
 
     def evaluate_and_report(self, step: int) -> bool:
         """Evaluate at `step`; True when the trial must stop (pruned, diverged, early stop)."""
-        value = self.evaluate()
+        value, se = self.evaluate()
         self.result.history.append((step, value))
+        if se is not None:
+            self.result.value_se_curve.append((step, se))
         if self.live is not None:
             self.live.evaluated(step, value)
         if self.noise is not None and (noise_scale := self.noise.value()) is not None:
@@ -488,7 +520,7 @@ class Trainer:
         if best is None or self.sign * (value - best) > 0:
             self.result.best_value, self.result.best_step = value, step
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        if self.reporter is not None and self.reporter(value, step):
+        if self.reporter is not None and self.reporter(value, step, se):
             self.result.stop_reason = "pruned"
             return True
         return self.patience_exhausted(value)

@@ -89,6 +89,9 @@ class PrunerSection:
     min_resource: float | None = None  # budget units; defaults to budget.eval_every
     n_startup_trials: int = 5  # median
     warmup: float = 0.0  # median: budget units before any pruning
+    # opt-in: keep a trial the pruner would cut while it trails the cut by no more than this many
+    # combined standard errors of the rung values (sweeps/search/noise_guard.py); None: off
+    noise_margin: float | None = None
 
     def validate(self, path: str) -> None:
         check(self.reduction_factor >= 2, join(path, "reduction_factor"), "must be >= 2")
@@ -96,6 +99,10 @@ class PrunerSection:
             check(self.min_resource > 0, join(path, "min_resource"), "must be > 0")
         check(self.n_startup_trials >= 0, join(path, "n_startup_trials"), "must be >= 0")
         check(self.warmup >= 0, join(path, "warmup"), "must be >= 0")
+        if self.noise_margin is not None:
+            check(math.isfinite(self.noise_margin) and self.noise_margin > 0, join(path, "noise_margin"),
+                  f"must be a finite number > 0, got {self.noise_margin!r}")
+            check(self.name != "none", join(path, "noise_margin"), "needs a pruner (pruner.name is none)")
 
 
 @dataclass
@@ -350,6 +357,9 @@ class MeasureSection:
     """What a trial measures beside its metric; each costs training time, so each is off by default."""
 
     noise_scale: bool = False  # B_simple at each evaluation (objectives/training/noise_scale.py)
+    # the standard error of each evaluation, from its examples' values (objectives/training/loop.py);
+    # costs one per-example metric per validation chunk; pruner.noise_margin turns it on too
+    value_se: bool = False
 
 
 @dataclass

@@ -40,7 +40,7 @@ from sweeps.loop.progress import Progress
 from sweeps.loop.spending import Spending
 from sweeps.search.space import Suggestion, suggest
 from sweeps.search.strategies import grid_size
-from sweeps.trial.record import CONFIRMS_STUDY_ATTR, TrialRecord, error_attrs, queued_attrs
+from sweeps.trial.record import CONFIRMS_STUDY_ATTR, TrialRecord, error_attrs, queued_attrs, value_se_key
 from sweeps.trial.run_one import Outcome
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -236,10 +236,12 @@ class Books:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(self.study)
 
-    def decide(self, trial_id: int, value: float, step: int) -> bool:
+    def decide(self, trial_id: int, value: float, step: int, value_se: float | None = None) -> bool:
         trial = self.open[trial_id]
 
         def report_and_ask() -> bool:
+            if value_se is not None:  # before the report, for the pruner's noise guard to read
+                self.storage.set_trial_system_attr(trial_id, value_se_key(step), value_se)
             trial.report(value, step)
             return trial.should_prune()
 

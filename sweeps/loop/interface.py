@@ -48,8 +48,8 @@ class Bookkeeping(Protocol):
     def reserve(self, trial_id: int, point: Suggestion) -> bool:
         """Book the trial's planned cost in the total budget's ledger; False: it does not fit (closed)."""
 
-    def decide(self, trial_id: int, value: float, step: int) -> bool:
-        """Report an evaluation; True when the pruner stops the trial."""
+    def decide(self, trial_id: int, value: float, step: int, value_se: float | None = None) -> bool:
+        """Report an evaluation (and its standard error, when measured); True when the pruner stops the trial."""
 
     def finish(self, trial_id: int, outcome: Outcome, failures_in_a_row: int) -> None:
         """Record a trained trial: its attributes, learning curve and state."""
@@ -84,8 +84,8 @@ class BooksClient:
     def reserve(self, trial_id: int, point: Suggestion) -> Future:  # Future[bool]
         return self.transport.submit(Bookkeeping.reserve.__name__, trial_id, point)
 
-    def decide(self, trial_id: int, value: float, step: int) -> Future:  # Future[bool]
-        return self.transport.submit(Bookkeeping.decide.__name__, trial_id, value, step)
+    def decide(self, trial_id: int, value: float, step: int, value_se: float | None = None) -> Future:  # Future[bool]
+        return self.transport.submit(Bookkeeping.decide.__name__, trial_id, value, step, value_se)
 
     def finish(self, trial_id: int, outcome: Outcome, failures_in_a_row: int) -> Future:
         return self.transport.submit(Bookkeeping.finish.__name__, trial_id, outcome, failures_in_a_row)

@@ -126,16 +126,16 @@ class SweepLoop:
         if ahead is not None:
             self.book.close_unfinished(ahead.trial.trial_id, reason, requeue).result()
 
-    def pruner_for(self, asked: Asked) -> Callable[[float, int], bool]:
+    def pruner_for(self, asked: Asked) -> Callable[[float, int, float | None], bool]:
         acts_at = PruningSteps(self.config.pruner, self.objective.budget, self.n_train)
 
-        def report(value: float, step: int) -> bool:
+        def report(value: float, step: int, value_se: float | None = None) -> bool:
             # The decision taken at one evaluation applies at the next: the pruner works while the
             # trial trains on, and waiting here is rare (only when the bookkeeper is still busy).
             if any(d.result() for d in asked.decisions):
                 return True
             if acts_at(step):
-                asked.decisions.append(self.book.decide(asked.trial.trial_id, value, step))
+                asked.decisions.append(self.book.decide(asked.trial.trial_id, value, step, value_se))
             return False
 
         return report

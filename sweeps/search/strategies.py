@@ -8,6 +8,7 @@ import optuna
 
 from objectives.training.budget import Budget
 from sweeps.config.study_file import PrunerSection, SamplerSection, SearchSection
+from sweeps.search.noise_guard import HyperbandNoiseGuard, NoiseGuard
 from sweeps.search.space import grid_space
 
 
@@ -37,25 +38,33 @@ def grid_size(config) -> int:
 
 
 def build_pruner(section: PrunerSection, budget: Budget, n_train: int) -> optuna.pruners.BasePruner:
+    """The section's pruner; with `noise_margin` (opt-in), its noise guard
+    (`sweeps.search.noise_guard`)."""
     name = section.name
+    margin = section.noise_margin
     min_units = section.min_resource or budget.eval_every
     min_step = max(1, budget.to_step(min_units, n_train))
     max_step = max(min_step, budget.to_step(budget.per_trial, n_train))
     if name == "none":
         return optuna.pruners.NopPruner()
     if name == "median":
-        return optuna.pruners.MedianPruner(
+        median = optuna.pruners.MedianPruner(
             n_startup_trials=section.n_startup_trials,
             n_warmup_steps=budget.to_step(section.warmup, n_train),
         )
+        return median if margin is None else NoiseGuard(median, margin, keep_fraction=0.5)
     if name == "hyperband":
+        if margin is not None:
+            return HyperbandNoiseGuard(min_resource=min_step, max_resource=max_step,
+                                       reduction_factor=section.reduction_factor, noise_margin=margin)
         return optuna.pruners.HyperbandPruner(
             min_resource=min_step, max_resource=max_step, reduction_factor=section.reduction_factor
         )
     if name == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(
+        halving = optuna.pruners.SuccessiveHalvingPruner(
             min_resource=min_step, reduction_factor=section.reduction_factor
         )
+        return halving if margin is None else NoiseGuard(halving, margin, keep_fraction=1 / section.reduction_factor)
     raise ValueError(f"unknown pruner {name!r}")
 
 

@@ -9,8 +9,10 @@ A trial writes its attributes in groups, each once it is known, and a group neve
 absent, not None: `IDENTITY` (set by the runner before the trial starts), `PLAN` (derived before
 training, so a trial that crashes while training carries it too), `GPU` (CUDA trials only),
 `RESULT` (after training; `peak_memory_mb` only when measured, `noise_scale_curve` and
-`noise_scale` only with `measure: {noise_scale: true}`, the `cooldown_*` names only with
-`schedule: {cooldown_evaluations: true}`) and `ERROR` (a failed trial).
+`noise_scale` only with `measure: {noise_scale: true}`, `value_se_curve` and `value_se` only
+with `measure: {value_se: true}` or `pruner.noise_margin` and a metric with per-example values,
+the `cooldown_*` names only with `schedule: {cooldown_evaluations: true}`) and `ERROR` (a failed
+trial).
 A confirmation run (`sweeps confirm`) also carries `CONFIRM`, set when it is queued.
 
 The study's own units are here too: `budget_unit` and `step_unit`, the unit of the integer steps
@@ -74,6 +76,9 @@ class TrialRecord:
     cooldown_updates: int | None = None
     cooldown_examples: int | None = None
     cooldown_seconds: float | None = None
+    # the standard error of each evaluation's value, [[step, se], ...]; stored only when measured
+    value_se_curve: list[list[float]] | None = None
+    value_se: float | None = None  # the curve's last value; absent when the curve is empty
     # ERROR: why the trial failed
     error: str | None = None
     # CONFIRM: a confirmation run, set when `sweeps confirm` queues it in the companion study
@@ -115,15 +120,22 @@ PLAN = ("batch_size", "lr", "coupling", "iterations_per_epoch", "planned_updates
 GPU = ("gpu", "gpu_name")
 RESULT = ("updates", "examples_seen", "tokens_seen", "epochs_completed", "train_seconds", "eval_seconds",
           "examples_per_second", "stop_reason", "best_step", "micro_batch", "accumulation_steps", "peak_memory_mb",
-          "noise_scale_curve", "noise_scale", "cooldown_updates", "cooldown_examples", "cooldown_seconds")
+          "noise_scale_curve", "noise_scale", "value_se_curve", "value_se", "cooldown_updates",
+          "cooldown_examples", "cooldown_seconds")
 ERROR = ("error",)
 CONFIRM = ("confirms_trial", "confirm_seed")
 # stored only when not None
 WHEN_KNOWN = frozenset({"peak_memory_mb", "tokens_per_example", "tokens_seen", "noise_scale_curve", "noise_scale",
-                        "cooldown_updates", "cooldown_examples", "cooldown_seconds"})
+                        "value_se_curve", "value_se", "cooldown_updates", "cooldown_examples", "cooldown_seconds"})
 # The attribute that counts what a trial used of its budget, per budget unit.
 CONSUMED = {"updates": "updates", "examples": "examples_seen", "epochs": "epochs_completed", "seconds": "train_seconds",
             "tokens": "tokens_seen"}
+
+
+def value_se_key(step: int) -> str:
+    """The trial system attribute (not a user attribute: one per pruning step, for the pruner's
+    noise guard) that holds the standard error of the value reported at `step`."""
+    return f"sweeps:value_se:{step}"
 
 
 def _check_names() -> None:
@@ -153,7 +165,7 @@ def gpu_attrs(gpu: int | None, gpu_name: str) -> dict[str, Any]:
 
 
 def result_attrs(result: TrainResult, plan: TrialPlan) -> dict[str, Any]:
-    peak, curve = result.peak_memory_mb, result.noise_scale_curve
+    peak, curve, se_curve = result.peak_memory_mb, result.noise_scale_curve, result.value_se_curve
     return TrialRecord(
         updates=result.updates,
         examples_seen=result.examples_seen,
@@ -172,6 +184,8 @@ def result_attrs(result: TrainResult, plan: TrialPlan) -> dict[str, Any]:
         cooldown_updates=result.cooldown_updates,
         cooldown_examples=result.cooldown_examples,
         cooldown_seconds=None if result.cooldown_seconds is None else round(result.cooldown_seconds, 4),
+        value_se_curve=None if se_curve is None else [[step, round(se, 6)] for step, se in se_curve],
+        value_se=round(se_curve[-1][1], 6) if se_curve else None,
     ).attrs(RESULT)
 
 

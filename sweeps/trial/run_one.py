@@ -151,9 +151,9 @@ class SweepObjective:
         """Train one trial; nothing here writes to the store (the sweep loop records the outcome)."""
         outcome = Outcome(TrialState.FAIL, attrs=dict(self.identity))
 
-        def report(value: float, step: int) -> bool:
+        def report(value: float, step: int, value_se: float | None) -> bool:
             outcome.curve[step] = value
-            return pruner(value, step)
+            return pruner(value, step, value_se)
 
         live = self.live
         try:
@@ -208,6 +208,7 @@ class SweepObjective:
             live=self.live,
             measure_noise=cfg.measure.noise_scale,
             cooldown_fraction=cfg.schedule.cooldown_fraction if cfg.schedule.cooldown_evaluations else None,
+            measure_value_se=cfg.measure.value_se or cfg.pruner.noise_margin is not None,
         )
         return trainer.train()
 
