@@ -156,3 +156,40 @@ def test_noise_is_measured_on_the_reference_configuration_and_gives_the_second_m
     assert bench.noise_margins(saved, {"digits_mlp": tiny(5)}) == {"digits_mlp": 2 * entry["std_final"]}
     other = bench.TaskSpec("digits_mlp", 1438, epochs=2, full_trials=2)
     assert bench.noise_margins(saved, {"digits_mlp": other}) == {"digits_mlp": None}
+
+
+def noise_entry(spec, bests, config=None):
+    return {"config": dict(config or {"batch_size": 128, "lr": 0.05}, epochs=spec.epochs, warmup_fraction=0.0),
+            "best": bests, "final": bests, "std_final": 0.01, "fingerprint": bench.fingerprint(spec, total=False)}
+
+
+def test_seed_mean_reference_is_the_mean_best_of_the_grid_configuration_over_the_noise_seeds():
+    spec = tiny()
+    grid = {"digits_mlp": {"best": 0.99, "best_params": {"batch_size": 128, "lr": 0.05}}}
+    noise = {"digits_mlp": noise_entry(spec, [0.96, 0.97, math.nan, 0.98])}
+    ref = bench.resolve_reference(grid, noise, {"digits_mlp": spec}, log=lambda line: None)
+    assert ref["digits_mlp"]["best"] == pytest.approx(0.97) and ref["digits_mlp"]["seeds"] == 3
+    assert ref["digits_mlp"]["grid_best"] == 0.99
+    assert bench.target_for(ref, "digits_mlp", spec, 0.01) == pytest.approx(0.96)
+    # the old protocol, for the earlier runs: the grid maximum itself
+    old = bench.resolve_reference(grid, noise, {"digits_mlp": spec}, protocol="grid_max")
+    assert bench.target_for(old, "digits_mlp", spec, 0.01) == pytest.approx(0.98)
+    assert bench.DEFAULT_REFERENCE == "seed_mean"
+
+
+@pytest.mark.parametrize("noise_of", [
+    lambda spec: {},  # not measured
+    lambda spec: {"digits_mlp": noise_entry(spec, [0.96, 0.97], {"batch_size": 64, "lr": 0.05})},  # stale config
+    lambda spec: {"digits_mlp": noise_entry(bench.TaskSpec("digits_mlp", 1438, epochs=2, full_trials=2),
+                                            [0.96, 0.97])},  # another per-trial level
+])
+def test_seed_mean_reference_is_left_out_rather_than_guessed(noise_of):
+    spec = tiny()
+    grid = {"digits_mlp": {"best": 0.99, "best_params": {"batch_size": 128, "lr": 0.05}}}
+    notes = []
+    assert bench.resolve_reference(grid, noise_of(spec), {"digits_mlp": spec}, log=notes.append) == {}
+    assert notes and "grid_max" in notes[0]
+    # the analysis then falls back to the best of the runs, marked as pooled, never the grid maximum
+    cells = {("digits_mlp", "random"): bench.Cell([(trials(), 1.0)])}
+    pooled = bench.with_pooled_best({}, cells, {"digits_mlp": tiny()})
+    assert pooled["digits_mlp"] == {"best": 0.99, "pooled": True}
