@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
+import optuna
 import pytest
 
 from sweeps.config.study_file import SweepConfig, parse_config
@@ -47,3 +49,15 @@ def sweep():
         return run_sweep(config, target_of(config, **target), show_progress=False)
 
     return run
+
+
+def synthetic_study(storage: str | None = None, name: str = "synthetic", direction: str = "maximize") -> optuna.Study:
+    """An empty study with the study attributes a sweep records (metric name, examples units), for
+    tests that add trials by hand."""
+    study = optuna.create_study(study_name=name, storage=storage, direction=direction)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["val_accuracy"])
+    study.set_user_attr("budget_unit", "examples")
+    study.set_user_attr("step_unit", "examples")
+    return study

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 
 import optuna
@@ -21,20 +20,11 @@ from sweeps.results.critical import Reach, crossing, examples_ratio, fit_critica
 from sweeps.results.lr_advice import LrPoint, fit_lr_scaling
 from sweeps.results.recommendation import recommendation
 from sweeps.trial.record import confirm_attrs
+from tests.conftest import synthetic_study
 from tests.dashboard_study import STUDY
 
 BATCHES = (16, 32, 64, 128, 256, 512)
 DISTRIBUTIONS = {"batch_size": IntDistribution(16, 1024, log=True), "lr_factor": FloatDistribution(0.1, 10, log=True)}
-
-
-def new_study(storage: str | None = None, name: str = "synthetic", direction: str = "maximize") -> optuna.Study:
-    study = optuna.create_study(study_name=name, storage=storage, direction=direction)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(["val_accuracy"])
-    study.set_user_attr("budget_unit", "examples")
-    study.set_user_attr("step_unit", "examples")
-    return study
 
 
 def add(study: optuna.Study, b: int, lr: float, value: float, curve: dict[int, float] | None = None,
@@ -51,7 +41,7 @@ def add(study: optuna.Study, b: int, lr: float, value: float, curve: dict[int, f
 def lr_study(slope: float, scatter: tuple[float, ...] = (), storage: str | None = None) -> optuna.Study:
     """At each batch size the best LR is 0.01 (B/16)^slope (times scatter[i]); trials at factors of it
     score 0.95 - 0.05 ln(factor)^2, so factors 0.9..1.1 are good trials and 0.25..4 are not."""
-    study = new_study(storage)
+    study = synthetic_study(storage)
     for i, b in enumerate(BATCHES):
         best = 0.01 * (b / 16) ** slope * (scatter[i] if scatter else 1.0)
         for factor in (0.25, 0.5, 0.9, 1.0, 1.1, 2.0, 4.0):
@@ -70,7 +60,7 @@ def test_true_slope_recovered_and_its_rule_named(slope, rule):
 
 
 def test_a_minimized_metric_gets_the_same_answer():
-    study = new_study(direction="minimize")
+    study = synthetic_study(direction="minimize")
     for b in BATCHES:
         for factor in (0.25, 0.9, 1.0, 1.1, 4.0):
             add(study, b, 0.01 * (b / 16) ** 0.5 * factor, 0.05 + 0.05 * math.log(factor) ** 2)
@@ -121,7 +111,7 @@ def reaching_study(s_min: float, b_crit: float, noise: tuple[float, ...], batche
     """Per batch size, a trial whose accuracy rises linearly in examples and crosses 0.9 exactly at
     E(B) = S(B) B (times noise[i]), S(B) = s_min (1 + b_crit / B), evaluated every 4,000 examples;
     and a slower trial at each batch size (half the speed) that the fit must not use."""
-    study = new_study()
+    study = synthetic_study()
     for i, b in enumerate(batches):
         for speed in (1.0, 0.5):
             examples = s_min * (1 + b_crit / b) * b * noise[i] / speed
@@ -225,7 +215,7 @@ def confirmed_study(search: dict[int, float], runs: dict[int, list[float | None]
     confirmation runs (trial number -> the runs' values, None for a diverged run), linked as
     `sweeps confirm` links them."""
     storage = optuna.storages.InMemoryStorage()
-    study = new_study(storage)
+    study = synthetic_study(storage)
     for number, value in sorted(search.items()):
         add(study, 32 * 2 ** number, 0.01, value, seed=number)
     companion = optuna.create_study(study_name="synthetic-confirm", storage=storage, direction="maximize")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import math
 import random
-import warnings
 
 import matplotlib.colors as mcolors
 import matplotlib.pyplot as plt
@@ -22,6 +21,7 @@ from sweeps.results.analysis import StudyAnalysis, analyse
 from sweeps.results.figures import build_figures
 from sweeps.results.fronts import Point, pareto_front
 from sweeps.results.pngs import draw_best_by_batch, draw_curves, draw_front
+from tests.conftest import synthetic_study
 
 RULES = ("none", "linear", "sqrt")
 DISTRIBUTIONS = {"batch_size": IntDistribution(16, 512, log=True), "coupling": CategoricalDistribution(RULES)}
@@ -39,13 +39,7 @@ def add(study: optuna.Study, batch: int, rule: str, value: float, *, state=Trial
 
 
 def new_study(tmp_path, name: str = "figures") -> optuna.Study:
-    study = optuna.create_study(study_name=name, storage=f"sqlite:///{tmp_path / 'f.db'}", direction="maximize")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(["val_accuracy"])
-    study.set_user_attr("budget_unit", "examples")
-    study.set_user_attr("step_unit", "examples")
-    return study
+    return synthetic_study(f"sqlite:///{tmp_path / 'f.db'}", name)
 
 
 @pytest.fixture
