@@ -261,24 +261,45 @@ def compute_to_target(trials: Sequence[TrialRecord], target: float, total: float
     return Hit(*(hit or (math.inf, math.inf)), best)
 
 
-def records_from_study(study: optuna.Study, started: float) -> list[TrialRecord]:
+def trial_examples(trial: optuna.trial.FrozenTrial) -> int:
+    """What a service trial trained: its main run plus its cooldown branches (wsd with
+    cooldown_evaluations; 0 without), so a variant that spends compute on branches pays for it."""
+    return int(trial.user_attrs.get("examples_seen", 0)) + int(trial.user_attrs.get("cooldown_examples") or 0)
+
+
+def cooldown_shares(steps: list[int], branched_below: float) -> list[float]:
+    """The share of a trial's cooldown examples spent by each evaluation, cumulated: a branch at
+    step s trains cooldown_fraction x the updates done, so about in proportion to s, and only the
+    evaluations before the decay (step < branched_below) branch."""
+    weights = [float(s) if s < branched_below else 0.0 for s in steps]
+    total, done, shares = sum(weights), 0.0, []
+    for w in weights:
+        done += w
+        shares.append(done / total if total else 0.0)
+    return shares
+
+
+def records_from_study(study: optuna.Study, started: float, branched_below: float = math.inf) -> list[TrialRecord]:
     """The service's trials in the order they ran, from what each recorded.
 
     The sweep asks a trial ahead while the previous one trains, so a trial's own start time is not
     its training start; its training window is taken as (previous trial's end, its end], and an
-    evaluation's time is interpolated in that window by examples.
+    evaluation's time is interpolated in that window by examples. Cooldown branches count as
+    compute: each evaluation's examples include the branches made up to it (`cooldown_shares`).
     """
     records = []
     window_start = 0.0
     for trial in sorted(study.trials, key=lambda t: t.number):
         examples = int(trial.user_attrs.get("examples_seen", 0))
+        branches = int(trial.user_attrs.get("cooldown_examples") or 0)
         end = trial.datetime_complete.timestamp() - started if trial.datetime_complete else window_start
         evals = []
-        for step, value in sorted(trial.intermediate_values.items()):
+        steps = sorted(trial.intermediate_values)
+        for step, share_of_branches in zip(steps, cooldown_shares(steps, branched_below)):
             share = min(step / examples, 1.0) if examples else 1.0
-            evals.append(Evaluation(min(step, examples) if examples else step, value,
-                                    window_start + share * (end - window_start)))
-        records.append(TrialRecord(examples, evals))
+            at = (min(step, examples) if examples else step) + branches * share_of_branches
+            evals.append(Evaluation(at, trial.intermediate_values[step], window_start + share * (end - window_start)))
+        records.append(TrialRecord(examples + branches, evals))
         window_start = max(window_start, end)
     return records
 
@@ -519,14 +540,16 @@ def service_sweep(spec: TaskSpec, seed: int, overrides: dict | None = None) -> t
         while True:
             study = run_sweep(config, target_of(config, n_trials=n_trials), show_progress=False,
                               worker_index=chunk)
-            spent = sum(int(t.user_attrs.get("examples_seen", 0)) for t in study.trials)
+            spent = sum(trial_examples(t) for t in study.trials)
             if spent >= spec.total:
                 break
             per_trial = spent / max(len(study.trials), 1)
             n_trials += max(4, math.ceil((spec.total - spent) / max(per_trial, 1.0)) + 2)
             chunk += 1
         wall = time.perf_counter() - started
-        return records_from_study(study, started_wall), wall
+        decay = config.schedule.decay_fraction if config.schedule.cooldown_evaluations else None
+        branched_below = (1.0 - decay) * spec.per_trial if decay is not None else math.inf
+        return records_from_study(study, started_wall, branched_below), wall
 
 
 # --- the benchmark ---------------------------------------------------------------------------------
@@ -808,11 +831,34 @@ def speedups(cells, specs, reference: dict, margins: dict[str, float], service_l
     return geo
 
 
+def figure_path(path: str, group: str) -> str:
+    stem = path[:-4] if path.endswith(".png") else path
+    return f"{stem}_{group.replace('-', '_')}.png"
+
+
+def draw_figure(cells, specs: dict[str, TaskSpec], reference: dict, labels: Sequence[str],
+                margin_sets: list[tuple[str, dict]], path: str, title: str, emphasis: str) -> None:
+    """benchmarks/efficiency_figure.py over these cells: the tables' runs, drawn."""
+    from efficiency_figure import draw  # matplotlib only when a figure is asked for
+
+    panels = []
+    for name, spec in specs.items():
+        targets = {t: target_for(reference, name, spec, m[name]) for t, m in margin_sets
+                   if m.get(name) is not None and name in reference}
+        runs = {label: [records for records, _ in cells[(name, label)].runs]
+                for label in labels if (name, label) in cells}
+        panels.append({"name": name, "metric": spec.metric, "maximize": spec.maximize, "total": spec.total,
+                       "cells": runs, "targets": targets})
+    draw(panels, labels, lambda records, x, maximize: compute_to_target(records, math.nan, x, maximize).best,
+         path, title, emphasis)
+
+
 def load_runs(paths: Sequence[str], fingerprints: dict[str, str] | None = None) -> dict[tuple[str, str], Cell]:
     """Runs saved with --save (JSON lines), or in the older one-document format; the same task and
     method in several files add up (more seeds). With `fingerprints`, a saved run of a task whose
     fingerprint differs (another compute level or corpus) is left out, with a note."""
     cells: dict[tuple[str, str], Cell] = {}
+    seen: set[tuple] = set()  # (task, method, seed, fingerprint): a run saved in two files counts once
     for path in paths:
         raw = Path(path).read_bytes()
         text = (gzip.decompress(raw) if path.endswith(".gz") else raw).decode("utf-8")
@@ -821,15 +867,22 @@ def load_runs(paths: Sequence[str], fingerprints: dict[str, str] | None = None) 
         except json.JSONDecodeError:  # several lines: the --save format
             saved = None
         if saved is None or (isinstance(saved, dict) and "task" in saved):
-            skipped = 0
+            skipped = repeated = 0
             for item in sorted(read_lines(path), key=lambda i: (i["task"], i["method"], i["seed"])):
                 want = (fingerprints or {}).get(item["task"])
                 if want is not None and item.get("fingerprint") != want:
                     skipped += 1
                     continue
+                key = (item["task"], item["method"], item["seed"], item.get("fingerprint"))
+                if key in seen:
+                    repeated += 1
+                    continue
+                seen.add(key)
                 cells.setdefault((item["task"], item["method"]), Cell()).runs.append((records_of(item), item["wall"]))
             if skipped:
                 print(f"# {path}: {skipped} runs at another compute level or corpus left out", file=sys.stderr)
+            if repeated:
+                print(f"# {path}: {repeated} runs already read from an earlier file left out", file=sys.stderr)
             continue
         for item in saved["cells"] if isinstance(saved, dict) else saved:
             cell = cells.setdefault((item["task"], item["method"]), Cell())
@@ -952,6 +1005,18 @@ VARIANTS = {
     "coupling=[sqrt]": {"search": {"coupling": ["sqrt"]}},
     "coupling=[linear]": {"search": {"coupling": ["linear"]}},
     "coupling=[none,linear,sqrt]": {"search": {"coupling": ["none", "linear", "sqrt"]}},
+    # issue 17's candidates: a warmup-stable-decay schedule (the default since issue 17), with rung
+    # evaluations on a cooldown branch (their examples counted as compute), and the pruner's noise
+    # guard; the schedule=cosine ones are the defaults before issue 17, alone and with each change
+    "schedule=wsd": {"schedule": {"name": "wsd"}},
+    "schedule=wsd+cooldown": {"schedule": {"name": "wsd", "cooldown_evaluations": True}},
+    "noise_margin=1": {"pruner": {"noise_margin": 1.0}},
+    "noise_margin=2": {"pruner": {"noise_margin": 2.0}},
+    "schedule=cosine": {"schedule": {"name": "cosine"}},
+    "schedule=cosine,pruner=none": {"schedule": {"name": "cosine"}, "pruner": {"name": "none"}},
+    "schedule=cosine,sampler=random": {"schedule": {"name": "cosine"}, "sampler": {"name": "random"}},
+    "schedule=cosine,noise_margin=1": {"schedule": {"name": "cosine"}, "pruner": {"noise_margin": 1.0}},
+    "schedule=cosine,noise_margin=2": {"schedule": {"name": "cosine"}, "pruner": {"noise_margin": 2.0}},
 }
 
 
@@ -1036,6 +1101,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                         help="run only these methods (the speedups need the service and a baseline)")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, ...")
+    parser.add_argument("--figure", metavar="PNG",
+                        help="also draw best value against compute per task, one line per method or "
+                             "variant (medians, IQR bands, both targets), to this PNG; one file per "
+                             "task group, the group's name added before .png")
     parser.add_argument("--service-label", default="service",
                         help="with --load: the saved variant (from --compare) to rate against the baselines")
     args = parser.parse_args(argv)
@@ -1117,6 +1186,10 @@ def main(argv: list[str] | None = None) -> None:
             continue
         sub = {n: specs[n] for n in group_names}
         print(f"\n=== {group} tasks: {', '.join(group_names)} ===")
+        if args.figure:
+            out = figure_path(args.figure, group)
+            draw_figure(cells, sub, reference, labels, margin_sets, out, f"{group} tasks", args.service_label)
+            print(f"# figure: {out}")
         for title, margins in margin_sets:
             print_table(cells, sub, reference, labels, margins, title)
             if args.compare is None:

@@ -115,7 +115,8 @@ def test_defaults():
     bare = {k: v for k, v in TINY.items() if k not in ("sampler", "pruner")}
     config = parse_config(bare)
     assert config.sampler.name == "tpe" and config.pruner.name == "hyperband"
-    assert config.schedule.name == "cosine" and config.early_stopping is None
+    assert config.schedule.name == "wsd" and config.schedule.decay_fraction == 0.2  # issue 17's default
+    assert not config.schedule.cooldown_evaluations and config.early_stopping is None
 
 
 def test_not_a_mapping(tmp_path):

@@ -47,10 +47,24 @@ def test_only_keys_that_define_the_search_change_the_fingerprint(tiny_config):
                           budget={"per_trial": 30}, search={"batch_size": [16]}, schedule={"name": "linear"})
     assert [str(c) for c in changes_between(base, fingerprint_of(changed))] == [
         "budget.per_trial: 40 -> 30", "objective.optimizer: sgd -> adam", "objective.options.dim: 8 -> 4",
-        "schedule.name: cosine -> linear", "search.batch_size: [16, 64] -> [16]"]
+        "schedule.decay_fraction: 0.2 -> (unset)", "schedule.name: wsd -> linear",
+        "search.batch_size: [16, 64] -> [16]"]
 
 
 # --- a rerun with another search -----------------------------------------------------------------
+
+def test_a_study_from_the_cosine_default_is_told_how_to_keep_it(tmp_path, capsys):
+    """The default schedule became wsd (issue 17): a study that ran under cosine stops with exit 2
+    and the line that keeps its schedule, and resumes once the file names it."""
+    study_file = write_study(tmp_path)
+    assert main([str(study_file), "--quiet", "--set", "schedule.name=cosine"]) == exits.OK
+    capsys.readouterr()
+    assert main([str(study_file), "--quiet", "--n-trials", "2"]) == exits.USAGE
+    err = capsys.readouterr().err
+    assert "schedule.name: cosine -> wsd" in err and "`schedule: {name: cosine}`" in err
+    assert main([str(study_file), "--quiet", "--n-trials", "2", "--set", "schedule.name=cosine"]) == exits.OK
+    assert len(load(tmp_path).trials) == 2
+
 
 def test_a_changed_search_stops_with_exit_2_then_allow_changes_carries_on(tmp_path, capsys):
     study_file = write_study(tmp_path)

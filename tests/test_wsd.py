@@ -66,17 +66,19 @@ def parsed(schedule: dict, **more):
     return parse_config(merged(TINY, {"schedule": schedule, **more}))
 
 
-def test_defaults_are_off_and_wsd_fills_its_own():
+def test_wsd_is_the_default_with_cooldowns_off_and_cosine_keeps_no_wsd_keys():
     plain = parsed({})
     assert (plain.schedule.name, plain.schedule.decay_fraction, plain.schedule.cooldown_evaluations,
-            plain.schedule.cooldown_fraction) == ("cosine", None, False, None)
+            plain.schedule.cooldown_fraction) == ("wsd", 0.2, False, None)
+    cosine = parsed({"name": "cosine"})
+    assert (cosine.schedule.decay_fraction, cosine.schedule.cooldown_fraction) == (None, None)
     wsd = parsed({"name": "wsd", "cooldown_evaluations": True})
     assert (wsd.schedule.decay_fraction, wsd.schedule.cooldown_fraction) == (0.2, 0.1)
 
 
 def test_the_off_keys_stay_out_of_the_fingerprint():
     """A study fingerprinted before these keys existed resumes with a file that leaves them out."""
-    plain = fingerprint_of(parsed({}))
+    plain = fingerprint_of(parsed({"name": "cosine"}))
     assert not [key for key in plain if key.split(".")[-1] in ("decay_fraction", "cooldown_evaluations",
                                                                  "cooldown_fraction")]
     on = fingerprint_of(parsed({"name": "wsd", "cooldown_evaluations": True}))
@@ -87,11 +89,13 @@ def test_the_off_keys_stay_out_of_the_fingerprint():
     ("schedule", "more", "path", "words"),
     [
         ({"name": "wsdd"}, {}, "schedule.name", "did you mean 'wsd'"),
-        ({"decay_fraction": 0.2}, {}, "schedule.decay_fraction", "only to schedule name wsd (name is cosine)"),
+        ({"name": "cosine", "decay_fraction": 0.2}, {}, "schedule.decay_fraction",
+         "only to schedule name wsd (name is cosine)"),
         ({"name": "wsd", "decay_fraction": 0}, {}, "schedule.decay_fraction", "(0, 1]"),
         ({"name": "wsd", "decay_fraction": 1.5}, {}, "schedule.decay_fraction", "(0, 1]"),
         ({"name": "wsd", "decay_fraction": "late"}, {}, "schedule.decay_fraction", "expected"),
-        ({"cooldown_evaluations": True}, {}, "schedule.cooldown_evaluations", "needs schedule name wsd"),
+        ({"name": "cosine", "cooldown_evaluations": True}, {}, "schedule.cooldown_evaluations",
+         "needs schedule name wsd"),
         ({"name": "wsd", "cooldown_evaluations": "yes please"}, {}, "schedule.cooldown_evaluations", "expected"),
         ({"name": "wsd", "cooldown_fraction": 0.1}, {}, "schedule.cooldown_fraction", "cooldown_evaluations: true"),
         ({"name": "wsd", "cooldown_evaluations": True, "cooldown_fraction": 0}, {}, "schedule.cooldown_fraction",

@@ -300,11 +300,13 @@ DEFAULT_COOLDOWN_FRACTION = 0.1  # a cooldown branch: a tenth of the updates don
 
 @dataclass
 class ScheduleSection:
-    """The LR over a trial's planned updates. `wsd` and its keys are opt-in (issue 17, not yet
-    measured by the benchmark): left at None / False they change nothing, and a study fingerprinted
-    before they existed resumes unchanged (`sweeps/config/fingerprint.py`, `OPT_IN`)."""
+    """The LR over a trial's planned updates. The default is warmup-stable-decay (issue 17: it
+    beat cosine on the benchmark's development tasks, docs/search_efficiency.md); studies started
+    under the earlier cosine default keep it with `schedule: {name: cosine}`. Cooldown evaluations
+    stay opt-in: left at False they change nothing, and a study fingerprinted before they existed
+    resumes unchanged (`sweeps/config/fingerprint.py`, `OPT_IN`)."""
 
-    name: ScheduleName = "cosine"
+    name: ScheduleName = "wsd"
     final_lr_fraction: float = 0.0  # the LR at the last planned update, as a fraction of peak
     decay_fraction: float | None = None  # wsd: the fraction of the plan that decays (default 0.2)
     cooldown_evaluations: bool = False  # wsd: rung evaluations on a short cooldown branch of the weights
@@ -375,6 +377,9 @@ class SweepConfig:
     dashboard: DashboardSection = field(default_factory=DashboardSection)
     measure: MeasureSection = field(default_factory=MeasureSection)
     base_dir: str = "."  # folder of the YAML file; relative SQLite paths resolve against it
+
+    def fill_defaults(self) -> None:
+        self.schedule.fill_defaults()  # a section left out is built without going through `build`
 
     def validate(self, path: str) -> None:
         uses_adam_rule = "adam_sqrt" in self.search.couplings()

@@ -33,6 +33,14 @@ def stored_config(config: SweepConfig, target: SweepTarget) -> dict[str, Any]:
     return stored
 
 
+def schedule_hint(diff: list) -> str:
+    """A study started before the default schedule became wsd (issue 17) resumes by naming its own."""
+    if any(change.key == "schedule.name" and change.old == "cosine" and change.new == "wsd" for change in diff):
+        return ("the default schedule is wsd since issue 17: if the study file names no schedule, add "
+                "`schedule: {name: cosine}` to keep the study's; or ")
+    return ""
+
+
 def keep_search(study: optuna.Study, config: SweepConfig, target: SweepTarget, changes: ChangePolicy = "check",
                 overrides: list[str] | None = None) -> None:
     """Store the fingerprint of a study that has none (a new one, or one made before fingerprints
@@ -51,8 +59,8 @@ def keep_search(study: optuna.Study, config: SweepConfig, target: SweepTarget, c
     if changes == "check":
         raise SearchChanged(
             f"study {target.study_name!r} in {redact(target.storage_url)} was run with another search; "
-            f"changed:\n{listed}\nstart afresh under a new name in the same store with {NEW_STUDY_FLAG} NAME, "
-            f"or carry on with these changes (recorded with the study) with {ALLOW_CHANGES_FLAG}"
+            f"changed:\n{listed}\n{schedule_hint(diff)}start afresh under a new name in the same store with "
+            f"{NEW_STUDY_FLAG} NAME, or carry on with these changes (recorded with the study) with {ALLOW_CHANGES_FLAG}"
         )
     history = study.user_attrs.get(FINGERPRINT_HISTORY_ATTR)
     history = list(history) if isinstance(history, list) else []

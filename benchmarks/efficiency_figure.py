@@ -1,0 +1,80 @@
+"""The search-efficiency figure: best value found against compute spent, one panel per task.
+
+Each line is one method's median over seeds of the best value seen within x examples, with the
+interquartile band; the dashed lines are the targets of the two margins. Where a method's median
+line crosses a target is its median compute to that target (the tables' figure), and the band
+shows how much seeds disagree. Written by `search_efficiency.py --load ... --figure PATH`.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+POINTS = 60  # compute levels per curve, log-spaced from C/200 to C
+COLORS = ["#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+
+
+def levels(total: float) -> list[float]:
+    low = total / 200
+    return [low * (total / low) ** (i / (POINTS - 1)) for i in range(POINTS)]
+
+
+def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def draw(panels: list[dict], labels: Sequence[str], best_within: Callable[[object, float, bool], float | None],
+         path: str, title: str, emphasis: str = "service") -> None:
+    """`panels`: one dict per task with name, metric, maximize, total (C), cells (label -> the runs'
+    records), targets (margin title -> value); `best_within(records, compute, maximize)` gives one
+    run's best value within that compute (None before its first evaluation). The `emphasis` line
+(the service) is drawn thicker and on top."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        xs = levels(panel["total"])
+        low_y, high_y = math.inf, -math.inf
+        for i, label in enumerate(labels):
+            runs = panel["cells"].get(label)
+            if not runs:
+                continue
+            mids, los, his, at = [], [], [], []
+            for x in xs:
+                values = [v for v in (best_within(r, x, panel["maximize"]) for r in runs) if v is not None]
+                if len(values) * 2 <= len(runs):  # fewer than half the seeds have a value yet
+                    continue
+                lo, mid, hi = quartiles(sorted(values))
+                mids.append(mid), los.append(lo), his.append(hi), at.append(x / panel["total"])
+            if not at:
+                continue
+            color = COLORS[i % len(COLORS)]
+            main = label == emphasis
+            ax.plot(at, mids, color=color, lw=2.4 if main else 1.3, zorder=3 if main else 2,
+                    label=f"{label} ({len(runs)} seeds)")
+            ax.fill_between(at, los, his, color=color, alpha=0.12, lw=0)
+            low_y, high_y = min(low_y, *mids[len(mids) // 3:]), max(high_y, *mids)
+        for j, (name, value) in enumerate(panel["targets"].items()):
+            ax.axhline(value, color="#444444", ls="--" if j == 0 else ":", lw=1, label=f"target, {name}")
+            low_y, high_y = min(low_y, value), max(high_y, value)
+        if math.isfinite(low_y):
+            pad = 0.15 * (high_y - low_y or 1e-3)
+            ax.set_ylim(low_y - pad, high_y + pad)
+        ax.set_xscale("log")
+        ax.set_xlabel("compute spent, fraction of C (log)")
+        ax.set_ylabel(f"best {panel['metric']} so far ({'higher' if panel['maximize'] else 'lower'} is better)")
+        ax.set_title(panel["name"])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right" if panel["maximize"] else "upper right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
