@@ -807,12 +807,13 @@ def print_table(cells: dict[tuple[str, str], Cell], specs: dict[str, TaskSpec], 
 
 
 def speedups(cells, specs, reference: dict, margins: dict[str, float], service_label: str = "service",
-             log=print) -> dict[str, float]:
-    """Per baseline: the geometric mean over tasks of median(examples to target of the baseline) /
+             log=print, against: Sequence[str] = BASELINES) -> dict[str, float]:
+    """Per baseline (or `against`: the variants of --compare, each the service without one of its
+    mechanisms): the geometric mean over tasks of median(examples to target of the baseline) /
     median(of the service), misses counted as C; each task's ratio is logged beside it."""
     names = [n for n, s in specs.items() if margins.get(n) is not None and (n, service_label) in cells]
     geo = {}
-    for base in BASELINES:
+    for base in against:
         if not names or not all((n, base) in cells for n in names):
             continue
         ratios = []
@@ -1192,10 +1193,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"# figure: {out}")
         for title, margins in margin_sets:
             print_table(cells, sub, reference, labels, margins, title)
-            if args.compare is None:
-                geo = speedups(cells, sub, reference, margins, args.service_label, log=print)
-                if geo:
-                    print(f"{group} {title}: " + " ".join(f"speedup_vs_{b}={x:.2f}" for b, x in geo.items()))
+            others = BASELINES if args.compare is None else [v for v in labels if v != args.service_label]
+            geo = speedups(cells, sub, reference, margins, args.service_label, log=print, against=others)
+            if geo:
+                print(f"{group} {title}: " + " ".join(f"speedup_vs_{b}={x:.2f}" for b, x in geo.items()))
 
 
 if __name__ == "__main__":

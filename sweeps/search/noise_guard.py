@@ -1,6 +1,7 @@
 """A pruning guard: do not prune a trial whose rung value is within the noise of the cut.
 
-Opt-in (`pruner: {noise_margin: 2.0}`), not a default: the benchmark has not measured it yet.
+Opt-in (`pruner: {noise_margin: 2.0}`), not a default: on the benchmark's development tasks it
+was slower to the strict target than the pruner alone (issue 17, docs/search_efficiency.md).
 
 With a small validation set the standard error of a rung value (sd / sqrt(n_val), measured by
 the trainer with `objectives.task.per_example_metric`) can be as large as the gaps a pruner acts
