@@ -840,7 +840,12 @@ def figure_path(path: str, group: str) -> str:
 def draw_figure(cells, specs: dict[str, TaskSpec], reference: dict, labels: Sequence[str],
                 margin_sets: list[tuple[str, dict]], path: str, title: str, emphasis: str) -> None:
     """benchmarks/efficiency_figure.py over these cells: the tables' runs, drawn."""
-    from efficiency_figure import draw  # matplotlib only when a figure is asked for
+    import importlib.util  # matplotlib only when a figure is asked for; found beside this script
+
+    spec = importlib.util.spec_from_file_location("efficiency_figure", Path(__file__).with_name("efficiency_figure.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    draw = module.draw
 
     panels = []
     for name, spec in specs.items():

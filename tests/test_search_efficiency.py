@@ -193,3 +193,50 @@ def test_seed_mean_reference_is_left_out_rather_than_guessed(noise_of):
     cells = {("digits_mlp", "random"): bench.Cell([(trials(), 1.0)])}
     pooled = bench.with_pooled_best({}, cells, {"digits_mlp": tiny()})
     assert pooled["digits_mlp"] == {"best": 0.99, "pooled": True}
+
+
+def test_cooldown_branches_count_as_compute_where_they_were_spent():
+    # branches at steps below 35 only, each about in proportion to its step: 10, 20, 30 of 60
+    assert bench.cooldown_shares([10, 20, 30, 40], branched_below=35) == [1 / 6, 3 / 6, 1.0, 1.0]
+    assert bench.cooldown_shares([10, 20], branched_below=math.inf) == [1 / 3, 1.0]
+    assert bench.cooldown_shares([40], branched_below=35) == [0.0]  # no branch: nothing to share
+
+
+def test_a_service_variant_with_cooldown_branches_pays_for_them():
+    spec = tiny()
+    overrides = {"schedule": {"name": "wsd", "cooldown_evaluations": True}}
+    records, _ = bench.service_sweep(spec, seed=0, overrides=overrides)
+    plain, _ = bench.service_sweep(spec, seed=0, overrides={"schedule": {"name": "wsd"}})
+    assert sum(r.examples for r in records) >= spec.total
+    longest = max(records, key=lambda r: len(r.evaluations))
+    first = longest.evaluations[0]
+    assert first.examples > 143, "the first evaluation's branch is counted on top of its 143 examples"
+    assert longest.examples > 1438, "a trial that trained its whole budget also pays for its branches"
+    assert all(r.examples <= 1438 for r in plain)  # without branches a trial is its main run alone
+
+
+def test_a_run_saved_in_two_files_is_read_once(tmp_path, monkeypatch, capsys):
+    fake_runs(monkeypatch)
+    first, second = str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")
+    quiet = lambda line: None  # noqa: E731
+    bench.run_grid({"digits_mlp": tiny(2)}, [0, 1], {"random": None}, {}, quiet, first)
+    bench.run_grid({"digits_mlp": tiny(2)}, [1, 2], {"random": None}, {}, quiet, second)
+    cells = bench.load_runs([first, second])
+    assert len(cells[("digits_mlp", "random")].runs) == 3  # seeds 0, 1, 2: seed 1 once
+    assert "1 runs already read from an earlier file left out" in capsys.readouterr().err
+
+
+def test_variants_are_rated_against_the_service_and_the_figure_is_drawn(tmp_path):
+    spec = bench.TaskSpec("digits_mlp", 100, epochs=1, full_trials=10)  # C = 1000 examples
+    cell = lambda hit_at: bench.Cell([([Tr(100, [Ev(hit_at, 0.9, 1.0)])], 1.0)] * 3)  # noqa: E731
+    cells = {("digits_mlp", "service"): cell(20), ("digits_mlp", "pruner=none"): cell(60)}
+    reference = {"digits_mlp": {"best": 0.9}}
+    lines = []
+    geo = bench.speedups(cells, {"digits_mlp": spec}, reference, {"digits_mlp": 0.0}, log=lines.append,
+                         against=["pruner=none"])
+    assert geo == {"pruner=none": pytest.approx(3.0)} and "digits_mlp 60/20 = 3.00" in lines[0]
+    out = str(tmp_path / "fig_held_out.png")
+    bench.draw_figure(cells, {"digits_mlp": spec}, reference, ["service", "pruner=none"],
+                      [("margin 0.01", {"digits_mlp": 0.01})], out, "held-out tasks", "service")
+    assert Path(out).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and Path(out).stat().st_size > 10_000
+    assert bench.figure_path("docs/x.png", "held-out") == "docs/x_held_out.png"
