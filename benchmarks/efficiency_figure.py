@@ -1,7 +1,8 @@
 """The search-efficiency figure: best value found against compute spent, one panel per task.
 
 Each line is one method's median over seeds of the best value seen within x examples, with the
-interquartile band; the dashed lines are the targets of the two margins. Where a method's median
+interquartile band; the dashed lines are the targets of the two margins, and the value axis is
+zoomed on them (ten times the gap between them beyond the looser one). Where a method's median
 line crosses a target is its median compute to that target (the tables' figure), and the band
 shows how much seeds disagree. Written by `search_efficiency.py --load ... --figure PATH`.
 """
@@ -17,12 +18,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-POINTS = 60  # compute levels per curve, log-spaced from C/200 to C
+POINTS = 60  # compute levels per curve, log-spaced from C/100 to C
 COLORS = ["#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
 
 def levels(total: float) -> list[float]:
-    low = total / 200
+    low = total / 100
     return [low * (total / low) ** (i / (POINTS - 1)) for i in range(POINTS)]
 
 
@@ -61,19 +62,26 @@ def draw(panels: list[dict], labels: Sequence[str], best_within: Callable[[objec
             ax.plot(at, mids, color=color, lw=2.4 if main else 1.3, zorder=3 if main else 2,
                     label=f"{label} ({len(runs)} seeds)")
             ax.fill_between(at, los, his, color=color, alpha=0.12, lw=0)
-            low_y, high_y = min(low_y, *mids[len(mids) // 3:]), max(high_y, *mids)
+            low_y, high_y = min(low_y, *mids), max(high_y, *mids)
         for j, (name, value) in enumerate(panel["targets"].items()):
             ax.axhline(value, color="#444444", ls="--" if j == 0 else ":", lw=1, label=f"target, {name}")
             low_y, high_y = min(low_y, value), max(high_y, value)
+        targets = list(panel["targets"].values())
+        if targets and math.isfinite(low_y):  # zoom on the targets: that is where the methods differ
+            window = 10 * (max(targets) - min(targets) or abs(targets[0]) * 0.02)
+            if panel["maximize"]:
+                low_y, high_y = min(targets) - window, max(high_y, max(targets))
+            else:
+                low_y, high_y = min(low_y, min(targets)), max(targets) + window
         if math.isfinite(low_y):
-            pad = 0.15 * (high_y - low_y or 1e-3)
+            pad = 0.08 * (high_y - low_y or 1e-3)
             ax.set_ylim(low_y - pad, high_y + pad)
         ax.set_xscale("log")
         ax.set_xlabel("compute spent, fraction of C (log)")
         ax.set_ylabel(f"best {panel['metric']} so far ({'higher' if panel['maximize'] else 'lower'} is better)")
         ax.set_title(panel["name"])
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right" if panel["maximize"] else "upper right")
+        ax.legend(fontsize=7, loc="upper left" if panel["maximize"] else "lower left")  # where curves are not
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

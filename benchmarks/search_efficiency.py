@@ -84,7 +84,8 @@ import torch
 from objectives.registry import resolve_task
 from objectives.task import TrialSettings
 from objectives.training.coupling import couple
-from sweeps.config.study_file import parse_config
+from objectives.training.schedule import Schedule
+from sweeps.config.study_file import DEFAULT_DECAY_FRACTION, parse_config
 from sweeps.config.target import target_of
 from sweeps.loop.runner import run_sweep
 
@@ -331,6 +332,9 @@ class EpochRun:
         self.n = len(self.task.train[0])
         self.planned = -(-self.n // batch_size) * epochs
         self.warmup = min(int(round(warmup_fraction * self.planned)), max(self.planned - 1, 0))
+        # "+wsd" baselines: the service's own wsd schedule (its default since issue 17), else cosine
+        self.schedule = (Schedule.build(lr, self.planned, warmup_fraction, "wsd", 0.0, DEFAULT_DECAY_FRACTION)
+                         if trainer.shape == "wsd" else None)
         self.update = 0
         self.epoch = 0
 
@@ -344,7 +348,8 @@ class EpochRun:
         for start in range(0, self.n, self.batch_size):
             idx = perm[start : start + self.batch_size]
             for group in self.optimizer.param_groups:
-                group["lr"] = cosine_lr(self.lr, self.update, self.planned, self.warmup)
+                group["lr"] = (self.schedule.lr_at(self.update) if self.schedule is not None
+                               else cosine_lr(self.lr, self.update, self.planned, self.warmup))
             loss = task.loss(model(x[idx]), y[idx])
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -371,8 +376,9 @@ class PlainTrainer:
     to stop (pruned).
     """
 
-    def __init__(self, spec: TaskSpec, started: float):
+    def __init__(self, spec: TaskSpec, started: float, shape: str = "cosine"):
         self.spec = spec
+        self.shape = shape  # the LR schedule: cosine, or wsd for the "+wsd" baselines
         self.factory = resolve_task(spec.name)
         self.started = started
         self.records: list[TrialRecord] = []
@@ -395,11 +401,11 @@ class PlainTrainer:
         return best
 
 
-def plain_sweep(spec: TaskSpec, seed: int, method: str) -> tuple[list[TrialRecord], float]:
+def plain_sweep(spec: TaskSpec, seed: int, method: str, shape: str = "cosine") -> tuple[list[TrialRecord], float]:
     """(a) random, (b) plain TPE + median or (d) TPE + Optuna's HyperbandPruner (method
-    "hyperband"), run until the method has used its total compute."""
+    "hyperband"), run until the method has used its total compute; `shape`: the LR schedule."""
     started = time.perf_counter()
-    trainer = PlainTrainer(spec, started)
+    trainer = PlainTrainer(spec, started, shape)
     if method == "random":
         sampler, pruner = optuna.samplers.RandomSampler(seed=seed), optuna.pruners.NopPruner()
     elif method == "hyperband":  # rungs in epochs (the step reported), 1 .. E, Optuna's default eta 3
@@ -448,7 +454,8 @@ def topk_plan(spec: TaskSpec) -> tuple[int, int]:
     return full * epochs - k * (epochs - 1), k
 
 
-def one_epoch_topk_sweep(spec: TaskSpec, seed: int, picked: list[int] | None = None) -> tuple[list[TrialRecord], float]:
+def one_epoch_topk_sweep(spec: TaskSpec, seed: int, picked: list[int] | None = None,
+                         shape: str = "cosine") -> tuple[list[TrialRecord], float]:
     """(e) Egele et al. 2023's one-epoch baseline: N random configurations (batch size and LR from
     the plain loop's space, the whole E epochs planned, no warmup) trained one epoch each, then the
     K best by that first evaluation resumed from where they stopped and trained to E epochs.
@@ -460,7 +467,7 @@ def one_epoch_topk_sweep(spec: TaskSpec, seed: int, picked: list[int] | None = N
     `picked`, when given, receives the screening indices of the configurations finished.
     """
     started = time.perf_counter()
-    trainer = PlainTrainer(spec, started)
+    trainer = PlainTrainer(spec, started, shape)
     n, k = topk_plan(spec)
     rng = random.Random(seed)
     sign = -1.0 if spec.maximize else 1.0  # sort ascending on sign * value: best first
@@ -556,18 +563,25 @@ def service_sweep(spec: TaskSpec, seed: int, overrides: dict | None = None) -> t
 
 BASELINES = ("random", "plain_optuna", "optuna_hyperband", "one_epoch_topk")
 METHODS = BASELINES + ("service",)
+# The same baselines training with the service's wsd schedule instead of cosine: since issue 17 the
+# service's default, so these are the like-for-like baselines (the recipe the same, only the search
+# differs); not in the default grid, which was fixed before the change (`--methods random+wsd ...`).
+WSD = "+wsd"
+WSD_BASELINES = tuple(b + WSD for b in BASELINES)
 
 
 def run_method(method: str, spec: TaskSpec, seed: int,
                overrides: dict | None = None) -> tuple[list[TrialRecord], float]:
+    shape = "wsd" if method.endswith(WSD) else "cosine"
+    method = method.removesuffix(WSD)
     if method == "random":
-        return plain_sweep(spec, seed, "random")
+        return plain_sweep(spec, seed, "random", shape)
     if method == "plain_optuna":
-        return plain_sweep(spec, seed, "tpe")
+        return plain_sweep(spec, seed, "tpe", shape)
     if method == "optuna_hyperband":
-        return plain_sweep(spec, seed, "hyperband")
+        return plain_sweep(spec, seed, "hyperband", shape)
     if method == "one_epoch_topk":
-        return one_epoch_topk_sweep(spec, seed)
+        return one_epoch_topk_sweep(spec, seed, shape=shape)
     return service_sweep(spec, seed, overrides)
 
 
@@ -743,7 +757,7 @@ def run_grid(specs: dict[str, TaskSpec], seeds: list[int], methods: dict[str, di
         if key in done:
             (records, wall), how = done[key], " (saved)"
         else:
-            method = label if label in BASELINES else "service"
+            method = label if label in BASELINES + WSD_BASELINES else "service"
             records, wall = run_method(method, spec, seed, by_task[name][label])
             how = ""
             if save:
@@ -1104,8 +1118,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--load", nargs="+", help="analyse runs saved with --save (several files: merged) instead")
     parser.add_argument("--estimate", action="store_true",
                         help="print the time estimate of the runs asked for (minus those in --save) and stop")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
-                        help="run only these methods (the speedups need the service and a baseline)")
+    parser.add_argument("--methods", nargs="+", choices=METHODS + WSD_BASELINES, default=list(METHODS),
+                        help="run only these methods (the speedups need the service and a baseline); "
+                             "NAME+wsd: that baseline training with the service's wsd schedule instead of cosine")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, ...")
     parser.add_argument("--figure", metavar="PNG",
                         help="also draw best value against compute per task, one line per method or "
@@ -1198,7 +1213,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"# figure: {out}")
         for title, margins in margin_sets:
             print_table(cells, sub, reference, labels, margins, title)
-            others = BASELINES if args.compare is None else [v for v in labels if v != args.service_label]
+            others = [v for v in labels if v != args.service_label]
             geo = speedups(cells, sub, reference, margins, args.service_label, log=print, against=others)
             if geo:
                 print(f"{group} {title}: " + " ".join(f"speedup_vs_{b}={x:.2f}" for b, x in geo.items()))

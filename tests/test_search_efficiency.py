@@ -240,3 +240,17 @@ def test_variants_are_rated_against_the_service_and_the_figure_is_drawn(tmp_path
                       [("margin 0.01", {"digits_mlp": 0.01})], out, "held-out tasks", "service")
     assert Path(out).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and Path(out).stat().st_size > 10_000
     assert bench.figure_path("docs/x.png", "held-out") == "docs/x_held_out.png"
+
+
+def test_wsd_baselines_train_the_plain_loop_with_the_services_schedule(monkeypatch):
+    run = bench.PlainTrainer(tiny(), 0.0, "wsd").start(seed=0, batch_size=64, lr=0.1, epochs=4, warmup_fraction=0.0)
+    lrs = [run.schedule.lr_at(u) for u in range(run.planned)]
+    decay = run.planned - run.schedule.decay_start
+    assert decay == round(0.2 * run.planned) and lrs[: run.planned - decay] == [0.1] * (run.planned - decay)
+    assert lrs[-1] == 0.0 and bench.PlainTrainer(tiny(), 0.0).start(0, 64, 0.1, 4, 0.0).schedule is None
+    seen = []
+    monkeypatch.setattr(bench, "plain_sweep", lambda spec, seed, method, shape: seen.append((method, shape)))
+    monkeypatch.setattr(bench, "one_epoch_topk_sweep", lambda spec, seed, shape: seen.append(("topk", shape)))
+    for method in ("random+wsd", "plain_optuna", "optuna_hyperband+wsd", "one_epoch_topk+wsd"):
+        bench.run_method(method, tiny(), 0)
+    assert seen == [("random", "wsd"), ("tpe", "cosine"), ("hyperband", "wsd"), ("topk", "wsd")]
