@@ -88,6 +88,7 @@ from objectives.training.schedule import Schedule
 from sweeps.config.study_file import DEFAULT_DECAY_FRACTION, parse_config
 from sweeps.config.target import target_of
 from sweeps.loop.runner import run_sweep
+from sweeps.trial.record import consumed, cooldown_consumed
 
 REFERENCE_FILE = Path(__file__).resolve().parent / "search_efficiency_reference.json"
 MARGIN = 0.01  # absolute, in the task's metric (validation accuracy; val_loss in nats for char_lm)
@@ -262,12 +263,6 @@ def compute_to_target(trials: Sequence[TrialRecord], target: float, total: float
     return Hit(*(hit or (math.inf, math.inf)), best)
 
 
-def trial_examples(trial: optuna.trial.FrozenTrial) -> int:
-    """What a service trial trained: its main run plus its cooldown branches (wsd with
-    cooldown_evaluations; 0 without), so a variant that spends compute on branches pays for it."""
-    return int(trial.user_attrs.get("examples_seen", 0)) + int(trial.user_attrs.get("cooldown_examples") or 0)
-
-
 def cooldown_shares(steps: list[int], branched_below: float) -> list[float]:
     """The share of a trial's cooldown examples spent by each evaluation, cumulated: a branch at
     step s trains cooldown_fraction x the updates done, so about in proportion to s, and only the
@@ -292,7 +287,7 @@ def records_from_study(study: optuna.Study, started: float, branched_below: floa
     window_start = 0.0
     for trial in sorted(study.trials, key=lambda t: t.number):
         examples = int(trial.user_attrs.get("examples_seen", 0))
-        branches = int(trial.user_attrs.get("cooldown_examples") or 0)
+        branches = int(cooldown_consumed(trial.user_attrs, "examples"))
         end = trial.datetime_complete.timestamp() - started if trial.datetime_complete else window_start
         evals = []
         steps = sorted(trial.intermediate_values)
@@ -547,7 +542,7 @@ def service_sweep(spec: TaskSpec, seed: int, overrides: dict | None = None) -> t
         while True:
             study = run_sweep(config, target_of(config, n_trials=n_trials), show_progress=False,
                               worker_index=chunk)
-            spent = sum(trial_examples(t) for t in study.trials)
+            spent = sum(consumed(t, "examples") for t in study.trials)  # cooldown branches included
             if spent >= spec.total:
                 break
             per_trial = spent / max(len(study.trials), 1)

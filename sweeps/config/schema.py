@@ -51,6 +51,8 @@ def build(cls: type, data: Any, path: str) -> Any:
     for name, field in fields.items():
         if name in data:
             kwargs[name] = coerce(hints[name], data[name], join(path, name))
+        elif dataclasses.is_dataclass(hints[name]) and field.default_factory is not dataclasses.MISSING:
+            kwargs[name] = build(hints[name], {}, join(path, name))  # a section left out: its defaults filled too
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError(join(path, name), "required key is missing")
     obj = cls(**kwargs)

@@ -143,9 +143,6 @@ class ObjectiveSection:
     loader: LoaderSection = field(default_factory=LoaderSection)  # a Dataset task's DataLoader
     options: dict[str, Any] = field(default_factory=dict)  # passed to the task factory
 
-    def fill_defaults(self) -> None:
-        self.loader.fill_defaults()  # a section left out is built without going through `build`
-
     def validate(self, path: str) -> None:
         check(bool(self.task.strip()), join(path, "task"), "must not be empty")
         check(0 <= self.momentum < 1, join(path, "momentum"), "must be in [0, 1)")
@@ -377,9 +374,6 @@ class SweepConfig:
     dashboard: DashboardSection = field(default_factory=DashboardSection)
     measure: MeasureSection = field(default_factory=MeasureSection)
     base_dir: str = "."  # folder of the YAML file; relative SQLite paths resolve against it
-
-    def fill_defaults(self) -> None:
-        self.schedule.fill_defaults()  # a section left out is built without going through `build`
 
     def validate(self, path: str) -> None:
         uses_adam_rule = "adam_sqrt" in self.search.couplings()
