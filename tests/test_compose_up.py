@@ -52,7 +52,8 @@ SCRIPTS = REPO / "tests" / "docker"
 CACHE = Path(os.environ.get("SWEEPS_TEST_CACHE", "/var/cache/sweeps-test"))
 PROJECT = "sweeps-compose-test"  # fixed, so that images (the build cache) are reused and leftovers removed
 STUDY = "compose-test"
-N_TRIALS = 30
+N_TRIALS = 40  # enough that the kill, stop and restart tests still find the sweep running when the
+# other test process loads the 2 CI cores (with 30, 24 had finished before the stop test once)
 WORKERS = 3
 FINISHED = ("COMPLETE", "PRUNED")
 TORCH = "torch==2.13.0"
@@ -173,7 +174,7 @@ def link_or_copy(source: str, target: str) -> None:
 
 
 def study_config() -> dict:
-    """examples/digits.yaml, short: 30 trials of 2 seconds of training each, a 1 s heartbeat
+    """examples/digits.yaml, short: 40 trials of 2 seconds of training each, a 1 s heartbeat
     and a 3 s grace period so a dead worker's trial is retried quickly."""
     config = yaml.safe_load((REPO / "examples" / "digits.yaml").read_text())
     config["study"].update(name=STUDY, n_trials=N_TRIALS, heartbeat_interval=1, grace_period=3)
