@@ -9,7 +9,8 @@ LR set to the trial's effective LR (with adam_sqrt, the coupled betas and eps to
 schedule and budget, and `study.training_seed` set to the trial's seed. On the same device and
 thread count its value is the trial's (a `seconds` budget, measured on the clock, is the exception).
 The settings come from the config the study stored when it was created (the study file with any
-`--set` overrides applied), or from the study file when the study stored none.
+`--set` overrides applied, replaced by `--allow-changes`), or from the study file when the study
+stored none; a study file that differs from it gets a one-line note (`results.existing.ran_with`).
 Exit codes (`sweeps.exits`): 0 printed, 1 no finished trial yet, 2 invalid study file or flag,
 3 store not there or not readable, 4 no such study.
 """
@@ -29,10 +30,9 @@ from objectives.training.coupling import couple
 from sweeps import exits
 from sweeps.cli import add_study_arguments, fail, run_command
 from sweeps.config.plan import text_table
-from sweeps.config.schema import ConfigError
 from sweeps.config.study_file import FloatRange, SweepConfig, parse_config
-from sweeps.results.existing import load, open_existing
-from sweeps.trial.record import CONFIG_ATTR, TrialRecord
+from sweeps.results.existing import load, open_existing, ran_with
+from sweeps.trial.record import TrialRecord
 
 EXAMPLE = """example:
   sweeps best study.yaml --top 3 --export best.yaml
@@ -104,7 +104,7 @@ def ranked(trials: list[FrozenTrial], maximize: bool) -> list[FrozenTrial]:
 def best(args: argparse.Namespace) -> int:
     existing = open_existing(args.study_file, args.storage, args.study_name)
     study = load(existing)
-    config = study_config(study, existing.config)
+    config = ran_with(existing, study)
     maximize = config.study.direction == "maximize"
     top = ranked(study.get_trials(deepcopy=False), maximize)
     if not top:
@@ -126,18 +126,6 @@ def best(args: argparse.Namespace) -> int:
                                      + yaml.safe_dump(data, sort_keys=False))
         print(f"wrote {args.export}: trains trial {chosen.number} again (sweeps run {args.export})")
     return exits.OK
-
-
-def study_config(study, file_config: SweepConfig) -> SweepConfig:
-    """The config the study ran with, as it stored it (the study file with any `--set` applied);
-    the study file's own when the study stored none that loads."""
-    stored = study.user_attrs.get(CONFIG_ATTR)
-    if isinstance(stored, dict):
-        try:
-            return parse_config(stored, file_config.base_dir)
-        except ConfigError:
-            pass
-    return file_config
 
 
 def without_none(value: Any) -> Any:

@@ -30,7 +30,7 @@ import optuna
 
 from storage.ledger import LedgerState
 from sweeps import exits
-from sweeps.best import ranked, study_config
+from sweeps.best import ranked
 from sweeps.cli import add_override_argument, add_study_arguments, fail, run_command
 from sweeps.config.plan import budget_of, text_table
 from sweeps.config.study_file import SweepConfig
@@ -52,7 +52,7 @@ from sweeps.loop.runner import LoadedTask, load_task, open_ledger, open_study, r
 from sweeps.loop.spending import Pace, Spending
 from sweeps.loop.workers import start_and_wait
 from sweeps.results.confirmed import companion_of, confirmed, ranking_note, runs_text
-from sweeps.results.existing import load, open_existing
+from sweeps.results.existing import load, open_existing, ran_with
 from sweeps.results.ledger_view import not_started_message, state_of
 from sweeps.results.notes import study_note, write_study_note
 from sweeps.run import exit_at_once_if_stopped
@@ -94,7 +94,7 @@ def confirm(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(logging.WARNING)
     existing = open_existing(args.study_file, args.storage, args.study_name, overrides=args.sets)
     study = load(existing)
-    config = study_config(study, existing.config)
+    config = ran_with(existing, study)
     sources = ranked(study.get_trials(deepcopy=False), config.study.direction == "maximize")[:args.top]
     if not sources:
         return fail(exits.FAILED, f"study {study.study_name!r} has no complete trial with a value to confirm: "

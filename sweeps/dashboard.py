@@ -17,7 +17,7 @@ from storage.optuna_private import study_id_of
 from sweeps import exits
 from sweeps.cli import add_study_arguments, fail, run_command
 from sweeps.results.checkpoints import artifact_dir, open_artifact_store
-from sweeps.results.existing import load, open_existing
+from sweeps.results.existing import load, open_existing, ran_with
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -44,7 +44,7 @@ def serve(args: argparse.Namespace) -> int:
     study = load(existing)
     import optuna_dashboard
 
-    folder = artifact_dir(existing.config, existing.target.storage_url, existing.target.study_name)
+    folder = artifact_dir(ran_with(existing, study), existing.target.storage_url, existing.target.study_name)
     store = open_artifact_store(folder, create=False)
     if args.host not in LOCAL_HOSTS:
         print(f"warning: binding to {args.host}: optuna-dashboard has no authentication; anyone who can reach "

@@ -20,7 +20,7 @@ from sweeps.cli import add_study_arguments, fail, run_command
 from sweeps.config.plan import fmt, plan_rows, text_table
 from sweeps.results.analysis import StudyAnalysis, analyse
 from sweeps.results.confirmed import report_lines
-from sweeps.results.existing import load, open_existing
+from sweeps.results.existing import load, open_existing, ran_with
 from sweeps.results.locations import report_folder
 from sweeps.results.noise import disagreement
 from sweeps.results.publish import figures_of
@@ -77,7 +77,8 @@ def critical_lines(a: StudyAnalysis) -> list[str]:
     return lines
 
 
-def summary_json(a: StudyAnalysis) -> dict:
+def summary_json(a: StudyAnalysis, plan: list[dict] | None = None) -> dict:
+    """The numbers; `plan`: the budget plan per batch size, from the config the study ran with."""
     fit, crit, noise = a.lr_fit, a.critical, a.noise
     return {
         "study": a.study_name, "metric": a.metric, "direction": "maximize" if a.maximize else "minimize",
@@ -104,6 +105,7 @@ def summary_json(a: StudyAnalysis) -> dict:
         "best_by_batch_size": {rule: [{"batch_size": b, "value": v, "trial": n} for b, v, n in pts]
                                for rule, pts in a.best_by_batch.items()},
         "importances": a.importances,
+        "budget_plan": plan,
     }
 
 
@@ -142,7 +144,7 @@ def report(args: argparse.Namespace) -> int:
         return fail(exits.FAILED, f"study {study.study_name!r} has no finished trial with a value yet ({states}): "
                                   f"nothing to report; run `sweeps run {args.study_file}`")
 
-    config = existing.config
+    config = ran_with(existing, study)  # not the file's: what the study ran with
     out = report_folder(config, existing.target.storage_url, existing.target.study_name, args.out)
     out.mkdir(parents=True, exist_ok=True)
     n_train = n_train_of(a)
@@ -170,7 +172,7 @@ def report(args: argparse.Namespace) -> int:
     summary += f"<pre>{html.escape(chr(10).join(confirmed))}</pre>" if confirmed else ""
     write_html(out / "report.html", a, figures, summary)
     pngs = write_pngs(out, a, plan)
-    (out / "summary.json").write_text(json.dumps(summary_json(a), indent=2, default=str))
+    (out / "summary.json").write_text(json.dumps(summary_json(a, plan), indent=2, default=str))
     print(f"\nwrote {out / 'report.html'}, {len(pngs)} PNG figures and summary.json to {out}")
     return 0
 

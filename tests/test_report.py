@@ -227,3 +227,30 @@ def test_clear_messages_instead_of_tracebacks(tmp_path, capsys):
     assert report.main([str(tmp_path / "bad.yaml")]) == 2
     with sqlite3.connect(tmp_path / "other.db") as db:  # untouched by the failed reads
         assert db.execute("select count(*) from studies").fetchone()[0] == 2
+
+
+def test_read_commands_use_the_config_the_study_ran_with(tmp_path, capsys):
+    """A study run with `--set budget.per_trial=20` is planned and shown with 20, not the file's 40,
+    by every read command, each saying in one line that the file on disk differs."""
+    from sweeps import best, run
+    from tests.conftest import TINY
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "study": {**TINY["study"], "n_trials": 2}}))
+    assert run.main([str(path), "--quiet", "--set", "budget.per_trial=20"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "out"
+    assert report.main([str(path), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert [row["updates"] for row in summary["budget_plan"]] == [20, 20]
+    assert (out / "budget_plan.png").is_file()
+    note = [line for line in err.splitlines() if line.startswith("note:")]
+    assert len(note) == 1 and "budget.per_trial" in note[0] and "--set budget.per_trial=20" in note[0], err
+    assert best.main([str(path)]) == 0
+    assert "budget.per_trial" in capsys.readouterr().err
+
+    path.write_text(yaml.safe_dump({**TINY, "study": {**TINY["study"], "n_trials": 2},
+                                    "budget": {**TINY["budget"], "per_trial": 20}}))
+    assert report.main([str(path), "--out", str(out)]) == 0
+    assert "note:" not in capsys.readouterr().err, "the file now says what the study ran with"

@@ -3,10 +3,15 @@
 The same URL resolution as the runner (`sweeps.loop.runner.target_of`), but nothing is created: a
 SQLite file that does not exist, a store that cannot be opened and a study that is not in the
 store each end in one clear message.
+
+The study file only finds the store and the study; what the study ran with is the config it
+stored (`ran_with`: the file with its `--set` overrides, replaced on `--allow-changes`), and a
+read command that finds the file on disk different says so in one line.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +21,15 @@ from sqlalchemy.engine import make_url
 
 from storage import StorageError, StorageUsageError, open_storage, redact
 from sweeps import exits
-from sweeps.config.study_file import SweepConfig, load_config
+from sweeps.config.fingerprint import changes_between, flatten, shown
+from sweeps.config.overrides import OVERRIDES_ATTR
+from sweeps.config.schema import ConfigError
+from sweeps.config.study_file import SweepConfig, load_config, parse_config
 from sweeps.config.target import SweepTarget, target_of
+from sweeps.loop.resume import stored_config
+from sweeps.trial.record import CONFIG_ATTR
+
+SHOWN_CHANGES = 3  # differing keys a note names before it counts the rest
 
 
 class NotReadable(RuntimeError):
@@ -30,7 +42,7 @@ class NotReadable(RuntimeError):
 
 @dataclass
 class Existing:
-    config: SweepConfig
+    config: SweepConfig  # the study file's, with this command's --set: finds the store and the study
     target: SweepTarget
     storage: optuna.storages.BaseStorage
 
@@ -65,3 +77,40 @@ def open_existing(study_file: str, storage_url: str | None = None, study_name: s
 
 def load(existing: Existing) -> optuna.Study:
     return optuna.load_study(study_name=existing.target.study_name, storage=existing.storage)
+
+
+def ran_with(existing: Existing, study: optuna.Study) -> SweepConfig:
+    """The config the study ran with, as it stored it (the study file with its `--set` overrides,
+    replaced by a run with `--allow-changes`); the study file's when the study stored none that
+    loads. Prints one `note:` line (stderr) when the study file on disk differs from it."""
+    stored = study.user_attrs.get(CONFIG_ATTR)
+    if not isinstance(stored, dict):
+        return existing.config
+    try:
+        config = parse_config(stored, existing.config.base_dir)
+    except ConfigError:
+        return existing.config
+    note = differs_note(stored, existing, study)
+    if note:
+        print(note, file=sys.stderr)
+    return config
+
+
+def differs_note(stored: dict, existing: Existing, study: optuna.Study) -> str | None:
+    """One line naming the keys where the study file differs from the study's stored config."""
+    old: dict = {}
+    new: dict = {}
+    for section, value in stored.items():
+        flatten(section, value, old)
+    for section, value in stored_config(existing.config, existing.target).items():
+        flatten(section, value, new)
+    diff = changes_between(old, new)
+    if not diff:
+        return None
+    listed = "; ".join(f"{c.key}: {shown(c.new)} in the file, {shown(c.old)} in the study"
+                       for c in diff[:SHOWN_CHANGES])
+    more = f"; and {len(diff) - SHOWN_CHANGES} more" if len(diff) > SHOWN_CHANGES else ""
+    sets = study.user_attrs.get(OVERRIDES_ATTR)
+    made = f" (it ran with {' '.join(f'--set {s}' for s in sets)})" if sets else ""
+    return (f"note: {existing.target.study_name!r} is read with the config it ran with{made}, not the study "
+            f"file's: {listed}{more}")
