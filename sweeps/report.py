@@ -70,7 +70,7 @@ def critical_lines(a: StudyAnalysis) -> list[str]:
     """B_crit from both methods, and the warning when they disagree."""
     lines = [] if a.critical is None else [a.critical.sentence(a.metric)]
     if a.noise is not None:
-        lines.append(a.noise.sentence())
+        lines += a.noise.lines()
     warn = disagreement(a.critical.value if a.critical else None, a.noise)
     if warn:
         lines.append(f"warning: {warn}")
@@ -97,9 +97,10 @@ def summary_json(a: StudyAnalysis, plan: list[dict] | None = None) -> dict:
             "from_steps": None if crit is None else {"b_crit": crit.b_crit, "interval": crit.interval,
                                                      "s_min": crit.s_min, "e_min": crit.e_min,
                                                      "batch_sizes": crit.fitted, "not_reached": crit.not_reached},
-            "from_noise_scale": None if noise is None else {"median": noise.median, "low": noise.low,
-                                                            "high": noise.high, "trials": noise.n,
-                                                            "basis": noise.basis},
+            "from_noise_scale": None if noise is None else {
+                "median": noise.median, "low": noise.low, "high": noise.high, "trials": noise.n,
+                "statistic": noise.statistic, "determined": noise.determined, "early": noise.early,
+                "late": noise.late, "changed": noise.changed},
         },
         "examples_per_second": {str(b): v for b, v in a.throughput.items()},
         "best_by_batch_size": {rule: [{"batch_size": b, "value": v, "trial": n} for b, v, n in pts]

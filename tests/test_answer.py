@@ -172,6 +172,22 @@ def test_noise_scale_estimate_and_the_disagreement_warning():
     assert "doubling B from there saves 25% of the steps" in recommendation(far)
 
 
+def test_noise_scale_is_read_where_each_trial_reached_the_target():
+    """Curves that grow 60 -> 6000 as accuracy rises: the estimate is each one's value at its first
+    evaluation at the target (60 x 10 here), not its last; a range within 10x is an answer."""
+    study = synthetic_study()
+    for i, b in enumerate((32, 64, 128)):
+        curve = {s: 0.5 + 0.1 * k for k, s in enumerate(range(4000, 28000, 4000), 1)}  # 0.6 .. 1.1
+        steps = sorted(curve)
+        noise = [[s, 60.0 * 10 ** (k / 2) * (1 + 0.1 * i)] for k, s in enumerate(steps)]  # 60 .. 18974
+        add(study, b, 0.01, curve[steps[-1]], curve, noise_scale_curve=noise, noise_scale=noise[-1][1])
+    a = analyse(study, target=0.8, with_importances=False)  # reached at the third evaluation
+    assert a.noise.statistic == "at the first evaluation that reached the target"
+    assert a.noise.median == pytest.approx(600 * 1.1) and a.noise.determined
+    assert "B_simple ~ 660 (median at the first evaluation that reached the target" in a.noise.sentence()
+    assert a.noise.changed == 3 and "B_crit ~ 660 from the gradient noise scale alone" in recommendation(a)
+
+
 def test_report_refuses_a_negative_tolerance(tmp_path, capsys):
     lr_study(0.5, storage=f"sqlite:///{tmp_path / 'lr.db'}")
     config = yaml.safe_load(yaml.safe_dump(STUDY))

@@ -138,3 +138,40 @@ def test_trials_store_the_curve_and_its_last_value(tiny_config, sweep, tmp_path)
         assert trial.user_attrs["noise_scale"] == curve[-1][1]
     plain = sweep(tiny_config(study={"n_trials": 1, "name": "plain"}), storage=f"sqlite:///{tmp_path / 'plain.db'}")
     assert not {"noise_scale_curve", "noise_scale"} & set(plain.trials[0].user_attrs)
+
+
+def test_the_report_shows_the_curves_names_its_statistic_and_calls_a_wide_range_undetermined(tmp_path, capsys):
+    """Linear regression trained to its noise floor: B_simple grows several-fold within each trial
+    and the trials end far apart. The report draws B_simple against examples, names the statistic
+    it uses and why, says the curves change (with their early and late values), and reports the
+    range, wider than 10x, as undetermined rather than as a B_crit."""
+    import json
+
+    import yaml
+
+    from sweeps import report, run
+
+    study = merged(TINY, {"study": {"n_trials": 4}, "measure": {"noise_scale": True},
+                          "budget": {"per_trial": 200, "eval_every": 20},
+                          "objective": {"options": {"dim": 8, "n_train": 2048, "n_val": 256}},
+                          "search": {"batch_size": [8, 32]}})
+    path = tmp_path / "noise.yaml"
+    path.write_text(yaml.safe_dump(study))
+    assert run.main([str(path), "--quiet"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "out"
+    assert report.main([str(path), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert (out / "noise_scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert 'id="noise-scale"' in (out / "report.html").read_text()
+    noise = json.loads((out / "summary.json").read_text())["critical_batch_size"]["from_noise_scale"]
+    assert noise["statistic"] in printed and "why this statistic:" in printed
+
+    assert noise["changed"] >= 1, "every curve here grows past 2x from its first evaluation to its last"
+    assert (f"B_simple changes during training: by more than 2x in {noise['changed']} of {noise['trials']} "
+            f"trials (median {noise['early']:.0f} at the first evaluation, {noise['late']:.0f} at the last)") in printed
+
+    assert noise["high"] > 10 * noise["low"] and noise["determined"] is False
+    assert (f"critical batch size from the gradient noise scale: undetermined (B_simple {noise['statistic']} "
+            f"spans [{noise['low']:.0f}, {noise['high']:.0f}]") in printed
+    assert "B_simple ~" not in printed and "from the gradient noise scale alone" not in printed

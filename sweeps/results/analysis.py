@@ -136,5 +136,5 @@ def analyse(study: optuna.Study, target: float | None = None, target_quantile: f
     counts = {s.name.lower(): sum(1 for t in trials if t.state == s) for s in TrialState}
     return StudyAnalysis(study.study_name, metric, maximize, units.budget_unit,
                          step_unit, complete, curves, best_by_batch, lr_fit, target, target_quantile, reaching,
-                         importances, counts, tolerance, critical, estimate(complete, target, maximize),
+                         importances, counts, tolerance, critical, estimate(complete, target, maximize, step_unit),
                          throughput_by_batch(complete), confirmed_of(study))

@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from sweeps.results.analysis import RULE_SLOPES, StudyAnalysis
-from sweeps.results.palette import BARS
+from sweeps.results.palette import BARS, batch_color, batch_colors
 from sweeps.results.ranges import Range
 from sweeps.results.series import Beyond, best_view, curve_view, front_views
 
@@ -45,6 +45,8 @@ TITLES = {
     "budget-plan": "Plan of the budget per batch size",
     "pareto-examples": "{metric} against examples seen: the Pareto front of the complete trials",
     "pareto-seconds": "{metric} against train seconds: the Pareto front of the complete trials",
+    "noise-scale": "Gradient noise scale B_simple against examples seen, per trial (circles: where it reached the "
+                   "target)",
 }
 
 
@@ -206,6 +208,26 @@ def budget_plan(a: StudyAnalysis, plan: list[dict]) -> Figure:
     return fig
 
 
+def noise_scale(a: StudyAnalysis) -> Figure:
+    """Each trial's B_simple curve (log scale) in its batch size's colour, its at-target point marked."""
+    curves = a.noise.curves if a.noise else []
+    colors = batch_colors([c.batch_size for c in curves if c.batch_size is not None] or [0])
+    data = []
+    for c in curves:
+        color = batch_color(c.batch_size, colors)
+        data.append(scatter(x=c.examples, y=c.values, mode="lines+markers", name=f"trial {c.trial} (B={c.batch_size})",
+                            line={"color": color}, marker={"size": 4, "color": color},
+                            hovertemplate=f"trial {c.trial}, B={c.batch_size}<br>%{{x:,.0f}} examples<br>"
+                                          "B_simple %{y:.4g}<extra></extra>"))
+        if c.at_target is not None:
+            x = c.examples[c.values.index(c.at_target)]
+            data.append(scatter(x=[x], y=[c.at_target], mode="markers", showlegend=False, hoverinfo="skip",
+                                marker={"size": 11, "color": "rgba(0,0,0,0)", "line": {"color": color, "width": 2}}))
+    return figure(data, title("noise-scale", a), axis_title("examples seen"),
+                  {"type": "log", **axis_title("B_simple (gradient noise scale)")},
+                  annotations=note_annotation(a.noise.headline() if a.noise else ""))
+
+
 def build_figures(a: StudyAnalysis, plan: list[dict] | None) -> dict[str, Figure]:
     figures = {
         "best-by-batch-size": best_by_batch_size(a, plan),
@@ -219,6 +241,8 @@ def build_figures(a: StudyAnalysis, plan: list[dict] | None) -> dict[str, Figure
         figures["importances"] = importances(a)
     if plan:
         figures["budget-plan"] = budget_plan(a, plan)
+    if a.noise is not None:
+        figures["noise-scale"] = noise_scale(a)
     return figures
 
 

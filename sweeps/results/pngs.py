@@ -13,7 +13,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from sweeps.results.analysis import RULE_SLOPES, StudyAnalysis  # noqa: E402
-from sweeps.results.palette import BARS, FIT, GREY  # noqa: E402
+from sweeps.results.palette import BARS, FIT, GREY, batch_color, batch_colors  # noqa: E402
 from sweeps.results.ranges import Range  # noqa: E402
 from sweeps.results.series import Beyond, best_view, curve_view, front_views  # noqa: E402
 
@@ -150,6 +150,22 @@ def draw_plan(ax, a: StudyAnalysis, plan: list[dict]) -> None:
     ax.set(xlabel="batch size", ylabel="updates", title="Plan of the budget")
 
 
+def draw_noise(ax, a: StudyAnalysis) -> None:
+    """Each trial's B_simple against examples seen (log y), by batch size; circles where it reached the target."""
+    curves = a.noise.curves if a.noise else []
+    colors = batch_colors([c.batch_size for c in curves if c.batch_size is not None] or [0])
+    for c in curves:
+        color = batch_color(c.batch_size, colors)
+        ax.plot(nan(c.examples), c.values, ".-", color=color, lw=1.2, ms=3)
+        if c.at_target is not None:
+            ax.plot([c.examples[c.values.index(c.at_target)]], [c.at_target], "o", ms=9, mfc="none", mec=color)
+    ax.set_yscale("log")
+    ax.set(xlabel="examples seen", ylabel="B_simple")
+    note(ax, a.noise.headline() if a.noise else "", "Gradient noise scale per trial (o: at the target)")
+    ax.legend(handles=[Line2D([], [], color=color, lw=2, label=f"B={b}") for b, color in colors.items() if b],
+              fontsize=7)
+
+
 def write_pngs(out: Path, a: StudyAnalysis, plan: list[dict] | None) -> list[Path]:
     panels = [("best_by_batch_size", lambda ax, a: draw_best_by_batch(ax, a, plan)), ("lr_scaling", draw_lr),
               ("steps_to_target", draw_steps), ("learning_curves", lambda ax, a: draw_curves(ax, a, plan)),
@@ -159,6 +175,8 @@ def write_pngs(out: Path, a: StudyAnalysis, plan: list[dict] | None) -> list[Pat
         panels.append(("importances", draw_importances))
     if plan:
         panels.append(("budget_plan", lambda ax, a: draw_plan(ax, a, plan)))
+    if a.noise is not None:
+        panels.append(("noise_scale", draw_noise))
     written = []
     for name, draw in panels:
         fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")

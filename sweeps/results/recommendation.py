@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial
 from sweeps.results.analysis import StudyAnalysis, coupling_of
 from sweeps.results.confirmed import Confirmed
 from sweeps.results.critical import interval_text, tradeoff_sentence
-from sweeps.results.noise import disagreement
+from sweeps.results.noise import WIDE_FACTOR, disagreement
 from sweeps.trial.record import TrialRecord
 
 
@@ -83,13 +83,17 @@ def examples_advice(a: StudyAnalysis) -> str:
                 f"{b_crit:.0f}, but its {100 * critical.confidence:.0f}% interval is unbounded "
                 f"({len(critical.fitted)} batch sizes reached the target), so treat it as a rough guess")
         if a.noise is not None:
-            text += f" (noise scale: {a.noise.median:.0f})"
+            text += f" (noise scale: {a.noise.median:.0f})" if a.noise.determined else " (noise scale: undetermined)"
         warn = disagreement(b_crit, a.noise)
         return f"{text}; {tradeoff_sentence()}." + (f" Note: {warn}." if warn else "")
-    if a.noise is not None:
+    if a.noise is not None and a.noise.determined:
         return (f"Batch size stops paying in examples around B_crit ~ {a.noise.median:.0f} from the gradient "
-                f"noise scale alone (range [{a.noise.low:.0f}, {a.noise.high:.0f}]; steps to target could not "
-                f"place it): {tradeoff_sentence()}.")
+                f"noise scale alone (median {a.noise.statistic}; range [{a.noise.low:.0f}, {a.noise.high:.0f}]; "
+                f"steps to target could not place it): {tradeoff_sentence()}.")
+    if a.noise is not None:
+        return (f"Where batch size stops paying in examples is undetermined: steps to target could not place "
+                f"B_crit, and the gradient noise scale is no answer either ({a.noise.spread()}, more than "
+                f"{WIDE_FACTOR:g}x).")
     if critical is not None and critical.s_min is not None:  # fitted, but B_crit lies outside the range
         return f"Where batch size stops paying in examples: {critical.reason(a.metric)}."
     reason = critical.reason(a.metric) if critical is not None else "no target"
