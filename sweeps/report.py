@@ -71,7 +71,7 @@ def critical_lines(a: StudyAnalysis) -> list[str]:
     lines = [] if a.critical is None else [a.critical.sentence(a.metric)]
     if a.noise is not None:
         lines += a.noise.lines()
-    warn = disagreement(a.critical.value if a.critical else None, a.noise)
+    warn = disagreement(a.critical.value if a.critical and a.critical.determined else None, a.noise)
     if warn:
         lines.append(f"warning: {warn}")
     return lines

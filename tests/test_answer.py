@@ -280,3 +280,17 @@ def test_a_search_best_never_confirmed_is_recommended_as_the_search_found_it():
     assert "train at batch size 32" in text and "(trial 0)" not in text and "; trial 0);" in text
     assert ("the best of 2 trials is optimistic until confirmation runs repeat it (`sweeps confirm` has not "
             "retrained trial 0 yet)." in text)
+
+
+def test_a_steps_to_target_interval_wider_than_10x_is_undetermined():
+    """Scattered steps to target: B_crit's interval spans more than 10x, so neither the sentence nor
+    the recommendation gives it as a number, and no disagreement is computed from it."""
+    a = analyse(reaching_study(200, 100, (1.5, 0.6, 1.4, 0.7, 1.3, 0.6), noise_scale=1000), target=0.9,
+                with_importances=False)
+    low, high = a.critical.interval or (0.0, math.inf)
+    assert a.critical.value is not None and (low <= 0 or high > 10 * low) and not a.critical.determined
+    assert a.critical.sentence("val_accuracy").startswith("critical batch size from steps to target: undetermined (")
+    advice = recommendation(a)
+    assert "the steps-to-target fit is undetermined" in advice
+    assert f"B_crit ~ {a.noise.median:.0f} from the gradient noise scale alone" in advice
+    assert "differ by" not in advice

@@ -21,6 +21,7 @@ from scipy import stats
 from sweeps.trial.record import TrialRecord
 
 MIN_REACHED = 3  # batch sizes that reached the target: two parameters and one degree of freedom
+WIDE_FACTOR = 10.0  # an interval (or range) of B_crit wider than this, high / low, leaves it undetermined
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,11 @@ class CriticalFit:
         return self.b_crit if self.b_crit is not None and self.b_crit > 0 else None
 
     @property
+    def determined(self) -> bool:
+        """Whether B_crit is an answer: fitted, with an interval no wider than `WIDE_FACTOR`."""
+        return self.value is not None and self.interval is not None and not wide(*self.interval)
+
+    @property
     def e_min(self) -> float | None:
         return None if self.s_min is None or self.b_crit is None else self.s_min * self.b_crit
 
@@ -100,9 +106,11 @@ class CriticalFit:
             return head + self.reason(metric)
         early = [b for b, r in self.reached.items() if r.at_first_evaluation]
         why = f"; {names(early)} only by the first evaluation (an upper bound, left out)" if early else ""
+        over = f"over {len(self.fitted)} batch sizes reaching {metric} {self.target:.4g}{why}"
+        if not self.determined:
+            return head + f"undetermined {interval_text(self.interval, self.confidence)}, {over}"
         return (head + f"B_crit ~ {self.b_crit:.0f} {interval_text(self.interval, self.confidence)}, "
-                f"S_min ~ {self.s_min:.0f} updates, E_min ~ {self.e_min:.0f} examples, over {len(self.fitted)} "
-                f"batch sizes reaching {metric} {self.target:.4g}{why}")
+                f"S_min ~ {self.s_min:.0f} updates, E_min ~ {self.e_min:.0f} examples, {over}")
 
     def reason(self, metric: str) -> str:
         """Why there is no B_crit inside the range: too few reached, or where it lies instead."""
@@ -132,11 +140,17 @@ def names(batch_sizes: list[int]) -> str:
     return f"B={', '.join(map(str, batch_sizes))}" if batch_sizes else ""
 
 
+def wide(low: float, high: float) -> bool:
+    """Whether [low, high] spans more than `WIDE_FACTOR` (a low end at or below zero always does)."""
+    return low <= 0 or high > WIDE_FACTOR * low
+
+
 def interval_text(interval: tuple[float, float] | None, confidence: float) -> str:
     if interval is None:
         return f"({100 * confidence:.0f}% interval unbounded: too few batch sizes, or too much scatter)"
     low, high = interval
-    return f"({100 * confidence:.0f}% interval [{max(low, 0):.0f}, {high:.0f}])"
+    width = f", wider than {WIDE_FACTOR:g}x" if wide(low, high) else ""
+    return f"({100 * confidence:.0f}% interval [{max(low, 0):.0f}, {high:.0f}]{width})"
 
 
 def fit_critical(reached: dict[int, Reach], target: float, not_reached: list[int] | None = None,
@@ -173,6 +187,8 @@ def fieller(a: float, b: float, cov: np.ndarray, t: float) -> tuple[float, float
     v_aa, v_ab, v_bb = float(cov[0, 0]), float(cov[0, 1]), float(cov[1, 1])
     qa, qb, qc = a * a - t * t * v_aa, a * b - t * t * v_ab, b * b - t * t * v_bb
     disc = qb * qb - qa * qc
+    if -1e-9 * qb * qb < disc < 0:  # zero (an exact fit) less rounding: the interval is the point b / a
+        disc = 0.0
     if qa <= 0 or disc < 0:
         return None
     root = math.sqrt(disc)

@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from optuna.trial import FrozenTrial
 
+from sweeps.results.critical import WIDE_FACTOR, wide
 from sweeps.trial.record import TrialRecord
 
 MIN_NEAR_BEST = 3
 DISAGREE_FACTOR = 2.0
 CHANGE_FACTOR = 2.0  # a curve whose last value is this far from its first changes during training
-WIDE_FACTOR = 10.0  # a range wider than this (high / low) is undetermined
 AT_TARGET = "at the first evaluation that reached the target"
 AT_END = "at the last evaluation"
 WHY = ("why this statistic: B_simple grows as training nears the optimum, and the value that predicts B_crit "
@@ -72,7 +72,7 @@ class NoiseEstimate:
 
     @property
     def determined(self) -> bool:
-        return self.high <= WIDE_FACTOR * self.low
+        return not wide(self.low, self.high)
 
     @property
     def changed(self) -> int:

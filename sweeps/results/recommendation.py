@@ -21,8 +21,8 @@ from optuna.trial import FrozenTrial
 
 from sweeps.results.analysis import StudyAnalysis, coupling_of
 from sweeps.results.confirmed import Confirmed
-from sweeps.results.critical import interval_text, tradeoff_sentence
-from sweeps.results.noise import WIDE_FACTOR, disagreement
+from sweeps.results.critical import WIDE_FACTOR, interval_text, tradeoff_sentence
+from sweeps.results.noise import disagreement
 from sweeps.trial.record import TrialRecord
 
 
@@ -73,27 +73,31 @@ def lr_advice(a: StudyAnalysis) -> str:
 
 
 def examples_advice(a: StudyAnalysis) -> str:
-    critical = a.critical
-    b_crit = critical.value if critical is not None else None
-    if b_crit is not None:
+    """B_crit from steps to target when its interval is within `WIDE_FACTOR`, else from the noise
+    scale when its range is; an estimate wider than that is said to be undetermined, not given."""
+    critical, noise = a.critical, a.noise
+    if critical is not None and critical.determined:
         interval = interval_text(critical.interval, critical.confidence)
-        text = (f"Batch size stops paying in examples around B_crit ~ {b_crit:.0f} {interval} from steps to target"
-                if critical.interval is not None else
-                f"Where batch size stops paying in examples is uncertain: the steps-to-target fit puts B_crit near "
-                f"{b_crit:.0f}, but its {100 * critical.confidence:.0f}% interval is unbounded "
-                f"({len(critical.fitted)} batch sizes reached the target), so treat it as a rough guess")
-        if a.noise is not None:
-            text += f" (noise scale: {a.noise.median:.0f})" if a.noise.determined else " (noise scale: undetermined)"
-        warn = disagreement(b_crit, a.noise)
+        text = (f"Batch size stops paying in examples around B_crit ~ {critical.b_crit:.0f} {interval} from steps "
+                "to target")
+        if noise is not None:
+            text += f" (noise scale: {noise.median:.0f})" if noise.determined else " (noise scale: undetermined)"
+        warn = disagreement(critical.b_crit, noise)
         return f"{text}; {tradeoff_sentence()}." + (f" Note: {warn}." if warn else "")
-    if a.noise is not None and a.noise.determined:
-        return (f"Batch size stops paying in examples around B_crit ~ {a.noise.median:.0f} from the gradient "
-                f"noise scale alone (median {a.noise.statistic}; range [{a.noise.low:.0f}, {a.noise.high:.0f}]; "
-                f"steps to target could not place it): {tradeoff_sentence()}.")
-    if a.noise is not None:
-        return (f"Where batch size stops paying in examples is undetermined: steps to target could not place "
-                f"B_crit, and the gradient noise scale is no answer either ({a.noise.spread()}, more than "
-                f"{WIDE_FACTOR:g}x).")
+    unsure = None
+    if critical is not None and critical.value is not None:
+        unsure = (f"the steps-to-target fit's {interval_text(critical.interval, critical.confidence)[1:-1]} "
+                  f"({len(critical.fitted)} batch sizes reached the target)")
+    if noise is not None and noise.determined:
+        place = f"the steps-to-target fit is undetermined: {unsure}" if unsure else "steps to target could not place it"
+        return (f"Batch size stops paying in examples around B_crit ~ {noise.median:.0f} from the gradient "
+                f"noise scale alone (median {noise.statistic}; range [{noise.low:.0f}, {noise.high:.0f}]; "
+                f"{place}): {tradeoff_sentence()}.")
+    if noise is not None or unsure:
+        steps = unsure or "steps to target could not place B_crit"
+        noisy = f"; the gradient noise scale is no answer either ({noise.spread()}, more than {WIDE_FACTOR:g}x)" \
+            if noise is not None else ""
+        return f"Where batch size stops paying in examples is undetermined: {steps}{noisy}."
     if critical is not None and critical.s_min is not None:  # fitted, but B_crit lies outside the range
         return f"Where batch size stops paying in examples: {critical.reason(a.metric)}."
     reason = critical.reason(a.metric) if critical is not None else "no target"
