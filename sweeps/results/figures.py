@@ -220,8 +220,8 @@ def noise_scale(a: StudyAnalysis) -> Figure:
                             hovertemplate=f"trial {c.trial}, B={c.batch_size}<br>%{{x:,.0f}} examples<br>"
                                           "B_simple %{y:.4g}<extra></extra>"))
         if c.at_target is not None:
-            x = c.examples[c.values.index(c.at_target)]
-            data.append(scatter(x=[x], y=[c.at_target], mode="markers", showlegend=False, hoverinfo="skip",
+            data.append(scatter(x=[c.examples[c.reached]], y=[c.at_target], mode="markers", showlegend=False,
+                                hoverinfo="skip",
                                 marker={"size": 11, "color": "rgba(0,0,0,0)", "line": {"color": color, "width": 2}}))
     return figure(data, title("noise-scale", a), axis_title("examples seen"),
                   {"type": "log", **axis_title("B_simple (gradient noise scale)")},

@@ -53,7 +53,11 @@ class NoiseCurve:
     batch_size: int | None
     examples: list[float | None]  # None: the trial's record cannot convert its steps to examples
     values: list[float]
-    at_target: float | None  # B_simple at the first evaluation that reached the target; None: never
+    reached: int | None  # index of the first evaluation that reached the target; None: never
+
+    @property
+    def at_target(self) -> float | None:
+        return None if self.reached is None else self.values[self.reached]
 
     @property
     def change(self) -> float:
@@ -128,8 +132,8 @@ def curve_of(trial: FrozenTrial, target: float | None, maximize: bool, step_unit
     reached = None if target is None else next(
         (s for s in sorted(trial.intermediate_values)
          if sign * (trial.intermediate_values[s] - target) >= 0), None)
-    at_target = None if reached is None else next((v for step, v in points if step >= reached), None)
-    return NoiseCurve(trial.number, batch, examples, [v for _, v in points], at_target)
+    index = None if reached is None else next((i for i, (step, _) in enumerate(points) if step >= reached), None)
+    return NoiseCurve(trial.number, batch, examples, [v for _, v in points], index)
 
 
 def estimate(complete: list[FrozenTrial], target: float | None, maximize: bool,

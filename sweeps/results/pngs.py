@@ -158,7 +158,7 @@ def draw_noise(ax, a: StudyAnalysis) -> None:
         color = batch_color(c.batch_size, colors)
         ax.plot(nan(c.examples), c.values, ".-", color=color, lw=1.2, ms=3)
         if c.at_target is not None:
-            ax.plot([c.examples[c.values.index(c.at_target)]], [c.at_target], "o", ms=9, mfc="none", mec=color)
+            ax.plot([c.examples[c.reached]], [c.at_target], "o", ms=9, mfc="none", mec=color)
     ax.set_yscale("log")
     ax.set(xlabel="examples seen", ylabel="B_simple")
     note(ax, a.noise.headline() if a.noise else "", "Gradient noise scale per trial (o: at the target)")
