@@ -223,6 +223,7 @@ def test_budget_figures_read_as_numbers_and_a_refusal_never_has_negative_budget_
     state = ledger.LedgerState(amount=2e5, unit="examples", spent=163_100, open=0, settled=163_100, busy_seconds=9.0,
                                stopped=True)
     assert spent_message(state).startswith("total budget spent: 1.63e5 of 2.00e5 examples (3.69e4 left, ")
+    assert quantity(9999.6) == "1.00e4" and quantity(9999.4) == "9,999"
     assert refused_message(-0.9271, 1.0, "seconds") == \
         "not started: nothing is left of the total budget, the trial needs 1"
     assert refused_message(511, 512, "examples") == "not started: the total budget has 511 examples left, " \

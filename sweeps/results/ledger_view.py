@@ -35,7 +35,7 @@ def rate_text(state: LedgerState) -> str:
 def quantity(x: float) -> str:
     """A figure of the one-line messages: 3.928, 0.5, 2,000 below 1e4; 2.00e7 from there (Python
     would write 2.00e+07)."""
-    if abs(x) < 1e4:
+    if abs(x) < 9999.5:  # what 4 significant digits write without an exponent
         return f"{x:,.4g}"
     mantissa, exponent = f"{x:.2e}".split("e")
     return f"{mantissa}e{int(exponent)}"
