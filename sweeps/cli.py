@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Callable
 
@@ -32,6 +33,13 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", help="SQLAlchemy URL of the store (wins over $SWEEPS_STORAGE, "
                                           "then study.storage, then <study name>.db beside the file)")
     parser.add_argument("--study-name", help="study name in the store (overrides the file)")
+
+
+def study_arguments_text(args: argparse.Namespace) -> str:
+    """The arguments of `add_study_arguments` as given, for a command to print that names the same study."""
+    given = [args.study_file, *(["--storage", args.storage] if args.storage else []),
+             *(["--study-name", args.study_name] if args.study_name else [])]
+    return shlex.join(given)
 
 
 def add_override_argument(parser: argparse.ArgumentParser, passed_on: str) -> None:

@@ -1,7 +1,8 @@
 """`python -m sweeps.report STUDY.yaml [--out DIR]`: what the sweep found, in the terminal and in files.
 
-Prints the recommendation (batch size, length, LR and its rule, expected metric, where batch size
-stops paying), the best trials, the LR-vs-batch-size slope and the critical batch size; writes
+Prints the short answer first (the settings to train with, the value to expect and its spread,
+the caveat that matters, the command to run next), then why (how the LR moves with batch size,
+where batch size stops paying), the best trials, the LR-vs-batch-size slope and the critical batch size; writes
 `report.html` (interactive plotly), one PNG per figure and `report.png` (all of them), and `summary.json` (the numbers).
 Exit codes: 0 written, 1 no finished trial yet, 2 invalid study file, 3 store not there or not
 readable, 4 no such study in the store.
@@ -16,7 +17,7 @@ import sys
 import textwrap
 
 from sweeps import exits
-from sweeps.cli import add_study_arguments, fail, run_command
+from sweeps.cli import add_study_arguments, fail, run_command, study_arguments_text
 from sweeps.config.plan import fmt, plan_rows, text_table
 from sweeps.results.analysis import StudyAnalysis, analyse
 from sweeps.results.confirmed import report_lines
@@ -24,7 +25,7 @@ from sweeps.results.existing import load, open_existing, ran_with
 from sweeps.results.locations import report_folder
 from sweeps.results.noise import disagreement
 from sweeps.results.publish import figures_of
-from sweeps.results.recommendation import recommendation
+from sweeps.results.recommendation import answer, answer_lines, reasoning, recommendation
 from sweeps.trial.record import TrialRecord
 
 
@@ -77,13 +78,14 @@ def critical_lines(a: StudyAnalysis) -> list[str]:
     return lines
 
 
-def summary_json(a: StudyAnalysis, plan: list[dict] | None = None) -> dict:
-    """The numbers; `plan`: the budget plan per batch size, from the config the study ran with."""
+def summary_json(a: StudyAnalysis, short: dict[str, str], plan: list[dict] | None = None) -> dict:
+    """The numbers; `short`: the short answer; `plan`: the budget plan per batch size, from the config
+    the study ran with."""
     fit, crit, noise = a.lr_fit, a.critical, a.noise
     return {
         "study": a.study_name, "metric": a.metric, "direction": "maximize" if a.maximize else "minimize",
         "counts": a.counts, "best_trials": a.best_table(),
-        "recommendation": recommendation(a),
+        "answer": short, "recommendation": recommendation(a),
         "confirmed": [r.row() for r in a.confirmed],  # `sweeps confirm`'s runs, per configuration
         "lr_scaling": {"slope": fit.slope, "ci_half_width": fit.half_width, "confidence": fit.confidence,
                        "interval": fit.interval, "covered_rules": fit.covered_rules, "rule": fit.rule,
@@ -154,8 +156,9 @@ def report(args: argparse.Namespace) -> int:
     figures = figures_of(a, config, n_train, tokens)
 
     table = a.best_table(args.top)
-    advice = recommendation(a)
-    print(textwrap.fill(advice, width=100) + "\n")
+    short, why = answer(a, study_arguments_text(args)), f"Why: {reasoning(a)}"
+    print("\n".join(answer_lines(short)) + "\n")
+    print(textwrap.fill(why, width=100) + "\n")
     print(f"best {len(table)} trials of {len(a.complete)} complete:")
     print(text_table(table))
     print()
@@ -168,12 +171,13 @@ def report(args: argparse.Namespace) -> int:
     from sweeps.results.figures import write_html
     from sweeps.results.pngs import write_pngs
 
-    summary = (f"<p><b>{html.escape(advice)}</b></p>"
+    summary = ("<p>" + "<br>".join(f"<b>{html.escape(key.title())}:</b> {html.escape(text)}"
+                                   for key, text in short.items()) + f"</p><p>{html.escape(why)}</p>"
                + "".join(f"<p>{html.escape(line)}</p>" for line in summary_lines(a)) + html_table(table))
     summary += f"<pre>{html.escape(chr(10).join(confirmed))}</pre>" if confirmed else ""
     write_html(out / "report.html", a, figures, summary)
     pngs = write_pngs(out, a, plan)
-    (out / "summary.json").write_text(json.dumps(summary_json(a, plan), indent=2, default=str))
+    (out / "summary.json").write_text(json.dumps(summary_json(a, short, plan), indent=2, default=str))
     print(f"\nwrote {out / 'report.html'}, {len(pngs)} PNG figures and summary.json to {out}")
     return 0
 

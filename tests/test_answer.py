@@ -18,7 +18,7 @@ from sweeps.loop.companion import link
 from sweeps.results.analysis import analyse
 from sweeps.results.critical import Reach, crossing, examples_ratio, fit_critical, steps_ratio, tradeoff_sentence
 from sweeps.results.lr_advice import LrPoint, fit_lr_scaling
-from sweeps.results.recommendation import recommendation
+from sweeps.results.recommendation import answer, recommendation
 from sweeps.trial.record import confirm_attrs
 from tests.conftest import synthetic_study
 from tests.dashboard_study import STUDY
@@ -294,3 +294,21 @@ def test_a_steps_to_target_interval_wider_than_10x_is_undetermined():
     assert "the steps-to-target fit is undetermined" in advice
     assert f"B_crit ~ {a.noise.median:.0f} from the gradient noise scale alone" in advice
     assert "differ by" not in advice
+
+
+def test_the_short_answer_names_the_settings_the_value_the_caveat_and_the_next_command():
+    search_only = answer(analyse(confirmed_study({0: 0.95, 1: 0.94}, {}), with_importances=False), "s.yaml")
+    assert search_only == {
+        "train": "batch size 32, peak LR 0.01 (coupling none; trial 0), 10 epochs (1,000 updates, 32,000 examples)",
+        "expect": "val_accuracy about 0.95 (a single good trial at B=32: no spread yet)",
+        "caveat": "the best of 2 trials is optimistic until confirmation runs repeat it",
+        "next": "sweeps confirm s.yaml"}
+    confirmed = answer(analyse(confirmed_study({0: 0.95, 1: 0.94}, {0: [0.93, 0.94, 0.95]}), with_importances=False),
+                       "s.yaml")
+    assert confirmed["expect"] == ("val_accuracy 0.94 +/- 0.01 (mean +/- sd of 3 confirmation runs with fresh seeds); "
+                                   "its search-time value was 0.95")
+    assert confirmed["caveat"].endswith("retune the LR if you change batch size")
+    assert confirmed["next"] == "sweeps best s.yaml --trial 0 --export best.yaml (then sweeps run best.yaml)"
+    diverged = answer(analyse(confirmed_study({0: 0.95, 1: 0.94}, {0: [0.90, None, 0.92]}), with_importances=False),
+                      "s.yaml")
+    assert diverged["caveat"] == "1 of its 3 confirmation runs diverged (loss NaN/inf)"

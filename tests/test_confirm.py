@@ -30,7 +30,7 @@ from sweeps.loop.runner import open_study, run_sweep
 from sweeps.loop.spending import Spending
 from sweeps.results.analysis import analyse
 from sweeps.results.confirmed import Confirmed, confirmed_of, ranking_note, report_lines
-from sweeps.results.recommendation import recommendation
+from sweeps.results.recommendation import answer, answer_lines, recommendation
 from sweeps.trial.record import CONFIRM_STUDY_ATTR, CONFIRMS_STUDY_ATTR, TrialRecord, confirm_attrs
 from tests.conftest import TINY, merged
 
@@ -397,10 +397,12 @@ def test_the_report_the_study_note_and_the_end_of_a_sweep_give_the_confirmed_rec
     assert f"### Recommendation\n\n{paragraph}\n\n" in study_note_of(main)  # rewritten by `sweeps confirm`
     capsys.readouterr()
     assert report.main([str(path), "--out", str(tmp_path / "report")]) == exits.OK
-    assert flat(capsys.readouterr().out).startswith(paragraph)
+    short = answer(analyse(main, with_importances=False), str(path))
+    assert short["next"] == f"sweeps best {path} --trial {top.trial} --export best.yaml (then sweeps run best.yaml)"
+    assert capsys.readouterr().out.startswith("\n".join(answer_lines(short)) + "\n\nWhy: ")
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
-    assert summary["recommendation"] == paragraph
+    assert summary["recommendation"] == paragraph and summary["answer"] == short
     assert {r["trial"]: r["confirmed_mean"] for r in summary["confirmed"]} == {r.trial: r.mean for r in runs}
-    assert html.escape(paragraph) in (tmp_path / "report" / "report.html").read_text()
+    assert html.escape(short["expect"]) in (tmp_path / "report" / "report.html").read_text()
     assert run.main([str(path), "--quiet"]) == exits.OK  # complete already: the end of a sweep, summary only
     assert paragraph in flat(capsys.readouterr().out)

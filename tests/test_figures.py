@@ -20,7 +20,7 @@ from optuna.trial import TrialState, create_trial
 from sweeps.results.analysis import StudyAnalysis, analyse
 from sweeps.results.figures import build_figures
 from sweeps.results.fronts import Point, pareto_front
-from sweeps.results.pngs import draw_best_by_batch, draw_curves, draw_front
+from sweeps.results.pngs import draw_best_by_batch, draw_curves, draw_front, write_pngs
 from tests.conftest import synthetic_study
 
 RULES = ("none", "linear", "sqrt")
@@ -198,3 +198,54 @@ def test_both_fronts_in_the_report(analysis):
     step = next(line for line in ax.lines if line.get_label() == "Pareto front")
     assert list(step.get_xdata()) == seconds["x"] and step.get_drawstyle() == "steps-post"
     plt.close(fig)
+
+
+def test_learning_curves_keep_the_learning_on_the_axis(tmp_path):
+    """Every complete trial climbs from about 0.5 to 0.97: the axis shows the climb (nothing below
+    it), while one trial's collapse to 0.1 still lies beyond the axis."""
+    study = new_study(tmp_path)
+    for i, b in enumerate((16, 32, 64, 128, 256, 512)):
+        start, end = 0.45 + 0.02 * i, 0.97 + 0.002 * i
+        add(study, b, "none", end, curve={1000: start, 2000: 0.9 + 0.01 * i, 3000: 0.95, 6000: end})
+    add(study, 64, "linear", 0.96, curve={1000: 0.5, 2000: 0.1, 3000: 0.94, 6000: 0.96})
+    a = analyse(study, with_importances=False)
+    curves = build_figures(a, None)["learning-curves"]
+    lo, hi = curves["layout"]["yaxis"]["range"]
+    assert lo < 0.45 and 0.98 <= hi < 1.1, (lo, hi)
+    assert curves["layout"]["annotations"][0]["text"] == "1 evaluations of 1 trials below the axis (lowest 0.1)"
+    fig, ax = png_axes(draw_curves, a)
+    assert ax.get_ylim() == pytest.approx((lo, hi))
+    plt.close(fig)
+
+
+def test_a_batch_size_with_only_pruned_trials_stays_on_the_best_value_axis(analysis):
+    """B=512 was tried (pruned only): the best-value figure's batch-size axis still shows it, with a
+    note, in both renderings."""
+    best = build_figures(analysis, None)["best-by-batch-size"]
+    xaxis = best["layout"]["xaxis"]
+    assert xaxis["tickvals"] == [16, 32, 64, 128, 256, 512] and xaxis["ticktext"][-1] == "512"
+    assert xaxis["range"][0] < math.log10(16) and xaxis["range"][1] > math.log10(512)
+    assert "no finished trial at B=512" in best["layout"]["annotations"][0]["text"]
+
+    fig, ax = png_axes(draw_best_by_batch, analysis)
+    assert ax.get_xlim()[0] < 16 and ax.get_xlim()[1] > 512
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["16", "32", "64", "128", "256", "512"]
+    plt.close(fig)
+
+
+def test_the_html_batch_size_axes_are_labelled_with_the_batch_sizes(analysis):
+    figures = build_figures(analysis, None)
+    for key, sizes in (("lr-scaling", analysis.lr_fit.batch_sizes),
+                       ("steps-to-target", [b for b, *_ in analysis.steps_to_target])):
+        xaxis = figures[key]["layout"]["xaxis"]
+        assert sizes and xaxis["tickvals"] == sorted(sizes), key
+        assert xaxis["ticktext"] == [str(b) for b in sorted(sizes)], key
+
+
+def test_a_non_ascii_study_name_draws_without_glyph_warnings(tmp_path, recwarn):
+    study = synthetic_study(f"sqlite:///{tmp_path / 'f.db'}", "研究-Größe")
+    for b, v in {16: 0.95, 64: 0.97, 256: 0.96}.items():
+        add(study, b, "none", v)
+    written = write_pngs(tmp_path, analyse(study, with_importances=False), None)
+    assert (tmp_path / "report.png") in written
+    assert not [str(w.message) for w in recwarn if "Glyph" in str(w.message)]

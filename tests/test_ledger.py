@@ -22,7 +22,7 @@ from sweeps.config.target import target_of
 from sweeps.loop.ending import report_ending
 from sweeps.loop.runner import run_sweep
 from sweeps.loop.spending import Pace, Spending
-from sweeps.results.ledger_view import sci
+from sweeps.results.ledger_view import quantity, refused_message, spent_message
 from sweeps.run import main
 from sweeps.trial.record import TrialRecord
 from tests.conftest import TINY, merged
@@ -168,7 +168,7 @@ def test_three_workers_on_postgres_never_exceed_the_total(tmp_path):
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) >= 2
     note = [line for line in out.splitlines() if line.startswith("note: total budget spent: ")]
     assert len(note) == 1 and note[0].endswith("; raise study.total_budget.amount to continue")
-    assert f"spent: {sci(state.spent)} of 2.00e3 examples" in note[0]
+    assert f"spent: {quantity(state.spent)} of 2,000 examples" in note[0]
     assert len({t.user_attrs["worker"] for t in study.trials if "worker" in t.user_attrs}) >= 2
 
 
@@ -212,3 +212,19 @@ def test_planned_costs_in_time_units(tiny_config):
     assert spending.estimated and spending.planned(16, None, pace) == 0.0
     pace.add({"train_seconds": 2.0, "updates": 40}, "updates")
     assert spending.planned(16, None, pace) == pytest.approx(2.0)
+
+
+def test_budget_figures_read_as_numbers_and_a_refusal_never_has_negative_budget_left():
+    """Small figures in plain digits (not 3.93e0), large ones in short scientific notation; an
+    overrun (trials in flight spent past the total) is nothing left, not a negative amount."""
+    state = ledger.LedgerState(amount=3.0, unit="seconds", spent=3.928, open=0, settled=3.928, busy_seconds=4.0,
+                               stopped=True)
+    assert spent_message(state) == "total budget spent: 3.928 of 3 seconds; raise study.total_budget.amount to continue"
+    state = ledger.LedgerState(amount=2e5, unit="examples", spent=163_100, open=0, settled=163_100, busy_seconds=9.0,
+                               stopped=True)
+    assert spent_message(state).startswith("total budget spent: 1.63e5 of 2.00e5 examples (3.69e4 left, ")
+    assert quantity(9999.6) == "1.00e4" and quantity(9999.4) == "9,999"
+    assert refused_message(-0.9271, 1.0, "seconds") == \
+        "not started: nothing is left of the total budget, the trial needs 1"
+    assert refused_message(511, 512, "examples") == "not started: the total budget has 511 examples left, " \
+                                                    "the trial needs 512"

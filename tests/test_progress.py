@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import fcntl
+import io
 import os
 import select
 import sqlite3
@@ -18,10 +19,12 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from objectives.training.budget import Budget
 from storage.optuna_private import study_storage, trial_id_of
 from sweeps.config.study_file import parse_config
 from sweeps.config.target import target_of
 from sweeps.loop.heartbeat import stale_wait_text
+from sweeps.loop.progress import Progress, StudyState
 from sweeps.loop.runner import open_study, run_sweep
 from sweeps.run import main
 from tests.conftest import TINY, merged
@@ -157,3 +160,31 @@ def test_the_wait_tells_stopped_workers_from_running_ones():
         "waiting for 1 trial of stopped workers to go stale: 4 s left"
     assert stale_wait_text([0.4, 3.0], interval=10, grace_period=20) == \
         "waiting for 2 running trials of other workers to finish"
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_dead_workers_trial_is_queued_again_as_soon_as_it_goes_stale(tmp_path, capfd):
+    """Heartbeat every 10 s, stale after 12 s, the dead worker's last beat 11.5 s ago: the wait says
+    about 0 s left, and the trial is failed and queued again then, not at the next 10-s check."""
+    config = parse_config(merged(TINY, {"study": {"n_trials": 1, "heartbeat_interval": 10, "grace_period": 12}}),
+                          tmp_path)
+    target = target_of(config)
+    study = open_study(config, target, 256)
+    study_storage(study).record_heartbeat(trial_id_of(study.ask()))
+    with sqlite3.connect(tmp_path / "tiny.db") as db:
+        db.execute("UPDATE trial_heartbeats SET heartbeat = datetime(heartbeat, '-11.5 seconds')")
+    study = run_sweep(config, target, show_progress=True)
+    assert "to go stale: 0 s left" in capfd.readouterr().err
+    dead, retried = study.trials
+    assert [dead.state, retried.state] == [TrialState.FAIL, TrialState.COMPLETE]
+    waited = (dead.datetime_complete - dead.datetime_start).total_seconds()
+    assert waited < 6, f"failed {waited:.1f} s after it was asked: at the next heartbeat check, not when it went stale"
+
+
+def test_the_last_progress_line_has_no_time_left():
+    """Every trial done: the ETA is 0 s, even when the sweep took less than the 2 s the rate needs."""
+    progress = Progress(2, Budget("updates", 40, 10), "val_mse", stream=io.StringIO())
+    progress.state = StudyState(complete=1, pruned=1)
+    assert progress.summary(time.monotonic(), None)["eta"] == "ETA 0s"
+    progress.state = StudyState(complete=1)
+    assert progress.summary(time.monotonic(), None)["eta"] == "ETA -", "a rate needs 2 s"

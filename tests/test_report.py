@@ -48,7 +48,13 @@ def test_report_writes_html_pngs_and_summary(study_file, tmp_path, capsys):
     best = study.best_trial
     a = analyse(study)
     assert f"{best.value:.4g}" in printed and a.lr_fit.sentence() in printed
-    assert printed.startswith(f"Recommendation: train at batch size {best.user_attrs['batch_size']} ")
+    head = printed.splitlines()[:4]  # the short answer, before any reasoning
+    assert [line.split(" ")[0] for line in head] == ["Train:", "Expect:", "Caveat:", "Next:"], printed
+    assert head[0].startswith(f"Train:   batch size {best.user_attrs['batch_size']}, peak LR ")
+    assert head[1].startswith(f"Expect:  {a.metric} ") and ("+/-" in head[1] or "no spread" in head[1])
+    assert head[2] == f"Caveat:  the best of {len(a.complete)} trials is optimistic until confirmation runs repeat it"
+    assert head[3] == f"Next:    sweeps confirm {study_file}"
+    assert printed.splitlines()[4] == "" and printed.splitlines()[5].startswith("Why: ")
     for name in PNGS:
         data = (out / f"{name}.png").read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
@@ -175,12 +181,14 @@ def test_fitted_slope_recovers_the_lr_scaling(tmp_path, exponent, capsys):
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(config))
     assert report.main([str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out"), "--tolerance", "0.03"]) == 0
     printed = capsys.readouterr().out
-    assert printed.startswith("Recommendation: train at batch size ")
+    assert printed.startswith("Train:   batch size ")
     assert f"When you change batch size, scale the LR with the {rule} rule" in printed.replace("\n", " ")
     assert "good trials: within 0.03 of their batch size's best" in printed
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert abs(summary["lr_scaling"]["slope"] - exponent) < 0.1 and summary["lr_scaling"]["rule"] == rule
-    assert summary["recommendation"] == printed.split("\n\n")[0].replace("\n", " ")
+    answer, why = printed.split("\n\n")[:2]
+    assert [f"{key.title()}:".ljust(9) + text for key, text in summary["answer"].items()] == answer.splitlines()
+    assert summary["recommendation"].endswith(why.removeprefix("Why: ").replace("\n", " "))
 
 
 def test_slope_confidence_interval_widens_with_noise():

@@ -34,10 +34,11 @@ from storage.snapshot import snapshot
 from sweeps.config.study_file import SweepConfig
 from sweeps.loop.budget_books import BudgetBooks
 from sweeps.loop.companion import ledger_study_id, why_not_run
-from sweeps.loop.heartbeat import Heartbeat, stale_wait_text
+from sweeps.loop.heartbeat import Heartbeat, seconds_to_stale, stale_wait_text
 from sweeps.loop.interface import TrialRef
 from sweeps.loop.progress import Progress
 from sweeps.loop.spending import Spending
+from sweeps.results.ledger_view import refused_message
 from sweeps.search.space import Suggestion, suggest
 from sweeps.search.strategies import grid_size
 from sweeps.trial.record import CONFIRMS_STUDY_ATTR, TrialRecord, error_attrs, queued_attrs, value_se_key
@@ -185,9 +186,8 @@ class Books:
         if granted or self.stopping.is_set():
             return granted
         trial = self.open.pop(trial_id)
-        write_trial_batch(self.storage, trial_id, error_attrs(
-            f"not started: the total budget has {left:.6g} {self.spending.total.unit} left, "
-            f"the trial needs {cost:.6g}"), {})
+        write_trial_batch(self.storage, trial_id, error_attrs(refused_message(left, cost, self.spending.total.unit)),
+                          {})
         self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         self.heartbeat.discard(trial_id)
         return False
@@ -200,7 +200,11 @@ class Books:
         else:
             ages = with_retry(lambda: heartbeat_ages(self.storage, self.study_id), "reading heartbeats")
             others = [age for trial_id, age in ages.items() if trial_id not in self.open]
-            text = stale_wait_text(others, self.heartbeat.interval, grace_period_of(self.storage))
+            grace = grace_period_of(self.storage)
+            text = stale_wait_text(others, self.heartbeat.interval, grace)
+            left = seconds_to_stale(others, self.heartbeat.interval, grace)
+            if left is not None:  # fail it the moment it goes stale, not at the next check an interval on
+                self.next_stale_check = min(self.next_stale_check, time.monotonic() + left)
             if not self.waiting_logged:
                 logger.info(text)
                 self.waiting_logged = True

@@ -61,15 +61,29 @@ class Heartbeat:
                     logger.warning("heartbeat for trial %d failed: %s", trial_id, err)
 
 
+def stopped_ages(ages: list[float], interval: float) -> list[float]:
+    """The heartbeat ages of stopped workers' trials: older than the interval, plus a second of slack."""
+    return [age for age in ages if age > interval + 1]
+
+
+def seconds_to_stale(ages: list[float], interval: float, grace_period: float | None) -> float | None:
+    """Seconds until the first trial of a stopped worker goes stale; None when no worker stopped,
+    or without a grace period."""
+    stopped = stopped_ages(ages, interval)
+    if not stopped or grace_period is None:
+        return None
+    return max(0.0, grace_period - max(stopped))
+
+
 def stale_wait_text(ages: list[float], interval: float, grace_period: float | None) -> str:
     """What a worker waiting for other workers' running trials says, from their heartbeats' ages.
 
     A trial whose heartbeat missed a beat (older than the interval, plus a second of slack) has a
     stopped worker: it goes stale `grace_period` seconds after its last beat. The others are
     training somewhere, and the wait lasts until they finish."""
-    stopped = [age for age in ages if age > interval + 1]
-    if stopped and grace_period is not None:
-        left = max(0.0, grace_period - max(stopped))
+    left = seconds_to_stale(ages, interval, grace_period)
+    if left is not None:
+        stopped = stopped_ages(ages, interval)
         return (f"waiting for {len(stopped)} trial{'s' if len(stopped) != 1 else ''} of stopped workers "
                 f"to go stale: {left:.0f} s left")
     n = len(ages)

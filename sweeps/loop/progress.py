@@ -90,6 +90,8 @@ class Eta:
         self.first: tuple[float, float] | None = None  # (time, budget left)
 
     def __call__(self, now: float, left: float) -> float | None:
+        if left <= 0:  # nothing left to train takes no time, whatever the rate
+            return 0.0
         if self.first is None:
             self.first = (now, left)
             return None

@@ -56,6 +56,17 @@ def title(key: str, a: StudyAnalysis) -> str:
     return TITLES[key].format(metric=a.metric, unit=a.step_unit, target=target, fit=fit)
 
 
+def batch_axis(sizes: list[int]) -> dict:
+    """A log batch-size x axis ticked and labelled at the batch sizes (plotly would write 2 3 ... 9 100),
+    spanning every one of them, drawn or not."""
+    if not sizes:
+        return {"type": "log", **axis_title("batch size")}
+    lo, hi = math.log10(min(sizes)), math.log10(max(sizes))
+    pad = max(0.05 * (hi - lo), 0.1)
+    return {"type": "log", "tickvals": sorted(sizes), "ticktext": [str(b) for b in sorted(sizes)],
+            "range": [lo - pad, hi + pad], **axis_title("batch size")}
+
+
 def y_range(rng: Range | None) -> dict:
     return {} if rng is None else {"range": [rng.lo, rng.hi]}
 
@@ -94,9 +105,7 @@ def best_by_batch_size(a: StudyAnalysis, plan: list[dict] | None = None) -> Figu
         data.append(scatter(x=[None], y=[None], name=label, mode="markers",
                             marker={"color": color, "symbol": "x-open", "size": 10}))
     data += beyond_traces(view.beyond, a.metric)
-    grid = sorted({x for line in view.lines for x in line.x})
-    return figure(data, title("best-by-batch-size", a),
-                  {"type": "log", "tickvals": grid, "ticktext": [str(b) for b in grid], **axis_title("batch size")},
+    return figure(data, title("best-by-batch-size", a), batch_axis(view.grid),
                   {**axis_title(f"best {a.metric}"), **y_range(view.y_range)},
                   annotations=note_annotation(view.note))
 
@@ -150,7 +159,7 @@ def steps_to_target(a: StudyAnalysis) -> Figure:
                             mode="lines", line={"dash": "dash", "color": "#7f7f7f"}))
         data.append(scatter(x=xs, y=[s0 for _ in xs], name="no benefit (updates constant)",
                             mode="lines", line={"dash": "dot", "color": "#bbbbbb"}))
-    return figure(data, title("steps-to-target", a), {"type": "log", **axis_title("batch size")},
+    return figure(data, title("steps-to-target", a), batch_axis([p[0] for p in pts]),
                   {"type": "log", **axis_title("updates to reach the target")})
 
 
@@ -177,7 +186,7 @@ def lr_scaling(a: StudyAnalysis) -> Figure:
             data.append(scatter(x=xs, y=[centre * (x / mid) ** slope for x in xs], mode="lines",
                                 name=f"{rule} rule (B^{slope:g})", visible="legendonly",
                                 line={"color": "#aaaaaa", "width": 1, "dash": "dash"}))
-    return figure(data, title("lr-scaling", a), {"type": "log", **axis_title("batch size")},
+    return figure(data, title("lr-scaling", a), batch_axis(fit.batch_sizes),
                   {"type": "log", **axis_title("effective peak LR")})
 
 

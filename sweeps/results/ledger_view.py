@@ -32,8 +32,11 @@ def rate_text(state: LedgerState) -> str:
     return f"{human(rate)} {state.unit}/s"
 
 
-def sci(x: float) -> str:
-    """2.00e7, as the one-line ending says it (Python would write 2.00e+07)."""
+def quantity(x: float) -> str:
+    """A figure of the one-line messages: 3.928, 0.5, 2,000 below 1e4; 2.00e7 from there (Python
+    would write 2.00e+07)."""
+    if abs(x) < 9999.5:  # what 4 significant digits write without an exponent
+        return f"{x:,.4g}"
     mantissa, exponent = f"{x:.2e}".split("e")
     return f"{mantissa}e{int(exponent)}"
 
@@ -74,17 +77,25 @@ def spent_message(state: LedgerState | None) -> str | None:
     """The one line a sweep ends with when its total budget is spent; None while some is left."""
     if state is None or not (state.stopped or state.spent >= state.amount):
         return None
-    rest = f" ({sci(state.left)} left, less than the next trial needs)" if state.left > 0 else ""
-    return f"total budget spent: {sci(state.spent)} of {sci(state.amount)} {state.unit}{rest}; {RAISE_FIX}"
+    rest = f" ({quantity(state.left)} left, less than the next trial needs)" if state.left > 0 else ""
+    return f"total budget spent: {quantity(state.spent)} of {quantity(state.amount)} {state.unit}{rest}; {RAISE_FIX}"
+
+
+def refused_message(left: float, cost: float, unit: str) -> str:
+    """Why a trial was not started: what it needs against what is left (nothing, once the trials in
+    flight overran the total)."""
+    have = (f"the total budget has {quantity(left)} {unit} left" if left > 0
+            else "nothing is left of the total budget")
+    return f"not started: {have}, the trial needs {quantity(cost)}"
 
 
 def not_started_message(not_started: int, planned: int, left: float, amount: float, unit: str, needs: float,
                         stopped: bool = False) -> str:
     """The one line `sweeps confirm` ends with when the total budget cannot hold all its runs."""
     if stopped:
-        rest = f"the sweep found it spent with {sci(left)} of {sci(amount)} {unit} left"
+        rest = f"the sweep found it spent with {quantity(left)} of {quantity(amount)} {unit} left"
     elif left <= 0:
-        rest = f"nothing left of {sci(amount)} {unit}, the next run needs {sci(needs)}"
+        rest = f"nothing left of {quantity(amount)} {unit}, the next run needs {quantity(needs)}"
     else:
-        rest = f"{sci(left)} of {sci(amount)} {unit} left, the next run needs {sci(needs)}"
+        rest = f"{quantity(left)} of {quantity(amount)} {unit} left, the next run needs {quantity(needs)}"
     return f"total budget: {not_started} of {planned} confirmation runs not started ({rest}); {RAISE_FIX}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import font_manager  # noqa: E402
+from matplotlib.ft2font import FT2Font  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
@@ -25,9 +28,33 @@ def nan(values: list[float | None]) -> list[float]:
     return [math.nan if v is None else v for v in values]
 
 
+@functools.cache
+def drawn_characters() -> frozenset[int]:
+    """The code points the figures' fonts (matplotlib's font.family, with its fallbacks) can draw."""
+    paths = {font_manager.findfont(font_manager.FontProperties(family=[family]))
+             for family in plt.rcParams["font.family"]}
+    return frozenset(code for path in paths for code in FT2Font(path).get_charmap())
+
+
+def drawable(text: str) -> str:
+    """The text with "?" for each character no font can draw (a CJK study name, with only DejaVu
+    Sans installed), which matplotlib would otherwise drop with a warning per glyph."""
+    return "".join(c if ord(c) in drawn_characters() or c.isspace() else "?" for c in text)
+
+
 def set_range(ax, rng: Range | None) -> None:
     if rng is not None:
         ax.set_ylim(rng.lo, rng.hi)
+
+
+def batch_ticks(ax, sizes: list[int]) -> None:
+    """A log batch-size x axis ticked at the batch sizes and spanning all of them, drawn or not."""
+    if sizes:
+        lo, hi = min(sizes), max(sizes)
+        pad = (hi / lo) ** 0.05 if hi > lo else 1.5
+        ax.set_xlim(lo / pad, hi * pad)
+        ax.set_xticks(sizes, [str(b) for b in sizes])
+        ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def draw_beyond(ax, points: list[Beyond]) -> list[Line2D]:
@@ -53,6 +80,7 @@ def draw_best_by_batch(ax, a: StudyAnalysis, plan: list[dict] | None = None) -> 
     handles = [Line2D([], [], marker="x", ls="", color=color, label=label) for label, color in view.absent]
     handles += draw_beyond(ax, view.beyond)
     ax.set_xscale("log", base=2)
+    batch_ticks(ax, view.grid)
     set_range(ax, view.y_range)
     ax.set(xlabel="batch size", ylabel=f"best {a.metric}")
     note(ax, view.note, "Best value per batch size and coupling rule")
@@ -192,7 +220,7 @@ def write_pngs(out: Path, a: StudyAnalysis, plan: list[dict] | None) -> list[Pat
         draw(ax, a)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.suptitle(f"{a.study_name}: {a.lr_fit.headline()}", fontsize=12)
+    fig.suptitle(drawable(f"{a.study_name}: {a.lr_fit.headline()}"), fontsize=12)
     path = out / "report.png"
     fig.savefig(path, dpi=90)
     plt.close(fig)

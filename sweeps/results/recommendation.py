@@ -1,14 +1,15 @@
 """The answer in one paragraph: which batch size, how long, which LR and how to scale it, what to
 expect, and where batch size stops paying in examples and in seconds.
 
-Printed at the top of the report, at the top of the study note and at the end of a sweep, so all
-three say the same thing. The expected metric comes from the good trials of the recommended batch
-size (within the tolerance of its best): the best of a sweep is an optimistic estimate of what
-its configuration gives. Confirmation runs (`sweeps confirm`: the best configurations trained
-again with fresh seeds, `StudyAnalysis.confirmed`) are the honest estimate. Once the search's best
-has some, the paragraph follows them (`choose`): it recommends the configuration with the best
-confirmed mean, expects that mean with the runs' spread, and says so when that is not the
-search's best.
+The report opens with the short answer (`answer`: the settings, the value to expect, the one
+caveat, the command to run next, a line each), then the reasoning (`reasoning`); the study note
+and the end of a sweep print the same as one paragraph (`recommendation`). The expected metric
+comes from the good trials of the recommended batch size (within the tolerance of its best): the
+best of a sweep is an optimistic estimate of what its configuration gives. Confirmation runs
+(`sweeps confirm`: the best configurations trained again with fresh seeds,
+`StudyAnalysis.confirmed`) are the honest estimate. Once the search's best has some, the
+paragraph follows them (`choose`): it recommends the configuration with the best confirmed mean,
+expects that mean with the runs' spread, and says so when that is not the search's best.
 """
 
 from __future__ import annotations
@@ -36,11 +37,15 @@ class Expected:
     source: str  # e.g. "good trials at B=32" or "confirmation runs"
 
     def text(self, metric: str) -> str:
+        return f"expect {self.value_text(metric)}"
+
+    def value_text(self, metric: str, short: bool = False) -> str:
+        """`short`: without the advice to repeat a single value (the short answer's next command says how)."""
         if self.sd is None:
             single = self.source.replace("trials", "trial").replace("runs", "run")
-            return (f"expect {metric} about {self.mean:.4g} (a single {single}: "
-                    f"no spread yet; repeat it with other seeds to measure one)")
-        return f"expect {metric} {self.mean:.4g} +/- {self.sd:.2g} (mean +/- sd of {self.n} {self.source})"
+            advice = "" if short else "; repeat it with other seeds to measure one"
+            return f"{metric} about {self.mean:.4g} (a single {single}: no spread yet{advice})"
+        return f"{metric} {self.mean:.4g} +/- {self.sd:.2g} (mean +/- sd of {self.n} {self.source})"
 
 
 def expected_metric(values: list[float], source: str, confirmed: Expected | None = None) -> Expected:
@@ -177,8 +182,19 @@ def overtaken_text(choice: Choice, metric: str) -> str:
             f"{search.trial} ({metric} {search.search_value:.4g} in the search, {confirmed}), so this follows them.")
 
 
-def recommendation(a: StudyAnalysis) -> str:
-    """The one paragraph; `a` must have a complete trial."""
+@dataclass(frozen=True)
+class Settings:
+    """What to train with and what to expect: the chosen configuration in words."""
+
+    choice: Choice
+    batch_size: int | None
+    lr: str  # the effective peak LR
+    how: str  # base LR and coupling
+    length: str | None  # epochs (updates, examples)
+    expected: Expected
+
+
+def settings(a: StudyAnalysis) -> Settings:
     choice = choose(a)
     best = choice.trial
     record = TrialRecord.of(best)
@@ -196,13 +212,63 @@ def recommendation(a: StudyAnalysis) -> str:
         None if record.updates is None else f"{record.updates:,} updates",
         None if record.examples_seen is None else f"{record.examples_seen:,} examples") if part)
     length = f"{epochs} ({counts})" if epochs and counts else (epochs or counts)
-    parts = [
-        f"Recommendation: train at batch size {b}" + (f" for {length}" if length else "")
-        + f" with peak LR {lr} ({how}; trial {best.number}); {expected.text(a.metric)}"
-        + f"{confirmation_text(choice, a)}.{overtaken_text(choice, a.metric)}",
-        lr_advice(a),
-        examples_advice(a),
-    ]
+    return Settings(choice, b, lr, how, length, expected)
+
+
+def caveat(a: StudyAnalysis, s: Settings) -> str:
+    """The one caveat that matters most: diverged confirmation runs, then an unconfirmed (optimistic)
+    value, then a value without spread, then how the LR moves with batch size."""
+    runs = s.choice.confirmed
+    if runs is not None and runs.diverged:
+        return f"{runs.diverged} of its {runs.diverged + len(runs.values)} confirmation runs diverged (loss NaN/inf)"
+    if runs is None:
+        return confirmation_text(s.choice, a).removeprefix("; ")
+    if s.expected.sd is None:
+        return "a single confirmation run: no spread yet"
+    fit = a.lr_fit
+    if fit.rule is None:
+        return "no coupling rule fits how the LR moved with batch size: retune the LR if you change batch size"
+    return f"if you change batch size, scale the LR with the {fit.rule} rule"
+
+
+def next_command(s: Settings, study: str) -> str:
+    """Confirm the search's best with fresh seeds; once confirmed, export it to train it again.
+    `study`: the study file and the store's arguments, as the command was given them."""
+    if s.choice.confirmed is None:
+        return f"sweeps confirm {study}"
+    return f"sweeps best {study} --trial {s.choice.trial.number} --export best.yaml (then sweeps run best.yaml)"
+
+
+def answer(a: StudyAnalysis, study: str) -> dict[str, str]:
+    """The short answer the report opens with, one line each: the settings to train with, the
+    value to expect and its spread, the caveat that matters, the command to run next (`study`:
+    the study file and the store's arguments, as given)."""
+    s = settings(a)
+    train = f"batch size {s.batch_size}, peak LR {s.lr} ({s.how}; trial {s.choice.trial.number})"
+    expect = s.expected.value_text(a.metric, short=True)
+    if s.choice.confirmed is not None:  # and the search-time value it confirms
+        expect += confirmation_text(s.choice, a)
+    return {"train": train + (f", {s.length}" if s.length else ""), "expect": expect, "caveat": caveat(a, s),
+            "next": next_command(s, study)}
+
+
+def answer_lines(answer: dict[str, str]) -> list[str]:
+    return [f"{key.title()}:".ljust(9) + text for key, text in answer.items()]
+
+
+def reasoning(a: StudyAnalysis) -> str:
+    """Why: whose ranking chose the configuration, how to move the LR with batch size, and where
+    batch size stops paying in examples and in seconds."""
+    parts = [overtaken_text(choose(a), a.metric).strip(), lr_advice(a), examples_advice(a)]
     if a.target is not None and math.isfinite(a.target):
         parts.append(seconds_advice(a))
-    return " ".join(parts)
+    return " ".join(part for part in parts if part)
+
+
+def recommendation(a: StudyAnalysis) -> str:
+    """The one paragraph; `a` must have a complete trial."""
+    s = settings(a)
+    first = (f"Recommendation: train at batch size {s.batch_size}" + (f" for {s.length}" if s.length else "")
+             + f" with peak LR {s.lr} ({s.how}; trial {s.choice.trial.number}); {s.expected.text(a.metric)}"
+             + f"{confirmation_text(s.choice, a)}.")
+    return f"{first} {reasoning(a)}"

@@ -2,13 +2,16 @@
 matplotlib in `pngs`): the series, their colours, the gaps, the axis range and what lies beyond it.
 
 - y ranges come from the complete trials' values (`ranges.robust_range`); a point beyond is drawn
-  at the edge as a `Beyond` marker that carries its real value, and its line breaks there;
+  at the edge as a `Beyond` marker that carries its real value, and its line breaks there; the
+  learning curves' range spans the complete trials' band at every evaluation, so it shows the
+  learning, not only where it ended;
 - a batch size with no finished trial of a rule is a gap (None), never bridged by a line;
 - a searched rule with no finished trial keeps a legend entry and a note.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -46,6 +49,7 @@ class BestView:
     beyond: list[Beyond]
     y_range: Range | None
     note: str  # what is missing, in words ("" when nothing is)
+    grid: list[int]  # the batch-size axis: every size tried or planned, finished or not
 
 
 @dataclass
@@ -91,6 +95,15 @@ def value_range(a: StudyAnalysis) -> Range | None:
     return robust_range(t.value for t in a.complete)
 
 
+def curve_range(a: StudyAnalysis) -> Range | None:
+    """The learning curves' y range: the union of the complete trials' bands at their first, second,
+    ... evaluation (each band robust, so one trial's collapse still lies beyond), and the final values'."""
+    complete = [c.values for c in a.curves if c.state == "complete"]
+    bands = [robust_range(values) for values in itertools.zip_longest(*complete)] + [value_range(a)]
+    bands = [b for b in bands if b is not None]
+    return Range(min(b.lo for b in bands), max(b.hi for b in bands)) if bands else None
+
+
 def batch_grid(a: StudyAnalysis, plan: list[dict] | None = None) -> list[int]:
     """Every batch size the study tried (any state) or planned: the x positions a line may not skip."""
     sizes = {c.batch_size for c in a.curves} | {p[0] for pts in a.best_by_batch.values() for p in pts}
@@ -130,18 +143,21 @@ def best_view(a: StudyAnalysis, plan: list[dict] | None = None) -> BestView:
             gaps.append(f"{rule} at B={', '.join(map(str, missing))}")
         lines.append(Line(rule, xs, ys, color, [at.get(b, (None, None))[1] for b in xs]))
     absent = [r for r in rules if r not in a.best_by_batch]
+    outside = [b for b in grid if not any(b in line.x for line in lines)]  # tried, but past every line's ends
     notes = []
     if absent:
         notes.append(f"no finished trial: {', '.join(absent)}")
     if gaps:
         notes.append(f"gaps (no finished trial): {'; '.join(gaps)}")
+    if outside:
+        notes.append(f"no finished trial at B={', '.join(map(str, outside))}")
     labels = [(f"{r}: no finished trial", rule_color(r, rules)) for r in absent]
-    return BestView(lines, labels, beyond, rng, "; ".join(notes))
+    return BestView(lines, labels, beyond, rng, "; ".join(notes), grid)
 
 
 def curve_view(a: StudyAnalysis, plan: list[dict] | None = None) -> CurveView:
     colors = batch_colors(batch_grid(a, plan))
-    rng = value_range(a)
+    rng = curve_range(a)
     lines, out = [], {-1: [], 1: []}
     for c in sorted(a.curves, key=lambda c: (c.batch_size or 0, c.number)):
         ys = [v if math.isfinite(v) else None for v in c.values]
