@@ -58,7 +58,16 @@ def build_reference_task(config: SweepConfig, batch_size: int | None = None, dev
     except Exception as err:
         name = config.objective.task
         raise TaskError(f"task {name!r} cannot be built: {type(err).__name__}: {err}") from err
+    check_metric_name(task, config)
     return task
+
+
+def check_metric_name(task: Task, config: SweepConfig) -> None:
+    """study.metric labels the task's metric everywhere: it must name what the task measures."""
+    produced, named = task.metric_name, config.study.metric
+    if produced is not None and produced != named:
+        raise ConfigError("study.metric", f"task {config.objective.task!r} measures {produced}, not {named}: "
+                                          f"set study.metric: {produced}")
 
 
 @dataclass(frozen=True)
