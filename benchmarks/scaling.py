@@ -57,7 +57,7 @@ class SleepObjective:
 
 def config_for(name: str, n_trials: int, index: int):
     return parse_config({
-        "study": {"name": name, "metric": "loss", "direction": "minimize", "n_trials": n_trials, "seed": index},
+        "study": {"name": name, "metric": "val_mse", "direction": "minimize", "n_trials": n_trials, "seed": index},
         "pruner": {"name": "none"},
         "objective": {"task": "regression"},
         "budget": {"unit": "updates", "per_trial": 1},

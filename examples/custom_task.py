@@ -31,4 +31,5 @@ def two_moons(settings: TrialSettings) -> Task:
     n_val = len(x) // 5
     hidden = int(opts.get("hidden", 32))
     model = nn.Sequential(nn.Linear(2, hidden), nn.Tanh(), nn.Linear(hidden, 2))
-    return Task(model, (x[n_val:], y[n_val:]), (x[:n_val], y[:n_val]), nn.functional.cross_entropy, accuracy)
+    return Task(model, (x[n_val:], y[n_val:]), (x[:n_val], y[:n_val]), nn.functional.cross_entropy, accuracy,
+                metric_name="val_accuracy")  # study.metric must name it so

@@ -35,7 +35,9 @@ Optional fields (their defaults keep the plain behaviour):
 - `metric_per_example(outputs, targets) -> Tensor` of shape (batch,): the metric of each example,
   whose mean is `metric`. Only the standard error of an evaluation (`measure: {value_se: true}`)
   reads it; the built-in `accuracy` and `negative_mse` have theirs (`per_example_metric`), and a
-  task without one simply records no standard error.
+  task without one simply records no standard error;
+- `metric_name`: what `metric` is, as `study.metric` names it (e.g. "val_accuracy"); set, a study
+  that names another metric is a usage error before anything trains (every built-in task sets it).
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class Task:
     tokens_per_example: int | None = None  # for a `tokens` budget
     target_key: str = "labels"  # dict batches: the targets; every other key is a model argument
     metric_per_example: Callable[[Any, Any], Tensor] | None = None  # (batch,) values whose mean is `metric`
+    metric_name: str | None = None  # what `metric` is, as study.metric must name it (None: any name)
 
     @property
     def n_train(self) -> int:
@@ -133,6 +136,10 @@ class Task:
         if isinstance(self.val, tuple | list):
             self.val = tuple(t.to(device) for t in self.val)
         return self
+
+
+VAL_ACCURACY = "val_accuracy"  # the metric names of the built-in tasks (Task.metric_name)
+VAL_MSE = "val_mse"
 
 
 def accuracy(logits: Tensor, targets: Tensor) -> Tensor:

@@ -8,6 +8,9 @@ exactly that configuration: the batch size, epochs and warmup fixed, coupling `n
 LR set to the trial's effective LR (with adam_sqrt, the coupled betas and eps too), the same
 schedule and budget, and `study.training_seed` set to the trial's seed. On the same device and
 thread count its value is the trial's (a `seconds` budget, measured on the clock, is the exception).
+The export may sit in another folder: its relative paths (`objective.options.path`,
+`dashboard.artifacts`) are rewritten for that folder, so they name the same files; a task module
+found beside the study file is not moved, and a note says how to reach it.
 The settings come from the config the study stored when it was created (the study file with any
 `--set` overrides applied, replaced by `--allow-changes`), or from the study file when the study
 stored none; a study file that differs from it gets a one-line note (`results.existing.ran_with`).
@@ -20,12 +23,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from objectives.registry import BUILTIN
+from objectives.tasks.datafiles import PATH_OPTION, resolve_path
 from objectives.training.coupling import couple
 from sweeps import exits
 from sweeps.cli import add_study_arguments, fail, run_command
@@ -120,11 +127,14 @@ def best(args: argparse.Namespace) -> int:
             if args.trial not in by_number:
                 return fail(exits.USAGE, f"--trial {args.trial} is not a finished trial of {study.study_name!r}")
             chosen = by_number[args.trial]
-        data = export_data(chosen, config, study.study_name)
-        parse_config(data, Path(args.export).resolve().parent)  # what is written must load
+        folder = Path(args.export).resolve().parent
+        data = export_data(chosen, config, study.study_name, folder)
+        parse_config(data, folder)  # what is written must load
         Path(args.export).write_text(export_header(chosen, study.study_name, config)
                                      + yaml.safe_dump(data, sort_keys=False))
         print(f"wrote {args.export}: trains trial {chosen.number} again (sweeps run {args.export})")
+        if note := module_left_behind(config, folder):
+            print(f"note: {note}", file=sys.stderr)
     return exits.OK
 
 
@@ -134,8 +144,29 @@ def without_none(value: Any) -> Any:
     return value
 
 
-def export_data(trial: FrozenTrial, config: SweepConfig, study_name: str) -> dict[str, Any]:
-    """A study file of one trial that trains `trial`'s configuration with its seed."""
+def moved(raw: Any, base_dir: str, folder: Path) -> Any:
+    """A relative path of the study file (relative to `base_dir`), relative to `folder` instead."""
+    if not isinstance(raw, str) or not raw or os.path.isabs(os.path.expanduser(raw)):
+        return raw
+    return os.path.relpath(resolve_path(base_dir, raw), folder)
+
+
+def module_left_behind(config: SweepConfig, folder: Path) -> str | None:
+    """A task module beside the study file (importable from there) that is not beside the export."""
+    task, study_dir = config.objective.task, Path(config.base_dir)
+    if task in BUILTIN or ":" not in task or folder == study_dir:
+        return None
+    top = task.partition(":")[0].split(".")[0]
+    names = (top, f"{top}.py")
+    if not any((study_dir / n).exists() for n in names) or any((folder / n).exists() for n in names):
+        return None
+    return (f"task module {top!r} sits beside the study file in {study_dir}, not beside the export: "
+            f"copy it to {folder}, or run with PYTHONPATH={study_dir}")
+
+
+def export_data(trial: FrozenTrial, config: SweepConfig, study_name: str, folder: Path) -> dict[str, Any]:
+    """A study file of one trial that trains `trial`'s configuration with its seed, written in
+    `folder`: its relative paths name the same files from there."""
     rec = TrialRecord.of(trial)
     row = settings_of(trial, config)
     if rec.batch_size is None or rec.lr is None or rec.seed is None:
@@ -144,6 +175,10 @@ def export_data(trial: FrozenTrial, config: SweepConfig, study_name: str) -> dic
     data["study"].update(name=f"{study_name}-trial{trial.number}", n_trials=1, training_seed=rec.seed,
                          storage=None)
     data["sampler"] = {"name": "random"}
+    options = data["objective"]["options"]
+    if PATH_OPTION in options:
+        options[PATH_OPTION] = moved(options[PATH_OPTION], config.base_dir, folder)
+    data["dashboard"]["artifacts"] = moved(data["dashboard"]["artifacts"], config.base_dir, folder)
     data["pruner"] = {"name": "none"}
     warmup = row["warmup"]
     if isinstance(warmup, FloatRange):  # not stored: cannot happen for a trial that sampled it

@@ -1,6 +1,9 @@
 """`python -m sweeps.probe STUDY.yaml`: the largest micro-batch that fits, and where speed plateaus.
 
 Doubling, then bisection between the last size that fit and the first that ran out of memory.
+Each size is timed in samples of updates (at least MIN_UPDATES in all) until the relative standard
+error of its examples/s is under TARGET_RSE, or for at most MAX_SECONDS; the knee it states is
+read from the table it prints.
 The result (with a safety margin) is stored on the study under the device's model (GPU name, or
 "cpu"), so every worker on that model starts from it and trials split larger batches into
 micro-batches up front instead of rediscovering the limit; workers on other models ignore it.
@@ -9,6 +12,8 @@ micro-batches up front instead of rediscovering the limit; workers on other mode
 from __future__ import annotations
 
 import argparse
+import math
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -26,7 +31,12 @@ from sweeps.config.target import target_of
 from sweeps.loop.runner import build_reference_task, open_study
 from sweeps.trial.run_one import PROBED_MICRO_BATCH_ATTR, build_optimizer, device_model, resolve_device
 
-PLATEAU_GAIN = 1.10  # doubling the batch must buy at least 10% more examples/s
+PLATEAU_GAIN = 1.10  # a larger batch must buy at least 10% more examples/s
+MIN_UPDATES = 20  # timed updates per size, at least
+TARGET_RSE = 0.05  # time a size until its examples/s has a relative standard error under 5%
+MAX_SECONDS = 2.0  # ... or for this long: the probe stays quick (the row is marked)
+SAMPLE_SECONDS = 0.02  # one timing sample: updates back to back for this long, so jitter averages out
+MIN_SAMPLES = 5  # samples per size, at least: the standard error needs a few
 
 
 @dataclass
@@ -35,11 +45,28 @@ class Measurement:
     fits: bool
     examples_per_second: float = 0.0
     peak_memory_mb: float | None = None
+    relative_se: float = 0.0  # of examples_per_second
+    updates: int = 0  # timed
+    settled: bool = True  # timed to TARGET_RSE, not stopped by MAX_SECONDS first
+
+
+def relative_se(seconds: list[float]) -> float:
+    """The relative standard error of the mean time of equal samples, which is that of examples/s."""
+    if len(seconds) < 2:
+        return math.inf
+    return statistics.stdev(seconds) / math.sqrt(len(seconds)) / statistics.fmean(seconds)
+
+
+def settled(samples: list[float], per_sample: int) -> bool:
+    return (len(samples) >= MIN_SAMPLES and len(samples) * per_sample >= MIN_UPDATES
+            and relative_se(samples) < TARGET_RSE)
 
 
 def measure(task: Task, optimizer: torch.optim.Optimizer, micro_batch: int, device: torch.device,
-            repeats: int = 3) -> Measurement:
-    """Train `repeats` updates at this micro-batch (after one warm-up) and time them."""
+            max_seconds: float = MAX_SECONDS) -> Measurement:
+    """Train at this micro-batch (after a warm-up) in timed samples of equal update counts, each
+    about SAMPLE_SECONDS long, until examples/s is known to TARGET_RSE over at least MIN_UPDATES
+    updates and MIN_SAMPLES samples, or for `max_seconds`."""
     if isinstance(task.train, tuple | list):
         x, y = task.train
         gen = torch.Generator(device=x.device).manual_seed(0)
@@ -51,26 +78,33 @@ def measure(task: Task, optimizer: torch.optim.Optimizer, micro_batch: int, devi
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    try:
-        for i in range(repeats + 1):
-            if i == 1:
-                if cuda:
-                    torch.cuda.synchronize(device)
-                started = time.perf_counter()
+
+    def timed(updates: int) -> float:
+        started = time.perf_counter()
+        for _ in range(updates):
             task.loss(*forward(task.model, batch, task.target_key)).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         if cuda:
             torch.cuda.synchronize(device)
+        return time.perf_counter() - started
+
+    samples: list[float] = []
+    try:
+        timed(1)  # the warm-up
+        per_sample = max(1, int(SAMPLE_SECONDS / timed(1)))
+        while not settled(samples, per_sample) and sum(samples) < max_seconds:
+            samples.append(timed(per_sample))
     except torch.cuda.OutOfMemoryError:
         optimizer.zero_grad(set_to_none=True)
         del batch
         if cuda:
             torch.cuda.empty_cache()
         return Measurement(micro_batch, fits=False)
-    elapsed = time.perf_counter() - started
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
-    return Measurement(micro_batch, True, repeats * micro_batch / elapsed, peak)
+    updates = len(samples) * per_sample
+    return Measurement(micro_batch, True, updates * micro_batch / sum(samples), peak, relative_se(samples), updates,
+                       settled(samples, per_sample))
 
 
 def probe(task: Task, optimizer: torch.optim.Optimizer, device: torch.device, limit: int,
@@ -103,12 +137,12 @@ def largest_fit(tried: list[Measurement]) -> int:
 
 
 def plateau(tried: list[Measurement]) -> int | None:
-    """The smallest power-of-two size after which doubling gains less than PLATEAU_GAIN."""
-    doubling = sorted((m for m in tried if m.fits and m.micro_batch & (m.micro_batch - 1) == 0),
-                      key=lambda m: m.micro_batch)
-    for small, big in zip(doubling, doubling[1:]):
-        if big.examples_per_second < PLATEAU_GAIN * small.examples_per_second:
-            return small.micro_batch
+    """The smallest size than which no larger size in the table is PLATEAU_GAIN times faster (None:
+    each has a faster one above it, the largest included as it has none to compare with)."""
+    fits = sorted((m for m in tried if m.fits), key=lambda m: m.micro_batch)
+    for i, m in enumerate(fits[:-1]):
+        if max(big.examples_per_second for big in fits[i + 1:]) < PLATEAU_GAIN * m.examples_per_second:
+            return m.micro_batch
     return None
 
 
@@ -117,12 +151,19 @@ def with_margin(size: int, margin: float) -> int:
 
 
 def format_probe(tried: list[Measurement], stored: int, limit: int, device: torch.device) -> str:
-    lines = [f"device {device}: micro-batch sizes tried (doubling, then bisection)",
-             f"{'micro_batch':>11}  {'fits':>4}  {'examples/s':>11}  {'peak MB':>8}"]
+    lines = [f"device {device}: micro-batch sizes tried (doubling, then bisection); examples/s over the "
+             f"updates timed, se% its relative standard error",
+             f"{'micro_batch':>11}  {'fits':>4}  {'examples/s':>11}  {'se%':>5}  {'updates':>7}  {'peak MB':>8}"]
     for m in tried:
         peak = f"{m.peak_memory_mb:.0f}" if m.peak_memory_mb is not None else "-"
-        speed = f"{m.examples_per_second:.0f}" if m.fits else "-"
-        lines.append(f"{m.micro_batch:>11}  {'yes' if m.fits else 'OOM':>4}  {speed:>11}  {peak:>8}")
+        speed, se, n = (f"{m.examples_per_second:.0f}", f"{100 * m.relative_se:.1f}", m.updates) if m.fits \
+            else ("-", "-", "-")
+        mark = "" if not m.fits or m.settled else " *"
+        lines.append(f"{m.micro_batch:>11}  {'yes' if m.fits else 'OOM':>4}  {speed:>11}  {se:>5}  {n:>7}  "
+                     f"{peak:>8}{mark}")
+    if any(m.fits and not m.settled for m in tried):
+        lines.append(f"* timing stopped at the {MAX_SECONDS:g} s cap before {100 * TARGET_RSE:g}% standard error "
+                     f"over {MIN_UPDATES} updates")
     biggest = largest_fit(tried)
     if biggest >= limit:
         lines.append(f"every candidate batch size up to {limit} fits as one micro-batch")
@@ -130,10 +171,15 @@ def format_probe(tried: list[Measurement], stored: int, limit: int, device: torc
         lines.append(f"largest micro-batch that fits: {biggest}; stored with margin: {stored}")
     flat = plateau(tried)
     if flat is not None:
-        lines.append(f"throughput stops growing past batch size ~{flat}: larger batches buy no speed "
-                     "on this device (Tuning Playbook), so the search range need not go far beyond it")
+        at = {m.micro_batch: m.examples_per_second for m in tried if m.fits}
+        fastest = max(at, key=at.get)
+        lines.append(f"throughput stops growing past batch size ~{flat}: {at[flat]:.0f} examples/s, and no larger "
+                     f"size is {PLATEAU_GAIN - 1:.0%} faster (the fastest, {fastest}, runs {at[fastest]:.0f}); larger "
+                     "batches buy no speed on this device (Tuning Playbook), so the search range need not go far "
+                     "beyond it")
     else:
-        lines.append("throughput still grows at the largest size tried")
+        lines.append(f"throughput still grows at the largest size tried: each size has a larger one at least "
+                     f"{PLATEAU_GAIN - 1:.0%} faster")
     return "\n".join(lines)
 
 

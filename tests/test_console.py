@@ -194,6 +194,40 @@ def test_best_export_of_a_coupled_trial_keeps_its_effective_lr(tmp_path):
     assert exported["search"]["epochs"] == best.params["epochs"]  # searched: fixed at the trial's
 
 
+
+@pytest.mark.parametrize("task", ["csv", "beside_csv:factory"])
+def test_best_export_to_another_folder_trains_on_the_same_data(tmp_path, task):
+    """The export's relative data path is rewritten for its own folder, so it reads the same file
+    from anywhere; a task module found beside the study file is named, with how to reach it."""
+    from objectives.tasks import samples
+
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    samples.write_csv(str(home / "data" / "t.csv"), rows=60)
+    (home / "beside_csv.py").write_text("from objectives.tasks.csv_table import csv_table as factory\n")
+    data = copy.deepcopy(TINY)
+    data["study"].update(name="csv", n_trials=2, metric="val_accuracy", direction="maximize")
+    data["objective"] = {"task": task, "options": {"path": "data/t.csv", "target": "species", "hidden": 4}}
+    (home / "csv.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    assert sweeps(["run", "csv.yaml", "--quiet"], home).returncode == 0
+    done = sweeps(["best", "csv.yaml", "--export", "../elsewhere/b.yaml"], home)
+    assert done.returncode == 0, done.stderr[-3000:]
+    exported = yaml.safe_load((elsewhere / "b.yaml").read_text())
+    assert (elsewhere / exported["objective"]["options"]["path"]).resolve() == (home / "data" / "t.csv").resolve()
+    extra = {}
+    if task != "csv":  # the module is beside the study file, not the export: the note says so and how
+        assert "beside_csv" in done.stderr and str(home) in done.stderr, done.stderr
+        extra["PYTHONPATH"] = os.pathsep.join([str(home), env()["PYTHONPATH"]])
+    else:
+        assert done.stderr == ""
+    done = sweeps(["run", str(elsewhere / "b.yaml"), "--quiet"], tmp_path, **extra)  # from a third folder
+    assert done.returncode == 0, done.stderr[-3000:]
+    best = max(optuna.load_study(study_name="csv", storage=f"sqlite:///{home / 'csv.db'}").trials,
+               key=lambda t: t.value)
+    again = optuna.load_study(study_name=f"csv-trial{best.number}",
+                              storage=f"sqlite:///{elsewhere / f'csv-trial{best.number}.db'}").trials
+    assert abs(again[0].value - best.value) <= 1e-6
+
 def test_best_without_a_store(tmp_path):
     study = write_study(tmp_path)
     done = sweeps(["best", str(study)], tmp_path)

@@ -137,3 +137,45 @@ def test_probe_plateau_and_bisection_order():
              probe.Measurement(4, True, 200), probe.Measurement(8, False)]
     assert probe.plateau(tried) == 2
     assert probe.largest_fit(tried) == 4
+    # a dip between two small sizes is no plateau while a larger size in the table is far faster
+    noisy = [probe.Measurement(1, True, 100), probe.Measurement(2, True, 105), probe.Measurement(4, True, 400),
+             probe.Measurement(512, True, 35000)]
+    assert probe.plateau(noisy) is None
+    assert probe.plateau([*noisy, probe.Measurement(1024, True, 36000)]) == 512
+
+
+def test_probe_times_each_size_until_its_speed_is_known_and_its_verdict_reads_its_table(tmp_path):
+    """A real probe in a subprocess: each size timed over at least 20 updates until the relative
+    standard error of its examples/s is under 5% (or the time cap, marked); the stated knee is one
+    the printed table bears out; no Optuna log line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from tests.conftest import TINY, merged
+
+    study = tmp_path / "tiny.yaml"
+    study.write_text(yaml.safe_dump(merged(TINY, {"search": {"batch_size": [1, 64]}})))
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "sweeps.probe", str(study)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(repo)})
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "" and "[I " not in done.stdout, done.stderr
+    lines = done.stdout.splitlines()
+    header = lines[1].split()
+    assert header[:5] == ["micro_batch", "fits", "examples/s", "se%", "updates"], lines[1]
+    rows = [dict(zip(header, line.replace("*", " ").split())) for line in lines[2:] if line[:11].strip().isdigit()]
+    assert [int(r["micro_batch"]) for r in rows] == [1, 2, 4, 8, 16, 32, 64]
+    for r, line in zip(rows, lines[2:]):
+        assert int(r["updates"]) >= 20 or line.endswith("*"), line
+        assert float(r["se%"]) <= 100 * probe.TARGET_RSE or line.endswith("*"), line  # printed rounded
+    speed = {int(r["micro_batch"]): float(r["examples/s"]) for r in rows}
+    verdict = next(line for line in lines if "throughput" in line)
+    if "still grows" in verdict:  # then every size has a faster one (by 10%) above it
+        assert all(max(v for b, v in speed.items() if b > s) >= probe.PLATEAU_GAIN * speed[s]
+                   for s in speed if s < 64), (speed, verdict)
+    else:
+        knee = int(verdict.split("~")[1].split()[0].rstrip(":"))
+        assert all(v < probe.PLATEAU_GAIN * speed[knee] for b, v in speed.items() if b > knee), (speed, verdict)

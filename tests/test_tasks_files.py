@@ -523,3 +523,32 @@ def test_a_csv_study_whose_direction_contradicts_the_metric_exits_2(tmp_path, ki
     wanted = "study.direction: maximize" if kind == "classification" else "study.direction: minimize"
     assert len(lines) == 1 and wanted in lines[0], lines
     assert list(tmp_path.glob("*.db*")) == []
+
+
+@pytest.mark.parametrize("task,options,metric,direction,produced", [
+    ("csv", {"path": "t.csv", "target": "colour"}, "val_mse", "maximize", "val_accuracy"),  # classification
+    ("csv", {"path": "t.csv", "target": "a", "kind": "regression"}, "val_accuracy", "minimize", "val_mse"),
+    ("regression", {"dim": 4, "n_train": 64, "n_val": 16}, "val_accuracy", "minimize", "val_mse"),
+    ("digits_mlp", {}, "val_loss", "maximize", "val_accuracy"),
+    ("examples.custom_task:two_moons", {"n": 100}, "val_mse", "maximize", "val_accuracy"),  # a user task
+])
+def test_a_metric_the_task_does_not_produce_exits_2_before_training(tmp_path, task, options, metric, direction,
+                                                                     produced):
+    """The task's metric is labelled with study.metric everywhere: a name that contradicts it is a
+    usage error at --dry-run time, naming the metric the task does produce."""
+    rng = np.random.RandomState(0)
+    write_csv(tmp_path / "t.csv", ["a", "colour"], [[round(rng.randn(), 3), rng.choice(["red", "blue"])]
+                                                    for _ in range(40)])
+    study = study_file(tmp_path, task, options, metric=metric, direction=direction)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("SWEEPS_STORAGE", None)
+    done = subprocess.run([sys.executable, "-m", "sweeps.run", str(study), "--dry-run"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert "study.metric" in lines[0] and metric in lines[0] and f"study.metric: {produced}" in lines[0], lines[0]
+    fixed = study_file(tmp_path, task, options, metric=produced, direction=direction)
+    done = subprocess.run([sys.executable, "-m", "sweeps.run", str(fixed), "--dry-run"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert list(tmp_path.glob("*.db*")) == []

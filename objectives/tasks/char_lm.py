@@ -149,4 +149,4 @@ def char_lm(settings: TrialSettings) -> Task:
     model = CharGPT(len(vocab), block_size, option(settings, "n_layer", 4, int, low=1), n_head, n_embd,
                     option(settings, "dropout", 0.0, float, 0.0, 0.9))
     return Task(model, (x_train, y_train), (x_val, y_val), next_char_loss, next_char_loss,
-                tokens_per_example=block_size)
+                tokens_per_example=block_size, metric_name="val_loss")

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from objectives.task import Task, TrialSettings, accuracy
+from objectives.task import VAL_ACCURACY, Task, TrialSettings, accuracy
 from objectives.tasks.datafiles import DataFileError, data_path, option
 from objectives.tasks.synthetic_images import small_resnet
 
@@ -219,4 +219,4 @@ def cifar10(settings: TrialSettings) -> Task:
     body = small_resnet(option(settings, "width", 32, int, low=1), option(settings, "blocks", 2, int, low=1), classes)
     model = nn.Sequential(Normalize(mean, std), body)
     return Task(model, (x_train, y_train), (x_val, y_val), nn.functional.cross_entropy, accuracy,
-                augment=random_crop_flip)
+                augment=random_crop_flip, metric_name=VAL_ACCURACY)

@@ -7,7 +7,7 @@ training mean), any other is one-hot encoded (an empty cell is a category of its
 Kind: classification when the target holds strings, or integers with few distinct values
 (at most 20, and fewer than 5% of the rows); regression otherwise. `kind` (classification |
 regression) overrides the guess. The study file must name the matching metric and direction; a
-direction that does not match the kind is an error (exit 2):
+metric or direction that does not match the kind is an error (exit 2):
 - classification: cross-entropy loss, metric accuracy (`study.metric: val_accuracy`,
   `study.direction: maximize`);
 - regression: loss the MSE of the standardised target, metric the MSE in the target's own units
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from objectives.task import Task, TrialSettings, accuracy, squared_error_per_example
+from objectives.task import VAL_ACCURACY, VAL_MSE, Task, TrialSettings, accuracy, squared_error_per_example
 from objectives.tasks.datafiles import DataFileError, data_path, option
 
 EXPECTED = "a CSV file with a header row"
@@ -181,7 +181,7 @@ def check_direction(kind: str, maximize: bool | None) -> None:
     the worst model, silently."""
     wanted = kind == "classification"
     if maximize is not None and maximize != wanted:
-        metric, direction = ("val_accuracy", "maximize") if wanted else ("val_mse", "minimize")
+        metric, direction = (VAL_ACCURACY, "maximize") if wanted else (VAL_MSE, "minimize")
         raise ValueError(f"the CSV target is a {kind} target, whose metric is {metric}: set study.metric: "
                          f"{metric} and study.direction: {direction} (or objective.options.kind)")
 
@@ -207,7 +207,8 @@ def csv_table(settings: TrialSettings) -> Task:
     hidden = hidden_widths(settings)
     if kind == "classification":
         model = nn.Sequential(*mlp(x_train.shape[1], hidden, len(classes)))
-        return Task(model, (x_train, y_train), (x_val, y_val), nn.functional.cross_entropy, accuracy)
+        return Task(model, (x_train, y_train), (x_val, y_val), nn.functional.cross_entropy, accuracy,
+                    metric_name=VAL_ACCURACY)
 
     def standardised_mse(pred: Tensor, targets: Tensor) -> Tensor:
         return (((pred.float() - targets) / y_std) ** 2).mean()
@@ -216,5 +217,5 @@ def csv_table(settings: TrialSettings) -> Task:
         return ((pred.float() - targets) ** 2).mean()
 
     model = nn.Sequential(*mlp(x_train.shape[1], hidden, 1), Destandardize(y_mean, y_std))
-    return Task(model, (x_train, y_train), (x_val, y_val), standardised_mse, mse,
+    return Task(model, (x_train, y_train), (x_val, y_val), standardised_mse, mse, metric_name=VAL_MSE,
                 metric_per_example=lambda pred, targets: squared_error_per_example(pred.float(), targets))

@@ -1,10 +1,15 @@
-"""Shared by the tasks that read local files: where the file is, and one-line errors naming it."""
+"""Shared by the tasks that read local files: where the file is, and one-line errors naming it.
+Torch-free, so `sweeps best` can place a data path without loading torch."""
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from objectives.task import TrialSettings
+if TYPE_CHECKING:
+    from objectives.task import TrialSettings
+
+PATH_OPTION = "path"  # objective.options.path: the data, relative to the study file's folder
 
 
 class DataFileError(ValueError):
@@ -18,13 +23,18 @@ class DataFileError(ValueError):
 
 def data_path(settings: TrialSettings, what: str) -> str:
     """objective.options.path, resolved against the study file's folder; `what` names the format."""
-    raw = settings.options.get("path")
+    raw = settings.options.get(PATH_OPTION)
     if not raw or not isinstance(raw, str):
-        raise DataFileError("objective.options.path", f"missing: give the path of {what}")
-    path = os.path.normpath(os.path.join(settings.base_dir, os.path.expanduser(raw)))
+        raise DataFileError(f"objective.options.{PATH_OPTION}", f"missing: give the path of {what}")
+    path = resolve_path(settings.base_dir, raw)
     if not os.path.exists(path):
         raise DataFileError(path, f"no such file or folder; expected {what}")
     return path
+
+
+def resolve_path(base_dir: str, raw: str) -> str:
+    """A path as the study file gives it (relative to its folder, or absolute, or ~), made absolute."""
+    return os.path.normpath(os.path.join(base_dir, os.path.expanduser(raw)))
 
 
 def option(settings: TrialSettings, name: str, default, kind=int, low=None, high=None):

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from objectives.task import Task, TrialSettings, accuracy
+from objectives.task import VAL_ACCURACY, Task, TrialSettings, accuracy
 
 SPLIT_SEED = 0
 VAL_FRACTION = 0.2
@@ -40,7 +40,8 @@ def digits_mlp(settings: TrialSettings) -> Task:
     hidden = int(settings.options.get("hidden", 128))
     x_train, y_train, x_val, y_val = digits_tensors()
     model = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
-    return Task(model, (x_train, y_train), (x_val, y_val), nn.functional.cross_entropy, accuracy)
+    return Task(model, (x_train, y_train), (x_val, y_val), nn.functional.cross_entropy, accuracy,
+                metric_name=VAL_ACCURACY)
 
 
 def digits_cnn(settings: TrialSettings) -> Task:
@@ -56,4 +57,5 @@ def digits_cnn(settings: TrialSettings) -> Task:
         nn.Linear(2 * channels * 16, 10),
     )
     images = (x_train.view(-1, 1, 8, 8), y_train)
-    return Task(model, images, (x_val.view(-1, 1, 8, 8), y_val), nn.functional.cross_entropy, accuracy)
+    return Task(model, images, (x_val.view(-1, 1, 8, 8), y_val), nn.functional.cross_entropy, accuracy,
+                metric_name=VAL_ACCURACY)

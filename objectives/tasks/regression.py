@@ -12,7 +12,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from objectives.task import Task, TrialSettings, squared_error_per_example
+from objectives.task import VAL_MSE, Task, TrialSettings, squared_error_per_example
 
 
 @lru_cache(maxsize=4)
@@ -38,4 +38,5 @@ def regression(settings: TrialSettings) -> Task:
         int(opts.get("data_seed", 0)),
     )
     model = nn.Linear(x_train.shape[1], 1)
-    return Task(model, (x_train, y_train), (x_val, y_val), mse, mse, metric_per_example=squared_error_per_example)
+    return Task(model, (x_train, y_train), (x_val, y_val), mse, mse, metric_per_example=squared_error_per_example,
+                metric_name=VAL_MSE)

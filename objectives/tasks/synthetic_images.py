@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from objectives.task import Task, TrialSettings, accuracy
+from objectives.task import VAL_ACCURACY, Task, TrialSettings, accuracy
 
 
 @lru_cache(maxsize=2)
@@ -69,4 +69,5 @@ def resnet_synthetic(settings: TrialSettings) -> Task:
         float(opts.get("noise", 1.0)), int(opts.get("data_seed", 0)),
     )
     model = small_resnet(int(opts.get("width", 32)), int(opts.get("blocks", 2)), classes)
-    return Task(model, (x_train, y_train), (x_val, y_val), nn.functional.cross_entropy, accuracy)
+    return Task(model, (x_train, y_train), (x_val, y_val), nn.functional.cross_entropy, accuracy,
+                metric_name=VAL_ACCURACY)

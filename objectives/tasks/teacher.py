@@ -15,7 +15,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from objectives.task import Task, TrialSettings, accuracy
+from objectives.task import VAL_ACCURACY, Task, TrialSettings, accuracy
 
 
 @lru_cache(maxsize=4)
@@ -48,4 +48,5 @@ def teacher_mlp(settings: TrialSettings) -> Task:
         fan_in = width
     layers.append(nn.Linear(fan_in, classes))
     model = nn.Sequential(*layers)
-    return Task(model, (x_train, y_train), (x_val, y_val), nn.functional.cross_entropy, accuracy)
+    return Task(model, (x_train, y_train), (x_val, y_val), nn.functional.cross_entropy, accuracy,
+                metric_name=VAL_ACCURACY)

@@ -58,7 +58,16 @@ def build_reference_task(config: SweepConfig, batch_size: int | None = None, dev
     except Exception as err:
         name = config.objective.task
         raise TaskError(f"task {name!r} cannot be built: {type(err).__name__}: {err}") from err
+    check_metric_name(task, config)
     return task
+
+
+def check_metric_name(task: Task, config: SweepConfig) -> None:
+    """study.metric labels the task's metric everywhere: it must name what the task measures."""
+    produced, named = task.metric_name, config.study.metric
+    if produced is not None and produced != named:
+        raise ConfigError("study.metric", f"task {config.objective.task!r} measures {produced}, not {named}: "
+                                          f"set study.metric: {produced}")
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,7 @@ def open_study(config: SweepConfig, target: SweepTarget, n_train: int,
                changes: ChangePolicy = "check") -> optuna.Study:
     """A new study records its config, and the `--set` overrides that made it (`overrides`).
     A study that exists must search what `config` searches, as `changes` says (loop/resume.py)."""
+    optuna.logging.set_verbosity(logging.WARNING)  # optuna's own info lines would break a command's output
     storage = SnapshotStorage(open_storage(target.storage_url, config.study.heartbeat_interval,
                                            config.study.grace_period, config.study.max_retry))
     seed = config.study.seed if sampler_seed is None else sampler_seed
@@ -183,7 +193,6 @@ def run_sweep(config: SweepConfig, target: SweepTarget, show_progress: bool = Tr
     (loop/resume.py). `is_worker`: a child of `--workers`, whose parent checked the search and
     says how the study ended.
     """
-    optuna.logging.set_verbosity(logging.WARNING)
     task = task or load_task(config)
     n_train, factory = task.n_train, task.factory
     check_plan(config, n_train, task.tokens_per_example)
