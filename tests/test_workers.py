@@ -324,3 +324,22 @@ def test_a_killed_worker_of_workers_n_ends_with_the_summary_and_exit_0(tmp_path)
 
 def test_a_killed_worker_of_workers_n_on_sqlite(tmp_path):
     assert_lost_worker_reported(*lost_worker_run(tmp_path, f"sqlite:///{tmp_path}/lost.db", "lost"))
+
+
+@needs_pg
+def test_a_worker_that_raises_is_named_and_the_study_still_ends(tmp_path):
+    """The second trial built raises KeyboardInterrupt in its worker, which closes its trials, queues
+    them again and exits 130; the other workers finish the study, and the parent ends with exit 0."""
+    name = unique("raises")
+    path = study_file(tmp_path, name, n_trials=4, seconds=1.0)
+    data = yaml.safe_load(path.read_text())
+    data["objective"] = {"task": "tests.tasks_for_tests:scripted",
+                         "options": {"counter": str(tmp_path / "builds"), "interrupt": 2}}
+    path.write_text(yaml.safe_dump(data))
+    done = start(path, "--workers", "2", storage=PG_URL)
+    out, err = done.communicate(timeout=300)
+    assert done.returncode == 0, err
+    assert_exactly(load(name, PG_URL), 4)
+    assert "4 trials finished; best val_mse" in out
+    assert re.search(r"warning: worker [12] of 2 \(pid \d+\) exited with code 130; its trials were queued again: "
+                     r"trials? [\d, ]+ \(run again as [\d, ]+\)", err), err

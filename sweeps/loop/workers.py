@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -72,8 +73,10 @@ def run_workers(study_file: str, config: SweepConfig, target: SweepTarget, n_wor
     commands = [worker_command(study_file, target, None if first_index is None else first_index + i, overrides,
                                log_file)
                 for i in range(n_workers)]
+    started = datetime.now()
     lost = start_and_wait(study, config, target, commands, show_progress, gpus)
     trials = study.get_trials(deepcopy=False)
+    add_closed_trials(lost, trials, started)
     for worker in lost:
         print(f"warning: {worker.requeued_text(trials)}", file=sys.stderr)
     code = end_sweep(study, target.n_trials, config)  # the same summary as one worker's
@@ -89,12 +92,14 @@ EXIT_CODES = {code for name, code in vars(exits).items() if name.isupper()}
 @dataclass
 class LostWorker:
     """A worker that ended with an error; `held`: the trials running in the store when it was seen
-    gone (its own among them; the others' finish, its own are failed and queued again)."""
+    gone (its own among them; the others' finish, its own are failed and queued again), and those
+    it closed itself before it exited (`add_closed_trials`)."""
     number: int  # 1 .. n_workers
     n_workers: int
     pid: int
     returncode: int
     held: set[int] = field(default_factory=set)
+    seen_gone: datetime = field(default_factory=datetime.now)
 
     @property
     def code(self) -> int:
@@ -119,6 +124,21 @@ class LostWorker:
         if not_again := [n for n in lost if n not in retries]:
             text += f"; failed and not queued again (study.max_retry): {numbers_text(not_again)}"
         return text if again or not_again else text + "; it left no trial unfinished"
+
+
+def add_closed_trials(lost: list[LostWorker], trials: list[FrozenTrial], since: datetime) -> None:
+    """Give each lost worker the trials it failed and queued again itself before it exited (an
+    interrupted worker does; no other does): those failed since `since` and queued again, each to
+    the first worker seen gone after it failed. (The store does not say which worker held a trial.)"""
+    retried = {t.system_attrs["retry_history"][-1] for t in trials if t.system_attrs.get("retry_history")}
+    held = set().union(*(worker.held for worker in lost))
+    in_order = sorted(lost, key=lambda worker: worker.seen_gone)
+    for trial in trials:
+        failed = trial.datetime_complete
+        if trial.number in retried and trial.number not in held and failed is not None and failed >= since:
+            owner = next((worker for worker in in_order if worker.seen_gone >= failed), None)
+            if owner is not None:
+                owner.held.add(trial.number)
 
 
 def numbers_text(numbers: list[int]) -> str:
@@ -173,8 +193,7 @@ def notice_lost(workers: list[subprocess.Popen], lost: dict[int, LostWorker], be
     for i, worker in enumerate(workers):
         if worker.returncode not in (None, 0) and i not in lost:
             lost[i] = LostWorker(i + 1, len(workers), worker.pid, worker.returncode, before | now)
-            say(f"warning: {lost[i]}; the other workers queue its running trials again once their heartbeat "
-                "is study.grace_period old")
+            say(f"warning: {lost[i]}; the other workers carry on and run its unfinished trials again")
     return now
 
 
