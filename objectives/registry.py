@@ -1,8 +1,17 @@
-"""Resolve `objective.task`: a built-in name or `package.module:factory`."""
+"""Resolve `objective.task`: a built-in name or `package.module:factory`.
+
+A task module is searched, after Python's own import path, in the working directory, then in the
+study file's folder. One rule for every entry point, since each resolves its task here: `sweeps
+run`, `python -m sweeps.run` (where Python has put the working directory first already), the
+children of `--workers` (started in the parent's working directory) and the compose workers
+(working directory /app, the image's root, which holds `examples/`). So `examples.custom_task`
+imports from the repository root, and `mytask.py` beside the study file from anywhere.
+"""
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -32,11 +41,23 @@ class TaskNotFound(TaskError, LookupError):
     pass
 
 
+def task_folders(study_dir: str | None) -> list[str]:
+    """Where a task module is searched after the import path, in order (the module docstring)."""
+    folders = [os.getcwd(), *([os.path.abspath(study_dir)] if study_dir else [])]
+    return list(dict.fromkeys(folders))
+
+
+def add_task_folders(path: list[str], folders: list[str]) -> None:
+    """Append to `path` (sys.path) each folder it lacks; '' on it stands for the working directory."""
+    on_path = {os.path.realpath(entry or os.curdir) for entry in path}
+    path.extend(folder for folder in folders if os.path.realpath(folder) not in on_path)
+
+
 def resolve_task(name: str, study_dir: str | None = None) -> TaskFactory:
-    """`study_dir` (the study file's folder) is importable too, so a task module can sit beside it."""
+    """`study_dir`: the study file's folder, where a task module may sit too."""
     target = BUILTIN.get(name, name)
-    if study_dir and study_dir not in sys.path:
-        sys.path.append(study_dir)
+    folders = task_folders(study_dir)
+    add_task_folders(sys.path, folders)
     if ":" not in target:
         known = ", ".join(sorted(BUILTIN))
         raise TaskNotFound(f"unknown task {name!r}: use one of {known} or 'package.module:factory'")
@@ -44,7 +65,10 @@ def resolve_task(name: str, study_dir: str | None = None) -> TaskFactory:
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise TaskNotFound(f"cannot import module {module_name!r} for task {name!r}: {err}") from err
+        searched = f"the working directory {folders[0]}" + (
+            f", then the study file's folder {folders[1]}" if len(folders) > 1 else "")
+        raise TaskNotFound(f"cannot import module {module_name!r} for task {name!r}: {err} (searched the "
+                           f"import path, {searched})") from err
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise TaskNotFound(f"module {module_name!r} has no callable {attr!r} (task {name!r})")

@@ -174,7 +174,8 @@ def run(args: argparse.Namespace, config: SweepConfig, target: SweepTarget, task
     show = not args.quiet and not args.as_worker
     if workers > 1 and not args.as_worker:
         study = open_study(config, target, task.n_train)
-        return start_and_wait(study, config, target, [worker_command(args) for _ in range(workers)], show)
+        lost = start_and_wait(study, config, target, [worker_command(args) for _ in range(workers)], show)
+        return lost[0].code if lost else exits.OK
     run_sweep(config, target, show_progress=show, task=task)
     return exits.OK
 

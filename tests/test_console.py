@@ -320,3 +320,82 @@ def test_best_reads_the_config_the_study_ran_with(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert yaml.safe_load((tmp_path / "b.yaml").read_text())["search"]["warmup_fraction"] == 0.2
     assert dict(zip(done.stdout.splitlines()[1].split(), done.stdout.splitlines()[2].split()))["warmup"] == "0.2"
+
+
+# --- where a task module is found: the working directory, then the study file's folder ---
+
+INSTALLED = Path(sys.executable).with_name("sweeps")  # the console script pip installed beside the interpreter
+FORMS = {"installed": [str(INSTALLED)], "python-m-run": [sys.executable, "-m", "sweeps.run"],
+         "python-m-console": MODULE}
+TASK_MODULE = ("import sys\nfrom objectives.tasks.regression import regression\n"
+               "print('task module {}', file=sys.stderr)\n")
+
+
+def entry(form: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    if form == "installed" and not INSTALLED.is_file():
+        pytest.skip("the package is not pip-installed (no console script beside the interpreter)")
+    command = [*FORMS[form], *(args if form == "python-m-run" else ["run", *args])]
+    return subprocess.run(command, cwd=cwd, env=env(), capture_output=True, text=True, timeout=300)
+
+
+def task_study(folder: Path, task: str, **study: object) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = write_study(folder, **study)
+    data = yaml.safe_load(path.read_text())
+    data["objective"]["task"] = task
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_the_repository_example_task_imports_from_the_repository_root(form):
+    """The README's example in every form. (The tests' PYTHONPATH holds the repository, so this one
+    passed before the search order too; the next test is the one that did not.)"""
+    done = entry(form, ["examples/custom_task.yaml", "--dry-run"], REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "store:" in done.stdout
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_a_task_module_in_the_working_directory_or_beside_the_study(form, tmp_path):
+    (tmp_path / "task_mod.py").write_text(TASK_MODULE.format("of the working directory"))
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "beside.py").write_text(TASK_MODULE.format("beside the study"))
+    (tmp_path / "sub" / "task_mod.py").write_text(TASK_MODULE.format("beside the study"))
+    done = entry(form, [str(task_study(tmp_path / "sub", "task_mod:regression").relative_to(tmp_path)),
+                        "--dry-run"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "task module of the working directory" in done.stderr  # the working directory comes first
+    done = entry(form, ["sub/beside.yaml", "--dry-run"],
+                 task_study(tmp_path / "sub", "beside:regression", name="beside").parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "task module beside the study" in done.stderr
+
+
+def test_workers_children_find_the_working_directorys_task_module(tmp_path):
+    """The children of --workers (`python -m sweeps.console`, in the parent's working directory)."""
+    (tmp_path / "task_mod.py").write_text(TASK_MODULE.format("of the working directory"))
+    study = task_study(tmp_path / "sub", "task_mod:regression", n_trials=2)
+    done = entry("installed", [str(study.relative_to(tmp_path)), "--workers", "2", "--quiet"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "2 trials finished" in done.stdout
+
+
+def test_a_missing_task_module_names_the_folders_searched(tmp_path):
+    study = task_study(tmp_path / "sub", "nowhere:factory")
+    done = entry("installed", ["sub/tiny.yaml", "--dry-run"], tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert f"the working directory {tmp_path}, then the study file's folder {study.parent}" in done.stderr
+
+
+def test_the_search_order_appends_what_the_path_lacks(tmp_path, monkeypatch):
+    from objectives.registry import add_task_folders, task_folders
+    monkeypatch.chdir(tmp_path)
+    assert task_folders("sub") == [str(tmp_path), str(tmp_path / "sub")]
+    assert task_folders(".") == [str(tmp_path)]
+    path = ["/usr/lib/python3", ""]  # `python -c`: '' is the working directory, already on the path
+    add_task_folders(path, task_folders("sub"))
+    assert path == ["/usr/lib/python3", "", str(tmp_path / "sub")]
+    path = ["/usr/bin"]  # the installed script: its own folder first, the working directory nowhere
+    add_task_folders(path, task_folders("sub"))
+    assert path == ["/usr/bin", str(tmp_path), str(tmp_path / "sub")]

@@ -7,6 +7,7 @@ URL fails these tests instead of skipping them.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,8 +18,12 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 import yaml
 from optuna.trial import TrialState
+from sqlalchemy import select
+
+from storage.workers import WORKERS
 
 REPO = Path(__file__).resolve().parents[1]
 PG_URL = os.environ.get("SWEEPS_TEST_POSTGRES_URL")
@@ -254,3 +259,87 @@ def test_four_local_workers_on_sqlite_never_lock(tmp_path):
     ran_and_failed = [(t.number, t.user_attrs.get("error")) for t in surplus
                       if not t.user_attrs.get("error", "").startswith("not started") or t.intermediate_values]
     assert not ran_and_failed
+
+
+def children_of(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def wait_for_children(parent: subprocess.Popen, n: int, timeout: float = 60) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(children := children_of(parent.pid)) >= n:
+            return children
+        time.sleep(0.2)
+    raise AssertionError(f"the parent did not start {n} workers")
+
+
+def wait_for_registered(pid: int, name: str, storage: str, timeout: float = 180) -> None:
+    """Until the worker process `pid` has its worker number in the store (it then asks for a trial)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            study_id = load(name, storage)._study_id
+            with sqlalchemy.create_engine(storage).connect() as connection:
+                pids = connection.execute(select(WORKERS.c.pid).where(WORKERS.c.study_id == study_id)).scalars()
+                if pid in set(pids):
+                    return
+        except (KeyError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError):  # not created yet
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"worker {pid} never registered")
+
+
+def lost_worker_run(tmp_path, storage: str, name: str) -> tuple[subprocess.CompletedProcess, optuna.Study, int]:
+    """`--workers 3`, one worker SIGKILLed mid-trial; the parent's output, the study, the victim's pid."""
+    path = study_file(tmp_path, name, n_trials=6, seconds=2.0, grace_period=3)
+    parent = start(path, "--workers", "3", storage=storage)
+    victim = wait_for_children(parent, 3)[1]
+    wait_for_registered(victim, name, storage)
+    time.sleep(1.0)  # it asks for its first trial as it registers, and trains it for 2 s
+    os.kill(victim, signal.SIGKILL)
+    out, err = parent.communicate(timeout=300)
+    return subprocess.CompletedProcess(parent.args, parent.returncode, out, err), load(name, storage), victim
+
+
+def assert_lost_worker_reported(done: subprocess.CompletedProcess, study: optuna.Study, victim: int) -> None:
+    assert done.returncode == 0, done.stderr  # the study holds the trials asked for
+    assert_exactly(study, 6)
+    assert "6 trials finished; best val_mse" in done.stdout  # the summary, as without the loss
+    lines = [line for line in done.stderr.splitlines() if f"(pid {victim})" in line]
+    assert lines and all(re.search(rf"worker [123] of 3 \(pid {victim}\) was killed by SIGKILL", line)
+                         for line in lines), done.stderr
+    requeued = sorted(t.number for t in study.get_trials(states=(TrialState.FAIL,))
+                      if any(r.system_attrs.get("retry_history", [None])[-1] == t.number for r in study.trials))
+    held = ", ".join(map(str, requeued))
+    assert requeued and f"queued again: trial{'s' if len(requeued) > 1 else ''} {held} " in lines[-1], done.stderr
+
+
+@needs_pg
+def test_a_killed_worker_of_workers_n_ends_with_the_summary_and_exit_0(tmp_path):
+    """A worker child SIGKILLed: the others retry its trials, and the parent names the lost worker
+    and its requeued trials, then ends as usual (summary, exit code from what the study holds)."""
+    assert_lost_worker_reported(*lost_worker_run(tmp_path, PG_URL, unique("lost")))
+
+
+def test_a_killed_worker_of_workers_n_on_sqlite(tmp_path):
+    assert_lost_worker_reported(*lost_worker_run(tmp_path, f"sqlite:///{tmp_path}/lost.db", "lost"))
+
+
+@needs_pg
+def test_a_worker_that_raises_is_named_and_the_study_still_ends(tmp_path):
+    """The second trial built raises KeyboardInterrupt in its worker, which closes its trials, queues
+    them again and exits 130; the other workers finish the study, and the parent ends with exit 0."""
+    name = unique("raises")
+    path = study_file(tmp_path, name, n_trials=4, seconds=1.0)
+    data = yaml.safe_load(path.read_text())
+    data["objective"] = {"task": "tests.tasks_for_tests:scripted",
+                         "options": {"counter": str(tmp_path / "builds"), "interrupt": 2}}
+    path.write_text(yaml.safe_dump(data))
+    done = start(path, "--workers", "2", storage=PG_URL)
+    out, err = done.communicate(timeout=300)
+    assert done.returncode == 0, err
+    assert_exactly(load(name, PG_URL), 4)
+    assert "4 trials finished; best val_mse" in out
+    assert re.search(r"warning: worker [12] of 2 \(pid \d+\) exited with code 130; its trials were queued again: "
+                     r"trials? [\d, ]+ \(run again as [\d, ]+\)", err), err

@@ -2,8 +2,14 @@
 
 The parent validates the study file, creates the study (and the store's tables) once, then starts
 the workers with the store URL in their environment (never on a command line, where `ps` shows
-it). It shows the study's progress, passes SIGTERM and Ctrl-C on to the workers, and exits with
-the first failing worker's code.
+it). It shows the study's progress, passes SIGTERM and Ctrl-C on to the workers, and ends as one
+worker does: the summary, then the exit code of what the study holds.
+
+A worker that dies (SIGKILL, the OOM killer, an exception) costs only its running trials: the other
+workers fail them once their heartbeat is `study.grace_period` old and run them again. The parent
+says so when it sees the worker gone, and before the summary names the trials that were queued
+again. Only when every worker failed with the same code of the exit table (a GPU it cannot see, a
+store it cannot open) and the study is short does the parent exit with that code.
 """
 
 from __future__ import annotations
@@ -13,11 +19,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 
 import optuna
+from optuna.trial import FrozenTrial, TrialState
 
+from storage.retry import is_connection_error
 from storage.sql import ENV_VAR
+from sweeps import exits
 from sweeps.config.plan import budget_of
 from sweeps.config.study_file import SweepConfig
 from sweeps.config.target import SweepTarget
@@ -62,16 +73,82 @@ def run_workers(study_file: str, config: SweepConfig, target: SweepTarget, n_wor
     commands = [worker_command(study_file, target, None if first_index is None else first_index + i, overrides,
                                log_file)
                 for i in range(n_workers)]
-    failed = start_and_wait(study, config, target, commands, show_progress, gpus)
-    if failed:
-        return failed
-    return end_sweep(study, target.n_trials, config)  # the same summary as one worker's
+    started = datetime.now()
+    lost = start_and_wait(study, config, target, commands, show_progress, gpus)
+    trials = study.get_trials(deepcopy=False)
+    add_closed_trials(lost, trials, started)
+    for worker in lost:
+        print(f"warning: {worker.requeued_text(trials)}", file=sys.stderr)
+    code = end_sweep(study, target.n_trials, config)  # the same summary as one worker's
+    codes = {worker.code for worker in lost}
+    if code != exits.OK and len(lost) == n_workers and len(codes) == 1 and codes <= EXIT_CODES:
+        return codes.pop()  # every worker stopped for the same reason, which each has said
+    return code
+
+
+EXIT_CODES = {code for name, code in vars(exits).items() if name.isupper()}
+
+
+@dataclass
+class LostWorker:
+    """A worker that ended with an error; `held`: the trials running in the store when it was seen
+    gone (its own among them; the others' finish, its own are failed and queued again), and those
+    it closed itself before it exited (`add_closed_trials`)."""
+    number: int  # 1 .. n_workers
+    n_workers: int
+    pid: int
+    returncode: int
+    held: set[int] = field(default_factory=set)
+    seen_gone: datetime = field(default_factory=datetime.now)
+
+    @property
+    def code(self) -> int:
+        """Its exit code as a shell reports it: 128 + the signal's number for a killed one."""
+        return self.returncode if self.returncode > 0 else 128 - self.returncode
+
+    def __str__(self) -> str:
+        how = (f"was killed by {signal.Signals(-self.returncode).name}" if self.returncode < 0
+               else f"exited with code {self.returncode}")
+        return f"worker {self.number} of {self.n_workers} (pid {self.pid}) {how}"
+
+    def requeued_text(self, trials: list[FrozenTrial]) -> str:
+        """Which of its trials were failed and queued again (as which), from the study's trials."""
+        retries = {t.system_attrs["retry_history"][-1]: t.number for t in trials
+                   if t.system_attrs.get("retry_history")}
+        lost = sorted(t.number for t in trials if t.number in self.held and t.state == TrialState.FAIL)
+        again = [n for n in lost if n in retries]
+        text = str(self)
+        if again:
+            text += (f"; its trials were queued again: {numbers_text(again)} "
+                     f"(run again as {', '.join(str(retries[n]) for n in again)})")
+        if not_again := [n for n in lost if n not in retries]:
+            text += f"; failed and not queued again (study.max_retry): {numbers_text(not_again)}"
+        return text if again or not_again else text + "; it left no trial unfinished"
+
+
+def add_closed_trials(lost: list[LostWorker], trials: list[FrozenTrial], since: datetime) -> None:
+    """Give each lost worker the trials it failed and queued again itself before it exited (an
+    interrupted worker does; no other does): those failed since `since` and queued again, each to
+    the first worker seen gone after it failed. (The store does not say which worker held a trial.)"""
+    retried = {t.system_attrs["retry_history"][-1] for t in trials if t.system_attrs.get("retry_history")}
+    held = set().union(*(worker.held for worker in lost))
+    in_order = sorted(lost, key=lambda worker: worker.seen_gone)
+    for trial in trials:
+        failed = trial.datetime_complete
+        if trial.number in retried and trial.number not in held and failed is not None and failed >= since:
+            owner = next((worker for worker in in_order if worker.seen_gone >= failed), None)
+            if owner is not None:
+                owner.held.add(trial.number)
+
+
+def numbers_text(numbers: list[int]) -> str:
+    return f"trial{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))}"
 
 
 def start_and_wait(study: optuna.Study, config: SweepConfig, target: SweepTarget, commands: list[list[str]],
-                   show_progress: bool = True, gpus: list[GpuAssignment] | None = None) -> int:
+                   show_progress: bool = True, gpus: list[GpuAssignment] | None = None) -> list[LostWorker]:
     """Run one worker process per command on `study` (already opened) and show its progress until
-    all have ended; 0, or the first failing worker's exit code."""
+    all have ended; the workers that failed, each said in a line as soon as it is seen gone."""
     n_workers = len(commands)
     threads = str(max(1, (os.cpu_count() or 1) // n_workers))  # N workers share the cores, not N x all
     env = {**os.environ, ENV_VAR: target.storage_url, "OMP_NUM_THREADS": threads}
@@ -84,8 +161,15 @@ def start_and_wait(study: optuna.Study, config: SweepConfig, target: SweepTarget
     workers = [subprocess.Popen(command, env=envs[i], stderr=subprocess.PIPE if through_parent else None)
                for i, command in enumerate(commands)]
     readers = [progress.forward(w) for w in workers] if through_parent else []
+    say = progress.print_above if progress else lambda text: print(text, file=sys.stderr, flush=True)
+    lost: dict[int, LostWorker] = {}
+    running: set[int] = set()
     try:
-        while any(w.poll() is None for w in workers):
+        while True:
+            alive = [w.poll() is None for w in workers]  # each polled: a dead one gets its returncode
+            running = notice_lost(workers, lost, running, running_numbers(study, running), say)
+            if not any(alive):
+                break
             if progress:
                 progress()
             time.sleep(1.0)
@@ -98,10 +182,29 @@ def start_and_wait(study: optuna.Study, config: SweepConfig, target: SweepTarget
         if progress:
             progress()
             progress.close()
-    failed = [w.returncode for w in workers if w.returncode != 0]
-    if failed:  # a worker killed by a signal: 128 + its number, as a shell reports it
-        return failed[0] if failed[0] > 0 else 128 - failed[0]
-    return 0
+    return list(lost.values())
+
+
+def notice_lost(workers: list[subprocess.Popen], lost: dict[int, LostWorker], before: set[int], now: set[int],
+                say: Callable[[str], None]) -> set[int]:
+    """Add the workers newly seen ended with an error to `lost`, each said in a line; `before` and
+    `now`: the trials running at the previous look and at this one (a worker that closed its own
+    trials before it exited held some of the first). Returns `now`, the next look's `before`."""
+    for i, worker in enumerate(workers):
+        if worker.returncode not in (None, 0) and i not in lost:
+            lost[i] = LostWorker(i + 1, len(workers), worker.pid, worker.returncode, before | now)
+            say(f"warning: {lost[i]}; the other workers carry on and run its unfinished trials again")
+    return now
+
+
+def running_numbers(study: optuna.Study, last: set[int]) -> set[int]:
+    """The numbers of the study's running trials; `last` while the store is out of reach."""
+    try:
+        return {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    except Exception as err:
+        if not is_connection_error(err):
+            raise
+        return last
 
 
 def stop(workers: list[subprocess.Popen]) -> None:
