@@ -168,7 +168,7 @@ def replay(config: SweepConfig, study: optuna.Study) -> tuple[float, int]:
         trial = optuna.trial.FixedTrial(frozen.params, number=frozen.number)
         stop = max(frozen.intermediate_values) if frozen.state == TrialState.PRUNED else None
         outcome = objective.run(trial, suggest(trial, config.search),
-                                lambda value, step, stop=stop: stop is not None and step >= stop)
+                                lambda value, step, value_se, stop=stop: stop is not None and step >= stop)
         if outcome.attrs.get("updates") != frozen.user_attrs.get("updates"):
             raise RuntimeError(f"trial {frozen.number} replayed {outcome.attrs.get('updates')} updates, "
                                f"not {frozen.user_attrs.get('updates')}")
