@@ -58,6 +58,7 @@ from sweeps.config.study_file import SweepConfig, parse_config
 from sweeps.config.target import target_of
 from sweeps.loop.runner import a_core_for_bookkeeping, run_sweep
 from sweeps.search.space import suggest
+from sweeps.trial.record import TrialRecord
 from sweeps.trial.run_one import SweepObjective
 
 STUDY_FILE = Path(__file__).resolve().parent.parent / "examples" / "digits.yaml"
@@ -160,15 +161,16 @@ def replay(config: SweepConfig, study: optuna.Study) -> tuple[float, int]:
     """Train each finished trial again alone; returns (train + eval seconds, examples seen).
 
     Same trial number (so seed), parameters and end: a pruned trial stops at its last recorded
-    step, and early stopping, divergence and the budget end it as before (training is seeded).
+    step, and early stopping, divergence and the budget end it as before (training is seeded; a
+    diverged trial is PRUNED too, but no report ended it: its loss did, often between reports).
     """
     objective = SweepObjective(config, resolve_task(config.objective.task, config.base_dir), budget_of(config))
     inside, examples_seen = 0.0, 0
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         trial = optuna.trial.FixedTrial(frozen.params, number=frozen.number)
-        stop = max(frozen.intermediate_values) if frozen.state == TrialState.PRUNED else None
+        stop = max(frozen.intermediate_values) if TrialRecord.of(frozen).stop_reason == "pruned" else None
         outcome = objective.run(trial, suggest(trial, config.search),
-                                lambda value, step, stop=stop: stop is not None and step >= stop)
+                                lambda value, step, value_se, stop=stop: stop is not None and step >= stop)
         if outcome.attrs.get("updates") != frozen.user_attrs.get("updates"):
             raise RuntimeError(f"trial {frozen.number} replayed {outcome.attrs.get('updates')} updates, "
                                f"not {frozen.user_attrs.get('updates')}")
