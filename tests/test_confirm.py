@@ -270,8 +270,8 @@ def check_confirmations_are_booked_in_the_main_ledger(path: Path, url: str, name
     assert confirm.main([str(path), "--top", "2", "--seeds", "2", "--quiet", "--storage", url]) == exits.OK
     out = capsys.readouterr().out
     assert out.splitlines()[-1] == (
-        "note: total budget: 3 of 4 confirmation runs not started (1.00e2 of 2.15e3 examples left, the next run "
-        "needs 5.12e2); raise study.total_budget.amount to continue")
+        "note: total budget: 3 of 4 confirmation runs not started (100 of 2,148 examples left, the next run "
+        "needs 512); raise study.total_budget.amount to continue")
     main = optuna.load_study(study_name=name, storage=url)
     companion = optuna.load_study(study_name=f"{name}-confirm", storage=url)
     best = ranked(main.trials, maximize=False)[0]
@@ -314,9 +314,9 @@ def test_confirmation_runs_count_against_the_main_studys_total_budget(tmp_path, 
 
 
 @pytest.mark.parametrize("lowered_to, why", [
-    (3 * PER_RUN + 100, "1.00e2 of 1.64e3 examples left, the next run needs 5.12e2"),  # lowered in the study file
-    (PER_RUN, "nothing left of 5.12e2 examples, the next run needs 5.12e2"),  # lowered below what was spent
-    (None, "the sweep found it spent with 1.00e2 of 1.64e3 examples left"),  # the search stopped at it
+    (3 * PER_RUN + 100, "100 of 1,636 examples left, the next run needs 512"),  # lowered in the study file
+    (PER_RUN, "nothing left of 512 examples, the next run needs 512"),  # lowered below what was spent
+    (None, "the sweep found it spent with 100 of 1,636 examples left"),  # the search stopped at it
 ])
 def test_no_confirmation_run_starts_when_none_fits_what_is_left(tmp_path, capsys, lowered_to, why):
     path, url = budgeted(tmp_path, 3 * PER_RUN + 100 if lowered_to is None else 10 * PER_RUN)

@@ -30,6 +30,9 @@ from sweeps.loop.resume import stored_config
 from sweeps.trial.record import CONFIG_ATTR
 
 SHOWN_CHANGES = 3  # differing keys a note names before it counts the rest
+# keys every command takes from the study file on purpose, never from the stored config: how many
+# trials the study gets, and its total budget (the ledger records the file's; raising it continues)
+FROM_THE_FILE = ("study.n_trials", "study.total_budget")
 
 
 class NotReadable(RuntimeError):
@@ -97,14 +100,15 @@ def ran_with(existing: Existing, study: optuna.Study) -> SweepConfig:
 
 
 def differs_note(stored: dict, existing: Existing, study: optuna.Study) -> str | None:
-    """One line naming the keys where the study file differs from the study's stored config."""
+    """One line naming the keys where the study file differs from the study's stored config (not
+    `FROM_THE_FILE`, which the commands take from the file)."""
     old: dict = {}
     new: dict = {}
     for section, value in stored.items():
         flatten(section, value, old)
     for section, value in stored_config(existing.config, existing.target).items():
         flatten(section, value, new)
-    diff = changes_between(old, new)
+    diff = [c for c in changes_between(old, new) if not c.key.startswith(FROM_THE_FILE)]
     if not diff:
         return None
     listed = "; ".join(f"{c.key}: {shown(c.new)} in the file, {shown(c.old)} in the study"
