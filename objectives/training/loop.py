@@ -34,7 +34,7 @@ from torch.utils.data import default_collate
 
 from objectives.task import Task, per_example_metric
 from objectives.training.batches import Batch, batch_len, forward, split, to_device
-from objectives.training.budget import Budget, TrialPlan, examples_after, updates_within_examples
+from objectives.training.budget import Budget, TrialPlan
 from objectives.training.cores import cores_per_worker
 from objectives.training.data import LoaderOptions, make_loader, pins
 from objectives.training.live import SECONDS, UPDATES, LiveTrial
@@ -150,13 +150,13 @@ def eval_points(plan: TrialPlan, budget: Budget) -> dict[int, int]:
     Every trial reports at the same steps (multiples of eval_every in budget units), whatever its
     batch size, so the pruner compares equal compute. Seconds are timed, not precomputed.
     """
-    if budget.unit == "seconds":
+    if budget.timed:
         return {}
     points: dict[int, int] = {}
     k = 1
     while k * budget.eval_every <= budget.per_trial + 1e-9:
         units = k * budget.eval_every
-        after = updates_to_reach(units, plan, budget.unit, budget.tokens_per_example)
+        after = budget.updates_to_reach(units, plan)
         if after > plan.planned_updates:
             break
         points[max(after, 1)] = budget.to_step(units, plan.n_train)
@@ -169,17 +169,6 @@ def eval_window(plan: TrialPlan, budget: Budget) -> int:
     under a seconds budget, whose grid is timed)."""
     points = eval_points(plan, budget)
     return min(points) if points else max(1, plan.planned_updates // 10)
-
-
-def updates_to_reach(units: float, plan: TrialPlan, unit: str, tokens_per_example: int | None = None) -> int:
-    if unit == "updates":
-        return math.ceil(units - 1e-9)
-    if unit == "epochs":
-        return math.ceil(units * plan.iterations_per_epoch - 1e-9)
-    examples = Budget(unit, units, units, tokens_per_example).examples_to_reach(units)  # examples | tokens
-    done = updates_within_examples(examples, plan.n_train, plan.batch_size, plan.drop_last)
-    reached = examples_after(done, plan.n_train, plan.batch_size, plan.drop_last)
-    return done if reached >= examples else done + 1
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -389,7 +378,7 @@ class Trainer:
     def run_batches(self, started: float, batches: Iterator[Batch]) -> None:
         n = self.plan.n_train
         points = eval_points(self.plan, self.budget)
-        timed = self.budget.unit == "seconds"
+        timed = self.budget.timed
         next_timed_eval, time_cap = self.budget.eval_every, self.budget.per_trial
         # When the clock ends the trial, the schedule follows the clock: its planned updates are an
         # estimate from a few timed updates, and the run must neither stop short of the cap nor be
@@ -594,13 +583,7 @@ class Trainer:
         """The report step of the last update: the budget's end, or what `epochs` consumed."""
         if self.result.stop_reason == "budget":
             return self.budget.to_step(self.budget.per_trial, self.plan.n_train)
-        units = {
-            "updates": self.result.updates,
-            "examples": self.result.examples_seen,
-            "epochs": self.result.updates / self.plan.iterations_per_epoch,
-            "seconds": self.result.train_seconds,
-            "tokens": self.result.examples_seen * (self.budget.tokens_per_example or 0),
-        }[self.budget.unit]
+        units = self.budget.kind.trained(self.result, self.plan, self.budget)
         return self.budget.to_step(units, self.plan.n_train)
 
 

@@ -117,7 +117,7 @@ class SweepObjective:
         optimizer = build_optimizer(cfg.objective, task.model.parameters(), coupled)
         n_train = task.n_train
         timed_updates = None
-        if self.budget.unit == "seconds":
+        if self.budget.timed:
             per_update = measure_seconds_per_update(
                 task, lambda params: build_optimizer(cfg.objective, params, coupled), point.batch_size)
             timed_updates = max(1, math.floor(self.budget.per_trial / per_update))
@@ -162,7 +162,7 @@ class SweepObjective:
             prepared = self.prepare(trial, point)
             outcome.attrs.update(plan_attrs(prepared, self.device))
             if live is not None:
-                live.plan(prepared.coupled.lr, prepared.plan.planned_updates, planned_units(prepared.plan, self.budget),
+                live.plan(prepared.coupled.lr, prepared.plan.planned_updates, self.budget.planned(prepared.plan),
                           self.budget.per_trial if timed_by_clock(prepared.plan, self.budget) else None)
             result = self.train(prepared, report)
             outcome.attrs.update(record.result_attrs(result, prepared.plan))
@@ -213,17 +213,9 @@ class SweepObjective:
         return trainer.train()
 
 
-def planned_units(plan: TrialPlan, budget: Budget) -> float:
-    """The trial's whole plan in the budget's unit (less than the budget when epochs end it first)."""
-    if budget.unit == "seconds":
-        return budget.per_trial
-    return float({"updates": plan.planned_updates, "examples": plan.planned_examples,
-                  "epochs": plan.planned_epochs, "tokens": plan.planned_tokens or 0}[budget.unit])
-
-
 def timed_by_clock(plan: TrialPlan, budget: Budget) -> bool:
     """The clock ends the trial (as `Trainer.run_batches` decides), so its progress is time, not updates."""
-    return budget.unit == "seconds" and plan.stop_reason == "budget"
+    return budget.timed and plan.stop_reason == "budget"
 
 
 @dataclass
