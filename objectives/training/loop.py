@@ -36,20 +36,15 @@ from objectives.task import Task, per_example_metric
 from objectives.training.batches import Batch, batch_len, forward, split, to_device
 from objectives.training.budget import Budget, TrialPlan
 from objectives.training.cores import cores_per_worker
-from objectives.training.data import LoaderOptions, make_loader, pins
+from objectives.training.data import make_loader, pins
 from objectives.training.live import SECONDS, UPDATES, LiveTrial
 from objectives.training.noise_scale import GradientParts, NoiseScale
+from objectives.training.options import TrainerOptions
 from objectives.training.schedule import Schedule, cooled
 
 # reporter(value, step, value_se) -> True when the trial should stop (pruned); value_se is the
 # evaluation's standard error, None unless measured
 Reporter = Callable[[float, int, float | None], bool]
-
-
-@dataclass(frozen=True)
-class EarlyStopping:
-    patience: int
-    min_delta: float = 0.0
 
 
 @dataclass
@@ -189,37 +184,31 @@ class Trainer:
         schedule: Schedule,
         plan: TrialPlan,
         budget: Budget,
+        options: TrainerOptions,
         *,
-        maximize: bool,
         seed: int,
         reporter: Reporter | None = None,
-        early_stopping: EarlyStopping | None = None,
-        max_micro_batch: int | None = None,
-        eval_batch_size: int = 4096,
-        precision: str = "fp32",
-        loader: LoaderOptions | None = None,
         live: LiveTrial | None = None,
-        measure_noise: bool = False,
-        cooldown_fraction: float | None = None,
-        measure_value_se: bool = False,
     ):
+        self.options = options
+        measure_noise, cooldown_fraction = options.measure_noise, options.cooldown_fraction
         self.task = task
         self.model: nn.Module = task.model
         self.optimizer = optimizer
         self.schedule = schedule
         self.plan = plan
         self.budget = budget
-        self.sign = 1.0 if maximize else -1.0
+        self.sign = 1.0 if options.maximize else -1.0
         self.reporter = reporter
-        self.early_stopping = early_stopping
-        self.accumulation = micro_batches(plan.batch_size, max_micro_batch)
-        self.eval_batch_size = eval_batch_size
+        self.early_stopping = options.early_stopping
+        self.accumulation = micro_batches(plan.batch_size, options.max_micro_batch)
+        self.eval_batch_size = options.eval_batch_size
         self.tensors = isinstance(task.train, tuple | list)  # else a Dataset, through a DataLoader
         device = task.train[0].device if self.tensors else model_device(task.model)
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.device = device
         self.seed = seed
-        self.loader = loader or LoaderOptions()
+        self.loader = options.loader
         self.non_blocking = pins(self.loader, device)
         self.augment_generator = (
             torch.Generator(device=device).manual_seed(seed + 1) if task.augment is not None else None
@@ -227,7 +216,7 @@ class Trainer:
         self.val_loader = None  # the Dataset path's evaluation loader, for its eval_batch_size
         self.check_every = 1 if device.type == "cpu" else 32  # host syncs are free on the CPU
         self.autocast = (
-            torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+            torch.autocast(device.type, dtype=torch.bfloat16) if options.precision == "bf16"
             else contextlib.nullcontext()
         )
         self.live = live  # where a display in another process reads how far the trial is
@@ -244,7 +233,7 @@ class Trainer:
             self.result.cooldown_updates, self.result.cooldown_examples, self.result.cooldown_seconds = 0, 0, 0.0
         # the per-example metric when the standard error is measured (None: not measured, or the
         # task's metric returns only its mean); evaluation then sums the values and their squares
-        self.per_example = per_example_metric(task) if measure_value_se else None
+        self.per_example = per_example_metric(task) if options.measure_value_se else None
         if self.per_example is not None:
             self.result.value_se_curve = []
         self.best_state: dict[str, Tensor] | None = None

@@ -16,7 +16,8 @@ from objectives.training.budget import Budget, TrialPlan, plan_trial
 from objectives.training.coupling import Coupled, couple
 from objectives.training.data import LoaderOptions
 from objectives.training.live import LiveTrial
-from objectives.training.loop import EarlyStopping, Reporter, Trainer, TrainResult, measure_seconds_per_update
+from objectives.training.loop import Reporter, Trainer, TrainResult, measure_seconds_per_update
+from objectives.training.options import EarlyStopping, TrainerOptions
 from objectives.training.schedule import Schedule
 from sweeps.config.study_file import ObjectiveSection, SweepConfig
 from sweeps.loop.gpus import machine_gpu
@@ -104,6 +105,7 @@ class SweepObjective:
         self.device = resolve_device(config.objective.device, config.objective.gpu_memory_fraction)
         limits = [m for m in (config.objective.max_micro_batch, probed_for(probed_micro_batch, self.device)) if m]
         self.max_micro_batch = min(limits) if limits else None
+        self.options = trainer_options(config, self.max_micro_batch)
         self.keeper = None  # sweeps.results.checkpoints.CheckpointKeeper, set by the runner: the best trials' weights
         self.identity: dict[str, object] = {}  # which worker ran the trial (worker number, sampler seed)
         self.live: LiveTrial | None = None  # set by the runner when a progress display reads it
@@ -192,25 +194,26 @@ class SweepObjective:
             torch.cuda.empty_cache()
 
     def train(self, prepared: PreparedTrial, report: Reporter) -> TrainResult:
-        cfg = self.config
-        stopping = cfg.early_stopping
-        trainer = Trainer(
-            prepared.task, prepared.optimizer, prepared.schedule, prepared.plan, self.budget,
-            maximize=cfg.study.direction == "maximize",
-            seed=prepared.seed,
-            reporter=report,
-            early_stopping=EarlyStopping(stopping.patience, stopping.min_delta) if stopping else None,
-            max_micro_batch=self.max_micro_batch,
-            eval_batch_size=cfg.objective.eval_batch_size,
-            precision=cfg.objective.precision,
-            loader=LoaderOptions(cfg.objective.loader.workers, cfg.objective.loader.prefetch,
-                                 cfg.objective.loader.pin_memory),
-            live=self.live,
-            measure_noise=cfg.measure.noise_scale,
-            cooldown_fraction=cfg.schedule.cooldown_fraction if cfg.schedule.cooldown_evaluations else None,
-            measure_value_se=cfg.measure.value_se or cfg.pruner.noise_margin is not None,
-        )
+        trainer = Trainer(prepared.task, prepared.optimizer, prepared.schedule, prepared.plan, self.budget,
+                          self.options, seed=prepared.seed, reporter=report, live=self.live)
         return trainer.train()
+
+
+def trainer_options(config: SweepConfig, max_micro_batch: int | None) -> TrainerOptions:
+    """How every trial of the study trains, from its study file (`max_micro_batch`: the file's
+    limit or the probed one, whichever is smaller)."""
+    objective, stopping = config.objective, config.early_stopping
+    return TrainerOptions(
+        maximize=config.study.direction == "maximize",
+        early_stopping=EarlyStopping(stopping.patience, stopping.min_delta) if stopping else None,
+        max_micro_batch=max_micro_batch,
+        eval_batch_size=objective.eval_batch_size,
+        precision=objective.precision,
+        loader=LoaderOptions(objective.loader.workers, objective.loader.prefetch, objective.loader.pin_memory),
+        measure_noise=config.measure.noise_scale,
+        cooldown_fraction=config.schedule.cooldown_fraction if config.schedule.cooldown_evaluations else None,
+        measure_value_se=config.measure.value_se or config.pruner.noise_margin is not None,
+    )
 
 
 def timed_by_clock(plan: TrialPlan, budget: Budget) -> bool:
