@@ -19,7 +19,6 @@ metric (`objectives.task.per_example_metric`); a metric that returns only its me
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import itertools
 import math
@@ -41,6 +40,7 @@ from objectives.training.live import SECONDS, UPDATES, LiveTrial
 from objectives.training.noise_scale import GradientParts, NoiseScale
 from objectives.training.options import TrainerOptions
 from objectives.training.schedule import Schedule, cooled
+from objectives.training.step import OutOfMemory, Step, TrainState, micro_batches
 
 # reporter(value, step, value_se) -> True when the trial should stop (pruned); value_se is the
 # evaluation's standard error, None unless measured
@@ -128,17 +128,6 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, snapshot: OptimizerSnaps
         group.update(saved)
 
 
-class OutOfMemory(RuntimeError):
-    """Not even a micro-batch of one example fits on the device."""
-
-
-def micro_batches(batch_size: int, max_micro_batch: int | None) -> int:
-    """Accumulation steps: equal micro-batches no larger than `max_micro_batch`."""
-    if max_micro_batch is None or batch_size <= max_micro_batch:
-        return 1
-    return -(-batch_size // max_micro_batch)
-
-
 def eval_points(plan: TrialPlan, budget: Budget) -> dict[int, int]:
     """Map 'after this many updates' -> integer report step, for each grid point the plan reaches.
 
@@ -201,7 +190,7 @@ class Trainer:
         self.sign = 1.0 if options.maximize else -1.0
         self.reporter = reporter
         self.early_stopping = options.early_stopping
-        self.accumulation = micro_batches(plan.batch_size, options.max_micro_batch)
+        self.state = TrainState(self.model, optimizer)  # what an update changes
         self.eval_batch_size = options.eval_batch_size
         self.tensors = isinstance(task.train, tuple | list)  # else a Dataset, through a DataLoader
         device = task.train[0].device if self.tensors else model_device(task.model)
@@ -215,14 +204,14 @@ class Trainer:
         )
         self.val_loader = None  # the Dataset path's evaluation loader, for its eval_batch_size
         self.check_every = 1 if device.type == "cpu" else 32  # host syncs are free on the CPU
-        self.autocast = (
-            torch.autocast(device.type, dtype=torch.bfloat16) if options.precision == "bf16"
-            else contextlib.nullcontext()
-        )
+        self.step = Step(task, device, precision=options.precision,
+                         accumulation=micro_batches(plan.batch_size, options.max_micro_batch))
+        self.autocast = self.step.autocast  # evaluation runs under the same precision
         self.live = live  # where a display in another process reads how far the trial is
         self.result = TrainResult()
         # Measuring swaps in its own step; off, the update is `step` exactly as without it.
-        self.noise = NoiseScale(device, eval_window(plan, budget), self.accumulation > 1) if measure_noise else None
+        self.noise = (NoiseScale(device, eval_window(plan, budget), self.step.accumulation > 1) if measure_noise
+                      else None)
         self.update = self.measured_step if measure_noise else self.step
         if measure_noise:
             self.gradient_parts = GradientParts([p for p in self.model.parameters() if p.requires_grad])
@@ -241,46 +230,25 @@ class Trainer:
         self.bad_evals = 0
 
     # --- the hot path -------------------------------------------------------------------
-    def loss_of(self, batch: Batch) -> Tensor:
-        if type(batch) is tuple and len(batch) == 2:  # the tensor pair: model(x), loss(out, y)
-            return self.task.loss(self.model(batch[0]), batch[1])
-        return self.task.loss(*forward(self.model, batch, self.task.target_key))
-
-    def step(self, batch: Batch) -> Tensor:
-        if self.accumulation == 1:
-            with self.autocast:
-                loss = self.loss_of(batch)
-            loss.backward()
-        else:
-            n = batch_len(batch)
-            loss = torch.zeros((), device=self.device)
-            for part in split(batch, min(self.accumulation, n)):  # a short last batch: no empty parts
-                with self.autocast:
-                    part_loss = self.loss_of(part) * (batch_len(part) / n)
-                part_loss.backward()
-                loss += part_loss.detach()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    def measured_step(self, batch: Batch) -> Tensor:
+    def measured_step(self, state: TrainState, batch: Batch) -> Tensor:
         """`step`, measuring the noise scale (`noise_scale.py`) from the micro-batches on one
         update in `noise.every`. A batch that is not split is then trained as two half
         micro-batches: the same update, no extra pass."""
+        step = self.step
         if not self.noise.due():
-            return self.step(batch)
-        parts = max(self.accumulation, 2)
+            return step(state, batch)
+        parts = max(step.accumulation, 2)
         n = batch_len(batch)
         if n < 2:
-            return self.step(batch)
+            return step(state, batch)
         gradients = self.gradient_parts
         loss = torch.zeros((), device=self.device)
         norms = []
         for i, part in enumerate(split(batch, min(parts, n))):
             if i:
                 gradients.set_aside()  # this micro-batch's gradient alone, then the sum again
-            with self.autocast:
-                part_loss = self.loss_of(part) * (batch_len(part) / n)
+            with step.autocast:
+                part_loss = step.loss_of(state.model, part) * (batch_len(part) / n)
             part_loss.backward()
             norms.append(gradients.norms())
             if i:
@@ -288,23 +256,12 @@ class Trainer:
             loss += part_loss.detach()
         norms.append(gradients.norms())
         self.noise.add(norms, n)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        state.optimizer.step()
+        state.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
     def step_within_memory(self, batch: Batch) -> Tensor:
-        """On OOM, halve the micro-batch and double accumulation: same batch, LR and update."""
-        while True:
-            try:
-                return self.update(batch)
-            except torch.cuda.OutOfMemoryError:
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                n = batch_len(batch)
-                if self.accumulation >= n:
-                    raise OutOfMemory(f"a micro-batch of 1 does not fit (batch {n})") from None
-                self.accumulation = min(2 * self.accumulation, n)
+        return self.step.within_memory(self.state, batch, self.update)
 
     def training_batches(self) -> Iterator[Batch]:
         """Endless batches, epoch after epoch, each epoch in a fresh order drawn from the seed."""
@@ -342,8 +299,8 @@ class Trainer:
             self.result.peak_memory_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
         self.result.train_seconds = (time.perf_counter() - started - self.result.eval_seconds
                                      - (self.result.cooldown_seconds or 0.0))
-        self.result.accumulation_steps = self.accumulation
-        self.result.micro_batch = -(-self.plan.batch_size // self.accumulation)
+        self.result.accumulation_steps = self.step.accumulation
+        self.result.micro_batch = -(-self.plan.batch_size // self.step.accumulation)
         if self.result.stop_reason != "oom":
             self.finish()
         return self.result
@@ -580,16 +537,19 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
 def measure_seconds_per_update(task: Task, make_optimizer: OptimizerFactory, batch_size: int,
-                               updates: int = 5) -> float:
-    """Time a few updates on throwaway copies, so a seconds budget can plan its horizon.
+                               updates: int = 5, *, precision: str = "fp32",
+                               max_micro_batch: int | None = None) -> float:
+    """Time a few updates on throwaway copies, so a seconds budget can plan its horizon: the
+    trials' own step (`Step`: precision, micro-batches, OOM halving) on a copy of the model.
 
     The copy's optimizer is built by the same factory as the trial's: rebuilding it from
     `optimizer.defaults` passes keys some constructors do not take (AdamW's
     `decoupled_weight_decay`)."""
     model = copy.deepcopy(task.model)
-    probe_opt = make_optimizer(model.parameters())
+    state = TrainState(model, make_optimizer(model.parameters()))
     tensors = isinstance(task.train, tuple | list)
     device = task.train[0].device if tensors else model_device(model)
+    step = Step(task, device, precision=precision, accumulation=micro_batches(batch_size, max_micro_batch))
     n = task.n_train
     gen = torch.Generator(device=device if tensors else "cpu").manual_seed(0)
     timings = []
@@ -600,9 +560,7 @@ def measure_seconds_per_update(task: Task, make_optimizer: OptimizerFactory, bat
             batch = (task.train[0][idx], task.train[1][idx])
         else:  # a Dataset: loading the batch is part of the update's time
             batch = to_device(default_collate([task.train[i] for i in idx.tolist()]), device)
-        task.loss(*forward(model, batch, task.target_key)).backward()
-        probe_opt.step()
-        probe_opt.zero_grad(set_to_none=True)
+        step.within_memory(state, batch)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         timings.append(time.perf_counter() - started)

@@ -75,6 +75,12 @@ def build_optimizer(section: ObjectiveSection, params, coupled: Coupled) -> torc
                      eps=coupled.eps or section.eps, weight_decay=section.weight_decay)
 
 
+def compile_model(task: Task, section: ObjectiveSection) -> None:
+    """`objective.compile`: the task's model through torch.compile (trials and the probe alike)."""
+    if section.compile:
+        task.model = torch.compile(task.model)
+
+
 class OutOfMemoryTrial(RuntimeError):
     """The trial's batch does not fit the device even one example at a time."""
 
@@ -121,7 +127,8 @@ class SweepObjective:
         timed_updates = None
         if self.budget.timed:
             per_update = measure_seconds_per_update(
-                task, lambda params: build_optimizer(cfg.objective, params, coupled), point.batch_size)
+                task, lambda params: build_optimizer(cfg.objective, params, coupled), point.batch_size,
+                precision=self.options.precision, max_micro_batch=self.options.max_micro_batch)
             timed_updates = max(1, math.floor(self.budget.per_trial / per_update))
         plan = plan_trial(self.budget, n_train, point.batch_size, point.epochs,
                           cfg.objective.drop_last, timed_updates)
@@ -145,8 +152,7 @@ class SweepObjective:
             raise TypeError(f"task factory returned {type(task).__name__}, not objectives.Task")
         task.validate()
         task.to(self.device)
-        if self.config.objective.compile:
-            task.model = torch.compile(task.model)
+        compile_model(task, self.config.objective)
         return task
 
     def run(self, trial: optuna.Trial, point: Suggestion, pruner: Reporter) -> Outcome:
