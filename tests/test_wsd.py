@@ -185,7 +185,7 @@ def test_with_the_branch_off_the_batches_are_the_plain_generator():
                                Schedule.build(0.1, 10, 0.0, "wsd", 0.0, 0.2),
                                plan_trial(Budget("updates", 10, 5), 192, 16, None), Budget("updates", 10, 5),
                                TrainerOptions(maximize=True), seed=0)
-    assert trainer.cooldown_fraction is None and trainer.result.cooldown_updates is None
+    assert not any(hook.seeks for hook in trainer.hooks) and trainer.result.cooldown_updates is None
 
 
 def test_a_sweep_with_cooldown_evaluations_reports_the_branches_and_records_their_cost(tmp_path):

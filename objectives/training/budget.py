@@ -145,4 +145,31 @@ def plan_trial(
     return TrialPlan(n_train, batch_size, drop_last, per_epoch, cap, "budget", tokens)
 
 
+def eval_points(plan: TrialPlan, budget: Budget) -> dict[int, int]:
+    """Map 'after this many updates' -> integer report step, for each grid point the plan reaches.
+
+    Every trial reports at the same steps (multiples of eval_every in budget units), whatever its
+    batch size, so the pruner compares equal compute. Seconds are timed, not precomputed.
+    """
+    if budget.timed:
+        return {}
+    points: dict[int, int] = {}
+    k = 1
+    while k * budget.eval_every <= budget.per_trial + 1e-9:
+        units = k * budget.eval_every
+        after = budget.updates_to_reach(units, plan)
+        if after > plan.planned_updates:
+            break
+        points[max(after, 1)] = budget.to_step(units, plan.n_train)
+        k += 1
+    return points
+
+
+def eval_window(plan: TrialPlan, budget: Budget) -> int:
+    """Updates from the start to the first evaluation: the grid's window (a tenth of the plan
+    under a seconds budget, whose grid is timed)."""
+    points = eval_points(plan, budget)
+    return min(points) if points else max(1, plan.planned_updates // 10)
+
+
 import objectives.training.units  # noqa: E402, F401  (registers the built-in units; they count with the functions above)
