@@ -170,9 +170,6 @@ class Trainer:
         self.on_update = [hook.after_update for hook in self.hooks if overrides(hook, "after_update")]
         self.on_evaluated = [hook.evaluated for hook in self.hooks if overrides(hook, "evaluated")]
 
-    def step_within_memory(self, batch: Batch) -> Tensor:
-        return self.step.within_memory(self.state, batch, self.update)
-
     def train(self) -> TrainResult:
         cuda = self.device.type == "cuda"
         if cuda:
@@ -223,6 +220,7 @@ class Trainer:
         by_clock = clock is not None and self.plan.stop_reason == "budget"  # the clock ends it: the LR follows
         horizon, lr_at, groups = self.plan.planned_updates, self.schedule.lr_at, self.optimizer.param_groups
         augment, tensors = self.task.augment, self.tensors
+        within_memory, state, update_fn = self.step.within_memory, self.state, self.update  # fixed once installed
         loss_sum, losses, spent = torch.zeros((), device=self.device), 0, 0.0
         self.model.train()
         for update in range(2**62 if by_clock else horizon):
@@ -233,7 +231,7 @@ class Trainer:
             lr = lr_at(clock.schedule_index(horizon) if by_clock else update)
             for group in groups:
                 group["lr"] = lr
-            loss_sum += self.step_within_memory(batch)
+            loss_sum += within_memory(state, batch, update_fn)
             done = update + 1
             result.updates, result.examples_seen, losses = done, result.examples_seen + size, losses + 1
             if done % self.check_every == 0 and not math.isfinite(loss_sum.item()):
