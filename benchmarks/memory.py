@@ -97,6 +97,7 @@ def train_child(args: argparse.Namespace) -> None:
     from objectives.training.budget import Budget, plan_trial
     from objectives.training.data import LoaderOptions
     from objectives.training.loop import Trainer
+    from objectives.training.options import TrainerOptions
     from objectives.training.schedule import Schedule
 
     class Pixels(nn.Module):
@@ -115,8 +116,8 @@ def train_child(args: argparse.Namespace) -> None:
     budget = Budget("updates", args.updates, args.updates)  # one evaluation, at the end
     plan = plan_trial(budget, task.n_train, args.batch_size)
     schedule = Schedule.build(args.lr, plan.planned_updates, 0.05, "cosine", 0.0)
-    trainer = Trainer(task, opt, schedule, plan, budget, maximize=True, seed=0,
-                      loader=LoaderOptions(workers=args.loader_workers))
+    trainer = Trainer(task, opt, schedule, plan, budget,
+                      TrainerOptions(maximize=True, loader=LoaderOptions(workers=args.loader_workers)), seed=0)
     result = trainer.train()
     print(json.dumps({"n_train": task.n_train, "updates": result.updates, "seconds": result.train_seconds,
                       "stop_reason": result.stop_reason, "val_accuracy": result.best_value}), flush=True)

@@ -39,6 +39,7 @@ from objectives.training.cores import default_loader_workers
 from objectives.training.data import LoaderOptions
 from objectives.training.live import LiveTrial
 from objectives.training.loop import Trainer
+from objectives.training.options import TrainerOptions
 from objectives.training.schedule import Schedule
 
 
@@ -109,8 +110,9 @@ def service_trainer(task: Task, batch_size: int, updates: int, lr: float, device
     budget = Budget("updates", updates, updates)  # one evaluation, at the end (not timed)
     plan = plan_trial(budget, task.n_train, batch_size)
     schedule = Schedule.build(lr, plan.planned_updates, 0.05, "cosine", 0.0)
-    trainer = Trainer(task, opt, schedule, plan, budget, maximize=True, seed=0, loader=loader,
-                      measure_noise=measure_noise, max_micro_batch=max_micro_batch, live=live)
+    options = TrainerOptions(maximize=True, loader=loader or LoaderOptions(), measure_noise=measure_noise,
+                             max_micro_batch=max_micro_batch)
+    trainer = Trainer(task, opt, schedule, plan, budget, options, seed=0, live=live)
     return trainer.train().train_seconds
 
 

@@ -22,14 +22,21 @@ import torch
 from torch.utils.data import default_collate
 
 from objectives.task import Task
-from objectives.training.batches import forward, to_device
+from objectives.training.batches import to_device
 from objectives.training.coupling import Coupled
+from objectives.training.step import Step, TrainState
 from sweeps import exits
 from sweeps.cli import add_study_arguments, fail, run_command
-from sweeps.config.study_file import load_config
+from sweeps.config.study_file import SweepConfig, load_config
 from sweeps.config.target import target_of
 from sweeps.loop.runner import build_reference_task, open_study
-from sweeps.trial.run_one import PROBED_MICRO_BATCH_ATTR, build_optimizer, device_model, resolve_device
+from sweeps.trial.run_one import (
+    PROBED_MICRO_BATCH_ATTR,
+    build_optimizer,
+    compile_model,
+    device_model,
+    resolve_device,
+)
 
 PLATEAU_GAIN = 1.10  # a larger batch must buy at least 10% more examples/s
 MIN_UPDATES = 20  # timed updates per size, at least
@@ -62,11 +69,11 @@ def settled(samples: list[float], per_sample: int) -> bool:
             and relative_se(samples) < TARGET_RSE)
 
 
-def measure(task: Task, optimizer: torch.optim.Optimizer, micro_batch: int, device: torch.device,
+def measure(task: Task, step: Step, state: TrainState, micro_batch: int, device: torch.device,
             max_seconds: float = MAX_SECONDS) -> Measurement:
-    """Train at this micro-batch (after a warm-up) in timed samples of equal update counts, each
-    about SAMPLE_SECONDS long, until examples/s is known to TARGET_RSE over at least MIN_UPDATES
-    updates and MIN_SAMPLES samples, or for `max_seconds`."""
+    """Train at this micro-batch with the trials' step (after a warm-up) in timed samples of equal
+    update counts, each about SAMPLE_SECONDS long, until examples/s is known to TARGET_RSE over at
+    least MIN_UPDATES updates and MIN_SAMPLES samples, or for `max_seconds`."""
     if isinstance(task.train, tuple | list):
         x, y = task.train
         gen = torch.Generator(device=x.device).manual_seed(0)
@@ -82,9 +89,7 @@ def measure(task: Task, optimizer: torch.optim.Optimizer, micro_batch: int, devi
     def timed(updates: int) -> float:
         started = time.perf_counter()
         for _ in range(updates):
-            task.loss(*forward(task.model, batch, task.target_key)).backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            step(state, batch)
         if cuda:
             torch.cuda.synchronize(device)
         return time.perf_counter() - started
@@ -96,7 +101,7 @@ def measure(task: Task, optimizer: torch.optim.Optimizer, micro_batch: int, devi
         while not settled(samples, per_sample) and sum(samples) < max_seconds:
             samples.append(timed(per_sample))
     except torch.cuda.OutOfMemoryError:
-        optimizer.zero_grad(set_to_none=True)
+        state.optimizer.zero_grad(set_to_none=True)
         del batch
         if cuda:
             torch.cuda.empty_cache()
@@ -107,13 +112,13 @@ def measure(task: Task, optimizer: torch.optim.Optimizer, micro_batch: int, devi
                        settled(samples, per_sample))
 
 
-def probe(task: Task, optimizer: torch.optim.Optimizer, device: torch.device, limit: int,
+def probe(task: Task, step: Step, state: TrainState, device: torch.device, limit: int,
           start: int = 1) -> list[Measurement]:
     """Measurements in the order tried: doubling from `start` up to `limit`, then bisection."""
     tried: list[Measurement] = []
     size, good, bad = start, 0, None
     while size <= limit:
-        m = measure(task, optimizer, size, device)
+        m = measure(task, step, state, size, device)
         tried.append(m)
         if not m.fits:
             bad = size
@@ -121,12 +126,12 @@ def probe(task: Task, optimizer: torch.optim.Optimizer, device: torch.device, li
         good = size
         size *= 2
     if bad is None and good < limit:
-        m = measure(task, optimizer, limit, device)
+        m = measure(task, step, state, limit, device)
         tried.append(m)
         good, bad = (limit, None) if m.fits else (good, limit)
     while bad is not None and bad - good > max(1, good // 32):  # ~3%: finer buys nothing
         middle = (good + bad) // 2
-        m = measure(task, optimizer, middle, device)
+        m = measure(task, step, state, middle, device)
         tried.append(m)
         good, bad = (middle, bad) if m.fits else (good, middle)
     return tried
@@ -183,6 +188,15 @@ def format_probe(tried: list[Measurement], stored: int, limit: int, device: torc
     return "\n".join(lines)
 
 
+def trial_step(config: SweepConfig, task: Task, device: torch.device) -> tuple[Step, TrainState]:
+    """The step a trial trains with (`objectives.training.step`): its precision and, with
+    `objective.compile`, the compiled model. Each micro-batch size is measured as one micro-batch,
+    which is what a trial's split batch runs."""
+    compile_model(task, config.objective)
+    optimizer = build_optimizer(config.objective, task.model.parameters(), Coupled(config.search.reference_lr()))
+    return Step(task, device, precision=config.objective.precision), TrainState(task.model, optimizer)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sweeps probe", description=__doc__.splitlines()[0],
                                      epilog="example:\n  sweeps probe study.yaml --limit 4096\n",
@@ -200,10 +214,9 @@ def probe_study(args: argparse.Namespace) -> int:
     target = None if args.no_store else target_of(config, args.storage, args.study_name)  # checked before probing
     device = resolve_device(config.objective.device, config.objective.gpu_memory_fraction)
     task = build_reference_task(config, max(config.search.batch_sizes()), device).to(device)
-    optimizer = build_optimizer(config.objective, task.model.parameters(),
-                                Coupled(config.search.reference_lr()))
+    step, state = trial_step(config, task, device)
     limit = args.limit or max(config.search.batch_sizes())
-    tried = probe(task, optimizer, device, limit)
+    tried = probe(task, step, state, device, limit)
     biggest = largest_fit(tried)
     if biggest == 0:
         return fail(exits.FAILED, "not even a micro-batch of 1 fits on this device")

@@ -16,6 +16,7 @@ import sys
 import types
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from sweeps.config.schema import is_choice
 from sweeps.config.study_file import SweepConfig
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
@@ -80,6 +81,8 @@ def type_schema(tp: Any, defs: dict[str, Any], top: bool = False) -> dict[str, A
         return {}
     if origin is Literal:
         return {"enum": list(get_args(tp))}
+    if is_choice(tp):
+        return {"enum": list(tp.choices())}
     if origin in (Union, types.UnionType):
         return {"anyOf": [type_schema(option, defs) for option in get_args(tp)]}
     if tp is type(None):

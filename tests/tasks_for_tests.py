@@ -118,3 +118,27 @@ class RecordingSGD(torch.optim.SGD):
     def step(self, closure=None):
         self.lrs.append(self.param_groups[0]["lr"])
         return super().step(closure)
+
+
+def digits_golden(settings: TrialSettings) -> Task:
+    """The digits MLP with dropout (the random state a cooldown branch forks), an augment (the
+    trial's augment generator), 64 tokens per example (one per pixel, for a `tokens` budget) and,
+    with `options.dataset`, a Dataset fed by a DataLoader: every path the trainer takes."""
+    from torch.utils.data import TensorDataset
+
+    from objectives.task import accuracy
+    from objectives.tasks.digits import digits_tensors
+
+    x_train, y_train, x_val, y_val = digits_tensors()
+    n = int(settings.options.get("n_train", len(x_train)))
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, 10))
+
+    def jitter(batch, generator):
+        x, y = batch
+        return x + 0.05 * torch.randn(x.shape, generator=generator, device=x.device), y
+
+    train = (x_train[:n], y_train[:n])
+    if settings.options.get("dataset"):
+        train = TensorDataset(*train)
+    return Task(model, train, (x_val, y_val), nn.functional.cross_entropy, accuracy,
+                augment=jitter, tokens_per_example=64)

@@ -25,7 +25,8 @@ from objectives.training.batches import split
 from objectives.training.budget import Budget, plan_trial
 from objectives.training.cores import cores_per_worker, default_loader_workers
 from objectives.training.data import LoaderOptions
-from objectives.training.loop import EarlyStopping, Trainer
+from objectives.training.loop import Trainer
+from objectives.training.options import EarlyStopping, TrainerOptions
 from objectives.training.schedule import Schedule
 from sweeps.config.schema import ConfigError
 from sweeps.config.study_file import parse_config
@@ -77,8 +78,8 @@ def trainer_for(task: Task, budget: Budget, batch_size: int, *, seed: int = 7, d
     plan = plan_trial(budget, task.n_train, batch_size, drop_last=drop_last)
     schedule = Schedule.build(lr, plan.planned_updates, 0.0, "constant", 1.0)
     optimizer = torch.optim.SGD(task.model.parameters(), lr=lr)
-    return Trainer(task, optimizer, schedule, plan, budget, maximize=True, seed=seed,
-                   loader=loader or LoaderOptions(workers=0), **kwargs)
+    options = TrainerOptions(maximize=True, loader=loader or LoaderOptions(workers=0), **kwargs)
+    return Trainer(task, optimizer, schedule, plan, budget, options, seed=seed)
 
 
 # --- counting on a Dataset ----------------------------------------------------------------------

@@ -12,6 +12,7 @@ from objectives.tasks.regression import mse
 from objectives.training.budget import Budget, plan_trial
 from objectives.training.loop import Trainer, TrainResult
 from objectives.training.noise_scale import estimate_weights, micro_sizes
+from objectives.training.options import TrainerOptions
 from objectives.training.schedule import Schedule
 from sweeps.config.schema import ConfigError
 from sweeps.config.study_file import parse_config
@@ -48,8 +49,8 @@ def train(task: Task, batch_size: int, updates: int, lr: float, *, measure: bool
     plan = plan_trial(budget, task.n_train, batch_size)
     optimizer = torch.optim.SGD(task.model.parameters(), lr=lr, momentum=momentum)
     schedule = Schedule.build(lr, plan.planned_updates, 0.0, "constant", 1.0)
-    trainer = Trainer(task, optimizer, schedule, plan, budget, maximize=False, seed=3,
-                      max_micro_batch=max_micro_batch, measure_noise=measure)
+    options = TrainerOptions(maximize=False, max_micro_batch=max_micro_batch, measure_noise=measure)
+    trainer = Trainer(task, optimizer, schedule, plan, budget, options, seed=3)
     return trainer.train()
 
 

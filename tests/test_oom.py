@@ -12,6 +12,7 @@ from objectives.tasks.faults import OutOfMemoryAbove
 from objectives.tasks.regression import regression
 from objectives.training.budget import Budget, plan_trial
 from objectives.training.loop import Trainer
+from objectives.training.options import TrainerOptions
 from objectives.training.schedule import Schedule
 from sweeps import probe
 from sweeps.config.study_file import parse_config
@@ -33,7 +34,7 @@ def train_regression(oom_limit: int | None) -> tuple[Trainer, Task]:
     plan = plan_trial(budget, len(task.train[0]), 64)
     schedule = Schedule.build(0.05, plan.planned_updates, 0.1, "cosine", 0.0)
     optimizer = torch.optim.SGD(task.model.parameters(), lr=0.05, momentum=0.9)
-    trainer = Trainer(task, optimizer, schedule, plan, budget, maximize=False, seed=11)
+    trainer = Trainer(task, optimizer, schedule, plan, budget, TrainerOptions(maximize=False), seed=11)
     trainer.train()
     return trainer, task
 

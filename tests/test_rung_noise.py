@@ -15,6 +15,7 @@ from objectives.task import Task, TrialSettings, accuracy
 from objectives.tasks.regression import regression
 from objectives.training.budget import Budget, plan_trial
 from objectives.training.loop import Trainer
+from objectives.training.options import TrainerOptions
 from objectives.training.schedule import Schedule
 from storage.optuna_private import trial_id_of
 from sweeps.config.schema import ConfigError
@@ -34,8 +35,8 @@ def trainer_for(task: Task, *, measure_value_se: bool = True, reporter=None, eva
     plan = plan_trial(budget, task.n_train, 8)
     optimizer = torch.optim.SGD(task.model.parameters(), lr=0.0)
     return Trainer(task, optimizer, Schedule.build(0.0, plan.planned_updates, 0.0, "constant", 0.0), plan, budget,
-                   maximize=maximize, seed=1, reporter=reporter, eval_batch_size=eval_batch_size,
-                   measure_value_se=measure_value_se)
+                   TrainerOptions(maximize=maximize, eval_batch_size=eval_batch_size,
+                                  measure_value_se=measure_value_se), seed=1, reporter=reporter)
 
 
 def scripted_accuracy_task(n_val: int, correct: int, metric=accuracy) -> Task:

@@ -14,7 +14,8 @@ import torch
 
 from objectives.task import TrialSettings
 from objectives.training.budget import Budget, plan_trial
-from objectives.training.loop import EarlyStopping, Trainer
+from objectives.training.loop import Trainer
+from objectives.training.options import EarlyStopping, TrainerOptions
 from objectives.training.schedule import Schedule
 from tests.tasks_for_tests import RecordingSGD, overshoot, regression_small
 
@@ -66,7 +67,7 @@ def test_warmup_ramps_and_the_schedule_ends_on_the_last_update_trained(budget, b
     plan = plan_trial(budget, N, batch_size, epochs)
     schedule = Schedule.build(peak, plan.planned_updates, warmup_fraction, shape, final)
     optimizer = RecordingSGD(task.model.parameters(), lr=peak)
-    result = Trainer(task, optimizer, schedule, plan, budget, maximize=False, seed=1).train()
+    result = Trainer(task, optimizer, schedule, plan, budget, TrainerOptions(maximize=False), seed=1).train()
 
     lrs = optimizer.lrs
     assert len(lrs) == result.updates == plan.planned_updates == expected_updates
@@ -93,7 +94,7 @@ def test_constant_schedule_without_warmup_trains_every_update_at_the_peak():
     plan = plan_trial(budget, N, 64)
     optimizer = RecordingSGD(task.model.parameters(), lr=1.0)
     Trainer(task, optimizer, Schedule.build(0.03, 20, 0.0, "constant", 0.0), plan, budget,
-            maximize=False, seed=0).train()
+            TrainerOptions(maximize=False), seed=0).train()
     assert optimizer.lrs == [0.03] * 20
 
 
@@ -114,8 +115,8 @@ def overshoot_trainer(early_stopping: EarlyStopping | None = None, updates: int 
     plan = plan_trial(budget, len(task.train[0]), 8)
     schedule = Schedule.build(0.05, plan.planned_updates, 0.0, "constant", 0.0)
     optimizer = torch.optim.SGD(task.model.parameters(), lr=0.05)
-    trainer = Trainer(task, optimizer, schedule, plan, budget, maximize=True, seed=3,
-                      early_stopping=early_stopping)
+    trainer = Trainer(task, optimizer, schedule, plan, budget,
+                      TrainerOptions(maximize=True, early_stopping=early_stopping), seed=3)
     return trainer, task
 
 
@@ -184,8 +185,8 @@ def test_micro_batches_give_the_full_batch_update(batch_size, max_micro_batch, s
         else:
             optimizer = torch.optim.Adam(task.model.parameters(), lr=lr)
         schedule = Schedule.build(lr, plan.planned_updates, 0.1, "cosine", 0.0)
-        trainer = Trainer(task, optimizer, schedule, plan, budget, maximize=False, seed=11,
-                          max_micro_batch=limit)
+        trainer = Trainer(task, optimizer, schedule, plan, budget,
+                          TrainerOptions(maximize=False, max_micro_batch=limit), seed=11)
         return trainer.train(), task, untrained
 
     full, full_task, untrained = run(None)

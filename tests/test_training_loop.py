@@ -11,7 +11,8 @@ from torch import nn
 from objectives.task import Task, TrialSettings
 from objectives.tasks.regression import regression
 from objectives.training.budget import Budget, examples_after, plan_trial
-from objectives.training.loop import EarlyStopping, Trainer, eval_points
+from objectives.training.loop import Trainer, eval_points
+from objectives.training.options import EarlyStopping, TrainerOptions
 from objectives.training.schedule import Schedule
 from tests.tasks_for_tests import RecordingSGD
 
@@ -29,8 +30,8 @@ def make_trainer(task: Task, budget: Budget, batch_size: int, lr: float = 0.05, 
     plan = plan_trial(budget, len(task.train[0]), batch_size, epochs)
     schedule = Schedule.build(lr, plan.planned_updates, warmup, shape, final)
     optimizer = torch.optim.SGD(task.model.parameters(), lr=lr, momentum=momentum)
-    return Trainer(task, optimizer, schedule, plan, budget, maximize=maximize, seed=5, reporter=reporter,
-                   early_stopping=early_stopping, max_micro_batch=max_micro_batch)
+    options = TrainerOptions(maximize=maximize, early_stopping=early_stopping, max_micro_batch=max_micro_batch)
+    return Trainer(task, optimizer, schedule, plan, budget, options, seed=5, reporter=reporter)
 
 
 def test_grid_points_are_reached_at_the_first_update_past_them():
@@ -81,7 +82,7 @@ def test_seconds_budget_schedule_follows_the_clock_whatever_the_estimate(estimat
     schedule = Schedule.build(0.05, plan.planned_updates, 0.1, "linear", 0.1)
     task = regression_task()
     optimizer = RecordingSGD(task.model.parameters(), lr=0.05)
-    result = Trainer(task, optimizer, schedule, plan, budget, maximize=False, seed=5).train()
+    result = Trainer(task, optimizer, schedule, plan, budget, TrainerOptions(maximize=False), seed=5).train()
     assert result.stop_reason == "budget" and 0.3 <= result.train_seconds < 2.0
     assert result.updates > 50, "an underestimate must not end the trial early"
     lrs = optimizer.lrs
@@ -96,7 +97,7 @@ def test_lr_schedule_warms_up_and_ends_on_the_last_update():
     plan = plan_trial(budget, 300, 32)
     schedule = Schedule.build(0.2, plan.planned_updates, 0.1, "linear", 0.05)
     optimizer = RecordingSGD(task.model.parameters(), lr=0.2)
-    Trainer(task, optimizer, schedule, plan, budget, maximize=False, seed=1).train()
+    Trainer(task, optimizer, schedule, plan, budget, TrainerOptions(maximize=False), seed=1).train()
     lrs = optimizer.lrs
     assert len(lrs) == 50
     assert lrs[:5] == sorted(lrs[:5]) and lrs[0] < 0.2 / 4

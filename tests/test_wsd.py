@@ -11,6 +11,7 @@ from torch import nn
 from objectives.task import Task, negative_mse
 from objectives.training.budget import Budget, plan_trial
 from objectives.training.loop import Trainer
+from objectives.training.options import TrainerOptions
 from objectives.training.schedule import Schedule, cooled
 from sweeps.config.fingerprint import fingerprint_of
 from sweeps.config.schema import ConfigError
@@ -144,9 +145,9 @@ def train_wsd(cooldown_fraction: float | None, optimizer: str = "sgd", updates: 
     else:
         opt = torch.optim.AdamW(task.model.parameters(), lr=0.05)
     reported: list[tuple[int, float]] = []
-    trainer = KeepsLastWeights(task, opt, schedule, plan, budget, maximize=True, seed=7,
-                               reporter=lambda value, step, se: reported.append((step, value)) and False,
-                               cooldown_fraction=cooldown_fraction)
+    trainer = KeepsLastWeights(task, opt, schedule, plan, budget,
+                               TrainerOptions(maximize=True, cooldown_fraction=cooldown_fraction), seed=7,
+                               reporter=lambda value, step, se: reported.append((step, value)) and False)
     return trainer, trainer.train(), reported, opt
 
 
@@ -183,8 +184,8 @@ def test_with_the_branch_off_the_batches_are_the_plain_generator():
     trainer = KeepsLastWeights(noisy_task(0), torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1),
                                Schedule.build(0.1, 10, 0.0, "wsd", 0.0, 0.2),
                                plan_trial(Budget("updates", 10, 5), 192, 16, None), Budget("updates", 10, 5),
-                               maximize=True, seed=0)
-    assert trainer.cooldown_fraction is None and trainer.result.cooldown_updates is None
+                               TrainerOptions(maximize=True), seed=0)
+    assert not any(hook.seeks for hook in trainer.hooks) and trainer.result.cooldown_updates is None
 
 
 def test_a_sweep_with_cooldown_evaluations_reports_the_branches_and_records_their_cost(tmp_path):

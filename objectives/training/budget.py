@@ -4,24 +4,16 @@ Formulas from docs/background.md (section Counting): I = ceil(N/B) (floor with d
 updates S = I * E, examples seen = N * E. A trial is planned as a number of optimizer updates so
 that its LR schedule can end exactly on its last update.
 
-A `tokens` budget counts examples x tokens_per_example (the task declares it): every tokens
-figure here is an examples figure scaled by it, and its report steps count tokens.
+What differs between the units (updates, examples, epochs, tokens, seconds) lives in one class
+per unit (`objectives/training/units/`); a `Budget` holds its unit's, as `kind`.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-# Pruners compare integer steps; each unit is reported on an integer scale of its own
-# (`Budget.step_scale`): an epoch budget in examples, a seconds budget in milliseconds.
-STEP_UNITS = {"updates": "updates", "examples": "examples", "epochs": "examples", "seconds": "ms",
-              "tokens": "tokens"}
-
-
-def step_unit_of(budget_unit: str) -> str:
-    """What one report step counts under a budget unit (an unknown unit counts itself)."""
-    return STEP_UNITS.get(budget_unit, budget_unit)
+from objectives.training.units.registry import step_unit_of as step_unit_of  # re-exported
+from objectives.training.units.registry import unit_named
 
 
 def iterations_per_epoch(n: int, batch_size: int, drop_last: bool = False) -> int:
@@ -63,16 +55,25 @@ def tokens_after(updates: int, n: int, batch_size: int, drop_last: bool, tokens_
 
 @dataclass(frozen=True)
 class Budget:
-    """A per-trial compute cap and its evaluation grid, in one of five units."""
+    """A per-trial compute cap and its evaluation grid, in one of the registered units."""
 
-    unit: str  # updates | examples | epochs | seconds | tokens
+    unit: str  # a registered unit's name: updates | examples | epochs | seconds | tokens | ...
     per_trial: float
     eval_every: float
     tokens_per_example: int | None = None  # the task's; a tokens budget needs it to count
+    kind: object = field(init=False, repr=False, compare=False)  # the unit's class (units.BudgetUnit)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", unit_named(self.unit))
+
+    @property
+    def timed(self) -> bool:
+        """The clock, not a count, ends a trial."""
+        return self.kind.timed
 
     def step_scale(self, n_train: int) -> float:
         """Multiplier from budget units to the integer step reported to the pruner."""
-        return {"updates": 1, "examples": 1, "epochs": n_train, "seconds": 1000, "tokens": 1}[self.unit]
+        return self.kind.step_scale(n_train)
 
     def per_example(self) -> int:
         """Tokens per example; an error naming the fix when the task declares none."""
@@ -80,31 +81,20 @@ class Budget:
             raise ValueError("a tokens budget needs the task's tokens_per_example")
         return self.tokens_per_example
 
-    def examples_within(self, units: float) -> int:
-        """The most whole examples a tokens (or examples) amount holds."""
-        if self.unit == "tokens":
-            return math.floor(units / self.per_example() + 1e-9)
-        return int(units)
-
-    def examples_to_reach(self, units: float) -> int:
-        """The fewest whole examples that reach a tokens (or examples) amount."""
-        if self.unit == "tokens":
-            return math.ceil(units / self.per_example() - 1e-9)
-        return math.ceil(units - 1e-9)
-
     def to_step(self, units: float, n_train: int) -> int:
-        return int(round(units * self.step_scale(n_train)))
+        return int(round(units * self.kind.step_scale(n_train)))
 
     def updates_cap(self, n: int, batch_size: int, drop_last: bool) -> int | None:
-        """Updates the budget allows; None for seconds (planned from measured throughput)."""
-        if self.unit == "updates":
-            return int(self.per_trial)
-        if self.unit in ("examples", "tokens"):
-            return updates_within_examples(self.examples_within(self.per_trial), n, batch_size, drop_last)
-        if self.unit == "epochs":
-            per_epoch = iterations_per_epoch(n, batch_size, drop_last)
-            return math.floor(self.per_trial * per_epoch + 1e-9)
-        return None
+        """Updates the budget allows; None for a timed unit (planned from measured throughput)."""
+        return self.kind.updates_cap(self, n, batch_size, drop_last)
+
+    def updates_to_reach(self, units: float, plan: TrialPlan) -> int:
+        """The fewest updates of `plan` whose work reaches `units`."""
+        return self.kind.updates_to_reach(units, plan, self)
+
+    def planned(self, plan: TrialPlan) -> float:
+        """The trial's whole plan in the budget's unit (less than the budget when epochs end it first)."""
+        return float(self.kind.planned(plan, self))
 
 
 @dataclass(frozen=True)
@@ -153,3 +143,33 @@ def plan_trial(
     if epochs is not None and epochs * per_epoch < cap:
         return TrialPlan(n_train, batch_size, drop_last, per_epoch, epochs * per_epoch, "epochs", tokens)
     return TrialPlan(n_train, batch_size, drop_last, per_epoch, cap, "budget", tokens)
+
+
+def eval_points(plan: TrialPlan, budget: Budget) -> dict[int, int]:
+    """Map 'after this many updates' -> integer report step, for each grid point the plan reaches.
+
+    Every trial reports at the same steps (multiples of eval_every in budget units), whatever its
+    batch size, so the pruner compares equal compute. Seconds are timed, not precomputed.
+    """
+    if budget.timed:
+        return {}
+    points: dict[int, int] = {}
+    k = 1
+    while k * budget.eval_every <= budget.per_trial + 1e-9:
+        units = k * budget.eval_every
+        after = budget.updates_to_reach(units, plan)
+        if after > plan.planned_updates:
+            break
+        points[max(after, 1)] = budget.to_step(units, plan.n_train)
+        k += 1
+    return points
+
+
+def eval_window(plan: TrialPlan, budget: Budget) -> int:
+    """Updates from the start to the first evaluation: the grid's window (a tenth of the plan
+    under a seconds budget, whose grid is timed)."""
+    points = eval_points(plan, budget)
+    return min(points) if points else max(1, plan.planned_updates // 10)
+
+
+import objectives.training.units  # noqa: E402, F401  (registers the built-in units; they count with the functions above)

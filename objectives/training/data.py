@@ -38,6 +38,7 @@ class EpochPermutation(Sampler[int]):
     def __init__(self, n: int, generator: torch.Generator):
         self.n = n
         self.generator = generator
+        self.skip = 0  # examples to leave out at the start of the next epoch (a stream returning to a position)
 
     def __len__(self) -> int:
         return self.n
@@ -46,7 +47,8 @@ class EpochPermutation(Sampler[int]):
         # Handed out in chunks: a Python list of all N indices costs ~36 bytes a row, which on a
         # large memory-mapped dataset grows the trainer (and every worker forked while it is held).
         order = torch.randperm(self.n, generator=self.generator)
-        for start in range(0, self.n, PERMUTATION_CHUNK):
+        first, self.skip = self.skip, 0
+        for start in range(first, self.n, PERMUTATION_CHUNK):
             yield from order[start : start + PERMUTATION_CHUNK].tolist()
 
 

@@ -1,15 +1,19 @@
-"""The training loop. Tensor data stays resident on the device, batched by index permutation, no
-DataLoader; a Dataset is fed by a DataLoader (`objectives.training.data`), batch by batch.
+"""The training loop: `Trainer.run_batches` is one readable loop (set the LR, take a step, count,
+check, evaluate on the grid); what it is made of lives beside it:
+
+- `step.Step`: one update (micro-batches, autocast, OOM halving) over a `TrainState` value;
+- `stream.BatchStream`: the training batches, whose position can be saved and returned to;
+- `state.RunSnapshot`: the whole run state at an update, copied and restored;
+- `hooks`: the instruments (live record, noise scale, value standard errors, cooldown branches),
+  called at named points of the loop; `options.TrainerOptions`: how a study's trials train;
+- `units`: what differs between budget units, held by the `Budget`.
+
+Tensor data stays resident on the device, batched by index permutation, no DataLoader; a Dataset
+is fed by a DataLoader (`objectives.training.data`), batch by batch.
 
 One trial = `planned_updates` optimizer updates. Evaluation happens on the budget grid (every
 `eval_every` budget units), the reporter may prune, early stopping may end it, and a non-finite
 loss ends it as diverged. The value is the best evaluation, whose weights are restored.
-
-With cooldown evaluations (opt-in, a wsd schedule only), a grid evaluation before the trial's own
-decay is made on a short cooldown branch: weights and optimizer state are copied, a few updates
-run on the next training batches with the LR going 1-sqrt from the current LR to zero, the branch
-is evaluated and reported, and the copy is restored. The main run then trains on those same
-batches, so its trajectory is the one it would have had without branches.
 
 With `measure_value_se`, each evaluation also estimates its own standard error from the values
 of its examples, in the same pass: SE = sd / sqrt(n_val), sd over the validation examples (the
@@ -19,37 +23,32 @@ metric (`objectives.task.per_example_metric`); a metric that returns only its me
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import itertools
 import math
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import default_collate
 
-from objectives.task import Task, per_example_metric
-from objectives.training.batches import Batch, batch_len, forward, split, to_device
-from objectives.training.budget import Budget, TrialPlan, examples_after, updates_within_examples
+from objectives.task import Task
+from objectives.training.batches import Batch, batch_len, forward, to_device
+from objectives.training.budget import Budget, TrialPlan, eval_points, eval_window  # noqa: F401  (eval_window: re-exported)
 from objectives.training.cores import cores_per_worker
-from objectives.training.data import LoaderOptions, make_loader, pins
-from objectives.training.live import SECONDS, UPDATES, LiveTrial
-from objectives.training.noise_scale import GradientParts, NoiseScale
-from objectives.training.schedule import Schedule, cooled
+from objectives.training.data import make_loader, pins
+from objectives.training.hooks import Hook, instruments, overrides
+from objectives.training.live import LiveTrial
+from objectives.training.options import TrainerOptions
+from objectives.training.schedule import Schedule
+from objectives.training.state import optimizer_snapshot, restore_optimizer  # noqa: F401  (re-exported)
+from objectives.training.step import OutOfMemory, Step, TrainState, micro_batches
+from objectives.training.stream import BatchStream
 
 # reporter(value, step, value_se) -> True when the trial should stop (pruned); value_se is the
 # evaluation's standard error, None unless measured
 Reporter = Callable[[float, int, float | None], bool]
-
-
-@dataclass(frozen=True)
-class EarlyStopping:
-    patience: int
-    min_delta: float = 0.0
 
 
 @dataclass
@@ -79,109 +78,6 @@ class TrainResult:
         return self.examples_seen / self.train_seconds if self.train_seconds > 0 else 0.0
 
 
-class Replay:
-    """The training batches with a look-ahead: a cooldown branch trains on the next batches, and
-    the main run then gets the same ones, in the same order."""
-
-    def __init__(self, batches: Iterator[Batch]):
-        self.batches = batches
-        self.ahead: deque[Batch] = deque()
-
-    def __iter__(self) -> Replay:
-        return self
-
-    def __next__(self) -> Batch:
-        return self.ahead.popleft() if self.ahead else next(self.batches)
-
-    def peek(self, n: int) -> list[Batch]:
-        while len(self.ahead) < n:
-            self.ahead.append(next(self.batches))
-        return list(itertools.islice(self.ahead, n))
-
-    def close(self) -> None:
-        self.ahead.clear()
-        self.batches.close()
-
-
-OptimizerSnapshot = tuple[dict[nn.Parameter, dict[str, object]], list[dict[str, object]]]
-
-
-def optimizer_snapshot(optimizer: torch.optim.Optimizer) -> OptimizerSnapshot:
-    """The optimizer's per-parameter state and group settings, copied."""
-    state = {p: {k: v.clone() if isinstance(v, Tensor) else copy.deepcopy(v) for k, v in st.items()}
-             for p, st in optimizer.state.items()}
-    groups = [{k: copy.deepcopy(v) for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-    return state, groups
-
-
-def restore_optimizer(optimizer: torch.optim.Optimizer, snapshot: OptimizerSnapshot) -> None:
-    """Put a snapshot back in place: the same state tensors and group dicts (`load_state_dict`
-    would make new groups, and the loop sets the LR on the ones it holds)."""
-    state, groups = snapshot
-    for p in [p for p in optimizer.state if p not in state]:
-        del optimizer.state[p]
-    for p, saved in state.items():
-        live = optimizer.state[p]
-        for k in [k for k in live if k not in saved]:
-            del live[k]
-        for k, v in saved.items():
-            if isinstance(v, Tensor) and isinstance(live.get(k), Tensor) and live[k].shape == v.shape:
-                live[k].copy_(v)
-            else:
-                live[k] = v
-    for group, saved in zip(optimizer.param_groups, groups, strict=True):
-        group.update(saved)
-
-
-class OutOfMemory(RuntimeError):
-    """Not even a micro-batch of one example fits on the device."""
-
-
-def micro_batches(batch_size: int, max_micro_batch: int | None) -> int:
-    """Accumulation steps: equal micro-batches no larger than `max_micro_batch`."""
-    if max_micro_batch is None or batch_size <= max_micro_batch:
-        return 1
-    return -(-batch_size // max_micro_batch)
-
-
-def eval_points(plan: TrialPlan, budget: Budget) -> dict[int, int]:
-    """Map 'after this many updates' -> integer report step, for each grid point the plan reaches.
-
-    Every trial reports at the same steps (multiples of eval_every in budget units), whatever its
-    batch size, so the pruner compares equal compute. Seconds are timed, not precomputed.
-    """
-    if budget.unit == "seconds":
-        return {}
-    points: dict[int, int] = {}
-    k = 1
-    while k * budget.eval_every <= budget.per_trial + 1e-9:
-        units = k * budget.eval_every
-        after = updates_to_reach(units, plan, budget.unit, budget.tokens_per_example)
-        if after > plan.planned_updates:
-            break
-        points[max(after, 1)] = budget.to_step(units, plan.n_train)
-        k += 1
-    return points
-
-
-def eval_window(plan: TrialPlan, budget: Budget) -> int:
-    """Updates from the start to the first evaluation: the grid's window (a tenth of the plan
-    under a seconds budget, whose grid is timed)."""
-    points = eval_points(plan, budget)
-    return min(points) if points else max(1, plan.planned_updates // 10)
-
-
-def updates_to_reach(units: float, plan: TrialPlan, unit: str, tokens_per_example: int | None = None) -> int:
-    if unit == "updates":
-        return math.ceil(units - 1e-9)
-    if unit == "epochs":
-        return math.ceil(units * plan.iterations_per_epoch - 1e-9)
-    examples = Budget(unit, units, units, tokens_per_example).examples_to_reach(units)  # examples | tokens
-    done = updates_within_examples(examples, plan.n_train, plan.batch_size, plan.drop_last)
-    reached = examples_after(done, plan.n_train, plan.batch_size, plan.drop_last)
-    return done if reached >= examples else done + 1
-
-
 def model_device(model: nn.Module) -> torch.device:
     for tensor in model.parameters():
         return tensor.device
@@ -190,8 +86,34 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+class Clock:
+    """A seconds budget's clock: the seconds trained (evaluation left out), the cap that ends the
+    trial, the timed evaluation grid, and the schedule's progress when the clock ends the trial."""
+
+    def __init__(self, budget: Budget, n_train: int, started: float, result: TrainResult):
+        self.budget, self.n_train, self.started, self.result = budget, n_train, started, result
+        self.cap, self.next_eval, self.spent = budget.per_trial, budget.eval_every, 0.0
+
+    def read(self) -> float:
+        self.spent = time.perf_counter() - self.started - self.result.eval_seconds
+        return self.spent
+
+    def evaluation_due(self) -> int | None:
+        """The report step of a grid point the clock has passed, if any (one step for several)."""
+        if self.spent < self.next_eval:
+            return None
+        step = self.budget.to_step(self.next_eval, self.n_train)
+        while self.next_eval <= self.spent:
+            self.next_eval += self.budget.eval_every
+        return step
+
+    def schedule_index(self, horizon: int) -> int:
+        """The LR's update index by the clock: the schedule spans the time cap, not an update estimate."""
+        return min(int(self.spent / self.cap * horizon), horizon - 1)
+
+
 class Trainer:
-    """Runs one trial's updates; `train` is the hot loop, everything else is bookkeeping."""
+    """Runs one trial's updates; `run_batches` is the hot loop, everything else is bookkeeping."""
 
     def __init__(
         self,
@@ -200,150 +122,53 @@ class Trainer:
         schedule: Schedule,
         plan: TrialPlan,
         budget: Budget,
+        options: TrainerOptions,
         *,
-        maximize: bool,
         seed: int,
         reporter: Reporter | None = None,
-        early_stopping: EarlyStopping | None = None,
-        max_micro_batch: int | None = None,
-        eval_batch_size: int = 4096,
-        precision: str = "fp32",
-        loader: LoaderOptions | None = None,
         live: LiveTrial | None = None,
-        measure_noise: bool = False,
-        cooldown_fraction: float | None = None,
-        measure_value_se: bool = False,
+        hooks: Sequence[Hook] = (),
     ):
+        """`hooks`: instruments beyond those the options switch on (`hooks.instruments`)."""
         self.task = task
         self.model: nn.Module = task.model
         self.optimizer = optimizer
+        self.state = TrainState(self.model, optimizer)  # what an update changes
         self.schedule = schedule
         self.plan = plan
         self.budget = budget
-        self.sign = 1.0 if maximize else -1.0
+        self.options = options
+        self.sign = 1.0 if options.maximize else -1.0
         self.reporter = reporter
-        self.early_stopping = early_stopping
-        self.accumulation = micro_batches(plan.batch_size, max_micro_batch)
-        self.eval_batch_size = eval_batch_size
+        self.early_stopping = options.early_stopping
+        self.eval_batch_size = options.eval_batch_size
         self.tensors = isinstance(task.train, tuple | list)  # else a Dataset, through a DataLoader
         device = task.train[0].device if self.tensors else model_device(task.model)
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.device = device
         self.seed = seed
-        self.loader = loader or LoaderOptions()
+        self.loader = options.loader
         self.non_blocking = pins(self.loader, device)
         self.augment_generator = (
             torch.Generator(device=device).manual_seed(seed + 1) if task.augment is not None else None
         )
         self.val_loader = None  # the Dataset path's evaluation loader, for its eval_batch_size
         self.check_every = 1 if device.type == "cpu" else 32  # host syncs are free on the CPU
-        self.autocast = (
-            torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
-            else contextlib.nullcontext()
-        )
-        self.live = live  # where a display in another process reads how far the trial is
+        self.step = Step(task, device, precision=options.precision,
+                         accumulation=micro_batches(plan.batch_size, options.max_micro_batch))
+        self.autocast = self.step.autocast  # evaluation runs under the same precision
+        self.update = self.step  # (state, batch) -> loss; a hook may measure as it trains
+        self.per_example = None  # the per-example metric, when a hook measures the standard error
+        self.stream: BatchStream | None = None
         self.result = TrainResult()
-        # Measuring swaps in its own step; off, the update is `step` exactly as without it.
-        self.noise = NoiseScale(device, eval_window(plan, budget), self.accumulation > 1) if measure_noise else None
-        self.update = self.measured_step if measure_noise else self.step
-        if measure_noise:
-            self.gradient_parts = GradientParts([p for p in self.model.parameters() if p.requires_grad])
-            self.result.noise_scale_curve = []
-        # Cooldown evaluations: the branch's updates, as a fraction of the updates done (wsd only).
-        self.cooldown_fraction = cooldown_fraction if schedule.shape == "wsd" else None
-        if self.cooldown_fraction is not None:
-            self.result.cooldown_updates, self.result.cooldown_examples, self.result.cooldown_seconds = 0, 0, 0.0
-        # the per-example metric when the standard error is measured (None: not measured, or the
-        # task's metric returns only its mean); evaluation then sums the values and their squares
-        self.per_example = per_example_metric(task) if measure_value_se else None
-        if self.per_example is not None:
-            self.result.value_se_curve = []
         self.best_state: dict[str, Tensor] | None = None
         self.patience_ref: float | None = None
         self.bad_evals = 0
-
-    # --- the hot path -------------------------------------------------------------------
-    def loss_of(self, batch: Batch) -> Tensor:
-        if type(batch) is tuple and len(batch) == 2:  # the tensor pair: model(x), loss(out, y)
-            return self.task.loss(self.model(batch[0]), batch[1])
-        return self.task.loss(*forward(self.model, batch, self.task.target_key))
-
-    def step(self, batch: Batch) -> Tensor:
-        if self.accumulation == 1:
-            with self.autocast:
-                loss = self.loss_of(batch)
-            loss.backward()
-        else:
-            n = batch_len(batch)
-            loss = torch.zeros((), device=self.device)
-            for part in split(batch, min(self.accumulation, n)):  # a short last batch: no empty parts
-                with self.autocast:
-                    part_loss = self.loss_of(part) * (batch_len(part) / n)
-                part_loss.backward()
-                loss += part_loss.detach()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    def measured_step(self, batch: Batch) -> Tensor:
-        """`step`, measuring the noise scale (`noise_scale.py`) from the micro-batches on one
-        update in `noise.every`. A batch that is not split is then trained as two half
-        micro-batches: the same update, no extra pass."""
-        if not self.noise.due():
-            return self.step(batch)
-        parts = max(self.accumulation, 2)
-        n = batch_len(batch)
-        if n < 2:
-            return self.step(batch)
-        gradients = self.gradient_parts
-        loss = torch.zeros((), device=self.device)
-        norms = []
-        for i, part in enumerate(split(batch, min(parts, n))):
-            if i:
-                gradients.set_aside()  # this micro-batch's gradient alone, then the sum again
-            with self.autocast:
-                part_loss = self.loss_of(part) * (batch_len(part) / n)
-            part_loss.backward()
-            norms.append(gradients.norms())
-            if i:
-                gradients.add_back()
-            loss += part_loss.detach()
-        norms.append(gradients.norms())
-        self.noise.add(norms, n)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    def step_within_memory(self, batch: Batch) -> Tensor:
-        """On OOM, halve the micro-batch and double accumulation: same batch, LR and update."""
-        while True:
-            try:
-                return self.update(batch)
-            except torch.cuda.OutOfMemoryError:
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                n = batch_len(batch)
-                if self.accumulation >= n:
-                    raise OutOfMemory(f"a micro-batch of 1 does not fit (batch {n})") from None
-                self.accumulation = min(2 * self.accumulation, n)
-
-    def training_batches(self) -> Iterator[Batch]:
-        """Endless batches, epoch after epoch, each epoch in a fresh order drawn from the seed."""
-        n, batch_size, per_epoch = self.plan.n_train, self.plan.batch_size, self.plan.iterations_per_epoch
-        if self.tensors:
-            x, y = self.task.train
-            while True:
-                perm = torch.randperm(n, device=x.device, generator=self.generator)
-                for slot in range(per_epoch):
-                    idx = perm[slot * batch_size : (slot + 1) * batch_size]
-                    yield x[idx], y[idx]
-        loader = make_loader(self.task.train, batch_size, self.loader, self.device, seed=self.seed,
-                             shuffle=True, drop_last=self.plan.drop_last)
-        device, non_blocking = self.device, self.non_blocking
-        while True:
-            for batch in loader:
-                yield to_device(batch, device, non_blocking)
+        self.hooks = [*instruments(options, task, schedule, live), *hooks]
+        for hook in self.hooks:
+            hook.install(self)
+        self.on_update = [hook.after_update for hook in self.hooks if overrides(hook, "after_update")]
+        self.on_evaluated = [hook.evaluated for hook in self.hooks if overrides(hook, "evaluated")]
 
     def train(self) -> TrainResult:
         cuda = self.device.type == "cuda"
@@ -364,8 +189,8 @@ class Trainer:
             self.result.peak_memory_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
         self.result.train_seconds = (time.perf_counter() - started - self.result.eval_seconds
                                      - (self.result.cooldown_seconds or 0.0))
-        self.result.accumulation_steps = self.accumulation
-        self.result.micro_batch = -(-self.plan.batch_size // self.accumulation)
+        self.result.accumulation_steps = self.step.accumulation
+        self.result.micro_batch = -(-self.plan.batch_size // self.step.accumulation)
         if self.result.stop_reason != "oom":
             self.finish()
         return self.result
@@ -378,71 +203,61 @@ class Trainer:
             torch.set_num_threads(max(1, cores - workers))
 
     def run_updates(self, started: float) -> None:
-        batches = self.training_batches()
-        if self.cooldown_fraction is not None:
-            batches = Replay(batches)
+        self.stream = BatchStream(self.task, self.plan, self.generator, self.device, self.seed, self.loader,
+                                  self.non_blocking)
+        # the plain generator, unless a hook returns to saved positions
+        batches = self.stream if any(hook.seeks for hook in self.hooks) else self.stream.batches
         try:
             self.run_batches(started, batches)
         finally:
-            batches.close()  # the loader's worker processes end with it
+            self.stream.close()  # the loader's worker processes end with it
 
     def run_batches(self, started: float, batches: Iterator[Batch]) -> None:
-        n = self.plan.n_train
-        points = eval_points(self.plan, self.budget)
-        timed = self.budget.unit == "seconds"
-        next_timed_eval, time_cap = self.budget.eval_every, self.budget.per_trial
-        # When the clock ends the trial, the schedule follows the clock: its planned updates are an
-        # estimate from a few timed updates, and the run must neither stop short of the cap nor be
-        # cut off mid-schedule when throughput differs from that estimate.
-        by_clock = timed and self.plan.stop_reason == "budget"
-        horizon = self.plan.planned_updates
-        spent = 0.0
-        groups = self.optimizer.param_groups
-        loss_sum = torch.zeros((), device=self.device)
-        losses_since_check = 0
+        """The hot loop: LR, step, count, check, hooks, evaluation on the grid. No instrument has a
+        branch here: each is a hook (`objectives.training.hooks`)."""
+        result, points, on_update = self.result, eval_points(self.plan, self.budget), self.on_update
+        clock = Clock(self.budget, self.plan.n_train, started, result) if self.budget.timed else None
+        by_clock = clock is not None and self.plan.stop_reason == "budget"  # the clock ends it: the LR follows
+        horizon, lr_at, groups = self.plan.planned_updates, self.schedule.lr_at, self.optimizer.param_groups
         augment, tensors = self.task.augment, self.tensors
-        live = self.live.values if self.live is not None else None  # one store per update, no lock
+        within_memory, state, update_fn = self.step.within_memory, self.state, self.update  # fixed once installed
+        loss_sum, losses, spent = torch.zeros((), device=self.device), 0, 0.0
         self.model.train()
         for update in range(2**62 if by_clock else horizon):
             batch = next(batches)
             size = len(batch[0]) if tensors else batch_len(batch)
             if augment is not None:
                 batch = augment(batch, self.augment_generator)
-            lr = self.schedule.lr_at(min(int(spent / time_cap * horizon), horizon - 1) if by_clock else update)
+            lr = lr_at(clock.schedule_index(horizon) if by_clock else update)
             for group in groups:
                 group["lr"] = lr
-            loss_sum += self.step_within_memory(batch)
-            self.result.updates = update + 1
-            self.result.examples_seen += size
-            losses_since_check += 1
-            if live is not None:
-                live[UPDATES] = update + 1
-            if (update + 1) % self.check_every == 0 and not math.isfinite(loss_sum.item()):
-                self.result.stop_reason = "diverged"
+            loss_sum += within_memory(state, batch, update_fn)
+            done = update + 1
+            result.updates, result.examples_seen, losses = done, result.examples_seen + size, losses + 1
+            if done % self.check_every == 0 and not math.isfinite(loss_sum.item()):
+                result.stop_reason = "diverged"
                 break
-            step = points.get(update + 1)
-            if timed:
-                spent = time.perf_counter() - started - self.result.eval_seconds
-                if live is not None:
-                    live[SECONDS] = spent
-                if spent >= time_cap:
-                    break
-                if spent >= next_timed_eval:
-                    step = self.budget.to_step(next_timed_eval, n)
-                    while next_timed_eval <= spent:
-                        next_timed_eval += self.budget.eval_every
+            if clock is not None:
+                spent = clock.read()
+            for after_update in on_update:
+                after_update(done, spent)
+            if clock is None:
+                step = points.get(done)
+            elif spent >= clock.cap:
+                break
+            else:
+                step = clock.evaluation_due()
             if step is not None:
-                self.result.last_train_loss = (loss_sum / max(losses_since_check, 1)).item()
-                if not math.isfinite(self.result.last_train_loss):
-                    self.result.stop_reason = "diverged"
+                result.last_train_loss = (loss_sum / max(losses, 1)).item()
+                if not math.isfinite(result.last_train_loss):
+                    result.stop_reason = "diverged"
                     break
                 loss_sum.zero_()
-                losses_since_check = 0
-                branch = self.cooldown_fraction is not None and update + 1 < self.schedule.decay_start
-                if self.evaluate_on_cooldown(step, update + 1, batches) if branch else self.evaluate_and_report(step):
+                losses = 0
+                if self.evaluate_at(step, done):
                     break
         else:
-            self.result.stop_reason = self.plan.stop_reason
+            result.stop_reason = self.plan.stop_reason
 
     # --- bookkeeping --------------------------------------------------------------------
     def evaluate(self) -> tuple[float, float | None]:
@@ -503,16 +318,17 @@ class Trainer:
                 self.accumulate(sums, outputs, targets, batch_len(batch))
         return self.mean_and_se(sums, len(val))
 
+    def evaluate_at(self, step: int, done: int) -> bool:
+        """The evaluation at a grid point after `done` updates (a hook may take it over, see
+        `hooks.CooldownBranches`); True when the trial must stop."""
+        return self.evaluate_and_report(step)
+
     def evaluate_and_report(self, step: int) -> bool:
         """Evaluate at `step`; True when the trial must stop (pruned, diverged, early stop)."""
         value, se = self.evaluate()
         self.result.history.append((step, value))
-        if se is not None:
-            self.result.value_se_curve.append((step, se))
-        if self.live is not None:
-            self.live.evaluated(step, value)
-        if self.noise is not None and (noise_scale := self.noise.value()) is not None:
-            self.result.noise_scale_curve.append((step, noise_scale))
+        for evaluated in self.on_evaluated:
+            evaluated(step, value, se)
         if not math.isfinite(value):
             self.result.stop_reason = "diverged"
             return True
@@ -524,44 +340,6 @@ class Trainer:
             self.result.stop_reason = "pruned"
             return True
         return self.patience_exhausted(value)
-
-    def evaluate_on_cooldown(self, step: int, done: int, batches: Replay) -> bool:
-        """`evaluate_and_report` at `step` on a cooldown branch after `done` updates: copy the
-        weights, the optimizer state and the random states, train n = cooldown_fraction x done
-        updates (at least one) on the next batches with the LR going 1-sqrt from the current one
-        towards zero (update i of n at progress i / (n + 1), so even a one-update branch cools and
-        none is spent at LR zero), evaluate and report, then restore the copy. True when the trial
-        must stop."""
-        started, evaluated = time.perf_counter(), self.result.eval_seconds
-        saved_model = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        saved_optimizer = optimizer_snapshot(self.optimizer)
-        augment, generator = self.task.augment, self.augment_generator
-        saved_augment = generator.get_state() if generator is not None else None
-        groups = self.optimizer.param_groups
-        start_lr = groups[0]["lr"]  # the last update's, as the schedule set it
-        n = max(1, round(self.cooldown_fraction * done))
-        update, self.update = self.update, self.step  # the branch leaves the noise measurement alone
-        devices = [self.device] if self.device.type == "cuda" else []
-        try:
-            with torch.random.fork_rng(devices=devices):  # dropout draws in the branch, not in the main run
-                for i, batch in enumerate(batches.peek(n)):
-                    self.result.cooldown_examples += batch_len(batch)
-                    if augment is not None:
-                        batch = augment(batch, generator)
-                    lr = cooled(start_lr, (i + 1) / (n + 1))  # below the current LR, zero one update past the end
-                    for group in groups:
-                        group["lr"] = lr
-                    self.step_within_memory(batch)
-                    self.result.cooldown_updates += 1
-                stop = self.evaluate_and_report(step)
-        finally:
-            self.update = update
-            self.model.load_state_dict(saved_model)
-            restore_optimizer(self.optimizer, saved_optimizer)
-            if generator is not None:
-                generator.set_state(saved_augment)
-            self.result.cooldown_seconds += time.perf_counter() - started - (self.result.eval_seconds - evaluated)
-        return stop
 
     def patience_exhausted(self, value: float) -> bool:
         rule = self.early_stopping
@@ -594,13 +372,7 @@ class Trainer:
         """The report step of the last update: the budget's end, or what `epochs` consumed."""
         if self.result.stop_reason == "budget":
             return self.budget.to_step(self.budget.per_trial, self.plan.n_train)
-        units = {
-            "updates": self.result.updates,
-            "examples": self.result.examples_seen,
-            "epochs": self.result.updates / self.plan.iterations_per_epoch,
-            "seconds": self.result.train_seconds,
-            "tokens": self.result.examples_seen * (self.budget.tokens_per_example or 0),
-        }[self.budget.unit]
+        units = self.budget.kind.trained(self.result, self.plan, self.budget)
         return self.budget.to_step(units, self.plan.n_train)
 
 
@@ -608,16 +380,19 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
 def measure_seconds_per_update(task: Task, make_optimizer: OptimizerFactory, batch_size: int,
-                               updates: int = 5) -> float:
-    """Time a few updates on throwaway copies, so a seconds budget can plan its horizon.
+                               updates: int = 5, *, precision: str = "fp32",
+                               max_micro_batch: int | None = None) -> float:
+    """Time a few updates on throwaway copies, so a seconds budget can plan its horizon: the
+    trials' own step (`Step`: precision, micro-batches, OOM halving) on a copy of the model.
 
     The copy's optimizer is built by the same factory as the trial's: rebuilding it from
     `optimizer.defaults` passes keys some constructors do not take (AdamW's
     `decoupled_weight_decay`)."""
     model = copy.deepcopy(task.model)
-    probe_opt = make_optimizer(model.parameters())
+    state = TrainState(model, make_optimizer(model.parameters()))
     tensors = isinstance(task.train, tuple | list)
     device = task.train[0].device if tensors else model_device(model)
+    step = Step(task, device, precision=precision, accumulation=micro_batches(batch_size, max_micro_batch))
     n = task.n_train
     gen = torch.Generator(device=device if tensors else "cpu").manual_seed(0)
     timings = []
@@ -628,9 +403,7 @@ def measure_seconds_per_update(task: Task, make_optimizer: OptimizerFactory, bat
             batch = (task.train[0][idx], task.train[1][idx])
         else:  # a Dataset: loading the batch is part of the update's time
             batch = to_device(default_collate([task.train[i] for i in idx.tolist()]), device)
-        task.loss(*forward(model, batch, task.target_key)).backward()
-        probe_opt.step()
-        probe_opt.zero_grad(set_to_none=True)
+        step.within_memory(state, batch)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         timings.append(time.perf_counter() - started)

@@ -21,13 +21,10 @@ def budget_of(config: SweepConfig, tokens_per_example: int | None = None) -> Bud
 def check_plan(config: SweepConfig, n_train: int, tokens_per_example: int | None = None) -> None:
     """Checks that need the task: every candidate gets at least one update, and a tokens budget
     has the task's tokens per example to count with."""
-    if config.budget.unit == "tokens" and tokens_per_example is None:
-        raise ConfigError(
-            "objective.task",
-            f"task {config.objective.task!r} declares no tokens_per_example, which a tokens budget "
-            "counts with: set Task(tokens_per_example=...) in the task, or use budget.unit examples",
-        )
     budget = budget_of(config, tokens_per_example)
+    missing = budget.kind.missing(tokens_per_example)
+    if missing is not None:
+        raise ConfigError("objective.task", f"task {config.objective.task!r} {missing}")
     for batch_size in config.search.batch_sizes():
         if config.objective.drop_last and batch_size > n_train:
             raise ConfigError(
@@ -47,20 +44,20 @@ def plan_rows(config: SweepConfig, n_train: int, tokens_per_example: int | None 
     """One row per candidate batch size. A tokens budget whose tokens per example are unknown (a
     study read back from before they were recorded) plans as "unknown"."""
     budget = budget_of(config, tokens_per_example)
-    uncountable = budget.unit == "tokens" and tokens_per_example is None
+    uncountable = budget.kind.missing(tokens_per_example) is not None
     search = config.search
     epochs = max(search.epoch_choices()) if search.epochs is not None else None
     base_lr = search.reference_lr()
     rows = []
     for batch_size in search.batch_sizes():
         row: dict = {"batch_size": batch_size}
-        if budget.unit == "seconds" or uncountable:
+        if budget.timed or uncountable:
             plan = plan_trial(Budget("seconds", budget.per_trial, budget.eval_every), n_train, batch_size,
                               epochs, config.objective.drop_last)
-            what = "timed" if budget.unit == "seconds" else "unknown"
+            what = "timed" if budget.timed else "unknown"
             row.update(iterations_per_epoch=plan.iterations_per_epoch, updates=what, epochs=what, examples=what)
-            if budget.unit == "tokens":
-                row["tokens"] = what
+            if not budget.timed:
+                row.setdefault(budget.unit, what)  # a unit of its own (tokens) gets its column
         else:
             plan = plan_trial(budget, n_train, batch_size, epochs, config.objective.drop_last)
             row.update(
@@ -69,8 +66,8 @@ def plan_rows(config: SweepConfig, n_train: int, tokens_per_example: int | None 
                 epochs=round(plan.planned_epochs, 2),
                 examples=plan.planned_examples,
             )
-            if budget.unit == "tokens":
-                row["tokens"] = plan.planned_tokens
+            if budget.unit not in row:  # a unit of its own (tokens) gets its column
+                row[budget.unit] = budget.kind.planned(plan, budget)
         for rule in search.couplings():
             row[f"lr_{rule}"] = effective_lr(rule, base_lr, batch_size, search.reference_batch_size)
         if "adam_sqrt" in search.couplings():  # the rule rescales Adam's betas and eps too
@@ -157,7 +154,7 @@ def plan_warnings(config: SweepConfig, n_train: int, tokens_per_example: int | N
     """Parts of a search range the budget makes inert: values no batch size can ever train
     differently. Empty for a seconds budget (its updates are known only once a trial runs)."""
     budget = budget_of(config, tokens_per_example)
-    if budget.unit == "seconds" or (budget.unit == "tokens" and tokens_per_example is None):
+    if budget.timed or budget.kind.missing(tokens_per_example) is not None:
         return []
     found = [inert_epochs(config, n_train, budget), inert_warmup(config, n_train, budget)]
     return [w for w in found if w]

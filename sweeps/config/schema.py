@@ -75,8 +75,8 @@ def coerce(tp: Any, value: Any, path: str) -> Any:
     origin = get_origin(tp)
     if tp is Any:
         return value
-    if origin is Literal:
-        allowed = get_args(tp)
+    if origin is Literal or is_choice(tp):
+        allowed = get_args(tp) if origin is Literal else tp.choices()
         if value not in allowed:
             hint = did_you_mean(str(value), [str(a) for a in allowed])
             names = ", ".join(str(a) for a in allowed)
@@ -161,11 +161,25 @@ def coerce_union(options: tuple, value: Any, path: str) -> Any:
     raise ConfigError(path, f"expected {kinds}, got {describe(value)}")
 
 
+class Choice(str):
+    """A string field whose allowed values are read when a file is checked, not fixed in a
+    Literal: a registry that grows (the budget units) is known to the validation and the schema
+    without another edit. Subclass it with `choices`."""
+
+    @classmethod
+    def choices(cls) -> tuple[str, ...]:
+        raise NotImplementedError
+
+
+def is_choice(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, Choice)
+
+
 def form_name(tp: Any) -> str:
     if dataclasses.is_dataclass(tp) or get_origin(tp) is dict:
         return "a mapping"
     if get_origin(tp) in (list, tuple):
         return "a list"
-    if get_origin(tp) is Literal:
-        return "one of " + ", ".join(map(str, get_args(tp)))
+    if get_origin(tp) is Literal or is_choice(tp):
+        return "one of " + ", ".join(map(str, get_args(tp) if get_origin(tp) is Literal else tp.choices()))
     return getattr(tp, "__name__", str(tp))

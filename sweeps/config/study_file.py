@@ -12,18 +12,33 @@ from typing import Any, Literal
 import yaml
 
 from objectives.training.cores import default_loader_workers
+from objectives.training.units import unit_named, unit_names
 from sweeps.config.overrides import apply_overrides, blamed_on
-from sweeps.config.schema import ConfigError, build, join
+from sweeps.config.schema import Choice, ConfigError, build, join
 
 SamplerName = Literal["tpe", "random", "grid", "qmc", "gp", "cmaes"]
 PrunerName = Literal["none", "median", "hyperband", "successive_halving"]
-BudgetUnit = Literal["updates", "examples", "epochs", "seconds", "tokens"]
 CouplingName = Literal["none", "linear", "sqrt", "adam_sqrt"]
 ScheduleName = Literal["constant", "cosine", "linear", "wsd"]
 OptimizerName = Literal["sgd", "adam", "adamw"]
-# what study.total_budget counts: the budget's own unit, or training time (seconds, gpu_hours)
-TotalBudgetUnit = Literal["updates", "examples", "epochs", "seconds", "tokens", "gpu_hours"]
-TIME_UNITS = ("seconds", "gpu_hours")
+# study.total_budget may count training time, in these units (seconds each), beside the budget's own
+TIME_UNITS = {"seconds": 1.0, "gpu_hours": 3600.0}
+
+
+class BudgetUnit(Choice):
+    """A registered budget unit's name (objectives/training/units/)."""
+
+    @classmethod
+    def choices(cls) -> tuple[str, ...]:
+        return unit_names()
+
+
+class TotalBudgetUnit(Choice):
+    """What study.total_budget counts: the budget's own unit, or training time."""
+
+    @classmethod
+    def choices(cls) -> tuple[str, ...]:
+        return (*unit_names(), *(t for t in TIME_UNITS if t not in unit_names()))
 
 
 def check(ok: bool, path: str, message: str) -> None:
@@ -168,12 +183,12 @@ class BudgetSection:
     def fill_defaults(self) -> None:
         if self.eval_every is None and self.per_trial > 0:
             self.eval_every = self.per_trial / 10
-            if self.unit in ("updates", "examples", "tokens"):
+            if unit_named(self.unit).whole:
                 self.eval_every = max(1.0, math.floor(self.eval_every))
 
     def validate(self, path: str) -> None:
         check(self.per_trial > 0, join(path, "per_trial"), f"must be > 0 (got {self.per_trial:g})")
-        if self.unit in ("updates", "examples", "tokens"):
+        if unit_named(self.unit).whole:
             check(
                 float(self.per_trial).is_integer(),
                 join(path, "per_trial"),
@@ -386,7 +401,7 @@ class SweepConfig:
             check(total.unit in (self.budget.unit, *TIME_UNITS), "study.total_budget.unit",
                   f"must be {self.budget.unit} (the budget's unit), or seconds or gpu_hours of training time; "
                   f"got {total.unit}")
-        check(not (self.schedule.cooldown_evaluations and self.budget.unit == "seconds"),
+        check(not (self.schedule.cooldown_evaluations and unit_named(self.budget.unit).timed),
               "schedule.cooldown_evaluations", "needs a counting budget (updates, examples, epochs or tokens), "
               "not seconds: a timed trial's schedule follows its clock")
         if self.budget.unit == "examples":
@@ -396,7 +411,7 @@ class SweepConfig:
                 "budget.per_trial",
                 f"{self.budget.per_trial:g} examples cannot hold one update of batch size {largest}",
             )
-        if self.pruner.name == "hyperband" and self.budget.unit != "seconds":
+        if self.pruner.name == "hyperband" and not unit_named(self.budget.unit).timed:
             min_resource = self.pruner.min_resource or self.budget.eval_every
             check(
                 min_resource <= self.budget.per_trial,

@@ -20,18 +20,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from objectives.training.budget import Budget, TrialPlan, plan_trial
+from objectives.training.budget import Budget, plan_trial
+from objectives.training.units import unit_named
 from sweeps.config.study_file import TIME_UNITS, SweepConfig, TotalBudgetSection
 from sweeps.search.space import Suggestion
-from sweeps.trial.record import CONSUMED, cooldown_consumed
+from sweeps.trial.record import cooldown_consumed
 
-SECONDS_PER = {"seconds": 1.0, "gpu_hours": 3600.0}
-
-
-def planned_units(plan: TrialPlan, unit: str) -> float:
-    """What the plan will train at most, in a counting unit."""
-    return float({"updates": plan.planned_updates, "examples": plan.planned_examples, "epochs": plan.planned_epochs,
-                  "tokens": plan.planned_tokens or 0}[unit])
+CLOCK = unit_named("seconds")  # what a time total counts, before its scale (TIME_UNITS)
 
 
 @dataclass
@@ -42,7 +37,7 @@ class Pace:
     units: float = 0.0
 
     def add(self, attrs: Mapping[str, Any], budget_unit: str) -> None:
-        seconds, units = attrs.get(CONSUMED["seconds"]), attrs.get(CONSUMED[budget_unit])
+        seconds, units = attrs.get(CLOCK.consumed_attr), attrs.get(unit_named(budget_unit).consumed_attr)
         if seconds and units:
             self.seconds += float(seconds)
             self.units += float(units)
@@ -75,18 +70,18 @@ class Spending:
     @property
     def estimated(self) -> bool:
         """True when the planned cost is an estimate (a time total on a counting budget)."""
-        return self.total.unit in TIME_UNITS and self.budget.unit != "seconds"
+        return self.total.unit in TIME_UNITS and not self.budget.timed
 
     def planned(self, batch_size: int, epochs: int | None, pace: Pace | None = None) -> float:
         """The most the trial can cost (an estimate, see the module's docstring, for `estimated`)."""
         unit = self.total.unit
-        if unit in TIME_UNITS and self.budget.unit == "seconds":
-            return self.budget.per_trial / SECONDS_PER[unit]
+        if unit in TIME_UNITS and self.budget.timed:
+            return self.budget.per_trial / TIME_UNITS[unit]
         plan = plan_trial(self.budget, self.n_train, batch_size, epochs, self.drop_last)
         if unit in TIME_UNITS:
             rate = pace.seconds_per_unit if pace is not None else 0.0
-            return planned_units(plan, self.budget.unit) * rate / SECONDS_PER[unit]
-        return planned_units(plan, unit)
+            return self.budget.planned(plan) * rate / TIME_UNITS[unit]
+        return self.budget.planned(plan)  # the total counts in the budget's own unit
 
     def planned_for(self, point: Suggestion, pace: Pace | None = None) -> float:
         return self.planned(point.batch_size, point.epochs, pace)
@@ -99,6 +94,6 @@ class Spending:
         """What a trial cost, from the attributes it recorded (0 for one that never trained)."""
         unit = self.total.unit
         if unit in TIME_UNITS:
-            seconds = float(attrs.get(CONSUMED["seconds"]) or 0.0) + cooldown_consumed(attrs, "seconds")
-            return seconds / SECONDS_PER[unit]
-        return float(attrs.get(CONSUMED[unit]) or 0.0) + cooldown_consumed(attrs, unit)
+            seconds = CLOCK.consumed(attrs) + cooldown_consumed(attrs, CLOCK.name)
+            return seconds / TIME_UNITS[unit]
+        return unit_named(unit).consumed(attrs) + cooldown_consumed(attrs, unit)

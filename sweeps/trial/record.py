@@ -25,7 +25,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
-from objectives.training.budget import TrialPlan, step_unit_of
+from objectives.training.budget import TrialPlan
+from objectives.training.units import UNITS, step_unit_of, steps_counted, unit_named
 
 if TYPE_CHECKING:
     import optuna
@@ -108,8 +109,11 @@ class TrialRecord:
         the trial made no update or its record cannot tell."""
         if not self.updates:
             return None
-        denominator = {"updates": self.updates, "examples": self.examples_seen, "tokens": self.tokens_seen,
-                       "ms": 1000 * (self.train_seconds or 0)}.get(step_unit)
+        counted = steps_counted(step_unit)
+        if counted is None:
+            return None
+        attr, factor = counted
+        denominator = factor * (getattr(self, attr) or 0)
         return self.updates / denominator if denominator else None
 
 
@@ -127,9 +131,6 @@ CONFIRM = ("confirms_trial", "confirm_seed")
 # stored only when not None
 WHEN_KNOWN = frozenset({"peak_memory_mb", "tokens_per_example", "tokens_seen", "noise_scale_curve", "noise_scale",
                         "value_se_curve", "value_se", "cooldown_updates", "cooldown_examples", "cooldown_seconds"})
-# The attribute that counts what a trial used of its budget, per budget unit.
-CONSUMED = {"updates": "updates", "examples": "examples_seen", "epochs": "epochs_completed", "seconds": "train_seconds",
-            "tokens": "tokens_seen"}
 
 
 def value_se_key(step: int) -> str:
@@ -141,7 +142,8 @@ def value_se_key(step: int) -> str:
 def _check_names() -> None:
     """The groups name every field once and nothing else: a name spelled wrong fails on import."""
     grouped = IDENTITY + PLAN + GPU + RESULT + ERROR + CONFIRM
-    if sorted(grouped) != sorted(NAMES) or not (WHEN_KNOWN | set(CONSUMED.values())) <= set(NAMES):
+    counted = {unit.consumed_attr for unit in UNITS.values()} | {unit.steps_attr[0] for unit in UNITS.values()}
+    if sorted(grouped) != sorted(NAMES) or not (WHEN_KNOWN | counted) <= set(NAMES):
         raise RuntimeError(f"sweeps.trial.record: the groups {grouped} do not match the fields {NAMES}")
 
 
@@ -208,7 +210,7 @@ def consumed(trial: FrozenTrial, budget_unit: str) -> float:
     Read without building a record: the progress line sums it over every trial of the study after
     each trial."""
     attrs = trial.user_attrs
-    return float(attrs.get(CONSUMED[budget_unit]) or 0.0) + cooldown_consumed(attrs, budget_unit)
+    return unit_named(budget_unit).consumed(attrs) + cooldown_consumed(attrs, budget_unit)
 
 
 def cooldown_consumed(attrs: Mapping[str, Any], unit: str) -> float:
@@ -218,12 +220,7 @@ def cooldown_consumed(attrs: Mapping[str, Any], unit: str) -> float:
     updates = attrs.get("cooldown_updates")
     if not updates:
         return 0.0
-    examples = float(attrs.get("cooldown_examples") or 0)
-    per_epoch = attrs.get("iterations_per_epoch")
-    return float({"updates": updates, "examples": examples,
-                  "tokens": examples * float(attrs.get("tokens_per_example") or 0),
-                  "epochs": updates / per_epoch if per_epoch else 0.0,
-                  "seconds": attrs.get("cooldown_seconds") or 0.0}[unit])
+    return float(unit_named(unit).cooldown(attrs))
 
 
 # --- the study's units ----------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from objectives.training.budget import Budget, TrialPlan, plan_trial
 from objectives.training.coupling import Coupled, couple
 from objectives.training.data import LoaderOptions
 from objectives.training.live import LiveTrial
-from objectives.training.loop import EarlyStopping, Reporter, Trainer, TrainResult, measure_seconds_per_update
+from objectives.training.loop import Reporter, Trainer, TrainResult, measure_seconds_per_update
+from objectives.training.options import EarlyStopping, TrainerOptions
 from objectives.training.schedule import Schedule
 from sweeps.config.study_file import ObjectiveSection, SweepConfig
 from sweeps.loop.gpus import machine_gpu
@@ -74,6 +75,12 @@ def build_optimizer(section: ObjectiveSection, params, coupled: Coupled) -> torc
                      eps=coupled.eps or section.eps, weight_decay=section.weight_decay)
 
 
+def compile_model(task: Task, section: ObjectiveSection) -> None:
+    """`objective.compile`: the task's model through torch.compile (trials and the probe alike)."""
+    if section.compile:
+        task.model = torch.compile(task.model)
+
+
 class OutOfMemoryTrial(RuntimeError):
     """The trial's batch does not fit the device even one example at a time."""
 
@@ -104,6 +111,7 @@ class SweepObjective:
         self.device = resolve_device(config.objective.device, config.objective.gpu_memory_fraction)
         limits = [m for m in (config.objective.max_micro_batch, probed_for(probed_micro_batch, self.device)) if m]
         self.max_micro_batch = min(limits) if limits else None
+        self.options = trainer_options(config, self.max_micro_batch)
         self.keeper = None  # sweeps.results.checkpoints.CheckpointKeeper, set by the runner: the best trials' weights
         self.identity: dict[str, object] = {}  # which worker ran the trial (worker number, sampler seed)
         self.live: LiveTrial | None = None  # set by the runner when a progress display reads it
@@ -117,9 +125,10 @@ class SweepObjective:
         optimizer = build_optimizer(cfg.objective, task.model.parameters(), coupled)
         n_train = task.n_train
         timed_updates = None
-        if self.budget.unit == "seconds":
+        if self.budget.timed:
             per_update = measure_seconds_per_update(
-                task, lambda params: build_optimizer(cfg.objective, params, coupled), point.batch_size)
+                task, lambda params: build_optimizer(cfg.objective, params, coupled), point.batch_size,
+                precision=self.options.precision, max_micro_batch=self.options.max_micro_batch)
             timed_updates = max(1, math.floor(self.budget.per_trial / per_update))
         plan = plan_trial(self.budget, n_train, point.batch_size, point.epochs,
                           cfg.objective.drop_last, timed_updates)
@@ -143,8 +152,7 @@ class SweepObjective:
             raise TypeError(f"task factory returned {type(task).__name__}, not objectives.Task")
         task.validate()
         task.to(self.device)
-        if self.config.objective.compile:
-            task.model = torch.compile(task.model)
+        compile_model(task, self.config.objective)
         return task
 
     def run(self, trial: optuna.Trial, point: Suggestion, pruner: Reporter) -> Outcome:
@@ -162,7 +170,7 @@ class SweepObjective:
             prepared = self.prepare(trial, point)
             outcome.attrs.update(plan_attrs(prepared, self.device))
             if live is not None:
-                live.plan(prepared.coupled.lr, prepared.plan.planned_updates, planned_units(prepared.plan, self.budget),
+                live.plan(prepared.coupled.lr, prepared.plan.planned_updates, self.budget.planned(prepared.plan),
                           self.budget.per_trial if timed_by_clock(prepared.plan, self.budget) else None)
             result = self.train(prepared, report)
             outcome.attrs.update(record.result_attrs(result, prepared.plan))
@@ -192,38 +200,31 @@ class SweepObjective:
             torch.cuda.empty_cache()
 
     def train(self, prepared: PreparedTrial, report: Reporter) -> TrainResult:
-        cfg = self.config
-        stopping = cfg.early_stopping
-        trainer = Trainer(
-            prepared.task, prepared.optimizer, prepared.schedule, prepared.plan, self.budget,
-            maximize=cfg.study.direction == "maximize",
-            seed=prepared.seed,
-            reporter=report,
-            early_stopping=EarlyStopping(stopping.patience, stopping.min_delta) if stopping else None,
-            max_micro_batch=self.max_micro_batch,
-            eval_batch_size=cfg.objective.eval_batch_size,
-            precision=cfg.objective.precision,
-            loader=LoaderOptions(cfg.objective.loader.workers, cfg.objective.loader.prefetch,
-                                 cfg.objective.loader.pin_memory),
-            live=self.live,
-            measure_noise=cfg.measure.noise_scale,
-            cooldown_fraction=cfg.schedule.cooldown_fraction if cfg.schedule.cooldown_evaluations else None,
-            measure_value_se=cfg.measure.value_se or cfg.pruner.noise_margin is not None,
-        )
+        trainer = Trainer(prepared.task, prepared.optimizer, prepared.schedule, prepared.plan, self.budget,
+                          self.options, seed=prepared.seed, reporter=report, live=self.live)
         return trainer.train()
 
 
-def planned_units(plan: TrialPlan, budget: Budget) -> float:
-    """The trial's whole plan in the budget's unit (less than the budget when epochs end it first)."""
-    if budget.unit == "seconds":
-        return budget.per_trial
-    return float({"updates": plan.planned_updates, "examples": plan.planned_examples,
-                  "epochs": plan.planned_epochs, "tokens": plan.planned_tokens or 0}[budget.unit])
+def trainer_options(config: SweepConfig, max_micro_batch: int | None) -> TrainerOptions:
+    """How every trial of the study trains, from its study file (`max_micro_batch`: the file's
+    limit or the probed one, whichever is smaller)."""
+    objective, stopping = config.objective, config.early_stopping
+    return TrainerOptions(
+        maximize=config.study.direction == "maximize",
+        early_stopping=EarlyStopping(stopping.patience, stopping.min_delta) if stopping else None,
+        max_micro_batch=max_micro_batch,
+        eval_batch_size=objective.eval_batch_size,
+        precision=objective.precision,
+        loader=LoaderOptions(objective.loader.workers, objective.loader.prefetch, objective.loader.pin_memory),
+        measure_noise=config.measure.noise_scale,
+        cooldown_fraction=config.schedule.cooldown_fraction if config.schedule.cooldown_evaluations else None,
+        measure_value_se=config.measure.value_se or config.pruner.noise_margin is not None,
+    )
 
 
 def timed_by_clock(plan: TrialPlan, budget: Budget) -> bool:
     """The clock ends the trial (as `Trainer.run_batches` decides), so its progress is time, not updates."""
-    return budget.unit == "seconds" and plan.stop_reason == "budget"
+    return budget.timed and plan.stop_reason == "budget"
 
 
 @dataclass
