@@ -20,6 +20,7 @@ import pytest
 from sweeps.config.study_file import parse_config
 from sweeps.config.target import target_of
 from sweeps.loop.runner import run_sweep
+from tests.conftest import merged
 
 GOLDEN = Path(__file__).parent / "golden" / "trainer_golden.json"
 TASK = "tests.tasks_for_tests:digits_golden"
@@ -62,16 +63,6 @@ CASES = {
 }
 # clock readings and where the trial ran: everything else a trial stores is a function of the seed
 UNTIMED = ("seconds", "per_second", "peak_memory", "worker", "host", "pid", "started", "finished", "sampler_seed")
-
-
-def merged(base: dict, overrides: dict) -> dict:
-    out = json.loads(json.dumps(base))
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merged(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def config_of(case: str, tmp_path: Path):
