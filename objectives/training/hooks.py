@@ -7,7 +7,14 @@ The points, in the order a run meets them:
   grid point (`trainer.evaluate_at`, a function of (step, updates done) that returns True when
   the trial must stop);
 - `after_update(done, spent)`: after each update (`spent`: the seconds trained, timed budgets only);
-- `evaluated(step, value, se)`: after each evaluation, before the best value and the reporter see it.
+- `evaluated(step, value, se)`: after each evaluation, before the best value and the reporter see it;
+- `update_ended(done)`: after the update and its evaluation, if any (and once with 0 before the
+  first update); True stops the trial (`horizon_branches.HorizonBranches` branches its decays here);
+- `finished()`: once, after the run's last evaluation, before the best weights are restored.
+
+A hook with state that training reads (`NoiseScaleMeasure`'s averages, which decide the next
+measured update) hands a copy from `saved()` and takes it back in `restore(saved)`, so a branch
+that trains off the run and returns leaves it as it found it.
 
 A hook that returns to earlier run states (`seeks`) gets a data stream whose position can be saved
 (`objectives.training.stream`) and snapshots of the whole run (`objectives.training.state`).
@@ -47,6 +54,18 @@ class Hook:
         pass
 
     def evaluated(self, step: int, value: float, se: float | None) -> None:
+        pass
+
+    def update_ended(self, done: int) -> bool:
+        return False
+
+    def finished(self) -> None:
+        pass
+
+    def saved(self) -> object:
+        return None
+
+    def restore(self, saved: object) -> None:
         pass
 
 
@@ -115,6 +134,14 @@ class NoiseScaleMeasure(Hook):
         noise_scale = self.noise.value()
         if noise_scale is not None:
             self.curve.append((step, noise_scale))
+
+    def saved(self) -> object:
+        noise = self.noise
+        return noise.averages.clone(), noise.measurements, noise.updates
+
+    def restore(self, saved: object) -> None:
+        averages, self.noise.measurements, self.noise.updates = saved
+        self.noise.averages.copy_(averages)
 
 
 class ValueStandardError(Hook):
@@ -194,4 +221,8 @@ def instruments(options: TrainerOptions, task: Task, schedule: Schedule, live: L
         hooks.append(ValueStandardError(per_example))
     if options.cooldown_fraction is not None and schedule.shape == "wsd":
         hooks.append(CooldownBranches(options.cooldown_fraction))
+    if options.horizons:
+        from objectives.training.horizon_branches import HorizonBranches  # it builds on this module's Hook
+
+        hooks.append(HorizonBranches(options.horizons))
     return hooks

@@ -40,7 +40,7 @@ from objectives.training.cores import cores_per_worker
 from objectives.training.data import make_loader, pins
 from objectives.training.hooks import Hook, instruments, overrides
 from objectives.training.live import LiveTrial
-from objectives.training.options import TrainerOptions
+from objectives.training.options import Patience, TrainerOptions
 from objectives.training.schedule import Schedule
 from objectives.training.state import optimizer_snapshot, restore_optimizer  # noqa: F401  (re-exported)
 from objectives.training.step import OutOfMemory, Step, TrainState, micro_batches
@@ -72,6 +72,10 @@ class TrainResult:
     cooldown_examples: int | None = None
     cooldown_seconds: float | None = None
     value_se_curve: list[tuple[int, float]] | None = None  # (step, standard error of the value), when measured
+    # horizons only (None without them): one entry per horizon, ascending, the last this run's own
+    # (`horizons.HorizonResult`); their branches' time is left out of `train_seconds` as well
+    horizons: list | None = None
+    horizon_seconds: float | None = None
 
     @property
     def examples_per_second(self) -> float:
@@ -162,13 +166,14 @@ class Trainer:
         self.stream: BatchStream | None = None
         self.result = TrainResult()
         self.best_state: dict[str, Tensor] | None = None
-        self.patience_ref: float | None = None
-        self.bad_evals = 0
+        self.patience = Patience(options.early_stopping, self.sign)
         self.hooks = [*instruments(options, task, schedule, live), *hooks]
         for hook in self.hooks:
             hook.install(self)
         self.on_update = [hook.after_update for hook in self.hooks if overrides(hook, "after_update")]
         self.on_evaluated = [hook.evaluated for hook in self.hooks if overrides(hook, "evaluated")]
+        self.on_update_ended = [hook.update_ended for hook in self.hooks if overrides(hook, "update_ended")]
+        self.on_finished = [hook.finished for hook in self.hooks if overrides(hook, "finished")]
 
     def train(self) -> TrainResult:
         cuda = self.device.type == "cuda"
@@ -188,7 +193,7 @@ class Trainer:
             torch.cuda.synchronize(self.device)  # so train_seconds and throughput are true
             self.result.peak_memory_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
         self.result.train_seconds = (time.perf_counter() - started - self.result.eval_seconds
-                                     - (self.result.cooldown_seconds or 0.0))
+                                     - (self.result.cooldown_seconds or 0.0) - (self.result.horizon_seconds or 0.0))
         self.result.accumulation_steps = self.step.accumulation
         self.result.micro_batch = -(-self.plan.batch_size // self.step.accumulation)
         if self.result.stop_reason != "oom":
@@ -222,7 +227,10 @@ class Trainer:
         augment, tensors = self.task.augment, self.tensors
         within_memory, state, update_fn = self.step.within_memory, self.state, self.update  # fixed once installed
         loss_sum, losses, spent = torch.zeros((), device=self.device), 0, 0.0
+        ended = self.on_update_ended
         self.model.train()
+        if ended and any(update_ended(0) for update_ended in ended):
+            return
         for update in range(2**62 if by_clock else horizon):
             batch = next(batches)
             size = len(batch[0]) if tensors else batch_len(batch)
@@ -256,6 +264,8 @@ class Trainer:
                 losses = 0
                 if self.evaluate_at(step, done):
                     break
+            if ended and any(update_ended(done) for update_ended in ended):
+                break
         else:
             result.stop_reason = self.plan.stop_reason
 
@@ -339,17 +349,7 @@ class Trainer:
         if self.reporter is not None and self.reporter(value, step, se):
             self.result.stop_reason = "pruned"
             return True
-        return self.patience_exhausted(value)
-
-    def patience_exhausted(self, value: float) -> bool:
-        rule = self.early_stopping
-        if rule is None:
-            return False
-        if self.patience_ref is None or self.sign * (value - self.patience_ref) > rule.min_delta:
-            self.patience_ref, self.bad_evals = value, 0
-            return False
-        self.bad_evals += 1
-        if self.bad_evals >= rule.patience:
+        if self.patience.exhausted(value):
             self.result.stop_reason = "early_stopping"
             return True
         return False
@@ -364,6 +364,8 @@ class Trainer:
                 self.evaluate_and_report(end_step)
                 if self.result.stop_reason in ("pruned", "early_stopping"):
                     self.result.stop_reason = reason  # the run was over anyway
+        for finished in self.on_finished:
+            finished()
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         self.val_loader = None  # its worker processes end here, not with the trainer

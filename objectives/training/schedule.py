@@ -19,15 +19,32 @@ class Schedule:
     shape: str = "cosine"  # constant | cosine | linear | wsd
     final_fraction: float = 0.0
     decay_updates: int = 0  # wsd only: the last updates of the plan, which decay
+    decay_fraction: float = 0.0  # wsd only: what `decay_updates` was derived from (`for_length`)
 
     @classmethod
     def build(cls, peak_lr: float, planned_updates: int, warmup_fraction: float, shape: str,
-              final_fraction: float, decay_fraction: float | None = None) -> Schedule:
-        warmup = min(int(round(warmup_fraction * planned_updates)), max(planned_updates - 1, 0))
+              final_fraction: float, decay_fraction: float | None = None,
+              warmup_updates: int | None = None) -> Schedule:
+        """`warmup_updates`, when given, is the warmup in updates (absolute: the same for every
+        length, as horizons need); otherwise it is `warmup_fraction` of the planned updates."""
+        wanted = warmup_updates if warmup_updates is not None else int(round(warmup_fraction * planned_updates))
+        warmup = min(wanted, max(planned_updates - 1, 0))
         decay = 0
         if shape == "wsd":  # at least one decaying update; warmup comes first when both want the same ones
             decay = min(max(1, int(round((decay_fraction or 0.0) * planned_updates))), planned_updates - warmup)
-        return cls(peak_lr, planned_updates, warmup, shape, final_fraction, decay)
+        return cls(peak_lr, planned_updates, warmup, shape, final_fraction, decay, decay_fraction or 0.0)
+
+    def for_length(self, planned_updates: int) -> Schedule:
+        """The schedule of a shorter dedicated run with the same absolute warmup (clamped as `build`
+        does), peak, shape, final fraction and decay fraction: a horizon's."""
+        return Schedule.build(self.peak_lr, planned_updates, 0.0, self.shape, self.final_fraction,
+                              self.decay_fraction, warmup_updates=self.warmup_updates)
+
+    def first_difference(self, other: Schedule) -> int:
+        """The first update index at which the two schedules' LRs differ (the shorter plan's
+        length when they agree all along it): where a horizon's branch leaves this run."""
+        length = min(self.planned_updates, other.planned_updates)
+        return next((u for u in range(length) if self.lr_at(u) != other.lr_at(u)), length)
 
     @property
     def decay_start(self) -> int:

@@ -43,9 +43,7 @@ class BatchStream:
             self.loader = make_loader(task.train, plan.batch_size, loader, device, seed=seed, shuffle=True,
                                       drop_last=plan.drop_last)
             self.generator = self.loader.sampler.generator
-        self.epoch_state: Tensor | None = None
-        self.loader_state: Tensor | None = None
-        self.slot = 0
+        self.new_epoch(0)  # a position before the first batch is the generators' state as given
         self.batches = self.generate(0)
 
     def __iter__(self) -> BatchStream:

@@ -179,6 +179,16 @@ class BudgetSection:
     unit: BudgetUnit
     per_trial: float
     eval_every: float | None = None  # budget units between evaluations; default per_trial / 10
+    # lengths every trial answers for, branched off its run (objectives/training/horizons.py): in
+    # the budget's unit, or "0.25x" for a fraction of per_trial, which is always the longest
+    horizons: list[float | str] | None = None
+
+    def horizon_units(self) -> tuple[float, ...] | None:
+        """The horizons in the budget's unit, ascending, ending with `per_trial`; None when off."""
+        if self.horizons is None:
+            return None
+        lengths = {horizon_length(h, self.per_trial) for h in self.horizons} | {float(self.per_trial)}
+        return tuple(sorted(lengths))
 
     def fill_defaults(self) -> None:
         if self.eval_every is None and self.per_trial > 0:
@@ -195,11 +205,41 @@ class BudgetSection:
                 f"must be a whole number of {self.unit}",
             )
         check(self.eval_every > 0, join(path, "eval_every"), "must be > 0")
+        if self.horizons is not None:
+            self.validate_horizons(join(path, "horizons"))
         check(
             self.eval_every <= self.per_trial,
             join(path, "eval_every"),
             f"must be <= per_trial ({self.eval_every:g} > {self.per_trial:g})",
         )
+
+
+    def validate_horizons(self, path: str) -> None:
+        check(bool(self.horizons), path, "must hold at least one length (or leave it out)")
+        lengths = []
+        for i, given in enumerate(self.horizons):
+            try:
+                length = horizon_length(given, self.per_trial)
+            except ValueError:
+                raise ConfigError(join(path, i), f"must be a number of {self.unit} or a fraction of per_trial "
+                                                 f"like '0.25x'; got {given!r}") from None
+            check(0 < length <= self.per_trial, join(path, i),
+                  f"must be > 0 and <= per_trial ({self.per_trial:g} {self.unit}); got {length:g}")
+            if unit_named(self.unit).whole:
+                check(length.is_integer(), join(path, i), f"must be a whole number of {self.unit}; "
+                                                          f"{given!r} is {length:g}")
+            check(length not in lengths, join(path, i), f"repeats the length {length:g}")
+            lengths.append(length)
+
+
+def horizon_length(given: float | str, per_trial: float) -> float:
+    """A horizon as written: a number in the budget's unit, or 'Fx', F times per_trial."""
+    if isinstance(given, str):
+        text = given.strip().lower()
+        if text.endswith("x"):
+            return float(text[:-1]) * per_trial
+        return float(text)
+    return float(given)
 
 
 @dataclass
@@ -323,6 +363,10 @@ class ScheduleSection:
     decay_fraction: float | None = None  # wsd: the fraction of the plan that decays (default 0.2)
     cooldown_evaluations: bool = False  # wsd: rung evaluations on a short cooldown branch of the weights
     cooldown_fraction: float | None = None  # with them: the branch's updates / the updates done (default 0.1)
+    # the warmup in updates, the same for every length (what budget.horizons need); replaces
+    # search.warmup_fraction. Left out with horizons, the warmup is warmup_fraction of the longest
+    # horizon's updates, then held fixed across the shorter ones
+    warmup_updates: int | None = None
 
     def fill_defaults(self) -> None:
         if self.name == "wsd" and self.decay_fraction is None:
@@ -339,6 +383,8 @@ class ScheduleSection:
                   f"must be in (0, 1] (got {self.decay_fraction:g})")
         check(not self.cooldown_evaluations or self.name == "wsd", join(path, "cooldown_evaluations"),
               f"needs schedule name wsd, whose stable phase a cooldown branch leaves (name is {self.name})")
+        if self.warmup_updates is not None:
+            check(self.warmup_updates >= 0, join(path, "warmup_updates"), f"must be >= 0 (got {self.warmup_updates})")
         if self.cooldown_fraction is not None:
             check(self.cooldown_evaluations, join(path, "cooldown_fraction"),
                   "applies only with cooldown_evaluations: true")
@@ -404,6 +450,12 @@ class SweepConfig:
         check(not (self.schedule.cooldown_evaluations and unit_named(self.budget.unit).timed),
               "schedule.cooldown_evaluations", "needs a counting budget (updates, examples, epochs or tokens), "
               "not seconds: a timed trial's schedule follows its clock")
+        if self.budget.horizons is not None:
+            self.validate_horizons()
+        if self.schedule.warmup_updates is not None:
+            warm = self.search.warmup_fraction
+            check(not isinstance(warm, FloatRange) and warm == 0, "schedule.warmup_updates",
+                  "replaces search.warmup_fraction: set one of the two")
         if self.budget.unit == "examples":
             largest = max(self.search.batch_sizes())
             check(
@@ -418,6 +470,22 @@ class SweepConfig:
                 "pruner.min_resource",
                 "must be <= budget.per_trial",
             )
+
+    def validate_horizons(self) -> None:
+        """What exact horizons need (objectives/training/horizons.py): each is a finished decay
+        branched off a shared stable phase, so the trial's length is answered, not searched."""
+        path = "budget.horizons"
+        check(not unit_named(self.budget.unit).timed, path,
+              f"need a counting budget (updates, examples, epochs or tokens), not {self.budget.unit}: a timed "
+              "trial's schedule follows its clock, which a branch cannot replay exactly")
+        check(self.schedule.name == "wsd", path,
+              f"need schedule name wsd, whose runs of every length share a stable phase (name is "
+              f"{self.schedule.name}); set schedule.name: wsd or leave budget.horizons out")
+        check(not self.schedule.cooldown_evaluations, path,
+              "replace schedule.cooldown_evaluations (each horizon is a finished decay): turn one of them off")
+        check(self.search.epochs is None, path,
+              "answer the length, so it is not searched: leave search.epochs out (every trial trains to "
+              "budget.per_trial and answers each horizon on the way)")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -107,7 +107,7 @@ def open_study(config: SweepConfig, target: SweepTarget, n_train: int,
         study_name=target.study_name,
         direction=config.study.direction,
         sampler=build_sampler(config.sampler, config.search, seed),
-        pruner=build_pruner(config.pruner, budget_of(config), n_train),
+        pruner=build_pruner(config.pruner, budget_of(config), n_train, config.budget.horizon_units()),
         load_if_exists=True,
     )
     if target.confirms and study.user_attrs.get(CONFIRMS_STUDY_ATTR) != target.confirms:

@@ -10,7 +10,9 @@ the updates, examples, epochs or tokens it will train at most. In training time:
 The actual cost is what the trial recorded: its `examples_seen`, `updates`, ... or its
 `train_seconds` (/ 3600 in gpu_hours), the training time of one process on one device, plus what
 its cooldown branches trained (`record.cooldown_consumed`; the reservation does not foresee them,
-so with cooldown evaluations the total can overrun by the branches of the trials in flight).
+so with cooldown evaluations the total can overrun by the branches of the trials in flight), and
+what its horizons' branches trained (`record.branches_consumed`; these the reservation includes:
+their lengths and branch points are known before the trial starts).
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from objectives.training.budget import Budget, plan_trial
+from objectives.training.horizons import branches_planned
+from objectives.training.schedule import Schedule
 from objectives.training.units import unit_named
 from sweeps.config.study_file import TIME_UNITS, SweepConfig, TotalBudgetSection
 from sweeps.search.space import Suggestion
-from sweeps.trial.record import cooldown_consumed
+from sweeps.trial.record import aside_consumed
 
 CLOCK = unit_named("seconds")  # what a time total counts, before its scale (TIME_UNITS)
 
@@ -56,6 +60,9 @@ class Spending:
     n_train: int
     drop_last: bool
     candidates: tuple[tuple[int, int | None], ...]  # (batch size, epochs) pairs the search can propose
+    horizons: tuple[float, ...] | None = None  # budget.horizons: their branches are reserved with the run
+    decay_fraction: float = 0.0  # wsd's, for the horizons' branch points
+    warmup_updates: int | None = None  # schedule.warmup_updates
 
     @classmethod
     def of(cls, config: SweepConfig, budget: Budget, n_train: int) -> Spending | None:
@@ -65,26 +72,34 @@ class Spending:
             return None
         epochs: Iterable[int | None] = config.search.epoch_choices() or [None]
         pairs = tuple(itertools.product(config.search.batch_sizes(), epochs))
-        return cls(total, budget, n_train, config.objective.drop_last, pairs)
+        return cls(total, budget, n_train, config.objective.drop_last, pairs, config.budget.horizon_units(),
+                   config.schedule.decay_fraction or 0.0, config.schedule.warmup_updates)
 
     @property
     def estimated(self) -> bool:
         """True when the planned cost is an estimate (a time total on a counting budget)."""
         return self.total.unit in TIME_UNITS and not self.budget.timed
 
-    def planned(self, batch_size: int, epochs: int | None, pace: Pace | None = None) -> float:
-        """The most the trial can cost (an estimate, see the module's docstring, for `estimated`)."""
+    def planned(self, batch_size: int, epochs: int | None, pace: Pace | None = None,
+                warmup_fraction: float = 0.0) -> float:
+        """The most the trial can cost (an estimate, see the module's docstring, for `estimated`),
+        its horizons' branches included (`warmup_fraction` moves where they leave the run)."""
         unit = self.total.unit
         if unit in TIME_UNITS and self.budget.timed:
             return self.budget.per_trial / TIME_UNITS[unit]
         plan = plan_trial(self.budget, self.n_train, batch_size, epochs, self.drop_last)
+        units = self.budget.planned(plan)
+        if self.horizons is not None:
+            schedule = Schedule.build(1.0, plan.planned_updates, warmup_fraction, "wsd", 0.0, self.decay_fraction,
+                                      warmup_updates=self.warmup_updates)
+            units += branches_planned(self.horizons, self.budget, plan, schedule)
         if unit in TIME_UNITS:
             rate = pace.seconds_per_unit if pace is not None else 0.0
-            return self.budget.planned(plan) * rate / TIME_UNITS[unit]
-        return self.budget.planned(plan)  # the total counts in the budget's own unit
+            return units * rate / TIME_UNITS[unit]
+        return units  # the total counts in the budget's own unit
 
     def planned_for(self, point: Suggestion, pace: Pace | None = None) -> float:
-        return self.planned(point.batch_size, point.epochs, pace)
+        return self.planned(point.batch_size, point.epochs, pace, point.warmup_fraction)
 
     def cheapest(self, pace: Pace | None = None) -> float:
         """The least any trial of the search can cost: once less than that is left, the budget is spent."""
@@ -94,6 +109,6 @@ class Spending:
         """What a trial cost, from the attributes it recorded (0 for one that never trained)."""
         unit = self.total.unit
         if unit in TIME_UNITS:
-            seconds = CLOCK.consumed(attrs) + cooldown_consumed(attrs, CLOCK.name)
+            seconds = CLOCK.consumed(attrs) + aside_consumed(attrs, CLOCK.name)
             return seconds / TIME_UNITS[unit]
-        return unit_named(unit).consumed(attrs) + cooldown_consumed(attrs, unit)
+        return unit_named(unit).consumed(attrs) + aside_consumed(attrs, unit)

@@ -127,7 +127,9 @@ class SweepLoop:
             self.book.close_unfinished(ahead.trial.trial_id, reason, requeue).result()
 
     def pruner_for(self, asked: Asked) -> Callable[[float, int, float | None], bool]:
-        acts_at = PruningSteps(self.config.pruner, self.objective.budget, self.n_train)
+        acts_at = PruningSteps(self.config.pruner, self.objective.budget, self.n_train,
+                               self.config.budget.horizon_units())
+        at_once = self.config.budget.horizons is not None
 
         def report(value: float, step: int, value_se: float | None = None) -> bool:
             # The decision taken at one evaluation applies at the next: the pruner works while the
@@ -136,6 +138,8 @@ class SweepLoop:
                 return True
             if acts_at(step):
                 asked.decisions.append(self.book.decide(asked.trial.trial_id, value, step, value_se))
+                if at_once:  # a horizon is judged when it is finished, before the run trains on to the next
+                    return asked.decisions[-1].result()
             return False
 
         return report

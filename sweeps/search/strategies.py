@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import optuna
 
@@ -37,12 +38,21 @@ def grid_size(config) -> int:
     return math.prod(len(values) for values in space.values())
 
 
-def build_pruner(section: PrunerSection, budget: Budget, n_train: int) -> optuna.pruners.BasePruner:
+def first_rung(section: PrunerSection, budget: Budget, horizons: Sequence[float] | None = None) -> float:
+    """The pruner's first rung in budget units: `min_resource`, else the shortest horizon (with
+    horizons a trial reports only finished horizons), else one evaluation interval."""
+    if section.min_resource:
+        return section.min_resource
+    return horizons[0] if horizons else budget.eval_every
+
+
+def build_pruner(section: PrunerSection, budget: Budget, n_train: int,
+                 horizons: Sequence[float] | None = None) -> optuna.pruners.BasePruner:
     """The section's pruner; with `noise_margin` (opt-in), its noise guard
     (`sweeps.search.noise_guard`)."""
     name = section.name
     margin = section.noise_margin
-    min_units = section.min_resource or budget.eval_every
+    min_units = first_rung(section, budget, horizons)
     min_step = max(1, budget.to_step(min_units, n_train))
     max_step = max(min_step, budget.to_step(budget.per_trial, n_train))
     if name == "none":
@@ -75,10 +85,10 @@ class PruningSteps:
     pruner at every step; none never. Other evaluations are stored once, when the trial ends.
     """
 
-    def __init__(self, section: PrunerSection, budget: Budget, n_train: int):
+    def __init__(self, section: PrunerSection, budget: Budget, n_train: int, horizons: Sequence[float] | None = None):
         self.name = section.name
         self.eta = section.reduction_factor
-        self.next_rung = max(1, budget.to_step(section.min_resource or budget.eval_every, n_train))
+        self.next_rung = max(1, budget.to_step(first_rung(section, budget, horizons), n_train))
 
     def __call__(self, step: int) -> bool:
         if self.name == "median":

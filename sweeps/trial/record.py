@@ -11,8 +11,8 @@ training, so a trial that crashes while training carries it too), `GPU` (CUDA tr
 `RESULT` (after training; `peak_memory_mb` only when measured, `noise_scale_curve` and
 `noise_scale` only with `measure: {noise_scale: true}`, `value_se_curve` and `value_se` only
 with `measure: {value_se: true}` or `pruner.noise_margin` and a metric with per-example values,
-the `cooldown_*` names only with `schedule: {cooldown_evaluations: true}`) and `ERROR` (a failed
-trial).
+the `cooldown_*` names only with `schedule: {cooldown_evaluations: true}`, `horizons` and the
+`branch_*` names only with `budget.horizons`) and `ERROR` (a failed trial).
 A confirmation run (`sweeps confirm`) also carries `CONFIRM`, set when it is queued.
 
 The study's own units are here too: `budget_unit` and `step_unit`, the unit of the integer steps
@@ -53,6 +53,8 @@ class TrialRecord:
     n_train: int | None = None
     device: str | None = None
     tokens_per_example: int | None = None  # the task's, stored only when it declares one
+    # the warmup in updates, stored only when it is absolute (budget.horizons, schedule.warmup_updates)
+    warmup_updates: int | None = None
     # GPU: CUDA trials only
     gpu: int | None = None  # the index as nvidia-smi numbers it
     gpu_name: str | None = None
@@ -80,6 +82,12 @@ class TrialRecord:
     # the standard error of each evaluation's value, [[step, se], ...]; stored only when measured
     value_se_curve: list[list[float]] | None = None
     value_se: float | None = None  # the curve's last value; absent when the curve is empty
+    # with budget.horizons: one `HorizonRecord.attrs()` per horizon answered, ascending, the last the
+    # trial's own length; and what their branches trained beside the run (summed over horizons)
+    horizons: list[dict[str, Any]] | None = None
+    branch_updates: int | None = None
+    branch_examples: int | None = None
+    branch_seconds: float | None = None
     # ERROR: why the trial failed
     error: str | None = None
     # CONFIRM: a confirmation run, set when `sweeps confirm` queues it in the companion study
@@ -120,17 +128,53 @@ class TrialRecord:
 NAMES = tuple(f.name for f in fields(TrialRecord))
 IDENTITY = ("worker", "sampler_seed")
 PLAN = ("batch_size", "lr", "coupling", "iterations_per_epoch", "planned_updates", "seed", "n_train", "device",
-        "tokens_per_example")
+        "tokens_per_example", "warmup_updates")
 GPU = ("gpu", "gpu_name")
 RESULT = ("updates", "examples_seen", "tokens_seen", "epochs_completed", "train_seconds", "eval_seconds",
           "examples_per_second", "stop_reason", "best_step", "micro_batch", "accumulation_steps", "peak_memory_mb",
           "noise_scale_curve", "noise_scale", "value_se_curve", "value_se", "cooldown_updates",
-          "cooldown_examples", "cooldown_seconds")
+          "cooldown_examples", "cooldown_seconds", "horizons", "branch_updates", "branch_examples", "branch_seconds")
 ERROR = ("error",)
 CONFIRM = ("confirms_trial", "confirm_seed")
 # stored only when not None
-WHEN_KNOWN = frozenset({"peak_memory_mb", "tokens_per_example", "tokens_seen", "noise_scale_curve", "noise_scale",
-                        "value_se_curve", "value_se", "cooldown_updates", "cooldown_examples", "cooldown_seconds"})
+WHEN_KNOWN = frozenset({
+    "peak_memory_mb", "tokens_per_example", "warmup_updates", "tokens_seen", "noise_scale_curve", "noise_scale",
+    "value_se_curve", "value_se", "cooldown_updates", "cooldown_examples", "cooldown_seconds",
+    "horizons", "branch_updates", "branch_examples", "branch_seconds"})
+
+
+@dataclass(frozen=True)
+class HorizonRecord:
+    """One horizon a trial answered (objectives/training/horizons.py), as stored in its `horizons`
+    list: what a dedicated run of that length reports, and what its branch cost beside the run."""
+
+    length: float  # in the budget's unit
+    step: int  # its report step: the pruner's rung, and the trial's intermediate value there
+    value: float | None  # the best evaluation of the dedicated run (None: none finite)
+    best_step: int | None
+    updates: int
+    examples: int
+    stop_reason: str  # budget | early_stopping | diverged (a pruned trial records no longer horizon)
+    curve: list[list[float]]  # [[step, value], ...]: the dedicated run's evaluations
+    branch_updates: int  # 0 for the trial's own length, which its run trains
+    branch_examples: int
+    branch_seconds: float
+    value_se: float | None = None  # the best evaluation's standard error, when measured
+
+    def attrs(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        if data["value_se"] is None:
+            del data["value_se"]
+        return data
+
+    @classmethod
+    def from_attrs(cls, data: Mapping[str, Any]) -> HorizonRecord:
+        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
+
+
+def horizons_of(record: TrialRecord) -> list[HorizonRecord]:
+    """The horizons a trial answered; empty for a study without horizons."""
+    return [HorizonRecord.from_attrs(h) for h in record.horizons or []]
 
 
 def value_se_key(step: int) -> str:
@@ -155,11 +199,12 @@ def identity_attrs(worker: int, sampler_seed: int) -> dict[str, Any]:
     return TrialRecord(worker=worker, sampler_seed=sampler_seed).attrs(IDENTITY)
 
 
-def plan_attrs(batch_size: int, lr: float, coupling: str, plan: TrialPlan, seed: int, device: str) -> dict[str, Any]:
+def plan_attrs(batch_size: int, lr: float, coupling: str, plan: TrialPlan, seed: int, device: str,
+               warmup_updates: int | None = None) -> dict[str, Any]:
     return TrialRecord(batch_size=batch_size, lr=lr, coupling=coupling,
                        iterations_per_epoch=plan.iterations_per_epoch, planned_updates=plan.planned_updates,
                        seed=seed, n_train=plan.n_train, device=device,
-                       tokens_per_example=plan.tokens_per_example).attrs(PLAN)
+                       tokens_per_example=plan.tokens_per_example, warmup_updates=warmup_updates).attrs(PLAN)
 
 
 def gpu_attrs(gpu: int | None, gpu_name: str) -> dict[str, Any]:
@@ -188,7 +233,24 @@ def result_attrs(result: TrainResult, plan: TrialPlan) -> dict[str, Any]:
         cooldown_seconds=None if result.cooldown_seconds is None else round(result.cooldown_seconds, 4),
         value_se_curve=None if se_curve is None else [[step, round(se, 6)] for step, se in se_curve],
         value_se=round(se_curve[-1][1], 6) if se_curve else None,
+        **horizon_fields(result),
     ).attrs(RESULT)
+
+
+def horizon_fields(result: TrainResult) -> dict[str, Any]:
+    """The horizons' record fields; none without horizons."""
+    if result.horizons is None:
+        return {}
+    kept = [HorizonRecord(
+        length=h.units, step=h.step, value=h.value, best_step=h.best_step, updates=h.updates, examples=h.examples,
+        stop_reason=h.stop_reason, curve=[[step, value] for step, value in h.history],
+        branch_updates=h.branch_updates, branch_examples=h.branch_examples,
+        branch_seconds=round(h.branch_seconds, 4),
+        value_se=None if h.value_se is None else round(h.value_se, 6)) for h in result.horizons]
+    return dict(horizons=[h.attrs() for h in kept],
+                branch_updates=sum(h.branch_updates for h in kept),
+                branch_examples=sum(h.branch_examples for h in kept),
+                branch_seconds=round(sum(h.branch_seconds for h in kept), 4))
 
 
 def error_attrs(message: str) -> dict[str, Any]:
@@ -206,21 +268,33 @@ def queued_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
 
 # --- readers ------------------------------------------------------------------------------------
 def consumed(trial: FrozenTrial, budget_unit: str) -> float:
-    """What the trial used of its budget, in the budget's unit, its cooldown branches included.
-    Read without building a record: the progress line sums it over every trial of the study after
-    each trial."""
+    """What the trial used of its budget, in the budget's unit, its cooldown and horizon branches
+    included. Read without building a record: the progress line sums it over every trial of the
+    study after each trial."""
     attrs = trial.user_attrs
-    return unit_named(budget_unit).consumed(attrs) + cooldown_consumed(attrs, budget_unit)
+    return unit_named(budget_unit).consumed(attrs) + aside_consumed(attrs, budget_unit)
+
+
+def aside_consumed(attrs: Mapping[str, Any], unit: str) -> float:
+    """What a trial trained beside its run: its cooldown branches and its horizons' branches."""
+    return cooldown_consumed(attrs, unit) + branches_consumed(attrs, unit)
 
 
 def cooldown_consumed(attrs: Mapping[str, Any], unit: str) -> float:
     """What a trial's cooldown branches trained, in a budget unit (0 without them). They are not
     part of the trial's own `budget.per_trial`, which its main run fills, but they count against
     `study.total_budget` and in the study's spent budget."""
-    updates = attrs.get("cooldown_updates")
-    if not updates:
+    if not attrs.get("cooldown_updates"):
         return 0.0
-    return float(unit_named(unit).cooldown(attrs))
+    return float(unit_named(unit).aside(attrs, "cooldown"))
+
+
+def branches_consumed(attrs: Mapping[str, Any], unit: str) -> float:
+    """What a trial's horizon branches trained, in a budget unit (0 without them): like cooldown
+    branches, beside the trial's own `budget.per_trial`, and counted against `study.total_budget`."""
+    if not attrs.get("branch_updates"):
+        return 0.0
+    return float(unit_named(unit).aside(attrs, "branch"))
 
 
 # --- the study's units ----------------------------------------------------------------------------

@@ -96,6 +96,7 @@ class PreparedTrial:
     optimizer: torch.optim.Optimizer
     plan: TrialPlan
     schedule: Schedule
+    warmup_updates: int | None = None  # when absolute (`warmup_updates`): the schedule's, unclamped
 
 
 class SweepObjective:
@@ -132,9 +133,11 @@ class SweepObjective:
             timed_updates = max(1, math.floor(self.budget.per_trial / per_update))
         plan = plan_trial(self.budget, n_train, point.batch_size, point.epochs,
                           cfg.objective.drop_last, timed_updates)
+        warmup = warmup_updates(cfg, point, plan)
         schedule = Schedule.build(coupled.lr, plan.planned_updates, point.warmup_fraction,
-                                  cfg.schedule.name, cfg.schedule.final_lr_fraction, cfg.schedule.decay_fraction)
-        return PreparedTrial(point, seed, task, coupled, optimizer, plan, schedule)
+                                  cfg.schedule.name, cfg.schedule.final_lr_fraction, cfg.schedule.decay_fraction,
+                                  warmup_updates=warmup)
+        return PreparedTrial(point, seed, task, coupled, optimizer, plan, schedule, warmup)
 
     def make_task(self, point: Suggestion, coupled: Coupled, seed: int, params: dict) -> Task:
         # Model initialisation draws from the CPU generator; torch.manual_seed would also seed
@@ -205,6 +208,17 @@ class SweepObjective:
         return trainer.train()
 
 
+def warmup_updates(config: SweepConfig, point: Suggestion, plan: TrialPlan) -> int | None:
+    """The warmup in updates when it is absolute: `schedule.warmup_updates`, or with horizons the
+    trial's warmup fraction of its longest horizon, held for the shorter ones; else None (a
+    fraction of the trial's own updates, as `Schedule.build` takes it)."""
+    if config.schedule.warmup_updates is not None:
+        return config.schedule.warmup_updates
+    if config.budget.horizons is not None:
+        return int(round(point.warmup_fraction * plan.planned_updates))
+    return None
+
+
 def trainer_options(config: SweepConfig, max_micro_batch: int | None) -> TrainerOptions:
     """How every trial of the study trains, from its study file (`max_micro_batch`: the file's
     limit or the probed one, whichever is smaller)."""
@@ -219,6 +233,7 @@ def trainer_options(config: SweepConfig, max_micro_batch: int | None) -> Trainer
         measure_noise=config.measure.noise_scale,
         cooldown_fraction=config.schedule.cooldown_fraction if config.schedule.cooldown_evaluations else None,
         measure_value_se=config.measure.value_se or config.pruner.noise_margin is not None,
+        horizons=config.budget.horizon_units(),
     )
 
 
@@ -248,7 +263,7 @@ def plan_attrs(prepared: PreparedTrial, device: torch.device) -> dict[str, objec
     """What the trial derived before training; a crashed trial records these too."""
     return {
         **record.plan_attrs(prepared.suggestion.batch_size, prepared.coupled.lr, prepared.suggestion.coupling,
-                            prepared.plan, prepared.seed, str(device)),
+                            prepared.plan, prepared.seed, str(device), prepared.warmup_updates),
         **gpu_attrs(device),
     }
 

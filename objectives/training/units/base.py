@@ -55,8 +55,9 @@ class BudgetUnit:
         """What a trial used, from its stored attributes, its cooldown branches left out."""
         return float(attrs.get(self.consumed_attr) or 0.0)
 
-    def cooldown(self, attrs: Mapping[str, Any]) -> float:
-        """What a trial's cooldown branches trained, from its stored attributes (they made at least one update)."""
+    def aside(self, attrs: Mapping[str, Any], prefix: str) -> float:
+        """What a trial trained beside its run, from its stored `{prefix}_updates`, `_examples` and
+        `_seconds` (prefix `cooldown`: its cooldown branches; `branch`: its horizons' branches)."""
         raise NotImplementedError
 
     def missing(self, tokens_per_example: int | None) -> str | None:

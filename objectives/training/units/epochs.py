@@ -31,6 +31,6 @@ class Epochs(BudgetUnit):
     def trained(self, result, plan, budget):
         return result.updates / plan.iterations_per_epoch
 
-    def cooldown(self, attrs):
+    def aside(self, attrs, prefix):
         per_epoch = attrs.get("iterations_per_epoch")
-        return attrs["cooldown_updates"] / per_epoch if per_epoch else 0.0
+        return (attrs.get(f"{prefix}_updates") or 0) / per_epoch if per_epoch else 0.0

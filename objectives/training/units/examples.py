@@ -23,5 +23,5 @@ class Examples(CountsExamples):
     def trained(self, result, plan, budget):
         return result.examples_seen
 
-    def cooldown(self, attrs):
-        return float(attrs.get("cooldown_examples") or 0)
+    def aside(self, attrs, prefix):
+        return float(attrs.get(f"{prefix}_examples") or 0)

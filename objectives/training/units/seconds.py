@@ -26,5 +26,5 @@ class Seconds(BudgetUnit):
     def trained(self, result, plan, budget):
         return result.train_seconds
 
-    def cooldown(self, attrs):
-        return attrs.get("cooldown_seconds") or 0.0
+    def aside(self, attrs, prefix):
+        return attrs.get(f"{prefix}_seconds") or 0.0

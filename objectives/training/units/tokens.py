@@ -23,8 +23,8 @@ class Tokens(CountsExamples):
     def trained(self, result, plan, budget):
         return result.examples_seen * (budget.tokens_per_example or 0)
 
-    def cooldown(self, attrs):
-        return float(attrs.get("cooldown_examples") or 0) * float(attrs.get("tokens_per_example") or 0)
+    def aside(self, attrs, prefix):
+        return float(attrs.get(f"{prefix}_examples") or 0) * float(attrs.get("tokens_per_example") or 0)
 
     def missing(self, tokens_per_example):
         if tokens_per_example is None:

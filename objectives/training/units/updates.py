@@ -28,5 +28,5 @@ class Updates(BudgetUnit):
     def trained(self, result, plan, budget):
         return result.updates
 
-    def cooldown(self, attrs):
-        return attrs["cooldown_updates"]
+    def aside(self, attrs, prefix):
+        return attrs.get(f"{prefix}_updates") or 0
