@@ -10,6 +10,8 @@ echo "== trainer benchmark, resnet_synthetic, batch 256"
 python3 benchmarks/trainer.py --task resnet_synthetic --batch-size 256 --updates 300 --repeats 3
 echo "== trainer benchmark, digits_mlp, batch 64 (launch-bound)"
 python3 benchmarks/trainer.py --task digits_mlp --batch-size 64 --updates 2000 --repeats 3
+echo "== horizons: branch against dedicated run on CUDA, fp32 and bf16 (the tolerance the README states)"
+python3 benchmarks/horizons_device.py --device cuda --precision fp32 bf16
 echo "== probe (whole GPU)"
 python3 -m sweeps.probe examples/resnet_gpu.yaml --storage "sqlite:///$work/probe.db" --limit 65536
 echo "== OOM recovery: the same study capped at 4% of GPU memory, no probe"

@@ -471,6 +471,14 @@ class SweepConfig:
                 "must be <= budget.per_trial",
             )
 
+    def planned_per_trial(self) -> float:
+        """What a trial trains in the budget's unit, its horizons' branches included (each about
+        its decay: `decay_fraction` of its length); what the progress line counts a trial as."""
+        horizons = self.budget.horizon_units()
+        if horizons is None:
+            return float(self.budget.per_trial)
+        return float(self.budget.per_trial) + (self.schedule.decay_fraction or 0.0) * sum(horizons[:-1])
+
     def validate_horizons(self) -> None:
         """What exact horizons need (objectives/training/horizons.py): each is a finished decay
         branched off a shared stable phase, so the trial's length is answered, not searched."""

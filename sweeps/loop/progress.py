@@ -113,10 +113,13 @@ class Progress:
     """An Optuna callback, plus the display thread (`start`/`stop`, in the bookkeeping process)."""
 
     def __init__(self, n_trials: int, budget: Budget, metric: str, stream: TextIO | None = None,
-                 live_trial: LiveTrial | None = None, ledger: Callable[[], str] | None = None):
+                 live_trial: LiveTrial | None = None, ledger: Callable[[], str] | None = None,
+                 per_trial: float | None = None):
         """`ledger`: reads the study.total_budget figures (spent, left, rate) from the store; called
-        after each recorded trial, never by the redraw thread."""
+        after each recorded trial, never by the redraw thread. `per_trial`: what a trial trains,
+        branches included (`SweepConfig.planned_per_trial`; default the budget's per_trial)."""
         self.n_trials = n_trials
+        self.per_trial = budget.per_trial if per_trial is None else per_trial
         self.ledger = ledger
         self.ledger_text = ""
         self.budget = budget
@@ -145,7 +148,7 @@ class Progress:
 
     def left(self, running: float) -> float:
         """Budget units to go: every slot not done yet, less what the running trial has trained."""
-        return max(0.0, max(0, self.n_trials - self.state.done) * self.budget.per_trial - running)
+        return max(0.0, max(0, self.n_trials - self.state.done) * self.per_trial - running)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial | None) -> None:
         """After each recorded trial (the bookkeeper's callback); `trial` None: just show the study."""
@@ -164,7 +167,7 @@ class Progress:
         """The study's parts of a line, in the order shown: counts, best, budget, ETA, time so far."""
         state = self.state
         running = view.spent_units if view is not None else 0.0
-        total = self.n_trials * self.budget.per_trial
+        total = self.n_trials * self.per_trial
         eta = self.eta(now, self.left(running))
         best = (f"best {self.metric} -" if state.best_value is None
                 else f"best {self.metric} {state.best_value:.4f} (trial {state.best_trial})")

@@ -202,7 +202,8 @@ def run_sweep(config: SweepConfig, target: SweepTarget, show_progress: bool = Tr
     hooks = DashboardHooks(config, target.storage_url, study, n_train, task.tokens_per_example)
     ledger_line = line_of(study) if config.study.total_budget else None
     live = LiveTrial() if show_progress else None  # made before the bookkeeper forks, so both see it
-    progress = (Progress(target.n_trials, budget, config.study.metric, live_trial=live, ledger=ledger_line)
+    progress = (Progress(target.n_trials, budget, config.study.metric, live_trial=live, ledger=ledger_line,
+                         per_trial=config.planned_per_trial())
                 if show_progress else None)
     if progress:
         progress.refresh(study)

@@ -155,7 +155,8 @@ def start_and_wait(study: optuna.Study, config: SweepConfig, target: SweepTarget
     envs = [{**env, **gpu.env()} for gpu in gpus] if gpus else [env] * n_workers
     metric = config.study.metric
     ledger_line = line_of(study) if config.study.total_budget else None
-    progress = (WorkersProgress(study, target.n_trials, budget_of(config), metric, ledger=ledger_line)
+    progress = (WorkersProgress(study, target.n_trials, budget_of(config), metric, ledger=ledger_line,
+                                per_trial=config.planned_per_trial())
                 if show_progress else None)
     through_parent = progress is not None and progress.tty  # the workers' lines printed above the live region
     workers = [subprocess.Popen(command, env=envs[i], stderr=subprocess.PIPE if through_parent else None)

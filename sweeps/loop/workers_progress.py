@@ -56,9 +56,11 @@ class WorkersProgress:
     """Polled by the parent (`__call__` once a second); `forward` passes a worker's stderr through."""
 
     def __init__(self, study: optuna.Study, n_trials: int, budget: Budget, metric: str, stream: TextIO | None = None,
-                 ledger: Callable[[], str] | None = None):
-        """`ledger`: reads the study.total_budget figures (spent, left, rate) from the store."""
+                 ledger: Callable[[], str] | None = None, per_trial: float | None = None):
+        """`ledger`: reads the study.total_budget figures (spent, left, rate) from the store;
+        `per_trial`: what a trial trains, branches included (default the budget's per_trial)."""
         self.study = study
+        self.per_trial = budget.per_trial if per_trial is None else per_trial
         self.ledger = ledger
         self.n_trials = n_trials
         self.budget = budget
@@ -80,9 +82,9 @@ class WorkersProgress:
         trials = self.study.get_trials(deepcopy=False)
         state = StudyState.of(trials, self.budget.unit, self.study)
         now = time.monotonic()
-        left = max(0, self.n_trials - state.done) * self.budget.per_trial
+        left = max(0, self.n_trials - state.done) * self.per_trial
         eta = self.eta(now, left)
-        total = self.n_trials * self.budget.per_trial
+        total = self.n_trials * self.per_trial
         best = (f"best {self.metric} -" if state.best_value is None
                 else f"best {self.metric} {state.best_value:.4f} (trial {state.best_trial})")
         summary = {"counts": f"{state.done}/{self.n_trials} done: {state.complete} complete, {state.pruned} pruned, "

@@ -59,9 +59,9 @@ def markdown_table(rows: list[dict]) -> str:
 
 def budget_line(study: optuna.Study, config: SweepConfig) -> str:
     trials = study.get_trials(deepcopy=False)
-    unit, per_trial = config.budget.unit, float(config.budget.per_trial)
+    unit = config.budget.unit
     spent = sum(consumed(t, unit) for t in trials)
-    total = config.study.n_trials * per_trial
+    total = config.study.n_trials * config.planned_per_trial()
     counts = {s: sum(1 for t in trials if t.state == s) for s in (TrialState.COMPLETE, TrialState.PRUNED,
                                                                    TrialState.FAIL)}
     try:
