@@ -98,7 +98,27 @@ def test_golden_sweeps_are_bit_identical(tmp_path):
     want = json.loads(GOLDEN.read_text())
     assert sorted(got) == sorted(want)
     for case in CASES:
-        assert got[case] == want[case], case
+        assert without_noise_scale(got[case]) == without_noise_scale(want[case]), case
+        assert noise_scales(got[case]) == pytest.approx(noise_scales(want[case]), rel=1e-5), case
+
+
+NOISE_SCALE = ("noise_scale", "noise_scale_curve")
+
+
+def without_noise_scale(rows: list[dict]) -> list[dict]:
+    return [{**row, "attrs": {k: v for k, v in row["attrs"].items() if k not in NOISE_SCALE}} for row in rows]
+
+
+def noise_scales(rows: list[dict]) -> list[float]:
+    """The noise-scale figures, flat. They are the one figure compared to a relative 1e-5, not ==:
+    on another machine of this project (same torch, same code) they differed in the last digit
+    kept (115.3535 / 115.3536) while every value and curve stayed bit for bit; reductions of the
+    gradient norms may sum in another order on another CPU."""
+    flat: list[float] = []
+    for row in rows:
+        flat += [row["attrs"].get("noise_scale") or 0.0]
+        flat += [value for _, value in row["attrs"].get("noise_scale_curve") or []]
+    return flat
 
 
 def test_a_seconds_budget_runs(tmp_path):
