@@ -48,6 +48,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "probe": ("sweeps.probe", "the largest micro-batch that fits the device, stored on the study"),
     "best": ("sweeps.best", "the best trials' effective settings; --export a study file that retrains one"),
     "confirm": ("sweeps.confirm", "train the best trials again with fresh seeds; how far the search overstated them"),
+    "predict": ("sweeps.predict", "batch size, LR and length for a larger budget, from the horizons; --verify"),
     "studies": ("sweeps.studies", "the studies in a store: trials, best value, last activity"),
     "schema": ("sweeps.schema_cmd", "the study file's JSON schema"),
     "screenshot": ("sweeps.screenshot", "a PNG of the dashboard (needs a browser)"),

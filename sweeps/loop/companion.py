@@ -38,6 +38,7 @@ from sweeps.trial.record import (
     TrialRecord,
     companion_name,
     confirm_attrs,
+    predict_attrs,
 )
 
 LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
@@ -54,15 +55,23 @@ def confirmation_seed(study_seed: int, source_trial: int, replicate: int) -> int
 
 @dataclass(frozen=True)
 class Confirmation:
-    """One run to queue: a source trial's parameters with one fresh seed."""
+    """One run to queue: a source trial's parameters with one fresh seed; or, for `sweeps predict
+    --verify`, one arm of the prediction (`arm`, trained at `budget`) with one seed."""
 
-    source_trial: int
+    source_trial: int | None
     seed: int
     params: dict[str, Any]
+    arm: str | None = None
+    budget: float | None = None
 
     @property
-    def key(self) -> tuple[int, int]:
-        return self.source_trial, self.seed
+    def key(self) -> tuple[int | str, int]:
+        return (self.arm if self.arm is not None else self.source_trial), self.seed
+
+    def attrs(self) -> dict[str, Any]:
+        if self.arm is not None:
+            return predict_attrs(self.arm, self.budget, self.seed)
+        return confirm_attrs(self.source_trial, self.seed)
 
 
 def planned(sources: Iterable[FrozenTrial], seeds: int, study_seed: int) -> list[Confirmation]:
@@ -71,10 +80,15 @@ def planned(sources: Iterable[FrozenTrial], seeds: int, study_seed: int) -> list
             for t in sources for r in range(seeds)]
 
 
-def key_of(attrs: Mapping[str, Any]) -> tuple[int, int] | None:
-    """(source trial, seed) of a trial queued as a confirmation run; None for any other trial."""
+def key_of(attrs: Mapping[str, Any]) -> tuple[int | str, int] | None:
+    """(source trial, seed) of a trial queued as a confirmation run, (arm, seed) of a prediction's
+    run; None for any other trial."""
     record = TrialRecord.from_attrs(attrs)
-    if record.confirms_trial is None or record.confirm_seed is None:
+    if record.confirm_seed is None:
+        return None
+    if record.predicts_arm is not None:
+        return record.predicts_arm, record.confirm_seed
+    if record.confirms_trial is None:
         return None
     return record.confirms_trial, record.confirm_seed
 
@@ -94,9 +108,9 @@ def companion_config(config: SweepConfig, study_name: str, n_trials: int,
     return parse_config(data, config.base_dir)
 
 
-def companion_target(main: SweepTarget, n_trials: int) -> SweepTarget:
+def companion_target(main: SweepTarget, n_trials: int, kind: str = "confirm") -> SweepTarget:
     """`confirms` links the companion to its main study as it is opened, before its ledger would be."""
-    return SweepTarget(main.storage_url, companion_name(main.study_name), max(1, n_trials),
+    return SweepTarget(main.storage_url, companion_name(main.study_name, kind), max(1, n_trials),
                        confirms=main.study_name)
 
 
@@ -112,10 +126,11 @@ def ledger_study_id(study: optuna.Study) -> int:
     return study_id_of(study)
 
 
-def link(main: optuna.Study, companion: optuna.Study) -> None:
-    """Each study names the other; the companion's attribute also makes workers train only its queue."""
-    if main.user_attrs.get(CONFIRM_STUDY_ATTR) != companion.study_name:
-        main.set_user_attr(CONFIRM_STUDY_ATTR, companion.study_name)
+def link(main: optuna.Study, companion: optuna.Study, attr: str = CONFIRM_STUDY_ATTR) -> None:
+    """Each study names the other (`attr`: the main study's name for it, CONFIRM_STUDY_ATTR or
+    PREDICT_STUDY_ATTR); the companion's attribute also makes workers train only its queue."""
+    if main.user_attrs.get(attr) != companion.study_name:
+        main.set_user_attr(attr, companion.study_name)
     if companion.user_attrs.get(CONFIRMS_STUDY_ATTR) != main.study_name:
         companion.set_user_attr(CONFIRMS_STUDY_ATTR, main.study_name)
 
@@ -136,7 +151,7 @@ def queue_missing(companion: optuna.Study, plan: list[Confirmation]) -> list[Con
     live = {key_of(t.user_attrs) for t in companion.get_trials(deepcopy=False, states=LIVE)}
     missing = [c for c in plan if c.key not in live]
     for run in missing:
-        companion.enqueue_trial(run.params, user_attrs=confirm_attrs(run.source_trial, run.seed))
+        companion.enqueue_trial(run.params, user_attrs=run.attrs())
     return missing
 
 
@@ -146,7 +161,7 @@ def why_not_run(number: int, attrs: Mapping[str, Any], trials: Iterable[FrozenTr
     trial (two machines queued it at once)."""
     key = key_of(attrs)
     if key is None:
-        return "not started: a confirmation study trains only the runs `sweeps confirm` queued"
+        return "not started: a companion study trains only the runs `sweeps confirm` or `sweeps predict` queued"
     for other in trials:
         if other.number == number or key_of(other.user_attrs) != key:
             continue

@@ -92,7 +92,10 @@ class TrialRecord:
     error: str | None = None
     # CONFIRM: a confirmation run, set when `sweeps confirm` queues it in the companion study
     confirms_trial: int | None = None  # the main study's trial whose configuration it trains again
-    confirm_seed: int | None = None  # the fresh training seed it trains with
+    confirm_seed: int | None = None  # the fresh training seed it trains with (a prediction's run too)
+    # PREDICT: a run of `sweeps predict --verify`, set when it is queued in the companion study
+    predicts_arm: str | None = None  # predicted | lr x2 | lr /2 | batch x2 | batch /2
+    predicts_budget: float | None = None  # the budget predicted for, in the budget's unit
 
     @classmethod
     def of(cls, trial: FrozenTrial) -> TrialRecord:
@@ -136,6 +139,7 @@ RESULT = ("updates", "examples_seen", "tokens_seen", "epochs_completed", "train_
           "cooldown_examples", "cooldown_seconds", "horizons", "branch_updates", "branch_examples", "branch_seconds")
 ERROR = ("error",)
 CONFIRM = ("confirms_trial", "confirm_seed")
+PREDICT = ("predicts_arm", "predicts_budget")
 # stored only when not None
 WHEN_KNOWN = frozenset({
     "peak_memory_mb", "tokens_per_example", "warmup_updates", "tokens_seen", "noise_scale_curve", "noise_scale",
@@ -185,7 +189,7 @@ def value_se_key(step: int) -> str:
 
 def _check_names() -> None:
     """The groups name every field once and nothing else: a name spelled wrong fails on import."""
-    grouped = IDENTITY + PLAN + GPU + RESULT + ERROR + CONFIRM
+    grouped = IDENTITY + PLAN + GPU + RESULT + ERROR + CONFIRM + PREDICT
     counted = {unit.consumed_attr for unit in UNITS.values()} | {unit.steps_attr[0] for unit in UNITS.values()}
     if sorted(grouped) != sorted(NAMES) or not (WHEN_KNOWN | counted) <= set(NAMES):
         raise RuntimeError(f"sweeps.trial.record: the groups {grouped} do not match the fields {NAMES}")
@@ -261,9 +265,15 @@ def confirm_attrs(source_trial: int, seed: int) -> dict[str, Any]:
     return TrialRecord(confirms_trial=source_trial, confirm_seed=seed).attrs(CONFIRM)
 
 
+def predict_attrs(arm: str, budget: float, seed: int) -> dict[str, Any]:
+    """A prediction's run: its arm, the budget it trains, and its seed (kept as a confirmation's)."""
+    return {**TrialRecord(confirm_seed=seed).attrs(("confirm_seed",)),
+            **TrialRecord(predicts_arm=arm, predicts_budget=budget).attrs(PREDICT)}
+
+
 def queued_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
-    """The attributes a trial was queued with (`CONFIRM`): what a retry of it must carry too."""
-    return {name: attrs[name] for name in CONFIRM if name in attrs}
+    """The attributes a trial was queued with (`CONFIRM`, `PREDICT`): what a retry of it must carry too."""
+    return {name: attrs[name] for name in CONFIRM + PREDICT if name in attrs}
 
 
 # --- readers ------------------------------------------------------------------------------------
@@ -312,10 +322,14 @@ def study_unit_attrs(budget_unit: str) -> dict[str, str]:
 # so they must not sit among the search's); each study names the other.
 CONFIRM_STUDY_ATTR = "confirm_study"  # on the main study: its companion's name
 CONFIRMS_STUDY_ATTR = "confirms_study"  # on the companion: the main study's name
+# `sweeps predict --verify` keeps its runs the same way, in `<name>-predict`
+PREDICT_STUDY_ATTR = "predict_study"  # on the main study: its prediction companion's name
+PREDICTION_ATTR = "prediction"  # on that companion: what `sweeps predict` predicted (`PredictedRun.attrs`)
 
 
-def companion_name(study_name: str) -> str:
-    return f"{study_name}-confirm"
+def companion_name(study_name: str, kind: str = "confirm") -> str:
+    """`kind`: confirm | predict."""
+    return f"{study_name}-{kind}"
 
 
 @dataclass(frozen=True)
