@@ -1,10 +1,12 @@
-"""`sweeps best` on a study with `budget.horizons`: the best trial per horizon, and a horizon's
-best exported as a dedicated run that trains the value it recorded (bit for bit on the CPU). A
-real digits sweep in SQLite; a study without horizons prints what it printed before."""
+"""`sweeps best` and `sweeps report` on a study with `budget.horizons`: the best trial per horizon,
+a horizon's best exported as a dedicated run that trains the value it recorded (bit for bit on the
+CPU), and the best value against the compute the sweep spent, per horizon. A real digits sweep in
+SQLite; studies without horizons print what they printed before."""
 
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import optuna
@@ -12,8 +14,8 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from sweeps import best, exits, run
-from sweeps.trial.record import TrialRecord, horizons_of
+from sweeps import best, exits, report, run
+from sweeps.trial.record import TrialRecord, consumed, horizons_of
 from tests.conftest import TINY
 
 HZ = {
@@ -167,10 +169,43 @@ def tiny(tmp_path_factory) -> Path:
     return path
 
 
-def test_without_horizons_best_prints_what_it_did(tiny, tmp_path, capsys):
+def test_without_horizons_best_and_report_print_what_they_did(tiny, tmp_path, capsys):
+    """(The report's folder name holds 'horizons': look for the section's title, not the word.)"""
     assert best.main([str(tiny), "--export", str(tmp_path / "x.yaml"), "--horizon", "20"]) == exits.USAGE
     assert one_line_error(capsys) == ("error: --horizon 20: study 'tiny' has no budget.horizons; leave --horizon "
                                       "out to export a trial at its own length\n")
     assert best.main([str(tiny)]) == exits.OK
     printed = capsys.readouterr().out
     assert len(printed.splitlines()) == 4 and "horizon" not in printed  # the title, the header, 2 trials
+    assert report.main([str(tiny), "--out", str(tmp_path / "rep")]) == exits.OK
+    assert "over all horizons" not in capsys.readouterr().out
+    assert not (tmp_path / "rep" / "horizons.png").exists()
+    assert "horizons" not in json.loads((tmp_path / "rep" / "summary.json").read_text())
+
+
+def test_report_shows_the_best_value_against_compute_per_horizon(hz, tmp_path, capsys):
+    out = tmp_path / "rep"
+    assert report.main([str(hz), "--out", str(out)]) == exits.OK
+    printed = capsys.readouterr().out
+    rows = table_after(printed, "best value against compute over all horizons (spent: the examples")
+    trials = trials_of(hz)
+    found = answers(trials)
+    assert [int(r["horizon"]) for r in rows] == LENGTHS
+    summary = json.loads((out / "summary.json").read_text())["horizons"]
+    assert [p["length"] for p in summary] == LENGTHS
+    so_far = None
+    for point, length in zip(summary, LENGTHS, strict=True):
+        value, number, _ = max(found[length], key=lambda vn: (vn[0], -vn[1]))
+        assert (point["best"], point["trial"], point["finished"]) == (value, number, len(found[length]))
+        so_far = value if so_far is None else max(so_far, value)
+        assert point["so_far"] == so_far
+    spent = [p["spent"] for p in summary]
+    assert spent == sorted(spent) and [int(r["spent_examples"]) for r in rows] == spent
+    # the shortest horizon: each trial that answered it spent its dedicated run's examples (the run up
+    # to the branch, then the branch); one that stopped before it, all it trained
+    answered_first = {n: h for _, n, h in found[1000]}
+    assert spent[0] == sum(answered_first[t.number].examples if t.number in answered_first
+                           else consumed(t, "examples") for t in trials)
+    assert spent[-1] == sum(consumed(t, "examples") for t in trials)  # the longest: all the sweep spent
+    assert (out / "horizons.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert 'id="horizons"' in (out / "report.html").read_text()
