@@ -218,8 +218,12 @@ def export(args: argparse.Namespace, study_name: str, trials: list[FrozenTrial],
     folder = Path(args.export).resolve().parent
     data = export_data(chosen, config, study_name, folder, horizon)
     parse_config(data, folder)  # what is written must load
-    Path(args.export).write_text(export_header(chosen, study_name, config, horizon)
-                                 + yaml.safe_dump(data, sort_keys=False))
+    try:
+        Path(args.export).write_text(export_header(chosen, study_name, config, horizon)
+                                     + yaml.safe_dump(data, sort_keys=False))
+    except OSError as err:
+        return fail(exits.USAGE, f"--export {args.export}: cannot write it ({err.strerror}): create its folder "
+                                 "or pick another path")
     at = ("" if horizon is None
           else f" at horizon {length_text(horizon.length)} {config.budget.unit}, as a dedicated run")
     print(f"wrote {args.export}: trains trial {chosen.number} again{at} (sweeps run {args.export})")

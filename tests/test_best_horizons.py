@@ -174,6 +174,8 @@ def test_without_horizons_best_and_report_print_what_they_did(tiny, tmp_path, ca
     assert best.main([str(tiny), "--export", str(tmp_path / "x.yaml"), "--horizon", "20"]) == exits.USAGE
     assert one_line_error(capsys) == ("error: --horizon 20: study 'tiny' has no budget.horizons; leave --horizon "
                                       "out to export a trial at its own length\n")
+    assert best.main([str(tiny), "--export", str(tmp_path / "no" / "x.yaml")]) == exits.USAGE
+    assert "cannot write it (No such file or directory): create its folder" in one_line_error(capsys)
     assert best.main([str(tiny)]) == exits.OK
     printed = capsys.readouterr().out
     assert len(printed.splitlines()) == 4 and "horizon" not in printed  # the title, the header, 2 trials
