@@ -4,6 +4,9 @@ Prints the short answer first (the settings to train with, the value to expect a
 the caveat that matters, the command to run next), then why (how the LR moves with batch size,
 where batch size stops paying), the best trials, the LR-vs-batch-size slope and the critical batch size; writes
 `report.html` (interactive plotly), one PNG per figure and `report.png` (all of them), and `summary.json` (the numbers).
+With `budget.horizons`, a section (table, `horizons.png`, `summary.json`'s `horizons`) gives per horizon
+its best value, the best so far at it or a shorter one, and what all trials trained to answer every
+horizon up to it: the best value against compute (`sweeps.results.horizons.frontier`).
 Exit codes: 0 written, 1 no finished trial yet, 2 invalid study file, 3 store not there or not
 readable, 4 no such study in the store.
 """
@@ -11,6 +14,7 @@ readable, 4 no such study in the store.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import html
 import json
 import sys
@@ -78,11 +82,20 @@ def critical_lines(a: StudyAnalysis) -> list[str]:
     return lines
 
 
+def horizon_lines(a: StudyAnalysis) -> list[str]:
+    """With budget.horizons: the best value against the compute spent, per horizon (the title, the table)."""
+    if not a.horizons:
+        return []
+    return [f"best value against compute over all horizons (spent: the {a.budget_unit} all trials trained to answer "
+            "every horizon up to each; best_so_far: at it or a shorter one):",
+            text_table([p.row(a.metric, a.budget_unit) for p in a.horizons])]
+
+
 def summary_json(a: StudyAnalysis, short: dict[str, str], plan: list[dict] | None = None) -> dict:
     """The numbers; `short`: the short answer; `plan`: the budget plan per batch size, from the config
     the study ran with."""
     fit, crit, noise = a.lr_fit, a.critical, a.noise
-    return {
+    out = {
         "study": a.study_name, "metric": a.metric, "direction": "maximize" if a.maximize else "minimize",
         "counts": a.counts, "best_trials": a.best_table(),
         "answer": short, "recommendation": recommendation(a),
@@ -110,6 +123,9 @@ def summary_json(a: StudyAnalysis, short: dict[str, str], plan: list[dict] | Non
         "importances": a.importances,
         "budget_plan": plan,
     }
+    if a.horizons:  # with budget.horizons: the best value against compute, per horizon
+        out["horizons"] = [dataclasses.asdict(p) for p in a.horizons]
+    return out
 
 
 def tokens_per_example_of(a: StudyAnalysis) -> int | None:
@@ -164,6 +180,9 @@ def report(args: argparse.Namespace) -> int:
     print()
     for line in summary_lines(a):
         print(line)
+    horizons = horizon_lines(a)
+    if horizons:
+        print("\n" + "\n".join(horizons))
     confirmed = report_lines(study)  # the confirmation runs of `sweeps confirm`, when there are any
     if confirmed:
         print("\n" + "\n".join(confirmed))
@@ -174,6 +193,9 @@ def report(args: argparse.Namespace) -> int:
     summary = ("<p>" + "<br>".join(f"<b>{html.escape(key.title())}:</b> {html.escape(text)}"
                                    for key, text in short.items()) + f"</p><p>{html.escape(why)}</p>"
                + "".join(f"<p>{html.escape(line)}</p>" for line in summary_lines(a)) + html_table(table))
+    if a.horizons:
+        summary += (f"<p>{html.escape(horizons[0])}</p>"
+                    + html_table([p.row(a.metric, a.budget_unit) for p in a.horizons]))
     summary += f"<pre>{html.escape(chr(10).join(confirmed))}</pre>" if confirmed else ""
     write_html(out / "report.html", a, figures, summary)
     pngs = write_pngs(out, a, plan)

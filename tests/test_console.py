@@ -176,6 +176,30 @@ def test_best_prints_and_its_export_reproduces_the_trial(tmp_path):
     assert abs(again[0].value - best.value) <= 1e-6, (again[0].value, best.value)
 
 
+def test_best_export_of_a_horizon_trains_its_recorded_value(tmp_path):
+    """With budget.horizons, `sweeps best --export FILE --horizon H` then `sweeps run FILE`: the
+    dedicated run of the shorter horizon gives the value the horizon recorded, to the last bit."""
+    data = copy.deepcopy(TINY)
+    data["study"].update(n_trials=3, seed=5)
+    data["budget"]["horizons"] = ["0.25x", 20]
+    data["search"]["warmup_fraction"] = {"low": 0.05, "high": 0.3}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    assert sweeps(["run", "tiny.yaml", "--quiet"], tmp_path).returncode == 0
+    done = sweeps(["best", "tiny.yaml", "--export", "h.yaml", "--horizon", "0.25x"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "best per horizon (updates)" in done.stdout
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'tiny.db'}").trials
+    recorded = {t.number: t.user_attrs["horizons"][0] for t in trials}
+    number = min(recorded, key=lambda n: (recorded[n]["value"], n))  # minimize val_mse
+    assert recorded[number]["length"] == 10
+    done = sweeps(["run", "h.yaml", "--quiet"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    again = optuna.load_study(study_name=f"tiny-trial{number}-h10",
+                              storage=f"sqlite:///{tmp_path / f'tiny-trial{number}-h10.db'}").trials
+    assert again[0].value == recorded[number]["value"]
+    assert again[0].user_attrs["updates"] == recorded[number]["updates"] == 10
+
+
 def test_best_export_of_a_coupled_trial_keeps_its_effective_lr(tmp_path):
     """With linear coupling the exported base LR is the trial's coupled LR, not its sampled base LR;
     searched epochs are fixed at the trial's."""

@@ -37,9 +37,10 @@ def store(tmp_path_factory) -> Path:
     return db
 
 
-def write(folder: Path, storage: str | None) -> Path:
+def write(folder: Path, storage: str | None, **budget: object) -> Path:
     data = copy.deepcopy(TINY)
     data["study"].update(name="three", n_trials=2)
+    data["budget"].update(budget)
     if storage is not None:
         data["study"]["storage"] = storage
     path = folder / "study.yaml"
@@ -63,6 +64,36 @@ def test_each_command_finds_the_store_each_way(command, way, store, tmp_path, mo
         return
     assert code == exits.OK, out.err
     assert "three" in out.out
+
+
+@pytest.fixture(scope="module")
+def horizons_store(tmp_path_factory) -> Path:
+    """The same, with budget.horizons: every trial answers 10 and 20 updates besides its 40."""
+    folder = tmp_path_factory.mktemp("three_ways_horizons")
+    db = folder / "elsewhere" / "kept.db"
+    db.parent.mkdir()
+    study = write(folder, None, horizons=[10, "0.5x"])
+    assert run.main([str(study), "--quiet", "--storage", f"sqlite:///{db}"]) == exits.OK
+    return db
+
+
+HORIZON_SECTIONS = {"best": "best per horizon (updates)", "report": "best value against compute over all horizons"}
+
+
+@pytest.mark.parametrize("command", sorted(HORIZON_SECTIONS))
+@pytest.mark.parametrize("way", ["--storage", "$SWEEPS_STORAGE", "study.storage"])
+def test_best_and_report_show_the_horizons_each_way(command, way, horizons_store, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("SWEEPS_STORAGE", raising=False)
+    url = f"sqlite:///{horizons_store}"
+    study = write(tmp_path, url if way == "study.storage" else None, horizons=[10, "0.5x"])
+    if way == "$SWEEPS_STORAGE":
+        monkeypatch.setenv("SWEEPS_STORAGE", url)
+    code = COMMANDS[command](study, ["--storage", url] if way == "--storage" else [])
+    out = capsys.readouterr()
+    assert code == exits.OK, out.err
+    lines = out.out.splitlines()
+    title = next(i for i, line in enumerate(lines) if line.startswith(HORIZON_SECTIONS[command]))
+    assert [line.split()[0] for line in lines[title + 2:title + 5]] == ["10", "20", "40"]
 
 
 @pytest.mark.parametrize("command", ["studies", "report"])

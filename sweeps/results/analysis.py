@@ -15,6 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.results.confirmed import Confirmed, confirmed_of
 from sweeps.results.critical import CriticalFit, fit_critical, reaches
+from sweeps.results.horizons import FrontierPoint, frontier
 from sweeps.results.lr_advice import RULE_SLOPES, LrFit, LrPoint, default_tolerance, fit_lr_scaling
 from sweeps.results.noise import NoiseEstimate, estimate
 from sweeps.trial.record import StudyUnits, TrialRecord
@@ -52,6 +53,8 @@ class StudyAnalysis:
     noise: NoiseEstimate | None = None  # B_crit from the trials' noise scale (None: none measured it)
     throughput: dict[int, float] = field(default_factory=dict)  # B -> median examples/s of its complete trials
     confirmed: list[Confirmed] = field(default_factory=list)  # `sweeps confirm`'s runs, per configuration
+    # with budget.horizons: per horizon, its best value and what the sweep spent to answer it
+    horizons: list[FrontierPoint] = field(default_factory=list)
 
     def best_table(self, k: int = 10) -> list[dict]:
         rows = []
@@ -137,4 +140,5 @@ def analyse(study: optuna.Study, target: float | None = None, target_quantile: f
     return StudyAnalysis(study.study_name, metric, maximize, units.budget_unit,
                          step_unit, complete, curves, best_by_batch, lr_fit, target, target_quantile, reaching,
                          importances, counts, tolerance, critical, estimate(complete, target, maximize, step_unit),
-                         throughput_by_batch(complete), confirmed_of(study))
+                         throughput_by_batch(complete), confirmed_of(study),
+                         frontier(trials, maximize, units.budget_unit))

@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from sweeps.results.analysis import RULE_SLOPES, StudyAnalysis
+from sweeps.results.horizons import length_text
 from sweeps.results.palette import BARS, batch_color, batch_colors
 from sweeps.results.ranges import Range
 from sweeps.results.series import Beyond, best_view, curve_view, front_views
@@ -45,6 +46,7 @@ TITLES = {
     "budget-plan": "Plan of the budget per batch size",
     "pareto-examples": "{metric} against examples seen: the Pareto front of the complete trials",
     "pareto-seconds": "{metric} against train seconds: the Pareto front of the complete trials",
+    "horizons": "Best {metric} against compute over all horizons (the sweep's {budget_unit}; labels: horizon)",
     "noise-scale": "Gradient noise scale B_simple against examples seen, per trial (circles: where it reached the "
                    "target)",
 }
@@ -53,7 +55,7 @@ TITLES = {
 def title(key: str, a: StudyAnalysis) -> str:
     target = "-" if a.target is None else f"{a.target:.4g}"
     fit = "no fit" if a.lr_fit.slope is None else a.lr_fit.headline()
-    return TITLES[key].format(metric=a.metric, unit=a.step_unit, target=target, fit=fit)
+    return TITLES[key].format(metric=a.metric, unit=a.step_unit, target=target, fit=fit, budget_unit=a.budget_unit)
 
 
 def batch_axis(sizes: list[int]) -> dict:
@@ -237,6 +239,23 @@ def noise_scale(a: StudyAnalysis) -> Figure:
                   annotations=note_annotation(a.noise.headline() if a.noise else ""))
 
 
+def horizons(a: StudyAnalysis) -> Figure:
+    """The best-so-far frontier: the best value at each horizon or a shorter one, against what the
+    sweep spent to answer every horizon up to it; each horizon's own best marked."""
+    pts = a.horizons
+    xs = [p.spent for p in pts]
+    labels = [f"{length_text(p.length)} ({p.fraction})" for p in pts]
+    data = [scatter(x=xs, y=[p.so_far for p in pts], name="best so far", mode="lines",
+                    line={"shape": "hv", "color": "#1f77b4"}, hoverinfo="skip"),
+            scatter(x=xs, y=[p.best for p in pts], name="best at the horizon", mode="markers+text", text=labels,
+                    textposition="bottom right", marker={"size": 10, "color": "#1f77b4"},
+                    customdata=[[p.trial, p.length] for p in pts],
+                    hovertemplate=f"%{{x:,.0f}} {a.budget_unit} spent<br>{a.metric} %{{y:.4f}}<br>"
+                                  "horizon %{customdata[1]:g}, trial %{customdata[0]}<extra></extra>")]
+    return figure(data, title("horizons", a), {"type": "log", **axis_title(f"{a.budget_unit} spent by the sweep")},
+                  axis_title(f"best {a.metric}"))
+
+
 def build_figures(a: StudyAnalysis, plan: list[dict] | None) -> dict[str, Figure]:
     figures = {
         "best-by-batch-size": best_by_batch_size(a, plan),
@@ -252,6 +271,8 @@ def build_figures(a: StudyAnalysis, plan: list[dict] | None) -> dict[str, Figure
         figures["budget-plan"] = budget_plan(a, plan)
     if a.noise is not None:
         figures["noise-scale"] = noise_scale(a)
+    if a.horizons:
+        figures["horizons"] = horizons(a)
     return figures
 
 

@@ -16,6 +16,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from sweeps.results.analysis import RULE_SLOPES, StudyAnalysis  # noqa: E402
+from sweeps.results.horizons import length_text  # noqa: E402
 from sweeps.results.palette import BARS, FIT, GREY, batch_color, batch_colors  # noqa: E402
 from sweeps.results.ranges import Range  # noqa: E402
 from sweeps.results.series import Beyond, best_view, curve_view, front_views  # noqa: E402
@@ -194,6 +195,25 @@ def draw_noise(ax, a: StudyAnalysis) -> None:
               fontsize=7)
 
 
+def draw_horizons(ax, a: StudyAnalysis) -> None:
+    """The best-so-far frontier against what the sweep spent, each horizon's best marked and labelled."""
+    pts = a.horizons
+    xs = [p.spent for p in pts]
+    ax.plot(xs, [p.so_far for p in pts], drawstyle="steps-post", color=BARS[0], lw=1.4, label="best so far")
+    ax.plot(xs, [p.best for p in pts], "o", color=BARS[0], ms=7, label="best at the horizon")
+    for p in pts:
+        ax.annotate(f"{length_text(p.length)} ({p.fraction})", (p.spent, p.best), xytext=(4, -11),
+                    textcoords="offset points", fontsize=7)
+    ax.set_xscale("log")
+    ax.margins(x=0.12)  # room for the last label
+    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}" if x >= 1 else f"{x:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set(xlabel=f"{a.budget_unit} spent by the sweep", ylabel=f"best {a.metric}",
+           title="Best value against compute over all horizons")
+    ax.legend(fontsize=8)
+
+
 def write_pngs(out: Path, a: StudyAnalysis, plan: list[dict] | None) -> list[Path]:
     panels = [("best_by_batch_size", lambda ax, a: draw_best_by_batch(ax, a, plan)), ("lr_scaling", draw_lr),
               ("steps_to_target", draw_steps), ("learning_curves", lambda ax, a: draw_curves(ax, a, plan)),
@@ -205,6 +225,8 @@ def write_pngs(out: Path, a: StudyAnalysis, plan: list[dict] | None) -> list[Pat
         panels.append(("budget_plan", lambda ax, a: draw_plan(ax, a, plan)))
     if a.noise is not None:
         panels.append(("noise_scale", draw_noise))
+    if a.horizons:
+        panels.append(("horizons", draw_horizons))
     written = []
     for name, draw in panels:
         fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")

@@ -21,7 +21,7 @@ its trials report (`objectives.training.budget.step_unit_of`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
@@ -305,6 +305,18 @@ def branches_consumed(attrs: Mapping[str, Any], unit: str) -> float:
     if not attrs.get("branch_updates"):
         return 0.0
     return float(unit_named(unit).aside(attrs, "branch"))
+
+
+def consumed_to_horizon(attrs: Mapping[str, Any], answered: Sequence[HorizonRecord], index: int,
+                        unit: str) -> float:
+    """What a trial trained to answer its horizons up to `answered[index]` (`horizons_of` its
+    record), in a budget unit: its run up to that horizon's branch point (all of the run, for the
+    trial's own length) and the branches of that horizon and every shorter one."""
+    horizon, upto = answered[index], answered[:index + 1]
+    counts = {**attrs,  # the unit reads the trial's own (iterations_per_epoch, tokens_per_example)
+              "horizon_updates": horizon.updates - horizon.branch_updates + sum(h.branch_updates for h in upto),
+              "horizon_examples": horizon.examples - horizon.branch_examples + sum(h.branch_examples for h in upto)}
+    return float(unit_named(unit).aside(counts, "horizon"))
 
 
 # --- the study's units ----------------------------------------------------------------------------
