@@ -6,7 +6,9 @@ where batch size stops paying), the best trials, the LR-vs-batch-size slope and 
 `report.html` (interactive plotly), one PNG per figure and `report.png` (all of them), and `summary.json` (the numbers).
 With `budget.horizons`, a section (table, `horizons.png`, `summary.json`'s `horizons`) gives per horizon
 its best value, the best so far at it or a shorter one, and what all trials trained to answer every
-horizon up to it: the best value against compute (`sweeps.results.horizons.frontier`).
+horizon up to it: the best value against compute (`sweeps.results.horizons.best_against_compute`);
+another the optimum per horizon and the laws against compute that `sweeps predict` extrapolates
+(or why they cannot be fitted yet), and what `sweeps predict --verify` measured, when it ran.
 Exit codes: 0 written, 1 no finished trial yet, 2 invalid study file, 3 store not there or not
 readable, 4 no such study in the store.
 """
@@ -20,9 +22,13 @@ import json
 import sys
 import textwrap
 
+import optuna
+
+from storage.optuna_private import study_storage
 from sweeps import exits
 from sweeps.cli import add_study_arguments, fail, run_command, study_arguments_text
 from sweeps.config.plan import fmt, plan_rows, text_table
+from sweeps.config.study_file import SweepConfig
 from sweeps.results.analysis import StudyAnalysis, analyse
 from sweeps.results.confirmed import report_lines
 from sweeps.results.existing import load, open_existing, ran_with
@@ -30,7 +36,7 @@ from sweeps.results.locations import report_folder
 from sweeps.results.noise import disagreement
 from sweeps.results.publish import figures_of
 from sweeps.results.recommendation import answer, answer_lines, reasoning, recommendation
-from sweeps.trial.record import TrialRecord
+from sweeps.trial.record import PREDICT_STUDY_ATTR, TrialRecord
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -89,6 +95,37 @@ def horizon_lines(a: StudyAnalysis) -> list[str]:
     return [f"best value against compute over all horizons (spent: the {a.budget_unit} all trials trained to answer "
             "every horizon up to each; best_so_far: at it or a shorter one):",
             text_table([p.row(a.metric, a.budget_unit) for p in a.horizons])]
+
+
+def law_lines(study: optuna.Study, config: SweepConfig) -> list[str]:
+    """With budget.horizons: the optimum per horizon and the laws against compute (`sweeps
+    predict`'s, or why they cannot be fitted yet), then a prediction's measured runs, if any."""
+    if config.budget.horizons is None:
+        return []
+    from sweeps.predict import comparison_text, frontier_text, measured, stored_prediction
+    from sweeps.results.frontier import Refusal, frontier
+
+    try:
+        lines = [frontier_text(frontier(study.get_trials(deepcopy=False), config.study.direction == "maximize",
+                                        seed=config.study.seed), config, study.study_name)]
+    except Refusal as err:
+        lines = [f"laws against compute (sweeps predict): not fitted yet: {err}"]
+    companion = predict_companion_of(study)
+    stored = stored_prediction(companion) if companion is not None else None
+    if stored is not None:
+        lines += ["", "the prediction of `sweeps predict --verify`, trained:",
+                  comparison_text(stored, measured(companion), config.study.metric, config.budget.unit)]
+    return lines
+
+
+def predict_companion_of(study: optuna.Study) -> optuna.Study | None:
+    name = study.user_attrs.get(PREDICT_STUDY_ATTR)
+    if not name:
+        return None
+    try:
+        return optuna.load_study(study_name=name, storage=study_storage(study))
+    except KeyError:  # linked, then deleted
+        return None
 
 
 def summary_json(a: StudyAnalysis, short: dict[str, str], plan: list[dict] | None = None) -> dict:
@@ -183,6 +220,9 @@ def report(args: argparse.Namespace) -> int:
     horizons = horizon_lines(a)
     if horizons:
         print("\n" + "\n".join(horizons))
+    laws = law_lines(study, config)  # with horizons: the optima and laws, and a verified prediction
+    if laws:
+        print("\n" + "\n".join(laws))
     confirmed = report_lines(study)  # the confirmation runs of `sweeps confirm`, when there are any
     if confirmed:
         print("\n" + "\n".join(confirmed))
@@ -196,6 +236,7 @@ def report(args: argparse.Namespace) -> int:
     if a.horizons:
         summary += (f"<p>{html.escape(horizons[0])}</p>"
                     + html_table([p.row(a.metric, a.budget_unit) for p in a.horizons]))
+    summary += f"<pre>{html.escape(chr(10).join(laws))}</pre>" if laws else ""
     summary += f"<pre>{html.escape(chr(10).join(confirmed))}</pre>" if confirmed else ""
     write_html(out / "report.html", a, figures, summary)
     pngs = write_pngs(out, a, plan)

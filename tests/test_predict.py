@@ -148,3 +148,10 @@ def test_digits_sweep_predict_export_and_verify(tmp_path, capsys):
     # a rerun resumes: nothing more is trained
     assert main([str(path), "--budget", "2x", "--verify", "--seeds", "2", "--quiet"]) == 0
     assert len(companion.get_trials()) == 2
+    capsys.readouterr()
+    from sweeps.report import main as report_main
+
+    assert report_main([str(path), "--out", str(tmp_path / "report")]) == 0
+    out = capsys.readouterr().out
+    assert "laws: batch size ~ examples^" in out
+    assert "the prediction of `sweeps predict --verify`, trained:" in out and "over 2 seeds" in out

@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.results.confirmed import Confirmed, confirmed_of
 from sweeps.results.critical import CriticalFit, fit_critical, reaches
-from sweeps.results.horizons import FrontierPoint, frontier
+from sweeps.results.horizons import ComputePoint, best_against_compute
 from sweeps.results.lr_advice import RULE_SLOPES, LrFit, LrPoint, default_tolerance, fit_lr_scaling
 from sweeps.results.noise import NoiseEstimate, estimate
 from sweeps.trial.record import StudyUnits, TrialRecord
@@ -54,7 +54,7 @@ class StudyAnalysis:
     throughput: dict[int, float] = field(default_factory=dict)  # B -> median examples/s of its complete trials
     confirmed: list[Confirmed] = field(default_factory=list)  # `sweeps confirm`'s runs, per configuration
     # with budget.horizons: per horizon, its best value and what the sweep spent to answer it
-    horizons: list[FrontierPoint] = field(default_factory=list)
+    horizons: list[ComputePoint] = field(default_factory=list)
 
     def best_table(self, k: int = 10) -> list[dict]:
         rows = []
@@ -141,4 +141,4 @@ def analyse(study: optuna.Study, target: float | None = None, target_quantile: f
                          step_unit, complete, curves, best_by_batch, lr_fit, target, target_quantile, reaching,
                          importances, counts, tolerance, critical, estimate(complete, target, maximize, step_unit),
                          throughput_by_batch(complete), confirmed_of(study),
-                         frontier(trials, maximize, units.budget_unit))
+                         best_against_compute(trials, maximize, units.budget_unit))

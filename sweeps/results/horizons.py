@@ -2,7 +2,7 @@
 
 Every trial answers each horizon it reached (objectives/training/horizons.py): a complete trial all
 of them, a pruned one those it finished before the pruner stopped it. `best_per_horizon` picks,
-per horizon, the best value among every trial that recorded it (`sweeps best`); `frontier` adds
+per horizon, the best value among every trial that recorded it (`sweeps best`); `best_against_compute` adds
 what the sweep spent to answer every horizon up to each one, so the best value can be read against
 compute (`sweeps report`). A horizon that diverged, or recorded no finite value, is left out.
 No torch here: the read-only commands stay light.
@@ -83,7 +83,7 @@ def best_of_horizon(trials: Sequence[FrozenTrial], maximize: bool, length: float
 
 
 @dataclass(frozen=True)
-class FrontierPoint:
+class ComputePoint:
     """One horizon on the value-against-compute frontier."""
 
     length: float
@@ -120,7 +120,7 @@ def spent_to(trial: FrozenTrial, length: float, budget_unit: str) -> float:
     return consumed_to_horizon(trial.user_attrs, horizons, index, budget_unit)
 
 
-def frontier(trials: Sequence[FrozenTrial], maximize: bool, budget_unit: str) -> list[FrontierPoint]:
+def best_against_compute(trials: Sequence[FrozenTrial], maximize: bool, budget_unit: str) -> list[ComputePoint]:
     """Per horizon, ascending: its best value, the best so far over it and the shorter ones, and
     the compute the sweep spent on its trials (complete, pruned and failed) to answer every horizon
     up to it; empty for a study without horizons."""
@@ -129,12 +129,12 @@ def frontier(trials: Sequence[FrozenTrial], maximize: bool, budget_unit: str) ->
         return []
     longest = max(horizon_lengths(trials))
     spent_trials = [t for t in trials if t.state in SPENT]
-    points: list[FrontierPoint] = []
+    points: list[ComputePoint] = []
     for b in bests:
         prior = points[-1] if points else None
         better = prior is None or (b.value > prior.so_far if maximize else b.value < prior.so_far)
         so_far, so_far_trial = (b.value, b.trial.number) if better else (prior.so_far, prior.so_far_trial)
         spent = sum(spent_to(t, b.length, budget_unit) for t in spent_trials)
-        points.append(FrontierPoint(b.length, fraction(b.length, longest), b.value, b.trial.number, so_far,
+        points.append(ComputePoint(b.length, fraction(b.length, longest), b.value, b.trial.number, so_far,
                                     so_far_trial, spent, b.finished))
     return points
