@@ -96,3 +96,15 @@ def test_a_horizon_whose_warmup_does_not_fit_is_trained_whole_as_a_branch():
     short = result.horizons[0]
     assert short.branch_updates == 5 and short.updates == 5
     assert (short.value, short.history) == (dedicated.best_value, dedicated.history)
+
+
+def test_a_run_pruned_at_its_last_update_ends_on_its_plan():
+    """The pruner's decision can arrive at the last evaluation (it is applied one evaluation late):
+    the run was over anyway, so it is not stored as pruned (it was, and left the study's best)."""
+    def prune_at_the_end(value, step, se):
+        return step == 120
+
+    result, _ = trained("updates", 120, 10, 16, 0.1, reporter=prune_at_the_end)
+    assert result.stop_reason == "budget" and result.updates == 120
+    horizons, _ = trained("updates", 120, 10, 16, 0.1, horizons=(30, 120), reporter=prune_at_the_end)
+    assert horizons.stop_reason == "budget" and [h.units for h in horizons.horizons] == [30, 120]

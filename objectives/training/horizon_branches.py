@@ -59,16 +59,17 @@ class HorizonBranches(Hook):
             step = horizon.end_step if horizon is not None else trainer.budget.to_step(units, trainer.plan.n_train)
             result = self.shared(HorizonResult(units, step), run.updates)
             result.updates, result.examples, result.stop_reason = run.updates, run.examples_seen, run.stop_reason
-            if self.answer(result):
+            if self.answer(result, last=horizon is None):
                 break
         self.pending = []
 
-    def answer(self, result: HorizonResult) -> bool:
-        """Record a finished horizon and report it; True when the pruner stops the trial."""
+    def answer(self, result: HorizonResult, last: bool = False) -> bool:
+        """Record a finished horizon and report it; True when the pruner stops the trial. At the
+        run's own length (`last`) the run is over: a decision to prune changes nothing."""
         self.results.append(result)
         if self.reporter is None or result.value is None:
             return False
-        if self.reporter(result.value, result.step, result.value_se):
+        if self.reporter(result.value, result.step, result.value_se) and not last:
             self.trainer.result.stop_reason = "pruned"
             return True
         return False

@@ -355,7 +355,10 @@ class Trainer:
         return False
 
     def finish(self) -> None:
-        """Evaluate once more if the run ended off the grid, then restore the best weights."""
+        """Evaluate once more if the run ended off the grid, then restore the best weights. A run
+        pruned or stopped early at its last planned update was over anyway: it ends on its plan."""
+        if self.result.stop_reason in ("pruned", "early_stopping") and self.result.updates == self.plan.planned_updates:
+            self.result.stop_reason = self.plan.stop_reason
         reason = self.result.stop_reason
         last_step = self.result.history[-1][0] if self.result.history else None
         if reason in ("budget", "epochs") and self.result.updates > 0:
