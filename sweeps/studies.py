@@ -23,6 +23,7 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from storage import StorageError, StorageUsageError, ledger, redact
+from storage.optuna_private import study_id_of
 from storage.sql import ENV_VAR, open_read_only, resolve_url
 from sweeps import exits
 from sweeps.cli import run_command
@@ -64,7 +65,7 @@ def store_url(args: argparse.Namespace) -> str:
 
 def summary(storage, study, states: dict) -> dict:
     """`states`: each study's ledger by study id; the ledger columns are shown when any has one."""
-    trials = storage.get_all_trials(study._study_id, deepcopy=False)
+    trials = storage.get_all_trials(study_id_of(study), deepcopy=False)
     count = {state: sum(t.state == state for t in trials) for state in TrialState}
     values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.values and len(t.values) == 1
               and t.value is not None and math.isfinite(t.value)]
@@ -77,7 +78,7 @@ def summary(storage, study, states: dict) -> dict:
             "pruned": count[TrialState.PRUNED], "failed": count[TrialState.FAIL],
             "running": count[TrialState.RUNNING] + count[TrialState.WAITING],
             "best": "-" if best is None else f"{best:.6g}",
-            **(columns(states.get(study._study_id)) if any(states.values()) else {}),
+            **(columns(states.get(study_id_of(study))) if any(states.values()) else {}),
             "last activity": max(times).strftime("%Y-%m-%d %H:%M:%S") if times else "-"}
 
 
@@ -97,7 +98,7 @@ def list_studies(args: argparse.Namespace) -> int:
     storage = open_read_only(url)
     try:
         studies = storage.get_all_studies()
-        states = {s._study_id: ledger.read(storage.engine, s._study_id) for s in studies}
+        states = {study_id_of(s): ledger.read(storage.engine, study_id_of(s)) for s in studies}
         rows = [summary(storage, s, states) for s in sorted(studies, key=lambda s: s.study_name)]
     except StorageError:
         raise

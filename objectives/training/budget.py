@@ -48,11 +48,6 @@ def updates_within_examples(examples: float, n: int, batch_size: int, drop_last:
     return full * iterations_per_epoch(n, batch_size, drop_last) + rest // batch_size
 
 
-def tokens_after(updates: int, n: int, batch_size: int, drop_last: bool, tokens_per_example: int) -> int:
-    """Tokens processed by the first `updates` updates."""
-    return examples_after(updates, n, batch_size, drop_last) * tokens_per_example
-
-
 @dataclass(frozen=True)
 class Budget:
     """A per-trial compute cap and its evaluation grid, in one of the registered units."""

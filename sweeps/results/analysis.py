@@ -74,10 +74,6 @@ def coupling_of(trial: FrozenTrial, record: TrialRecord, default: object) -> obj
     return record.coupling if record.coupling is not None else trial.params.get("coupling", default)
 
 
-def best_of(trials: list[FrozenTrial], maximize: bool) -> FrozenTrial:
-    return max(trials, key=lambda t: t.value) if maximize else min(trials, key=lambda t: t.value)
-
-
 def throughput_by_batch(trials: list[FrozenTrial]) -> dict[int, float]:
     """Median examples per second of each batch size's trials: what a batch size costs in seconds."""
     rates: dict[int, list[float]] = {}
