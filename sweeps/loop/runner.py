@@ -95,9 +95,11 @@ def resumed_seed(seed: int, trials_in_study: int) -> int:
 
 def open_study(config: SweepConfig, target: SweepTarget, n_train: int,
                sampler_seed: int | None = None, overrides: Sequence[str] = (),
-               changes: ChangePolicy = "check") -> optuna.Study:
+               changes: ChangePolicy = "check", seeded: bool = True) -> optuna.Study:
     """A new study records its config, and the `--set` overrides that made it (`overrides`).
-    A study that exists must search what `config` searches, as `changes` says (loop/resume.py)."""
+    A study that exists must search what `config` searches, as `changes` says (loop/resume.py).
+    `seeded` False: the caller builds the sampler (`seed_sampler`, once it knows the worker's
+    seed); until then the study holds a placeholder that costs nothing to build."""
     optuna.logging.set_verbosity(logging.WARNING)  # optuna's own info lines would break a command's output
     storage = SnapshotStorage(open_storage(target.storage_url, config.study.heartbeat_interval,
                                            config.study.grace_period, config.study.max_retry))
@@ -106,13 +108,14 @@ def open_study(config: SweepConfig, target: SweepTarget, n_train: int,
         storage=storage,
         study_name=target.study_name,
         direction=config.study.direction,
-        sampler=build_sampler(config.sampler, config.search, seed),
+        sampler=optuna.samplers.RandomSampler(),  # until `seed_sampler` builds the study's own
         pruner=build_pruner(config.pruner, budget_of(config), n_train, config.budget.horizon_units()),
         load_if_exists=True,
     )
     if target.confirms and study.user_attrs.get(CONFIRMS_STUDY_ATTR) != target.confirms:
         study.set_user_attr(CONFIRMS_STUDY_ATTR, target.confirms)  # before the ledger: a companion keeps none
-    seed_sampler(study, config, seed)
+    if seeded:
+        seed_sampler(study, config, seed)
     if study.direction.name.lower() != config.study.direction:
         raise optuna.exceptions.OptunaError(
             f"study {target.study_name!r} in {redact(target.storage_url)} was created to "
@@ -197,7 +200,8 @@ def run_sweep(config: SweepConfig, target: SweepTarget, show_progress: bool = Tr
     n_train, factory = task.n_train, task.factory
     check_plan(config, n_train, task.tokens_per_example)
     budget = budget_of(config, task.tokens_per_example)
-    study = open_study(config, target, n_train, overrides=overrides, changes="skip" if is_worker else changes)
+    study = open_study(config, target, n_train, overrides=overrides, changes="skip" if is_worker else changes,
+                       seeded=False)  # seeded below, once, with the worker's seed
     # notes, checkpoints, figures
     hooks = DashboardHooks(config, target.storage_url, study, n_train, task.tokens_per_example)
     ledger_line = line_of(study) if config.study.total_budget else None
