@@ -32,7 +32,8 @@ from sweeps.loop.gpus import (
 )
 from sweeps.loop.runner import run_sweep
 from sweeps.loop.workers import run_workers
-from sweeps.trial.run_one import PROBED_MICRO_BATCH_ATTR, SweepObjective, gpu_attrs, probed_for
+from sweeps.trial.record import PROBED_MICRO_BATCH_ATTR
+from sweeps.trial.run_one import SweepObjective, gpu_attrs, probed_for
 from tests.conftest import TINY, merged
 
 REPO = Path(__file__).resolve().parents[1]

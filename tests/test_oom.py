@@ -18,7 +18,7 @@ from sweeps import probe
 from sweeps.config.study_file import parse_config
 from sweeps.config.target import target_of
 from sweeps.loop.runner import run_sweep
-from sweeps.trial.run_one import PROBED_MICRO_BATCH_ATTR
+from sweeps.trial.record import PROBED_MICRO_BATCH_ATTR
 
 
 def regression_task(seed: int = 3) -> Task:

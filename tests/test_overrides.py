@@ -13,13 +13,14 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from sweeps.config.overrides import OVERRIDES_ATTR, apply_overrides
+from sweeps.config.overrides import apply_overrides
 from sweeps.config.schema import ConfigError
 from sweeps.config.study_file import load_config, parse_config
 from sweeps.config.target import target_of
 from sweeps.loop.runner import recorded_overrides
 from sweeps.loop.workers import worker_command
 from sweeps.run import main
+from sweeps.trial.record import OVERRIDES_ATTR
 from tests.conftest import TINY, merged
 
 REPO = Path(__file__).resolve().parents[1]
