@@ -11,7 +11,7 @@ among the grid cells, a paired test against the reused configuration, the sweep'
     python benchmarks/extrapolation.py --tasks digits teacher_onepass --quick      # smoke test
 
 `--save FILE`: each run is written to FILE (JSON) as it finishes; a rerun with the same FILE skips
-the runs saved there, so a stopped benchmark resumes. `--analyse` only reads FILE and prints.
+the runs saved there, so a stopped benchmark resumes (and one that finished reprints its table).
 """
 
 from __future__ import annotations
