@@ -212,8 +212,8 @@ def frontier_text(front: Frontier, config: SweepConfig, study_name: str) -> str:
         text_table(rows),
         f"laws: batch size ~ {unit}^{front.batch_law.slope:.3f} [{front.batch_exponent.low:.3f}, "
         f"{front.batch_exponent.high:.3f}], effective LR ~ {unit}^{front.lr_law.slope:.3f} "
-        f"[{front.lr_exponent.low:.3f}, {front.lr_exponent.high:.3f}], {metric} = {front.value_law.intercept:.4f} "
-        f"{front.value_law.slope:+.4f} x log10({unit})",
+        f"[{front.lr_exponent.low:.3f}, {front.lr_exponent.high:.3f}], {metric} = {front.value_law.limit:.4f} "
+        f"{front.value_law.scale:+.4g} x {unit}^-{front.value_law.exponent:.3f}",
     ])
 
 
@@ -226,8 +226,19 @@ def prediction_text(run: PredictedRun, prediction: Prediction, config: SweepConf
         f"  effective LR {run.lr:.4g} ([{lr.low:.4g}, {lr.high:.4g}]); base LR {run.base_lr:.4g} with coupling "
         f"{run.coupling} (reference batch size {config.search.reference_batch_size})",
         f"  length {run.budget:g} {unit} ({run.planned_updates} updates), warmup {run.warmup_updates} updates",
-        f"  expected {metric} {run.value:.4f} ([{run.value_low:.4f}, {run.value_high:.4f}])",
+        f"  expected {metric} {run.value:.4f} ([{run.value_low:.4f}, {run.value_high:.4f}]: the fit's sampling "
+        "error, not a seed's noise)",
+        *outside_search(run, config),
     ])
+
+
+def outside_search(run: PredictedRun, config: SweepConfig) -> list[str]:
+    """A note when the predicted batch size lies outside the searched ones: the law extrapolates there."""
+    sizes = config.search.batch_sizes()
+    if min(sizes) <= run.batch_size <= max(sizes):
+        return []
+    return [f"  note: batch size {run.batch_size} lies outside the searched {min(sizes)}-{max(sizes)}: the law "
+            "carries it there; --verify --neighbours trains it beside x2 and /2"]
 
 
 def export_data(run: PredictedRun, config: SweepConfig, study_name: str, folder: Path,

@@ -30,8 +30,8 @@ from sweeps.cli import add_study_arguments, fail, run_command
 from sweeps.config.study_file import SweepConfig, load_config
 from sweeps.config.target import target_of
 from sweeps.loop.runner import build_reference_task, open_study
+from sweeps.trial.record import PROBE_ATTR, PROBED_MICRO_BATCH_ATTR
 from sweeps.trial.run_one import (
-    PROBED_MICRO_BATCH_ATTR,
     build_optimizer,
     compile_model,
     device_model,
@@ -227,7 +227,7 @@ def probe_study(args: argparse.Namespace) -> int:
         model = device_model(device)  # one limit per device model; a plain int from before is dropped
         kept = study.user_attrs.get(PROBED_MICRO_BATCH_ATTR)
         study.set_user_attr(PROBED_MICRO_BATCH_ATTR, {**(kept if isinstance(kept, dict) else {}), model: stored})
-        study.set_user_attr("probe", {
+        study.set_user_attr(PROBE_ATTR, {
             "device": str(device), "device_model": model, "largest_fit": biggest, "limit": limit,
             "tried": [[m.micro_batch, m.fits, round(m.examples_per_second, 1)] for m in tried],
         })

@@ -18,8 +18,6 @@ import yaml
 
 from sweeps.config.schema import ConfigError, describe
 
-OVERRIDES_ATTR = "overrides"  # the study user attribute that records the --set arguments
-
 
 def split_override(text: str) -> tuple[list[str], Any]:
     """`a.b.c=VALUE` -> (["a", "b", "c"], the YAML value)."""

@@ -11,10 +11,9 @@ import optuna
 
 from storage import redact
 from sweeps.config.fingerprint import SearchChanged, changes_between, fingerprint_of
-from sweeps.config.overrides import OVERRIDES_ATTR
 from sweeps.config.study_file import SweepConfig
 from sweeps.config.target import SweepTarget
-from sweeps.trial.record import CONFIG_ATTR, FINGERPRINT_ATTR, FINGERPRINT_HISTORY_ATTR
+from sweeps.trial.record import CONFIG_ATTR, FINGERPRINT_ATTR, FINGERPRINT_HISTORY_ATTR, OVERRIDES_ATTR
 
 # check: stop on a changed search (exit 2); allow: carry on and record the change (--allow-changes);
 # skip: compare nothing (a worker of --workers, whose parent checked; `sweeps probe`)

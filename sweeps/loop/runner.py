@@ -20,7 +20,6 @@ from storage.ledger import LedgerUnitError, set_total
 from storage.optuna_private import engine_of, study_id_of, study_storage
 from storage.snapshot import SnapshotStorage
 from storage.workers import register_worker
-from sweeps.config.overrides import OVERRIDES_ATTR
 from sweeps.config.plan import budget_of, check_plan
 from sweeps.config.schema import ConfigError
 from sweeps.config.study_file import SweepConfig
@@ -35,8 +34,15 @@ from sweeps.loop.sweep_loop import SweepLoop
 from sweeps.results.ledger_view import line_of
 from sweeps.results.publish import DashboardHooks
 from sweeps.search.strategies import build_pruner, build_sampler
-from sweeps.trial.record import CONFIG_ATTR, CONFIRMS_STUDY_ATTR, identity_attrs, study_unit_attrs
-from sweeps.trial.run_one import PROBED_MICRO_BATCH_ATTR, SweepObjective, resolve_device
+from sweeps.trial.record import (
+    CONFIG_ATTR,
+    CONFIRMS_STUDY_ATTR,
+    OVERRIDES_ATTR,
+    PROBED_MICRO_BATCH_ATTR,
+    identity_attrs,
+    study_unit_attrs,
+)
+from sweeps.trial.run_one import SweepObjective, resolve_device
 
 
 def build_reference_task(config: SweepConfig, batch_size: int | None = None, device: torch.device | None = None,

@@ -22,12 +22,11 @@ from sqlalchemy.engine import make_url
 from storage import StorageError, StorageUsageError, open_storage, redact
 from sweeps import exits
 from sweeps.config.fingerprint import changes_between, flatten, shown
-from sweeps.config.overrides import OVERRIDES_ATTR
 from sweeps.config.schema import ConfigError
 from sweeps.config.study_file import SweepConfig, load_config, parse_config
 from sweeps.config.target import SweepTarget, target_of
 from sweeps.loop.resume import stored_config
-from sweeps.trial.record import CONFIG_ATTR
+from sweeps.trial.record import CONFIG_ATTR, OVERRIDES_ATTR
 
 SHOWN_CHANGES = 3  # differing keys a note names before it counts the rest
 # keys every command takes from the study file on purpose, never from the stored config: how many

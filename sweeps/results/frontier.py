@@ -15,7 +15,9 @@ the optimum is the centroid of the best `TOP` share (at least `MIN_TOP`), and it
 
 **The laws** (DeepSeek LLM 2024; Porian et al. 2024): log B*(C) = a + alpha_B log C and
 log lr*(C) = a + alpha_lr log C, least squares over the horizons; the metric at the optimum
-linear in log C (a local form, fair over one decade, not a saturating law). Intervals: the whole
+saturating, limit + scale x C^-gamma (`MetricLaw`; a line in log C overshot: it predicted an
+accuracy of 1.04 on digits at 10x, docs/extrapolation.md). Its interval covers the fit's
+sampling error only, not a seed's noise nor the law's own error. Intervals: the whole
 chain (optima, then fits) over `BOOTSTRAP` resamples of the trials, with replacement; percentile
 intervals at `LEVEL`.
 
@@ -95,17 +97,50 @@ class Law:
 
 
 @dataclass(frozen=True)
+class MetricLaw:
+    """The metric at the optimum against compute: limit + scale x C^-exponent, saturating towards
+    `limit` (the metric improves with compute by a shrinking step; scale < 0 for a maximised
+    metric, whose value rises towards the limit)."""
+
+    limit: float
+    scale: float
+    exponent: float
+
+    def at(self, compute: float) -> float:
+        return self.limit + self.scale * compute ** -self.exponent
+
+
+EXPONENTS = np.geomspace(0.02, 2.0, 60)  # the metric law's exponents tried (least squares for the rest at each)
+
+
+def fit_metric(computes: Sequence[float], values: Sequence[float], maximize: bool) -> MetricLaw:
+    """Least squares over `EXPONENTS`: at each, limit and scale are linear; the best fit whose scale
+    has the right sign (improving with compute). Values that do not improve: a flat law at their mean."""
+    c, v = np.asarray(computes, dtype=float), np.asarray(values, dtype=float)
+    best: tuple[float, MetricLaw] | None = None
+    for exponent in EXPONENTS:
+        design = np.column_stack([np.ones_like(c), c ** -exponent])
+        (limit, scale), *_ = np.linalg.lstsq(design, v, rcond=None)
+        if (maximize and scale > 0) or (not maximize and scale < 0):
+            continue
+        error = float(np.sum((design @ np.array([limit, scale]) - v) ** 2))
+        if best is None or error < best[0]:
+            best = (error, MetricLaw(float(limit), float(scale), float(exponent)))
+    return best[1] if best is not None else MetricLaw(float(v.mean()), 0.0, 1.0)
+
+
+@dataclass(frozen=True)
 class Frontier:
     optima: list[Optimum]  # ascending compute
     optima_intervals: list[tuple[Interval, Interval, Interval]]  # (B, lr, value) per compute level
     batch_law: Law  # log10 B* against log10 C
     lr_law: Law  # log10 lr* against log10 C
-    value_law: Law  # the metric at the optimum against log10 C
+    value_law: MetricLaw  # the metric at the optimum against C
     batch_exponent: Interval
     lr_exponent: Interval
     coupling: str  # the rule most of the near-optimal trials at the largest horizon used
     warmup_share: float  # the median warmup share of those trials
-    replicates: np.ndarray  # per bootstrap resample: (batch intercept, slope, lr intercept, slope, value a, b)
+    replicates: np.ndarray  # per bootstrap resample: batch intercept, slope; lr intercept, slope; metric law
 
 
 @dataclass(frozen=True)
@@ -194,11 +229,11 @@ def fit_line(xs: Sequence[float], ys: Sequence[float]) -> Law:
     return Law(float(intercept), float(slope))
 
 
-def laws(optima: Sequence[Optimum]) -> tuple[Law, Law, Law]:
+def laws(optima: Sequence[Optimum], maximize: bool) -> tuple[Law, Law, MetricLaw]:
     c = [math.log10(o.compute) for o in optima]
     return (fit_line(c, [math.log10(o.batch_size) for o in optima]),
             fit_line(c, [math.log10(o.lr) for o in optima]),
-            fit_line(c, [o.value for o in optima]))
+            fit_metric([o.compute for o in optima], [o.value for o in optima], maximize))
 
 
 def usable_levels(points: Sequence[Point]) -> dict[float, list[Point]]:
@@ -217,7 +252,7 @@ def frontier(trials: Iterable[FrozenTrial], maximize: bool, seed: int = 0) -> Fr
         raise Refusal(f"the trials tried {len(sizes)} batch sizes; the batch-size law needs {MIN_BATCH_SIZES}: "
                       "widen search.batch_size, or run more trials")
     optima = [optimum(ps, maximize) for ps in levels.values()]
-    batch_law, lr_law, value_law = laws(optima)
+    batch_law, lr_law, value_law = laws(optima, maximize)
     rng = np.random.default_rng(seed)
     numbers = sorted({p.trial for ps in levels.values() for p in ps})
     by_trial: dict[int, list[Point]] = {}
@@ -231,8 +266,8 @@ def frontier(trials: Iterable[FrozenTrial], maximize: bool, seed: int = 0) -> Fr
         if any(len(resampled.get(c, [])) < MIN_TOP for c in levels):
             continue
         draw = [optimum(resampled[c], maximize) for c in levels]
-        b, lr, v = laws(draw)
-        replicates.append((b.intercept, b.slope, lr.intercept, lr.slope, v.intercept, v.slope))
+        b, lr, v = laws(draw, maximize)
+        replicates.append((b.intercept, b.slope, lr.intercept, lr.slope, v.limit, v.scale, v.exponent))
         level_draws.append([(o.batch_size, o.lr, o.value) for o in draw])
     reps = np.array(replicates)
     draws = np.array(level_draws)  # (replicate, level, 3)
@@ -269,7 +304,7 @@ def predict(front: Frontier, compute: float) -> Prediction:
         compute, reach,
         10.0 ** front.batch_law.at(compute), 10.0 ** front.lr_law.at(compute), front.value_law.at(compute),
         power_interval(reps[:, 0] + reps[:, 1] * x), power_interval(reps[:, 2] + reps[:, 3] * x),
-        interval(reps[:, 4] + reps[:, 5] * x),
+        interval(reps[:, 4] + reps[:, 5] * compute ** -reps[:, 6]),
     )
 
 

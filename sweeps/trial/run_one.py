@@ -26,8 +26,6 @@ from sweeps.search.space import Suggestion
 from sweeps.trial import record
 from sweeps.trial.record import TrialRecord
 
-PROBED_MICRO_BATCH_ATTR = "probed_micro_batch"  # {device model: size}, set on the study by `python -m sweeps.probe`
-
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
     """Deterministic and distinct per trial; same study seed and number, same training run."""
