@@ -42,7 +42,7 @@ from sweeps.trial.record import (
     identity_attrs,
     study_unit_attrs,
 )
-from sweeps.trial.run_one import SweepObjective, resolve_device
+from sweeps.trial.run_one import SweepObjective, build_task, resolve_device
 
 
 def build_reference_task(config: SweepConfig, batch_size: int | None = None, device: torch.device | None = None,
@@ -57,10 +57,7 @@ def build_reference_task(config: SweepConfig, batch_size: int | None = None, dev
         maximize=config.study.direction == "maximize",
     )
     try:
-        task = factory(settings)
-        if not isinstance(task, Task):
-            raise TypeError(f"the factory returned {type(task).__name__}, not objectives.Task")
-        task.validate()
+        task = build_task(factory, settings)
     except Exception as err:
         name = config.objective.task
         raise TaskError(f"task {name!r} cannot be built: {type(err).__name__}: {err}") from err

@@ -79,6 +79,16 @@ def compile_model(task: Task, section: ObjectiveSection) -> None:
         task.model = torch.compile(task.model)
 
 
+def build_task(factory: TaskFactory, settings: TrialSettings) -> Task:
+    """The task as the factory builds it for `settings`, checked (a trial's, and the study's
+    reference task that `sweeps.loop.runner.build_reference_task` builds once to learn N)."""
+    task = factory(settings)
+    if not isinstance(task, Task):
+        raise TypeError(f"the task factory returned {type(task).__name__}, not objectives.Task")
+    task.validate()
+    return task
+
+
 class OutOfMemoryTrial(RuntimeError):
     """The trial's batch does not fit the device even one example at a time."""
 
@@ -148,10 +158,7 @@ class SweepObjective:
             params=dict(params), options=dict(self.config.objective.options),
             base_dir=self.config.base_dir, maximize=self.config.study.direction == "maximize",
         )
-        task = self.factory(settings)
-        if not isinstance(task, Task):
-            raise TypeError(f"task factory returned {type(task).__name__}, not objectives.Task")
-        task.validate()
+        task = build_task(self.factory, settings)
         task.to(self.device)
         compile_model(task, self.config.objective)
         return task
