@@ -14,6 +14,7 @@ other (`--repeats` alternates them and takes the median of each).
 
     python benchmarks/fused.py                     # digits and teacher MLPs, batch 32 and 128
     python benchmarks/fused.py --resnet            # and the synthetic-images ResNet at batch 64
+    python benchmarks/fused.py --tasks --resnet    # the ResNet alone
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from objectives.training.schedule import Schedule
 
 CPU = torch.device("cpu")
 TASKS = {"digits_mlp": (digits_mlp, {}), "teacher_mnist": (teacher_mlp, {"dim": 784, "n_train": 60000}),
-         "resnet_synthetic": (resnet_synthetic, {})}
+         "resnet_synthetic": (resnet_synthetic, {"n_train": 2048, "n_val": 256})}
 OPTIONS = TrainerOptions(maximize=True)
 OPTIMIZER = MemberOptimizer("sgd", momentum=0.9)
 
@@ -132,7 +133,7 @@ def bench(task: str, batch_size: int, ks: list[int], n: int, budget: Budget, rep
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="+", default=["digits_mlp", "teacher_mnist"], choices=sorted(TASKS))
+    parser.add_argument("--tasks", nargs="*", default=["digits_mlp", "teacher_mnist"], choices=sorted(TASKS))
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 128])
     parser.add_argument("--ks", nargs="+", type=int, default=[1, 2, 4, 8, 16])
     parser.add_argument("--trials", type=int, default=32, help="trials per setting (each fused worker gets half)")
@@ -142,7 +143,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--resnet", action="store_true",
                         help="also the ResNet at batch 64 (--resnet-trials trials of --resnet-updates updates)")
-    parser.add_argument("--resnet-trials", type=int, default=8)
+    parser.add_argument("--resnet-trials", type=int, default=4)
     parser.add_argument("--resnet-updates", type=int, default=8)
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
