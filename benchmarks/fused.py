@@ -1,0 +1,161 @@
+"""Trials per hour with several trials fused on one device (objectives/training/fused/) against
+the best unfused setting on the same machine, the same trials.
+
+Every setting trains the same `--trials` trials (seed and LR differ; SGD with momentum, cosine
+schedule with warmup, an `updates` budget with evaluations), building each trial's task as a
+trial builds it:
+- `serial`: one trial at a time in this process (torch's threads: all the cores);
+- `workers2`: two processes, each with one thread and half the trials (`--workers 2` on 2 cores);
+- `fused K`: groups of K trials, each group one `FusedTrainer`, in two processes of one thread and
+  half the trials each, as `--workers 2` would fuse them (`--fused-workers 1`: in this process).
+Each line prints trials per hour; a fused line also `fused_vs_best_unfused`, its trials per hour
+over the better of serial and workers2. The settings of one task and batch run one after the
+other (`--repeats` alternates them and takes the median of each).
+
+    python benchmarks/fused.py                     # digits and teacher MLPs, batch 32 and 128
+    python benchmarks/fused.py --resnet            # and the synthetic-images ResNet at batch 64
+    python benchmarks/fused.py --tasks --resnet    # the ResNet alone
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import statistics
+import time
+
+import torch
+
+from objectives.task import Task, TrialSettings
+from objectives.tasks.digits import digits_mlp
+from objectives.tasks.synthetic_images import resnet_synthetic
+from objectives.tasks.teacher import teacher_mlp
+from objectives.training.budget import Budget, plan_trial
+from objectives.training.fused import FusedMember, FusedTrainer, MemberOptimizer
+from objectives.training.loop import Trainer
+from objectives.training.options import TrainerOptions
+from objectives.training.schedule import Schedule
+
+CPU = torch.device("cpu")
+TASKS = {"digits_mlp": (digits_mlp, {}), "teacher_mnist": (teacher_mlp, {"dim": 784, "n_train": 60000}),
+         "resnet_synthetic": (resnet_synthetic, {"n_train": 2048, "n_val": 256})}
+OPTIONS = TrainerOptions(maximize=True)
+OPTIMIZER = MemberOptimizer("sgd", momentum=0.9)
+
+
+def build(task: str, seed: int, batch_size: int) -> Task:
+    """As `SweepObjective.make_task` builds a trial's task: the model under the trial's seed."""
+    factory, options = TASKS[task]
+    torch.random.default_generator.manual_seed(seed)
+    return factory(TrialSettings(batch_size, 0.05, seed, CPU, options=dict(options))).to(CPU)
+
+
+def trial_lr(i: int) -> float:
+    return 0.01 * 10 ** ((i % 8) / 7)  # 0.01 .. 0.1, log-spaced
+
+
+def member(task: str, i: int, batch_size: int, budget: Budget) -> FusedMember:
+    built = build(task, 1000 + i, batch_size)
+    plan = plan_trial(budget, built.n_train, batch_size)
+    return FusedMember(built, OPTIMIZER, Schedule.build(trial_lr(i), plan.planned_updates, 0.1, "cosine", 0.0),
+                       plan, 1000 + i)
+
+
+def train_alone(task: str, trials: list[int], batch_size: int, budget: Budget) -> None:
+    for i in trials:
+        m = member(task, i, batch_size, budget)
+        optimizer = torch.optim.SGD(m.task.model.parameters(), lr=m.schedule.peak_lr, momentum=OPTIMIZER.momentum)
+        Trainer(m.task, optimizer, m.schedule, m.plan, budget, OPTIONS, seed=m.seed).train()
+
+
+def train_fused(task: str, trials: list[int], batch_size: int, budget: Budget, k: int) -> None:
+    for first in range(0, len(trials), k):
+        FusedTrainer([member(task, i, batch_size, budget) for i in trials[first : first + k]], budget, OPTIONS).train()
+
+
+def train(task: str, trials: list[int], batch_size: int, budget: Budget, k: int) -> None:
+    """The trials one at a time (k = 0) or in fused groups of k."""
+    if k == 0:
+        train_alone(task, trials, batch_size, budget)
+    else:
+        train_fused(task, trials, batch_size, budget, k)
+
+
+def worker(task: str, trials: list[int], batch_size: int, budget: Budget, k: int, barrier) -> None:
+    torch.set_num_threads(1)
+    build(task, 0, batch_size)  # the data set, once per process, before the clock starts
+    barrier.wait()
+    train(task, trials, batch_size, budget, k)
+
+
+def seconds(task: str, n: int, batch_size: int, budget: Budget, k: int, workers: int) -> float:
+    """Wall time of the n trials: in this process (workers = 1), or in `workers` spawned processes
+    of one thread each, timed from when all are ready to when all end."""
+    if workers == 1:
+        started = time.perf_counter()
+        train(task, list(range(n)), batch_size, budget, k)
+        return time.perf_counter() - started
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(workers + 1)
+    processes = [context.Process(target=worker, args=(task, list(range(w, n, workers)), batch_size, budget, k,
+                                                      barrier)) for w in range(workers)]
+    for process in processes:
+        process.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for process in processes:
+        process.join()
+    return time.perf_counter() - started
+
+
+def per_hour(n: int, seconds: float) -> float:
+    return n * 3600 / seconds
+
+
+def bench(task: str, batch_size: int, ks: list[int], n: int, budget: Budget, repeats: int,
+          fused_workers: int) -> None:
+    build(task, 0, batch_size)  # the data set, before any clock
+    settings = {"serial": lambda: seconds(task, n, batch_size, budget, 0, 1),
+                "workers2": lambda: seconds(task, n, batch_size, budget, 0, 2),
+                **{f"fused{k}": (lambda k=k: seconds(task, n, batch_size, budget, k, fused_workers)) for k in ks}}
+    times: dict[str, list[float]] = {name: [] for name in settings}
+    for _ in range(repeats):
+        for name, run in settings.items():
+            times[name].append(run())
+    rate = {name: per_hour(n, statistics.median(spent)) for name, spent in times.items()}
+    best = max(rate["serial"], rate["workers2"])
+    head = f"task={task} batch={batch_size} trials={n} updates={int(budget.per_trial)}"
+    print(f"{head} unfused serial={rate['serial']:.0f}/h workers2={rate['workers2']:.0f}/h", flush=True)
+    for k in ks:
+        print(f"{head} K={k} fused_workers={fused_workers} trials_per_hour={rate[f'fused{k}']:.0f} "
+              f"fused_vs_best_unfused={rate[f'fused{k}'] / best:.2f}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="*", default=["digits_mlp", "teacher_mnist"], choices=sorted(TASKS))
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 128])
+    parser.add_argument("--ks", nargs="+", type=int, default=[1, 2, 4, 8, 16])
+    parser.add_argument("--trials", type=int, default=32, help="trials per setting (each fused worker gets half)")
+    parser.add_argument("--updates", type=int, default=90, help="updates per trial")
+    parser.add_argument("--fused-workers", type=int, default=2, choices=[1, 2],
+                        help="fused groups in this process (1) or in two one-thread processes (2)")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--resnet", action="store_true",
+                        help="also the ResNet at batch 64 (--resnet-trials trials of --resnet-updates updates)")
+    parser.add_argument("--resnet-trials", type=int, default=4)
+    parser.add_argument("--resnet-updates", type=int, default=8)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    budget = Budget("updates", args.updates, args.updates // 3)
+    for task in args.tasks:
+        for batch_size in args.batch_sizes:
+            bench(task, batch_size, args.ks, args.trials, budget, args.repeats, args.fused_workers)
+    if args.resnet:
+        ks = [k for k in args.ks if k <= args.resnet_trials // args.fused_workers]
+        bench("resnet_synthetic", 64, ks, args.resnet_trials,
+              Budget("updates", args.resnet_updates, args.resnet_updates // 2), args.repeats, args.fused_workers)
+
+
+if __name__ == "__main__":
+    main()

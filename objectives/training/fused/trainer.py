@@ -1,0 +1,239 @@
+"""The fused loop: K members (trials of one architecture and batch size) train as one model, one
+forward and one backward per update over all of them, each with its own data order, LR schedule,
+optimizer settings, evaluations, best weights, pruning, early stopping and divergence.
+
+What each member gets is what `Trainer` gives a trial run alone (`TrainResult`, its reporter
+called at the same steps with the same values, its best weights restored into its own model), up
+to how the fused kernels round (none on the CPU without dropout: tests/test_fused.py). A member
+that stops (its plan done, pruned, early-stopped, diverged) leaves the group at once: its slices
+are dropped from the weights and the optimizer, and the others go on as they were. The loss is
+the sum of the members' mean losses, so each member's gradient is its own; every op is per member
+or elementwise, so a NaN stays in the member it arose in (which then leaves as diverged).
+
+Members start together and share the batch size and the training set, so every update's batches
+have one length (the last of an epoch is shorter for all of them at once).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from objectives.task import Task
+from objectives.training.budget import Budget, TrialPlan, eval_points
+from objectives.training.fused.model import FusedModel, NotFusable, fuse_models
+from objectives.training.fused.optim import MemberOptimizer, stacked_optimizer
+from objectives.training.fused.refusal import refusal
+from objectives.training.loop import Reporter, TrainResult
+from objectives.training.options import Patience, TrainerOptions
+from objectives.training.schedule import Schedule
+from objectives.training.step import autocast_for
+
+
+@dataclass
+class FusedMember:
+    """One trial in a fused group: its task (the model built under its own seed, as the trial alone
+    builds it), optimizer settings, schedule, plan, seed (its data order) and reporter."""
+
+    task: Task
+    optimizer: MemberOptimizer
+    schedule: Schedule
+    plan: TrialPlan
+    seed: int
+    reporter: Reporter | None = None
+
+
+def member_order(plan: TrialPlan, generator: torch.Generator) -> Iterator[Tensor]:
+    """The member's batch indices, epoch after epoch: `BatchStream`'s order for the same seed."""
+    n, size, per_epoch = plan.n_train, plan.batch_size, plan.iterations_per_epoch
+    while True:
+        perm = torch.randperm(n, device=generator.device, generator=generator)
+        for slot in range(per_epoch):
+            yield perm[slot * size : (slot + 1) * size]
+
+
+class MemberRun:
+    """One member's state in the loop: its counts, grid, patience, best weights and result."""
+
+    def __init__(self, member: FusedMember, budget: Budget, options: TrainerOptions, device: torch.device):
+        self.member, self.plan, self.budget = member, member.plan, budget
+        self.sign = 1.0 if options.maximize else -1.0
+        self.result = TrainResult(micro_batch=member.plan.batch_size)
+        self.points = eval_points(member.plan, budget)
+        self.order = member_order(member.plan, torch.Generator(device=device).manual_seed(member.seed))
+        self.patience = Patience(options.early_stopping, self.sign)
+        self.best_state: dict[str, Tensor] | None = None
+        self.losses = 0  # updates since the last evaluation
+
+    def report(self, step: int, value: float, weights: Callable[[], dict[str, Tensor]]) -> bool:
+        """`Trainer.evaluate_and_report` for this member (`weights()` copies its slice); True: it stops."""
+        result = self.result
+        result.history.append((step, value))
+        if not math.isfinite(value):
+            result.stop_reason = "diverged"
+            return True
+        if result.best_value is None or self.sign * (value - result.best_value) > 0:
+            result.best_value, result.best_step = value, step
+            self.best_state = weights()
+        reporter = self.member.reporter
+        if reporter is not None and reporter(value, step, None):
+            result.stop_reason = "pruned"
+            return True
+        if self.patience.exhausted(value):
+            result.stop_reason = "early_stopping"
+            return True
+        return False
+
+    def end_step(self) -> int:
+        """`Trainer.end_step`: the report step of the member's last update."""
+        if self.result.stop_reason == "budget":
+            return self.budget.to_step(self.budget.per_trial, self.plan.n_train)
+        units = self.budget.kind.trained(self.result, self.plan, self.budget)
+        return self.budget.to_step(units, self.plan.n_train)
+
+    def needs_final_evaluation(self) -> bool:
+        """Ended by its plan off the grid: `Trainer.finish` evaluates once more."""
+        if self.result.stop_reason not in ("budget", "epochs") or self.result.updates == 0:
+            return False
+        return not self.result.history or self.end_step() > self.result.history[-1][0]
+
+
+class FusedTrainer:
+    """`train()` trains every member and returns their results, in the members' order.
+    `path`: how the models are fused (`fuse_models`: auto, bmm, vmap); `model.path` says which ran."""
+
+    def __init__(self, members: Sequence[FusedMember], budget: Budget, options: TrainerOptions, *,
+                 path: str = "auto"):
+        reason = refusal(members, options, budget)
+        if reason is not None:
+            raise NotFusable(reason)
+        first = members[0].task
+        self.members, self.budget, self.options = list(members), budget, options
+        self.train_data, self.val_data = first.train, first.val
+        self.device = first.train[0].device
+        self.model: FusedModel = fuse_models([m.task.model for m in members], path)
+        self.optimizer = stacked_optimizer(self.model.weights.param_list(), [m.optimizer for m in members])
+        self.autocast = autocast_for(self.device, options.precision)
+        self.loss, self.metric = torch.vmap(first.loss), torch.vmap(first.metric, in_dims=(0, None))
+        self.eval_batch_size = options.eval_batch_size
+        self.runs = [MemberRun(m, budget, options, self.device) for m in members]
+
+    @property
+    def path(self) -> str:
+        return self.model.path
+
+    def train(self) -> list[TrainResult]:
+        self.started = time.perf_counter()
+        self.run_updates()
+        return [run.result for run in self.runs]
+
+    def run_updates(self) -> None:
+        """The hot loop: each member's batch and LR, one fused step, count, check, evaluate."""
+        (x, y), model, optimizer = self.train_data, self.model, self.optimizer
+        active = list(self.runs)  # slot i of every stacked tensor is active[i]
+        loss_sum = torch.zeros(len(active), device=self.device)
+        model.train()
+        while active:
+            idx = torch.stack([next(run.order) for run in active])
+            optimizer.lrs = [run.member.schedule.lr_at(run.result.updates) for run in active]
+            with self.autocast:
+                losses = self.loss(model(x[idx]), y[idx])
+            losses.sum().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            loss_sum += losses.detach()
+            finite, size = torch.isfinite(loss_sum).tolist(), idx.shape[1]
+            leaving, due = [], []
+            for slot, run in enumerate(active):
+                result = run.result
+                result.updates += 1
+                result.examples_seen += size
+                run.losses += 1
+                if not finite[slot]:
+                    result.stop_reason = "diverged"
+                    leaving.append(slot)
+                elif result.updates in run.points:
+                    due.append(slot)
+                elif result.updates == run.plan.planned_updates:
+                    result.stop_reason = run.plan.stop_reason
+                    leaving.append(slot)
+            if due:
+                leaving += self.evaluate_due(active, due, loss_sum)
+            if leaving:
+                active, loss_sum = self.leave(active, sorted(leaving), loss_sum)
+
+    def evaluate_due(self, active: list[MemberRun], due: list[int], loss_sum: Tensor) -> list[int]:
+        """Evaluate the members at a grid point; the slots of those that stop."""
+        stopping = []
+        values = self.evaluate(active)
+        for slot in due:
+            run = active[slot]
+            result = run.result
+            result.last_train_loss = (loss_sum[slot] / max(run.losses, 1)).item()
+            if not math.isfinite(result.last_train_loss):
+                result.stop_reason = "diverged"
+                stopping.append(slot)
+                continue
+            loss_sum[slot] = 0.0
+            run.losses = 0
+            if run.report(run.points[result.updates], values[slot], self.weights_of(slot)):
+                stopping.append(slot)
+            elif result.updates == run.plan.planned_updates:
+                result.stop_reason = run.plan.stop_reason
+                stopping.append(slot)
+        return stopping
+
+    def weights_of(self, slot: int) -> Callable[[], dict[str, Tensor]]:
+        return lambda: self.model.weights.member(slot)
+
+    def leave(self, active: list[MemberRun], leaving: list[int], loss_sum: Tensor) -> tuple[list[MemberRun], Tensor]:
+        """The members at `leaving` end: a last evaluation for those whose plan ended off the grid,
+        their best (else last) weights into their own models; the group goes on without them."""
+        finals = [slot for slot in leaving if active[slot].needs_final_evaluation()]
+        if finals:
+            values = self.evaluate(active)
+            for slot in finals:
+                run = active[slot]
+                reason = run.result.stop_reason
+                run.report(run.end_step(), values[slot], self.weights_of(slot))
+                if run.result.stop_reason in ("pruned", "early_stopping"):
+                    run.result.stop_reason = reason  # the run was over anyway
+        now = time.perf_counter()
+        for slot in leaving:
+            run = active[slot]
+            run.result.train_seconds = now - self.started - run.result.eval_seconds
+            run.member.task.model.load_state_dict(run.best_state or self.model.weights.member(slot))
+        keep = [slot for slot in range(len(active)) if slot not in leaving]
+        if keep:
+            self.model.weights.keep(keep)
+            self.optimizer.keep(keep, self.model.weights.param_list())
+        return [active[slot] for slot in keep], loss_sum[keep]
+
+    def evaluate(self, active: list[MemberRun]) -> list[float]:
+        """Each active member's metric over the shared validation set, in chunks as `Trainer` takes
+        them; the time is counted in each one's `eval_seconds`."""
+        started = time.perf_counter()
+        x, y = self.val_data
+        sums = torch.zeros(len(active), device=x.device)
+        self.model.eval()
+        with torch.no_grad(), self.autocast:
+            for start in range(0, len(x), self.eval_batch_size):
+                xb, yb = x[start : start + self.eval_batch_size], y[start : start + self.eval_batch_size]
+                sums += self.metric(self.model(xb, shared=True), yb).float() * len(xb)
+        self.model.train()
+        values = (sums / len(x)).tolist()
+        spent = time.perf_counter() - started
+        for run in active:
+            run.result.eval_seconds += spent
+        return values
+
+
+def train_fused(members: Sequence[FusedMember], budget: Budget, options: TrainerOptions,
+                path: str = "auto") -> list[TrainResult]:
+    """Train the members as one fused group (NotFusable when they cannot be)."""
+    return FusedTrainer(members, budget, options, path=path).train()

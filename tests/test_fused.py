@@ -1,0 +1,208 @@
+"""Several trials fused on one device (objectives/training/fused/): each member of a fused group
+trains what it would train alone.
+
+Tolerances, measured on the CPU (torch 2.13, 2 cores):
+- the bmm path (stacks of linear layers), K = 1 and K = 4 with a different LR, weight decay and
+  seed per member, SGD, Adam and AdamW: curves, best values and weights bit for bit equal to each
+  member's solo `Trainer`. The K = 1 test asserts that; K > 1 asserts weights within 1e-5 and the
+  curve within one validation example, because bmm's per-member kernel need not sum as mm does
+  on every BLAS. The recorded training loss (`last_train_loss`) may differ in the last bit at any
+  K: the fused loss reduces a [K, B] tensor along dim 1, `cross_entropy` its own way (the
+  gradient is the same);
+- the vmap path (convolutions, batch norm): grouped convolutions sum in another order, weights
+  within about 1e-4 after 60 updates, curves equal or one validation example apart;
+- the stacked optimizers against torch.optim on each member's slice, grads given: bit for bit at
+  K = 1 and at K = 4 with every hyperparameter different per member;
+- dropout draws other masks than the solo run (one over the stacked batch): not reproduced, only
+  in distribution.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from objectives.task import TrialSettings
+from objectives.tasks.digits import digits_cnn, digits_mlp
+from objectives.tasks.synthetic_images import resnet_synthetic
+from objectives.training.budget import Budget, plan_trial
+from objectives.training.fused import FusedMember, FusedTrainer, MemberOptimizer, NotFusable, stacked_optimizer
+from objectives.training.loop import Trainer
+from objectives.training.options import EarlyStopping, TrainerOptions
+from objectives.training.schedule import Schedule
+from tests.tasks_for_tests import digits_golden
+
+CPU = torch.device("cpu")
+BUDGET = Budget("updates", 60, 20)
+OPTIONS = TrainerOptions(maximize=True)
+SGD = MemberOptimizer("sgd", momentum=0.9)
+
+
+def build(factory, seed: int, batch_size: int = 32, options: dict | None = None):
+    """The task as a trial builds it (`SweepObjective.make_task`): the model under the trial's seed."""
+    torch.random.default_generator.manual_seed(seed)
+    return factory(TrialSettings(batch_size, 0.1, seed, CPU, options=options or {})).to(CPU)
+
+
+def member(seed: int, lr: float, optimizer: MemberOptimizer = SGD, factory=digits_mlp, budget: Budget = BUDGET,
+           batch_size: int = 32, options: dict | None = None, reporter=None) -> FusedMember:
+    task = build(factory, seed, batch_size, options)
+    plan = plan_trial(budget, task.n_train, batch_size)
+    schedule = Schedule.build(lr, plan.planned_updates, 0.1, "cosine", 0.0)
+    return FusedMember(task, optimizer, schedule, plan, seed, reporter)
+
+
+def torch_optimizer(settings: MemberOptimizer, params, lr: float) -> torch.optim.Optimizer:
+    if settings.name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    cls = torch.optim.Adam if settings.name == "adam" else torch.optim.AdamW
+    return cls(params, lr=lr, betas=settings.betas, eps=settings.eps, weight_decay=settings.weight_decay)
+
+
+def solo(m: FusedMember, factory=digits_mlp, budget: Budget = BUDGET, options: TrainerOptions = OPTIONS,
+         task_options: dict | None = None, reporter=None):
+    """The member trained alone by the service's `Trainer`: its result and its model."""
+    task = build(factory, m.seed, m.plan.batch_size, task_options)
+    optimizer = torch_optimizer(m.optimizer, task.model.parameters(), m.schedule.peak_lr)
+    result = Trainer(task, optimizer, m.schedule, m.plan, budget, options, seed=m.seed, reporter=reporter).train()
+    return result, task.model
+
+
+def weights(model) -> list[torch.Tensor]:
+    return [t.float() for t in model.state_dict().values()]
+
+
+def test_one_member_fused_is_the_solo_trial_bit_for_bit():
+    m = member(11, 0.1)
+    trainer = FusedTrainer([m], BUDGET, OPTIONS)
+    (fused,) = trainer.train()
+    alone, model = solo(m)
+    assert trainer.path == "bmm"
+    assert fused.history == alone.history and len(alone.history) == 3
+    assert (fused.best_value, fused.best_step, fused.updates, fused.examples_seen, fused.stop_reason) == (
+        alone.best_value, alone.best_step, alone.updates, alone.examples_seen, alone.stop_reason)
+    assert all(torch.equal(a, b) for a, b in zip(weights(model), weights(m.task.model)))
+    assert fused.last_train_loss == pytest.approx(alone.last_train_loss, rel=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", [MemberOptimizer("sgd", momentum=0.9, weight_decay=1e-3),
+                                       MemberOptimizer("adam", weight_decay=1e-3),
+                                       MemberOptimizer("adamw", betas=(0.8, 0.99), weight_decay=0.05)],
+                         ids=lambda o: o.name)
+def test_each_of_four_members_trains_as_its_solo_run(optimizer):
+    lrs = [0.05, 0.1, 0.02, 0.2] if optimizer.name == "sgd" else [1e-3, 3e-3, 1e-2, 2e-3]
+    members = [member(21 + i, lr, optimizer) for i, lr in enumerate(lrs)]
+    results = FusedTrainer(members, BUDGET, OPTIONS).train()
+    n_val = len(members[0].task.val[0])
+    for m, fused in zip(members, results):
+        alone, model = solo(m)
+        assert [s for s, _ in fused.history] == [s for s, _ in alone.history]
+        assert [v for _, v in fused.history] == pytest.approx([v for _, v in alone.history], abs=1.01 / n_val)
+        for a, b in zip(weights(model), weights(m.task.model)):
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+
+
+def test_the_vmap_path_fuses_convolutions_within_its_tolerance():
+    budget = Budget("updates", 30, 15)
+    members = [member(31 + i, lr, factory=digits_cnn, budget=budget) for i, lr in enumerate([0.05, 0.1])]
+    trainer = FusedTrainer(members, budget, OPTIONS)
+    results = trainer.train()
+    assert trainer.path == "vmap"
+    n_val = len(members[0].task.val[0])
+    for m, fused in zip(members, results):
+        alone, model = solo(m, digits_cnn, budget)
+        assert [v for _, v in fused.history] == pytest.approx([v for _, v in alone.history], abs=2.01 / n_val)
+        for a, b in zip(weights(model), weights(m.task.model)):
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-3)
+
+
+def test_batch_norm_keeps_running_statistics_per_member():
+    options = {"n_train": 128, "n_val": 64, "width": 4, "blocks": 1}
+    budget = Budget("updates", 4, 4)
+    members = [member(41 + i, lr, factory=resnet_synthetic, budget=budget, options=options)
+               for i, lr in enumerate([0.05, 0.2])]
+    FusedTrainer(members, budget, OPTIONS).train()
+    means = [m.task.model[1].running_mean for m in members]  # the stem's batch norm
+    assert not torch.equal(means[0], means[1])
+    for m, mean in zip(members, means):
+        _, model = solo(m, resnet_synthetic, budget, task_options=options)
+        assert model[1].num_batches_tracked.item() == 4
+        torch.testing.assert_close(mean, model[1].running_mean, rtol=0, atol=1e-4)
+
+
+def test_a_diverging_member_leaves_the_others_unchanged():
+    calm = [member(51, 0.05), member(53, 0.1)]
+    with_wild = [member(51, 0.05), member(52, 1e4), member(53, 0.1)]
+    alone = FusedTrainer(calm, BUDGET, OPTIONS).train()
+    together = FusedTrainer(with_wild, BUDGET, OPTIONS).train()
+    assert together[1].stop_reason == "diverged" and together[1].updates < BUDGET.per_trial
+    for a, b, m, n in zip(alone, [together[0], together[2]], calm, [with_wild[0], with_wild[2]]):
+        assert (a.history, a.best_value, a.stop_reason) == (b.history, b.best_value, b.stop_reason)
+        assert all(torch.equal(x, y) for x, y in zip(weights(m.task.model), weights(n.task.model)))
+
+
+def test_a_pruned_member_leaves_and_early_stopping_is_per_member():
+    options = TrainerOptions(maximize=True, early_stopping=EarlyStopping(patience=1, min_delta=0.02))
+    budget = Budget("updates", 120, 20)
+    members = [member(61, 0.05, budget=budget, reporter=lambda value, step, se: True),
+               member(62, 0.1, budget=budget), member(63, 0.02, budget=budget)]
+    results = FusedTrainer(members, budget, options).train()
+    assert results[0].stop_reason == "pruned" and len(results[0].history) == 1
+    for m, fused in zip(members[1:], results[1:]):
+        alone, model = solo(m, budget=budget, options=options)
+        assert (fused.history, fused.stop_reason, fused.updates) == (alone.history, alone.stop_reason, alone.updates)
+        assert all(torch.equal(a, b) for a, b in zip(weights(model), weights(m.task.model)))
+    assert "early_stopping" in {r.stop_reason for r in results[1:]}
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+@pytest.mark.parametrize("k", [1, 4])
+def test_stacked_optimizers_update_each_member_as_torch_optim(name, k):
+    gen = torch.Generator().manual_seed(k)
+    settings = [MemberOptimizer(name, momentum=0.5 + 0.1 * i, weight_decay=0.01 * i, betas=(0.9 - 0.05 * i, 0.99),
+                                eps=10.0 ** (-8 + i)) for i in range(k)]
+    lrs = [0.1 / (i + 1) for i in range(k)]
+    stacked = [torch.randn(k, 5, 3, generator=gen).requires_grad_(), torch.randn(k, 5, generator=gen).requires_grad_()]
+    singles = [[p[i].detach().clone().requires_grad_() for p in stacked] for i in range(k)]
+    optimizer = stacked_optimizer(stacked, settings)
+    references = [torch_optimizer(s, params, lr) for s, params, lr in zip(settings, singles, lrs)]
+    for step in range(6):
+        grads = [torch.randn(p.shape, generator=gen) for p in stacked]
+        for p, g in zip(stacked, grads):
+            p.grad = g.clone()
+        optimizer.lrs = [lr * (1 - step / 10) for lr in lrs]
+        optimizer.step()
+        for i, (params, reference) in enumerate(zip(singles, references)):
+            for p, g in zip(params, grads):
+                p.grad = g[i].clone()
+            reference.param_groups[0]["lr"] = optimizer.lrs[i]
+            reference.step()
+        for i, params in enumerate(singles):
+            for p, q in zip(stacked, params):
+                assert torch.equal(p[i].detach(), q.detach()), (name, k, step, i)
+    if k > 1:  # a member leaves: the others go on from their own state
+        keep = [0, 2]
+        optimizer.keep(keep, [p.detach()[keep].requires_grad_() for p in stacked])
+        grads = [torch.randn(p.shape, generator=gen) for p in optimizer.params]
+        for p, g in zip(optimizer.params, grads):
+            p.grad = g.clone()
+        optimizer.step()
+        for row, i in enumerate(keep):
+            for p, g in zip(singles[i], grads):
+                p.grad = g[row].clone()
+            references[i].step()
+            assert all(torch.equal(p[row].detach(), q.detach()) for p, q in zip(optimizer.params, singles[i]))
+
+
+def test_what_cannot_fuse_says_why():
+    other = member(72, 0.1, options={"hidden": 64})
+    with pytest.raises(NotFusable, match="architectures differ: member 1 differs from member 0 in parameter '0.bias'"):
+        FusedTrainer([member(71, 0.1), other], BUDGET, OPTIONS)
+    with pytest.raises(NotFusable, match="batch 64, member 0 with 32"):
+        FusedTrainer([member(71, 0.1), member(72, 0.1, batch_size=64)], BUDGET, OPTIONS)
+    with pytest.raises(NotFusable, match="augments"):
+        FusedTrainer([member(73, 0.1, factory=digits_golden)], BUDGET, OPTIONS)
+    with pytest.raises(NotFusable, match="timed"):
+        FusedTrainer([member(71, 0.1)], Budget("seconds", 1.0, 0.5), OPTIONS)
+    with pytest.raises(NotFusable, match="bmm path"):
+        FusedTrainer([member(74, 0.1, factory=digits_cnn)], BUDGET, OPTIONS, path="bmm")
