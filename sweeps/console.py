@@ -49,6 +49,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "best": ("sweeps.best", "the best trials' effective settings; --export a study file that retrains one"),
     "confirm": ("sweeps.confirm", "train the best trials again with fresh seeds; how far the search overstated them"),
     "studies": ("sweeps.studies", "the studies in a store: trials, best value, last activity"),
+    "slurm": ("sweeps.slurm", "the study's workers as a Slurm job array on a shared store (sbatch)"),
     "schema": ("sweeps.schema_cmd", "the study file's JSON schema"),
     "screenshot": ("sweeps.screenshot", "a PNG of the dashboard (needs a browser)"),
 }

@@ -29,7 +29,7 @@ needs_pg = pytest.mark.skipif(not PG_URL, reason="set SWEEPS_TEST_POSTGRES_URL t
 
 SCRIPT = [sys.executable, "-c", "import sys; from sweeps.console import main; sys.exit(main())"]
 MODULE = [sys.executable, "-m", "sweeps.console"]
-SUBCOMMANDS = ["run", "report", "dashboard", "probe", "best", "confirm", "studies", "screenshot"]
+SUBCOMMANDS = ["run", "report", "dashboard", "probe", "best", "confirm", "studies", "slurm", "screenshot"]
 if (REPO / "sweeps" / "schema_cmd.py").is_file():
     SUBCOMMANDS.append("schema")
 
