@@ -146,13 +146,15 @@ class ArrayJob:
         requeue = ('elif [ "$stop" = USR1 ] && [ "$code" -eq 143 ]; then\n'
                    '  # warned of the time limit (--requeue): back in the queue, to join the study again\n'
                    '  scontrol requeue "$SLURM_JOB_ID"\n') if self.requeue else ""
+        workers = f"{self.tasks} sweep worker{'s' if self.tasks > 1 else ''}"
         return f"""#!/bin/bash
-# A Slurm job array of {self.tasks} sweep worker(s) for study {self.study_name!r}, written by `sweeps slurm`:
+# A Slurm job array of {workers} for study {self.study_name!r}, written by `sweeps slurm`:
 # each task runs one worker on the shared store; the workers share the study's trials.
 {chr(10).join(self.directives())}
 
-# The store's URL comes from $SWEEPS_STORAGE, which sbatch passes on from `sweeps slurm`
-# (a URL is never written here, where a password would be kept): {self.storage_shown}
+# The store, from $SWEEPS_STORAGE, which sbatch passes on from `sweeps slurm` (its URL is never
+# written here, where a password would be kept):
+#   {self.storage_shown}
 if [ -z "${{{ENV_VAR}:-}}" ]; then
   echo "error: \\${ENV_VAR} is not set: submit with sweeps slurm, or export the store's URL before sbatch" >&2
   exit {exits.USAGE}
