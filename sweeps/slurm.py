@@ -297,11 +297,13 @@ def submit_array(args: argparse.Namespace) -> int:
         reason = " ".join(done.stderr.split()) or f"exit code {done.returncode}"
         return fail(exits.FAILED, f"sbatch refused the job array: {reason}")
     job_id = done.stdout.strip().split(";")[0]
-    print(f"submitted job array {job_id}: {job.tasks} task(s), each a worker of study {target.study_name!r} "
+    print(f"submitted job array {job_id}: {job.tasks} task{'s' if job.tasks > 1 else ''}, each a worker of study "
+          f"{target.study_name!r} "
           f"on {redact(target.storage_url)}\n"
-          f"  squeue -j {job_id}                 # its tasks; their output: slurm-{job_id}_<task>.out\n"
-          f"  sweeps studies --workers ...     # the study's workers (give the same store)\n"
-          f"  scancel {job_id}                   # stop them: their open trials are queued again", flush=True)
+          f"  squeue -j {job_id}   # its tasks; each writes to slurm-{job_id}_<task>.out\n"
+          f"  sweeps studies {shlex.quote(args.study_file)} --workers   # the study's workers (on the same "
+          f"--storage or ${ENV_VAR})\n"
+          f"  scancel {job_id}   # stops them: their open trials are queued again", flush=True)
     if not args.wait:
         return exits.OK
     return wait_for_array(study, config, target, job_id, not args.quiet)

@@ -159,6 +159,38 @@ def test_without_sbatch_it_says_so(tmp_path, capsys, monkeypatch):
     assert done.stderr.startswith("error: sbatch not found on the PATH") and done.stderr.count("\n") == 1
 
 
+def fake_sbatch(folder: Path, body: str) -> str:
+    """A folder holding an `sbatch` that runs `body` (bash), for the PATH."""
+    bin_dir = folder / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "sbatch").write_text(f"#!/bin/bash\n{body}\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    return f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+
+
+@pytest.mark.skipif(not PG_URL, reason="set SWEEPS_TEST_POSTGRES_URL to run PostgreSQL tests")
+def test_submission_hands_sbatch_the_script_and_the_store_in_its_environment(tmp_path, capsys, monkeypatch,
+                                                                             study_name):
+    record = tmp_path / "sbatch.txt"
+    path = fake_sbatch(tmp_path, f'{{ echo "argv: $*"; echo "store: $SWEEPS_STORAGE"; cat; }} > {record}; echo 4711')
+    done = dry_run(tmp_path, DOC_SUBMIT, "--study-name", study_name, "--set", "study.n_trials=2", storage=PG_URL,
+                   capsys=capsys, monkeypatch=monkeypatch, path=path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"submitted job array 4711: 4 tasks, each a worker of study '{study_name}'")
+    argv, store, script = record.read_text().split("\n", 2)
+    assert argv == "argv: --parsable" and store == f"store: {PG_URL}"  # the URL in the environment only
+    assert script.startswith("#!/bin/bash\n") and "#SBATCH --array=0-3" in script
+    assert optuna.load_study(study_name=study_name, storage=PG_URL).user_attrs  # created before the tasks run
+
+    refused = fake_sbatch(tmp_path, 'echo "sbatch: error: Batch job submission failed: Invalid partition name" >&2; '
+                                    "exit 1")
+    done = dry_run(tmp_path, DOC_SUBMIT, "--study-name", study_name, "--set", "study.n_trials=2", storage=PG_URL,
+                   capsys=capsys, monkeypatch=monkeypatch, path=refused)
+    assert done.returncode == exits.FAILED
+    assert done.stderr == ("error: sbatch refused the job array: sbatch: error: Batch job submission failed: "
+                           "Invalid partition name\n")
+
+
 def test_slurm_times():
     assert [slurm.slurm_seconds(t) for t in ("30", "5:30", "4:00:00", "1-0", "1-02:03", "1-02:03:04")] == [
         1800, 330, 14400, 86400, 86400 + 7200 + 180, 86400 + 7200 + 180 + 4]
