@@ -13,8 +13,9 @@ is one machine's. Its URL travels in the environment that sbatch passes on to th
 
 Stopping: Slurm sends the batch shell SIGUSR1 `--signal-lead` seconds before the time limit
 (`--signal=B:USR1@S`; Slurm may send it up to a minute earlier than asked), and SIGTERM on
-`scancel` or preemption. The script passes either on to the worker as SIGTERM: the worker fails
-its open trials, queues them again for the other tasks, and exits 143. With `--requeue`, a task
+`scancel` or preemption. The script passes either on to the worker as SIGTERM (Slurm signals the
+worker itself too on `scancel`; a second SIGTERM changes nothing): the worker fails its open
+trials, queues them again for the other tasks, and exits 143. With `--requeue`, a task
 warned of its time limit then puts itself back in the queue (`scontrol requeue`), and joins the
 study again when it restarts; `#SBATCH --requeue` also lets Slurm requeue it on preemption. A
 task whose worker ends the study (exit 0) cancels the array's tasks still pending.
@@ -43,7 +44,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import optuna
 from sqlalchemy.engine import make_url
@@ -59,7 +60,7 @@ from sweeps.config.study_file import SweepConfig, load_config
 from sweeps.config.target import SweepTarget, target_of
 from sweeps.loop.books import finished_count
 from sweeps.loop.ending import end_sweep
-from sweeps.loop.resume import complete_note
+from sweeps.loop.resume import ALLOW_CHANGES_FLAG, NEW_STUDY_FLAG, complete_note
 from sweeps.loop.runner import load_task, open_study
 from sweeps.loop.workers_progress import WorkersProgress
 from sweeps.results.ledger_view import line_of
@@ -222,6 +223,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "left in the queue; exit as sweeps run does")
     parser.add_argument("--quiet", action="store_true", help="with --wait: no progress display")
     add_override_argument(parser, "recorded with the study and passed on to every task")
+    changed = parser.add_mutually_exclusive_group()
+    changed.add_argument(NEW_STUDY_FLAG, metavar="NAME", dest="new_study",
+                         help="run the study file as a new study NAME in the same store (when the stored "
+                              "study searched something else); the tasks run it under that name")
+    changed.add_argument(ALLOW_CHANGES_FLAG, action="store_true", dest="allow_changes",
+                         help="carry on with a study file whose search differs from the stored study's; the "
+                              "change is recorded with the study before the tasks start")
     return parser.parse_args(argv)
 
 
@@ -262,7 +270,7 @@ def server_store_problem(url: str) -> str | None:
 
 
 def array_job(args: argparse.Namespace, study_name: str, url: str) -> ArrayJob:
-    argv = worker_argv(os.path.abspath(args.study_file), args.sets, args.study_name, args.n_trials)
+    argv = worker_argv(os.path.abspath(args.study_file), args.sets, args.new_study or args.study_name, args.n_trials)
     if args.gpus_per_task > 1:
         argv += ["--gpus", "all"]  # one worker process per GPU of the task
     return ArrayJob(study_name=study_name, storage_shown=redact(url), tasks=args.array, python=sys.executable,
@@ -275,6 +283,8 @@ def array_job(args: argparse.Namespace, study_name: str, url: str) -> ArrayJob:
 def submit_array(args: argparse.Namespace) -> int:
     config = load_config(args.study_file, overrides=args.sets)
     target = target_of(config, args.storage, args.study_name, args.n_trials)
+    if args.new_study:  # the same store, found as before; only the study's name is new
+        target = replace(target, study_name=args.new_study)
     if problem := server_store_problem(target.storage_url):
         return fail(exits.USAGE, problem)
     job = array_job(args, target.study_name, target.storage_url)
@@ -287,7 +297,10 @@ def submit_array(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(job.script(), end="")
         return exits.OK
-    study = open_study(config, target, task.n_train, overrides=args.sets)  # once, before the tasks race for it
+    # once, before the tasks race for it; a changed search is refused here, or recorded (--allow-changes),
+    # so the tasks find the study's search as the file has it
+    study = open_study(config, target, task.n_train, overrides=args.sets,
+                       changes="allow" if args.allow_changes else "check")
     if finished_count(study) >= target.n_trials:  # nothing left to do: submit nothing
         print(complete_note(finished_count(study), target.n_trials))
         return end_sweep(study, target.n_trials, config)

@@ -132,6 +132,13 @@ def test_dry_run_asks_for_the_gpus_and_the_time_limit(tmp_path, capsys, monkeypa
     assert " --gpus all &\n" in more.stdout  # four GPUs: one worker process per GPU
 
 
+def test_a_new_study_runs_under_its_name_in_every_task(tmp_path, capsys, monkeypatch):
+    done = dry_run(tmp_path, DOC_DRY_RUN, "--new-study", "digits-2", capsys=capsys, monkeypatch=monkeypatch)
+    assert done.returncode == 0, done.stderr
+    assert "#SBATCH --job-name=sweeps-digits-2\n" in done.stdout
+    assert f"run {tmp_path / 'examples' / 'digits.yaml'} --study-name digits-2 &\n" in done.stdout
+
+
 @pytest.mark.parametrize(("extra", "says"), [
     (["--array", "0"], "--array must be >= 1 (got 0)"),
     (["--array", "2", "--time", "2"], "--time 2 (120 s) is not longer than --signal-lead 120 s"),
