@@ -50,6 +50,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "confirm": ("sweeps.confirm", "train the best trials again with fresh seeds; how far the search overstated them"),
     "predict": ("sweeps.predict", "batch size, LR and length for a larger budget, from the horizons; --verify"),
     "studies": ("sweeps.studies", "the studies in a store: trials, best value, last activity"),
+    "slurm": ("sweeps.slurm", "the study's workers as a Slurm job array on a shared store (sbatch)"),
     "schema": ("sweeps.schema_cmd", "the study file's JSON schema"),
     "screenshot": ("sweeps.screenshot", "a PNG of the dashboard (needs a browser)"),
 }

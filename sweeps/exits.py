@@ -6,7 +6,7 @@
 |      | ends here, with a note; `sweeps confirm`: the runs that fit the total budget finished) |
 | 1    | the sweep did not deliver: too many failures in a row, every trial diverged, fewer |
 |      | finished trials than asked for; or a report with no result; or no confirmation run |
-|      | fits the total budget                                                               |
+|      | fits the total budget; or `sbatch` refused a job array (`sweeps slurm`)             |
 | 2    | usage: the study file, a flag, a storage value or a task is invalid |
 |      | (or the study file changes a stored study's search: sweeps.config.fingerprint) |
 | 3    | the store cannot be opened or used (an unreachable server, a missing SQLite file) |

@@ -7,7 +7,9 @@ counts the study's complete, pruned, failed and running trials, its best value a
 activity (the latest trial start or end); when a study of the store has a `study.total_budget`,
 its ledger too: spent of the total, left, and the rate across all workers. Read-only: no table
 is created and a SQLite file is opened read-only, so a store that is not there is an error, not a
-new empty file.
+new empty file. With --workers, each study's registered workers follow the table, one line each:
+its number (sampler seed study.seed + number), host (and Slurm job: `vm [slurm 12_3]`), process
+id, when it started, and the trials it finished and failed (from each trial's `worker`).
 Exit codes (`sweeps.exits`): 0 listed, 2 no store named or an invalid study file or URL,
 3 store not there or not readable.
 """
@@ -17,14 +19,15 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from datetime import datetime
+from datetime import datetime, timezone
 
 from optuna.study import StudyDirection
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from storage import StorageError, StorageUsageError, ledger, redact
 from storage.optuna_private import study_id_of
 from storage.sql import ENV_VAR, open_read_only, resolve_url
+from storage.workers import registered_workers
 from sweeps import exits
 from sweeps.cli import run_command
 from sweeps.results.ledger_view import columns
@@ -32,6 +35,7 @@ from sweeps.results.ledger_view import columns
 EXAMPLE = """examples:
   sweeps studies study.yaml                      # the store the study file names
   sweeps studies --storage sqlite:///tiny.db
+  sweeps studies study.yaml --workers            # and each study's workers (hosts, Slurm tasks)
   SWEEPS_STORAGE=postgresql+psycopg://USER@HOST:5432/DB sweeps studies
 """
 
@@ -43,6 +47,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("study_file", nargs="?", help="a study YAML file whose store to list (optional)")
     parser.add_argument("--storage", help=f"SQLAlchemy URL of the store (wins over ${ENV_VAR}, then the study "
                                           "file's study.storage, then <study name>.db beside the file)")
+    parser.add_argument("--workers", action="store_true",
+                        help="also list each study's registered workers: number, host (and Slurm job), pid, "
+                             "start, trials finished and failed")
     return parser.parse_args(argv)
 
 
@@ -82,24 +89,52 @@ def summary(storage, study, states: dict) -> dict:
             "last activity": max(times).strftime("%Y-%m-%d %H:%M:%S") if times else "-"}
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], left: tuple[str, ...] = ()) -> str:
+    """Aligned columns: the first and those named in `left` to the left, the others to the right."""
     columns = list(rows[0])
     cells = [[str(r[c]) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
 
     def line(values: list[str]) -> str:
-        return "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths)))
+        return "  ".join(v.ljust(w) if i == 0 or columns[i] in left else v.rjust(w)
+                         for i, (v, w) in enumerate(zip(values, widths)))
 
     return "\n".join([line(columns), *(line(row) for row in cells)]).rstrip()
+
+
+def local_time(utc: datetime | None) -> str:
+    if not isinstance(utc, datetime):
+        return "-"
+    return utc.replace(tzinfo=timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def worker_rows(engine, study_id: int, trials: list[FrozenTrial], host_has: str = "") -> list[dict]:
+    """One row per registered worker of the study (those whose host contains `host_has`), with
+    the trials it finished and failed, from `trials` (the study's)."""
+    rows = []
+    for worker in registered_workers(engine, study_id):
+        if host_has not in (worker["host"] or ""):
+            continue
+        own = [t for t in trials if t.user_attrs.get("worker") == worker["number"]]
+        finished = [t for t in own if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        last = max((t.datetime_complete for t in finished if t.datetime_complete), default=None)
+        rows.append({"worker": worker["number"], "host": worker["host"] or "-", "pid": worker["pid"] or "-",
+                     "started": local_time(worker["started_at"]), "finished": len(finished),
+                     "failed": sum(t.state == TrialState.FAIL for t in own),
+                     "last finished": last.strftime("%Y-%m-%d %H:%M:%S") if last else "-"})
+    return rows
 
 
 def list_studies(args: argparse.Namespace) -> int:
     url = store_url(args)
     storage = open_read_only(url)
     try:
-        studies = storage.get_all_studies()
+        studies = sorted(storage.get_all_studies(), key=lambda s: s.study_name)
         states = {study_id_of(s): ledger.read(storage.engine, study_id_of(s)) for s in studies}
-        rows = [summary(storage, s, states) for s in sorted(studies, key=lambda s: s.study_name)]
+        rows = [summary(storage, s, states) for s in studies]
+        workers = ({s.study_name: worker_rows(storage.engine, study_id_of(s),
+                                              storage.get_all_trials(study_id_of(s), deepcopy=False))
+                    for s in studies} if args.workers else {})
     except StorageError:
         raise
     except Exception as err:  # not an Optuna store, a file that is not a database, a server that went away
@@ -112,4 +147,12 @@ def list_studies(args: argparse.Namespace) -> int:
         print("no studies")
         return exits.OK
     print(table(rows))
+    for name, listed in workers.items():
+        print(f"\nworkers of {name}: " + ("none registered" if not listed else str(len(listed))))
+        if listed:
+            print(workers_table(listed))
     return exits.OK
+
+
+def workers_table(rows: list[dict]) -> str:
+    return "\n".join("  " + line for line in table(rows, left=("host",)).splitlines())

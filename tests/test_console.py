@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -28,7 +29,7 @@ needs_pg = pytest.mark.skipif(not PG_URL, reason="set SWEEPS_TEST_POSTGRES_URL t
 
 SCRIPT = [sys.executable, "-c", "import sys; from sweeps.console import main; sys.exit(main())"]
 MODULE = [sys.executable, "-m", "sweeps.console"]
-SUBCOMMANDS = ["run", "report", "dashboard", "probe", "best", "confirm", "predict", "studies", "screenshot"]
+SUBCOMMANDS = ["run", "report", "dashboard", "probe", "best", "confirm", "predict", "studies", "slurm", "screenshot"]
 if (REPO / "sweeps" / "schema_cmd.py").is_file():
     SUBCOMMANDS.append("schema")
 
@@ -295,6 +296,13 @@ def test_studies_lists_a_sqlite_store_and_creates_nothing(tmp_path):
     assert by_flag.stdout == done.stdout
     by_env = sweeps(["studies"], tmp_path, SWEEPS_STORAGE=f"sqlite:///{tmp_path / 'alpha.db'}")
     assert by_env.stdout == done.stdout
+
+    with_workers = sweeps(["studies", str(first), "--workers"], tmp_path)
+    assert with_workers.stdout.startswith(done.stdout)  # the same table, then each study's workers
+    alpha_workers = with_workers.stdout.split("workers of alpha: ")[1].splitlines()
+    assert alpha_workers[0] == "1"
+    assert alpha_workers[1].split() == ["worker", "host", "pid", "started", "finished", "failed", "last", "finished"]
+    assert alpha_workers[2].split()[:2] == ["0", socket.gethostname()] and alpha_workers[2].split()[5:7] == ["2", "0"]
 
 
 def test_studies_without_a_store_named_is_a_usage_error(tmp_path):

@@ -130,6 +130,19 @@ def test_machine_gpu_numbering():
     assert machine_gpu(0, {"CUDA_VISIBLE_DEVICES": "GPU-8a1c2d3e"}) is None  # a UUID: cannot be told
 
 
+def test_the_gpu_a_task_records_is_the_one_slurm_gave_it():
+    # a site that constrains devices numbers the job's GPUs from 0; Slurm's list holds the machine's
+    renumbered = {"CUDA_VISIBLE_DEVICES": "0", "SLURM_JOB_GPUS": "3"}
+    assert machine_gpu(0, renumbered) == 3
+    assert machine_gpu(1, {"CUDA_VISIBLE_DEVICES": "0,1", "SLURM_STEP_GPUS": "2,5", "SLURM_JOB_GPUS": "9"}) == 5
+    assert machine_gpu(0, {"CUDA_VISIBLE_DEVICES": "3", "SLURM_JOB_GPUS": "3"}) == 3  # not renumbered
+    # --gpus all in a task of --gpus-per-task 2: each worker sees its GPU, and records the machine's number
+    plan = plan_gpus("all", None, None, None, lambda: 2, {"CUDA_VISIBLE_DEVICES": "0,1", "SLURM_JOB_GPUS": "4,6"})
+    assert plan == [GpuAssignment(0, 0, 4), GpuAssignment(1, 1, 6)]
+    assert plan[1].env()["CUDA_VISIBLE_DEVICES"] == "1" and plan[1].env()["SWEEPS_GPU"] == "6"
+    assert [str(a) for a in plan] == ["worker 0 -> GPU 4", "worker 1 -> GPU 6"]
+
+
 def test_study_devices_that_fight_gpus():
     for ok in ("auto", "cuda", "cuda:0"):
         check_device(ok)

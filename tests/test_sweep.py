@@ -489,6 +489,9 @@ def test_an_interrupted_trial_does_not_count_and_the_rerun_completes_the_study(t
     interrupted = study.trials[1]
     assert interrupted.state == TrialState.FAIL
     assert interrupted.user_attrs["error"] == "interrupted: KeyboardInterrupt"
+    # whose it was: the worker that stopped (`sweeps studies --workers` counts it among its failed)
+    assert (interrupted.user_attrs["worker"], interrupted.user_attrs["sampler_seed"]) == (
+        first.user_attrs["worker"], first.user_attrs["sampler_seed"])
 
     assert main([str(study_file), "--quiet"]) == 0
     study = load(db)

@@ -59,8 +59,12 @@ class Books:
 
     def __init__(self, study: optuna.Study, config: SweepConfig, n_trials: int, keeper=None,
                  callbacks: list[Callback] | None = None, at_end: Callable[[optuna.Study], None] | None = None,
-                 spending: Spending | None = None, display: Progress | None = None):
+                 spending: Spending | None = None, display: Progress | None = None,
+                 identity: dict[str, object] | None = None):
+        """`identity`: the worker's attributes (number, sampler seed), recorded on the trials it
+        closes unfinished too, so a stopped worker's failed trials say whose they were."""
         self.study = study
+        self.identity = dict(identity or {})
         self.storage = study_storage(study)  # Optuna's cached storage, which the study itself uses
         self.study_id = study_id_of(study)
         self.config = config
@@ -280,7 +284,7 @@ class Books:
         """Fail a trial this process cannot finish and, when interrupted, queue its configuration
         to run again (the retry queue of `study.max_retry`)."""
         trial = self.open.pop(trial_id)
-        write_trial_batch(self.storage, trial_id, error_attrs(reason), {})
+        write_trial_batch(self.storage, trial_id, {**self.identity, **error_attrs(reason)}, {})
         self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         self.heartbeat.discard(trial_id)
         if requeue and self.config.study.max_retry > 0:

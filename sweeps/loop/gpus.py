@@ -5,6 +5,11 @@ Each worker process is started with `CUDA_VISIBLE_DEVICES=<its index>` and
 and CUDA's numbering matches `nvidia-smi` (CUDA's default order is fastest first). The variables
 must be set before CUDA initialises in that process, which is why even one worker runs as a child.
 
+Under Slurm (`sweeps slurm --gpus-per-task`), CUDA_VISIBLE_DEVICES may be numbered from 0 within
+the job (a site that constrains devices with cgroups renumbers them), while $SLURM_STEP_GPUS or
+$SLURM_JOB_GPUS hold the machine's numbers of the same GPUs, in the same order: the index a trial
+records (`machine_gpu`), and each worker's $SWEEPS_GPU under `--gpus all`, is the machine's.
+
 Everything here is pure (the environment and the device count are arguments), except
 `cuda_device_count`, so the parsing and the assignment are tested without a GPU.
 """
@@ -18,6 +23,7 @@ from sweeps.config.schema import ConfigError
 
 GPUS_ENV = "SWEEPS_GPUS"  # --gpus when the flag is absent
 GPU_ENV = "SWEEPS_GPU"  # set on each worker: its GPU's index on the machine (nvidia-smi's numbering)
+SLURM_GPU_ENVS = ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS")  # the machine's indexes of the GPUs Slurm gave
 DEVICES_WITH_GPUS = ("auto", "cuda", "cuda:0")  # with --gpus a worker's only device is cuda:0
 
 
@@ -27,17 +33,24 @@ class GpuError(ValueError):
 
 @dataclass(frozen=True)
 class GpuAssignment:
-    """Worker `worker` (its --worker-index) runs on the machine's GPU `gpu`."""
+    """Worker `worker` (its --worker-index) runs on the machine's GPU `gpu`; `machine`: its
+    machine number when this process's CUDA_VISIBLE_DEVICES numbers it otherwise (under Slurm)."""
 
     worker: int
     gpu: int
+    machine: int | None = None
+
+    @property
+    def number(self) -> int:
+        """The GPU's number on the machine (nvidia-smi's)."""
+        return self.gpu if self.machine is None else self.machine
 
     def env(self) -> dict[str, str]:
         """The worker's own variables: only its GPU visible, numbered as nvidia-smi numbers it."""
-        return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": str(self.gpu), GPU_ENV: str(self.gpu)}
+        return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": str(self.gpu), GPU_ENV: str(self.number)}
 
     def __str__(self) -> str:
-        return f"worker {self.worker} -> GPU {self.gpu}"
+        return f"worker {self.worker} -> GPU {self.number}"
 
 
 def visible_indexes(env: Mapping[str, str]) -> list[int] | None:
@@ -50,6 +63,29 @@ def visible_indexes(env: Mapping[str, str]) -> list[int] | None:
         return [int(part) for part in value.split(",") if part.strip()]
     except ValueError:
         return None
+
+
+def slurm_gpus(env: Mapping[str, str]) -> list[int] | None:
+    """The machine's indexes of the GPUs Slurm gave this job step (or job), in its order; None
+    outside Slurm, without GPUs, or when Slurm names them otherwise."""
+    for name in SLURM_GPU_ENVS:
+        value = env.get(name, "").strip()
+        if value:
+            try:
+                return [int(part) for part in value.split(",") if part.strip()]
+            except ValueError:
+                return None
+    return None
+
+
+def machine_numbers(visible: list[int], env: Mapping[str, str]) -> list[int] | None:
+    """The machine's numbers of the GPUs that $CUDA_VISIBLE_DEVICES lists as `visible`, when
+    Slurm says them and they differ (numbered within the job); None when they are the same."""
+    given = slurm_gpus(env)
+    listed = visible_indexes(env)
+    if given is None or listed is None or len(given) != len(listed) or given == listed:
+        return None
+    return [given[listed.index(v)] if v in listed else v for v in visible]
 
 
 def parse_gpus(spec: str, cuda_count: int, env: Mapping[str, str]) -> list[int]:
@@ -87,17 +123,19 @@ def parse_gpus(spec: str, cuda_count: int, env: Mapping[str, str]) -> list[int]:
 
 
 def assign(gpus: list[int], trials_per_gpu: int = 1, workers: int | None = None,
-           first_index: int = 0) -> list[GpuAssignment]:
+           first_index: int = 0, machine: list[int] | None = None) -> list[GpuAssignment]:
     """`trials_per_gpu` workers on each GPU, round-robin (worker i on gpus[i % len(gpus)]), so
     the first trials spread over every GPU. An explicit `workers` must be GPUs x trials_per_gpu:
-    any other count would leave some GPU with fewer workers than asked for, silently."""
+    any other count would leave some GPU with fewer workers than asked for, silently. `machine`:
+    the machine's numbers of `gpus`, when they differ (`machine_numbers`)."""
     if trials_per_gpu < 1:
         raise GpuError(f"--trials-per-gpu must be >= 1 (got {trials_per_gpu})")
     total = len(gpus) * trials_per_gpu
     if workers is not None and workers != total:
         raise GpuError(f"--workers {workers} does not match {len(gpus)} GPU(s) x --trials-per-gpu {trials_per_gpu} "
                        f"= {total}; leave --workers out with --gpus, it defaults to that product")
-    return [GpuAssignment(first_index + i, gpus[i % len(gpus)]) for i in range(total)]
+    return [GpuAssignment(first_index + i, gpus[i % len(gpus)], machine[i % len(gpus)] if machine else None)
+            for i in range(total)]
 
 
 def check_device(device: str) -> None:
@@ -118,7 +156,9 @@ def machine_gpu(cuda_index: int, env: Mapping[str, str]) -> int | None:
     if "CUDA_VISIBLE_DEVICES" not in env:
         return cuda_index
     visible = visible_indexes(env)
-    return visible[cuda_index] if visible is not None and cuda_index < len(visible) else None
+    if visible is None or cuda_index >= len(visible):
+        return None
+    return (machine_numbers([visible[cuda_index]], env) or [visible[cuda_index]])[0]
 
 
 def cuda_device_count() -> int:
@@ -146,4 +186,5 @@ def plan_gpus(spec: str | None, trials_per_gpu: int | None, workers: int | None,
     if not count and not dry_run:
         raise GpuError(f"--gpus {spec}: no CUDA device is visible (torch.cuda.is_available() is False); check the "
                        "driver with nvidia-smi and that torch is a CUDA build, or run without --gpus")
-    return assign(gpus, 1 if trials_per_gpu is None else trials_per_gpu, workers, first_index or 0)
+    return assign(gpus, 1 if trials_per_gpu is None else trials_per_gpu, workers, first_index or 0,
+                  machine_numbers(gpus, env))

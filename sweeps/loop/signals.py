@@ -1,5 +1,6 @@
-"""SIGTERM (what `docker stop` sends) ends a sweep the way Ctrl-C does: open trials are failed and
-queued again, and the process exits at once instead of leaving its trial RUNNING."""
+"""SIGTERM (what `docker stop`, `scancel` and a Kubernetes eviction send) ends a sweep the way Ctrl-C
+does: open trials are failed and queued again, and the process exits at once instead of leaving its
+trial RUNNING. A second SIGTERM changes nothing."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ class Terminated(BaseException):
 
 
 def raise_terminated(signum, frame) -> None:
+    """The first SIGTERM stops the sweep; any later one is ignored, so it cannot interrupt the closing
+    of the open trials this one starts. Slurm signals every process of a job, and its batch script
+    (`sweeps slurm`) passes the signal on too: a worker may get two within milliseconds."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated(f"signal {signum}")
 
 

@@ -60,7 +60,7 @@ class SweepLoop:
         self.last_error: str | None = None
         # what the bookkeeper runs, handed over whole at the fork (or to its thread)
         self.books = Books(study, config, n_trials, getattr(objective, "keeper", None), callbacks, at_end,
-                           spending=spending, display=display)
+                           spending=spending, display=display, identity=getattr(objective, "identity", None))
         self.book: BooksClient | None = None
 
     @property

@@ -8,7 +8,8 @@ its heartbeat has stopped, how long until it goes stale and is queued again. A r
 the store is one asked for: each worker asks for its next trial while the current one trains, so
 a worker holds up to two, and the time shown is since it was asked. No per-trial percentage: the
 store does not know how far a trial has trained. Under them, the study's counts, best value,
-budget spent by finished trials, and the ETA.
+budget spent by finished trials, and the ETA; for `sweeps slurm --wait`, the array's tasks too
+(how many run, wait in the queue, and have registered as workers).
 
 On a terminal those lines are a region redrawn in place, and the workers' own stderr (a failed
 trial's line) comes through the parent and is printed above it; anywhere else, one plain line per
@@ -56,12 +57,15 @@ class WorkersProgress:
     """Polled by the parent (`__call__` once a second); `forward` passes a worker's stderr through."""
 
     def __init__(self, study: optuna.Study, n_trials: int, budget: Budget, metric: str, stream: TextIO | None = None,
-                 ledger: Callable[[], str] | None = None, per_trial: float | None = None):
+                 ledger: Callable[[], str] | None = None, per_trial: float | None = None,
+                 workers: Callable[[], str] | None = None):
         """`ledger`: reads the study.total_budget figures (spent, left, rate) from the store;
-        `per_trial`: what a trial trains, branches included (default the budget's per_trial)."""
+        `per_trial`: what a trial trains, branches included (default the budget's per_trial);
+        `workers`: says where the workers are (a Slurm array's tasks), "" for nothing."""
         self.study = study
         self.per_trial = budget.per_trial if per_trial is None else per_trial
         self.ledger = ledger
+        self.workers = workers
         self.n_trials = n_trials
         self.budget = budget
         self.metric = metric
@@ -92,6 +96,7 @@ class WorkersProgress:
                    "best": best,
                    "budget": f"budget {100 * state.spent / total:.0f}% of {total:g} {self.budget.unit}",
                    **({"ledger": text} if self.ledger is not None and (text := self.ledger()) else {}),
+                   **({"workers": text} if self.workers is not None and (text := self.workers()) else {}),
                    "eta": f"ETA {'-' if eta is None else duration(eta)}",
                    "time": duration(now - self.started)}
         if self.tty:

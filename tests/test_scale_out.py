@@ -1,0 +1,105 @@
+"""docs/scale_out.md: its commands are the tested ones. The one-host and many-hosts commands run
+here, as written, with a short study's `--set` overrides after them; the Slurm lines are those
+tests/test_slurm.py runs; the kubectl lines are docs/kubernetes.md's, on the manifests
+tests/test_kubernetes.py validates; the script the page shows is what `--dry-run` prints."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests import test_slurm
+from tests.test_slurm import FINISHED, assert_exactly_finished, project_env, sweeps_argv, with_examples
+
+REPO = Path(__file__).resolve().parents[1]
+PAGE = REPO / "docs" / "scale_out.md"
+PG_URL = os.environ.get("SWEEPS_TEST_POSTGRES_URL")
+needs_pg = pytest.mark.skipif(not PG_URL, reason="set SWEEPS_TEST_POSTGRES_URL to run PostgreSQL tests")
+
+ONE_HOST = "sweeps run examples/digits.yaml --workers 4"
+EACH_HOST = "sweeps run examples/digits.yaml"
+WORKERS = "sweeps studies examples/digits.yaml --workers"
+TESTED = {ONE_HOST, EACH_HOST, WORKERS, *test_slurm.DOC_COMMANDS}
+# a short study: 8 trials of 12,000 examples each
+SHORT = ["--set", "study.n_trials=8", "--set", "budget.per_trial=12000", "--set", "budget.eval_every=4000"]
+
+
+def shell_lines(text: str) -> list[str]:
+    """The commands of the page's sh blocks, one per line (continuations joined, comments cut)."""
+    lines = []
+    for block in re.findall(r"```sh\n(.*?)```", text, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            command = re.sub(r"\s+#.*$", "", line).strip()
+            if command:
+                lines.append(" ".join(command.split()))
+    return lines
+
+
+def test_every_command_on_the_page_is_one_the_tests_run():
+    lines = shell_lines(PAGE.read_text())
+    sweeps_lines = [line for line in lines if line.startswith("sweeps ")]
+    assert set(sweeps_lines) == TESTED  # each tested one is on the page, and nothing else
+    kubernetes = shell_lines((REPO / "docs" / "kubernetes.md").read_text())
+    kubectl = [line for line in lines if line.startswith(("kubectl", "PASSWORD="))]
+    assert kubectl and all(line in kubernetes for line in kubectl)  # the Kubernetes page's own steps
+    for line in kubectl:
+        for path in re.findall(r"(?:-k|-f) (\S+)", line):
+            assert (REPO / path).exists(), path
+    assert set(lines) - set(sweeps_lines) - set(kubectl) == {
+        "export SWEEPS_STORAGE=postgresql+psycopg://sweeps:PASSWORD@db.example:5432/sweeps"}
+
+
+def test_the_script_on_the_page_is_what_dry_run_prints(tmp_path, capsys, monkeypatch):
+    shown = re.search(r"```bash\n(#!/bin/bash\n.*?)```", PAGE.read_text(), flags=re.S).group(1)
+    done = test_slurm.dry_run(tmp_path, test_slurm.DOC_DRY_RUN, capsys=capsys, monkeypatch=monkeypatch,
+                              storage="postgresql+psycopg://sweeps:PASSWORD@db.example:5432/sweeps")
+    assert done.returncode == 0, done.stderr
+    printed = done.stdout.replace(str(tmp_path), "/home/me/sweeps").replace(
+        shlex.quote(sys.executable), "/home/me/venv/bin/python")
+    assert printed == shown
+
+
+def run(folder: Path, command: str, *extra: str, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(sweeps_argv(command, *extra), cwd=folder, env=project_env(**env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen, timeout: float = 240) -> str:
+    out, err = process.communicate(timeout=timeout)
+    assert process.returncode == 0, out + err
+    return out
+
+
+def test_one_host(tmp_path):
+    folder = with_examples(tmp_path)
+    finish(run(folder, ONE_HOST, *SHORT, SWEEPS_STORAGE=""))
+    store = f"sqlite:///{folder / 'examples' / 'digits.db'}"  # the study file's own store
+    assert_exactly_finished(optuna.load_study(study_name="digits-mlp", storage=store).trials, 8)
+    listed = finish(run(folder, WORKERS, SWEEPS_STORAGE=""))
+    assert "workers of digits-mlp: 4\n" in listed
+
+
+@needs_pg
+def test_many_hosts_on_one_store(tmp_path):
+    folder = with_examples(tmp_path)
+    name = f"scale-out-{os.urandom(4).hex()}"
+    try:
+        hosts = [run(folder, EACH_HOST, *SHORT, "--study-name", name, SWEEPS_STORAGE=PG_URL) for _ in range(2)]
+        for host in hosts:
+            finish(host)
+        trials = optuna.load_study(study_name=name, storage=PG_URL).trials
+        assert_exactly_finished(trials, 8)
+        assert {t.user_attrs["worker"] for t in trials if t.state in FINISHED} <= {0, 1}
+        assert not [t for t in trials if t.state == TrialState.RUNNING]
+        listed = finish(run(folder, WORKERS, SWEEPS_STORAGE=PG_URL))
+        assert f"workers of {name}: 2\n" in listed
+    finally:
+        optuna.delete_study(study_name=name, storage=PG_URL)
