@@ -66,13 +66,14 @@ def synthetic_study(storage: str | None = None, name: str = "synthetic", directi
     return study
 
 
-def in_process(main: Callable[[list[str]], int | None], args: list[str], capsys) -> subprocess.CompletedProcess:
+def in_process(main: Callable[[list[str]], int | None], args: list[str], capture) -> subprocess.CompletedProcess:
     """`main(args)` of an entry point in this process, read as its subprocess would be: the exit code
     (returned, or raised with SystemExit as argparse does), stdout, and stderr with the warnings a plain
     interpreter would print there (pytest would otherwise collect them unseen). For the cases where the
     process itself is not the point; each entry point keeps a real subprocess test of its own. The
-    caller sets the working folder and environment (monkeypatch.chdir, monkeypatch.setenv)."""
-    capsys.readouterr()  # what came before is not this command's output
+    caller sets the working folder and environment (monkeypatch.chdir, monkeypatch.setenv). `capture`:
+    capsys, or capfd where child processes write to the same file descriptors."""
+    capture.readouterr()  # what came before is not this command's output
     with warnings.catch_warnings(record=True) as caught:
         warnings.resetwarnings()  # the interpreter's default filters, not pytest's
         warnings.simplefilter("default")
@@ -87,6 +88,6 @@ def in_process(main: Callable[[list[str]], int | None], args: list[str], capsys)
     elif not isinstance(code, int):  # sys.exit("message"): printed on stderr, exit 1
         print(code, file=sys.stderr)
         code = 1
-    out, err = capsys.readouterr()
+    out, err = capture.readouterr()
     err += "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno) for w in caught)
     return subprocess.CompletedProcess(["main", *args], code, out, err)

@@ -2,6 +2,10 @@
 
 The PostgreSQL URL comes from SWEEPS_TEST_POSTGRES_URL, which .ci/run sets; under CI a missing
 URL fails these tests instead of skipping them.
+
+Where a test signals or kills a process, every process is a real `python -m sweeps.run`; where
+it only reads what a run of --workers leaves, the parent runs in this process (`parent`) and its
+workers are real child processes.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from optuna.trial import TrialState
 from sqlalchemy import select
 
 from storage.workers import WORKERS
+from sweeps.run import main as run_main
+from tests.conftest import in_process
 
 REPO = Path(__file__).resolve().parents[1]
 PG_URL = os.environ.get("SWEEPS_TEST_POSTGRES_URL")
@@ -76,6 +82,20 @@ def start(path: Path, *args: str, storage: str | None = None) -> subprocess.Pope
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.fixture
+def parent(monkeypatch, capfd):
+    """(path, *args, storage=URL) -> `python -m sweeps.run PATH --quiet ARGS` as `start` runs it, with this
+    process as the parent of --workers: its exit code, and stdout and stderr, its real worker processes'
+    included (they write to the same file descriptors)."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # what `start` gives a process, and so its children
+
+    def run(path: Path, *args: str, storage: str) -> subprocess.CompletedProcess:
+        monkeypatch.setenv("SWEEPS_STORAGE", storage)
+        return in_process(run_main, [str(path), "--quiet", *args], capfd)
+
+    return run
+
+
 def load(name: str, storage: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage)
 
@@ -99,11 +119,11 @@ def assert_exactly(study: optuna.Study, n_trials: int) -> None:
 
 
 @needs_pg
-def test_four_workers_share_one_study_on_postgres(tmp_path):
+def test_four_workers_share_one_study_on_postgres(tmp_path, parent):
     name = unique("four")
     path = study_file(tmp_path, name, n_trials=12)
-    done = start(path, "--workers", "4", storage=PG_URL)
-    out, err = done.communicate(timeout=300)
+    done = parent(path, "--workers", "4", storage=PG_URL)
+    out, err = done.stdout, done.stderr
     assert done.returncode == 0, err
     study = load(name, PG_URL)
     assert_exactly(study, 12)  # no overshoot
@@ -149,7 +169,8 @@ def test_a_killed_worker_costs_only_its_trial(tmp_path):
 @needs_pg
 def test_sigterm_closes_the_trial_and_exits_quickly(tmp_path):
     name = unique("term")
-    path = study_file(tmp_path, name, n_trials=3, seconds=3.0)
+    # 2 s trials: SIGTERM comes well inside the first (it is sent as soon as it shows RUNNING)
+    path = study_file(tmp_path, name, n_trials=2, seconds=2.0)
     worker = start(path, storage=PG_URL)
     wait_for_running(name, PG_URL)
     sent = time.monotonic()
@@ -165,13 +186,13 @@ def test_sigterm_closes_the_trial_and_exits_quickly(tmp_path):
     again = start(path, storage=PG_URL)
     _, err = again.communicate(timeout=300)
     assert again.returncode == 0, err
-    assert_exactly(load(name, PG_URL), 3)
+    assert_exactly(load(name, PG_URL), 2)  # the closed trial, run again, and one more
 
 
 @needs_pg
 def test_sigterm_stops_every_worker_of_workers_n(tmp_path):
     name = unique("termn")
-    path = study_file(tmp_path, name, n_trials=6, seconds=3.0)
+    path = study_file(tmp_path, name, n_trials=6, seconds=2.0)
     parent = start(path, "--workers", "2", storage=PG_URL)
     wait_for_running(name, PG_URL)
     time.sleep(1.0)
@@ -230,25 +251,26 @@ def test_workers_ride_out_a_database_restart(tmp_path):
         assert trial.intermediate_values
 
 
-def test_bad_url_fails_fast_without_the_password(tmp_path):
+def test_bad_url_fails_fast_without_the_password(tmp_path, parent):
+    """(In this process: an exception that escaped would fail the test, where a subprocess printed a Traceback.)"""
     path = study_file(tmp_path, "bad", n_trials=1)
     started = time.monotonic()
-    done = start(path, storage="postgresql+psycopg://sweeper:sekret-pw@127.0.0.1:1/nowhere")
-    _, err = done.communicate(timeout=60)
+    done = parent(path, storage="postgresql+psycopg://sweeper:sekret-pw@127.0.0.1:1/nowhere")
+    err = done.stderr
     assert done.returncode == 3
     assert time.monotonic() - started < 20
     assert "cannot open storage" in err and "sweeper:***@127.0.0.1:1" in err
     assert "sekret-pw" not in err and "Traceback" not in err
-    done = start(path, storage="notadb://what:sekret-pw@h/db")
-    _, err = done.communicate(timeout=60)
+    done = parent(path, storage="notadb://what:sekret-pw@h/db")
+    err = done.stderr
     assert done.returncode == 2 and "dialect 'notadb' is not supported" in err  # a usage error, not an outage
     assert "sekret-pw" not in err
 
 
-def test_four_local_workers_on_sqlite_never_lock(tmp_path):
+def test_four_local_workers_on_sqlite_never_lock(tmp_path, parent):
     path = study_file(tmp_path, "local", n_trials=12)
-    done = start(path, "--workers", "4", storage=f"sqlite:///{tmp_path}/local.db")
-    _, err = done.communicate(timeout=300)
+    done = parent(path, "--workers", "4", storage=f"sqlite:///{tmp_path}/local.db")
+    err = done.stderr
     assert done.returncode == 0, err
     assert "locked" not in err
     study = load("local", f"sqlite:///{tmp_path}/local.db")
@@ -328,7 +350,7 @@ def test_a_killed_worker_of_workers_n_on_sqlite(tmp_path):
 
 
 @needs_pg
-def test_a_worker_that_raises_is_named_and_the_study_still_ends(tmp_path):
+def test_a_worker_that_raises_is_named_and_the_study_still_ends(tmp_path, parent):
     """The second trial built raises KeyboardInterrupt in its worker, which closes its trials, queues
     them again and exits 130; the other workers finish the study, and the parent ends with exit 0."""
     name = unique("raises")
@@ -337,8 +359,8 @@ def test_a_worker_that_raises_is_named_and_the_study_still_ends(tmp_path):
     data["objective"] = {"task": "tests.tasks_for_tests:scripted",
                          "options": {"counter": str(tmp_path / "builds"), "interrupt": 2}}
     path.write_text(yaml.safe_dump(data))
-    done = start(path, "--workers", "2", storage=PG_URL)
-    out, err = done.communicate(timeout=300)
+    done = parent(path, "--workers", "2", storage=PG_URL)
+    out, err = done.stdout, done.stderr
     assert done.returncode == 0, err
     assert_exactly(load(name, PG_URL), 4)
     assert "4 trials finished; best val_mse" in out
