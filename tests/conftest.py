@@ -16,6 +16,8 @@ from sweeps.config.study_file import SweepConfig, parse_config
 from sweeps.config.target import target_of
 from sweeps.loop.runner import run_sweep
 
+REPO = Path(__file__).resolve().parents[1]
+
 TINY = {
     "study": {"name": "tiny", "metric": "val_mse", "direction": "minimize", "n_trials": 3, "seed": 0},
     "sampler": {"name": "random"},
@@ -91,3 +93,26 @@ def in_process(main: Callable[[list[str]], int | None], args: list[str], capture
     out, err = capture.readouterr()
     err += "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno) for w in caught)
     return subprocess.CompletedProcess(["main", *args], code, out, err)
+
+
+@pytest.fixture
+def run_here(monkeypatch, capfd):
+    """`python -m sweeps.run ARGS` with this process as that process, for a run a test only reads (the parent
+    of --workers, say): (args, cwd=None, storage=None) -> its exit code, stdout and stderr, its real worker
+    processes' included (they write to the file descriptors capfd collects). Its workers get PYTHONPATH=the
+    repository, as the tests' subprocesses do; $SWEEPS_STORAGE is `storage`, unset without it."""
+    from sweeps.run import main
+
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+
+    def run(args: list[str], cwd: Path | None = None, storage: str | None = None) -> subprocess.CompletedProcess:
+        with monkeypatch.context() as m:
+            if cwd is not None:
+                m.chdir(cwd)
+            if storage is None:
+                m.delenv("SWEEPS_STORAGE", raising=False)
+            else:
+                m.setenv("SWEEPS_STORAGE", storage)
+            return in_process(main, args, capfd)
+
+    return run

@@ -28,8 +28,6 @@ from optuna.trial import TrialState
 from sqlalchemy import select
 
 from storage.workers import WORKERS
-from sweeps.run import main as run_main
-from tests.conftest import in_process
 
 REPO = Path(__file__).resolve().parents[1]
 PG_URL = os.environ.get("SWEEPS_TEST_POSTGRES_URL")
@@ -83,15 +81,13 @@ def start(path: Path, *args: str, storage: str | None = None) -> subprocess.Pope
 
 
 @pytest.fixture
-def parent(monkeypatch, capfd):
+def parent(run_here):
     """(path, *args, storage=URL) -> `python -m sweeps.run PATH --quiet ARGS` as `start` runs it, with this
     process as the parent of --workers: its exit code, and stdout and stderr, its real worker processes'
-    included (they write to the same file descriptors)."""
-    monkeypatch.setenv("PYTHONPATH", str(REPO))  # what `start` gives a process, and so its children
+    included."""
 
     def run(path: Path, *args: str, storage: str) -> subprocess.CompletedProcess:
-        monkeypatch.setenv("SWEEPS_STORAGE", storage)
-        return in_process(run_main, [str(path), "--quiet", *args], capfd)
+        return run_here([str(path), "--quiet", *args], storage=storage)
 
     return run
 
