@@ -66,8 +66,10 @@ def console(monkeypatch, capsys):
 
 
 @pytest.fixture
-def forget_task_modules(tmp_path):
-    """After the test, no module imported from its folder stays loaded in this process."""
+def isolated_imports(tmp_path, monkeypatch):
+    """The import path as it was before the test (a run appends its task folders) and, after it, no module
+    imported from the test's folder still loaded in this process."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
     yield
     for name, module in list(sys.modules.items()):
         if str(getattr(module, "__file__", None) or "").startswith(str(tmp_path)):
@@ -231,14 +233,12 @@ def test_best_export_of_a_coupled_trial_keeps_its_effective_lr(tmp_path, console
 
 
 @pytest.mark.parametrize("task", ["csv", "beside_csv:factory"])
-def test_best_export_to_another_folder_trains_on_the_same_data(tmp_path, task, console, monkeypatch,
-                                                              forget_task_modules):
+def test_best_export_to_another_folder_trains_on_the_same_data(tmp_path, task, console, isolated_imports):
     """The export's relative data path is rewritten for its own folder, so it reads the same file
     from anywhere; a task module found beside the study file is named, with how to reach it."""
     from objectives.tasks import samples
 
     interpreter_path = list(sys.path)
-    monkeypatch.setattr(sys, "path", list(sys.path))  # the task folders the runs add, undone after the test
     home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
     elsewhere.mkdir()
     samples.write_csv(str(home / "data" / "t.csv"), rows=60)
@@ -413,18 +413,20 @@ def test_a_task_module_in_the_working_directory_or_beside_the_study(form, tmp_pa
     assert "task module beside the study" in done.stderr
 
 
-def test_workers_children_find_the_working_directorys_task_module(tmp_path):
-    """The children of --workers (`python -m sweeps.console`, in the parent's working directory)."""
+def test_workers_children_find_the_working_directorys_task_module(tmp_path, run_here, isolated_imports):
+    """The children of --workers (`python -m sweeps.console`, in the parent's working directory); the
+    parent runs in this process, its children are real processes."""
     (tmp_path / "task_mod.py").write_text(TASK_MODULE.format("of the working directory"))
     study = task_study(tmp_path / "sub", "task_mod:regression", n_trials=2)
-    done = entry("installed", [str(study.relative_to(tmp_path)), "--workers", "2", "--quiet"], tmp_path)
+    done = run_here([str(study.relative_to(tmp_path)), "--workers", "2", "--quiet"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "2 trials finished" in done.stdout
+    assert done.stderr.count("task module of the working directory") == 3, done.stderr  # the parent, 2 children
 
 
-def test_a_missing_task_module_names_the_folders_searched(tmp_path):
+def test_a_missing_task_module_names_the_folders_searched(tmp_path, console):
     study = task_study(tmp_path / "sub", "nowhere:factory")
-    done = entry("installed", ["sub/tiny.yaml", "--dry-run"], tmp_path)
+    done = console(["run", "sub/tiny.yaml", "--dry-run"], tmp_path)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert f"the working directory {tmp_path}, then the study file's folder {study.parent}" in done.stderr
 
