@@ -2,7 +2,7 @@
 malformed file rejected in one line with exit 2 and no store, augmentation, short real sweeps.
 
 The usage errors run `sweeps.run.main` in this process (tests.conftest.in_process: its exit code
-and stderr, warnings included); one case of each kind also runs as `python -m sweeps.run`."""
+and stderr, warnings included); one malformed file also runs as `python -m sweeps.run`."""
 
 from __future__ import annotations
 
@@ -577,15 +577,10 @@ def test_a_metric_the_task_does_not_produce_exits_2_before_training(tmp_path, ta
     assert list(tmp_path.glob("*.db*")) == []
 
 
-def test_the_real_command_exits_2_with_one_line_for_a_file_and_a_metric(tmp_path):
-    """`python -m sweeps.run` in a fresh interpreter: a malformed file and a metric the task does not
-    produce each end in exit 2 and one stderr line, and no store (the cases above run in process)."""
+def test_the_real_command_exits_2_with_one_line_naming_a_malformed_file(tmp_path):
+    """`python -m sweeps.run` in a fresh interpreter: a malformed file ends in exit 2, one stderr line,
+    and no store (the cases above run in process)."""
     task, options, bad_file, expected = break_csv_ragged(tmp_path)
     lines = error_lines_of_a_usage_error(subprocess_run([str(study_file(tmp_path, task, options))], tmp_path))
     assert len(lines) == 1 and str(bad_file) in lines[0] and expected in lines[0], lines
-    write_metric_case_csv(tmp_path)
-    task, options, metric, direction, produced = METRIC_CASES[0]
-    study = study_file(tmp_path, task, options, metric=metric, direction=direction)
-    lines = error_lines_of_a_usage_error(subprocess_run([str(study), "--dry-run"], tmp_path))
-    assert len(lines) == 1 and f"study.metric: {produced}" in lines[0], lines
     assert list(tmp_path.glob("*.db*")) == []
