@@ -399,18 +399,18 @@ def test_the_repository_example_task_imports_from_the_repository_root(form):
 
 @pytest.mark.parametrize("form", list(FORMS))
 def test_a_task_module_in_the_working_directory_or_beside_the_study(form, tmp_path):
-    (tmp_path / "task_mod.py").write_text(TASK_MODULE.format("of the working directory"))
+    """One run per form: the study in sub/ names task_mod, which both folders hold; the working
+    directory's wins, and it imports `beside`, which only the study file's folder holds."""
+    (tmp_path / "task_mod.py").write_text("import beside\n" + TASK_MODULE.format("of the working directory"))
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "beside.py").write_text(TASK_MODULE.format("beside the study"))
-    (tmp_path / "sub" / "task_mod.py").write_text(TASK_MODULE.format("beside the study"))
+    (tmp_path / "sub" / "task_mod.py").write_text(TASK_MODULE.format("in the study's folder, imported first"))
     done = entry(form, [str(task_study(tmp_path / "sub", "task_mod:regression").relative_to(tmp_path)),
                         "--dry-run"], tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "task module of the working directory" in done.stderr  # the working directory comes first
-    done = entry(form, ["sub/beside.yaml", "--dry-run"],
-                 task_study(tmp_path / "sub", "beside:regression", name="beside").parents[1])
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "task module beside the study" in done.stderr
+    assert "imported first" not in done.stderr
+    assert "task module beside the study" in done.stderr  # then the study file's folder
 
 
 def test_workers_children_find_the_working_directorys_task_module(tmp_path, run_here, isolated_imports):
