@@ -136,9 +136,10 @@ def test_four_workers_share_one_study_on_postgres(tmp_path, parent):
 
 
 @needs_pg
-def test_a_killed_worker_costs_only_its_trial(tmp_path):
-    """SIGKILL mid-trial: the survivor, already running, fails the dead worker's trials once their
-    heartbeat is `grace_period` old, re-runs their configurations, and the study ends exact."""
+def test_a_killed_worker_costs_only_its_trial(tmp_path, run_here):
+    """SIGKILL mid-trial: the survivor (here, this process), already running, fails the dead worker's
+    trials once their heartbeat is `grace_period` old, re-runs their configurations, and the study ends
+    exact."""
     name = unique("kill")
     path = study_file(tmp_path, name, n_trials=4, seconds=1.0, grace_period=8)
     victim = start(path, storage=PG_URL)
@@ -149,9 +150,8 @@ def test_a_killed_worker_costs_only_its_trial(tmp_path):
     assert held, "the killed worker leaves its trials RUNNING"
     # The survivor takes the free slots at once; the dead worker's trials are not stale yet, so it
     # waits for them (instead of ending the study short) until their grace period runs out.
-    survivor = start(path, storage=PG_URL)
-    _, err = survivor.communicate(timeout=300)
-    assert survivor.returncode == 0, err
+    survivor = run_here([str(path), "--quiet"], storage=PG_URL)
+    assert survivor.returncode == 0, survivor.stderr
     study = load(name, PG_URL)
     assert_exactly(study, 4)
     failed = {t.number: t for t in study.get_trials(states=(TrialState.FAIL,))}
@@ -163,7 +163,7 @@ def test_a_killed_worker_costs_only_its_trial(tmp_path):
 
 
 @needs_pg
-def test_sigterm_closes_the_trial_and_exits_quickly(tmp_path):
+def test_sigterm_closes_the_trial_and_exits_quickly(tmp_path, run_here):
     name = unique("term")
     # 2 s trials: SIGTERM comes well inside the first (it is sent as soon as it shows RUNNING)
     path = study_file(tmp_path, name, n_trials=2, seconds=2.0)
@@ -179,14 +179,13 @@ def test_sigterm_closes_the_trial_and_exits_quickly(tmp_path):
     assert not study.get_trials(states=(TrialState.RUNNING,))
     assert study.get_trials(states=(TrialState.FAIL,))
     assert study.get_trials(states=(TrialState.WAITING,)), "the closed trial is queued again"
-    again = start(path, storage=PG_URL)
-    _, err = again.communicate(timeout=300)
-    assert again.returncode == 0, err
+    again = run_here([str(path), "--quiet"], storage=PG_URL)  # the resumed run, in this process
+    assert again.returncode == 0, again.stderr
     assert_exactly(load(name, PG_URL), 2)  # the closed trial, run again, and one more
 
 
 @needs_pg
-def test_sigterm_stops_every_worker_of_workers_n(tmp_path):
+def test_sigterm_stops_every_worker_of_workers_n(tmp_path, run_here):
     name = unique("termn")
     path = study_file(tmp_path, name, n_trials=6, seconds=2.0)
     parent = start(path, "--workers", "2", storage=PG_URL)
@@ -200,9 +199,10 @@ def test_sigterm_stops_every_worker_of_workers_n(tmp_path):
     assert "Traceback" not in err
     study = load(name, PG_URL)
     assert not study.get_trials(states=(TrialState.RUNNING,))
-    again = start(path, "--workers", "2", "--n-trials", "4", storage=PG_URL)
-    _, err = again.communicate(timeout=300)
-    assert again.returncode == 0, err
+    # what the stopped workers left (their closed trials queued again) resumes to exactly the trials asked;
+    # in this process, one worker
+    again = run_here([str(path), "--quiet", "--n-trials", "4"], storage=PG_URL)
+    assert again.returncode == 0, again.stderr
     assert_exactly(load(name, PG_URL), 4)
 
 
