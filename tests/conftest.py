@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -12,6 +15,8 @@ import pytest
 from sweeps.config.study_file import SweepConfig, parse_config
 from sweeps.config.target import target_of
 from sweeps.loop.runner import run_sweep
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY = {
     "study": {"name": "tiny", "metric": "val_mse", "direction": "minimize", "n_trials": 3, "seed": 0},
@@ -61,3 +66,53 @@ def synthetic_study(storage: str | None = None, name: str = "synthetic", directi
     study.set_user_attr("budget_unit", "examples")
     study.set_user_attr("step_unit", "examples")
     return study
+
+
+def in_process(main: Callable[[list[str]], int | None], args: list[str], capture) -> subprocess.CompletedProcess:
+    """`main(args)` of an entry point in this process, read as its subprocess would be: the exit code
+    (returned, or raised with SystemExit as argparse does), stdout, and stderr with the warnings a plain
+    interpreter would print there (pytest would otherwise collect them unseen). For the cases where the
+    process itself is not the point; each entry point keeps a real subprocess test of its own. The
+    caller sets the working folder and environment (monkeypatch.chdir, monkeypatch.setenv). `capture`:
+    capsys, or capfd where child processes write to the same file descriptors."""
+    capture.readouterr()  # what came before is not this command's output
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.resetwarnings()  # the interpreter's default filters, not pytest's
+        warnings.simplefilter("default")
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+            warnings.filterwarnings("ignore", category=category)
+        try:
+            code = main(args)
+        except SystemExit as stop:
+            code = stop.code
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):  # sys.exit("message"): printed on stderr, exit 1
+        print(code, file=sys.stderr)
+        code = 1
+    out, err = capture.readouterr()
+    err += "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno) for w in caught)
+    return subprocess.CompletedProcess(["main", *args], code, out, err)
+
+
+@pytest.fixture
+def run_here(monkeypatch, capfd):
+    """`python -m sweeps.run ARGS` with this process as that process, for a run a test only reads (the parent
+    of --workers, say): (args, cwd=None, storage=None) -> its exit code, stdout and stderr, its real worker
+    processes' included (they write to the file descriptors capfd collects). Its workers get PYTHONPATH=the
+    repository, as the tests' subprocesses do; $SWEEPS_STORAGE is `storage`, unset without it."""
+    from sweeps.run import main
+
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+
+    def run(args: list[str], cwd: Path | None = None, storage: str | None = None) -> subprocess.CompletedProcess:
+        with monkeypatch.context() as m:
+            if cwd is not None:
+                m.chdir(cwd)
+            if storage is None:
+                m.delenv("SWEEPS_STORAGE", raising=False)
+            else:
+                m.setenv("SWEEPS_STORAGE", storage)
+            return in_process(main, args, capfd)
+
+    return run

@@ -87,7 +87,7 @@ def test_unknown_task_and_bad_flags_exit_2(tmp_path, capsys):
     assert list(tmp_path.glob("*.db")) == []
 
 
-def test_cli_subprocess_runs_from_another_folder_and_resolves_the_store_beside_the_file(tmp_path):
+def test_cli_subprocess_runs_from_another_folder_and_resolves_the_store_beside_the_file(tmp_path, run_here):
     study = write_study(tmp_path, study={"storage": "sqlite:///rel.db", "n_trials": 2})
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -100,8 +100,7 @@ def test_cli_subprocess_runs_from_another_folder_and_resolves_the_store_beside_t
     assert "2/2 done" in done.stderr and "best val_mse" in done.stdout
     assert "Recommendation: train at batch size" in done.stdout, "the end of a sweep gives the report's answer"
     bad = write_study(tmp_path, study={"storgae": "x"})
-    done = subprocess.run([sys.executable, "-m", "sweeps.run", str(bad)], cwd=elsewhere, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = run_here([str(bad)], cwd=elsewhere)  # in this process: an escaping exception would fail the test
     assert done.returncode == 2
     assert "study.storgae: unknown key (did you mean 'storage'?)" in done.stderr
     assert "Traceback" not in done.stderr

@@ -1,8 +1,11 @@
-"""The `sweeps` console command: real subprocesses, run from a folder outside the repository.
+"""The `sweeps` console command, run from a folder outside the repository.
 
 The console entry point is tested as the installed script runs it (`from sweeps.console import
 main`) and as `python -m sweeps.console`; both from a folder whose own `storage.py` and
-`objectives.py` would break the project's packages if they were imported.
+`objectives.py` would break the project's packages if they were imported. Those, the import-path
+cases of each entry point (the installed script, `python -m sweeps.run`, `python -m sweeps.console`,
+the children of --workers) and what a fresh interpreter imports are real subprocesses; what each
+subcommand does is checked in this process (`console`: the same `main`, its exit code and output).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import optuna
 import pytest
 import yaml
 
-from tests.conftest import TINY
+from tests.conftest import TINY, in_process
 
 REPO = Path(__file__).resolve().parents[1]
 PG_URL = os.environ.get("SWEEPS_TEST_POSTGRES_URL")
@@ -43,6 +46,35 @@ def env(**extra: str) -> dict[str, str]:
 
 def sweeps(args: list[str], cwd: Path, form: list[str] = SCRIPT, **extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([*form, *args], cwd=cwd, env=env(**extra), capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def console(monkeypatch, capsys):
+    """`sweeps ARGS` in this process: (args, cwd, **env) -> its exit code and output, as `sweeps` gives them
+    in `cwd` with `env` added to the environment ($SWEEPS_STORAGE unset unless given)."""
+    from sweeps.console import main
+
+    monkeypatch.delenv("SWEEPS_STORAGE", raising=False)
+
+    def run(args: list[str], cwd: Path, **extra: str) -> subprocess.CompletedProcess:
+        with monkeypatch.context() as m:
+            m.chdir(cwd)
+            for key, value in extra.items():
+                m.setenv(key, value)
+            return in_process(main, args, capsys)
+
+    return run
+
+
+@pytest.fixture
+def isolated_imports(tmp_path, monkeypatch):
+    """The import path as it was before the test (a run appends its task folders) and, after it, no module
+    imported from the test's folder still loaded in this process."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    yield
+    for name, module in list(sys.modules.items()):
+        if str(getattr(module, "__file__", None) or "").startswith(str(tmp_path)):
+            del sys.modules[name]
 
 
 def write_study(folder: Path, name: str = "tiny", n_trials: int = 2, **study: object) -> Path:
@@ -69,16 +101,16 @@ def test_top_level_help_lists_every_subcommand(tmp_path):
     assert "example" in done.stdout
 
 
-def test_no_subcommand_or_an_unknown_one_is_a_usage_error(tmp_path):
-    assert sweeps([], tmp_path).returncode == 2
-    done = sweeps(["nonsense"], tmp_path)
+def test_no_subcommand_or_an_unknown_one_is_a_usage_error(tmp_path, console):
+    assert console([], tmp_path).returncode == 2
+    done = console(["nonsense"], tmp_path)
     assert done.returncode == 2
     assert "invalid choice" in done.stderr
 
 
 @pytest.mark.parametrize("name", SUBCOMMANDS)
-def test_each_subcommand_help_shows_an_example(name, tmp_path):
-    done = sweeps([name, "--help"], tmp_path)
+def test_each_subcommand_help_shows_an_example(name, tmp_path, console):
+    done = console([name, "--help"], tmp_path)
     assert done.returncode == 0, done.stderr
     assert f"usage: sweeps {name} " in done.stdout, "the usage line names the command as users type it"
     assert "example" in done.stdout.lower(), done.stdout
@@ -92,15 +124,20 @@ def test_importing_the_dispatcher_does_not_import_torch_or_optuna(tmp_path):
     assert done.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("name", ["studies", "best", "report"])
-def test_read_only_subcommands_do_not_import_torch(name, tmp_path):
+READ_ONLY = ["studies", "best", "report"]
+
+
+def test_read_only_subcommands_do_not_import_torch(tmp_path):
+    """One interpreter runs each one's --help in turn: a line per command, its module loaded, torch not."""
     code = ("import sys; from sweeps.console import main\n"
-            f"try:\n    main([{name!r}, '--help'])\nexcept SystemExit:\n    pass\n"
-            f"print({'sweeps.' + name!r} in sys.modules, 'torch' in sys.modules)")
+            f"for name in {READ_ONLY!r}:\n"
+            "    try:\n        main([name, '--help'])\n    except SystemExit:\n        pass\n"
+            "    print('result', name, 'sweeps.' + name in sys.modules, 'torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env(), capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip().splitlines()[-1] == "True False"
+    results = [line for line in done.stdout.splitlines() if line.startswith("result ")]
+    assert results == [f"result {name} True False" for name in READ_ONLY]
 
 
 @pytest.mark.parametrize("form", [SCRIPT, MODULE], ids=["script", "python-m"])
@@ -124,26 +161,26 @@ def test_python_m_sweeps_run_in_such_a_folder_is_what_breaks(shadowed):
     assert "user's own" in done.stderr
 
 
-def test_run_and_report_dispatch_to_the_module_mains(tmp_path):
+def test_run_and_report_dispatch_to_the_module_mains(tmp_path, console):
     study = write_study(tmp_path)
-    done = sweeps(["run", str(study), "--quiet"], tmp_path)
+    done = console(["run", str(study), "--quiet"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     loaded = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'tiny.db'}")
     assert len(loaded.trials) == 2
     out = tmp_path / "out"
-    done = sweeps(["report", str(study), "--out", str(out), "--top", "2"], tmp_path)
+    done = console(["report", str(study), "--out", str(out), "--top", "2"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "study tiny: 2 complete" in done.stdout
     assert (out / "summary.json").is_file()
-    done = sweeps(["run", str(study), "--n-trials", "0"], tmp_path)  # the module's own checks answer
+    done = console(["run", str(study), "--n-trials", "0"], tmp_path)  # the module's own checks answer
     assert done.returncode == 2
     assert "--n-trials must be >= 1" in done.stderr
 
 
-def test_best_prints_and_its_export_reproduces_the_trial(tmp_path):
+def test_best_prints_and_its_export_reproduces_the_trial(tmp_path, console):
     study = write_study(tmp_path, n_trials=3, seed=5)
-    assert sweeps(["run", str(study), "--quiet"], tmp_path).returncode == 0
-    done = sweeps(["best", str(study), "--top", "2", "--export", "best.yaml"], tmp_path)
+    assert console(["run", str(study), "--quiet"], tmp_path).returncode == 0
+    done = console(["best", str(study), "--top", "2", "--export", "best.yaml"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert lines[0] == "study tiny: best 2 of 3 finished trials (minimize val_mse)"
@@ -167,7 +204,7 @@ def test_best_prints_and_its_export_reproduces_the_trial(tmp_path):
     assert exported["sampler"] == {"name": "random"} and exported["pruner"] == {"name": "none"}
     assert exported["study"]["n_trials"] == 1
 
-    done = sweeps(["run", "best.yaml", "--quiet"], tmp_path)
+    done = console(["run", "best.yaml", "--quiet"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     again = optuna.load_study(study_name=f"tiny-trial{best.number}",
                               storage=f"sqlite:///{tmp_path / f'tiny-trial{best.number}.db'}").trials
@@ -177,7 +214,7 @@ def test_best_prints_and_its_export_reproduces_the_trial(tmp_path):
     assert abs(again[0].value - best.value) <= 1e-6, (again[0].value, best.value)
 
 
-def test_best_export_of_a_horizon_trains_its_recorded_value(tmp_path):
+def test_best_export_of_a_horizon_trains_its_recorded_value(tmp_path, console):
     """With budget.horizons, `sweeps best --export FILE --horizon H` then `sweeps run FILE`: the
     dedicated run of the shorter horizon gives the value the horizon recorded, to the last bit."""
     data = copy.deepcopy(TINY)
@@ -185,15 +222,15 @@ def test_best_export_of_a_horizon_trains_its_recorded_value(tmp_path):
     data["budget"]["horizons"] = ["0.25x", 20]
     data["search"]["warmup_fraction"] = {"low": 0.05, "high": 0.3}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    assert sweeps(["run", "tiny.yaml", "--quiet"], tmp_path).returncode == 0
-    done = sweeps(["best", "tiny.yaml", "--export", "h.yaml", "--horizon", "0.25x"], tmp_path)
+    assert console(["run", "tiny.yaml", "--quiet"], tmp_path).returncode == 0
+    done = console(["best", "tiny.yaml", "--export", "h.yaml", "--horizon", "0.25x"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "best per horizon (updates)" in done.stdout
     trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'tiny.db'}").trials
     recorded = {t.number: t.user_attrs["horizons"][0] for t in trials}
     number = min(recorded, key=lambda n: (recorded[n]["value"], n))  # minimize val_mse
     assert recorded[number]["length"] == 10
-    done = sweeps(["run", "h.yaml", "--quiet"], tmp_path)
+    done = console(["run", "h.yaml", "--quiet"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     again = optuna.load_study(study_name=f"tiny-trial{number}-h10",
                               storage=f"sqlite:///{tmp_path / f'tiny-trial{number}-h10.db'}").trials
@@ -201,15 +238,15 @@ def test_best_export_of_a_horizon_trains_its_recorded_value(tmp_path):
     assert again[0].user_attrs["updates"] == recorded[number]["updates"] == 10
 
 
-def test_best_export_of_a_coupled_trial_keeps_its_effective_lr(tmp_path):
+def test_best_export_of_a_coupled_trial_keeps_its_effective_lr(tmp_path, console):
     """With linear coupling the exported base LR is the trial's coupled LR, not its sampled base LR;
     searched epochs are fixed at the trial's."""
     data = copy.deepcopy(TINY)
     data["study"].update(n_trials=2)
     data["search"].update(coupling="linear", batch_size=[64], reference_batch_size=16, epochs=[1, 2])
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(data))
-    assert sweeps(["run", "tiny.yaml", "--quiet"], tmp_path).returncode == 0
-    assert sweeps(["best", "tiny.yaml", "--export", "b.yaml"], tmp_path).returncode == 0
+    assert console(["run", "tiny.yaml", "--quiet"], tmp_path).returncode == 0
+    assert console(["best", "tiny.yaml", "--export", "b.yaml"], tmp_path).returncode == 0
     trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'tiny.db'}").trials
     best = min(trials, key=lambda t: t.value)
     exported = yaml.safe_load((tmp_path / "b.yaml").read_text())
@@ -221,11 +258,12 @@ def test_best_export_of_a_coupled_trial_keeps_its_effective_lr(tmp_path):
 
 
 @pytest.mark.parametrize("task", ["csv", "beside_csv:factory"])
-def test_best_export_to_another_folder_trains_on_the_same_data(tmp_path, task):
+def test_best_export_to_another_folder_trains_on_the_same_data(tmp_path, task, console, isolated_imports):
     """The export's relative data path is rewritten for its own folder, so it reads the same file
     from anywhere; a task module found beside the study file is named, with how to reach it."""
     from objectives.tasks import samples
 
+    interpreter_path = list(sys.path)
     home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
     elsewhere.mkdir()
     samples.write_csv(str(home / "data" / "t.csv"), rows=60)
@@ -234,18 +272,20 @@ def test_best_export_to_another_folder_trains_on_the_same_data(tmp_path, task):
     data["study"].update(name="csv", n_trials=2, metric="val_accuracy", direction="maximize")
     data["objective"] = {"task": task, "options": {"path": "data/t.csv", "target": "species", "hidden": 4}}
     (home / "csv.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    assert sweeps(["run", "csv.yaml", "--quiet"], home).returncode == 0
-    done = sweeps(["best", "csv.yaml", "--export", "../elsewhere/b.yaml"], home)
+    assert console(["run", "csv.yaml", "--quiet"], home).returncode == 0
+    done = console(["best", "csv.yaml", "--export", "../elsewhere/b.yaml"], home)
     assert done.returncode == 0, done.stderr[-3000:]
     exported = yaml.safe_load((elsewhere / "b.yaml").read_text())
     assert (elsewhere / exported["objective"]["options"]["path"]).resolve() == (home / "data" / "t.csv").resolve()
-    extra = {}
     if task != "csv":  # the module is beside the study file, not the export: the note says so and how
-        assert "beside_csv" in done.stderr and str(home) in done.stderr, done.stderr
-        extra["PYTHONPATH"] = os.pathsep.join([str(home), env()["PYTHONPATH"]])
+        assert "beside_csv" in done.stderr and f"PYTHONPATH={home}" in done.stderr, done.stderr
     else:
         assert done.stderr == ""
-    done = sweeps(["run", str(elsewhere / "b.yaml"), "--quiet"], tmp_path, **extra)  # from a third folder
+    # a fresh interpreter, as the note says to start it: PYTHONPATH=home for the user's module, nothing of the
+    # earlier runs (their task folders on the path, their imported task module)
+    sys.path[:] = ([str(home)] if task != "csv" else []) + interpreter_path
+    sys.modules.pop("beside_csv", None)
+    done = console(["run", str(elsewhere / "b.yaml"), "--quiet"], tmp_path)  # from a third folder
     assert done.returncode == 0, done.stderr[-3000:]
     best = max(optuna.load_study(study_name="csv", storage=f"sqlite:///{home / 'csv.db'}").trials,
                key=lambda t: t.value)
@@ -253,28 +293,29 @@ def test_best_export_to_another_folder_trains_on_the_same_data(tmp_path, task):
                               storage=f"sqlite:///{elsewhere / f'csv-trial{best.number}.db'}").trials
     assert abs(again[0].value - best.value) <= 1e-6
 
-def test_best_without_a_store(tmp_path):
+
+def test_best_without_a_store(tmp_path, console):
     study = write_study(tmp_path)
-    done = sweeps(["best", str(study)], tmp_path)
+    done = console(["best", str(study)], tmp_path)
     assert done.returncode == 3
     assert "no store at" in done.stderr
 
 
-def test_training_seed_is_validated(tmp_path):
+def test_training_seed_is_validated(tmp_path, console):
     study = write_study(tmp_path, training_seed=-1)
-    done = sweeps(["run", str(study), "--dry-run"], tmp_path)
+    done = console(["run", str(study), "--dry-run"], tmp_path)
     assert done.returncode == 2
     assert "study.training_seed" in done.stderr
 
 
-def test_studies_lists_a_sqlite_store_and_creates_nothing(tmp_path):
+def test_studies_lists_a_sqlite_store_and_creates_nothing(tmp_path, console):
     first = write_study(tmp_path, name="alpha", n_trials=2)
     second = write_study(tmp_path, name="beta", n_trials=1, storage="sqlite:///alpha.db")
-    assert sweeps(["run", str(first), "--quiet"], tmp_path).returncode == 0
-    assert sweeps(["run", str(second), "--quiet"], tmp_path).returncode == 0
+    assert console(["run", str(first), "--quiet"], tmp_path).returncode == 0
+    assert console(["run", str(second), "--quiet"], tmp_path).returncode == 0
     before = sorted(p.name for p in tmp_path.iterdir())
     stamp = (tmp_path / "alpha.db").stat().st_mtime_ns
-    done = sweeps(["studies", str(first)], tmp_path)
+    done = console(["studies", str(first)], tmp_path)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == f"store: sqlite:///{tmp_path / 'alpha.db'}"
@@ -291,10 +332,10 @@ def test_studies_lists_a_sqlite_store_and_creates_nothing(tmp_path):
     latest = max(t.datetime_complete for t in alpha.trials).strftime("%Y-%m-%d %H:%M:%S")
     assert " ".join(rows["alpha"][7:]) == latest
 
-    by_flag = sweeps(["studies", "--storage", "sqlite:///alpha.db"], tmp_path)  # relative: the working folder
+    by_flag = console(["studies", "--storage", "sqlite:///alpha.db"], tmp_path)  # relative: the working folder
     assert by_flag.returncode == 0, by_flag.stderr
     assert by_flag.stdout == done.stdout
-    by_env = sweeps(["studies"], tmp_path, SWEEPS_STORAGE=f"sqlite:///{tmp_path / 'alpha.db'}")
+    by_env = console(["studies"], tmp_path, SWEEPS_STORAGE=f"sqlite:///{tmp_path / 'alpha.db'}")
     assert by_env.stdout == done.stdout
 
     with_workers = sweeps(["studies", str(first), "--workers"], tmp_path)
@@ -305,35 +346,35 @@ def test_studies_lists_a_sqlite_store_and_creates_nothing(tmp_path):
     assert alpha_workers[2].split()[:2] == ["0", socket.gethostname()] and alpha_workers[2].split()[5:7] == ["2", "0"]
 
 
-def test_studies_without_a_store_named_is_a_usage_error(tmp_path):
-    done = sweeps(["studies"], tmp_path)
+def test_studies_without_a_store_named_is_a_usage_error(tmp_path, console):
+    done = console(["studies"], tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "error: no store named: pass a study file, --storage URL or set $SWEEPS_STORAGE"]
 
 
-def test_studies_on_a_missing_sqlite_file_creates_nothing(tmp_path):
-    done = sweeps(["studies", "--storage", "sqlite:///missing.db"], tmp_path)
+def test_studies_on_a_missing_sqlite_file_creates_nothing(tmp_path, console):
+    done = console(["studies", "--storage", "sqlite:///missing.db"], tmp_path)
     assert done.returncode == 3
     assert done.stderr.strip().splitlines() == [f"error: no store at {tmp_path / 'missing.db'}"]
     assert list(tmp_path.iterdir()) == []
 
 
-def test_studies_on_a_file_that_is_not_a_store(tmp_path):
+def test_studies_on_a_file_that_is_not_a_store(tmp_path, console):
     (tmp_path / "junk.db").write_text("not a database")
-    done = sweeps(["studies", "--storage", "sqlite:///junk.db"], tmp_path)
+    done = console(["studies", "--storage", "sqlite:///junk.db"], tmp_path)
     assert done.returncode == 3
     assert len(done.stderr.strip().splitlines()) == 1 and "cannot read storage" in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.db"]
 
 
 @needs_pg
-def test_studies_lists_a_postgresql_store(tmp_path):
+def test_studies_lists_a_postgresql_store(tmp_path, console):
     name = f"console-{uuid.uuid4().hex[:8]}"
     study = write_study(tmp_path, name=name, n_trials=1)
     try:
-        assert sweeps(["run", str(study), "--storage", PG_URL, "--quiet"], tmp_path).returncode == 0
-        done = sweeps(["studies", "--storage", PG_URL], tmp_path)
+        assert console(["run", str(study), "--storage", PG_URL, "--quiet"], tmp_path).returncode == 0
+        done = console(["studies", "--storage", PG_URL], tmp_path)
         assert done.returncode == 0, done.stderr
         rows = {line.split()[0]: line.split() for line in done.stdout.splitlines()[2:]}
         assert rows[name][1:6] == ["minimize", "1", "0", "0", "0"]
@@ -343,12 +384,12 @@ def test_studies_lists_a_postgresql_store(tmp_path):
 
 
 @pytest.mark.skipif(not (REPO / "sweeps" / "config" / "overrides.py").is_file(), reason="no --set in this tree")
-def test_best_reads_the_config_the_study_ran_with(tmp_path):
+def test_best_reads_the_config_the_study_ran_with(tmp_path, console):
     """A study run with --set stored its config: the export keeps the overridden warmup, not the file's 0."""
     study = write_study(tmp_path, n_trials=1)
-    done = sweeps(["run", str(study), "--quiet", "--set", "search.warmup_fraction=0.2"], tmp_path)
+    done = console(["run", str(study), "--quiet", "--set", "search.warmup_fraction=0.2"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    done = sweeps(["best", str(study), "--export", "b.yaml"], tmp_path)
+    done = console(["best", str(study), "--export", "b.yaml"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert yaml.safe_load((tmp_path / "b.yaml").read_text())["search"]["warmup_fraction"] == 0.2
     assert dict(zip(done.stdout.splitlines()[1].split(), done.stdout.splitlines()[2].split()))["warmup"] == "0.2"
@@ -390,32 +431,34 @@ def test_the_repository_example_task_imports_from_the_repository_root(form):
 
 @pytest.mark.parametrize("form", list(FORMS))
 def test_a_task_module_in_the_working_directory_or_beside_the_study(form, tmp_path):
-    (tmp_path / "task_mod.py").write_text(TASK_MODULE.format("of the working directory"))
+    """One run per form: the study in sub/ names task_mod, which both folders hold; the working
+    directory's wins, and it imports `beside`, which only the study file's folder holds."""
+    (tmp_path / "task_mod.py").write_text("import beside\n" + TASK_MODULE.format("of the working directory"))
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "beside.py").write_text(TASK_MODULE.format("beside the study"))
-    (tmp_path / "sub" / "task_mod.py").write_text(TASK_MODULE.format("beside the study"))
+    (tmp_path / "sub" / "task_mod.py").write_text(TASK_MODULE.format("in the study's folder, imported first"))
     done = entry(form, [str(task_study(tmp_path / "sub", "task_mod:regression").relative_to(tmp_path)),
                         "--dry-run"], tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "task module of the working directory" in done.stderr  # the working directory comes first
-    done = entry(form, ["sub/beside.yaml", "--dry-run"],
-                 task_study(tmp_path / "sub", "beside:regression", name="beside").parents[1])
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "task module beside the study" in done.stderr
+    assert "imported first" not in done.stderr
+    assert "task module beside the study" in done.stderr  # then the study file's folder
 
 
-def test_workers_children_find_the_working_directorys_task_module(tmp_path):
-    """The children of --workers (`python -m sweeps.console`, in the parent's working directory)."""
+def test_workers_children_find_the_working_directorys_task_module(tmp_path, run_here, isolated_imports):
+    """The children of --workers (`python -m sweeps.console`, in the parent's working directory); the
+    parent runs in this process, its children are real processes."""
     (tmp_path / "task_mod.py").write_text(TASK_MODULE.format("of the working directory"))
     study = task_study(tmp_path / "sub", "task_mod:regression", n_trials=2)
-    done = entry("installed", [str(study.relative_to(tmp_path)), "--workers", "2", "--quiet"], tmp_path)
+    done = run_here([str(study.relative_to(tmp_path)), "--workers", "2", "--quiet"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "2 trials finished" in done.stdout
+    assert done.stderr.count("task module of the working directory") == 3, done.stderr  # the parent, 2 children
 
 
-def test_a_missing_task_module_names_the_folders_searched(tmp_path):
+def test_a_missing_task_module_names_the_folders_searched(tmp_path, console):
     study = task_study(tmp_path / "sub", "nowhere:factory")
-    done = entry("installed", ["sub/tiny.yaml", "--dry-run"], tmp_path)
+    done = console(["run", "sub/tiny.yaml", "--dry-run"], tmp_path)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert f"the working directory {tmp_path}, then the study file's folder {study.parent}" in done.stderr
 

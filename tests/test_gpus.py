@@ -1,6 +1,7 @@
-"""`--gpus`: one GPU per worker. Parsing and assignment as pure functions, the CLI as real
-subprocesses (CUDA hidden, so they behave the same on any machine), the CPU side of the trial
-attributes, and the probed micro-batch kept per device model."""
+"""`--gpus`: one GPU per worker. Parsing and assignment as pure functions, the CLI (CUDA hidden, so
+it behaves the same on any machine: a real subprocess for the dry run's plan, `sweeps.run.main` in
+this process for the rest), the CPU side of the trial attributes, and the probed micro-batch kept per
+device model."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from sweeps.loop.runner import run_sweep
 from sweeps.loop.workers import run_workers
 from sweeps.trial.record import PROBED_MICRO_BATCH_ATTR
 from sweeps.trial.run_one import SweepObjective, gpu_attrs, probed_for
-from tests.conftest import TINY, merged
+from tests.conftest import TINY, in_process, merged
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -52,12 +53,28 @@ def write_study(folder: Path, **overrides) -> Path:
     return path
 
 
-def cli(study: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+def subprocess_cli(study: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     """`python -m sweeps.run` with CUDA hidden: no GPU, whatever the machine has."""
     full_env = {k: v for k, v in os.environ.items() if k not in (GPUS_ENV, GPU_ENV, "SWEEPS_STORAGE")}
     full_env.update({"PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "", **env})
     return subprocess.run([sys.executable, "-m", "sweeps.run", str(study), *args], env=full_env,
                           capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """`sweeps.run.main` in this process, as `subprocess_cli` runs it: CUDA hidden (no device counted
+    whatever the machine has), `env` added to the environment."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(run_cli, "cuda_device_count", lambda: 0)
+
+    def run(study: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+        with monkeypatch.context() as m:
+            for key, value in env.items():
+                m.setenv(key, value)
+            return in_process(run_cli.main, [str(study), *args], capsys)
+
+    return run
 
 
 # --- parsing and assignment (pure) ---
@@ -151,11 +168,11 @@ def test_study_devices_that_fight_gpus():
             check_device(bad)
 
 
-# --- the CLI, as real subprocesses ---
+# --- the CLI: one real subprocess, the rest in this process ---
 
 
 def test_dry_run_prints_each_workers_gpu_without_cuda(tmp_path):
-    done = cli(write_study(tmp_path), "--dry-run", "--gpus", "0,2,3", "--trials-per-gpu", "2")
+    done = subprocess_cli(write_study(tmp_path), "--dry-run", "--gpus", "0,2,3", "--trials-per-gpu", "2")
     assert done.returncode == 0, done.stderr
     lines = [line.strip() for line in done.stdout.splitlines() if line.strip().startswith("worker ")]
     assert lines == ["worker 0 -> GPU 0", "worker 1 -> GPU 2", "worker 2 -> GPU 3",
@@ -163,7 +180,7 @@ def test_dry_run_prints_each_workers_gpu_without_cuda(tmp_path):
     assert "nvidia-smi" in done.stdout
 
 
-def test_dry_run_takes_sweeps_gpus_from_the_environment(tmp_path):
+def test_dry_run_takes_sweeps_gpus_from_the_environment(tmp_path, cli):
     done = cli(write_study(tmp_path), "--dry-run", SWEEPS_GPUS="1")
     assert done.returncode == 0, done.stderr
     assert "worker 0 -> GPU 1" in done.stdout
@@ -179,7 +196,7 @@ def test_dry_run_takes_sweeps_gpus_from_the_environment(tmp_path):
     (["--dry-run", "--gpus", "0,1", "--workers", "3"], "--workers 3 does not match"),
     (["--dry-run", "--trials-per-gpu", "2"], "--trials-per-gpu needs --gpus"),
 ])
-def test_unusable_gpus_exit_2_with_one_line(tmp_path, args, says):
+def test_unusable_gpus_exit_2_with_one_line(tmp_path, args, says, cli):
     study = write_study(tmp_path, study={"storage": "sqlite:///store.db"})
     done = cli(study, *args)
     assert done.returncode == exits.USAGE == 2
@@ -187,15 +204,15 @@ def test_unusable_gpus_exit_2_with_one_line(tmp_path, args, says):
     assert not (tmp_path / "store.db").exists()
 
 
-def test_gpus_with_a_cpu_study_is_a_config_error(tmp_path):
+def test_gpus_with_a_cpu_study_is_a_config_error(tmp_path, cli):
     done = cli(write_study(tmp_path, objective={"device": "cpu"}), "--dry-run", "--gpus", "0")
     assert done.returncode == 2
     assert "objective.device" in done.stderr and "auto or cuda" in done.stderr
 
 
-def test_help_documents_the_flags(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "sweeps.run", "--help"], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+def test_help_documents_the_flags(capsys):
+    done = in_process(run_cli.main, ["--help"], capsys)
+    assert done.returncode == 0
     assert "--gpus" in done.stdout and "--trials-per-gpu" in done.stdout and "GPUs x" in done.stdout
 
 

@@ -156,11 +156,12 @@ def test_sqlite_sweep_stops_at_its_total_and_a_resume_respects_what_is_left(tmp_
 
 
 @needs_pg
-def test_three_workers_on_postgres_never_exceed_the_total(tmp_path):
+def test_three_workers_on_postgres_never_exceed_the_total(tmp_path, run_here):
+    """The parent runs in this process; its three workers are real processes."""
     name = unique("ledger3")
     path = write(tmp_path, name, VARIED, heartbeat_interval=1, grace_period=3)
-    done = start(path, "--workers", "3", storage=PG_URL)
-    out, err = done.communicate(timeout=300)
+    done = run_here([str(path), "--quiet", "--workers", "3"], storage=PG_URL)
+    out, err = done.stdout, done.stderr
     assert done.returncode == 0, err
     study = assert_books_balance(name, PG_URL, 2000)
     state = ledger_of(name, PG_URL)

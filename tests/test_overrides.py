@@ -3,9 +3,6 @@ recorded with the study and passed on to the workers of --workers (real sweeps o
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
@@ -164,13 +161,11 @@ def test_a_worker_command_line_carries_the_overrides_in_order(tmp_path):
     assert "--set" not in worker_command(str(study_file), target_of(config), 1)
 
 
-def test_the_workers_of_a_sweep_train_the_overridden_config(tmp_path):
+def test_the_workers_of_a_sweep_train_the_overridden_config(tmp_path, run_here):
+    """The parent runs in this process; its two workers are real processes given the overrides."""
     study_file = write_study(tmp_path, study={"n_trials": 4})
-    env = {k: v for k, v in os.environ.items() if k != "SWEEPS_STORAGE"}
-    env["PYTHONPATH"] = str(REPO)
-    done = subprocess.run([sys.executable, "-m", "sweeps.run", str(study_file), "--quiet", "--workers", "2",
-                           "--set", "search.batch_size=[8]", "--set", "search.base_lr=0.07"],
-                          env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = run_here([str(study_file), "--quiet", "--workers", "2",
+                     "--set", "search.batch_size=[8]", "--set", "search.base_lr=0.07"], cwd=REPO)
     assert done.returncode == 0, done.stderr
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'tiny.db'}")
     trials = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))  # not a surplus ask's stub

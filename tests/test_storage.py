@@ -24,6 +24,7 @@ from storage import StorageError, StorageUsageError, open_storage, redact, resol
 from storage.retry import is_connection_error, with_retry
 from sweeps.config.target import target_of
 from sweeps.loop.runner import run_sweep
+from tests.storage_child import open_in_child
 
 PG_URL = os.environ.get("SWEEPS_TEST_POSTGRES_URL")
 needs_pg = pytest.mark.skipif(not PG_URL, reason="set SWEEPS_TEST_POSTGRES_URL to run PostgreSQL tests")
@@ -220,11 +221,6 @@ def test_with_retry_rides_out_lost_connections_only():
     with pytest.raises(OperationalError):
         with_retry(lambda: (_ for _ in ()).throw(lost_connection()), "test", give_up_after=1.0)
     assert time.monotonic() - started < 2
-
-
-def open_in_child(url: str, barrier) -> None:
-    barrier.wait()
-    open_storage(url, heartbeat_interval=5)
 
 
 @pytest.fixture

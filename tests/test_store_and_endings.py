@@ -98,18 +98,11 @@ def test_report_dashboard_and_screenshot_open_the_store_by_the_same_precedence(t
     assert (tmp_path / "r").is_dir()
 
 
-def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """The CLI in a fresh process from the repository root, with $SWEEPS_STORAGE only if given."""
-    full_env = {k: v for k, v in os.environ.items() if k != "SWEEPS_STORAGE"}
-    full_env.update(PYTHONPATH=str(REPO), **(env or {}))
-    return subprocess.run([sys.executable, "-m", "sweeps.run", *args], env=full_env, cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
-
-
-def test_workers_of_a_sqlite_sweep_write_where_the_parent_resolved(tmp_path):
+def test_workers_of_a_sqlite_sweep_write_where_the_parent_resolved(tmp_path, run_here):
+    """The parent runs in this process, from the repository root; its two workers are real processes."""
     study = write_study(tmp_path, study={"n_trials": 4})
     other = tmp_path / "other.db"
-    done = run_cli(str(study), "--quiet", "--workers", "2", "--storage", f"sqlite:///{other}")
+    done = run_here([str(study), "--quiet", "--workers", "2", "--storage", f"sqlite:///{other}"], cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert finished_in(other) == 4
     assert not (tmp_path / "from_file.db").exists()
@@ -137,13 +130,14 @@ def test_one_worker_and_the_parent_of_workers_print_the_same_summary(tmp_path, c
 
 
 @needs_pg
-def test_the_digits_example_with_three_workers_lands_in_postgres(tmp_path):
+def test_the_digits_example_with_three_workers_lands_in_postgres(tmp_path, run_here):
+    """The parent runs in this process, from the repository root; its three workers are real processes."""
     name = f"digits-w3-{uuid.uuid4().hex[:8]}"
     db = REPO / "examples" / "digits.db"
     before = db.stat().st_mtime_ns if db.exists() else None
     try:
-        done = run_cli("examples/digits.yaml", "--workers", "3", "--n-trials", "6", "--quiet",
-                       "--storage", PG_URL, "--study-name", name)
+        done = run_here(["examples/digits.yaml", "--workers", "3", "--n-trials", "6", "--quiet",
+                         "--storage", PG_URL, "--study-name", name], cwd=REPO)
         assert done.returncode == 0, done.stderr
         assert "6 trials finished" in done.stdout
         study = optuna.load_study(study_name=name, storage=PG_URL)

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
@@ -505,11 +502,11 @@ def test_an_interrupted_trial_does_not_count_and_the_rerun_completes_the_study(t
 
 # --- the shipped examples --------------------------------------------------------------------------
 
-def test_the_digits_example_reaches_95_percent_and_resumes(tmp_path):
+def test_the_digits_example_reaches_95_percent_and_resumes(tmp_path, run_here):
+    """`sweeps run digits.yaml` twice, in this process (the entry point's own process is tested elsewhere)."""
     shutil.copy(REPO / "examples" / "digits.yaml", tmp_path / "digits.yaml")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "sweeps.run", "digits.yaml", "--quiet"]
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    command = ["digits.yaml", "--quiet"]
+    done = run_here(command, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "digits.db").exists()
     study = load(tmp_path / "digits.db", "digits-mlp")
@@ -519,16 +516,17 @@ def test_the_digits_example_reaches_95_percent_and_resumes(tmp_path):
     assert len({t.user_attrs["batch_size"] for t in finished}) >= 3
     assert {t.user_attrs["coupling"] for t in finished} == {"none", "linear", "sqrt"}
     before = [snapshot(t) for t in study.trials]
-    again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    again = run_here(command, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert [snapshot(t) for t in load(tmp_path / "digits.db", "digits-mlp").trials] == before
 
 
-def test_the_user_task_example_runs_from_the_repository_root(tmp_path):
+def test_the_user_task_example_runs_from_the_repository_root(tmp_path, run_here):
+    """In this process; each entry point imports the example's task from the repository root as a real
+    subprocess in tests/test_console.py (test_the_repository_example_task_imports_from_the_repository_root)."""
     db = tmp_path / "moons.db"
-    done = subprocess.run([sys.executable, "-m", "sweeps.run", "examples/custom_task.yaml", "--quiet",
-                           "--n-trials", "5", "--storage", f"sqlite:///{db}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = run_here(["examples/custom_task.yaml", "--quiet", "--n-trials", "5", "--storage", f"sqlite:///{db}"],
+                    cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "best val_accuracy" in done.stdout
     study = load(db, "two-moons")

@@ -1,5 +1,8 @@
 """The built-in tasks that read local files (cifar10, char_lm, csv): each format read, each
-malformed file rejected in one line with exit 2 and no store, augmentation, short real sweeps."""
+malformed file rejected in one line with exit 2 and no store, augmentation, short real sweeps.
+
+The usage errors run `sweeps.run.main` in this process (tests.conftest.in_process: its exit code
+and stderr, warnings included); one malformed file also runs as `python -m sweeps.run`."""
 
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from objectives.tasks.csv_table import csv_table, table_tensors
 from objectives.tasks.datafiles import DataFileError
 from sweeps.config.study_file import parse_config
 from sweeps.run import main
+from tests.conftest import in_process
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -417,21 +421,37 @@ BREAKAGES = [break_cifar_not_a_pickle, break_cifar_wrong_shape, break_cifar_no_l
              break_csv_strings_for_regression]
 
 
-def error_lines_of_a_usage_error(study: Path, cwd: Path) -> list[str]:
-    """Run the study through the real CLI; it must exit 2. Its non-empty stderr lines."""
+def subprocess_run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m sweeps.run ARGS` in a fresh interpreter, from `cwd`, $SWEEPS_STORAGE unset."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("SWEEPS_STORAGE", None)
-    done = subprocess.run([sys.executable, "-m", "sweeps.run", str(study)], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "sweeps.run", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def sweeps_run(monkeypatch, capsys):
+    """`sweeps run ARGS` in this process, from `cwd`, $SWEEPS_STORAGE unset: its exit code and output."""
+    monkeypatch.delenv("SWEEPS_STORAGE", raising=False)
+
+    def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+        monkeypatch.chdir(cwd)
+        return in_process(main, args, capsys)
+
+    return run
+
+
+def error_lines_of_a_usage_error(done: subprocess.CompletedProcess) -> list[str]:
+    """The run must have exited 2. Its non-empty stderr lines."""
     assert done.returncode == 2, done.stderr
     return [line for line in done.stderr.splitlines() if line.strip()]
 
 
 @pytest.mark.parametrize("breakage", BREAKAGES, ids=lambda f: f.__name__[len("break_"):])
-def test_malformed_file_exits_2_with_one_line_naming_it(tmp_path, breakage):
+def test_malformed_file_exits_2_with_one_line_naming_it(tmp_path, breakage, sweeps_run):
     task, options, bad_file, expected = breakage(tmp_path)
     study = study_file(tmp_path, task, options)
-    lines = error_lines_of_a_usage_error(study, tmp_path)
+    lines = error_lines_of_a_usage_error(sweeps_run([str(study)], tmp_path))
     assert len(lines) == 1, lines
     assert str(bad_file) in lines[0] and expected in lines[0], lines[0]
     assert list(tmp_path.glob("*.db*")) == []
@@ -512,43 +532,55 @@ def test_examples_build_on_the_samples_module_output(tmp_path, monkeypatch, caps
 
 
 @pytest.mark.parametrize("kind,direction", [("regression", "maximize"), ("classification", "minimize")])
-def test_a_csv_study_whose_direction_contradicts_the_metric_exits_2(tmp_path, kind, direction):
+def test_a_csv_study_whose_direction_contradicts_the_metric_exits_2(tmp_path, kind, direction, sweeps_run):
     rng = np.random.RandomState(0)
     rows = [[round(rng.randn(), 3), rng.choice(["red", "blue"])] for _ in range(40)]
     write_csv(tmp_path / "t.csv", ["a", "colour"], rows)
     target = "colour" if kind == "classification" else "a"
     options = {"path": "t.csv", "target": target, "kind": kind}
     study = study_file(tmp_path, "csv", options, metric="whatever", direction=direction)
-    lines = error_lines_of_a_usage_error(study, tmp_path)
+    lines = error_lines_of_a_usage_error(sweeps_run([str(study)], tmp_path))
     wanted = "study.direction: maximize" if kind == "classification" else "study.direction: minimize"
     assert len(lines) == 1 and wanted in lines[0], lines
     assert list(tmp_path.glob("*.db*")) == []
 
 
-@pytest.mark.parametrize("task,options,metric,direction,produced", [
+METRIC_CASES = [
     ("csv", {"path": "t.csv", "target": "colour"}, "val_mse", "maximize", "val_accuracy"),  # classification
     ("csv", {"path": "t.csv", "target": "a", "kind": "regression"}, "val_accuracy", "minimize", "val_mse"),
     ("regression", {"dim": 4, "n_train": 64, "n_val": 16}, "val_accuracy", "minimize", "val_mse"),
     ("digits_mlp", {}, "val_loss", "maximize", "val_accuracy"),
     ("examples.custom_task:two_moons", {"n": 100}, "val_mse", "maximize", "val_accuracy"),  # a user task
-])
+]
+
+
+def write_metric_case_csv(folder: Path) -> None:
+    rng = np.random.RandomState(0)
+    write_csv(folder / "t.csv", ["a", "colour"], [[round(rng.randn(), 3), rng.choice(["red", "blue"])]
+                                                  for _ in range(40)])
+
+
+@pytest.mark.parametrize("task,options,metric,direction,produced", METRIC_CASES)
 def test_a_metric_the_task_does_not_produce_exits_2_before_training(tmp_path, task, options, metric, direction,
-                                                                     produced):
+                                                                     produced, sweeps_run):
     """The task's metric is labelled with study.metric everywhere: a name that contradicts it is a
     usage error at --dry-run time, naming the metric the task does produce."""
-    rng = np.random.RandomState(0)
-    write_csv(tmp_path / "t.csv", ["a", "colour"], [[round(rng.randn(), 3), rng.choice(["red", "blue"])]
-                                                    for _ in range(40)])
+    write_metric_case_csv(tmp_path)
     study = study_file(tmp_path, task, options, metric=metric, direction=direction)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("SWEEPS_STORAGE", None)
-    done = subprocess.run([sys.executable, "-m", "sweeps.run", str(study), "--dry-run"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = sweeps_run([str(study), "--dry-run"], tmp_path)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert "study.metric" in lines[0] and metric in lines[0] and f"study.metric: {produced}" in lines[0], lines[0]
     fixed = study_file(tmp_path, task, options, metric=produced, direction=direction)
-    done = subprocess.run([sys.executable, "-m", "sweeps.run", str(fixed), "--dry-run"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = sweeps_run([str(fixed), "--dry-run"], tmp_path)
     assert done.returncode == 0, done.stderr
+    assert list(tmp_path.glob("*.db*")) == []
+
+
+def test_the_real_command_exits_2_with_one_line_naming_a_malformed_file(tmp_path):
+    """`python -m sweeps.run` in a fresh interpreter: a malformed file ends in exit 2, one stderr line,
+    and no store (the cases above run in process)."""
+    task, options, bad_file, expected = break_csv_ragged(tmp_path)
+    lines = error_lines_of_a_usage_error(subprocess_run([str(study_file(tmp_path, task, options))], tmp_path))
+    assert len(lines) == 1 and str(bad_file) in lines[0] and expected in lines[0], lines
     assert list(tmp_path.glob("*.db*")) == []

@@ -2,6 +2,10 @@
 
 The PostgreSQL URL comes from SWEEPS_TEST_POSTGRES_URL, which .ci/run sets; under CI a missing
 URL fails these tests instead of skipping them.
+
+Where a test signals or kills a process, every process is a real `python -m sweeps.run`; where
+it only reads what a run of --workers leaves, the parent runs in this process (`parent`) and its
+workers are real child processes.
 """
 
 from __future__ import annotations
@@ -76,6 +80,18 @@ def start(path: Path, *args: str, storage: str | None = None) -> subprocess.Pope
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.fixture
+def parent(run_here):
+    """(path, *args, storage=URL) -> `python -m sweeps.run PATH --quiet ARGS` as `start` runs it, with this
+    process as the parent of --workers: its exit code, and stdout and stderr, its real worker processes'
+    included."""
+
+    def run(path: Path, *args: str, storage: str) -> subprocess.CompletedProcess:
+        return run_here([str(path), "--quiet", *args], storage=storage)
+
+    return run
+
+
 def load(name: str, storage: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage)
 
@@ -99,11 +115,11 @@ def assert_exactly(study: optuna.Study, n_trials: int) -> None:
 
 
 @needs_pg
-def test_four_workers_share_one_study_on_postgres(tmp_path):
+def test_four_workers_share_one_study_on_postgres(tmp_path, parent):
     name = unique("four")
     path = study_file(tmp_path, name, n_trials=12)
-    done = start(path, "--workers", "4", storage=PG_URL)
-    out, err = done.communicate(timeout=300)
+    done = parent(path, "--workers", "4", storage=PG_URL)
+    out, err = done.stdout, done.stderr
     assert done.returncode == 0, err
     study = load(name, PG_URL)
     assert_exactly(study, 12)  # no overshoot
@@ -120,9 +136,10 @@ def test_four_workers_share_one_study_on_postgres(tmp_path):
 
 
 @needs_pg
-def test_a_killed_worker_costs_only_its_trial(tmp_path):
-    """SIGKILL mid-trial: the survivor, already running, fails the dead worker's trials once their
-    heartbeat is `grace_period` old, re-runs their configurations, and the study ends exact."""
+def test_a_killed_worker_costs_only_its_trial(tmp_path, run_here):
+    """SIGKILL mid-trial: the survivor (here, this process), already running, fails the dead worker's
+    trials once their heartbeat is `grace_period` old, re-runs their configurations, and the study ends
+    exact."""
     name = unique("kill")
     path = study_file(tmp_path, name, n_trials=4, seconds=1.0, grace_period=8)
     victim = start(path, storage=PG_URL)
@@ -133,9 +150,8 @@ def test_a_killed_worker_costs_only_its_trial(tmp_path):
     assert held, "the killed worker leaves its trials RUNNING"
     # The survivor takes the free slots at once; the dead worker's trials are not stale yet, so it
     # waits for them (instead of ending the study short) until their grace period runs out.
-    survivor = start(path, storage=PG_URL)
-    _, err = survivor.communicate(timeout=300)
-    assert survivor.returncode == 0, err
+    survivor = run_here([str(path), "--quiet"], storage=PG_URL)
+    assert survivor.returncode == 0, survivor.stderr
     study = load(name, PG_URL)
     assert_exactly(study, 4)
     failed = {t.number: t for t in study.get_trials(states=(TrialState.FAIL,))}
@@ -147,9 +163,10 @@ def test_a_killed_worker_costs_only_its_trial(tmp_path):
 
 
 @needs_pg
-def test_sigterm_closes_the_trial_and_exits_quickly(tmp_path):
+def test_sigterm_closes_the_trial_and_exits_quickly(tmp_path, run_here):
     name = unique("term")
-    path = study_file(tmp_path, name, n_trials=3, seconds=3.0)
+    # 2 s trials: SIGTERM comes well inside the first (it is sent as soon as it shows RUNNING)
+    path = study_file(tmp_path, name, n_trials=2, seconds=2.0)
     worker = start(path, storage=PG_URL)
     wait_for_running(name, PG_URL)
     sent = time.monotonic()
@@ -162,16 +179,15 @@ def test_sigterm_closes_the_trial_and_exits_quickly(tmp_path):
     assert not study.get_trials(states=(TrialState.RUNNING,))
     assert study.get_trials(states=(TrialState.FAIL,))
     assert study.get_trials(states=(TrialState.WAITING,)), "the closed trial is queued again"
-    again = start(path, storage=PG_URL)
-    _, err = again.communicate(timeout=300)
-    assert again.returncode == 0, err
-    assert_exactly(load(name, PG_URL), 3)
+    again = run_here([str(path), "--quiet"], storage=PG_URL)  # the resumed run, in this process
+    assert again.returncode == 0, again.stderr
+    assert_exactly(load(name, PG_URL), 2)  # the closed trial, run again, and one more
 
 
 @needs_pg
-def test_sigterm_stops_every_worker_of_workers_n(tmp_path):
+def test_sigterm_stops_every_worker_of_workers_n(tmp_path, run_here):
     name = unique("termn")
-    path = study_file(tmp_path, name, n_trials=6, seconds=3.0)
+    path = study_file(tmp_path, name, n_trials=6, seconds=2.0)
     parent = start(path, "--workers", "2", storage=PG_URL)
     wait_for_running(name, PG_URL)
     time.sleep(1.0)
@@ -183,9 +199,10 @@ def test_sigterm_stops_every_worker_of_workers_n(tmp_path):
     assert "Traceback" not in err
     study = load(name, PG_URL)
     assert not study.get_trials(states=(TrialState.RUNNING,))
-    again = start(path, "--workers", "2", "--n-trials", "4", storage=PG_URL)
-    _, err = again.communicate(timeout=300)
-    assert again.returncode == 0, err
+    # what the stopped workers left (their closed trials queued again) resumes to exactly the trials asked;
+    # in this process, one worker
+    again = run_here([str(path), "--quiet", "--n-trials", "4"], storage=PG_URL)
+    assert again.returncode == 0, again.stderr
     assert_exactly(load(name, PG_URL), 4)
 
 
@@ -230,25 +247,26 @@ def test_workers_ride_out_a_database_restart(tmp_path):
         assert trial.intermediate_values
 
 
-def test_bad_url_fails_fast_without_the_password(tmp_path):
+def test_bad_url_fails_fast_without_the_password(tmp_path, parent):
+    """(In this process: an exception that escaped would fail the test, where a subprocess printed a Traceback.)"""
     path = study_file(tmp_path, "bad", n_trials=1)
     started = time.monotonic()
-    done = start(path, storage="postgresql+psycopg://sweeper:sekret-pw@127.0.0.1:1/nowhere")
-    _, err = done.communicate(timeout=60)
+    done = parent(path, storage="postgresql+psycopg://sweeper:sekret-pw@127.0.0.1:1/nowhere")
+    err = done.stderr
     assert done.returncode == 3
     assert time.monotonic() - started < 20
     assert "cannot open storage" in err and "sweeper:***@127.0.0.1:1" in err
     assert "sekret-pw" not in err and "Traceback" not in err
-    done = start(path, storage="notadb://what:sekret-pw@h/db")
-    _, err = done.communicate(timeout=60)
+    done = parent(path, storage="notadb://what:sekret-pw@h/db")
+    err = done.stderr
     assert done.returncode == 2 and "dialect 'notadb' is not supported" in err  # a usage error, not an outage
     assert "sekret-pw" not in err
 
 
-def test_four_local_workers_on_sqlite_never_lock(tmp_path):
+def test_four_local_workers_on_sqlite_never_lock(tmp_path, parent):
     path = study_file(tmp_path, "local", n_trials=12)
-    done = start(path, "--workers", "4", storage=f"sqlite:///{tmp_path}/local.db")
-    _, err = done.communicate(timeout=300)
+    done = parent(path, "--workers", "4", storage=f"sqlite:///{tmp_path}/local.db")
+    err = done.stderr
     assert done.returncode == 0, err
     assert "locked" not in err
     study = load("local", f"sqlite:///{tmp_path}/local.db")
@@ -291,11 +309,12 @@ def wait_for_registered(pid: int, name: str, storage: str, timeout: float = 180)
 
 
 def lost_worker_run(tmp_path, storage: str, name: str) -> tuple[subprocess.CompletedProcess, optuna.Study, int]:
-    """`--workers 3`, one worker SIGKILLed mid-trial; the parent's output, the study, the victim's pid."""
+    """`--workers 2`, one worker SIGKILLed mid-trial; the parent's output, the study, the victim's pid."""
     # a grace period with room for a live worker's heartbeat on a loaded machine: only the victim's goes stale
-    path = study_file(tmp_path, name, n_trials=6, seconds=2.0, grace_period=6)
-    parent = start(path, "--workers", "3", storage=storage)
-    victim = wait_for_children(parent, 3)[1]
+    # 5 trials: the victim still finds one to ask for however far the other worker got while it started
+    path = study_file(tmp_path, name, n_trials=5, seconds=2.0, grace_period=6)
+    parent = start(path, "--workers", "2", storage=storage)
+    victim = wait_for_children(parent, 2)[1]
     wait_for_registered(victim, name, storage)
     time.sleep(1.0)  # it asks for its first trial as it registers, and trains it for 2 s
     os.kill(victim, signal.SIGKILL)
@@ -305,10 +324,10 @@ def lost_worker_run(tmp_path, storage: str, name: str) -> tuple[subprocess.Compl
 
 def assert_lost_worker_reported(done: subprocess.CompletedProcess, study: optuna.Study, victim: int) -> None:
     assert done.returncode == 0, done.stderr  # the study holds the trials asked for
-    assert_exactly(study, 6)
-    assert "6 trials finished; best val_mse" in done.stdout  # the summary, as without the loss
+    assert_exactly(study, 5)
+    assert "5 trials finished; best val_mse" in done.stdout  # the summary, as without the loss
     lines = [line for line in done.stderr.splitlines() if f"(pid {victim})" in line]
-    assert lines and all(re.search(rf"worker [123] of 3 \(pid {victim}\) was killed by SIGKILL", line)
+    assert lines and all(re.search(rf"worker [12] of 2 \(pid {victim}\) was killed by SIGKILL", line)
                          for line in lines), done.stderr
     requeued = sorted(t.number for t in study.get_trials(states=(TrialState.FAIL,))
                       if any(r.system_attrs.get("retry_history", [None])[-1] == t.number for r in study.trials))
@@ -328,7 +347,7 @@ def test_a_killed_worker_of_workers_n_on_sqlite(tmp_path):
 
 
 @needs_pg
-def test_a_worker_that_raises_is_named_and_the_study_still_ends(tmp_path):
+def test_a_worker_that_raises_is_named_and_the_study_still_ends(tmp_path, parent):
     """The second trial built raises KeyboardInterrupt in its worker, which closes its trials, queues
     them again and exits 130; the other workers finish the study, and the parent ends with exit 0."""
     name = unique("raises")
@@ -337,8 +356,8 @@ def test_a_worker_that_raises_is_named_and_the_study_still_ends(tmp_path):
     data["objective"] = {"task": "tests.tasks_for_tests:scripted",
                          "options": {"counter": str(tmp_path / "builds"), "interrupt": 2}}
     path.write_text(yaml.safe_dump(data))
-    done = start(path, "--workers", "2", storage=PG_URL)
-    out, err = done.communicate(timeout=300)
+    done = parent(path, "--workers", "2", storage=PG_URL)
+    out, err = done.stdout, done.stderr
     assert done.returncode == 0, err
     assert_exactly(load(name, PG_URL), 4)
     assert "4 trials finished; best val_mse" in out
