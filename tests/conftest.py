@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import fcntl
 import subprocess
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
@@ -116,3 +119,26 @@ def run_here(monkeypatch, capfd):
             return in_process(main, args, capfd)
 
     return run
+
+
+PG_RESTART_LOCK = Path(tempfile.gettempdir()) / "sweeps-tests-postgres-restart.lock"
+
+
+@contextmanager
+def postgres_held(exclusive: bool):
+    """Across xdist workers: a test that restarts the local PostgreSQL server holds this lock
+    exclusively, and tests that cannot ride out a restart (the Slurm cluster's) hold it shared, so
+    the restart waits for them (CI saw a Slurm test fail on 'the database system is shutting down')."""
+    with open(PG_RESTART_LOCK, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@pytest.fixture
+def postgres_restart():
+    """For a test that restarts the local PostgreSQL server (`postgres_held`)."""
+    with postgres_held(exclusive=True):
+        yield

@@ -35,6 +35,7 @@ from optuna.trial import TrialState
 from storage.workers import host_of, registered_workers, slurm_label
 from sweeps import exits, slurm
 from sweeps.loop import signals
+from tests.conftest import postgres_held
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "tests" / "slurm"
@@ -261,6 +262,13 @@ def cluster(tmp_path_factory):
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture(autouse=True)
+def postgres_steady():
+    """The Slurm tasks cannot ride out a PostgreSQL restart in another test (`postgres_held`)."""
+    with postgres_held(exclusive=False):
+        yield
 
 
 @pytest.fixture

@@ -220,7 +220,7 @@ def ensure_postgres_running() -> None:
 @needs_pg
 @pytest.mark.skipif(subprocess.run(["which", "pg_ctlcluster"], capture_output=True).returncode != 0,
                     reason="needs the local PostgreSQL cluster's pg_ctlcluster")
-def test_workers_ride_out_a_database_restart(tmp_path):
+def test_workers_ride_out_a_database_restart(tmp_path, postgres_restart):
     """The server goes away for 3 s mid-sweep: storage calls retry with backoff, nothing is lost or
     written twice."""
     name = unique("restart")
