@@ -24,13 +24,12 @@ import textwrap
 
 import optuna
 
-from storage.optuna_private import study_storage
 from sweeps import exits
 from sweeps.cli import add_study_arguments, fail, run_command, study_arguments_text
 from sweeps.config.plan import fmt, plan_rows, text_table
 from sweeps.config.study_file import SweepConfig
 from sweeps.results.analysis import StudyAnalysis, analyse
-from sweeps.results.confirmed import report_lines
+from sweeps.results.confirmed import companion_of, report_lines
 from sweeps.results.existing import load, open_existing, ran_with
 from sweeps.results.locations import report_folder
 from sweeps.results.noise import disagreement
@@ -110,22 +109,12 @@ def law_lines(study: optuna.Study, config: SweepConfig) -> list[str]:
                                         seed=config.study.seed), config, study.study_name)]
     except Refusal as err:
         lines = [f"laws against compute (sweeps predict): not fitted yet: {err}"]
-    companion = predict_companion_of(study)
+    companion = companion_of(study, PREDICT_STUDY_ATTR)
     stored = stored_prediction(companion) if companion is not None else None
     if stored is not None:
         lines += ["", "the prediction of `sweeps predict --verify`, trained:",
                   comparison_text(stored, measured(companion), config.study.metric, config.budget.unit)]
     return lines
-
-
-def predict_companion_of(study: optuna.Study) -> optuna.Study | None:
-    name = study.user_attrs.get(PREDICT_STUDY_ATTR)
-    if not name:
-        return None
-    try:
-        return optuna.load_study(study_name=name, storage=study_storage(study))
-    except KeyError:  # linked, then deleted
-        return None
 
 
 def summary_json(a: StudyAnalysis, short: dict[str, str], plan: list[dict] | None = None) -> dict:

@@ -53,9 +53,10 @@ class Confirmed:
                 "runs": len(self.values), "overstated_by": self.overstated}
 
 
-def companion_of(study: optuna.Study) -> optuna.Study | None:
-    """The study's companion of confirmation runs, in the same store; None when it has none."""
-    name = study.user_attrs.get(CONFIRM_STUDY_ATTR)
+def companion_of(study: optuna.Study, attr: str = CONFIRM_STUDY_ATTR) -> optuna.Study | None:
+    """The study's companion named by `attr` (CONFIRM_STUDY_ATTR: its confirmation runs;
+    PREDICT_STUDY_ATTR: `sweeps predict --verify`'s), in the same store; None when it has none."""
+    name = study.user_attrs.get(attr)
     if not name:
         return None
     try:
