@@ -3,12 +3,12 @@ trains what it would train alone.
 
 Tolerances, measured on the CPU (torch 2.13, 2 cores):
 - the bmm path (stacks of linear layers), K = 1 and K = 4 with a different LR, weight decay and
-  seed per member, SGD, Adam and AdamW: curves, best values and weights bit for bit equal to each
-  member's solo `Trainer`. The K = 1 test asserts that; K > 1 asserts weights within 1e-5 and the
-  curve within one validation example, because bmm's per-member kernel need not sum as mm does
-  on every BLAS. The recorded training loss (`last_train_loss`) may differ in the last bit at any
-  K: the fused loss reduces a [K, B] tensor along dim 1, `cross_entropy` its own way (the
-  gradient is the same);
+  seed per member, SGD, Adam and AdamW: curves and best values equal to each member's solo
+  `Trainer`, weights bit for bit on one machine and 1.2e-7 apart on another (an AMD EPYC), so the
+  tests assert weights within 1e-5: bmm's per-member kernel need not sum as a lone Linear's addmm
+  does on every CPU. K > 1 asserts the curve within one validation example. The recorded training
+  loss (`last_train_loss`) may differ in the last bit at any K: the fused loss reduces a [K, B]
+  tensor along dim 1, `cross_entropy` its own way (the gradient is the same);
 - the vmap path (convolutions, batch norm): grouped convolutions sum in another order, weights
   within about 1e-4 after 60 updates, curves equal or one validation example apart;
 - the stacked optimizers against torch.optim on each member's slice, grads given: bit for bit at
@@ -72,7 +72,13 @@ def weights(model) -> list[torch.Tensor]:
     return [t.float() for t in model.state_dict().values()]
 
 
-def test_one_member_fused_is_the_solo_trial_bit_for_bit():
+def same_weights(a, b) -> bool:
+    """The two models' weights equal to float rounding: the fused bmm and a lone Linear's addmm may sum in a
+    different order on some CPUs (an AMD EPYC gave 1.2e-7 apart after 3 epochs), while the metrics match."""
+    return all(torch.allclose(x, y, rtol=1e-5, atol=1e-6) for x, y in zip(weights(a), weights(b)))
+
+
+def test_one_member_fused_is_the_solo_trial():
     m = member(11, 0.1)
     trainer = FusedTrainer([m], BUDGET, OPTIONS)
     (fused,) = trainer.train()
@@ -81,7 +87,7 @@ def test_one_member_fused_is_the_solo_trial_bit_for_bit():
     assert fused.history == alone.history and len(alone.history) == 3
     assert (fused.best_value, fused.best_step, fused.updates, fused.examples_seen, fused.stop_reason) == (
         alone.best_value, alone.best_step, alone.updates, alone.examples_seen, alone.stop_reason)
-    assert all(torch.equal(a, b) for a, b in zip(weights(model), weights(m.task.model)))
+    assert same_weights(model, m.task.model)
     assert fused.last_train_loss == pytest.approx(alone.last_train_loss, rel=1e-6)
 
 
@@ -151,7 +157,7 @@ def test_a_pruned_member_leaves_and_early_stopping_is_per_member():
     for m, fused in zip(members[1:], results[1:]):
         alone, model = solo(m, budget=budget, options=options)
         assert (fused.history, fused.stop_reason, fused.updates) == (alone.history, alone.stop_reason, alone.updates)
-        assert all(torch.equal(a, b) for a, b in zip(weights(model), weights(m.task.model)))
+        assert same_weights(model, m.task.model)
     assert "early_stopping" in {r.stop_reason for r in results[1:]}
 
 

@@ -25,7 +25,7 @@ from sweeps.loop.spending import Pace, Spending
 from sweeps.results.ledger_view import quantity, refused_message, spent_message
 from sweeps.run import main
 from sweeps.trial.record import TrialRecord
-from tests.conftest import TINY, merged
+from tests.conftest import TINY, engine, merged
 from tests.test_workers import PG_URL, load, needs_pg, start, unique, wait_for_running
 
 N_TRAIN = 256
@@ -46,7 +46,7 @@ def write(folder, name: str, data: dict, **study) -> str:
 
 def ledger_of(name: str, url: str) -> ledger.LedgerState:
     study = load(name, url)
-    return ledger.read(sqlalchemy.create_engine(url), study._study_id)
+    return ledger.read(engine(url), study._study_id)
 
 
 def wait_for_reservation(name: str, url: str, timeout: float = 60) -> None:
@@ -65,7 +65,7 @@ def booked(name: str, url: str) -> dict[int, tuple[float, float | None]]:
     """trial number -> (reserved, spent) for every trial the ledger booked."""
     study = load(name, url)
     numbers = {t._trial_id: t.number for t in study.trials}
-    with sqlalchemy.create_engine(url).connect() as connection:
+    with engine(url).connect() as connection:
         rows = connection.execute(sqlalchemy.select(ledger.LEDGER).where(
             ledger.LEDGER.c.study_id == study._study_id)).all()
     return {numbers[r.trial_id]: (r.reserved, r.spent) for r in rows}

@@ -135,9 +135,9 @@ def test_log_file_in_a_missing_folder_is_a_usage_error(tmp_path, capsys):
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_a_worker_waiting_for_a_dead_workers_trial_says_how_long_until_it_goes_stale(tmp_path, capfd):
     """A one-trial study whose only slot is held by a trial whose worker died 3 s ago (heartbeat
-    every 1 s, stale after 5 s): the new worker says it waits, with the seconds left, then runs
-    the retried configuration."""
-    config = parse_config(merged(TINY, {"study": {"n_trials": 1, "heartbeat_interval": 1, "grace_period": 5}}),
+    every 1 s, stale after 8 s): the new worker says it waits, with the seconds left, then runs
+    the retried configuration. (With 2 s left the run could start past the wait on a loaded machine.)"""
+    config = parse_config(merged(TINY, {"study": {"n_trials": 1, "heartbeat_interval": 1, "grace_period": 8}}),
                           tmp_path)
     target = target_of(config)
     study = open_study(config, target, 256)
@@ -150,7 +150,7 @@ def test_a_worker_waiting_for_a_dead_workers_trial_says_how_long_until_it_goes_s
     wait = "waiting for 1 trial of stopped workers to go stale: "
     waits = [line for line in err.splitlines() if line.startswith(wait)]
     assert waits, err
-    assert int(waits[0].removeprefix(wait).removesuffix(" s left")) in (1, 2, 3)
+    assert int(waits[0].removeprefix(wait).removesuffix(" s left")) in (1, 2, 3, 4, 5)
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert time.monotonic() - started < 30
 

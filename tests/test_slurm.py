@@ -35,7 +35,7 @@ from optuna.trial import TrialState
 from storage.workers import host_of, registered_workers, slurm_label
 from sweeps import exits, slurm
 from sweeps.loop import signals
-from tests.conftest import postgres_held
+from tests.conftest import load_study, postgres_held
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "tests" / "slurm"
@@ -297,7 +297,7 @@ def task_outputs(folder: Path) -> str:
 
 
 def trials_of(name: str) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=name, storage=PG_URL).get_trials(deepcopy=False)
+    return load_study(name, PG_URL).get_trials(deepcopy=False)
 
 
 def workers_of(name: str) -> dict[str, int]:

@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 from sqlalchemy import select
 
 from storage.workers import WORKERS
+from tests.conftest import engine, load_study
 
 REPO = Path(__file__).resolve().parents[1]
 PG_URL = os.environ.get("SWEEPS_TEST_POSTGRES_URL")
@@ -93,7 +94,7 @@ def parent(run_here):
 
 
 def load(name: str, storage: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=storage)
+    return load_study(name, storage)
 
 
 def wait_for_running(name: str, storage: str, timeout: float = 60) -> None:
@@ -298,7 +299,7 @@ def wait_for_registered(pid: int, name: str, storage: str, timeout: float = 180)
     while time.monotonic() < deadline:
         try:
             study_id = load(name, storage)._study_id
-            with sqlalchemy.create_engine(storage).connect() as connection:
+            with engine(storage).connect() as connection:
                 pids = connection.execute(select(WORKERS.c.pid).where(WORKERS.c.study_id == study_id)).scalars()
                 if pid in set(pids):
                     return
