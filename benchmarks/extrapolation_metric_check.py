@@ -12,8 +12,9 @@ import tempfile
 from benchmarks.extrapolation import REACH, TASKS, Setting, sweep_data
 from sweeps.config.study_file import parse_config
 from sweeps.config.target import target_of
+from sweeps.errors import Refusal
 from sweeps.loop.runner import run_sweep
-from sweeps.results.frontier import Refusal, frontier, predict
+from sweeps.results.frontier import frontier, predict
 
 
 def main() -> None:

@@ -25,10 +25,11 @@ import optuna
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import overhead  # noqa: E402
 
-from sweeps.loop import bookkeeper as bookkeeping
+from sweeps.loop import bookkeeper_process as bookkeeping
 from sweeps.loop import runner  # noqa: E402
 from sweeps.loop import sweep_loop as loop
-from sweeps.results import checkpoints, publish
+from sweeps.publish import hooks as publish
+from sweeps.trial import checkpoints
 from sweeps.trial import run_one as objective
 
 events: list[tuple[str, float, float]] = []

@@ -43,6 +43,7 @@ from sweeps import exits
 from sweeps.cli import add_study_arguments, fail, run_command
 from sweeps.config.plan import text_table
 from sweeps.config.study_file import FloatRange, SweepConfig, horizon_length, parse_config
+from sweeps.errors import NotExportable
 from sweeps.results.existing import load, open_existing, ran_with
 from sweeps.results.horizons import HorizonBest, best_of_horizon, best_per_horizon, fraction, length_text, whole
 from sweeps.trial.record import HorizonRecord, TrialRecord
@@ -118,10 +119,6 @@ def ranked(trials: list[FrozenTrial], maximize: bool) -> list[FrozenTrial]:
     return sorted(done, key=lambda t: (-t.value if maximize else t.value, t.number))
 
 
-class NotExportable(RuntimeError):
-    """The trial's record lacks what its export must fix."""
-
-
 def horizons_text(config: SweepConfig) -> str:
     lengths = config.budget.horizon_units() or ()
     per_trial = config.budget.per_trial
@@ -188,7 +185,7 @@ def best(args: argparse.Namespace) -> int:
     try:
         return export(args, study.study_name, trials, top, config, length)
     except NotExportable as err:
-        return fail(exits.FAILED, str(err))
+        return fail(err.code, str(err))
 
 
 def export(args: argparse.Namespace, study_name: str, trials: list[FrozenTrial], top: list[FrozenTrial],
@@ -330,3 +327,7 @@ def export_header(trial: FrozenTrial, study_name: str, config: SweepConfig,
             f"warmup {rec.warmup_updates} updates.\n"
             f"# Written by `sweeps best --export --horizon`; `sweeps run` on this file trains that horizon as a "
             f"dedicated run.\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,19 +12,8 @@ import shlex
 import sys
 from collections.abc import Callable
 
-import optuna
-
-from objectives.registry import TaskError
-from storage import StorageError, StorageUsageError
 from sweeps import exits
-from sweeps.config.fingerprint import SearchChanged
-from sweeps.config.schema import ConfigError
-from sweeps.loop.ending import SweepFailed
-from sweeps.loop.gpus import GpuError
-from sweeps.loop.signals import Terminated
-from sweeps.results.existing import NotReadable
-
-RESUME = "the running trial is failed and queued again; run the same command again to resume"
+from sweeps.errors import Terminated, exit_for
 
 
 def add_study_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,29 +42,6 @@ def add_override_argument(parser: argparse.ArgumentParser, passed_on: str) -> No
 def fail(code: int, message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return code
-
-
-def exit_for(err: BaseException, study_file: str) -> tuple[int, str] | None:
-    """The exit code and message for an error every command can meet; None for any other."""
-    if isinstance(err, ConfigError):
-        return exits.USAGE, f"{study_file}: {err}"
-    if isinstance(err, TaskError):
-        return exits.USAGE, f"{study_file}: objective.task: {err}"
-    if isinstance(err, (StorageUsageError, GpuError, SearchChanged)):
-        return exits.USAGE, str(err)
-    if isinstance(err, StorageError):
-        return exits.STORAGE, str(err)
-    if isinstance(err, NotReadable):
-        return err.code, str(err)
-    if isinstance(err, SweepFailed):
-        return exits.FAILED, str(err)
-    if isinstance(err, KeyboardInterrupt):
-        return exits.INTERRUPTED, f"interrupted: {RESUME}"
-    if isinstance(err, Terminated):
-        return exits.TERMINATED, f"terminated: {RESUME}"
-    if isinstance(err, optuna.exceptions.OptunaError):
-        return exits.FAILED, str(err)
-    return None
 
 
 def run_command(body: Callable[[], int], study_file: str) -> int:

@@ -4,7 +4,7 @@ seeds, and say how far the search's values overstated them.
 The search's best value is the best of many noisy draws. This command queues `--seeds` runs of
 each of the `--top` best complete trials (their parameters, so the same coupling, budget and
 schedule, with a fresh training seed each) in the companion study `<name>-confirm` of the same
-store (sweeps/loop/companion.py), runs them through the ordinary sweep loop (`--workers N`, or
+store (sweeps/confirmation/companion.py), runs them through the ordinary sweep loop (`--workers N`, or
 the same command on other machines with the same store), and prints each configuration's
 search-time value, the mean and standard deviation of its confirmed values, and how far the
 search value overstated the mean. Rerunning resumes: finished runs are kept, failed ones queued
@@ -31,12 +31,13 @@ import optuna
 from storage.ledger import LedgerState
 from sweeps import exits
 from sweeps.best import ranked
+from sweeps.budget.ledger_view import not_started_message, state_of
+from sweeps.budget.spending import Pace, Spending
 from sweeps.cli import add_override_argument, add_study_arguments, fail, run_command
 from sweeps.config.plan import budget_of, text_table
 from sweeps.config.study_file import SweepConfig
 from sweeps.config.target import SweepTarget
-from sweeps.loop import signals
-from sweeps.loop.companion import (
+from sweeps.confirmation.companion import (
     FINISHED,
     BudgetCheck,
     Confirmation,
@@ -48,13 +49,12 @@ from sweeps.loop.companion import (
     runs_to_make,
     split_by_budget,
 )
+from sweeps.confirmation.confirmed import companion_of, confirmed, ranking_note, runs_text
+from sweeps.loop import signals
 from sweeps.loop.runner import LoadedTask, load_task, open_ledger, open_study, run_sweep
-from sweeps.loop.spending import Pace, Spending
 from sweeps.loop.workers import start_and_wait
-from sweeps.results.confirmed import companion_of, confirmed, ranking_note, runs_text
+from sweeps.publish.notes import study_note, write_study_note
 from sweeps.results.existing import load, open_existing, ran_with
-from sweeps.results.ledger_view import not_started_message, state_of
-from sweeps.results.notes import study_note, write_study_note
 from sweeps.run import exit_at_once_if_stopped
 
 EXAMPLE = """example:
@@ -139,7 +139,7 @@ def confirm(args: argparse.Namespace) -> int:
 def within_budget(study: optuna.Study, plan: list[Confirmation], config: SweepConfig, ledger: LedgerState | None,
                   task: LoadedTask) -> BudgetCheck | None:
     """The runs the sweep's compute ledger (`study.total_budget` of the main study) still holds,
-    planned as their reservations will be (sweeps/loop/companion.py); None without a ledger."""
+    planned as their reservations will be (sweeps/confirmation/companion.py); None without a ledger."""
     if ledger is None:
         return None
     companion = companion_of(study)

@@ -16,8 +16,8 @@ import sys
 from storage.optuna_private import study_id_of
 from sweeps import exits
 from sweeps.cli import add_study_arguments, fail, run_command
-from sweeps.results.checkpoints import artifact_dir, open_artifact_store
 from sweeps.results.existing import load, open_existing, ran_with
+from sweeps.trial.checkpoints import artifact_dir, open_artifact_store
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 

@@ -19,7 +19,7 @@ with exit 2 and the reason when the fits cannot carry the prediction (`frontier.
 effective LR, as `sweeps best --export` writes one). `--verify --seeds S` trains it at the target
 with S fresh seeds in the companion study `<name>-predict` of the same store (`--neighbours`: also
 LR and batch size x2 and /2, each with S seeds), the runs booked against the main study's
-`study.total_budget` as `sweeps confirm`'s are (sweeps/loop/companion.py), and prints predicted
+`study.total_budget` as `sweeps confirm`'s are (sweeps/confirmation/companion.py), and prints predicted
 against measured. The prediction is stored on the companion (`PREDICTION_ATTR`), where
 `sweeps report` reads it. Rerunning resumes: finished runs are kept.
 Exit codes (`sweeps.exits`): 0 done, 1 a run did not finish (rerun to resume) or none fits the
@@ -52,9 +52,10 @@ from sweeps.best import moved, without_none
 from sweeps.cli import add_override_argument, add_study_arguments, fail, run_command
 from sweeps.config.plan import text_table
 from sweeps.config.study_file import IntRange, SweepConfig, parse_config
+from sweeps.errors import Refusal
 from sweeps.loop import signals
 from sweeps.results.existing import load, open_existing, ran_with
-from sweeps.results.frontier import LEVEL, Frontier, Prediction, Refusal, frontier, predict
+from sweeps.results.frontier import LEVEL, Frontier, Prediction, frontier, predict
 from sweeps.trial.record import PREDICTION_ATTR, TrialRecord
 
 EXAMPLE = """example:
@@ -144,7 +145,7 @@ def predict_command(args: argparse.Namespace) -> int:
         front = frontier(trials, maximize, seed=config.study.seed)
         prediction = predict(front, target)
     except Refusal as err:
-        return fail(exits.USAGE, f"cannot predict for {study.study_name!r}: {err}")
+        return fail(err.code, f"cannot predict for {study.study_name!r}: {err}")
     run = predicted_run(front, prediction, config, trials)
     if not args.as_worker:  # a --workers child of --verify only trains
         print(frontier_text(front, config, study.study_name))

@@ -1,7 +1,7 @@
 """`sweeps predict --verify`: train the prediction at its budget, with fresh seeds, in the
 companion study `<name>-predict` of the same store, and print predicted against measured.
 
-The runs are queued and trained as `sweeps confirm`'s are (sweeps/loop/companion.py): ordinary
+The runs are queued and trained as `sweeps confirm`'s are (sweeps/confirmation/companion.py): ordinary
 trials of a study that trains only its queue, each with a fixed seed, booked against the main
 study's `study.total_budget` (the runs that do not fit are left out, the predicted arm first in
 line), resumed by running the command again. With `--neighbours` the LR (x2, /2, the batch size
@@ -17,10 +17,12 @@ import sys
 import optuna
 
 from sweeps import exits
+from sweeps.budget.ledger_view import not_started_message, state_of
+from sweeps.budget.spending import Spending
 from sweeps.cli import fail
 from sweeps.config.plan import budget_of
 from sweeps.config.study_file import SweepConfig, parse_config
-from sweeps.loop.companion import (
+from sweeps.confirmation.companion import (
     Confirmation,
     companion_target,
     confirmation_seed,
@@ -30,11 +32,9 @@ from sweeps.loop.companion import (
     split_by_budget,
 )
 from sweeps.loop.runner import load_task, open_ledger, open_study, run_sweep
-from sweeps.loop.spending import Spending
 from sweeps.loop.workers import start_and_wait
 from sweeps.predict import ARMS, PredictedRun, comparison_text, measured
 from sweeps.results.existing import Existing
-from sweeps.results.ledger_view import not_started_message, state_of
 from sweeps.trial.record import PREDICT_STUDY_ATTR, PREDICTION_ATTR, companion_name
 
 SEED_OFFSET = 104_729  # prediction runs' seeds: confirmation seeds of a study seed moved this far on

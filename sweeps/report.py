@@ -26,14 +26,14 @@ import optuna
 
 from sweeps import exits
 from sweeps.cli import add_study_arguments, fail, run_command, study_arguments_text
+from sweeps.config.locations import report_folder
 from sweeps.config.plan import fmt, plan_rows, text_table
 from sweeps.config.study_file import SweepConfig
+from sweeps.confirmation.confirmed import companion_of, report_lines
 from sweeps.results.analysis import StudyAnalysis, analyse
-from sweeps.results.confirmed import companion_of, report_lines
 from sweeps.results.existing import load, open_existing, ran_with
-from sweeps.results.locations import report_folder
+from sweeps.results.figures import figures_of
 from sweeps.results.noise import disagreement
-from sweeps.results.publish import figures_of
 from sweeps.results.recommendation import answer, answer_lines, reasoning, recommendation
 from sweeps.trial.record import PREDICT_STUDY_ATTR, TrialRecord
 
@@ -101,8 +101,9 @@ def law_lines(study: optuna.Study, config: SweepConfig) -> list[str]:
     predict`'s, or why they cannot be fitted yet), then a prediction's measured runs, if any."""
     if config.budget.horizons is None:
         return []
+    from sweeps.errors import Refusal
     from sweeps.predict import comparison_text, frontier_text, measured, stored_prediction
-    from sweeps.results.frontier import Refusal, frontier
+    from sweeps.results.frontier import frontier
 
     try:
         lines = [frontier_text(frontier(study.get_trials(deepcopy=False), config.study.direction == "maximize",

@@ -16,16 +16,17 @@ import torch
 from storage import redact
 from sweeps import exits
 from sweeps.cli import add_override_argument, add_study_arguments, fail, run_command
+from sweeps.config.gpus import GPU_ENV, check_device, cuda_device_count, plan_gpus
+from sweeps.config.locations import checkpoint_folder, checkpoint_notice, report_folder
 from sweeps.config.plan import check_plan, format_plan
 from sweeps.config.study_file import load_config
 from sweeps.config.target import target_of
+from sweeps.errors import LogFileError
 from sweeps.loop import logs, signals
 from sweeps.loop.ending import end_sweep
-from sweeps.loop.gpus import GPU_ENV, check_device, cuda_device_count, plan_gpus
-from sweeps.loop.resume import ALLOW_CHANGES_FLAG, NEW_STUDY_FLAG
 from sweeps.loop.runner import load_task, recorded_overrides, run_sweep
 from sweeps.loop.workers import run_workers
-from sweeps.results.locations import checkpoint_folder, checkpoint_notice, report_folder
+from sweeps.results.resume import ALLOW_CHANGES_FLAG, NEW_STUDY_FLAG
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -78,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                                  "check the index with nvidia-smi")
     try:
         logs.configure(args.log_file)
-    except logs.LogFileError as err:
-        return fail(exits.USAGE, str(err))
+    except LogFileError as err:
+        return fail(err.code, str(err))
     signals.install()
     return run_command(lambda: sweep(args), args.study_file)
 

@@ -22,8 +22,8 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 from storage.optuna_private import study_id_of
 from sweeps import exits
 from sweeps.cli import add_study_arguments, fail, run_command
-from sweeps.results.checkpoints import artifact_dir, open_artifact_store
 from sweeps.results.existing import Existing, load, open_existing
+from sweeps.trial.checkpoints import artifact_dir, open_artifact_store
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

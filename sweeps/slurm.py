@@ -22,7 +22,7 @@ task whose worker ends the study (exit 0) cancels the array's tasks still pendin
 
 GPUs: `--gpus-per-task G` asks Slurm for G GPUs per task, and the worker uses what Slurm gave it
 (CUDA_VISIBLE_DEVICES): one GPU, `objective.device` auto or cuda; more, one worker process per
-GPU (`--gpus all`). The GPU a trial records is the machine's number (`sweeps.loop.gpus`).
+GPU (`--gpus all`). The GPU a trial records is the machine's number (`sweeps.config.gpus`).
 
 `--wait` stays after submitting and shows the study's progress with the array's tasks (running,
 pending, registered) until none is left in the queue, then the array's workers and the summary,
@@ -54,16 +54,16 @@ from storage.optuna_private import engine_of, study_id_of, study_storage
 from storage.sql import ENV_VAR
 from storage.workers import registered_workers
 from sweeps import exits
+from sweeps.budget.ledger_view import line_of
 from sweeps.cli import add_override_argument, add_study_arguments, fail, run_command
 from sweeps.config.plan import budget_of, check_plan
 from sweeps.config.study_file import SweepConfig, load_config
 from sweeps.config.target import SweepTarget, target_of
-from sweeps.loop.books import finished_count
+from sweeps.loop.bookkeeping import finished_count
 from sweeps.loop.ending import end_sweep
-from sweeps.loop.resume import ALLOW_CHANGES_FLAG, NEW_STUDY_FLAG, complete_note
 from sweeps.loop.runner import load_task, open_study
 from sweeps.loop.workers_progress import WorkersProgress
-from sweeps.results.ledger_view import line_of
+from sweeps.results.resume import ALLOW_CHANGES_FLAG, NEW_STUDY_FLAG, complete_note
 from sweeps.studies import worker_rows, workers_table
 
 DEFAULT_SIGNAL_LEAD_S = 120

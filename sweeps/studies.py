@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from datetime import datetime, timezone
 
 from optuna.study import StudyDirection
@@ -29,8 +30,8 @@ from storage.optuna_private import study_id_of
 from storage.sql import ENV_VAR, open_read_only, resolve_url
 from storage.workers import registered_workers
 from sweeps import exits
+from sweeps.budget.ledger_view import columns
 from sweeps.cli import run_command
-from sweeps.results.ledger_view import columns
 
 EXAMPLE = """examples:
   sweeps studies study.yaml                      # the store the study file names
@@ -156,3 +157,7 @@ def list_studies(args: argparse.Namespace) -> int:
 
 def workers_table(rows: list[dict]) -> str:
     return "\n".join("  " + line for line in table(rows, left=("host",)).splitlines())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,7 +14,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from sweeps import report
-from sweeps.loop.companion import link
+from sweeps.confirmation.companion import link
 from sweeps.results.analysis import analyse
 from sweeps.results.critical import Reach, crossing, examples_ratio, fit_critical, steps_ratio, tradeoff_sentence
 from sweeps.results.lr_advice import LrPoint, fit_lr_scaling
@@ -216,7 +216,7 @@ def test_examples_per_second_give_the_fastest_batch_size_in_seconds():
 
 def test_study_note_starts_with_the_recommendation(tmp_path):
     from sweeps.config.study_file import load_config
-    from sweeps.results.notes import study_note
+    from sweeps.publish.notes import study_note
 
     study = lr_study(0.5)
     config = yaml.safe_load(yaml.safe_dump(STUDY))

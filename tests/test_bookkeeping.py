@@ -19,7 +19,7 @@ import optuna
 import pytest
 import yaml
 
-from sweeps.loop.bookkeeper import BookkeeperDied, ProcessBookkeeper, ThreadBookkeeper
+from sweeps.loop.bookkeeper_process import BookkeeperDied, ProcessBookkeeper, ThreadBookkeeper
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ import optuna
 import torch
 
 from storage import open_storage
-from sweeps.results.checkpoints import CheckpointKeeper, kept_checkpoints, open_artifact_store
+from sweeps.trial.checkpoints import CheckpointKeeper, kept_checkpoints, open_artifact_store
 
 
 def test_offer_only_serialises_and_write_keeps_the_best(tmp_path):
@@ -38,7 +38,7 @@ def test_offer_only_serialises_and_write_keeps_the_best(tmp_path):
 def test_artifact_folder_precedence(tiny_config, tmp_path, monkeypatch):
     """$SWEEPS_ARTIFACTS, then dashboard.artifacts, then beside the store (a container's workers
     cannot write beside a read-only study file)."""
-    from sweeps.results.checkpoints import artifact_dir
+    from sweeps.trial.checkpoints import artifact_dir
 
     monkeypatch.delenv("SWEEPS_ARTIFACTS", raising=False)
     pg = "postgresql+psycopg://u@h/db"

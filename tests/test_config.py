@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from sweeps.config.plan import check_plan
-from sweeps.config.schema import ConfigError
 from sweeps.config.study_file import FloatRange, IntRange, load_config, parse_config
+from sweeps.errors import ConfigError
 from tests.conftest import TINY, merged
 
 

@@ -21,15 +21,15 @@ from storage import ledger
 from storage.dashboard_formats import note_str_key_prefix
 from sweeps import confirm, exits, report, run, studies
 from sweeps.best import ranked
+from sweeps.budget.spending import Spending
 from sweeps.config.plan import budget_of, fmt
 from sweeps.config.study_file import load_config
 from sweeps.config.target import target_of
-from sweeps.loop.books import Books
-from sweeps.loop.companion import companion_config, companion_target, link, planned, queue_missing, why_not_run
+from sweeps.confirmation.companion import companion_config, companion_target, link, planned, queue_missing, why_not_run
+from sweeps.confirmation.confirmed import Confirmed, confirmed_of, ranking_note, report_lines
+from sweeps.loop.bookkeeping import Books
 from sweeps.loop.runner import open_study, run_sweep
-from sweeps.loop.spending import Spending
 from sweeps.results.analysis import analyse
-from sweeps.results.confirmed import Confirmed, confirmed_of, ranking_note, report_lines
 from sweeps.results.recommendation import answer, answer_lines, recommendation
 from sweeps.trial.record import CONFIRM_STUDY_ATTR, CONFIRMS_STUDY_ATTR, TrialRecord, confirm_attrs
 from tests.conftest import TINY, merged

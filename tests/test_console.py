@@ -124,22 +124,6 @@ def test_importing_the_dispatcher_does_not_import_torch_or_optuna(tmp_path):
     assert done.stdout.strip() == "[]"
 
 
-READ_ONLY = ["studies", "best", "report"]
-
-
-def test_read_only_subcommands_do_not_import_torch(tmp_path):
-    """One interpreter runs each one's --help in turn: a line per command, its module loaded, torch not."""
-    code = ("import sys; from sweeps.console import main\n"
-            f"for name in {READ_ONLY!r}:\n"
-            "    try:\n        main([name, '--help'])\n    except SystemExit:\n        pass\n"
-            "    print('result', name, 'sweeps.' + name in sys.modules, 'torch' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env(), capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    results = [line for line in done.stdout.splitlines() if line.startswith("result ")]
-    assert results == [f"result {name} True False" for name in READ_ONLY]
-
-
 @pytest.mark.parametrize("form", [SCRIPT, MODULE], ids=["script", "python-m"])
 def test_a_users_storage_and_objectives_modules_do_not_break_it(form, shadowed):
     study = write_study(shadowed)

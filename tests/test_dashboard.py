@@ -19,8 +19,8 @@ import torch
 
 from storage.optuna_private import study_id_of
 from sweeps import dashboard
-from sweeps.results.checkpoints import kept_checkpoints
 from sweeps.screenshot import find_chromium, headless
+from sweeps.trial.checkpoints import kept_checkpoints
 from tests.dashboard_study import make_study
 
 ROOT = Path(__file__).resolve().parents[1]

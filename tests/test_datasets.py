@@ -28,9 +28,9 @@ from objectives.training.data import LoaderOptions
 from objectives.training.loop import Trainer
 from objectives.training.options import EarlyStopping, TrainerOptions
 from objectives.training.schedule import Schedule
-from sweeps.config.schema import ConfigError
 from sweeps.config.study_file import parse_config
 from sweeps.config.target import target_of
+from sweeps.errors import ConfigError
 from sweeps.loop.runner import run_sweep
 from sweeps.report import main as report_main
 from sweeps.run import main

@@ -17,10 +17,7 @@ import yaml
 
 from sweeps import exits, probe
 from sweeps import run as run_cli
-from sweeps.config.plan import budget_of
-from sweeps.config.schema import ConfigError
-from sweeps.config.target import target_of
-from sweeps.loop.gpus import (
+from sweeps.config.gpus import (
     GPU_ENV,
     GPUS_ENV,
     GpuAssignment,
@@ -31,6 +28,9 @@ from sweeps.loop.gpus import (
     parse_gpus,
     plan_gpus,
 )
+from sweeps.config.plan import budget_of
+from sweeps.config.target import target_of
+from sweeps.errors import ConfigError
 from sweeps.loop.runner import run_sweep
 from sweeps.loop.workers import run_workers
 from sweeps.trial.record import PROBED_MICRO_BATCH_ATTR

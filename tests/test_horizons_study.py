@@ -7,13 +7,13 @@ from __future__ import annotations
 import pytest
 from optuna.trial import TrialState
 
+from sweeps.budget.spending import Spending
 from sweeps.config.fingerprint import fingerprint_of
 from sweeps.config.plan import budget_of
-from sweeps.config.schema import ConfigError
 from sweeps.config.study_file import parse_config
 from sweeps.config.target import target_of
+from sweeps.errors import ConfigError
 from sweeps.loop.runner import run_sweep
-from sweeps.loop.spending import Spending
 from sweeps.run import main
 from sweeps.trial.record import TrialRecord, consumed, horizons_of
 from tests.conftest import TINY, merged

@@ -1,9 +1,13 @@
-"""The layers stay layers: objectives/ and storage/ never reach up, and the read-only commands never load torch.
+"""The layers stay layers: no folder imports from one above it, and the read-only commands load neither
+torch nor the sweep loop.
 
 objectives/ (tasks and the training loop) imports nothing from sweeps/; storage/ imports nothing from
-sweeps/ or objectives/. Checked on the source by an AST scan of every .py file, so an import inside a
-function or behind a condition counts as much as one at the top. The read-only commands (report,
-dashboard, screenshot) only read the store: `--help` must not pay for importing torch.
+sweeps/ or objectives/. Inside sweeps/ the folders are floors, lowest first (`SWEEPS_FLOORS`):
+config/; search/ and trial/ (a trial samples its search); budget/; confirmation/; results/;
+publish/; loop/; and the commands at the top (sweeps/*.py). Checked on the source by an AST scan
+of every .py file, so an import inside a function or behind a condition counts as much as one at the
+top. The read-only commands only read the store: their `--help` loads no torch and no module of
+`sweeps.loop`, checked once here for all of them.
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ FORBIDDEN = {
     "objectives": {"sweeps"},
     "storage": {"sweeps", "objectives"},
 }
-READ_ONLY_COMMANDS = ["sweeps.report", "sweeps.dashboard", "sweeps.screenshot"]
+# sweeps/ folders, lowest floor first; a folder may import its own floor and the floors below it
+SWEEPS_FLOORS = [{"config"}, {"search", "trial"}, {"budget"}, {"confirmation"}, {"results"}, {"publish"}, {"loop"}]
+READ_ONLY_COMMANDS = ["sweeps.studies", "sweeps.best", "sweeps.report", "sweeps.dashboard", "sweeps.screenshot",
+                      "sweeps.schema_cmd"]
 
 
 def module_name(path: Path, root: Path = REPO) -> str:
@@ -100,6 +107,52 @@ def test_lower_layers_do_not_import_upper_ones(layer):
     assert not offending, f"{layer}/ must not import {sorted(FORBIDDEN[layer])}:\n" + "\n".join(offending)
 
 
+def floor_of(module: str) -> int | None:
+    """The floor of a module under sweeps/ (its folder's index in SWEEPS_FLOORS); the commands
+    (sweeps/*.py) are above every folder; None outside sweeps/."""
+    parts = module.split(".")
+    if parts[0] != "sweeps":
+        return None
+    folder = parts[1] if len(parts) > 2 or (len(parts) == 2 and (REPO / "sweeps" / parts[1]).is_dir()) else None
+    for floor, folders in enumerate(SWEEPS_FLOORS):
+        if folder in folders:
+            return floor
+    return len(SWEEPS_FLOORS)  # a command, or the package's shared modules (cli, errors, exits)
+
+
+SHARED = {"sweeps", "sweeps.errors", "sweeps.exits"}  # imported from every floor: they import no floor above config
+
+
+def shared(name: str) -> bool:
+    return name == "sweeps" or any(name == s or name.startswith(f"{s}.") for s in SHARED - {"sweeps"})
+
+
+def test_sweeps_folders_import_only_their_floor_and_those_below():
+    offending = []
+    for path in sorted((REPO / "sweeps").rglob("*.py")):
+        here = floor_of(module_name(path))
+        if here is None or here == len(SWEEPS_FLOORS):
+            continue
+        for line, name in imported_modules(path):
+            there = floor_of(name)
+            if there is not None and there > here and not shared(name):
+                offending.append(f"{path.relative_to(REPO)}:{line}: imports {name}")
+    assert not offending, "a lower sweeps/ folder imports a higher one:\n" + "\n".join(offending)
+
+
+def test_the_shared_modules_import_no_floor_above_config():
+    for name in SHARED - {"sweeps"}:
+        path = REPO / (name.replace(".", "/") + ".py")
+        above = [n for _, n in imported_modules(path) if (floor_of(n) or 0) > 0 and not shared(n)]
+        assert not above, f"{name} imports {above}"
+
+
+def test_floor_of():
+    assert [floor_of(m) for m in ("sweeps.config.plan", "sweeps.trial.record", "sweeps.loop.runner", "sweeps.run",
+                                  "sweeps.errors.ConfigError", "optuna")] == [0, 1, 6, 7, 7, None]
+    assert shared("sweeps.errors.ConfigError") and not shared("sweeps.errorsome")
+
+
 def importtime_rows(stderr: str) -> list[tuple[int, str]]:
     """(nesting depth, module name) for each `import time:` line of `python -X importtime` output; the
     name is the last column, indented two spaces per level of nesting."""
@@ -148,13 +201,14 @@ def test_importtime_parsing():
 
 
 @pytest.mark.parametrize("command", READ_ONLY_COMMANDS)
-def test_read_only_commands_do_not_import_torch(command):
+def test_read_only_commands_load_no_torch_and_no_sweep_loop(command):
     done = subprocess.run([sys.executable, "-X", "importtime", "-m", command, "--help"], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "usage:" in done.stdout
     imported = imported_in_importtime(done.stderr)
     assert len(imported) > 10, "no importtime output to check"
-    torch_modules = [name for name in imported if name == "torch" or name.startswith("torch.")]
-    assert not torch_modules, (f"`python -m {command} --help` imports torch ({len(torch_modules)} torch modules), "
-                               f"first through {' -> '.join([command, *import_chain(done.stderr, 'torch')])}")
+    for heavy in ("torch", "sweeps.loop"):
+        loaded = [name for name in imported if name == heavy or name.startswith(f"{heavy}.")]
+        assert not loaded, (f"`python -m {command} --help` imports {heavy} ({len(loaded)} modules), "
+                            f"first through {' -> '.join([command, *import_chain(done.stderr, loaded[0])])}")

@@ -16,13 +16,13 @@ import yaml
 from optuna.trial import TrialState
 
 from storage import ledger
+from sweeps.budget.ledger_view import quantity, refused_message, spent_message
+from sweeps.budget.spending import Pace, Spending
 from sweeps.config.plan import budget_of
 from sweeps.config.study_file import load_config, parse_config
 from sweeps.config.target import target_of
 from sweeps.loop.ending import report_ending
 from sweeps.loop.runner import run_sweep
-from sweeps.loop.spending import Pace, Spending
-from sweeps.results.ledger_view import quantity, refused_message, spent_message
 from sweeps.run import main
 from sweeps.trial.record import TrialRecord
 from tests.conftest import TINY, engine, merged

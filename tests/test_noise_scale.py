@@ -14,8 +14,8 @@ from objectives.training.loop import Trainer, TrainResult
 from objectives.training.noise_scale import estimate_weights, micro_sizes
 from objectives.training.options import TrainerOptions
 from objectives.training.schedule import Schedule
-from sweeps.config.schema import ConfigError
 from sweeps.config.study_file import parse_config
+from sweeps.errors import ConfigError
 from tests.conftest import TINY, merged
 
 CPU = torch.device("cpu")

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 import sweeps
+from sweeps.config.locations import checkpoint_folder, checkpoint_notice, default_folder, report_folder
 from sweeps.config.study_file import load_config
 from sweeps.config.target import target_of
-from sweeps.results.locations import checkpoint_folder, checkpoint_notice, default_folder, report_folder
 
 REPO = Path(__file__).resolve().parents[1]
 PG = "postgresql+psycopg://u@h/db"

@@ -11,9 +11,9 @@ import yaml
 from optuna.trial import TrialState
 
 from sweeps.config.overrides import apply_overrides
-from sweeps.config.schema import ConfigError
 from sweeps.config.study_file import load_config, parse_config
 from sweeps.config.target import target_of
+from sweeps.errors import ConfigError
 from sweeps.loop.runner import recorded_overrides
 from sweeps.loop.workers import worker_command
 from sweeps.run import main

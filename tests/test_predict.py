@@ -14,8 +14,9 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from sweeps.config.study_file import load_config
+from sweeps.errors import Refusal
 from sweeps.predict import main
-from sweeps.results.frontier import MAX_REACH, Refusal, frontier, predict
+from sweeps.results.frontier import MAX_REACH, frontier, predict
 from sweeps.trial.record import PREDICT_STUDY_ATTR, PREDICTION_ATTR, TrialRecord
 
 LEVELS = (1e4, 2e4, 4e4, 8e4)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import io
 import os
+import re
 import select
 import sqlite3
 import struct
@@ -164,21 +165,22 @@ def test_the_wait_tells_stopped_workers_from_running_ones():
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_a_dead_workers_trial_is_queued_again_as_soon_as_it_goes_stale(tmp_path, capfd):
-    """Heartbeat every 10 s, stale after 12 s, the dead worker's last beat 11.5 s ago: the wait says
-    about 0 s left, and the trial is failed and queued again then, not at the next 10-s check."""
+    """Heartbeat every 10 s, stale after 12 s, the dead worker's last beat 7 s ago: the wait says
+    about 5 s left, and the trial is failed and queued again then, not at the next 10-s check.
+    (With 0.5 s left, as before, a loaded machine started the run past the wait: CI saw no wait line.)"""
     config = parse_config(merged(TINY, {"study": {"n_trials": 1, "heartbeat_interval": 10, "grace_period": 12}}),
                           tmp_path)
     target = target_of(config)
     study = open_study(config, target, 256)
     study_storage(study).record_heartbeat(trial_id_of(study.ask()))
     with sqlite3.connect(tmp_path / "tiny.db") as db:
-        db.execute("UPDATE trial_heartbeats SET heartbeat = datetime(heartbeat, '-11.5 seconds')")
+        db.execute("UPDATE trial_heartbeats SET heartbeat = datetime(heartbeat, '-7 seconds')")
     study = run_sweep(config, target, show_progress=True)
-    assert "to go stale: 0 s left" in capfd.readouterr().err
+    assert re.search(r"to go stale: [0-5] s left", capfd.readouterr().err)
     dead, retried = study.trials
     assert [dead.state, retried.state] == [TrialState.FAIL, TrialState.COMPLETE]
     waited = (dead.datetime_complete - dead.datetime_start).total_seconds()
-    assert waited < 6, f"failed {waited:.1f} s after it was asked: at the next heartbeat check, not when it went stale"
+    assert waited < 8.5, f"failed {waited:.1f} s after it was asked: at the next heartbeat check, not when stale"
 
 
 def test_the_last_progress_line_has_no_time_left():

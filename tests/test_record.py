@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from objectives.training.budget import Budget, step_unit_of
 from sweeps.config.target import target_of
 from sweeps.loop.runner import SweepFailed
-from sweeps.results import notes
+from sweeps.publish import notes
 from sweeps.trial.record import (
     CONFIRM,
     ERROR,

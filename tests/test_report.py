@@ -22,9 +22,9 @@ from objectives.task import TrialSettings
 from storage.optuna_private import study_id_of, study_storage, trial_id_of
 from sweeps import report
 from sweeps.results.analysis import analyse
-from sweeps.results.checkpoints import kept_checkpoints
 from sweeps.results.figures import build_figures
 from sweeps.results.lr_advice import LrPoint, fit_lr_scaling
+from sweeps.trial.checkpoints import kept_checkpoints
 from tests.dashboard_study import STUDY, make_study
 
 PNGS = ["best_by_batch_size", "lr_scaling", "steps_to_target", "learning_curves", "importances", "budget_plan",

@@ -18,8 +18,8 @@ from objectives.training.loop import Trainer
 from objectives.training.options import TrainerOptions
 from objectives.training.schedule import Schedule
 from storage.optuna_private import trial_id_of
-from sweeps.config.schema import ConfigError
 from sweeps.config.study_file import PrunerSection
+from sweeps.errors import ConfigError
 from sweeps.run import main
 from sweeps.search.noise_guard import HyperbandNoiseGuard, NoiseGuard
 from sweeps.search.strategies import build_pruner

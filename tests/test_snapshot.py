@@ -20,8 +20,8 @@ from storage.snapshot import SnapshotStorage, snapshot
 from sweeps.config.plan import budget_of
 from sweeps.config.study_file import parse_config
 from sweeps.config.target import target_of
-from sweeps.loop.bookkeeper import ProcessBookkeeper
-from sweeps.loop.books import Books
+from sweeps.loop.bookkeeper_process import ProcessBookkeeper
+from sweeps.loop.bookkeeping import Books
 from sweeps.loop.runner import open_study
 from sweeps.search.strategies import build_pruner, build_sampler
 from tests.conftest import TINY, merged

@@ -22,9 +22,10 @@ from storage.optuna_private import study_id_of
 from storage.workers import register_worker
 from sweeps.config.study_file import parse_config
 from sweeps.config.target import target_of
+from sweeps.errors import NotReadable
 from sweeps.loop.ending import ending_of
 from sweeps.loop.runner import open_study, run_sweep
-from sweeps.results.existing import NotReadable, open_existing
+from sweeps.results.existing import open_existing
 from sweeps.run import main
 from sweeps.search.space import suggest
 from sweeps.trial.run_one import trial_seed

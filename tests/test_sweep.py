@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.config.study_file import SweepConfig, parse_config
 from sweeps.config.target import target_of
-from sweeps.loop.ending import SweepFailed
+from sweeps.errors import SweepFailed
 from sweeps.loop.runner import run_sweep
 from sweeps.run import main
 

@@ -9,9 +9,9 @@ import pytest
 
 from objectives.training.budget import Budget, plan_trial
 from objectives.training.units import BudgetUnit, register, step_unit_of, unit_named, unit_names, unregister
-from sweeps.config.schema import ConfigError
 from sweeps.config.study_file import parse_config
 from sweeps.config.target import target_of
+from sweeps.errors import ConfigError
 from sweeps.loop.runner import run_sweep
 from sweeps.schema_cmd import study_schema
 from sweeps.trial.record import consumed

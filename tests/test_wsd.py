@@ -13,11 +13,11 @@ from objectives.training.budget import Budget, plan_trial
 from objectives.training.loop import Trainer
 from objectives.training.options import TrainerOptions
 from objectives.training.schedule import Schedule, cooled
+from sweeps.budget.spending import Spending
 from sweeps.config.fingerprint import fingerprint_of
-from sweeps.config.schema import ConfigError
 from sweeps.config.study_file import TotalBudgetSection, parse_config
-from sweeps.loop.spending import Spending
-from sweeps.results.notes import trial_note
+from sweeps.errors import ConfigError
+from sweeps.publish.notes import trial_note
 from sweeps.trial.record import consumed, cooldown_consumed
 from tests.conftest import TINY, merged
 from tests.tasks_for_tests import RecordingSGD, mse

@@ -3,7 +3,7 @@
 A study resumed with a study file that searches something else would mix two searches in one
 set of trials: a TPE model fitted on both, a best trial from one budget next to one from another,
 and a "budget spent" that adds two budgets. So the study stores its fingerprint when it is
-created, and a rerun compares (`sweeps/loop/resume.py`).
+created, and a rerun compares (`sweeps/results/resume.py`).
 
 Which keys define the search, and why (`SEARCH_KEYS`):
 
@@ -48,10 +48,6 @@ SEARCH_KEYS: tuple[tuple[str, str | None], ...] = (
 OPT_IN: dict[str, Any] = {"schedule.decay_fraction": None, "schedule.cooldown_evaluations": False,
                           "schedule.cooldown_fraction": None, "schedule.warmup_updates": None,
                           "budget.horizons": None}
-
-
-class SearchChanged(Exception):
-    """The study file defines another search than the stored study's (a usage error, exit 2)."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from sweeps.config.schema import ConfigError, describe
+from sweeps.config.schema import describe
+from sweeps.errors import ConfigError
 
 
 def split_override(text: str) -> tuple[list[str], Any]:

@@ -8,8 +8,8 @@ from typing import Any
 
 from objectives.training.budget import Budget, iterations_per_epoch, plan_trial
 from objectives.training.coupling import couple, effective_lr
-from sweeps.config.schema import ConfigError
 from sweeps.config.study_file import FloatRange, IntRange, SweepConfig
+from sweeps.errors import ConfigError
 
 
 def budget_of(config: SweepConfig, tokens_per_example: int | None = None) -> Budget:
@@ -129,6 +129,13 @@ def decimals_needed(value: float) -> int:
     places = max(0, SIGNIFICANT - 1 - math.floor(math.log10(value)))
     text = f"{value:.{places}f}".rstrip("0")
     return len(text) - text.index(".") - 1 if "." in text else 0
+
+
+def human(x: float) -> str:
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.2f}{suffix}"
+    return f"{x:.4g}"
 
 
 def fmt(value) -> str:

@@ -14,14 +14,7 @@ import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-
-class ConfigError(ValueError):
-    """A study file problem, always tied to a key path such as `search.batch_size.low`."""
-
-    def __init__(self, path: str, message: str):
-        self.path = path
-        self.message = message
-        super().__init__(f"{path}: {message}" if path else message)
+from sweeps.errors import ConfigError
 
 
 def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:

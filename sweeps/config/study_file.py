@@ -14,7 +14,8 @@ import yaml
 from objectives.training.cores import default_loader_workers
 from objectives.training.units import unit_named, unit_names
 from sweeps.config.overrides import apply_overrides, blamed_on
-from sweeps.config.schema import Choice, ConfigError, build, join
+from sweeps.config.schema import Choice, build, join
+from sweeps.errors import ConfigError
 
 SamplerName = Literal["tpe", "random", "grid", "qmc", "gp", "cmaes"]
 PrunerName = Literal["none", "median", "hyperband", "successive_halving"]

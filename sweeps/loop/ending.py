@@ -13,16 +13,12 @@ import optuna
 from optuna.trial import TrialState
 
 from sweeps import exits
+from sweeps.budget.ledger_view import spent_message, state_of
 from sweeps.config.study_file import SweepConfig
 from sweeps.results.analysis import analyse
-from sweeps.results.ledger_view import spent_message, state_of
 from sweeps.results.recommendation import recommendation
 from sweeps.search.strategies import grid_size
 from sweeps.trial.record import TrialRecord
-
-
-class SweepFailed(RuntimeError):
-    """Too many trials in a row failed: the task itself is broken, not one configuration."""
 
 
 @dataclass(frozen=True)
@@ -37,7 +33,7 @@ def ending_of(study: optuna.Study, n_trials: int, grid_size: int | None = None,
 
     A finished trial is COMPLETE or PRUNED; a diverged trial (loss NaN/inf) is stored as PRUNED
     with `stop_reason: diverged`, so it counts as finished but never as a result. `budget_spent`:
-    the line saying `study.total_budget` is spent (`sweeps.results.ledger_view.spent_message`).
+    the line saying `study.total_budget` is spent (`sweeps.budget.ledger_view.spent_message`).
     """
     trials = study.get_trials(deepcopy=False)
     by_state = {state: [t for t in trials if t.state == state] for state in TrialState}

@@ -1,7 +1,7 @@
 """What the training process and the bookkeeper say to each other: one typed call per request.
 
 The training process (`sweeps.loop.sweep_loop`) never touches Optuna; the bookkeeper
-(`sweeps.loop.books`, in its own process) never trains. `BooksClient` is the training side's
+(`sweeps.loop.bookkeeping`, in its own process) never trains. `BooksClient` is the training side's
 handle: each method names a method of `Bookkeeping` and returns its answer as a Future.
 """
 

@@ -20,14 +20,11 @@ from typing import TextIO
 import optuna
 from optuna.trial import FrozenTrial
 
+from sweeps.errors import LogFileError
 from sweeps.loop.progress import CLEAR_LINE, finished_text
 
 LOGGER = "sweeps"
 FILE_FORMAT = "%(asctime)s pid %(process)d %(levelname)s %(message)s"
-
-
-class LogFileError(ValueError):
-    """--log-file names a file that cannot be opened for appending."""
 
 
 class ShortFormatter(logging.Formatter):

@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from objectives.training.budget import Budget
 from objectives.training.live import LiveTrial, LiveView
+from sweeps.config.plan import human
 from sweeps.trial.record import TrialRecord, consumed
 
 CLEAR_LINE = "\r\033[K"
@@ -33,11 +34,6 @@ WAIT_REPEAT_S = 10.0  # a plain log repeats the waiting message this often
 STATE_WORDS = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
 
 
-def human(x: float) -> str:
-    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= scale:
-            return f"{x / scale:.2f}{suffix}"
-    return f"{x:.4g}"
 
 
 def duration(seconds: float) -> str:

@@ -20,19 +20,18 @@ from storage.ledger import LedgerUnitError, set_total
 from storage.optuna_private import engine_of, study_id_of, study_storage
 from storage.snapshot import SnapshotStorage
 from storage.workers import register_worker
+from sweeps.budget.ledger_view import line_of
+from sweeps.budget.spending import Spending
 from sweeps.config.plan import budget_of, check_plan
-from sweeps.config.schema import ConfigError
 from sweeps.config.study_file import SweepConfig
 from sweeps.config.target import SweepTarget
-from sweeps.loop.books import finished_count
-from sweeps.loop.ending import SweepFailed
+from sweeps.errors import ConfigError, SweepFailed
+from sweeps.loop.bookkeeping import finished_count
 from sweeps.loop.logs import TrialLog
 from sweeps.loop.progress import Progress
-from sweeps.loop.resume import ChangePolicy, complete_note, keep_search, stored_config
-from sweeps.loop.spending import Spending
 from sweeps.loop.sweep_loop import SweepLoop
-from sweeps.results.ledger_view import line_of
-from sweeps.results.publish import DashboardHooks
+from sweeps.publish.hooks import DashboardHooks
+from sweeps.results.resume import ChangePolicy, complete_note, keep_search, stored_config
 from sweeps.search.strategies import build_pruner, build_sampler
 from sweeps.trial.record import (
     CONFIG_ATTR,
@@ -100,7 +99,7 @@ def open_study(config: SweepConfig, target: SweepTarget, n_train: int,
                sampler_seed: int | None = None, overrides: Sequence[str] = (),
                changes: ChangePolicy = "check", seeded: bool = True) -> optuna.Study:
     """A new study records its config, and the `--set` overrides that made it (`overrides`).
-    A study that exists must search what `config` searches, as `changes` says (loop/resume.py).
+    A study that exists must search what `config` searches, as `changes` says (results/resume.py).
     `seeded` False: the caller builds the sampler (`seed_sampler`, once it knows the worker's
     seed); until then the study holds a placeholder that costs nothing to build."""
     optuna.logging.set_verbosity(logging.WARNING)  # optuna's own info lines would break a command's output
@@ -141,7 +140,7 @@ def open_study(config: SweepConfig, target: SweepTarget, n_train: int,
 def open_ledger(study: optuna.Study, config: SweepConfig) -> None:
     """Record `study.total_budget` in the store's ledger (each run may raise it). A companion of
     confirmation runs records none: its runs book against its main study's ledger, whose total
-    only `sweeps run` sets (sweeps/loop/companion.py: `ledger_study_id`)."""
+    only `sweeps run` sets (sweeps/budget/ledger_view.py: `ledger_study_id`)."""
     total, engine = config.study.total_budget, engine_of(study_storage(study))
     if total is None or engine is None or CONFIRMS_STUDY_ATTR in study.user_attrs:
         return
@@ -196,7 +195,7 @@ def run_sweep(config: SweepConfig, target: SweepTarget, show_progress: bool = Tr
     `worker_index` when given, else the next number registered in the store. `task`: the
     caller's `load_task(config)`, when it has one. `overrides`: the `--set` arguments `config`
     was loaded with, recorded with a new study. `changes`: what a changed search does
-    (loop/resume.py). `is_worker`: a child of `--workers`, whose parent checked the search and
+    (results/resume.py). `is_worker`: a child of `--workers`, whose parent checked the search and
     says how the study ended.
     """
     task = task or load_task(config)

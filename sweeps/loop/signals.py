@@ -8,9 +8,7 @@ import signal
 import threading
 from contextlib import contextmanager
 
-
-class Terminated(BaseException):
-    """Raised in the main thread on SIGTERM; a BaseException so no `except Exception` swallows it."""
+from sweeps.errors import Terminated
 
 
 def raise_terminated(signum, frame) -> None:

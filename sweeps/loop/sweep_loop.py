@@ -1,9 +1,9 @@
 """The sweep loop, in the training process: train one trial after another while the bookkeeper
-(`sweeps.loop.books`, in its own process) does Optuna's share beside it.
+(`sweeps.loop.bookkeeping`, in its own process) does Optuna's share beside it.
 
 Asking the sampler for a trial, taking a pruning decision and recording a finished trial each
 cost milliseconds of sampler and storage work, together as much as a short trial's training.
-They run in the bookkeeper (`sweeps.loop.bookkeeper`: a forked process, so they share no GIL with
+They run in the bookkeeper (`sweeps.loop.bookkeeper_process`: a forked process, so they share no GIL with
 training), in order, while training goes on:
 - the next trial is asked (its parameters sampled) while the current one trains; TPE's constant
   liar sees the current trial as running, as a second worker would;
@@ -24,13 +24,13 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import TrialState
 
+from sweeps.budget.spending import Spending
 from sweeps.config.study_file import SweepConfig
 from sweeps.loop import signals
-from sweeps.loop.bookkeeper import start_bookkeeper
-from sweeps.loop.books import Books, Callback
+from sweeps.loop.bookkeeper_process import start_bookkeeper
+from sweeps.loop.bookkeeping import Books, Callback
 from sweeps.loop.interface import BooksClient, TrialRef
 from sweeps.loop.progress import Progress
-from sweeps.loop.spending import Spending
 from sweeps.search.space import Suggestion
 from sweeps.search.strategies import PruningSteps
 from sweeps.trial.run_one import Outcome, SweepObjective

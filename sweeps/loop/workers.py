@@ -29,17 +29,17 @@ from optuna.trial import FrozenTrial, TrialState
 from storage.retry import is_connection_error
 from storage.sql import ENV_VAR
 from sweeps import exits
+from sweeps.budget.ledger_view import line_of
+from sweeps.config.gpus import GpuAssignment
 from sweeps.config.plan import budget_of
 from sweeps.config.study_file import SweepConfig
 from sweeps.config.target import SweepTarget
-from sweeps.loop.books import finished_count
+from sweeps.errors import Terminated
+from sweeps.loop.bookkeeping import finished_count
 from sweeps.loop.ending import end_sweep
-from sweeps.loop.gpus import GpuAssignment
-from sweeps.loop.resume import ChangePolicy, complete_note
 from sweeps.loop.runner import open_study
-from sweeps.loop.signals import Terminated
 from sweeps.loop.workers_progress import WorkersProgress
-from sweeps.results.ledger_view import line_of
+from sweeps.results.resume import ChangePolicy, complete_note
 
 STOP_WAIT_S = 7  # then SIGKILL: the parent exits within 10 s of a SIGTERM, as docker stop expects
 

@@ -13,7 +13,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps.results.confirmed import Confirmed, confirmed_of
+from sweeps.confirmation.confirmed import Confirmed, confirmed_of
 from sweeps.results.critical import CriticalFit, fit_critical, reaches
 from sweeps.results.horizons import ComputePoint, best_against_compute
 from sweeps.results.lr_advice import RULE_SLOPES, LrFit, LrPoint, default_tolerance, fit_lr_scaling

@@ -22,24 +22,16 @@ from sqlalchemy.engine import make_url
 from storage import StorageError, StorageUsageError, open_storage, redact
 from sweeps import exits
 from sweeps.config.fingerprint import changes_between, flatten, shown
-from sweeps.config.schema import ConfigError
 from sweeps.config.study_file import SweepConfig, load_config, parse_config
 from sweeps.config.target import SweepTarget, target_of
-from sweeps.loop.resume import stored_config
+from sweeps.errors import ConfigError, NotReadable
+from sweeps.results.resume import stored_config
 from sweeps.trial.record import CONFIG_ATTR, OVERRIDES_ATTR
 
 SHOWN_CHANGES = 3  # differing keys a note names before it counts the rest
 # keys every command takes from the study file on purpose, never from the stored config: how many
 # trials the study gets, and its total budget (the ledger records the file's; raising it continues)
 FROM_THE_FILE = ("study.n_trials", "study.total_budget")
-
-
-class NotReadable(RuntimeError):
-    """The study cannot be read; `code` is the command's exit status."""
-
-    def __init__(self, code: int, message: str):
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass

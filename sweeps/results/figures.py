@@ -11,6 +11,8 @@ import json
 import math
 from typing import Any
 
+from sweeps.config.plan import plan_rows
+from sweeps.config.study_file import SweepConfig
 from sweeps.results.analysis import RULE_SLOPES, StudyAnalysis
 from sweeps.results.horizons import length_text
 from sweeps.results.palette import BARS, batch_color, batch_colors
@@ -291,3 +293,9 @@ def write_html(path, a: StudyAnalysis, figures: dict[str, Figure], summary_html:
         parts.append(pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0), div_id=key, validate=False))
     parts.append("</body></html>")
     path.write_text("\n".join(parts), encoding="utf-8")
+
+
+def figures_of(analysis: StudyAnalysis, config: SweepConfig | None, n_train: int | None,
+               tokens_per_example: int | None = None) -> dict[str, Figure]:
+    plan = plan_rows(config, n_train, tokens_per_example) if config is not None and n_train else None
+    return build_figures(analysis, plan)

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeps.errors import Refusal
 from sweeps.trial.record import TrialRecord, horizons_of
 
 NEAR, MIN_NEAR = 0.3, 8  # the trials a local quadratic is fitted over
@@ -45,10 +46,6 @@ BOOTSTRAP, LEVEL = 200, 0.90
 MIN_HORIZONS, MIN_TRIALS, MIN_BATCH_SIZES = 3, 6, 3
 MAX_EXPONENT_WIDTH = 1.0  # the widest interval of a power law's exponent a prediction is made on
 MAX_REACH = 32.0  # the furthest a prediction goes: the target over the largest horizon trained
-
-
-class Refusal(Exception):
-    """The fits cannot carry a prediction; the message says why and what would."""
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from optuna.trial import FrozenTrial
 
+from sweeps.confirmation.confirmed import Confirmed
 from sweeps.results.analysis import StudyAnalysis, coupling_of
-from sweeps.results.confirmed import Confirmed
 from sweeps.results.critical import WIDE_FACTOR, interval_text, tradeoff_sentence
 from sweeps.results.noise import disagreement
 from sweeps.trial.record import TrialRecord

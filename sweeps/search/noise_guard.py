@@ -23,7 +23,7 @@ A step whose standard error is unknown (a metric with no per-example values) lea
 decision as it is; a competitor without one is taken to have this trial's.
 
 The standard errors travel as trial system attributes (`record.value_se_key(step)`), written by
-the bookkeeper with the report (`sweeps.loop.books.Books.decide`), so training does no I/O for them.
+the bookkeeper with the report (`sweeps.loop.bookkeeping.Books.decide`), so training does no I/O for them.
 """
 
 from __future__ import annotations

@@ -19,11 +19,11 @@ from objectives.training.live import LiveTrial
 from objectives.training.loop import Reporter, Trainer, TrainResult, measure_seconds_per_update
 from objectives.training.options import EarlyStopping, TrainerOptions
 from objectives.training.schedule import Schedule
+from sweeps.config.gpus import machine_gpu
 from sweeps.config.study_file import ObjectiveSection, SweepConfig
-from sweeps.loop.gpus import machine_gpu
-from sweeps.results.checkpoints import Checkpoint
 from sweeps.search.space import Suggestion
 from sweeps.trial import record
+from sweeps.trial.checkpoints import Checkpoint
 from sweeps.trial.record import TrialRecord
 
 
@@ -121,7 +121,7 @@ class SweepObjective:
         limits = [m for m in (config.objective.max_micro_batch, probed_for(probed_micro_batch, self.device)) if m]
         self.max_micro_batch = min(limits) if limits else None
         self.options = trainer_options(config, self.max_micro_batch)
-        self.keeper = None  # sweeps.results.checkpoints.CheckpointKeeper, set by the runner: the best trials' weights
+        self.keeper = None  # sweeps.trial.checkpoints.CheckpointKeeper, set by the runner: the best trials' weights
         self.identity: dict[str, object] = {}  # which worker ran the trial (worker number, sampler seed)
         self.live: LiveTrial | None = None  # set by the runner when a progress display reads it
 

@@ -19,11 +19,10 @@ from optuna.trial import FrozenTrial, TrialState
 from storage.batch import set_study_system_attrs
 from storage.dashboard_formats import chunks, note_str_key_prefix, note_ver_key
 from storage.optuna_private import study_id_of, study_storage, trial_id_of
-from sweeps.config.plan import fmt, plan_rows
+from sweeps.budget.ledger_view import note_text, state_of
+from sweeps.config.plan import fmt, human, plan_rows
 from sweeps.config.study_file import SweepConfig
-from sweeps.loop.progress import human
 from sweeps.results.analysis import analyse
-from sweeps.results.ledger_view import note_text, state_of
 from sweeps.results.recommendation import recommendation
 from sweeps.trial.record import TrialRecord, consumed
 

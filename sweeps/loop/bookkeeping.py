@@ -1,7 +1,7 @@
 """The bookkeeper's side of a sweep: everything Optuna does for it, in the bookkeeping process.
 
 Asking the sampler for a trial, taking pruning decisions, recording finished trials, failing
-stale ones. `sweeps.loop.bookkeeper` runs these methods in a forked child (or a thread), in
+stale ones. `sweeps.loop.bookkeeper_process` runs these methods in a forked child (or a thread), in
 order, while the training process (`sweeps.loop.sweep_loop`) trains; `sweeps.loop.interface`
 is what the two say to each other.
 """
@@ -31,14 +31,14 @@ from storage.optuna_private import (
 )
 from storage.retry import with_retry
 from storage.snapshot import snapshot
+from sweeps.budget.admission import BudgetBooks
+from sweeps.budget.ledger_view import ledger_study_id, refused_message
+from sweeps.budget.spending import Spending
 from sweeps.config.study_file import SweepConfig
-from sweeps.loop.budget_books import BudgetBooks
-from sweeps.loop.companion import ledger_study_id, why_not_run
+from sweeps.confirmation.companion import why_not_run
 from sweeps.loop.heartbeat import Heartbeat, seconds_to_stale, stale_wait_text
 from sweeps.loop.interface import TrialRef
 from sweeps.loop.progress import Progress
-from sweeps.loop.spending import Spending
-from sweeps.results.ledger_view import refused_message
 from sweeps.search.space import Suggestion, suggest
 from sweeps.search.strategies import grid_size
 from sweeps.trial.record import CONFIRMS_STUDY_ATTR, TrialRecord, error_attrs, queued_attrs, value_se_key
@@ -69,7 +69,7 @@ class Books:
         self.study_id = study_id_of(study)
         self.config = config
         self.n_trials = n_trials
-        self.keeper = keeper  # sweeps.results.checkpoints.CheckpointKeeper: writes the best trials' weights
+        self.keeper = keeper  # sweeps.trial.checkpoints.CheckpointKeeper: writes the best trials' weights
         self.callbacks = callbacks or []
         self.at_end = at_end  # after the last trial is recorded, where the trials are cached
         self.failures_seen = 0  # as of the last trial recorded

@@ -37,7 +37,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 INTERRUPT = "interrupt"  # handled by the child's reader itself: a waiting ask must see it at once
 
 
-Owner = Bookkeeping  # the object whose methods the bookkeeper runs (`sweeps.loop.books.Books`)
+Owner = Bookkeeping  # the object whose methods the bookkeeper runs (`sweeps.loop.bookkeeping.Books`)
 
 
 class BookkeeperDied(RuntimeError):

@@ -1,5 +1,5 @@
 """The bookkeeper's share of `study.total_budget`: may this worker ask for a trial, may this trial
-start, and what did it cost. Runs in the bookkeeping process beside `sweeps.loop.books`.
+start, and what did it cost. Runs in the bookkeeping process beside `sweeps.loop.bookkeeping`.
 
 A trial books its planned cost when it starts (`storage.ledger.reserve`) and settles to what it
 actually cost when it ends; a pruned trial hands back most of its reservation. So a worker that
@@ -9,7 +9,7 @@ concludes the budget is spent. Once a worker finds it spent with nothing in flig
 the ledger at the current amount: every worker then stops, and the sweep's ending says why.
 
 `study_id` is the study whose ledger pays: a companion of confirmation runs books in its main
-study's (sweeps/loop/companion.py). Such a worker never notes the budget spent: a confirmation run
+study's (sweeps/confirmation/companion.py). Such a worker never notes the budget spent: a confirmation run
 that does not fit says nothing about the cheaper trials the search may still start.
 """
 
@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from storage import ledger
 from storage.optuna_private import engine_of
 from storage.retry import with_retry
-from sweeps.loop.spending import Pace, Spending
+from sweeps.budget.spending import Pace, Spending
 from sweeps.search.space import Suggestion
 
 WAIT_S = 0.5

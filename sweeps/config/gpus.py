@@ -19,16 +19,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from sweeps.config.schema import ConfigError
+from sweeps.errors import ConfigError, GpuError
 
 GPUS_ENV = "SWEEPS_GPUS"  # --gpus when the flag is absent
 GPU_ENV = "SWEEPS_GPU"  # set on each worker: its GPU's index on the machine (nvidia-smi's numbering)
 SLURM_GPU_ENVS = ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS")  # the machine's indexes of the GPUs Slurm gave
 DEVICES_WITH_GPUS = ("auto", "cuda", "cuda:0")  # with --gpus a worker's only device is cuda:0
-
-
-class GpuError(ValueError):
-    """A --gpus / --trials-per-gpu value that cannot be used: a usage error (exit 2)."""
 
 
 @dataclass(frozen=True)

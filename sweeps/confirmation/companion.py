@@ -5,7 +5,7 @@ Optuna's samplers read every trial of a study, so confirmation runs kept among t
 would steer it; in `<name>-confirm` they do not, and the dashboard lists them like any study.
 Each run is queued with the source trial's parameters (`study.enqueue_trial`) and its
 `CONFIRM` attributes (sweeps/trial/record.py): which trial it confirms and the seed it trains
-with. Workers pull the queue through the ordinary sweep loop (`sweeps.loop.books` trains
+with. Workers pull the queue through the ordinary sweep loop (`sweeps.loop.bookkeeping` trains
 nothing else in a study that carries `CONFIRMS_STUDY_ATTR`), so a run records its cost
 (examples, updates, train_seconds) like any trial.
 
@@ -27,10 +27,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from storage.ledger import SLACK, LedgerState
-from storage.optuna_private import study_id_of, study_storage
+from sweeps.budget.spending import Pace, Spending
 from sweeps.config.study_file import SweepConfig, parse_config
 from sweeps.config.target import SweepTarget
-from sweeps.loop.spending import Pace, Spending
 from sweeps.search.space import Suggestion, suggest
 from sweeps.trial.record import (
     CONFIRM_STUDY_ATTR,
@@ -113,17 +112,6 @@ def companion_target(main: SweepTarget, n_trials: int, kind: str = "confirm") ->
     return SweepTarget(main.storage_url, companion_name(main.study_name, kind), max(1, n_trials),
                        confirms=main.study_name)
 
-
-def ledger_study_id(study: optuna.Study) -> int:
-    """The study whose `study.total_budget` pays for this study's trials: a companion's main
-    study (while it exists), any other study itself."""
-    main = study.user_attrs.get(CONFIRMS_STUDY_ATTR)
-    if main:
-        try:
-            return study_storage(study).get_study_id_from_name(main)
-        except KeyError:  # the main study was deleted: nothing pays, no ledger
-            pass
-    return study_id_of(study)
 
 
 def link(main: optuna.Study, companion: optuna.Study, attr: str = CONFIRM_STUDY_ATTR) -> None:

@@ -12,7 +12,7 @@ random order), and every other trial costs one comparison.
 The artifact's record lives in the study's system attributes under the dashboard's own key
 (`dashboard:artifacts:<trial_id>:<artifact_id>`), where the dashboard lists it with its trial
 and serves it, and where, unlike a finished trial's attributes, it can be cleared when the
-checkpoint is evicted. Files go to a FileSystemArtifactStore in the folder `sweeps.results.locations`
+checkpoint is evicted. Files go to a FileSystemArtifactStore in the folder `sweeps.config.locations`
 chooses: $SWEEPS_ARTIFACTS, `dashboard.artifacts`, else beside the SQLite file, or beside the study
 file for a server store (every worker must then see that folder).
 """
@@ -33,8 +33,8 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 
 from storage.dashboard_formats import artifact_key, artifact_meta, parse_artifact_key
 from storage.optuna_private import study_id_of, study_storage, trial_id_of
+from sweeps.config.locations import checkpoint_folder
 from sweeps.config.study_file import SweepConfig
-from sweeps.results.locations import checkpoint_folder
 
 if TYPE_CHECKING:  # torch is imported where weights are serialised: the read-only commands never need it
     import torch
@@ -44,7 +44,7 @@ logger = logging.getLogger("sweeps")
 
 def artifact_dir(config: SweepConfig, storage_url: str, study_name: str) -> Path:
     """$SWEEPS_ARTIFACTS, then dashboard.artifacts, then beside the SQLite file (or, for a server
-    store, `<study name>-artifacts` beside the study file): `sweeps.results.locations`."""
+    store, `<study name>-artifacts` beside the study file): `sweeps.config.locations`."""
     return checkpoint_folder(config, storage_url, study_name).path
 
 

@@ -3,7 +3,7 @@
 - at study open: the study note (resolved config, plan table, budget spent so far);
 - per trial: its note (a sweep-loop callback, in the bookkeeper) and, only for a trial that
   enters the study's best `dashboard.keep_checkpoints`, its best weights as an artifact
-  (`sweeps.results.checkpoints`: serialised by the objective right after training, written by the
+  (`sweeps.trial.checkpoints`: serialised by the objective right after training, written by the
   bookkeeper);
 - after the sweep (run by the bookkeeper, which has the trials cached): the study note again
   (final budget spent) and the report's figures as dashboard plots, all in one transaction,
@@ -19,12 +19,11 @@ import optuna
 from storage.batch import set_study_system_attrs
 from storage.dashboard_formats import chunks, plot_data_key_prefix
 from storage.optuna_private import study_id_of, study_storage
-from sweeps.config.plan import plan_rows
 from sweeps.config.study_file import SweepConfig
-from sweeps.results.analysis import StudyAnalysis, analyse
-from sweeps.results.checkpoints import CheckpointKeeper, artifact_dir, open_artifact_store
-from sweeps.results.figures import Figure, build_figures, to_json
-from sweeps.results.notes import TrialNotes, study_note, write_study_note
+from sweeps.publish.notes import TrialNotes, study_note, write_study_note
+from sweeps.results.analysis import analyse
+from sweeps.results.figures import Figure, figures_of, to_json
+from sweeps.trial.checkpoints import CheckpointKeeper, artifact_dir, open_artifact_store
 
 logger = logging.getLogger("sweeps")
 PLOT_PREFIX = "sweeps-"  # dashboard graph-object ids of the report's figures
@@ -43,11 +42,6 @@ def publish_figures(study: optuna.Study, figures: dict[str, Figure]) -> None:
         attrs.update({f"{prefix}{i}": "" for i in range(len(parts), old)})
     set_study_system_attrs(storage, study_id, attrs)
 
-
-def figures_of(analysis: StudyAnalysis, config: SweepConfig | None, n_train: int | None,
-               tokens_per_example: int | None = None) -> dict[str, Figure]:
-    plan = plan_rows(config, n_train, tokens_per_example) if config is not None and n_train else None
-    return build_figures(analysis, plan)
 
 
 class DashboardHooks:

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from storage.optuna_private import study_storage
 from sweeps.config.plan import text_table
-from sweeps.loop.companion import key_of
+from sweeps.confirmation.companion import key_of
 from sweeps.trial.record import CONFIRM_STUDY_ATTR
 
 

@@ -9,11 +9,23 @@ import optuna
 
 from storage import ledger
 from storage.ledger import LedgerState
-from storage.optuna_private import engine_of, study_storage
-from sweeps.loop.companion import ledger_study_id
-from sweeps.loop.progress import human
+from storage.optuna_private import engine_of, study_id_of, study_storage
+from sweeps.config.plan import human
+from sweeps.trial.record import CONFIRMS_STUDY_ATTR
 
 RAISE_FIX = "raise study.total_budget.amount to continue"
+
+
+def ledger_study_id(study: optuna.Study) -> int:
+    """The study whose `study.total_budget` pays for this study's trials: a companion's main
+    study (while it exists), any other study itself."""
+    main = study.user_attrs.get(CONFIRMS_STUDY_ATTR)
+    if main:
+        try:
+            return study_storage(study).get_study_id_from_name(main)
+        except KeyError:  # the main study was deleted: nothing pays, no ledger
+            pass
+    return study_id_of(study)
 
 
 def state_of(study: optuna.Study) -> LedgerState | None:

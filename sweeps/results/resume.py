@@ -10,9 +10,10 @@ from typing import Any, Literal
 import optuna
 
 from storage import redact
-from sweeps.config.fingerprint import SearchChanged, changes_between, fingerprint_of
+from sweeps.config.fingerprint import changes_between, fingerprint_of
 from sweeps.config.study_file import SweepConfig
 from sweeps.config.target import SweepTarget
+from sweeps.errors import SearchChanged
 from sweeps.trial.record import CONFIG_ATTR, FINGERPRINT_ATTR, FINGERPRINT_HISTORY_ATTR, OVERRIDES_ATTR
 
 # check: stop on a changed search (exit 2); allow: carry on and record the change (--allow-changes);
