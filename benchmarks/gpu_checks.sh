@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU figures of the README: trainer throughput, the probe, an OOM-recovery sweep and memory
-# release over 100 trials. Run on a machine with an NVIDIA GPU: bash benchmarks/gpu_checks.sh
+# The GPU figures of the user guide (docs/guide/benchmarks.md): trainer throughput, the probe, an
+# OOM-recovery sweep and memory release over 100 trials. Run on a machine with an NVIDIA GPU: bash benchmarks/gpu_checks.sh
 set -u
 export PYTHONUNBUFFERED=1
 out=${OUT:-/tmp/gpu_checks}; mkdir -p "$out"
@@ -10,7 +10,7 @@ echo "== trainer benchmark, resnet_synthetic, batch 256"
 python3 benchmarks/trainer.py --task resnet_synthetic --batch-size 256 --updates 300 --repeats 3
 echo "== trainer benchmark, digits_mlp, batch 64 (launch-bound)"
 python3 benchmarks/trainer.py --task digits_mlp --batch-size 64 --updates 2000 --repeats 3
-echo "== horizons: branch against dedicated run on CUDA, fp32 and bf16 (the tolerance the README states)"
+echo "== horizons: branch against dedicated run on CUDA, fp32 and bf16 (docs/guide/horizons_and_prediction.md, "On CUDA")"
 python3 benchmarks/horizons_device.py --device cuda --precision fp32 bf16
 echo "== probe (whole GPU)"
 python3 -m sweeps.probe examples/resnet_gpu.yaml --storage "sqlite:///$work/probe.db" --limit 65536

@@ -2,8 +2,8 @@
 
 Serves the study's dashboard (as `sweeps.dashboard` does) on a free 127.0.0.1 port for as long as
 Chromium needs it, then saves a screenshot of the study page, or of one trial's page with its
-note and checkpoint. Needs Chromium (Debian: `apt-get install chromium`). The README's dashboard
-picture is made with this command.
+note and checkpoint. Needs Chromium (Debian: `apt-get install chromium`). The user guide's dashboard
+pictures (docs/guide/report.md) are made with this command.
 """
 
 from __future__ import annotations

@@ -406,8 +406,10 @@ def task_study(folder: Path, task: str, **study: object) -> Path:
 
 @pytest.mark.parametrize("form", list(FORMS))
 def test_the_repository_example_task_imports_from_the_repository_root(form):
-    """The README's example in every form. (The tests' PYTHONPATH holds the repository, so this one
-    passed before the search order too; the next test is the one that did not.)"""
+    """The custom-task example of the user guide (docs/guide/your_own_task.md runs it from the repository
+    root) in every form. (The tests' PYTHONPATH holds the repository, so this one passed before the
+    search order too; the next test is the one that did not.)"""
+    assert "python -m sweeps.run examples/custom_task.yaml" in (REPO / "docs/guide/your_own_task.md").read_text()
     done = entry(form, ["examples/custom_task.yaml", "--dry-run"], REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "store:" in done.stdout

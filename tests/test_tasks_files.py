@@ -522,7 +522,11 @@ def test_examples_build_on_the_samples_module_output(tmp_path, monkeypatch, caps
     monkeypatch.delenv("SWEEPS_STORAGE", raising=False)
     shutil.copy(REPO / "examples" / f"{example}.yaml", tmp_path)
     loaded = yaml.safe_load((tmp_path / f"{example}.yaml").read_text())
-    assert loaded["objective"]["options"]["path"] == sample  # the path the README's command writes
+    assert loaded["objective"]["options"]["path"] == sample  # the path the guide's command writes:
+    guide = (REPO / "docs/guide/your_own_task.md").read_text()
+    commands = (f"python -m objectives.tasks.samples {kind} examples/{sample}\n"
+                f"python -m sweeps.run examples/{example}.yaml")
+    assert commands in guide
     assert samples.main([kind, str(tmp_path / sample)]) == 0
     config = parse_config(loaded, tmp_path)
     assert config.objective.task == example
