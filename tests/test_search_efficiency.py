@@ -268,3 +268,11 @@ def test_the_documented_command_line_runs_the_script_by_its_path(tmp_path):
                                capture_output=True, text=True, timeout=120).stdout
     assert help_text.splitlines()[0].startswith("usage: search_efficiency.py")
     assert "Search efficiency: compute to target for random search" in help_text
+
+
+def test_every_method_is_one_function_by_name_in_the_grids_order():
+    # the order is the grid's and the tables' (and a --save file's), fixed before any change
+    assert methods.METHODS == ("random", "plain_optuna", "optuna_hyperband", "one_epoch_topk", "service")
+    assert methods.BASELINES == methods.METHODS[:-1]
+    assert methods.WSD_BASELINES == tuple(f"{m}+wsd" for m in methods.BASELINES)
+    assert all(callable(methods.SEARCH_METHODS[m]) for m in methods.METHODS)

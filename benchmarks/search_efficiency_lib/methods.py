@@ -8,6 +8,7 @@ import math
 import random
 import tempfile
 import time
+from typing import Protocol
 
 import optuna
 
@@ -17,49 +18,23 @@ from sweeps.config.target import target_of
 from sweeps.loop.runner import run_sweep
 from sweeps.trial.record import consumed, cooldown_consumed
 
-from .records import Evaluation, TrialRecord
+from .records import Evaluation, Run, TrialRecord
 from .tasks import BATCH_EXPONENTS, COUPLINGS, LR_RANGE, REFERENCE_BATCH, WARMUP_RANGE, TaskSpec
 from .training import EpochRun, PlainTrainer, one_thread
 
 
-def cooldown_shares(steps: list[int], branched_below: float) -> list[float]:
-    """The share of a trial's cooldown examples spent by each evaluation, cumulated: a branch at
-    step s trains cooldown_fraction x the updates done, so about in proportion to s, and only the
-    evaluations before the decay (step < branched_below) branch."""
-    weights = [float(s) if s < branched_below else 0.0 for s in steps]
-    total, done, shares = sum(weights), 0.0, []
-    for w in weights:
-        done += w
-        shares.append(done / total if total else 0.0)
-    return shares
+class SearchMethod(Protocol):
+    """What every method is (one strategy per function, as Optuna's samplers share BaseSampler):
+    spend the task's total compute C on one seed, return the trials' records in the order their
+    compute was spent and the wall seconds. `shape`: the baselines' LR schedule (cosine, or the
+    service's wsd for NAME+wsd); `overrides`: a service variant's study-file sections (--compare)."""
+
+    def __call__(self, spec: TaskSpec, seed: int, shape: str = "cosine", overrides: dict | None = None) -> Run: ...
 
 
-def records_from_study(study: optuna.Study, started: float, branched_below: float = math.inf) -> list[TrialRecord]:
-    """The service's trials in the order they ran, from what each recorded.
+# --- (a), (b), (d): the plain Optuna loop ---------------------------------------------------------
 
-    The sweep asks a trial ahead while the previous one trains, so a trial's own start time is not
-    its training start; its training window is taken as (previous trial's end, its end], and an
-    evaluation's time is interpolated in that window by examples. Cooldown branches count as
-    compute: each evaluation's examples include the branches made up to it (`cooldown_shares`).
-    """
-    records = []
-    window_start = 0.0
-    for trial in sorted(study.trials, key=lambda t: t.number):
-        examples = int(trial.user_attrs.get("examples_seen", 0))
-        branches = int(cooldown_consumed(trial.user_attrs, "examples"))
-        end = trial.datetime_complete.timestamp() - started if trial.datetime_complete else window_start
-        evals = []
-        steps = sorted(trial.intermediate_values)
-        for step, share_of_branches in zip(steps, cooldown_shares(steps, branched_below)):
-            share = min(step / examples, 1.0) if examples else 1.0
-            at = (min(step, examples) if examples else step) + branches * share_of_branches
-            evals.append(Evaluation(at, trial.intermediate_values[step], window_start + share * (end - window_start)))
-        records.append(TrialRecord(examples + branches, evals))
-        window_start = max(window_start, end)
-    return records
-
-
-def plain_sweep(spec: TaskSpec, seed: int, method: str, shape: str = "cosine") -> tuple[list[TrialRecord], float]:
+def plain_sweep(spec: TaskSpec, seed: int, method: str, shape: str = "cosine") -> Run:
     """(a) random, (b) plain TPE + median or (d) TPE + Optuna's HyperbandPruner (method
     "hyperband"), run until the method has used its total compute; `shape`: the LR schedule."""
     started = time.perf_counter()
@@ -100,6 +75,23 @@ def plain_sweep(spec: TaskSpec, seed: int, method: str, shape: str = "cosine") -
     return trainer.records, time.perf_counter() - started
 
 
+def random_search(spec: TaskSpec, seed: int, shape: str = "cosine", overrides: dict | None = None) -> Run:
+    """(a) Optuna's RandomSampler over the service's space, every trial trained to its end."""
+    return plain_sweep(spec, seed, "random", shape)
+
+
+def plain_optuna(spec: TaskSpec, seed: int, shape: str = "cosine", overrides: dict | None = None) -> Run:
+    """(b) The objective people write by hand: TPE + MedianPruner, the LR searched directly."""
+    return plain_sweep(spec, seed, "tpe", shape)
+
+
+def optuna_hyperband(spec: TaskSpec, seed: int, shape: str = "cosine", overrides: dict | None = None) -> Run:
+    """(d) (b) with Optuna's HyperbandPruner in place of the MedianPruner."""
+    return plain_sweep(spec, seed, "hyperband", shape)
+
+
+# --- (e) one_epoch_topk (Egele et al. 2023) -------------------------------------------------------
+
 def topk_plan(spec: TaskSpec) -> tuple[int, int]:
     """(N, K) for one_epoch_topk: N configurations trained one epoch each, the best K finished to
     E epochs, with N + K (E - 1) = F E epochs of the training set, i.e. exactly the total compute
@@ -113,7 +105,7 @@ def topk_plan(spec: TaskSpec) -> tuple[int, int]:
 
 
 def one_epoch_topk_sweep(spec: TaskSpec, seed: int, picked: list[int] | None = None,
-                         shape: str = "cosine") -> tuple[list[TrialRecord], float]:
+                         shape: str = "cosine") -> Run:
     """(e) Egele et al. 2023's one-epoch baseline: N random configurations (batch size and LR from
     the plain loop's space, the whole E epochs planned, no warmup) trained one epoch each, then the
     K best by that first evaluation resumed from where they stopped and trained to E epochs.
@@ -157,6 +149,13 @@ def one_epoch_topk_sweep(spec: TaskSpec, seed: int, picked: list[int] | None = N
     return trainer.records, time.perf_counter() - started
 
 
+def one_epoch_topk(spec: TaskSpec, seed: int, shape: str = "cosine", overrides: dict | None = None) -> Run:
+    """(e) N configurations one epoch each, the K best finished (one_epoch_topk_sweep)."""
+    return one_epoch_topk_sweep(spec, seed, shape=shape)
+
+
+# --- (c) the service ------------------------------------------------------------------------------
+
 def service_study(spec: TaskSpec, seed: int, overrides: dict | None = None) -> dict:
     """The study file (c) runs: defaults for everything but the task, budget and search block."""
     data = {
@@ -180,7 +179,7 @@ def service_study(spec: TaskSpec, seed: int, overrides: dict | None = None) -> d
     return data
 
 
-def service_sweep(spec: TaskSpec, seed: int, overrides: dict | None = None) -> tuple[list[TrialRecord], float]:
+def service_sweep(spec: TaskSpec, seed: int, overrides: dict | None = None) -> Run:
     """run_sweep until the study's trials have used the total compute; more trials are added by
     resuming the study as a further worker (its own sampler seed), as a user would."""
     with tempfile.TemporaryDirectory() as folder:
@@ -204,30 +203,49 @@ def service_sweep(spec: TaskSpec, seed: int, overrides: dict | None = None) -> t
         return records_from_study(study, started_wall, branched_below), wall
 
 
-BASELINES = ("random", "plain_optuna", "optuna_hyperband", "one_epoch_topk")
-METHODS = BASELINES + ("service",)
-# The same baselines training with the service's wsd schedule instead of cosine: since issue 17 the
-# service's default, so these are the like-for-like baselines (the recipe the same, only the search
-# differs); not in the default grid, which was fixed before the change (`--methods random+wsd ...`).
-WSD = "+wsd"
-WSD_BASELINES = tuple(b + WSD for b in BASELINES)
+def cooldown_shares(steps: list[int], branched_below: float) -> list[float]:
+    """The share of a trial's cooldown examples spent by each evaluation, cumulated: a branch at
+    step s trains cooldown_fraction x the updates done, so about in proportion to s, and only the
+    evaluations before the decay (step < branched_below) branch."""
+    weights = [float(s) if s < branched_below else 0.0 for s in steps]
+    total, done, shares = sum(weights), 0.0, []
+    for w in weights:
+        done += w
+        shares.append(done / total if total else 0.0)
+    return shares
 
 
-def run_method(method: str, spec: TaskSpec, seed: int,
-               overrides: dict | None = None) -> tuple[list[TrialRecord], float]:
-    shape = "wsd" if method.endswith(WSD) else "cosine"
-    method = method.removesuffix(WSD)
-    if method == "random":
-        return plain_sweep(spec, seed, "random", shape)
-    if method == "plain_optuna":
-        return plain_sweep(spec, seed, "tpe", shape)
-    if method == "optuna_hyperband":
-        return plain_sweep(spec, seed, "hyperband", shape)
-    if method == "one_epoch_topk":
-        return one_epoch_topk_sweep(spec, seed, shape=shape)
+def records_from_study(study: optuna.Study, started: float, branched_below: float = math.inf) -> list[TrialRecord]:
+    """The service's trials in the order they ran, from what each recorded.
+
+    The sweep asks a trial ahead while the previous one trains, so a trial's own start time is not
+    its training start; its training window is taken as (previous trial's end, its end], and an
+    evaluation's time is interpolated in that window by examples. Cooldown branches count as
+    compute: each evaluation's examples include the branches made up to it (`cooldown_shares`).
+    """
+    records = []
+    window_start = 0.0
+    for trial in sorted(study.trials, key=lambda t: t.number):
+        examples = int(trial.user_attrs.get("examples_seen", 0))
+        branches = int(cooldown_consumed(trial.user_attrs, "examples"))
+        end = trial.datetime_complete.timestamp() - started if trial.datetime_complete else window_start
+        evals = []
+        steps = sorted(trial.intermediate_values)
+        for step, share_of_branches in zip(steps, cooldown_shares(steps, branched_below)):
+            share = min(step / examples, 1.0) if examples else 1.0
+            at = (min(step, examples) if examples else step) + branches * share_of_branches
+            evals.append(Evaluation(at, trial.intermediate_values[step], window_start + share * (end - window_start)))
+        records.append(TrialRecord(examples + branches, evals))
+        window_start = max(window_start, end)
+    return records
+
+
+def service(spec: TaskSpec, seed: int, shape: str = "cosine", overrides: dict | None = None) -> Run:
+    """(c) The service with its defaults, or a variant's `overrides`; its schedule is the study file's."""
     return service_sweep(spec, seed, overrides)
 
 
+# --compare: the service with study-file sections over its defaults, one variant each
 VARIANTS = {
     "service": None,  # the defaults
     "sampler=random": {"sampler": {"name": "random"}},
@@ -262,3 +280,27 @@ def resolve_variant(overrides: dict | None, spec: TaskSpec) -> dict | None:
     if "budget" in out and isinstance(out["budget"].get("eval_every"), str):
         out["budget"]["eval_every"] = max(1, spec.per_trial // int(out["budget"]["eval_every"]))
     return out
+
+
+# --- the methods by name --------------------------------------------------------------------------
+
+SEARCH_METHODS: dict[str, SearchMethod] = {
+    "random": random_search,
+    "plain_optuna": plain_optuna,
+    "optuna_hyperband": optuna_hyperband,
+    "one_epoch_topk": one_epoch_topk,
+    "service": service,
+}
+BASELINES = tuple(name for name in SEARCH_METHODS if name != "service")
+METHODS = tuple(SEARCH_METHODS)
+# The same baselines training with the service's wsd schedule instead of cosine: since issue 17 the
+# service's default, so these are the like-for-like baselines (the recipe the same, only the search
+# differs); not in the default grid, which was fixed before the change (`--methods random+wsd ...`).
+WSD = "+wsd"
+WSD_BASELINES = tuple(b + WSD for b in BASELINES)
+
+
+def run_method(method: str, spec: TaskSpec, seed: int, overrides: dict | None = None) -> Run:
+    """The method named (NAME+wsd: that baseline with the wsd schedule) on one task and seed."""
+    shape = "wsd" if method.endswith(WSD) else "cosine"
+    return SEARCH_METHODS[method.removesuffix(WSD)](spec, seed, shape, overrides)

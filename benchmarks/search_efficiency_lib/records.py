@@ -17,3 +17,5 @@ class TrialRecord:
     examples: int  # training examples the trial processed in all
     evaluations: list[Evaluation]
 
+
+Run = tuple[list[TrialRecord], float]  # one method's run on one task and seed: its trials, in order, and wall seconds
