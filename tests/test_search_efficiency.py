@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
+import json
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "search_efficiency.py"
-spec = importlib.util.spec_from_file_location("search_efficiency", SCRIPT)
-bench = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = bench  # dataclasses look their module up
-spec.loader.exec_module(bench)
+from benchmarks.search_efficiency_lib import analysis, grid, methods, records, reference, tasks, training
 
-Ev, Tr = bench.Evaluation, bench.TrialRecord
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "benchmarks" / "search_efficiency.py"
+
+Ev, Tr = records.Evaluation, records.TrialRecord
 
 
 def trials():
@@ -27,47 +28,47 @@ def trials():
 
 
 def test_examples_to_target_count_earlier_trials_in_full_and_the_hitting_trial_up_to_its_evaluation():
-    hit = bench.compute_to_target(trials(), target=0.9, total=1000)
+    hit = analysis.compute_to_target(trials(), target=0.9, total=1000)
     assert (hit.examples, hit.seconds, hit.best) == (140, 3.0, 0.99)  # best: within the total
-    hit = bench.compute_to_target(trials(), target=0.95, total=1000)
+    hit = analysis.compute_to_target(trials(), target=0.95, total=1000)
     assert (hit.examples, hit.seconds) == (160, 4.0)
-    assert bench.compute_to_target(trials(), target=0.5, total=1000).examples == 50
+    assert analysis.compute_to_target(trials(), target=0.5, total=1000).examples == 50
 
 
 def test_compute_beyond_the_total_does_not_count():
-    assert bench.compute_to_target(trials(), target=0.95, total=160).examples == 160
-    hit = bench.compute_to_target(trials(), target=0.95, total=159)
+    assert analysis.compute_to_target(trials(), target=0.95, total=160).examples == 160
+    hit = analysis.compute_to_target(trials(), target=0.95, total=159)
     assert not hit.reached and hit.examples == math.inf and hit.best == 0.9
-    assert not bench.compute_to_target(trials(), target=0.9, total=100).reached
+    assert not analysis.compute_to_target(trials(), target=0.9, total=100).reached
 
 
 def test_minimize():
     records = [Tr(10, [Ev(10, 3.0, 1.0)]), Tr(10, [Ev(5, 1.0, 2.0)])]
-    assert bench.compute_to_target(records, target=1.5, total=100, maximize=False).examples == 15
+    assert analysis.compute_to_target(records, target=1.5, total=100, maximize=False).examples == 15
 
 
 def test_censored_median_and_speedup_use_the_whole_budget_for_misses():
-    assert bench.censored_median([10.0, math.inf, math.inf], total=50) == 50
-    assert bench.censored_median([10.0, 20.0, math.inf], total=50) == 20
+    assert analysis.censored_median([10.0, math.inf, math.inf], total=50) == 50
+    assert analysis.censored_median([10.0, 20.0, math.inf], total=50) == 20
 
 
 def tiny(full_trials: int = 2) -> object:
-    return bench.TaskSpec("digits_mlp", 1438, epochs=1, full_trials=full_trials)
+    return tasks.TaskSpec("digits_mlp", 1438, epochs=1, full_trials=full_trials)
 
 
 def test_plain_loop_counts_every_example_it_trains_on():
-    records, _ = bench.plain_sweep(tiny(), seed=0, method="random")
+    records, _ = methods.plain_sweep(tiny(), seed=0, method="random")
     # one epoch per trial (epochs searched in 1..1); it stops once the total is used
     assert [r.examples for r in records] == [1438, 1438]
     assert [[e.examples for e in r.evaluations] for r in records] == [[1438], [1438]]
-    hit = bench.compute_to_target(records, target=-math.inf, total=tiny().total)
+    hit = analysis.compute_to_target(records, target=-math.inf, total=tiny().total)
     assert hit.examples == 1438
-    hit = bench.compute_to_target(records, target=2.0, total=tiny().total)
+    hit = analysis.compute_to_target(records, target=2.0, total=tiny().total)
     assert not hit.reached and 0 < hit.best <= 1
 
 
 def test_service_records_come_from_the_trials_examples_seen_and_curves():
-    records, wall = bench.service_sweep(tiny(), seed=0)
+    records, wall = methods.service_sweep(tiny(), seed=0)
     assert sum(r.examples for r in records) >= tiny().total
     for record in records:
         steps = [e.examples for e in record.evaluations]
@@ -75,7 +76,7 @@ def test_service_records_come_from_the_trials_examples_seen_and_curves():
         times = [e.seconds for e in record.evaluations]
         assert times == sorted(times) and 0 <= times[0] <= wall
     first = records[0].evaluations[0]
-    hit = bench.compute_to_target(records, target=-math.inf, total=tiny().total)
+    hit = analysis.compute_to_target(records, target=-math.inf, total=tiny().total)
     assert hit.examples == first.examples == 143  # eval_every defaults to a tenth of the budget
     # each trial counts its own examples from zero, on the same grid as the first
     assert records[1].evaluations[0].examples == first.examples
@@ -84,27 +85,27 @@ def test_service_records_come_from_the_trials_examples_seen_and_curves():
     assert later, "with seed 0 a later trial beats the first; the check below needs one"
     i, ev = later[0]  # everything of the trials before the hitting one counts
     expected = sum(r.examples for r in records[:i]) + ev.examples
-    assert bench.compute_to_target(records, target, total=10**9).examples == expected
+    assert analysis.compute_to_target(records, target, total=10**9).examples == expected
 
 
 @pytest.mark.parametrize("values,expected", [([1.0, 2.0, 3.0, 4.0, 5.0], "2-4"), ([1.0], "-")])
 def test_spread_is_the_interquartile_range(values, expected):
-    assert bench.spread(values) == expected
+    assert analysis.spread(values) == expected
 
 
 @pytest.mark.parametrize("full,epochs", [(20, 20), (16, 20), (10, 4), (4, 20), (3, 3), (5, 1), (1, 2)])
 def test_one_epoch_topk_plan_spends_exactly_the_total_compute(full, epochs):
-    n, k = bench.topk_plan(bench.TaskSpec("x", 100, epochs=epochs, full_trials=full))
+    n, k = methods.topk_plan(tasks.TaskSpec("x", 100, epochs=epochs, full_trials=full))
     assert n + k * (epochs - 1) == full * epochs  # epochs of the training set: C exactly
     assert 1 <= k <= n
 
 
 def test_one_epoch_topk_screens_one_epoch_each_then_finishes_the_best_from_where_they_stopped():
-    spec = bench.TaskSpec("digits_mlp", 1438, epochs=3, full_trials=3)
-    n, k = bench.topk_plan(spec)
+    spec = tasks.TaskSpec("digits_mlp", 1438, epochs=3, full_trials=3)
+    n, k = methods.topk_plan(spec)
     assert (n, k) == (5, 2)
     picked = []
-    records, _ = bench.one_epoch_topk_sweep(spec, seed=0, picked=picked)
+    records, _ = methods.one_epoch_topk_sweep(spec, seed=0, picked=picked)
     assert [r.examples for r in records] == [1438] * 5 + [2 * 1438] * 2
     assert sum(r.examples for r in records) == spec.total
     first = [r.evaluations[0].value for r in records[:5]]
@@ -120,7 +121,7 @@ def fake_runs(monkeypatch):
         calls.append((spec.name, method, seed))
         return [Tr(10, [Ev(10, 0.5 + seed / 10, 1.0)])], 0.5
 
-    monkeypatch.setattr(bench, "run_method", run_method)
+    monkeypatch.setattr(grid, "run_method", run_method)  # as the grid runner calls it
     return calls
 
 
@@ -130,83 +131,83 @@ def test_save_appends_each_run_and_a_rerun_skips_what_is_saved(tmp_path, monkeyp
     specs = {"digits_mlp": tiny(2)}
     methods = {"random": None, "one_epoch_topk": None}
     quiet = lambda line: None  # noqa: E731
-    bench.run_grid(specs, [0, 1], methods, {}, quiet, save)
+    grid.run_grid(specs, [0, 1], methods, {}, quiet, save)
     assert len(calls) == 4 and len(Path(save).read_text().splitlines()) == 4
     with open(save, "a") as f:  # a stop mid-write leaves a cut line: it is skipped, not fatal
         f.write('{"task": "digits_mlp", "meth')
-    cells = bench.run_grid(specs, [0, 1, 2], methods, {}, quiet, save)
+    cells = grid.run_grid(specs, [0, 1, 2], methods, {}, quiet, save)
     assert calls[4:] == [("digits_mlp", "random", 2), ("digits_mlp", "one_epoch_topk", 2)]
     assert [wall for _, wall in cells[("digits_mlp", "random")].runs] == [0.5] * 3
     assert cells[("digits_mlp", "random")].runs[1][0][0].evaluations[0].value == 0.6  # read back
-    bench.run_grid({"digits_mlp": tiny(3)}, [0], {"random": None}, {}, quiet, save)  # another compute level
+    grid.run_grid({"digits_mlp": tiny(3)}, [0], {"random": None}, {}, quiet, save)  # another compute level
     assert calls[-1] == ("digits_mlp", "random", 0) and len(calls) == 7
-    loaded = bench.load_runs([save], {"digits_mlp": bench.fingerprint(tiny(2))})
+    loaded = grid.load_runs([save], {"digits_mlp": tasks.fingerprint(tiny(2))})
     assert len(loaded[("digits_mlp", "random")].runs) == 3 and len(loaded[("digits_mlp", "one_epoch_topk")].runs) == 3
 
 
 def test_noise_is_measured_on_the_reference_configuration_and_gives_the_second_margin(tmp_path):
     path = tmp_path / "noise.json"
-    reference = {"digits_mlp": {"best": 0.9, "best_params": {"batch_size": 256, "lr": 0.05}}}
-    noise = bench.measure_noise({"digits_mlp": tiny(2)}, reference, seeds=3, path=path, log=lambda line: None)
+    ref = {"digits_mlp": {"best": 0.9, "best_params": {"batch_size": 256, "lr": 0.05}}}
+    noise = reference.measure_noise({"digits_mlp": tiny(2)}, ref, seeds=3, path=path, log=lambda line: None)
     entry = noise["digits_mlp"]
     assert entry["config"] == {"batch_size": 256, "lr": 0.05, "epochs": 1, "warmup_fraction": 0.0}
     assert len(entry["final"]) == 3 and entry["std_final"] >= 0
-    saved = bench.json.loads(path.read_text())
+    saved = json.loads(path.read_text())
     # the margin depends on the per-trial budget only: a run with another total compute uses it too
-    assert bench.noise_margins(saved, {"digits_mlp": tiny(5)}) == {"digits_mlp": 2 * entry["std_final"]}
-    other = bench.TaskSpec("digits_mlp", 1438, epochs=2, full_trials=2)
-    assert bench.noise_margins(saved, {"digits_mlp": other}) == {"digits_mlp": None}
+    assert reference.noise_margins(saved, {"digits_mlp": tiny(5)}) == {"digits_mlp": 2 * entry["std_final"]}
+    other = tasks.TaskSpec("digits_mlp", 1438, epochs=2, full_trials=2)
+    assert reference.noise_margins(saved, {"digits_mlp": other}) == {"digits_mlp": None}
 
 
 def noise_entry(spec, bests, config=None):
     return {"config": dict(config or {"batch_size": 128, "lr": 0.05}, epochs=spec.epochs, warmup_fraction=0.0),
-            "best": bests, "final": bests, "std_final": 0.01, "fingerprint": bench.fingerprint(spec, total=False)}
+            "best": bests, "final": bests, "std_final": 0.01, "fingerprint": tasks.fingerprint(spec, total=False)}
 
 
 def test_seed_mean_reference_is_the_mean_best_of_the_grid_configuration_over_the_noise_seeds():
     spec = tiny()
-    grid = {"digits_mlp": {"best": 0.99, "best_params": {"batch_size": 128, "lr": 0.05}}}
+    ref_grid = {"digits_mlp": {"best": 0.99, "best_params": {"batch_size": 128, "lr": 0.05}}}
     noise = {"digits_mlp": noise_entry(spec, [0.96, 0.97, math.nan, 0.98])}
-    ref = bench.resolve_reference(grid, noise, {"digits_mlp": spec}, log=lambda line: None)
+    ref = reference.resolve_reference(ref_grid, noise, {"digits_mlp": spec}, log=lambda line: None)
     assert ref["digits_mlp"]["best"] == pytest.approx(0.97) and ref["digits_mlp"]["seeds"] == 3
     assert ref["digits_mlp"]["grid_best"] == 0.99
-    assert bench.target_for(ref, "digits_mlp", spec, 0.01) == pytest.approx(0.96)
+    assert analysis.target_for(ref, "digits_mlp", spec, 0.01) == pytest.approx(0.96)
     # the old protocol, for the earlier runs: the grid maximum itself
-    old = bench.resolve_reference(grid, noise, {"digits_mlp": spec}, protocol="grid_max")
-    assert bench.target_for(old, "digits_mlp", spec, 0.01) == pytest.approx(0.98)
-    assert bench.DEFAULT_REFERENCE == "seed_mean"
+    old = reference.resolve_reference(ref_grid, noise, {"digits_mlp": spec}, protocol="grid_max")
+    assert analysis.target_for(old, "digits_mlp", spec, 0.01) == pytest.approx(0.98)
+    assert reference.DEFAULT_REFERENCE == "seed_mean"
 
 
 @pytest.mark.parametrize("noise_of", [
     lambda spec: {},  # not measured
     lambda spec: {"digits_mlp": noise_entry(spec, [0.96, 0.97], {"batch_size": 64, "lr": 0.05})},  # stale config
-    lambda spec: {"digits_mlp": noise_entry(bench.TaskSpec("digits_mlp", 1438, epochs=2, full_trials=2),
+    lambda spec: {"digits_mlp": noise_entry(tasks.TaskSpec("digits_mlp", 1438, epochs=2, full_trials=2),
                                             [0.96, 0.97])},  # another per-trial level
 ])
 def test_seed_mean_reference_is_left_out_rather_than_guessed(noise_of):
     spec = tiny()
-    grid = {"digits_mlp": {"best": 0.99, "best_params": {"batch_size": 128, "lr": 0.05}}}
+    ref_grid = {"digits_mlp": {"best": 0.99, "best_params": {"batch_size": 128, "lr": 0.05}}}
     notes = []
-    assert bench.resolve_reference(grid, noise_of(spec), {"digits_mlp": spec}, log=notes.append) == {}
+    assert reference.resolve_reference(ref_grid, noise_of(spec), {"digits_mlp": spec}, log=notes.append) == {}
     assert notes and "grid_max" in notes[0]
     # the analysis then falls back to the best of the runs, marked as pooled, never the grid maximum
-    cells = {("digits_mlp", "random"): bench.Cell([(trials(), 1.0)])}
-    pooled = bench.with_pooled_best({}, cells, {"digits_mlp": tiny()})
+    cells = {("digits_mlp", "random"): analysis.Cell([(trials(), 1.0)])}
+    pooled = analysis.with_pooled_best({}, cells, {"digits_mlp": tiny()})
     assert pooled["digits_mlp"] == {"best": 0.99, "pooled": True}
 
 
 def test_cooldown_branches_count_as_compute_where_they_were_spent():
     # branches at steps below 35 only, each about in proportion to its step: 10, 20, 30 of 60
-    assert bench.cooldown_shares([10, 20, 30, 40], branched_below=35) == [1 / 6, 3 / 6, 1.0, 1.0]
-    assert bench.cooldown_shares([10, 20], branched_below=math.inf) == [1 / 3, 1.0]
-    assert bench.cooldown_shares([40], branched_below=35) == [0.0]  # no branch: nothing to share
+    assert methods.cooldown_shares([10, 20, 30, 40], branched_below=35) == [1 / 6, 3 / 6, 1.0, 1.0]
+    assert methods.cooldown_shares([10, 20], branched_below=math.inf) == [1 / 3, 1.0]
+    assert methods.cooldown_shares([40], branched_below=35) == [0.0]  # no branch: nothing to share
 
 
 def test_a_service_variant_with_cooldown_branches_pays_for_them():
     spec = tiny()
     overrides = {"schedule": {"name": "wsd", "cooldown_evaluations": True}}
-    records, _ = bench.service_sweep(spec, seed=0, overrides=overrides)
-    plain, _ = bench.service_sweep(spec, seed=0, overrides={"schedule": {"name": "wsd"}})
+    records, _ = methods.service_sweep(spec, seed=0, overrides=overrides)
+    plain, _ = methods.service_sweep(spec, seed=0, overrides={"schedule": {"name": "wsd"}})
     assert sum(r.examples for r in records) >= spec.total
     longest = max(records, key=lambda r: len(r.evaluations))
     first = longest.evaluations[0]
@@ -219,38 +220,59 @@ def test_a_run_saved_in_two_files_is_read_once(tmp_path, monkeypatch, capsys):
     fake_runs(monkeypatch)
     first, second = str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")
     quiet = lambda line: None  # noqa: E731
-    bench.run_grid({"digits_mlp": tiny(2)}, [0, 1], {"random": None}, {}, quiet, first)
-    bench.run_grid({"digits_mlp": tiny(2)}, [1, 2], {"random": None}, {}, quiet, second)
-    cells = bench.load_runs([first, second])
+    grid.run_grid({"digits_mlp": tiny(2)}, [0, 1], {"random": None}, {}, quiet, first)
+    grid.run_grid({"digits_mlp": tiny(2)}, [1, 2], {"random": None}, {}, quiet, second)
+    cells = grid.load_runs([first, second])
     assert len(cells[("digits_mlp", "random")].runs) == 3  # seeds 0, 1, 2: seed 1 once
     assert "1 runs already read from an earlier file left out" in capsys.readouterr().err
 
 
 def test_variants_are_rated_against_the_service_and_the_figure_is_drawn(tmp_path):
-    spec = bench.TaskSpec("digits_mlp", 100, epochs=1, full_trials=10)  # C = 1000 examples
-    cell = lambda hit_at: bench.Cell([([Tr(100, [Ev(hit_at, 0.9, 1.0)])], 1.0)] * 3)  # noqa: E731
+    spec = tasks.TaskSpec("digits_mlp", 100, epochs=1, full_trials=10)  # C = 1000 examples
+    cell = lambda hit_at: analysis.Cell([([Tr(100, [Ev(hit_at, 0.9, 1.0)])], 1.0)] * 3)  # noqa: E731
     cells = {("digits_mlp", "service"): cell(20), ("digits_mlp", "pruner=none"): cell(60)}
-    reference = {"digits_mlp": {"best": 0.9}}
+    ref = {"digits_mlp": {"best": 0.9}}
     lines = []
-    geo = bench.speedups(cells, {"digits_mlp": spec}, reference, {"digits_mlp": 0.0}, log=lines.append,
+    geo = analysis.speedups(cells, {"digits_mlp": spec}, ref, {"digits_mlp": 0.0}, log=lines.append,
                          against=["pruner=none"])
     assert geo == {"pruner=none": pytest.approx(3.0)} and "digits_mlp 60/20 = 3.00" in lines[0]
     out = str(tmp_path / "fig_held_out.png")
-    bench.draw_figure(cells, {"digits_mlp": spec}, reference, ["service", "pruner=none"],
+    analysis.draw_figure(cells, {"digits_mlp": spec}, ref, ["service", "pruner=none"],
                       [("margin 0.01", {"digits_mlp": 0.01})], out, "held-out tasks", "service")
     assert Path(out).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and Path(out).stat().st_size > 10_000
-    assert bench.figure_path("docs/x.png", "held-out") == "docs/x_held_out.png"
+    assert analysis.figure_path("docs/x.png", "held-out") == "docs/x_held_out.png"
 
 
 def test_wsd_baselines_train_the_plain_loop_with_the_services_schedule(monkeypatch):
-    run = bench.PlainTrainer(tiny(), 0.0, "wsd").start(seed=0, batch_size=64, lr=0.1, epochs=4, warmup_fraction=0.0)
+    run = training.PlainTrainer(tiny(), 0.0, "wsd").start(seed=0, batch_size=64, lr=0.1, epochs=4, warmup_fraction=0.0)
     lrs = [run.schedule.lr_at(u) for u in range(run.planned)]
     decay = run.planned - run.schedule.decay_start
     assert decay == round(0.2 * run.planned) and lrs[: run.planned - decay] == [0.1] * (run.planned - decay)
-    assert lrs[-1] == 0.0 and bench.PlainTrainer(tiny(), 0.0).start(0, 64, 0.1, 4, 0.0).schedule is None
+    assert lrs[-1] == 0.0 and training.PlainTrainer(tiny(), 0.0).start(0, 64, 0.1, 4, 0.0).schedule is None
     seen = []
-    monkeypatch.setattr(bench, "plain_sweep", lambda spec, seed, method, shape: seen.append((method, shape)))
-    monkeypatch.setattr(bench, "one_epoch_topk_sweep", lambda spec, seed, shape: seen.append(("topk", shape)))
+    monkeypatch.setattr(methods, "plain_sweep", lambda spec, seed, method, shape: seen.append((method, shape)))
+    monkeypatch.setattr(methods, "one_epoch_topk_sweep", lambda spec, seed, shape: seen.append(("topk", shape)))
     for method in ("random+wsd", "plain_optuna", "optuna_hyperband+wsd", "one_epoch_topk+wsd"):
-        bench.run_method(method, tiny(), 0)
+        methods.run_method(method, tiny(), 0)
     assert seen == [("random", "wsd"), ("tpe", "cosine"), ("hyperband", "wsd"), ("topk", "wsd")]
+
+
+def test_the_documented_command_line_runs_the_script_by_its_path(tmp_path):
+    # the thin entry point finds its package beside it, from any working directory
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--estimate"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "# estimate: 20 runs, 0 already saved" in done.stdout
+    help_text = subprocess.run([sys.executable, str(SCRIPT), "--help"], cwd=tmp_path, env=env,
+                               capture_output=True, text=True, timeout=120).stdout
+    assert help_text.splitlines()[0].startswith("usage: search_efficiency.py")
+    assert "Search efficiency: compute to target for random search" in help_text
+
+
+def test_every_method_is_one_function_by_name_in_the_grids_order():
+    # the order is the grid's and the tables' (and a --save file's), fixed before any change
+    assert methods.METHODS == ("random", "plain_optuna", "optuna_hyperband", "one_epoch_topk", "service")
+    assert methods.BASELINES == methods.METHODS[:-1]
+    assert methods.WSD_BASELINES == tuple(f"{m}+wsd" for m in methods.BASELINES)
+    assert all(callable(methods.SEARCH_METHODS[m]) for m in methods.METHODS)

@@ -4,7 +4,7 @@ Each line is one method's median over seeds of the best value seen within x exam
 interquartile band; the dashed lines are the targets of the two margins, and the value axis is
 zoomed on them (ten times the gap between them beyond the looser one). Where a method's median
 line crosses a target is its median compute to that target (the tables' figure), and the band
-shows how much seeds disagree. Written by `search_efficiency.py --load ... --figure PATH`.
+shows how much seeds disagree. Drawn by `benchmarks/search_efficiency.py --load ... --figure PATH`.
 """
 
 from __future__ import annotations

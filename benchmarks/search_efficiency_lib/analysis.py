@@ -1,0 +1,201 @@
+"""The analysis: compute to target (examples and seconds until a value first reaches the target
+within the total compute C), medians and interquartile ranges over seeds, the tables, the paired
+speedups (baseline / service, geometric mean over tasks) and the figure's panels."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .methods import BASELINES
+from .records import TrialRecord
+from .tasks import TaskSpec
+
+
+@dataclass
+class Hit:
+    examples: float  # math.inf when the target was not reached within the total compute
+    seconds: float
+    best: float | None  # best value seen within the total compute
+
+    @property
+    def reached(self) -> bool:
+        return math.isfinite(self.examples)
+
+
+def compute_to_target(trials: Sequence[TrialRecord], target: float, total: float, maximize: bool = True) -> Hit:
+    """Examples (and seconds) spent, in trial order, until a value first reaches `target`.
+
+    Only compute within `total` counts: an evaluation after the method's first `total` examples is
+    ignored, and so is every later trial. `best` is the best value seen within `total`.
+    """
+    spent = 0
+    best = None
+    hit = None
+    for trial in trials:
+        if spent >= total:
+            break
+        for ev in sorted(trial.evaluations, key=lambda e: e.examples):
+            if spent + ev.examples > total:
+                break
+            if not math.isfinite(ev.value):  # a diverged evaluation (NaN or inf) never counts as best
+                continue
+            if best is None or (ev.value > best if maximize else ev.value < best):
+                best = ev.value
+            if hit is None and ((ev.value >= target) if maximize else (ev.value <= target)):
+                hit = (spent + ev.examples, ev.seconds)
+        spent += trial.examples
+    return Hit(*(hit or (math.inf, math.inf)), best)
+
+
+def median_of(values: list[float]) -> float:
+    return statistics.median(values)  # inf (not reached) sorts last, so the median is censored too
+
+
+def spread(values: list[float], unit: str = "") -> str:
+    """Interquartile range over seeds (n/r: not reached within the total compute)."""
+    if len(values) < 2:
+        return "-"
+    q = sorted(values)
+    k = len(q) // 4
+    return f"{fmt(q[k], unit)}-{fmt(q[-1 - k], unit)}"
+
+
+def fmt(v: float, unit: str = "") -> str:
+    if not math.isfinite(v):
+        return "n/r"
+    if unit == "s":
+        return f"{v:.1f}"
+    return f"{v / 1000:.0f}k" if v >= 10_000 else f"{v:.0f}"
+
+
+@dataclass
+class Cell:
+    """One method on one task: each seed's trial records and wall seconds."""
+
+    runs: list[tuple[list[TrialRecord], float]] = field(default_factory=list)
+
+    def hits(self, target: float, total: float, maximize: bool = True) -> list[Hit]:
+        return [compute_to_target(records, target, total, maximize) for records, _ in self.runs]
+
+
+def target_for(reference: dict, name: str, spec: TaskSpec, margin: float) -> float:
+    """The reference value, worse by `margin` in the task's direction."""
+    best = reference[name]["best"]
+    return best - margin if spec.maximize else best + margin
+
+
+def with_pooled_best(reference: dict, cells: dict[tuple[str, str], Cell], specs: dict[str, TaskSpec]) -> dict:
+    """A task without a reference (char_lm) takes the best value any method and seed reached within
+    its total compute C in these runs: the target is relative to the best found."""
+    out = dict(reference)
+    for name, spec in specs.items():
+        if name in out:
+            continue
+        bests = [h.best for (task, _), cell in cells.items() if task == name
+                 for h in cell.hits(math.nan, spec.total, spec.maximize) if h.best is not None]
+        if bests:
+            out[name] = {"best": max(bests) if spec.maximize else min(bests), "pooled": True}
+    return out
+
+
+def censored_median(values: list[float], total: float) -> float:
+    """The median, with not-reached seeds counted as the whole budget (a lower bound on their cost)."""
+    return median_of([min(v, total) for v in values])
+
+
+def best_within(cell: Cell, total: float, maximize: bool) -> list[float]:
+    return [h.best for h in cell.hits(math.nan, total, maximize) if h.best is not None]
+
+
+def value_spread(values: list[float]) -> str:
+    if len(values) < 2:
+        return "-"
+    q = sorted(values)
+    k = len(q) // 4
+    return f"{q[k]:.4f}-{q[-1 - k]:.4f}"
+
+
+def print_table(cells: dict[tuple[str, str], Cell], specs: dict[str, TaskSpec], reference: dict,
+                labels: Sequence[str], margins: dict[str, float], title: str) -> None:
+    """Compute to target at the task's margin (a task without one is left out), and the best value
+    within fixed compute (C/4 and C), medians with the interquartile range over seeds."""
+    print()
+    print(f"compute to target, {title}; IQR over seeds; n/r = not reached within C")
+    print(f"{'task':16s} {'method':22s} {'reached':>7s} {'examples (median)':>17s} {'IQR':>13s} "
+          f"{'seconds (median)':>16s} {'IQR':>11s} {'best@C/4':>8s} {'best@C (median)':>15s} {'IQR':>15s}")
+    for name, spec in specs.items():
+        if margins.get(name) is None:
+            print(f"{name:16s} (no {title} for this task: see --noise)")
+            continue
+        margin = margins[name]
+        target = target_for(reference, name, spec, margin)
+        for label in labels:
+            if (name, label) not in cells:
+                continue
+            cell = cells[(name, label)]
+            hits = cell.hits(target, spec.total, spec.maximize)
+            examples, seconds = [h.examples for h in hits], [h.seconds for h in hits]
+            bests = best_within(cell, spec.total, spec.maximize)
+            early = best_within(cell, spec.total / 4, spec.maximize)
+            print(f"{name:16s} {label:22s} {sum(h.reached for h in hits):>3d}/{len(hits):<3d} "
+                  f"{fmt(median_of(examples)):>17s} {spread(examples):>13s} "
+                  f"{fmt(median_of(seconds), 's'):>16s} {spread(seconds, 's'):>11s} "
+                  f"{statistics.median(early) if early else float('nan'):>8.4f} "
+                  f"{statistics.median(bests) if bests else float('nan'):>15.4f} {value_spread(bests):>15s}")
+        what = {"seed_mean": f"reference: mean best of {reference[name].get('seeds')} seeds of the grid's best config",
+                "grid_max": "reference: grid maximum, one seed"}.get(reference[name].get("protocol"), "reference")
+        what = "best of all runs within C" if reference[name].get("pooled") else what
+        print(f"{'':16s} {spec.metric} target {target:.4f} ({what} {reference[name]['best']:.4f} "
+              f"{'-' if spec.maximize else '+'} {margin:.4g}), "
+              f"budget C = {spec.total} examples = {spec.full_trials} trials of {spec.per_trial}")
+
+
+def speedups(cells, specs, reference: dict, margins: dict[str, float], service_label: str = "service",
+             log=print, against: Sequence[str] = BASELINES) -> dict[str, float]:
+    """Per baseline (or `against`: the variants of --compare, each the service without one of its
+    mechanisms): the geometric mean over tasks of median(examples to target of the baseline) /
+    median(of the service), misses counted as C; each task's ratio is logged beside it."""
+    names = [n for n, s in specs.items() if margins.get(n) is not None and (n, service_label) in cells]
+    geo = {}
+    for base in against:
+        if not names or not all((n, base) in cells for n in names):
+            continue
+        ratios = []
+        for name in names:
+            spec = specs[name]
+            target = target_for(reference, name, spec, margins[name])
+            ours = censored_median([h.examples for h in cells[(name, service_label)].hits(
+                target, spec.total, spec.maximize)], spec.total)
+            theirs = censored_median([h.examples for h in cells[(name, base)].hits(
+                target, spec.total, spec.maximize)], spec.total)
+            ratios.append((name, theirs / ours, theirs, ours))
+        geo[base] = math.exp(sum(math.log(r) for _, r, _, _ in ratios) / len(ratios))
+        log(f"# {base} / service, median examples to target: "
+            + "; ".join(f"{n} {fmt(a)}/{fmt(b)} = {r:.2f}" for n, r, a, b in ratios)
+            + f"; geometric mean {geo[base]:.2f}")
+    return geo
+
+
+def figure_path(path: str, group: str) -> str:
+    stem = path[:-4] if path.endswith(".png") else path
+    return f"{stem}_{group.replace('-', '_')}.png"
+
+
+def draw_figure(cells, specs: dict[str, TaskSpec], reference: dict, labels: Sequence[str],
+                margin_sets: list[tuple[str, dict]], path: str, title: str, emphasis: str) -> None:
+    """figure.draw over these cells: the tables' runs, drawn."""
+    from .figure import draw  # matplotlib only when a figure is asked for
+
+    panels = []
+    for name, spec in specs.items():
+        targets = {t: target_for(reference, name, spec, m[name]) for t, m in margin_sets
+                   if m.get(name) is not None and name in reference}
+        runs = {label: [records for records, _ in cells[(name, label)].runs]
+                for label in labels if (name, label) in cells}
+        panels.append({"name": name, "metric": spec.metric, "maximize": spec.maximize, "total": spec.total,
+                       "cells": runs, "targets": targets})
+    draw(panels, labels, lambda records, x, maximize: compute_to_target(records, math.nan, x, maximize).best,
+         path, title, emphasis)

@@ -1,0 +1,306 @@
+"""The search methods compared: each spends a task's total compute C on one seed and returns its
+trials' records in the order their compute was spent, and its wall seconds."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import tempfile
+import time
+from typing import Protocol
+
+import optuna
+
+from objectives.training.coupling import couple
+from sweeps.config.study_file import parse_config
+from sweeps.config.target import target_of
+from sweeps.loop.runner import run_sweep
+from sweeps.trial.record import consumed, cooldown_consumed
+
+from .records import Evaluation, Run, TrialRecord
+from .tasks import BATCH_EXPONENTS, COUPLINGS, LR_RANGE, REFERENCE_BATCH, WARMUP_RANGE, TaskSpec
+from .training import EpochRun, PlainTrainer, one_thread
+
+
+class SearchMethod(Protocol):
+    """What every method is (one strategy per function, as Optuna's samplers share BaseSampler):
+    spend the task's total compute C on one seed, return the trials' records in the order their
+    compute was spent and the wall seconds. `shape`: the baselines' LR schedule (cosine, or the
+    service's wsd for NAME+wsd); `overrides`: a service variant's study-file sections (--compare)."""
+
+    def __call__(self, spec: TaskSpec, seed: int, shape: str = "cosine", overrides: dict | None = None) -> Run: ...
+
+
+# --- (a), (b), (d): the plain Optuna loop ---------------------------------------------------------
+
+def plain_sweep(spec: TaskSpec, seed: int, method: str, shape: str = "cosine") -> Run:
+    """(a) random, (b) plain TPE + median or (d) TPE + Optuna's HyperbandPruner (method
+    "hyperband"), run until the method has used its total compute; `shape`: the LR schedule."""
+    started = time.perf_counter()
+    trainer = PlainTrainer(spec, started, shape)
+    if method == "random":
+        sampler, pruner = optuna.samplers.RandomSampler(seed=seed), optuna.pruners.NopPruner()
+    elif method == "hyperband":  # rungs in epochs (the step reported), 1 .. E, Optuna's default eta 3
+        sampler = optuna.samplers.TPESampler(seed=seed)
+        pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.epochs, reduction_factor=3)
+    else:
+        sampler, pruner = optuna.samplers.TPESampler(seed=seed), optuna.pruners.MedianPruner()
+    study = optuna.create_study(direction="maximize" if spec.maximize else "minimize", sampler=sampler, pruner=pruner)
+
+    def objective(trial: optuna.Trial) -> float:
+        batch_size = 2 ** trial.suggest_int("batch_size_log2", *BATCH_EXPONENTS)
+        epochs = trial.suggest_int("epochs", 1, spec.epochs)
+        trial_seed = seed * 100_003 + trial.number
+        if method == "random":  # the service's space: base LR, coupling rule, warmup
+            base_lr = trial.suggest_float("base_lr", *LR_RANGE, log=True)
+            rule = trial.suggest_categorical("coupling", COUPLINGS)
+            warmup = trial.suggest_float("warmup_fraction", *WARMUP_RANGE)
+            lr = couple(rule, base_lr, batch_size, REFERENCE_BATCH).lr
+            return trainer.train(trial_seed, batch_size, lr, epochs, warmup)
+        lr = trial.suggest_float("lr", *LR_RANGE, log=True)
+
+        def report(epoch: int, value: float) -> bool:
+            trial.report(value, epoch)
+            return trial.should_prune()
+
+        return trainer.train(trial_seed, batch_size, lr, epochs, 0.0, report)
+
+    def enough(study: optuna.Study, _trial) -> None:
+        if sum(r.examples for r in trainer.records) >= spec.total:
+            study.stop()
+
+    with one_thread():
+        study.optimize(objective, callbacks=[enough], catch=(Exception,))
+    return trainer.records, time.perf_counter() - started
+
+
+def random_search(spec: TaskSpec, seed: int, shape: str = "cosine", overrides: dict | None = None) -> Run:
+    """(a) Optuna's RandomSampler over the service's space, every trial trained to its end."""
+    return plain_sweep(spec, seed, "random", shape)
+
+
+def plain_optuna(spec: TaskSpec, seed: int, shape: str = "cosine", overrides: dict | None = None) -> Run:
+    """(b) The objective people write by hand: TPE + MedianPruner, the LR searched directly."""
+    return plain_sweep(spec, seed, "tpe", shape)
+
+
+def optuna_hyperband(spec: TaskSpec, seed: int, shape: str = "cosine", overrides: dict | None = None) -> Run:
+    """(d) (b) with Optuna's HyperbandPruner in place of the MedianPruner."""
+    return plain_sweep(spec, seed, "hyperband", shape)
+
+
+# --- (e) one_epoch_topk (Egele et al. 2023) -------------------------------------------------------
+
+def topk_plan(spec: TaskSpec) -> tuple[int, int]:
+    """(N, K) for one_epoch_topk: N configurations trained one epoch each, the best K finished to
+    E epochs, with N + K (E - 1) = F E epochs of the training set, i.e. exactly the total compute
+    C = F full trials. K spends about half of C on finishing (K = round(F E / (2 (E - 1)))), so
+    N is about F E / 2 screening epochs; with E = 1 there is nothing to finish and N = K = F."""
+    full, epochs = spec.full_trials, spec.epochs
+    if epochs == 1:
+        return full, full
+    k = max(1, round(full * epochs / (2 * (epochs - 1))))
+    return full * epochs - k * (epochs - 1), k
+
+
+def one_epoch_topk_sweep(spec: TaskSpec, seed: int, picked: list[int] | None = None,
+                         shape: str = "cosine") -> Run:
+    """(e) Egele et al. 2023's one-epoch baseline: N random configurations (batch size and LR from
+    the plain loop's space, the whole E epochs planned, no warmup) trained one epoch each, then the
+    K best by that first evaluation resumed from where they stopped and trained to E epochs.
+
+    Records in the order the compute was spent: N one-epoch records, then one record per finished
+    configuration holding only its epochs 2..E (examples counted from its resumption), so
+    compute_to_target counts every example once, in order. A configuration that diverges is
+    dropped (its epoch still counts); one that diverges while finishing leaves its rest unspent.
+    `picked`, when given, receives the screening indices of the configurations finished.
+    """
+    started = time.perf_counter()
+    trainer = PlainTrainer(spec, started, shape)
+    n, k = topk_plan(spec)
+    rng = random.Random(seed)
+    sign = -1.0 if spec.maximize else 1.0  # sort ascending on sign * value: best first
+    best: list[tuple[float, int, EpochRun]] = []
+    with one_thread():
+        for i in range(n):
+            batch_size = 2 ** rng.randint(*BATCH_EXPONENTS)
+            lr = math.exp(rng.uniform(math.log(LR_RANGE[0]), math.log(LR_RANGE[1])))
+            record = TrialRecord(0, [])
+            trainer.records.append(record)
+            run = trainer.start(seed * 100_003 + i, batch_size, lr, spec.epochs, 0.0)
+            try:
+                value = run.next_epoch(record)
+            except optuna.TrialPruned:
+                continue
+            best.append((sign * value, i, run))
+            best.sort(key=lambda b: (b[0], b[1]))
+            del best[k:]  # only the K best so far stay in memory
+        for _, i, run in best:
+            if picked is not None:
+                picked.append(i)
+            record = TrialRecord(0, [])
+            trainer.records.append(record)
+            try:
+                while run.epoch < spec.epochs:
+                    run.next_epoch(record)
+            except optuna.TrialPruned:
+                pass
+    return trainer.records, time.perf_counter() - started
+
+
+def one_epoch_topk(spec: TaskSpec, seed: int, shape: str = "cosine", overrides: dict | None = None) -> Run:
+    """(e) N configurations one epoch each, the K best finished (one_epoch_topk_sweep)."""
+    return one_epoch_topk_sweep(spec, seed, shape=shape)
+
+
+# --- (c) the service ------------------------------------------------------------------------------
+
+def service_study(spec: TaskSpec, seed: int, overrides: dict | None = None) -> dict:
+    """The study file (c) runs: defaults for everything but the task, budget and search block."""
+    data = {
+        "study": {"name": f"eff-{spec.name}-{seed}", "metric": spec.metric,
+                  "direction": "maximize" if spec.maximize else "minimize",
+                  "n_trials": spec.full_trials, "seed": seed},
+        "objective": {"task": spec.name, "optimizer": "sgd", "options": dict(spec.options)},
+        "budget": {"unit": "examples", "per_trial": spec.per_trial},
+        "search": {
+            "batch_size": {"low": 2 ** BATCH_EXPONENTS[0], "high": 2 ** BATCH_EXPONENTS[1], "log": True,
+                           "power_of_two": True},
+            "epochs": {"low": 1, "high": spec.epochs},
+            "base_lr": {"low": LR_RANGE[0], "high": LR_RANGE[1], "log": True},
+            "coupling": list(COUPLINGS),
+            "reference_batch_size": REFERENCE_BATCH,
+            "warmup_fraction": {"low": WARMUP_RANGE[0], "high": WARMUP_RANGE[1]},
+        },
+    }
+    for section, values in (overrides or {}).items():
+        data.setdefault(section, {}).update(copy.deepcopy(values))
+    return data
+
+
+def service_sweep(spec: TaskSpec, seed: int, overrides: dict | None = None) -> Run:
+    """run_sweep until the study's trials have used the total compute; more trials are added by
+    resuming the study as a further worker (its own sampler seed), as a user would."""
+    with tempfile.TemporaryDirectory() as folder:
+        data = service_study(spec, seed, overrides)
+        data["study"]["storage"] = f"sqlite:///{folder}/efficiency.db"
+        config = parse_config(data, folder)
+        started_wall, started = time.time(), time.perf_counter()
+        n_trials, chunk = 2 * spec.full_trials, 0
+        while True:
+            study = run_sweep(config, target_of(config, n_trials=n_trials), show_progress=False,
+                              worker_index=chunk)
+            spent = sum(consumed(t, "examples") for t in study.trials)  # cooldown branches included
+            if spent >= spec.total:
+                break
+            per_trial = spent / max(len(study.trials), 1)
+            n_trials += max(4, math.ceil((spec.total - spent) / max(per_trial, 1.0)) + 2)
+            chunk += 1
+        wall = time.perf_counter() - started
+        decay = config.schedule.decay_fraction if config.schedule.cooldown_evaluations else None
+        branched_below = (1.0 - decay) * spec.per_trial if decay is not None else math.inf
+        return records_from_study(study, started_wall, branched_below), wall
+
+
+def cooldown_shares(steps: list[int], branched_below: float) -> list[float]:
+    """The share of a trial's cooldown examples spent by each evaluation, cumulated: a branch at
+    step s trains cooldown_fraction x the updates done, so about in proportion to s, and only the
+    evaluations before the decay (step < branched_below) branch."""
+    weights = [float(s) if s < branched_below else 0.0 for s in steps]
+    total, done, shares = sum(weights), 0.0, []
+    for w in weights:
+        done += w
+        shares.append(done / total if total else 0.0)
+    return shares
+
+
+def records_from_study(study: optuna.Study, started: float, branched_below: float = math.inf) -> list[TrialRecord]:
+    """The service's trials in the order they ran, from what each recorded.
+
+    The sweep asks a trial ahead while the previous one trains, so a trial's own start time is not
+    its training start; its training window is taken as (previous trial's end, its end], and an
+    evaluation's time is interpolated in that window by examples. Cooldown branches count as
+    compute: each evaluation's examples include the branches made up to it (`cooldown_shares`).
+    """
+    records = []
+    window_start = 0.0
+    for trial in sorted(study.trials, key=lambda t: t.number):
+        examples = int(trial.user_attrs.get("examples_seen", 0))
+        branches = int(cooldown_consumed(trial.user_attrs, "examples"))
+        end = trial.datetime_complete.timestamp() - started if trial.datetime_complete else window_start
+        evals = []
+        steps = sorted(trial.intermediate_values)
+        for step, share_of_branches in zip(steps, cooldown_shares(steps, branched_below)):
+            share = min(step / examples, 1.0) if examples else 1.0
+            at = (min(step, examples) if examples else step) + branches * share_of_branches
+            evals.append(Evaluation(at, trial.intermediate_values[step], window_start + share * (end - window_start)))
+        records.append(TrialRecord(examples + branches, evals))
+        window_start = max(window_start, end)
+    return records
+
+
+def service(spec: TaskSpec, seed: int, shape: str = "cosine", overrides: dict | None = None) -> Run:
+    """(c) The service with its defaults, or a variant's `overrides`; its schedule is the study file's."""
+    return service_sweep(spec, seed, overrides)
+
+
+# --compare: the service with study-file sections over its defaults, one variant each
+VARIANTS = {
+    "service": None,  # the defaults
+    "sampler=random": {"sampler": {"name": "random"}},
+    "pruner=median": {"pruner": {"name": "median"}},
+    "pruner=sha": {"pruner": {"name": "successive_halving"}},
+    "pruner=none": {"pruner": {"name": "none"}},
+    "eval_every=per/5": {"budget": {"eval_every": "5"}},
+    "eval_every=per/20": {"budget": {"eval_every": "20"}},
+    "coupling=[none]": {"search": {"coupling": ["none"]}},
+    "coupling=[sqrt]": {"search": {"coupling": ["sqrt"]}},
+    "coupling=[linear]": {"search": {"coupling": ["linear"]}},
+    "coupling=[none,linear,sqrt]": {"search": {"coupling": ["none", "linear", "sqrt"]}},
+    # issue 17's candidates: a warmup-stable-decay schedule (the default since issue 17), with rung
+    # evaluations on a cooldown branch (their examples counted as compute), and the pruner's noise
+    # guard; the schedule=cosine ones are the defaults before issue 17, alone and with each change
+    "schedule=wsd": {"schedule": {"name": "wsd"}},
+    "schedule=wsd+cooldown": {"schedule": {"name": "wsd", "cooldown_evaluations": True}},
+    "noise_margin=1": {"pruner": {"noise_margin": 1.0}},
+    "noise_margin=2": {"pruner": {"noise_margin": 2.0}},
+    "schedule=cosine": {"schedule": {"name": "cosine"}},
+    "schedule=cosine,pruner=none": {"schedule": {"name": "cosine"}, "pruner": {"name": "none"}},
+    "schedule=cosine,sampler=random": {"schedule": {"name": "cosine"}, "sampler": {"name": "random"}},
+    "schedule=cosine,noise_margin=1": {"schedule": {"name": "cosine"}, "pruner": {"noise_margin": 1.0}},
+    "schedule=cosine,noise_margin=2": {"schedule": {"name": "cosine"}, "pruner": {"noise_margin": 2.0}},
+}
+
+
+def resolve_variant(overrides: dict | None, spec: TaskSpec) -> dict | None:
+    if overrides is None:
+        return None
+    out = copy.deepcopy(overrides)
+    if "budget" in out and isinstance(out["budget"].get("eval_every"), str):
+        out["budget"]["eval_every"] = max(1, spec.per_trial // int(out["budget"]["eval_every"]))
+    return out
+
+
+# --- the methods by name --------------------------------------------------------------------------
+
+SEARCH_METHODS: dict[str, SearchMethod] = {
+    "random": random_search,
+    "plain_optuna": plain_optuna,
+    "optuna_hyperband": optuna_hyperband,
+    "one_epoch_topk": one_epoch_topk,
+    "service": service,
+}
+BASELINES = tuple(name for name in SEARCH_METHODS if name != "service")
+METHODS = tuple(SEARCH_METHODS)
+# The same baselines training with the service's wsd schedule instead of cosine: since issue 17 the
+# service's default, so these are the like-for-like baselines (the recipe the same, only the search
+# differs); not in the default grid, which was fixed before the change (`--methods random+wsd ...`).
+WSD = "+wsd"
+WSD_BASELINES = tuple(b + WSD for b in BASELINES)
+
+
+def run_method(method: str, spec: TaskSpec, seed: int, overrides: dict | None = None) -> Run:
+    """The method named (NAME+wsd: that baseline with the wsd schedule) on one task and seed."""
+    shape = "wsd" if method.endswith(WSD) else "cosine"
+    return SEARCH_METHODS[method.removesuffix(WSD)](spec, seed, shape, overrides)
