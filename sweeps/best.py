@@ -41,10 +41,10 @@ from objectives.tasks.datafiles import PATH_OPTION, resolve_path
 from objectives.training.coupling import couple
 from sweeps import exits
 from sweeps.cli import add_study_arguments, fail, run_command
-from sweeps.config.plan import text_table
 from sweeps.config.study_file import FloatRange, SweepConfig, horizon_length, parse_config
 from sweeps.results.existing import load, open_existing, ran_with
 from sweeps.results.horizons import HorizonBest, best_of_horizon, best_per_horizon, fraction, length_text, whole
+from sweeps.text import table
 from sweeps.trial.record import HorizonRecord, TrialRecord
 
 EXAMPLE = """example:
@@ -177,12 +177,12 @@ def best(args: argparse.Namespace) -> int:
     if top:
         print(f"study {study.study_name}: best {min(args.top, len(top))} of {len(top)} finished trials "
               f"({direction})")
-        print(text_table([settings_of(t, config) for t in top[:args.top]]))
+        print(table([settings_of(t, config) for t in top[:args.top]]))
     else:
         print(f"study {study.study_name}: no complete trial yet ({direction})")
     if bests:
         print(f"\nbest per horizon ({config.budget.unit}), among the complete and pruned trials that answered it:")
-        print(text_table(horizon_rows(bests, config)))
+        print(table(horizon_rows(bests, config)))
     if not args.export:
         return exits.OK
     try:

@@ -22,8 +22,9 @@ from sweeps.config.target import target_of
 from sweeps.loop.ending import report_ending
 from sweeps.loop.runner import run_sweep
 from sweeps.loop.spending import Pace, Spending
-from sweeps.results.ledger_view import quantity, refused_message, spent_message
+from sweeps.results.ledger_view import refused_message, spent_message
 from sweeps.run import main
+from sweeps.text import quantity
 from sweeps.trial.record import TrialRecord
 from tests.conftest import TINY, engine, merged
 from tests.test_workers import PG_URL, load, needs_pg, start, unique, wait_for_running

@@ -25,30 +25,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from objectives.training.budget import Budget
 from objectives.training.live import LiveTrial, LiveView
+from sweeps.text import duration, human
 from sweeps.trial.record import TrialRecord, consumed
 
 CLEAR_LINE = "\r\033[K"
 REDRAW_S = 1.0
 WAIT_REPEAT_S = 10.0  # a plain log repeats the waiting message this often
 STATE_WORDS = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
-
-
-def human(x: float) -> str:
-    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= scale:
-            return f"{x / scale:.2f}{suffix}"
-    return f"{x:.4g}"
-
-
-def duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 @dataclass(frozen=True)

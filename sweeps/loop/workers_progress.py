@@ -32,7 +32,8 @@ from optuna.trial import FrozenTrial, TrialState
 from objectives.training.budget import Budget
 from storage.heartbeats import grace_period_of, heartbeat_ages
 from storage.optuna_private import study_id_of, study_storage, trial_id_of
-from sweeps.loop.progress import Eta, StudyState, duration, finished_text, fit, sampled_batch_size, terminal_width
+from sweeps.loop.progress import Eta, StudyState, finished_text, fit, sampled_batch_size, terminal_width
+from sweeps.text import duration
 
 UP = "\033[{}A"
 CLEAR_BELOW = "\033[J"

@@ -10,14 +10,15 @@ import optuna
 from storage import ledger
 from storage.ledger import LedgerState
 from storage.optuna_private import engine_of, study_storage
-from sweeps.loop.companion import ledger_study_id
-from sweeps.loop.progress import human
+from sweeps.text import human, quantity
 
 RAISE_FIX = "raise study.total_budget.amount to continue"
 
 
 def state_of(study: optuna.Study) -> LedgerState | None:
     """The ledger that pays for the study's trials: a companion's is its main study's."""
+    from sweeps.loop.companion import ledger_study_id  # here: `sweeps studies` loads no module of the loop
+
     engine = engine_of(study_storage(study))
     return None if engine is None else ledger.read(engine, ledger_study_id(study))
 
@@ -30,15 +31,6 @@ def rate_text(state: LedgerState) -> str:
     if state.unit == "gpu_hours":
         return f"{human(rate * 3600)} gpu_hours/h"
     return f"{human(rate)} {state.unit}/s"
-
-
-def quantity(x: float) -> str:
-    """A figure of the one-line messages: 3.928, 0.5, 2,000 below 1e4; 2.00e7 from there (Python
-    would write 2.00e+07)."""
-    if abs(x) < 9999.5:  # what 4 significant digits write without an exponent
-        return f"{x:,.4g}"
-    mantissa, exponent = f"{x:.2e}".split("e")
-    return f"{mantissa}e{int(exponent)}"
 
 
 def line_text(state: LedgerState) -> str:
