@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import subprocess
+import sys
 from datetime import datetime, timezone
 
 import optuna
@@ -27,6 +29,7 @@ from sweeps.text import (
     table,
     timestamp,
 )
+from tests.conftest import REPO
 
 ROWS = [{"name": "a", "value": 0.123456, "count": 3, "missing": None},
         {"name": "longer", "value": 12.0, "count": 1200, "missing": "x"}]
@@ -162,3 +165,12 @@ def test_a_trial_is_named_the_same_in_every_progress_line():
     assert finished_text(trial, "val_mse") == "trial 0 complete: val_mse 0.2500 (batch 16, lr 0.05)"
     trial.state = optuna.trial.TrialState.RUNNING
     assert running_text(trial, "val_mse", datetime.now(), None, None, None).startswith("trial 0 (batch 16, lr 0.05)")
+
+
+def test_the_text_module_imports_nothing_of_the_project():
+    """Any command may use it, the read-only ones included: it loads no torch, Optuna or sweep loop."""
+    code = ("import sys, sweeps.text; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('torch', 'optuna', 'objectives', 'storage') or m.startswith('sweeps.loop')))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
