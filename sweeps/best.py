@@ -158,15 +158,14 @@ def horizon_rows(bests: list[HorizonBest], config: SweepConfig) -> list[dict[str
     return rows
 
 
-def document(study_name: str, trials: list[FrozenTrial], shown: list[FrozenTrial], bests: list[HorizonBest],
-             config: SweepConfig) -> dict[str, Any]:
-    """What the text shows, as `--format json` prints it: the trials by state, the best ones (each
-    with its sampled parameters beside the settings it trained with) and, with budget.horizons, the
-    best per horizon (null without)."""
+def document(study_name: str, trials: list[FrozenTrial], top: list[FrozenTrial], shown: int,
+             bests: list[HorizonBest], config: SweepConfig) -> dict[str, Any]:
+    """What the text shows, as `--format json` prints it: the trials by state, the `shown` best of
+    `top` (the finished ones, ranked; each with its sampled parameters beside the settings it
+    trained with) and, with budget.horizons, the best per horizon (null without)."""
     return {"study": study_name, "metric": config.study.metric, "direction": config.study.direction,
-            "counts": trial_counts(trials),
-            "finished": len(ranked(trials, config.study.direction == "maximize")),
-            "best": [{**settings_of(t, config), "params": t.params} for t in shown],
+            "counts": trial_counts(trials), "finished": len(top),
+            "best": [{**settings_of(t, config), "params": t.params} for t in top[:shown]],
             "horizons": None if config.budget.horizons is None else {
                 "unit": config.budget.unit, "best": horizon_rows(bests, config)}}
 
@@ -195,7 +194,7 @@ def best(args: argparse.Namespace) -> int:
                                   f"run `sweeps run {args.study_file}`")
     direction = f"{'maximize' if maximize else 'minimize'} {config.study.metric}"
     if args.format == JSON:
-        emit_json(document(study.study_name, trials, top[:args.top], bests, config))
+        emit_json(document(study.study_name, trials, top, args.top, bests, config))
     elif top:
         print(f"study {study.study_name}: best {min(args.top, len(top))} of {len(top)} finished trials "
               f"({direction})")
