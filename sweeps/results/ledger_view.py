@@ -17,7 +17,7 @@ RAISE_FIX = "raise study.total_budget.amount to continue"
 
 def state_of(study: optuna.Study) -> LedgerState | None:
     """The ledger that pays for the study's trials: a companion's is its main study's."""
-    from sweeps.loop.companion import ledger_study_id  # here: `sweeps studies` loads no module of the loop
+    from sweeps.loop.companion import ledger_study_id  # here: the ledger as text needs no module of the loop
 
     engine = engine_of(study_storage(study))
     return None if engine is None else ledger.read(engine, ledger_study_id(study))
