@@ -34,13 +34,13 @@ from optuna.trial import TrialState
 from scipy import stats
 
 from objectives.training.budget import Budget, plan_trial
-from sweeps.config.plan import text_table
 from sweeps.config.study_file import SweepConfig, parse_config
 from sweeps.config.target import target_of
 from sweeps.errors import Refusal
 from sweeps.loop.runner import run_sweep
 from sweeps.predict import PredictedRun, export_data, predicted_run, trials_attr
 from sweeps.results.frontier import frontier, predict
+from sweeps.text import table as text_table
 from sweeps.trial.record import TrialRecord, consumed
 
 WARMUP = 0.05  # the sweep's fixed warmup share, also the grid's and the reused configuration's

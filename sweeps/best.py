@@ -19,6 +19,10 @@ answered it (complete or pruned; one that diverged there is left out), and `--ex
 --horizon H` writes a study file that trains that horizon's best (or `--trial N`'s) as a dedicated
 run of length H: `budget.per_trial` H, no horizons, `schedule.warmup_updates` the trial's recorded
 warmup (the same for every length), the rest as above. Its value is the one the horizon recorded.
+`--format json` prints the same facts as one JSON document: `study`, `metric`, `direction`, the
+trials' `counts` by state, `finished`, `best` (the rows, each with its sampled `params`) and
+`horizons` (`unit` and the per-horizon rows as `best`; null without budget.horizons); `--export`'s
+`wrote` line then goes to stderr.
 Exit codes (`sweeps.exits`): 0 printed, 1 no finished trial yet (or none answered the horizon),
 2 invalid study file or flag, 3 store not there or not readable, 4 no such study.
 """
@@ -40,18 +44,20 @@ from objectives.registry import BUILTIN
 from objectives.tasks.datafiles import PATH_OPTION, resolve_path
 from objectives.training.coupling import couple
 from sweeps import exits
-from sweeps.cli import add_study_arguments, fail, run_command
-from sweeps.config.plan import text_table
+from sweeps.cli import JSON, TEXT, add_format_argument, add_study_arguments, fail, run_command
 from sweeps.config.study_file import FloatRange, SweepConfig, horizon_length, parse_config
 from sweeps.errors import NotExportable
 from sweeps.results.existing import load, open_existing, ran_with
 from sweeps.results.horizons import HorizonBest, best_of_horizon, best_per_horizon, fraction, length_text, whole
+from sweeps.studies import trial_counts
+from sweeps.text import emit_json, table
 from sweeps.trial.record import HorizonRecord, TrialRecord
 
 EXAMPLE = """example:
   sweeps best study.yaml --top 3 --export best.yaml
   sweeps run best.yaml        # trains the best trial again: same settings, same seed, same value
   sweeps best study.yaml --export short.yaml --horizon 0.25x   # with budget.horizons: the best at one
+  sweeps best study.yaml --format json     # the same facts as one JSON document
 """
 
 
@@ -66,6 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--horizon", metavar="H", help="with --export and budget.horizons: export the best trial "
                         "at horizon H (a length of budget.horizons in the budget's unit, or like 0.25x of "
                         "budget.per_trial) as a dedicated run of that length")
+    add_format_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -148,6 +155,18 @@ def horizon_rows(bests: list[HorizonBest], config: SweepConfig) -> list[dict[str
     return rows
 
 
+def document(study_name: str, trials: list[FrozenTrial], top: list[FrozenTrial], shown: int,
+             bests: list[HorizonBest], config: SweepConfig) -> dict[str, Any]:
+    """What the text shows, as `--format json` prints it: the trials by state, the `shown` best of
+    `top` (the finished ones, ranked; each with its sampled parameters beside the settings it
+    trained with) and, with budget.horizons, the best per horizon (null without)."""
+    return {"study": study_name, "metric": config.study.metric, "direction": config.study.direction,
+            "counts": trial_counts(trials), "finished": len(top),
+            "best": [{**settings_of(t, config), "params": t.params} for t in top[:shown]],
+            "horizons": None if config.budget.horizons is None else {
+                "unit": config.budget.unit, "best": horizon_rows(bests, config)}}
+
+
 def best(args: argparse.Namespace) -> int:
     existing = open_existing(args.study_file, args.storage, args.study_name)
     study = load(existing)
@@ -171,15 +190,17 @@ def best(args: argparse.Namespace) -> int:
         return fail(exits.FAILED, f"study {study.study_name!r} has no finished trial with a value yet: "
                                   f"run `sweeps run {args.study_file}`")
     direction = f"{'maximize' if maximize else 'minimize'} {config.study.metric}"
-    if top:
+    if args.format == JSON:
+        emit_json(document(study.study_name, trials, top, args.top, bests, config))
+    elif top:
         print(f"study {study.study_name}: best {min(args.top, len(top))} of {len(top)} finished trials "
               f"({direction})")
-        print(text_table([settings_of(t, config) for t in top[:args.top]]))
+        print(table([settings_of(t, config) for t in top[:args.top]]))
     else:
         print(f"study {study.study_name}: no complete trial yet ({direction})")
-    if bests:
+    if bests and args.format == TEXT:
         print(f"\nbest per horizon ({config.budget.unit}), among the complete and pruned trials that answered it:")
-        print(text_table(horizon_rows(bests, config)))
+        print(table(horizon_rows(bests, config)))
     if not args.export:
         return exits.OK
     try:
@@ -223,7 +244,8 @@ def export(args: argparse.Namespace, study_name: str, trials: list[FrozenTrial],
                                  "or pick another path")
     at = ("" if horizon is None
           else f" at horizon {length_text(horizon.length)} {config.budget.unit}, as a dedicated run")
-    print(f"wrote {args.export}: trains trial {chosen.number} again{at} (sweeps run {args.export})")
+    print(f"wrote {args.export}: trains trial {chosen.number} again{at} (sweeps run {args.export})",
+          file=sys.stderr if args.format == JSON else sys.stdout)  # stdout holds the JSON document alone
     if note := module_left_behind(config, folder):
         print(f"note: {note}", file=sys.stderr)
     return exits.OK

@@ -39,6 +39,16 @@ def add_override_argument(parser: argparse.ArgumentParser, passed_on: str) -> No
                              f"{passed_on})")
 
 
+TEXT, JSON = "text", "json"  # what `--format` takes
+
+
+def add_format_argument(parser: argparse.ArgumentParser) -> None:
+    """`--format text|json`, the same for every command that can print its facts as one JSON document."""
+    parser.add_argument("--format", choices=(TEXT, JSON), default=TEXT,
+                        help="text: aligned tables (default); json: one JSON document on stdout with the same "
+                             "facts (errors stay one line on stderr)")
+
+
 def fail(code: int, message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return code

@@ -34,7 +34,7 @@ from sweeps.best import ranked
 from sweeps.budget.ledger_view import not_started_message, state_of
 from sweeps.budget.spending import Pace, Spending
 from sweeps.cli import add_override_argument, add_study_arguments, fail, run_command
-from sweeps.config.plan import budget_of, text_table
+from sweeps.config.plan import budget_of
 from sweeps.config.study_file import SweepConfig
 from sweeps.config.target import SweepTarget
 from sweeps.confirmation.companion import (
@@ -56,6 +56,7 @@ from sweeps.loop.workers import start_and_wait
 from sweeps.publish.notes import study_note, write_study_note
 from sweeps.results.existing import load, open_existing, ran_with
 from sweeps.run import exit_at_once_if_stopped
+from sweeps.text import table
 
 EXAMPLE = """example:
   sweeps confirm study.yaml --top 3 --seeds 3              # 9 runs, one after another
@@ -127,7 +128,7 @@ def confirm(args: argparse.Namespace) -> int:
     rows = confirmed(study, companion, [t.number for t in sources])
     print(f"study {study.study_name}: the best {len(rows)} trials trained again with {args.seeds} fresh seeds each "
           f"({runs_text(rows)} in study {companion.study_name}; {config.study.direction} {config.study.metric})")
-    print(text_table([r.row() for r in rows]))
+    print(table([r.row() for r in rows]))
     print(ranking_note(rows))
     refresh_note(study, config, task)
     code = ending(companion, plan, args.study_file)

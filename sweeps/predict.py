@@ -50,12 +50,12 @@ from objectives.training.units import unit_named
 from sweeps import exits
 from sweeps.best import moved, without_none
 from sweeps.cli import add_override_argument, add_study_arguments, fail, run_command
-from sweeps.config.plan import text_table
 from sweeps.config.study_file import IntRange, SweepConfig, parse_config
 from sweeps.errors import Refusal
 from sweeps.loop import signals
 from sweeps.results.existing import load, open_existing, ran_with
 from sweeps.results.frontier import LEVEL, Frontier, Prediction, frontier, predict
+from sweeps.text import table
 from sweeps.trial.record import PREDICTION_ATTR, TrialRecord
 
 EXAMPLE = """example:
@@ -210,7 +210,7 @@ def frontier_text(front: Frontier, config: SweepConfig, study_name: str) -> str:
     return "\n".join([
         f"study {study_name}: the optimum at each horizon (a local fit over the trials near it; {level} bootstrap "
         "ranges)",
-        text_table(rows),
+        table(rows),
         f"laws: batch size ~ {unit}^{front.batch_law.slope:.3f} [{front.batch_exponent.low:.3f}, "
         f"{front.batch_exponent.high:.3f}], effective LR ~ {unit}^{front.lr_law.slope:.3f} "
         f"[{front.lr_exponent.low:.3f}, {front.lr_exponent.high:.3f}], {metric} = {front.value_law.limit:.4f} "
@@ -304,13 +304,13 @@ def measured(companion: optuna.Study) -> list[Measured]:
 
 def comparison_text(run: dict[str, Any], rows: list[Measured], metric: str, unit: str) -> str:
     """Predicted against measured, per arm (read by `sweeps predict --verify` and `sweeps report`)."""
-    table = [{"arm": m.arm, "batch_size": m.batch_size, "lr": f"{m.lr:.4g}", "runs": len(m.values),
-              f"{metric}_mean": None if m.mean is None else f"{m.mean:.4f}",
-              "sd": None if m.sd is None else f"{m.sd:.4f}"} for m in rows]
+    arms = [{"arm": m.arm, "batch_size": m.batch_size, "lr": f"{m.lr:.4g}", "runs": len(m.values),
+             f"{metric}_mean": None if m.mean is None else f"{m.mean:.4f}",
+             "sd": None if m.sd is None else f"{m.sd:.4f}"} for m in rows]
     head = (f"at {run['budget']:g} {unit}: predicted {metric} {run['value']:.4f} "
             f"([{run['value_low']:.4f}, {run['value_high']:.4f}]) at batch size {run['batch_size']}, "
             f"effective LR {run['lr']:.4g}")
-    lines = [head, text_table(table)]
+    lines = [head, table(arms)]
     predicted = next((m for m in rows if m.arm == "predicted"), None)
     if predicted is not None and predicted.mean is not None:
         inside = run["value_low"] <= predicted.mean <= run["value_high"]

@@ -30,6 +30,7 @@ from sweeps.cli import add_study_arguments, fail, run_command
 from sweeps.config.study_file import SweepConfig, load_config
 from sweeps.config.target import target_of
 from sweeps.loop.runner import build_reference_task, open_study
+from sweeps.text import table
 from sweeps.trial.record import PROBE_ATTR, PROBED_MICRO_BATCH_ATTR
 from sweeps.trial.run_one import (
     build_optimizer,
@@ -157,15 +158,17 @@ def with_margin(size: int, margin: float) -> int:
 
 def format_probe(tried: list[Measurement], stored: int, limit: int, device: torch.device) -> str:
     lines = [f"device {device}: micro-batch sizes tried (doubling, then bisection); examples/s over the "
-             f"updates timed, se% its relative standard error",
-             f"{'micro_batch':>11}  {'fits':>4}  {'examples/s':>11}  {'se%':>5}  {'updates':>7}  {'peak MB':>8}"]
+             f"updates timed, se% its relative standard error"]
+    rows = []
     for m in tried:
-        peak = f"{m.peak_memory_mb:.0f}" if m.peak_memory_mb is not None else "-"
         speed, se, n = (f"{m.examples_per_second:.0f}", f"{100 * m.relative_se:.1f}", m.updates) if m.fits \
-            else ("-", "-", "-")
-        mark = "" if not m.fits or m.settled else " *"
-        lines.append(f"{m.micro_batch:>11}  {'yes' if m.fits else 'OOM':>4}  {speed:>11}  {se:>5}  {n:>7}  "
-                     f"{peak:>8}{mark}")
+            else (None, None, None)
+        rows.append({"micro_batch": m.micro_batch, "fits": "yes" if m.fits else "OOM", "examples/s": speed,
+                     "se%": se, "updates": n,
+                     "peak MB": None if m.peak_memory_mb is None else f"{m.peak_memory_mb:.0f}",
+                     "": "" if not m.fits or m.settled else "*"})  # timed up to the cap
+    if rows:
+        lines.append(table(rows, left=("",)))
     if any(m.fits and not m.settled for m in tried):
         lines.append(f"* timing stopped at the {MAX_SECONDS:g} s cap before {100 * TARGET_RSE:g}% standard error "
                      f"over {MIN_UPDATES} updates")

@@ -27,7 +27,7 @@ import optuna
 from sweeps import exits
 from sweeps.cli import add_study_arguments, fail, run_command, study_arguments_text
 from sweeps.config.locations import report_folder
-from sweeps.config.plan import fmt, plan_rows, text_table
+from sweeps.config.plan import plan_rows
 from sweeps.config.study_file import SweepConfig
 from sweeps.confirmation.confirmed import companion_of, report_lines
 from sweeps.results.analysis import StudyAnalysis, analyse
@@ -35,6 +35,7 @@ from sweeps.results.existing import load, open_existing, ran_with
 from sweeps.results.figures import figures_of
 from sweeps.results.noise import disagreement
 from sweeps.results.recommendation import answer, answer_lines, reasoning, recommendation
+from sweeps.text import number, table
 from sweeps.trial.record import PREDICT_STUDY_ATTR, TrialRecord
 
 
@@ -58,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def html_table(rows: list[dict]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(v) if v is not None else '-')}</td>" for v in r.values())
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(number(v))}</td>" for v in r.values())
                    + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
@@ -93,7 +94,7 @@ def horizon_lines(a: StudyAnalysis) -> list[str]:
         return []
     return [f"best value against compute over all horizons (spent: the {a.budget_unit} all trials trained to answer "
             "every horizon up to each; best_so_far: at it or a shorter one):",
-            text_table([p.row(a.metric, a.budget_unit) for p in a.horizons])]
+            table([p.row(a.metric, a.budget_unit) for p in a.horizons])]
 
 
 def law_lines(study: optuna.Study, config: SweepConfig) -> list[str]:
@@ -198,12 +199,12 @@ def report(args: argparse.Namespace) -> int:
     plan = plan_rows(config, n_train, tokens) if n_train else None
     figures = figures_of(a, config, n_train, tokens)
 
-    table = a.best_table(args.top)
+    best_rows = a.best_table(args.top)
     short, why = answer(a, study_arguments_text(args)), f"Why: {reasoning(a)}"
     print("\n".join(answer_lines(short)) + "\n")
     print(textwrap.fill(why, width=100) + "\n")
-    print(f"best {len(table)} trials of {len(a.complete)} complete:")
-    print(text_table(table))
+    print(f"best {len(best_rows)} trials of {len(a.complete)} complete:")
+    print(table(best_rows))
     print()
     for line in summary_lines(a):
         print(line)
@@ -222,7 +223,7 @@ def report(args: argparse.Namespace) -> int:
 
     summary = ("<p>" + "<br>".join(f"<b>{html.escape(key.title())}:</b> {html.escape(text)}"
                                    for key, text in short.items()) + f"</p><p>{html.escape(why)}</p>"
-               + "".join(f"<p>{html.escape(line)}</p>" for line in summary_lines(a)) + html_table(table))
+               + "".join(f"<p>{html.escape(line)}</p>" for line in summary_lines(a)) + html_table(best_rows))
     if a.horizons:
         summary += (f"<p>{html.escape(horizons[0])}</p>"
                     + html_table([p.row(a.metric, a.budget_unit) for p in a.horizons]))

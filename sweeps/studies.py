@@ -10,6 +10,10 @@ is created and a SQLite file is opened read-only, so a store that is not there i
 new empty file. With --workers, each study's registered workers follow the table, one line each:
 its number (sampler seed study.seed + number), host (and Slurm job: `vm [slurm 12_3]`), process
 id, when it started, and the trials it finished and failed (from each trial's `worker`).
+`--format json` prints the same facts as one JSON document instead: `store`, and `studies`, one
+object each with `study`, `direction`, the counts, `best` (the full value, null without one),
+`total_budget` (`amount`, `unit`, `spent`, `left`, `rate`, `open`; null without a ledger),
+`last_activity` and, with --workers, `workers` (their start in UTC).
 Exit codes (`sweeps.exits`): 0 listed, 2 no store named or an invalid study file or URL,
 3 store not there or not readable.
 """
@@ -21,23 +25,28 @@ import math
 import os
 import sys
 from datetime import datetime, timezone
+from typing import Any
 
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from storage import StorageError, StorageUsageError, ledger, redact
+from storage.ledger import LedgerState
 from storage.optuna_private import study_id_of
 from storage.sql import ENV_VAR, open_read_only, resolve_url
 from storage.workers import registered_workers
 from sweeps import exits
 from sweeps.budget.ledger_view import columns
-from sweeps.cli import run_command
+from sweeps.cli import JSON, add_format_argument, run_command
+from sweeps.text import emit_json, indented, table, timestamp
+from sweeps.trial.record import TrialRecord
 
 EXAMPLE = """examples:
   sweeps studies study.yaml                      # the store the study file names
   sweeps studies --storage sqlite:///tiny.db
   sweeps studies study.yaml --workers            # and each study's workers (hosts, Slurm tasks)
   SWEEPS_STORAGE=postgresql+psycopg://USER@HOST:5432/DB sweeps studies
+  sweeps studies study.yaml --format json        # the same facts as one JSON document
 """
 
 
@@ -51,6 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", action="store_true",
                         help="also list each study's registered workers: number, host (and Slurm job), pid, "
                              "start, trials finished and failed")
+    add_format_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -71,59 +81,75 @@ def store_url(args: argparse.Namespace) -> str:
     return resolve_url(args.storage, None, os.getcwd(), "studies")
 
 
-def summary(storage, study, states: dict) -> dict:
-    """`states`: each study's ledger by study id; the ledger columns are shown when any has one."""
-    trials = storage.get_all_trials(study_id_of(study), deepcopy=False)
+def trial_counts(trials: list[FrozenTrial]) -> dict[str, int]:
+    """The trials by state, as `sweeps studies` and `sweeps best --format json` count them (waiting ones
+    count as running)."""
     count = {state: sum(t.state == state for t in trials) for state in TrialState}
+    return {"complete": count[TrialState.COMPLETE], "pruned": count[TrialState.PRUNED],
+            "failed": count[TrialState.FAIL], "running": count[TrialState.RUNNING] + count[TrialState.WAITING]}
+
+
+def facts(storage, study, state: LedgerState | None) -> dict[str, Any]:
+    """What `sweeps studies` knows of one study, as `--format json` prints it; `state`: its ledger."""
+    trials = storage.get_all_trials(study_id_of(study), deepcopy=False)
     values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.values and len(t.values) == 1
               and t.value is not None and math.isfinite(t.value)]
     best = None
     if values and len(study.directions) == 1:
         best = max(values) if study.directions[0] == StudyDirection.MAXIMIZE else min(values)
     times = [d for t in trials for d in (t.datetime_complete, t.datetime_start) if isinstance(d, datetime)]
-    direction = "/".join(d.name.lower() for d in study.directions)
-    return {"study": study.study_name, "direction": direction, "complete": count[TrialState.COMPLETE],
-            "pruned": count[TrialState.PRUNED], "failed": count[TrialState.FAIL],
-            "running": count[TrialState.RUNNING] + count[TrialState.WAITING],
-            "best": "-" if best is None else f"{best:.6g}",
-            **(columns(states.get(study_id_of(study))) if any(states.values()) else {}),
-            "last activity": max(times).strftime("%Y-%m-%d %H:%M:%S") if times else "-"}
+    return {"study": study.study_name, "direction": "/".join(d.name.lower() for d in study.directions),
+            **trial_counts(trials), "best": best, "total_budget": None if state is None else ledger_facts(state),
+            "last_activity": max(times) if times else None}
 
 
-def table(rows: list[dict], left: tuple[str, ...] = ()) -> str:
-    """Aligned columns: the first and those named in `left` to the left, the others to the right."""
-    columns = list(rows[0])
-    cells = [[str(r[c]) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+def ledger_facts(state: LedgerState) -> dict[str, Any]:
+    return {"amount": state.amount, "unit": state.unit, "spent": state.spent, "left": state.left,
+            "rate": state.rate, "open": state.open}
 
-    def line(values: list[str]) -> str:
-        return "  ".join(v.ljust(w) if i == 0 or columns[i] in left else v.rjust(w)
-                         for i, (v, w) in enumerate(zip(values, widths)))
 
-    return "\n".join([line(columns), *(line(row) for row in cells)]).rstrip()
+def summary(study: dict[str, Any], state: LedgerState | None, with_ledger: bool) -> dict[str, Any]:
+    """A study's row of the table, from its `facts`; the ledger columns when any study has a ledger."""
+    return {**{key: study[key] for key in ("study", "direction", "complete", "pruned", "failed", "running")},
+            "best": "-" if study["best"] is None else f"{study['best']:.6g}",
+            **(columns(state) if with_ledger else {}),
+            "last activity": timestamp(study["last_activity"])}
 
 
 def local_time(utc: datetime | None) -> str:
     if not isinstance(utc, datetime):
         return "-"
-    return utc.replace(tzinfo=timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    return timestamp(utc.replace(tzinfo=timezone.utc).astimezone())
 
 
-def worker_rows(engine, study_id: int, trials: list[FrozenTrial], host_has: str = "") -> list[dict]:
-    """One row per registered worker of the study (those whose host contains `host_has`), with
-    the trials it finished and failed, from `trials` (the study's)."""
-    rows = []
+def worker_facts(engine, study_id: int, trials: list[FrozenTrial], host_has: str = "") -> list[dict[str, Any]]:
+    """Each registered worker of the study (those whose host contains `host_has`), with the trials it
+    finished and failed, from `trials` (the study's); times in UTC."""
+    found = []
     for worker in registered_workers(engine, study_id):
         if host_has not in (worker["host"] or ""):
             continue
-        own = [t for t in trials if t.user_attrs.get("worker") == worker["number"]]
+        own = [t for t in trials if TrialRecord.of(t).worker == worker["number"]]
         finished = [t for t in own if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-        last = max((t.datetime_complete for t in finished if t.datetime_complete), default=None)
-        rows.append({"worker": worker["number"], "host": worker["host"] or "-", "pid": worker["pid"] or "-",
-                     "started": local_time(worker["started_at"]), "finished": len(finished),
-                     "failed": sum(t.state == TrialState.FAIL for t in own),
-                     "last finished": last.strftime("%Y-%m-%d %H:%M:%S") if last else "-"})
-    return rows
+        started = worker["started_at"]
+        found.append({"worker": worker["number"], "host": worker["host"], "pid": worker["pid"],
+                      "started": started.replace(tzinfo=timezone.utc) if isinstance(started, datetime) else None,
+                      "finished": len(finished), "failed": sum(t.state == TrialState.FAIL for t in own),
+                      "last_finished": max((t.datetime_complete for t in finished if t.datetime_complete),
+                                           default=None)})
+    return found
+
+
+def worker_row(worker: dict[str, Any]) -> dict[str, Any]:
+    """A worker's row of the workers' table, from its `worker_facts`."""
+    return {"worker": worker["worker"], "host": worker["host"] or "-", "pid": worker["pid"] or "-",
+            "started": local_time(worker["started"]), "finished": worker["finished"], "failed": worker["failed"],
+            "last finished": timestamp(worker["last_finished"])}
+
+
+def worker_rows(engine, study_id: int, trials: list[FrozenTrial], host_has: str = "") -> list[dict]:
+    """One row of the workers' table per registered worker whose host contains `host_has`."""
+    return [worker_row(w) for w in worker_facts(engine, study_id, trials, host_has)]
 
 
 def list_studies(args: argparse.Namespace) -> int:
@@ -132,9 +158,9 @@ def list_studies(args: argparse.Namespace) -> int:
     try:
         studies = sorted(storage.get_all_studies(), key=lambda s: s.study_name)
         states = {study_id_of(s): ledger.read(storage.engine, study_id_of(s)) for s in studies}
-        rows = [summary(storage, s, states) for s in studies]
-        workers = ({s.study_name: worker_rows(storage.engine, study_id_of(s),
-                                              storage.get_all_trials(study_id_of(s), deepcopy=False))
+        found = [facts(storage, s, states[study_id_of(s)]) for s in studies]
+        workers = ({s.study_name: worker_facts(storage.engine, study_id_of(s),
+                                               storage.get_all_trials(study_id_of(s), deepcopy=False))
                     for s in studies} if args.workers else {})
     except StorageError:
         raise
@@ -143,20 +169,25 @@ def list_studies(args: argparse.Namespace) -> int:
                            f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}") from err
     finally:
         storage.engine.dispose()
+    if args.format == JSON:
+        emit_json({"store": redact(url),
+                   "studies": [{**f, **({"workers": workers[f["study"]]} if args.workers else {})} for f in found]})
+        return exits.OK
     print(f"store: {redact(url)}")
-    if not rows:
+    if not found:
         print("no studies")
         return exits.OK
-    print(table(rows))
+    with_ledger = any(states.values())
+    print(table([summary(f, states[study_id_of(s)], with_ledger) for f, s in zip(found, studies)], left=("study",)))
     for name, listed in workers.items():
         print(f"\nworkers of {name}: " + ("none registered" if not listed else str(len(listed))))
         if listed:
-            print(workers_table(listed))
+            print(workers_table([worker_row(w) for w in listed]))
     return exits.OK
 
 
 def workers_table(rows: list[dict]) -> str:
-    return "\n".join("  " + line for line in table(rows, left=("host",)).splitlines())
+    return indented(table(rows, left=("worker", "host")))
 
 
 if __name__ == "__main__":

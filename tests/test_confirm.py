@@ -22,7 +22,7 @@ from storage.dashboard_formats import note_str_key_prefix
 from sweeps import confirm, exits, report, run, studies
 from sweeps.best import ranked
 from sweeps.budget.spending import Spending
-from sweeps.config.plan import budget_of, fmt
+from sweeps.config.plan import budget_of
 from sweeps.config.study_file import load_config
 from sweeps.config.target import target_of
 from sweeps.confirmation.companion import companion_config, companion_target, link, planned, queue_missing, why_not_run
@@ -31,6 +31,7 @@ from sweeps.loop.bookkeeping import Books
 from sweeps.loop.runner import open_study, run_sweep
 from sweeps.results.analysis import analyse
 from sweeps.results.recommendation import answer, answer_lines, recommendation
+from sweeps.text import number
 from sweeps.trial.record import CONFIRM_STUDY_ATTR, CONFIRMS_STUDY_ATTR, TrialRecord, confirm_attrs
 from tests.conftest import TINY, merged
 
@@ -87,8 +88,8 @@ def test_confirm_retrains_the_best_with_fresh_seeds_in_a_linked_companion_and_re
         assert len(set(seeds)) == 2 and not set(seeds) & search_seeds  # fresh
         values = [t.value for t in runs[source.number]]
         mean = statistics.fmean(values)
-        assert rows[str(source.number)] == [str(source.number), fmt(source.value), fmt(mean),
-                                            fmt(statistics.stdev(values)), "2", fmt(mean - source.value)]
+        assert rows[str(source.number)] == [str(source.number), number(source.value), number(mean),
+                                            number(statistics.stdev(values)), "2", number(mean - source.value)]
     assert "ranking: the confirmed means rank the trials" in out
     report = report_lines(main)  # `sweeps report`: the same values beside the search's
     assert report[0].startswith("confirmed with fresh seeds (4 runs in study tiny-confirm)")

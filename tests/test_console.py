@@ -11,6 +11,7 @@ subcommand does is checked in this process (`console`: the same `main`, its exit
 from __future__ import annotations
 
 import copy
+import json
 import os
 import socket
 import subprocess
@@ -22,7 +23,7 @@ import optuna
 import pytest
 import yaml
 
-from tests.conftest import TINY, in_process
+from tests.conftest import TINY, in_process, load_study
 
 REPO = Path(__file__).resolve().parents[1]
 PG_URL = os.environ.get("SWEEPS_TEST_POSTGRES_URL")
@@ -363,6 +364,11 @@ def test_studies_lists_a_postgresql_store(tmp_path, console):
         rows = {line.split()[0]: line.split() for line in done.stdout.splitlines()[2:]}
         assert rows[name][1:6] == ["minimize", "1", "0", "0", "0"]
         assert "password" not in done.stdout
+        done = console(["studies", "--storage", PG_URL, "--format", "json"], tmp_path)  # the subprocess, as used
+        assert done.returncode == 0, done.stderr
+        [listed] = [s for s in json.loads(done.stdout)["studies"] if s["study"] == name]
+        stored = load_study(name, PG_URL)
+        assert (listed["complete"], listed["best"]) == (1, stored.best_value)
     finally:
         optuna.delete_study(study_name=name, storage=PG_URL)
 

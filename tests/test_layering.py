@@ -120,7 +120,7 @@ def floor_of(module: str) -> int | None:
     return len(SWEEPS_FLOORS)  # a command, or the package's shared modules (cli, errors, exits)
 
 
-SHARED = {"sweeps", "sweeps.errors", "sweeps.exits"}  # imported from every floor: they import no floor above config
+SHARED = {"sweeps", "sweeps.errors", "sweeps.exits", "sweeps.text"}  # imported from every floor; none above config
 
 
 def shared(name: str) -> bool:

@@ -16,7 +16,7 @@ import yaml
 from optuna.trial import TrialState
 
 from storage import ledger
-from sweeps.budget.ledger_view import quantity, refused_message, spent_message
+from sweeps.budget.ledger_view import refused_message, spent_message
 from sweeps.budget.spending import Pace, Spending
 from sweeps.config.plan import budget_of
 from sweeps.config.study_file import load_config, parse_config
@@ -24,6 +24,7 @@ from sweeps.config.target import target_of
 from sweeps.loop.ending import report_ending
 from sweeps.loop.runner import run_sweep
 from sweeps.run import main
+from sweeps.text import quantity
 from sweeps.trial.record import TrialRecord
 from tests.conftest import TINY, engine, merged
 from tests.test_workers import PG_URL, load, needs_pg, start, unique, wait_for_running

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import yaml
 
-from sweeps.config.plan import column_format, plan_warnings
+from sweeps.config.plan import plan_warnings
 from sweeps.run import main
+from sweeps.text import column_format
 from tests.conftest import TINY, merged
 
 REPO = Path(__file__).resolve().parents[1]

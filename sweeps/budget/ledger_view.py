@@ -10,7 +10,7 @@ import optuna
 from storage import ledger
 from storage.ledger import LedgerState
 from storage.optuna_private import engine_of, study_id_of, study_storage
-from sweeps.config.plan import human
+from sweeps.text import human, quantity
 from sweeps.trial.record import CONFIRMS_STUDY_ATTR
 
 RAISE_FIX = "raise study.total_budget.amount to continue"
@@ -42,15 +42,6 @@ def rate_text(state: LedgerState) -> str:
     if state.unit == "gpu_hours":
         return f"{human(rate * 3600)} gpu_hours/h"
     return f"{human(rate)} {state.unit}/s"
-
-
-def quantity(x: float) -> str:
-    """A figure of the one-line messages: 3.928, 0.5, 2,000 below 1e4; 2.00e7 from there (Python
-    would write 2.00e+07)."""
-    if abs(x) < 9999.5:  # what 4 significant digits write without an exponent
-        return f"{x:,.4g}"
-    mantissa, exponent = f"{x:.2e}".split("e")
-    return f"{mantissa}e{int(exponent)}"
 
 
 def line_text(state: LedgerState) -> str:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
 
 from objectives.training.budget import Budget, iterations_per_epoch, plan_trial
 from objectives.training.coupling import couple, effective_lr
 from sweeps.config.study_file import FloatRange, IntRange, SweepConfig
 from sweeps.errors import ConfigError
+from sweeps.text import column_format, table
 
 
 def budget_of(config: SweepConfig, tokens_per_example: int | None = None) -> Budget:
@@ -97,61 +96,9 @@ def format_plan(config: SweepConfig, n_train: int, tokens_per_example: int | Non
         head.insert(-1, f"adam_sqrt also rescales Adam's betas and eps, with k = B / {s.reference_batch_size}: "
                         f"1 - beta times k (within [0, 0.9999]) and eps / sqrt(k), from objective.betas "
                         f"({o.betas[0]:g}, {o.betas[1]:g}) and eps {o.eps:g}, which the other rules keep")
-    columns = list(rows[0])
-    formats = {c: column_format([r[c] for r in rows]) for c in columns}
-    cells = [[formats[c](r[c]) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
-    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+    lines = [table(rows, formats={c: column_format([r[c] for r in rows]) for c in rows[0]})]
     warnings = [f"warning: {w}" for w in plan_warnings(config, n_train, tokens_per_example)]
     return "\n".join(head + lines + ([""] + warnings if warnings else []))
-
-
-SIGNIFICANT = 4  # significant digits each value of a plan column keeps
-MAX_DECIMALS = 6  # past these, a column turns scientific (eps)
-
-
-def column_format(values: list) -> Callable[[Any], str]:
-    """One number format for a whole column, so its decimal points line up: as many decimals as
-    its most precise value needs at SIGNIFICANT digits (41.72 and 41.70, not 41.72 and 41.7), or
-    scientific notation past MAX_DECIMALS decimals or from 1e6 on. Non-floats print as they are."""
-    nonzero = [abs(v) for v in values if isinstance(v, float) and math.isfinite(v) and v != 0]
-    if not nonzero:
-        return fmt
-    decimals = max(decimals_needed(v) for v in nonzero)
-    if decimals > MAX_DECIMALS or max(nonzero) >= 1e6:
-        return lambda v: f"{v:.{SIGNIFICANT - 1}e}" if isinstance(v, float) else fmt(v)
-    return lambda v: f"{v:.{decimals}f}" if isinstance(v, float) else fmt(v)
-
-
-def decimals_needed(value: float) -> int:
-    """Decimals that show `value` to SIGNIFICANT digits, trailing zeros dropped (2.5: 1, 10.0: 0)."""
-    places = max(0, SIGNIFICANT - 1 - math.floor(math.log10(value)))
-    text = f"{value:.{places}f}".rstrip("0")
-    return len(text) - text.index(".") - 1 if "." in text else 0
-
-
-def human(x: float) -> str:
-    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= scale:
-            return f"{x / scale:.2f}{suffix}"
-    return f"{x:.4g}"
-
-
-def fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def text_table(rows: list[dict]) -> str:
-    """Rows of the same keys as right-aligned columns, `-` for a missing value (report, best)."""
-    columns = list(rows[0])
-    cells = [[fmt(r[c]) if r[c] is not None else "-" for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
-    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
 
 
 WARMUP_INERT_SHARE = 0.05  # a smaller sliver of the warmup range that rounds to no warmup is not worth a warning

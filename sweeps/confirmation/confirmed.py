@@ -17,8 +17,8 @@ import optuna
 from optuna.trial import TrialState
 
 from storage.optuna_private import study_storage
-from sweeps.config.plan import text_table
 from sweeps.confirmation.companion import key_of
+from sweeps.text import table
 from sweeps.trial.record import CONFIRM_STUDY_ATTR
 
 
@@ -133,4 +133,4 @@ def report_lines(study: optuna.Study) -> list[str]:
     if not rows:
         return []
     return [f"confirmed with fresh seeds ({runs_text(rows)} in study {companion.study_name}):",
-            text_table([r.row() for r in rows]), ranking_note(rows)]
+            table([r.row() for r in rows]), ranking_note(rows)]

@@ -25,26 +25,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from objectives.training.budget import Budget
 from objectives.training.live import LiveTrial, LiveView
-from sweeps.config.plan import human
+from sweeps.text import duration, human, percent
 from sweeps.trial.record import TrialRecord, consumed
 
 CLEAR_LINE = "\r\033[K"
 REDRAW_S = 1.0
 WAIT_REPEAT_S = 10.0  # a plain log repeats the waiting message this often
 STATE_WORDS = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
-
-
-
-
-def duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 @dataclass(frozen=True)
@@ -97,8 +84,32 @@ class Eta:
         return left / (left_then / since)
 
 
+def study_summary(state: StudyState, n_trials: int, total: float, unit: str, metric: str, running: float,
+                  eta: float | None, elapsed: float, ledger: str = "", workers: str = "") -> dict[str, str]:
+    """The study's parts of a progress line, in the order shown: counts, best, budget (`running`: what
+    the trial training now has spent, beside the finished trials' `state.spent`, of the `total`), the
+    ledger and the workers when there is something to say, ETA, time so far. The one summary of
+    `sweeps run`, alone (`Progress`) and as the parent of --workers (`WorkersProgress`)."""
+    best = (f"best {metric} -" if state.best_value is None
+            else f"best {metric} {state.best_value:.4f} (trial {state.best_trial})")
+    spent = state.spent + running
+    return {"counts": f"{state.done}/{n_trials} done: {state.complete} complete, {state.pruned} pruned, "
+                      f"{state.failed} failed",
+            "best": best,
+            "budget": f"budget {human(spent)}/{human(total)} {unit} ({percent(spent, total)})",
+            **({"ledger": ledger} if ledger else {}),
+            **({"workers": workers} if workers else {}),
+            "eta": f"ETA {'-' if eta is None else duration(eta)}",
+            "time": duration(elapsed)}
+
+
+def point_text(batch_size: int | str | None, lr: float | None) -> str:
+    """The point a trial trains, as every progress line shows it after the trial's number."""
+    return f"(batch {'-' if batch_size is None else batch_size}, lr {'-' if lr is None else f'{lr:.3g}'})"
+
+
 def trial_text(view: LiveView, metric: str) -> str:
-    who = f"trial {view.trial} (batch {view.batch_size}, lr {view.lr:.3g})"
+    who = f"trial {view.trial} {point_text(view.batch_size, view.lr)}"
     if view.planned_units <= 0:
         return f"{who} starting"
     last = f"{metric} {view.eval_value:.4f}" if view.eval_value is not None else "no evaluation yet"
@@ -160,21 +171,11 @@ class Progress:
             self.draw()
 
     def summary(self, now: float, view: LiveView | None) -> dict[str, str]:
-        """The study's parts of a line, in the order shown: counts, best, budget, ETA, time so far."""
-        state = self.state
+        """The study's parts of the line (`study_summary`), the running trial's budget counted in."""
         running = view.spent_units if view is not None else 0.0
-        total = self.n_trials * self.per_trial
-        eta = self.eta(now, self.left(running))
-        best = (f"best {self.metric} -" if state.best_value is None
-                else f"best {self.metric} {state.best_value:.4f} (trial {state.best_trial})")
-        spent = state.spent + running
-        return {"counts": f"{state.done}/{self.n_trials} done: {state.complete} complete, {state.pruned} pruned, "
-                          f"{state.failed} failed",
-                "best": best,
-                "budget": f"budget {human(spent)}/{human(total)} {self.budget.unit} ({100 * spent / total:.0f}%)",
-                **({"ledger": self.ledger_text} if self.ledger_text else {}),
-                "eta": f"ETA {'-' if eta is None else duration(eta)}",
-                "time": duration(now - self.started)}
+        return study_summary(self.state, self.n_trials, self.n_trials * self.per_trial, self.budget.unit,
+                             self.metric, running, self.eta(now, self.left(running)), now - self.started,
+                             self.ledger_text)
 
     # --- the live line ----------------------------------------------------------------------------
     def parts(self) -> dict[str, str]:
@@ -241,7 +242,7 @@ def finished_text(trial: FrozenTrial, metric: str) -> str:
     record = TrialRecord.of(trial)
     batch_size = record.batch_size if record.batch_size is not None else sampled_batch_size(trial.params)
     lr = record.lr if record.lr is not None else trial.params.get("base_lr")
-    who = f"(batch {batch_size}, lr {'-' if lr is None else f'{lr:.3g}'})"
+    who = point_text(batch_size, lr)
     if trial.state == TrialState.COMPLETE and trial.value is not None:
         return f"trial {trial.number} complete: {metric} {trial.value:.4f} {who}"
     return f"trial {trial.number} {STATE_WORDS.get(trial.state, trial.state.name.lower())} {who}"

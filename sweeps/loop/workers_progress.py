@@ -32,7 +32,17 @@ from optuna.trial import FrozenTrial, TrialState
 from objectives.training.budget import Budget
 from storage.heartbeats import grace_period_of, heartbeat_ages
 from storage.optuna_private import study_id_of, study_storage, trial_id_of
-from sweeps.loop.progress import Eta, StudyState, duration, finished_text, fit, sampled_batch_size, terminal_width
+from sweeps.loop.progress import (
+    Eta,
+    StudyState,
+    finished_text,
+    fit,
+    point_text,
+    sampled_batch_size,
+    study_summary,
+    terminal_width,
+)
+from sweeps.text import duration
 
 UP = "\033[{}A"
 CLEAR_BELOW = "\033[J"
@@ -40,9 +50,7 @@ CLEAR_BELOW = "\033[J"
 
 def running_text(trial: FrozenTrial, metric: str, now: datetime, heartbeat_age: float | None,
                  interval: float | None, grace: float | None) -> str:
-    params = trial.params
-    lr = params.get("base_lr")
-    text = f"trial {trial.number} (batch {sampled_batch_size(params)}, lr {'-' if lr is None else f'{lr:.3g}'})"
+    text = f"trial {trial.number} {point_text(sampled_batch_size(trial.params), trial.params.get('base_lr'))}"
     if trial.datetime_start is not None:
         text += f" asked {duration((now - trial.datetime_start).total_seconds())} ago"
     if trial.intermediate_values:
@@ -87,18 +95,10 @@ class WorkersProgress:
         state = StudyState.of(trials, self.budget.unit, self.study)
         now = time.monotonic()
         left = max(0, self.n_trials - state.done) * self.per_trial
-        eta = self.eta(now, left)
-        total = self.n_trials * self.per_trial
-        best = (f"best {self.metric} -" if state.best_value is None
-                else f"best {self.metric} {state.best_value:.4f} (trial {state.best_trial})")
-        summary = {"counts": f"{state.done}/{self.n_trials} done: {state.complete} complete, {state.pruned} pruned, "
-                             f"{state.failed} failed",
-                   "best": best,
-                   "budget": f"budget {100 * state.spent / total:.0f}% of {total:g} {self.budget.unit}",
-                   **({"ledger": text} if self.ledger is not None and (text := self.ledger()) else {}),
-                   **({"workers": text} if self.workers is not None and (text := self.workers()) else {}),
-                   "eta": f"ETA {'-' if eta is None else duration(eta)}",
-                   "time": duration(now - self.started)}
+        summary = study_summary(state, self.n_trials, self.n_trials * self.per_trial, self.budget.unit, self.metric,
+                                0.0, self.eta(now, left), now - self.started,
+                                self.ledger() if self.ledger is not None else "",
+                                self.workers() if self.workers is not None else "")
         if self.tty:
             self.redraw(self.running_lines(trials), summary)
         else:

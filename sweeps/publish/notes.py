@@ -20,10 +20,11 @@ from storage.batch import set_study_system_attrs
 from storage.dashboard_formats import chunks, note_str_key_prefix, note_ver_key
 from storage.optuna_private import study_id_of, study_storage, trial_id_of
 from sweeps.budget.ledger_view import note_text, state_of
-from sweeps.config.plan import fmt, human, plan_rows
+from sweeps.config.plan import plan_rows
 from sweeps.config.study_file import SweepConfig
 from sweeps.results.analysis import analyse
 from sweeps.results.recommendation import recommendation
+from sweeps.text import human, number
 from sweeps.trial.record import TrialRecord, consumed
 
 # optuna-dashboard's storage format (`storage.dashboard_formats`, checked against the installed dashboard by
@@ -52,7 +53,7 @@ def markdown_table(rows: list[dict]) -> str:
         return ""
     columns = list(rows[0])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---:|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(number(row.get(c, "")) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -129,7 +130,7 @@ def trial_note(trial: FrozenTrial, config: SweepConfig) -> str:
                                      f"({round(values['warmup_fraction'] * record.planned_updates)} updates)")
     o = config.objective
     opt = f"{o.optimizer}, momentum {o.momentum:g}" if o.optimizer == "sgd" else f"{o.optimizer}, betas {o.betas}"
-    rows = [f"| {label} | {fmt(values[key])} |" for key, label in SETTINGS if values.get(key) is not None]
+    rows = [f"| {label} | {number(values[key])} |" for key, label in SETTINGS if values.get(key) is not None]
     rows.append(f"| optimizer | {opt}, weight decay {o.weight_decay:g} |")
     sched = config.schedule
     shape = sched.name if sched.name != "wsd" else f"wsd (last {sched.decay_fraction:g} of the plan decays)"
@@ -137,7 +138,7 @@ def trial_note(trial: FrozenTrial, config: SweepConfig) -> str:
     if sched.cooldown_evaluations:
         rows.append(f"| rung evaluations | on a cooldown branch of {sched.cooldown_fraction:g} x the updates done |")
     value = "-" if trial.value is None else f"{trial.value:.4f}"
-    results = [f"| {label} | {fmt(values[key])} |" for key, label in RESULTS if values.get(key) is not None]
+    results = [f"| {label} | {number(values[key])} |" for key, label in RESULTS if values.get(key) is not None]
     head = f"## Trial {trial.number}: {trial.state.name.lower()}, {config.study.metric} {value}"
     parts = [head, "| effective setting | value |\n|---|---:|\n" + "\n".join(rows)]
     if results:
