@@ -1,8 +1,20 @@
-"""objectives.training.loop.Trainer on real tasks: the LR it really trains with, best-not-last with the best
-weights restored, early stopping with min_delta, and gradient accumulation against the full batch.
+"""The trainer: one trial's training loop (objectives.training.loop.Trainer) on real tasks.
+
+What it specifies, in this order:
+
+1. the report grid and the budget caps: evaluations at the first update past each grid point, in
+   examples for an epochs budget, exact for an updates budget, searched epochs ending the trial first,
+   and a seconds budget that stops on the clock;
+2. the learning rate it really trains with: warmup, then a schedule that ends on the last update
+   trained in every unit, a constant schedule, and a seconds budget whose schedule follows the clock;
+3. best, not last: the trial's value is its best evaluation and the best weights are restored;
+4. early stopping: patience evaluations without improvement, min_delta deciding only patience;
+5. the other ways a trial stops early: the reporter prunes, a non-finite loss diverges at once;
+6. gradient accumulation: micro-batches give the full batch's update;
+7. determinism: the same seed gives the same run.
 
 Expected numbers are computed here from the counting formulas (docs/background.md#counting), not from
-objectives.training.budget.
+objectives.training.budget; the overshoot task's metric follows a closed form.
 """
 
 from __future__ import annotations
@@ -12,14 +24,16 @@ import math
 import pytest
 import torch
 
-from objectives.task import TrialSettings
-from objectives.training.budget import Budget, plan_trial
-from objectives.training.loop import Trainer
+from objectives.task import Task, TrialSettings
+from objectives.tasks.regression import regression
+from objectives.training.budget import Budget, examples_after, plan_trial
+from objectives.training.loop import Trainer, eval_points
 from objectives.training.options import EarlyStopping, TrainerOptions
 from objectives.training.schedule import Schedule
 from tests.tasks_for_tests import RecordingSGD, overshoot, regression_small
 
 CPU = torch.device("cpu")
+N = 300  # the training set of both regression tasks: not a multiple of any batch size below
 
 
 def settings(seed: int = 0, **options) -> TrialSettings:
@@ -40,10 +54,63 @@ def updates_within(examples: int, n: int, batch_size: int) -> tuple[int, int]:
             updates, seen = updates + 1, seen + size
 
 
-# --- warmup and the end of the schedule ----------------------------------------------------------
+def regression_task(seed: int = 0, **options) -> Task:
+    torch.manual_seed(seed)
+    return regression(TrialSettings(32, 0.05, seed, CPU, options={"dim": 8, "n_train": 300, **options}))
 
-N = 300  # regression_small's training set: not a multiple of any batch size below
 
+def make_trainer(task: Task, budget: Budget, batch_size: int, lr: float = 0.05, *, epochs=None,
+                 warmup: float = 0.0, shape: str = "cosine", final: float = 0.0, maximize: bool = False,
+                 reporter=None, early_stopping=None, max_micro_batch=None, momentum: float = 0.0) -> Trainer:
+    plan = plan_trial(budget, len(task.train[0]), batch_size, epochs)
+    schedule = Schedule.build(lr, plan.planned_updates, warmup, shape, final)
+    optimizer = torch.optim.SGD(task.model.parameters(), lr=lr, momentum=momentum)
+    options = TrainerOptions(maximize=maximize, early_stopping=early_stopping, max_micro_batch=max_micro_batch)
+    return Trainer(task, optimizer, schedule, plan, budget, options, seed=5, reporter=reporter)
+
+
+# --- 1. the report grid and the budget caps ---------------------------------------------------
+
+def test_grid_points_are_reached_at_the_first_update_past_them():
+    plan = plan_trial(Budget("examples", 3000, 600), 300, 64)
+    points = eval_points(plan, Budget("examples", 3000, 600))
+    assert list(points.values()) == [600, 1200, 1800, 2400, 3000]
+    for after, step in points.items():
+        assert examples_after(after, 300, 64) >= step > examples_after(after - 1, 300, 64)
+
+
+def test_epochs_budget_reports_in_examples():
+    result = make_trainer(regression_task(), Budget("epochs", 3, 1), 64).train()
+    assert [step for step, _ in result.history] == [300, 600, 900]
+    assert result.updates == 3 * math.ceil(300 / 64)
+    assert result.examples_seen == 900
+
+
+def test_updates_budget_is_exact():
+    result = make_trainer(regression_task(), Budget("updates", 25, 5), 64).train()
+    assert result.updates == 25
+    assert [step for step, _ in result.history] == [5, 10, 15, 20, 25]
+
+
+def test_searched_epochs_end_before_the_budget():
+    result = make_trainer(regression_task(), Budget("examples", 3000, 600), 64, epochs=2).train()
+    assert result.stop_reason == "epochs"
+    assert result.examples_seen == 600
+    assert result.history[-1][0] == 600
+
+
+def test_seconds_budget_stops_on_time():
+    budget = Budget("seconds", 0.3, 0.1)
+    trainer = make_trainer(regression_task(), budget, 16)
+    trainer.plan = plan_trial(budget, 300, 16, updates_for_seconds=10**7)
+    result = trainer.train()
+    assert result.stop_reason == "budget"
+    assert 0.3 <= result.train_seconds < 2.0
+    steps = [step for step, _ in result.history]
+    assert steps[:3] == [100, 200, 300] and steps[-1] == 300  # milliseconds on one grid
+
+
+# --- 2. the learning rate it trains with: warmup and the end of the schedule ------------------
 
 @pytest.mark.parametrize(
     ("budget", "batch_size", "epochs", "expected_updates"),
@@ -98,7 +165,25 @@ def test_constant_schedule_without_warmup_trains_every_update_at_the_peak():
     assert optimizer.lrs == [0.03] * 20
 
 
-# --- best, not last --------------------------------------------------------------------------------
+@pytest.mark.parametrize("estimate", [20, 10**6], ids=["underestimated", "overestimated"])
+def test_seconds_budget_schedule_follows_the_clock_whatever_the_estimate(estimate):
+    """The updates a seconds budget plans come from a few timed updates; when throughput turns out
+    different, the trial still trains to the time cap and its schedule still ends there."""
+    budget = Budget("seconds", 0.3, 0.1)
+    plan = plan_trial(budget, 300, 16, updates_for_seconds=estimate)
+    schedule = Schedule.build(0.05, plan.planned_updates, 0.1, "linear", 0.1)
+    task = regression_task()
+    optimizer = RecordingSGD(task.model.parameters(), lr=0.05)
+    result = Trainer(task, optimizer, schedule, plan, budget, TrainerOptions(maximize=False), seed=5).train()
+    assert result.stop_reason == "budget" and 0.3 <= result.train_seconds < 2.0
+    assert result.updates > 50, "an underestimate must not end the trial early"
+    lrs = optimizer.lrs
+    assert lrs[0] < 0.05 / 2 and max(lrs) == pytest.approx(0.05, rel=0.05)  # warmup, then the peak
+    assert lrs[-1] == pytest.approx(0.005, abs=0.005), "the schedule ends when the time runs out"
+    assert all(a >= b for a, b in zip(lrs[len(lrs) // 2 :], lrs[len(lrs) // 2 + 1 :]))  # decays
+
+
+# --- 3. best, not last ---------------------------------------------------------------------------
 
 def overshoot_weight(updates: int, lr: float = 0.05) -> float:
     """w_k = 2 - 2 (1 - 2 lr)^k: SGD on mean((w x - 2x)^2) with x = +-1, from w = 0."""
@@ -138,7 +223,7 @@ def test_value_is_the_best_evaluation_and_the_best_weights_are_restored():
     assert again == pytest.approx(result.best_value, abs=1e-7)
 
 
-# --- early stopping --------------------------------------------------------------------------------
+# --- 4. early stopping ---------------------------------------------------------------------------
 
 def test_early_stopping_stops_after_patience_evaluations_and_keeps_the_best():
     trainer, task = overshoot_trainer(EarlyStopping(patience=3, min_delta=0.0))
@@ -161,7 +246,37 @@ def test_an_improvement_below_min_delta_does_not_reset_patience():
     assert result.best_step == 6  # the best is still the best, min_delta only decides patience
 
 
-# --- gradient accumulation ------------------------------------------------------------------------
+# --- 5. pruned by the reporter, diverged on a non-finite loss ------------------------------------
+
+def test_reporter_can_prune():
+    seen = []
+
+    def reporter(value, step, value_se):
+        seen.append(step)
+        return step >= 20
+
+    result = make_trainer(regression_task(), Budget("updates", 60, 10), 32, reporter=reporter).train()
+    assert result.stop_reason == "pruned"
+    assert seen == [10, 20] and result.updates == 20
+
+
+def test_nan_loss_stops_at_once_as_diverged():
+    task = regression_task()
+    x = task.train[0].clone()  # the dataset is cached per process: never poison it in place
+    x[7] = float("inf")  # reached in the first epoch
+    task.train = (x, task.train[1])
+    result = make_trainer(task, Budget("updates", 100, 50), 30).train()
+    assert result.stop_reason == "diverged"
+    assert result.updates <= math.ceil(300 / 30)
+    assert result.history == []
+
+
+def test_huge_learning_rate_diverges():
+    result = make_trainer(regression_task(), Budget("updates", 200, 100), 32, lr=1e6).train()
+    assert result.stop_reason == "diverged" and result.updates < 100
+
+
+# --- 6. gradient accumulation --------------------------------------------------------------------
 
 @pytest.mark.parametrize(
     ("batch_size", "max_micro_batch", "steps", "micro"),
@@ -201,3 +316,10 @@ def test_micro_batches_give_the_full_batch_update(batch_size, max_micro_batch, s
     assert [s for s, _ in split.history] == [s for s, _ in full.history] == [N, 2 * N, 3 * N, 4 * N]
     for (_, a), (_, b) in zip(split.history, full.history):
         assert a == pytest.approx(b, rel=1e-4, abs=1e-6)
+
+
+# --- 7. determinism ------------------------------------------------------------------------------
+
+def test_same_seed_same_run():
+    runs = [make_trainer(regression_task(seed=2), Budget("updates", 30, 10), 32).train() for _ in range(2)]
+    assert runs[0].history == runs[1].history
