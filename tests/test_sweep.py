@@ -1,10 +1,26 @@
-"""Whole sweeps through the runner and the CLI: real SQLite stores in tmp_path, real training on tiny data.
+"""A sweep end to end: whole sweeps through the runner and the CLI, on real SQLite stores in tmp_path
+with real training on tiny data.
+
+What it specifies, in this order:
+
+1. the equal-compute report grid and the budget caps, in every unit (examples, epochs, updates,
+   drop_last, seconds), and Hyperband pruning only on that grid;
+2. the learning rate a trial really trained with: warmup, coupling and the schedule's end;
+3. best, not last: a trial's value is its best evaluation; early stopping; a non-finite loss
+   prunes the trial as diverged and the sweep goes on;
+4. what every trial records, the same study seed giving the same trials, micro-batches giving
+   the full batch's trial;
+5. failures: a crashing trial is failed with its error, consecutive failures stop the runner and
+   the CLI (exit 1), failures with successes between them do not;
+6. a grid sweep ends when its grid is used up;
+7. resume: a rerun adds no trial, a resumed sweep samples new configurations, an interrupted trial
+   does not count;
+8. the shipped examples: digits reaches 95 % and resumes, the user-task example runs.
 
 What each test reads back is what the store holds (trial states, values, intermediate values and
 user_attrs), and the expected numbers come from the counting formulas (docs/background.md#counting), walked
-batch by batch here.
+batch by batch here. tests/test_wsd.py imports TASKS, make_config and sweep from here.
 """
-
 from __future__ import annotations
 
 import copy
@@ -207,7 +223,9 @@ def test_hyperband_prunes_only_on_the_shared_grid(tmp_path):
     for trial in pruned:
         assert trial.user_attrs["stop_reason"] == "pruned"
         assert max(trial.intermediate_values) < 3000
-        assert trial.user_attrs["examples_seen"] >= max(trial.intermediate_values)
+        # it stopped at the update that reached the grid point it was pruned at, not later
+        seen, b = trial.user_attrs["examples_seen"], trial.user_attrs["batch_size"]
+        assert seen - b < max(trial.intermediate_values) <= seen
 
 
 # --- the learning rate the trial really trained with ------------------------------------------------
@@ -337,6 +355,7 @@ def test_same_study_seed_same_trials_in_two_stores_and_every_attribute_recorded(
     finished = first.get_trials(states=FINISHED)
     assert len(finished) == 6 and len(first.trials) == 6
     assert first.get_trials(states=(TrialState.COMPLETE,)), "the value checks for complete trials below need one"
+    assert first.metric_names == ["val_mse"]
     assert len({t.user_attrs["seed"] for t in first.trials}) == 6, "each trial has its own seed"
     for trial in finished:
         attrs = trial.user_attrs
@@ -432,6 +451,17 @@ def test_failures_with_successes_between_them_do_not_stop_the_sweep(tmp_path, ca
     assert counter.read_text() == "5"
 
 
+# --- a grid sweep ends with its grid ---------------------------------------------------------------
+
+def test_grid_sweep_ends_when_the_grid_is_exhausted(tmp_path):
+    config = make_config(tmp_path, study={"n_trials": 10}, sampler={"name": "grid"},
+                         search={"batch_size": [16, 64], "base_lr": [0.01, 0.05]})
+    study = sweep(config, tmp_path / "s.db")
+    assert len(study.trials) == 4
+    assert sorted((t.user_attrs["batch_size"], t.params["base_lr"]) for t in study.trials) == [
+        (16, 0.01), (16, 0.05), (64, 0.01), (64, 0.05)]
+
+
 # --- resume ----------------------------------------------------------------------------------------
 
 def test_rerun_adds_no_trial_and_more_n_trials_adds_only_the_difference(tmp_path, capsys):
@@ -486,6 +516,9 @@ def test_an_interrupted_trial_does_not_count_and_the_rerun_completes_the_study(t
     interrupted = study.trials[1]
     assert interrupted.state == TrialState.FAIL
     assert interrupted.user_attrs["error"] == "interrupted: KeyboardInterrupt"
+    failed = study.get_trials(states=(TrialState.FAIL,))  # and, if there was one, the trial asked ahead
+    assert failed[0].number == interrupted.number and len(failed) <= 2
+    assert all(t.user_attrs["error"].startswith("not started") for t in failed[1:])
     # whose it was: the worker that stopped (`sweeps studies --workers` counts it among its failed)
     assert (interrupted.user_attrs["worker"], interrupted.user_attrs["sampler_seed"]) == (
         first.user_attrs["worker"], first.user_attrs["sampler_seed"])
