@@ -87,14 +87,16 @@ def test_the_child_answers_in_order_and_sends_errors_back():
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the bookkeeper forks on Linux only")
 def test_a_pruning_decision_overtakes_queued_sampling():
+    """The decision comes back while the slow request ahead of it still runs: it did not wait in
+    line. (How fast it comes back is a speed target: benchmarks/bookkeeper_latency.py prints it
+    against an idle bookkeeper's.) The slow request takes 3 s so that a loaded machine cannot
+    finish it before the decision's answer is read."""
     book = ProcessBookkeeper(Owner())
     try:
-        slow = book.submit("slow", 1.0)
+        slow = book.submit("slow", 3.0)
         queued = book.submit("where")
-        started = time.perf_counter()
         assert book.submit("decide", 2.0).result(timeout=10) == 4.0
-        assert time.perf_counter() - started < 0.5, "the decision waited behind the slow request"
-        assert not slow.done() and not queued.done()
+        assert not slow.done() and not queued.done(), "the decision waited behind the slow request"
         assert slow.result(timeout=10) == "slow" and queued.result(timeout=10)[0] != os.getpid()
     finally:
         book.shutdown()
@@ -109,7 +111,9 @@ def test_an_interrupt_reaches_a_busy_child_at_once():
         time.sleep(0.2)
         started = time.perf_counter()
         book.interrupt()
-        assert waiting.result(timeout=10) is True and time.perf_counter() - started < 2
+        # True: the gate opened by the interrupt, not the child's own 10-s timeout; "at once" is
+        # a generous 5 s (it takes milliseconds) so that a loaded machine cannot fail it
+        assert waiting.result(timeout=10) is True and time.perf_counter() - started < 5
     finally:
         book.shutdown()
 

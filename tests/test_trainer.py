@@ -105,7 +105,9 @@ def test_seconds_budget_stops_on_time():
     trainer.plan = plan_trial(budget, 300, 16, updates_for_seconds=10**7)
     result = trainer.train()
     assert result.stop_reason == "budget"
-    assert 0.3 <= result.train_seconds < 2.0
+    # the clock stopped it: the plan's 10**7 updates would take many minutes, so 10 s of slack
+    # past the cap (generous for a loaded machine) still tells
+    assert 0.3 <= result.train_seconds < 0.3 + 10
     steps = [step for step, _ in result.history]
     assert steps[:3] == [100, 200, 300] and steps[-1] == 300  # milliseconds on one grid
 
@@ -175,7 +177,7 @@ def test_seconds_budget_schedule_follows_the_clock_whatever_the_estimate(estimat
     task = regression_task()
     optimizer = RecordingSGD(task.model.parameters(), lr=0.05)
     result = Trainer(task, optimizer, schedule, plan, budget, TrainerOptions(maximize=False), seed=5).train()
-    assert result.stop_reason == "budget" and 0.3 <= result.train_seconds < 2.0
+    assert result.stop_reason == "budget" and 0.3 <= result.train_seconds < 0.3 + 10  # as above: generous
     assert result.updates > 50, "an underestimate must not end the trial early"
     lrs = optimizer.lrs
     assert lrs[0] < 0.05 / 2 and max(lrs) == pytest.approx(0.05, rel=0.05)  # warmup, then the peak
