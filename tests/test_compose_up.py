@@ -175,7 +175,7 @@ def link_or_copy(source: str, target: str) -> None:
 
 
 def study_config() -> dict:
-    """examples/digits.yaml, short: 40 trials of 2 seconds of training each, a 1 s heartbeat
+    """examples/digits.yaml, short: N_TRIALS (56) trials of 2 seconds of training each, a 1 s heartbeat
     and a 3 s grace period so a dead worker's trial is retried quickly."""
     config = yaml.safe_load((REPO / "examples" / "digits.yaml").read_text())
     config["study"].update(name=STUDY, n_trials=N_TRIALS, heartbeat_interval=1, grace_period=3)
