@@ -79,6 +79,14 @@ class StackedWeights:
                        for k, v in self.params.items()}
         self.buffers = {k: v.index_select(0, rows) for k, v in self.buffers.items()}
 
+    def add(self, models: Sequence[nn.Module]) -> None:
+        """Append the members of `models` after the others (a refill): their own weights and
+        buffers, as `stack_module_state` stacks them (new leaf tensors: the old graph is gone)."""
+        params, buffers = stack_module_state(list(models))
+        self.params = {k: torch.cat([v.detach(), params[k].detach().to(v.device, v.dtype)]).requires_grad_(
+                           v.requires_grad) for k, v in self.params.items()}
+        self.buffers = {k: torch.cat([v, buffers[k].to(v.device, v.dtype)]) for k, v in self.buffers.items()}
+
 
 class FusedModel:
     """`model(x)`: x is [K, B, ...] (one batch per member) or [B, ...] (the same batch for all, as
