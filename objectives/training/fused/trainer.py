@@ -46,6 +46,7 @@ class FusedMember:
     plan: TrialPlan
     seed: int
     reporter: Reporter | None = None
+    joined_with: int = 0  # the members training together when it joined, itself included (set by the trainer)
 
 
 def member_order(plan: TrialPlan, generator: torch.Generator) -> Iterator[Tensor]:
@@ -127,6 +128,8 @@ class FusedTrainer:
         self.loss, self.metric = torch.vmap(first.loss), torch.vmap(first.metric, in_dims=(0, None))
         self.eval_batch_size = options.eval_batch_size
         self.runs = [MemberRun(m, budget, options, self.device) for m in members]
+        for m in members:
+            m.joined_with = len(members)
         self.size = len(members)  # the slots a refill keeps filled
         self.refill, self.on_leave = refill, on_leave
         plan = members[0].plan
@@ -213,6 +216,7 @@ class FusedTrainer:
         runs = [MemberRun(m, self.budget, self.options, self.device) for m in joining]
         for run in runs:
             run.started = now
+            run.member.joined_with = len(active) + len(runs)
         self.runs += runs
         self.members += joining
         return active + runs, torch.cat([loss_sum, loss_sum.new_zeros(len(runs))])
