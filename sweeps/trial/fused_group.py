@@ -174,7 +174,7 @@ def measure_size(member: Member, options: TrainerOptions, sizes: tuple[int, ...]
         model = fuse_models(models)
         optimizer = stacked_optimizer(model.weights.param_list(), [member.fused.optimizer] * k)
         optimizer.lrs = [0.0] * k  # the timing needs no learning
-        done, started = 0, None
+        done, started = -1, 0.0  # the first update warms up, untimed
         while True:
             idx = torch.randint(0, plan.n_train, (k, plan.batch_size), generator=generator, device=device)
             losses = loss(model(x[idx]), y[idx])
@@ -182,8 +182,8 @@ def measure_size(member: Member, options: TrainerOptions, sizes: tuple[int, ...]
             optimizer.step()
             optimizer.zero_grad()
             done += 1
-            if done == 1:  # the first update warms up
-                started, done = time.perf_counter(), 0
+            if done == 0:
+                started = time.perf_counter()
             elif done >= 3 and time.perf_counter() - started >= seconds:
                 break
         rates[k] = k * done / (time.perf_counter() - started)
