@@ -244,3 +244,41 @@ def test_seeded_data_differs_by_seed():
     a, b = (seeded_data(TrialSettings(16, 0.1, seed, torch.device("cpu"), options={"dim": 8, "n_train": 64}))
             for seed in (1, 2))
     assert not torch.equal(a.train[0], b.train[0])
+
+
+def test_a_killed_fused_worker_resumes_with_its_group_requeued(tmp_path):
+    """SIGKILL mid-group: the group's open trials go stale, are failed and queued again when the
+    sweep resumes, and the resumed sweep trains them (each with its own parameters) to the trials
+    asked for."""
+    import os
+    import signal
+    import time
+
+    from tests.test_workers import start, wait_for_running
+
+    url = f"sqlite:///{tmp_path}/kill.db"
+    path = write(tmp_path, "kill", {"study": {"n_trials": 6, "heartbeat_interval": 1, "grace_period": 2},
+                                    "objective": {"fuse": 3},
+                                    "budget": {"unit": "updates", "per_trial": 200000, "eval_every": 100000}})
+    process = start(path, storage=url)
+    try:
+        wait_for_running("kill", url)
+        deadline = time.monotonic() + 60
+        while len(load("kill", url).get_trials(states=(TrialState.RUNNING,))) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.communicate(timeout=60)
+    running = {t.number: t.params for t in load("kill", url).get_trials(states=(TrialState.RUNNING,))}
+    assert len(running) == 3
+    time.sleep(3)  # past the grace period: stale
+    config = parse_config(merged(merged(TINY, {"study": {"name": "kill", "n_trials": 6, "heartbeat_interval": 1,
+                                                         "grace_period": 2}, "objective": {"fuse": 3}}), {}),
+                          tmp_path)
+    # the shorter budget (the killed one trained for minutes): a change allowed, so the resume is quick
+    study = run_sweep(config, target_of(config, url), show_progress=False, changes="allow")
+    finished = study.get_trials(states=FINISHED)
+    assert len(finished) == 6 and not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    retried = {t.system_attrs["failed_trial"]: t.params for t in finished if "failed_trial" in t.system_attrs}
+    assert retried == running  # each killed member trained again with its own parameters
+    assert all(TrialRecord.of(t).fused_group for t in finished)
