@@ -132,9 +132,11 @@ class FusedSweepLoop(SweepLoop):
             return self.fuse
         batch = member.prepared.plan.batch_size
         if batch not in self.sizes:
-            k, rates = fused_group.measure_size(member, self.options)
+            cap = fused_group.auto_cap(self.books.n_trials)
+            k, rates = fused_group.measure_size(member, self.options, tuple(s for s in fused_group.AUTO_SIZES
+                                                                           if s <= cap))
             self.sizes[batch] = k
-            print(fused_group.size_line(batch, k, rates), flush=True)
+            print(fused_group.size_line(batch, k, rates, cap), flush=True)
         return self.sizes[batch]
 
     def next_member(self, first: Member, refill: bool = False) -> Member | None:
