@@ -282,3 +282,21 @@ def test_a_killed_fused_worker_resumes_with_its_group_requeued(tmp_path):
     retried = {t.system_attrs["failed_trial"]: t.params for t in finished if "failed_trial" in t.system_attrs}
     assert retried == running  # each killed member trained again with its own parameters
     assert all(TrialRecord.of(t).fused_group for t in finished)
+
+
+def test_gpus_is_refused_with_an_explicit_k_and_a_gpu_worker_under_auto_trains_alone(tmp_path, capsys,
+                                                                                        monkeypatch):
+    from objectives.registry import resolve_task
+    from sweeps.config.plan import budget_of
+    from sweeps.loop.fused_loop import fused_loop_for
+    from sweeps.loop.gpus import GPU_ENV
+    from sweeps.loop.sweep_loop import SweepLoop
+
+    path = write(tmp_path, "gpus", {"objective": {"fuse": 4}})
+    assert main([path, "--dry-run", "--gpus", "0"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "objective.fuse: 4 cannot fuse with --gpus" in err
+    config = parse_config(merged(TINY, {"objective": {"fuse": "auto"}}), tmp_path)
+    monkeypatch.setenv(GPU_ENV, "0")  # a worker child of --gpus
+    assert fused_loop_for(config, resolve_task("regression", tmp_path), budget_of(config)) is SweepLoop
+    assert "objective.fuse auto: trials train one at a time: --gpus" in capsys.readouterr().out

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 
 import torch
 
@@ -32,6 +33,7 @@ from objectives.training.fused.refusal import refusal
 from objectives.training.loop import TrainResult
 from sweeps.config.schema import ConfigError
 from sweeps.config.study_file import SweepConfig
+from sweeps.loop.gpus import GPU_ENV
 from sweeps.loop.sweep_loop import (
     Asked,
     SweepLoop,
@@ -49,13 +51,16 @@ logger = logging.getLogger("sweeps")
 FIXED_BATCH_TRIES = 3  # asks for a member that come back with another batch size before the group stops asking
 
 
-def fused_loop_for(config: SweepConfig, factory: TaskFactory, budget: Budget, gpus: bool = False) -> type[SweepLoop]:
+def fused_loop_for(config: SweepConfig, factory: TaskFactory, budget: Budget,
+                   gpus: bool | None = None) -> type[SweepLoop]:
     """The loop class a worker runs: `FusedSweepLoop` when `objective.fuse` is on and the study
     can fuse, else `SweepLoop` (with one line under `auto`); ConfigError (exit 2) when an
-    explicit K cannot be honoured."""
+    explicit K cannot be honoured. `gpus`: a worker of --gpus (default: its parent set $SWEEPS_GPU)."""
     fuse = config.objective.fuse
     if fuse == "off":
         return SweepLoop
+    if gpus is None:
+        gpus = GPU_ENV in os.environ
     device = resolve_device(config.objective.device)
     options = trainer_options(config, config.objective.max_micro_batch)
     reason = fused_group.study_refusal(config, factory, budget, options, device, gpus)
