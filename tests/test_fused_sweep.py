@@ -300,3 +300,31 @@ def test_gpus_is_refused_with_an_explicit_k_and_a_gpu_worker_under_auto_trains_a
     monkeypatch.setenv(GPU_ENV, "0")  # a worker child of --gpus
     assert fused_loop_for(config, resolve_task("regression", tmp_path), budget_of(config)) is SweepLoop
     assert "objective.fuse auto: trials train one at a time: --gpus" in capsys.readouterr().out
+
+
+def test_sigterm_closes_every_open_member_and_queues_it_again(tmp_path):
+    import signal
+    import time
+
+    from tests.test_workers import start, wait_for_running
+
+    url = f"sqlite:///{tmp_path}/term.db"
+    path = write(tmp_path, "term", {"study": {"n_trials": 6}, "objective": {"fuse": 3},
+                                    "budget": {"unit": "updates", "per_trial": 200000, "eval_every": 100000}})
+    process = start(path, storage=url)
+    try:
+        wait_for_running("term", url)
+        deadline = time.monotonic() + 60
+        while len(load("term", url).get_trials(states=(TrialState.RUNNING,))) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)  # training
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 143
+    study = load("term", url)
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(failed) == 3 and all(t.user_attrs["error"].startswith("interrupted") for t in failed)
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == 3  # queued again, to resume
