@@ -236,6 +236,8 @@ class FusedTrainer:
             loss_sum[slot] = 0.0
             run.losses = 0
             if run.report(run.points[result.updates], values[slot], self.weights_of(slot)):
+                if result.updates == run.plan.planned_updates and result.stop_reason in ("pruned", "early_stopping"):
+                    result.stop_reason = run.plan.stop_reason  # `Trainer`: over anyway, it ends on its plan
                 stopping.append(slot)
             elif result.updates == run.plan.planned_updates:
                 result.stop_reason = run.plan.stop_reason
