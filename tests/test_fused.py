@@ -237,3 +237,18 @@ def test_a_refill_takes_the_free_slot_and_trains_as_its_solo_run(name):
         assert (fused.updates, fused.stop_reason) == (alone.updates, alone.stop_reason)
         for a, b in zip(weights(model), weights(m.task.model)):
             torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+
+
+def test_a_member_pruned_at_its_last_planned_evaluation_ends_on_its_plan_as_alone():
+    """`Trainer`: a trial pruned (or stopped early) at its last planned update was over anyway, so
+    it ends on its plan (budget), not pruned; a fused member the same."""
+    last = BUDGET.to_step(BUDGET.per_trial, 1)
+
+    def reporter(value, step, se):
+        return step == last
+
+    m = member(91, 0.1, reporter=reporter)
+    (fused,) = FusedTrainer([m, member(92, 0.05)], BUDGET, OPTIONS).train()[:1]
+    alone, _ = solo(m, reporter=reporter)
+    assert (fused.stop_reason, fused.updates, fused.history) == (alone.stop_reason, alone.updates, alone.history)
+    assert fused.stop_reason == "budget"
