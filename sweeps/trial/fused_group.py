@@ -36,8 +36,8 @@ from sweeps.trial.run_one import Outcome, PreparedTrial, SweepObjective, build_t
 AUTO_SIZES = (1, 2, 4, 8, 16)  # what `auto` measures
 AUTO_SECONDS = 0.25  # per size measured, at most (and at least 3 updates)
 # auto's largest group: a tenth of the study's trials. A group asks all its trials before any
-# reports, so the sampler learns from fewer results: on the digits example (40 trials, 5 seeds,
-# docs/fused.md) groups of 4 found the unfused median best, groups of 8 and 16 one example less.
+# reports, so the sampler learns from fewer results; a tenth is a judgement, not a measured
+# optimum (docs/fused.md has the whole-sweep figures).
 AUTO_SHARE = 10
 
 
