@@ -108,13 +108,21 @@ class FusedSweepLoop(SweepLoop):
         raise_errors_of_done(self.pending)
 
     def next_first(self) -> Asked | None:
-        """The trial that starts the next group: one held, else one asked (its cost reserved)."""
+        """The trial that starts the next group: one held, else one asked; its cost reserved.
+        When the total budget refuses it, the trials still held are closed unstarted too."""
         if self.held:
-            return self.held.pop(0)
-        first = asked_from(self.book.ask())
-        if first is None:  # counted with this process's trials still open: count again once told
-            first = asked_from(self.book.ask(wait_for_others=True))
-        if first is None or not self.reserved(first):
+            first = self.held.pop(0)
+        else:
+            first = asked_from(self.book.ask())
+            if first is None:  # counted with this process's trials still open: count again once told
+                first = asked_from(self.book.ask(wait_for_others=True))
+        if first is None:
+            return None
+        if not self.reserved(first):  # closed unstarted by the bookkeeper: the budget is spent
+            for asked in self.held:
+                self.book.close_unfinished(asked.trial.trial_id, "not started: the total budget is spent",
+                                           False).result()
+            self.held = []
             return None
         return first
 
@@ -158,7 +166,7 @@ class FusedSweepLoop(SweepLoop):
             if asked is None:
                 return None
             if asked.point.batch_size != batch:  # sampled so, or a queued retry of another batch size
-                self.held.append(asked)
+                self.held.append(asked)  # its cost is reserved when its group starts
                 if refill:
                     return None
                 continue
