@@ -212,3 +212,43 @@ def test_what_cannot_fuse_says_why():
         FusedTrainer([member(71, 0.1)], Budget("seconds", 1.0, 0.5), OPTIONS)
     with pytest.raises(NotFusable, match="bmm path"):
         FusedTrainer([member(74, 0.1, factory=digits_cnn)], BUDGET, OPTIONS, path="bmm")
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_a_refill_takes_the_free_slot_and_trains_as_its_solo_run(name):
+    """A member pruned at its first evaluation leaves; the refill joins at the next epoch start
+    (digits' last batch is short), in a slot reset to its own weights and a fresh optimizer state,
+    and every member, the refills too, trains what it trains alone."""
+    optimizer = MemberOptimizer(name, momentum=0.9) if name == "sgd" else MemberOptimizer(name)
+    lrs = [0.05, 0.1] if name == "sgd" else [1e-3, 3e-3]
+    members = [member(81, lrs[0], optimizer, reporter=lambda value, step, se: True), member(82, lrs[1], optimizer)]
+    queue = [member(83 + i, lrs[i % 2], optimizer) for i in range(2)]
+    left = []
+    trainer = FusedTrainer(members, BUDGET, OPTIONS, refill=lambda: queue.pop(0) if queue else None,
+                           on_leave=lambda m, result: left.append((m.seed, result.stop_reason)))
+    results = trainer.train()
+    assert len(results) == 4 and not queue
+    assert [seed for seed, _ in left][:1] == [81] and sorted(seed for seed, _ in left) == [81, 82, 83, 84]
+    n_val = len(members[0].task.val[0])
+    for m, fused in zip(trainer.members[1:], results[1:]):
+        alone, model = solo(m)
+        assert [s for s, _ in fused.history] == [s for s, _ in alone.history]
+        assert [v for _, v in fused.history] == pytest.approx([v for _, v in alone.history], abs=1.01 / n_val)
+        assert (fused.updates, fused.stop_reason) == (alone.updates, alone.stop_reason)
+        for a, b in zip(weights(model), weights(m.task.model)):
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+
+
+def test_a_member_pruned_at_its_last_planned_evaluation_ends_on_its_plan_as_alone():
+    """`Trainer`: a trial pruned (or stopped early) at its last planned update was over anyway, so
+    it ends on its plan (budget), not pruned; a fused member the same."""
+    last = BUDGET.to_step(BUDGET.per_trial, 1)
+
+    def reporter(value, step, se):
+        return step == last
+
+    m = member(91, 0.1, reporter=reporter)
+    (fused,) = FusedTrainer([m, member(92, 0.05)], BUDGET, OPTIONS).train()[:1]
+    alone, _ = solo(m, reporter=reporter)
+    assert (fused.stop_reason, fused.updates, fused.history) == (alone.stop_reason, alone.updates, alone.history)
+    assert fused.stop_reason == "budget"

@@ -19,6 +19,7 @@ from sweeps.publish import notes
 from sweeps.trial.record import (
     CONFIRM,
     ERROR,
+    FUSED,
     GPU,
     IDENTITY,
     NAMES,
@@ -100,7 +101,7 @@ def test_the_stored_step_unit_is_what_the_trials_report_in(tiny_config, sweep, u
 
 
 def test_the_groups_partition_the_record_and_gpu_is_written_only_on_cuda():
-    grouped = IDENTITY + PLAN + GPU + RESULT + ERROR + CONFIRM + PREDICT
+    grouped = IDENTITY + PLAN + GPU + RESULT + ERROR + CONFIRM + PREDICT + FUSED
     assert sorted(grouped) == sorted(NAMES) and len(set(grouped)) == len(grouped)
     assert TrialRecord(gpu=None, gpu_name="NVIDIA H200").attrs(GPU) == {"gpu": None, "gpu_name": "NVIDIA H200"}
     assert TrialRecord().attrs(RESULT) == dict.fromkeys(n for n in RESULT if n not in WHEN_KNOWN)

@@ -24,6 +24,7 @@ gets, never what a trial measures: `study.name`, `n_trials`, `storage`, `seed` (
 reseeds the sampler anyway), `training_seed`, the failure and heartbeat settings, the sampler and
 pruner (switching from random to TPE mid-study is a normal move), `objective.device`,
 `max_micro_batch` (gradient accumulation gives the same update), `eval_batch_size`, `compile`,
+`fuse` (a fused member trains what it trains alone: docs/guide/fused_training.md),
 `gpu_memory_fraction`, `loader` (its default follows the cores of each worker) and `dashboard`.
 """
 

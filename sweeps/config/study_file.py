@@ -155,6 +155,9 @@ class ObjectiveSection:
     eval_batch_size: int = 4096
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast for forward and loss
     compile: bool = False  # torch.compile the model
+    # several trials trained as one fused model (objectives/training/fused/, docs/guide/fused_training.md): off,
+    # K members per group, or auto (K measured on the model and batch size)
+    fuse: int | Literal["auto", "off"] = "off"
     gpu_memory_fraction: float | None = None  # cap this process's share of the GPU (workers sharing one)
     loader: LoaderSection = field(default_factory=LoaderSection)  # a Dataset task's DataLoader
     options: dict[str, Any] = field(default_factory=dict)  # passed to the task factory
@@ -173,6 +176,9 @@ class ObjectiveSection:
         check(self.eval_batch_size >= 1, join(path, "eval_batch_size"), "must be >= 1")
         if self.gpu_memory_fraction is not None:
             check(0 < self.gpu_memory_fraction <= 1, join(path, "gpu_memory_fraction"), "must be in (0, 1]")
+        if isinstance(self.fuse, int):
+            check(1 <= self.fuse <= 64, join(path, "fuse"),
+                  f"must be auto, off or a group size from 1 to 64 (got {self.fuse})")
 
 
 @dataclass

@@ -41,6 +41,7 @@ from sweeps.loop.interface import TrialRef
 from sweeps.loop.progress import Progress
 from sweeps.search.space import Suggestion, suggest
 from sweeps.search.strategies import grid_size
+from sweeps.trial.fused_group import fix_params
 from sweeps.trial.record import CONFIRMS_STUDY_ATTR, TrialRecord, error_attrs, queued_attrs, value_se_key
 from sweeps.trial.run_one import Outcome
 
@@ -124,7 +125,7 @@ class Books:
         # the bookkeeper's thread plays that part.
         enter_optimize_loop(self.study)
 
-    def ask(self, wait_for_others: bool = False) -> tuple[TrialRef, Suggestion] | None:
+    def ask(self, wait_for_others: bool = False, fixed: dict | None = None) -> tuple[TrialRef, Suggestion] | None:
         """The next trial, or None when the study has its trials.
 
         Running trials of every worker count, so N workers asking ahead do not overshoot; once the
@@ -133,7 +134,9 @@ class Books:
         idle first (a lone worker asks ahead to the last trial). With
         `wait_for_others` (this process has no open trial) and a heartbeat, a worker whose slots
         are all held by other workers' running trials waits until those finish, or go stale and
-        are queued again, instead of leaving a dead worker's trial unfinished.
+        are queued again, instead of leaving a dead worker's trial unfinished. `fixed`: parameters
+        the new trial takes as given, the sampler drawing the rest (a fused group's batch size,
+        sweeps/trial/fused_group.py); a queued trial (a retry) keeps its own.
         """
         self.in_optimize_loop()
         while True:
@@ -161,6 +164,8 @@ class Books:
             if self.grid_size is not None and len(self.study.get_trials(deepcopy=False)) >= self.grid_size:
                 return None  # every grid point is taken; asking again would repeat one
             trial = with_retry(self.study.ask, "asking for a trial")
+            if fixed:
+                fix_params(trial, fixed)
             self.heartbeat.add(trial_id_of(trial))
             if self.taken(below=trial.number) >= self.n_trials:  # workers raced for the last slots
                 self.close_unfinished_quietly(trial)
@@ -171,7 +176,7 @@ class Books:
             reason = why_not_run(trial.number, trial.user_attrs, self.study.get_trials(deepcopy=False))
             if reason is not None:  # the sampler's own point, or a confirmation run another trial took
                 self.close_unfinished_quietly(trial, reason)
-                return self.ask(wait_for_others)
+                return self.ask(wait_for_others, fixed)
             fixed_seed = TrialRecord.from_attrs(trial.user_attrs).confirm_seed
         self.open[trial_id_of(trial)] = trial
         retry_of = self.storage.get_trial_system_attrs(trial_id_of(trial)).get("failed_trial")

@@ -42,8 +42,8 @@ class Bookkeeping(Protocol):
     def interrupt(self) -> None:
         """Called at once, ahead of any queued work: the sweep is stopping."""
 
-    def ask(self, wait_for_others: bool = False) -> tuple[TrialRef, Suggestion] | None:
-        """The next trial to train, or None when the study has its trials."""
+    def ask(self, wait_for_others: bool = False, fixed: dict | None = None) -> tuple[TrialRef, Suggestion] | None:
+        """The next trial to train, or None when the study has its trials (`fixed`: parameters it takes as given)."""
 
     def reserve(self, trial_id: int, point: Suggestion) -> bool:
         """Book the trial's planned cost in the total budget's ledger; False: it does not fit (closed)."""
@@ -78,8 +78,9 @@ class BooksClient:
     def __init__(self, transport: Transport):
         self.transport = transport
 
-    def ask(self, wait_for_others: bool = False) -> Future:  # Future[tuple[TrialRef, Suggestion] | None]
-        return self.transport.submit(Bookkeeping.ask.__name__, wait_for_others)
+    def ask(self, wait_for_others: bool = False, fixed: dict | None = None) -> Future:
+        # Future[tuple[TrialRef, Suggestion] | None]
+        return self.transport.submit(Bookkeeping.ask.__name__, wait_for_others, fixed)
 
     def reserve(self, trial_id: int, point: Suggestion) -> Future:  # Future[bool]
         return self.transport.submit(Bookkeeping.reserve.__name__, trial_id, point)

@@ -27,9 +27,9 @@ from sweeps.config.study_file import SweepConfig
 from sweeps.config.target import SweepTarget
 from sweeps.errors import ConfigError, SweepFailed
 from sweeps.loop.bookkeeping import finished_count
+from sweeps.loop.fused_loop import fused_loop_for
 from sweeps.loop.logs import TrialLog
 from sweeps.loop.progress import Progress
-from sweeps.loop.sweep_loop import SweepLoop
 from sweeps.publish.hooks import DashboardHooks
 from sweeps.results.resume import ChangePolicy, complete_note, keep_search, stored_config
 from sweeps.search.strategies import build_pruner, build_sampler
@@ -202,6 +202,7 @@ def run_sweep(config: SweepConfig, target: SweepTarget, show_progress: bool = Tr
     n_train, factory = task.n_train, task.factory
     check_plan(config, n_train, task.tokens_per_example)
     budget = budget_of(config, task.tokens_per_example)
+    loop_class = fused_loop_for(config, factory, budget)  # objective.fuse: checked before the store opens
     study = open_study(config, target, n_train, overrides=overrides, changes="skip" if is_worker else changes,
                        seeded=False)  # seeded below, once, with the worker's seed
     # notes, checkpoints, figures
@@ -225,7 +226,7 @@ def run_sweep(config: SweepConfig, target: SweepTarget, show_progress: bool = Tr
     objective.identity = identity_attrs(worker, sampler_seed)
     objective.keeper = hooks.keeper
     objective.live = live
-    loop = SweepLoop(study, config, objective, n_train, target.n_trials,
+    loop = loop_class(study, config, objective, n_train, target.n_trials,
                      ([progress] if progress else []) + ([TrialLog(config.study.metric)] if TrialLog.wanted() else [])
                      + hooks.callbacks,
                      at_end=hooks.after_sweep, spending=Spending.of(config, budget, n_train), display=progress)

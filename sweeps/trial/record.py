@@ -12,7 +12,8 @@ training, so a trial that crashes while training carries it too), `GPU` (CUDA tr
 `noise_scale` only with `measure: {noise_scale: true}`, `value_se_curve` and `value_se` only
 with `measure: {value_se: true}` or `pruner.noise_margin` and a metric with per-example values,
 the `cooldown_*` names only with `schedule: {cooldown_evaluations: true}`, `horizons` and the
-`branch_*` names only with `budget.horizons`) and `ERROR` (a failed trial).
+`branch_*` names only with `budget.horizons`) and `ERROR` (a failed trial) and `FUSED`
+(a member of a fused group, `objective.fuse`).
 A confirmation run (`sweeps confirm`) also carries `CONFIRM`, set when it is queued.
 
 The study's own units are here too: `budget_unit` and `step_unit`, the unit of the integer steps
@@ -96,6 +97,9 @@ class TrialRecord:
     # PREDICT: a run of `sweeps predict --verify`, set when it is queued in the companion study
     predicts_arm: str | None = None  # predicted | lr x2 | lr /2 | batch x2 | batch /2
     predicts_budget: float | None = None  # the budget predicted for, in the budget's unit
+    # FUSED: a member of a fused group (objective.fuse, docs/guide/fused_training.md); absent for a trial trained alone
+    fused_group: str | None = None  # the group's id: its worker's sampler seed and its first trial's number
+    fused_size: int | None = None  # the members training together when it joined, itself included
 
     @classmethod
     def of(cls, trial: FrozenTrial) -> TrialRecord:
@@ -140,6 +144,7 @@ RESULT = ("updates", "examples_seen", "tokens_seen", "epochs_completed", "train_
 ERROR = ("error",)
 CONFIRM = ("confirms_trial", "confirm_seed")
 PREDICT = ("predicts_arm", "predicts_budget")
+FUSED = ("fused_group", "fused_size")
 # stored only when not None
 WHEN_KNOWN = frozenset({
     "peak_memory_mb", "tokens_per_example", "warmup_updates", "tokens_seen", "noise_scale_curve", "noise_scale",
@@ -189,7 +194,7 @@ def value_se_key(step: int) -> str:
 
 def _check_names() -> None:
     """The groups name every field once and nothing else: a name spelled wrong fails on import."""
-    grouped = IDENTITY + PLAN + GPU + RESULT + ERROR + CONFIRM + PREDICT
+    grouped = IDENTITY + PLAN + GPU + RESULT + ERROR + CONFIRM + PREDICT + FUSED
     counted = {unit.consumed_attr for unit in UNITS.values()} | {unit.steps_attr[0] for unit in UNITS.values()}
     if sorted(grouped) != sorted(NAMES) or not (WHEN_KNOWN | counted) <= set(NAMES):
         raise RuntimeError(f"sweeps.trial.record: the groups {grouped} do not match the fields {NAMES}")
@@ -255,6 +260,10 @@ def horizon_fields(result: TrainResult) -> dict[str, Any]:
                 branch_updates=sum(h.branch_updates for h in kept),
                 branch_examples=sum(h.branch_examples for h in kept),
                 branch_seconds=round(sum(h.branch_seconds for h in kept), 4))
+
+
+def fused_attrs(group: str, size: int) -> dict[str, Any]:
+    return TrialRecord(fused_group=group, fused_size=size).attrs(FUSED)
 
 
 def error_attrs(message: str) -> dict[str, Any]:

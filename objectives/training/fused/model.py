@@ -3,7 +3,8 @@
 
 Two paths, chosen by what the model is made of (`fuse_models`; `FusedModel.path` says which):
 
-- `bmm`: an `nn.Sequential` of `nn.Linear` layers, elementwise activations, dropout and a flatten.
+- `bmm`: an `nn.Sequential` of `nn.Linear` layers, elementwise activations, dropout and a flatten
+  (or one `nn.Linear`).
   Each linear layer is one `torch.baddbmm` over [K, B, in] x [K, in, out]: no vmap, no
   functional_call, a few dispatches per layer whatever K is (on the CPU, where an update of a small
   model is mostly Python and dispatch, this is where fusion pays). On the CPU each member's slice
@@ -79,6 +80,14 @@ class StackedWeights:
                        for k, v in self.params.items()}
         self.buffers = {k: v.index_select(0, rows) for k, v in self.buffers.items()}
 
+    def add(self, models: Sequence[nn.Module]) -> None:
+        """Append the members of `models` after the others (a refill): their own weights and
+        buffers, as `stack_module_state` stacks them (new leaf tensors: the old graph is gone)."""
+        params, buffers = stack_module_state(list(models))
+        self.params = {k: torch.cat([v.detach(), params[k].detach().to(v.device, v.dtype)]).requires_grad_(
+                           v.requires_grad) for k, v in self.params.items()}
+        self.buffers = {k: torch.cat([v, buffers[k].to(v.device, v.dtype)]) for k, v in self.buffers.items()}
+
 
 class FusedModel:
     """`model(x)`: x is [K, B, ...] (one batch per member) or [B, ...] (the same batch for all, as
@@ -109,6 +118,8 @@ class LinearStack(FusedModel):
     def __init__(self, models: Sequence[nn.Module]):
         super().__init__(models)
         self.ops: list[tuple] = []
+        if type(models[0]) is nn.Linear:  # a lone linear layer: a stack of one
+            self.ops.append(("linear", "weight", "bias" if models[0].bias is not None else None))
         for name, module in models[0].named_children():
             if isinstance(module, nn.Linear):
                 self.ops.append(("linear", f"{name}.weight", f"{name}.bias" if module.bias is not None else None))
@@ -122,7 +133,10 @@ class LinearStack(FusedModel):
         if shared:
             x = x.expand(k, *x.shape)
         for op in self.ops:
-            if op[0] == "linear":
+            if op[0] == "linear" and k == 1:  # nn.Linear's own kernel: a group of one is its solo run, bit for bit
+                bias = None if op[2] is None else params[op[2]][0]
+                x = torch.nn.functional.linear(x[0], params[op[1]][0], bias).unsqueeze(0)
+            elif op[0] == "linear":
                 weight = params[op[1]].transpose(1, 2)
                 x = torch.bmm(x, weight) if op[2] is None else torch.baddbmm(params[op[2]].unsqueeze(1), x, weight)
             elif op[0] == "flatten":
@@ -135,7 +149,10 @@ class LinearStack(FusedModel):
 
 
 def linear_stack_fits(model: nn.Module) -> bool:
-    """An `nn.Sequential` of linear layers, elementwise modules and flattens of all but the batch dim."""
+    """An `nn.Sequential` of linear layers, elementwise modules and flattens of all but the batch
+    dim, or a lone `nn.Linear`."""
+    if type(model) is nn.Linear:
+        return True
     if type(model) is not nn.Sequential or len(model) == 0:
         return False
     for module in model:

@@ -74,6 +74,21 @@ class StackedOptimizer:
     def kept(self, index: Sequence[int]) -> None:
         """Per-member counters beyond the tensors (Adam's step counts)."""
 
+    def add(self, members: Sequence[MemberOptimizer], params: list[Tensor]) -> None:
+        """Append new members after the others (a refill): their state starts as a fresh
+        optimizer's (zeros, no steps); `params` are the weights' tensors after the same append."""
+        if any(m.name != self.members[0].name for m in members):
+            raise ValueError("a fused group trains with one optimizer")
+        self.params = params
+        self.members += list(members)
+        self.lrs += [0.0] * len(members)
+        self.state = [{k: torch.cat([v, v.new_zeros((len(members), *v.shape[1:]))]) for k, v in st.items()}
+                      for st in self.state]
+        self.added(len(members))
+
+    def added(self, count: int) -> None:
+        """Per-member counters for `count` new members."""
+
     def step(self) -> None:
         raise NotImplementedError
 
@@ -121,6 +136,9 @@ class StackedAdam(StackedOptimizer):
 
     def kept(self, index: Sequence[int]) -> None:
         self.steps = [self.steps[i] for i in index]
+
+    def added(self, count: int) -> None:
+        self.steps += [0] * count
 
     def step(self) -> None:
         self.steps = [s + 1 for s in self.steps]

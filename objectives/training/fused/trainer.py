@@ -46,6 +46,7 @@ class FusedMember:
     plan: TrialPlan
     seed: int
     reporter: Reporter | None = None
+    joined_with: int = 0  # the members training together when it joined, itself included (set by the trainer)
 
 
 def member_order(plan: TrialPlan, generator: torch.Generator) -> Iterator[Tensor]:
@@ -69,6 +70,7 @@ class MemberRun:
         self.patience = Patience(options.early_stopping, self.sign)
         self.best_state: dict[str, Tensor] | None = None
         self.losses = 0  # updates since the last evaluation
+        self.started = 0.0  # when it joined the group (perf_counter)
 
     def report(self, step: int, value: float, weights: Callable[[], dict[str, Tensor]]) -> bool:
         """`Trainer.evaluate_and_report` for this member (`weights()` copies its slice); True: it stops."""
@@ -108,7 +110,11 @@ class FusedTrainer:
     `path`: how the models are fused (`fuse_models`: auto, bmm, vmap); `model.path` says which ran."""
 
     def __init__(self, members: Sequence[FusedMember], budget: Budget, options: TrainerOptions, *,
-                 path: str = "auto"):
+                 path: str = "auto", refill: Callable[[], FusedMember | None] | None = None,
+                 on_leave: Callable[[FusedMember, TrainResult], None] | None = None):
+        """`refill`: called for a new member when one has left (None: there is none, and the group
+        shrinks from then on); it must return a member that fuses with the others (`refusal`).
+        `on_leave`: called with each member and its result as it leaves, its best weights loaded."""
         reason = refusal(members, options, budget)
         if reason is not None:
             raise NotFusable(reason)
@@ -122,6 +128,15 @@ class FusedTrainer:
         self.loss, self.metric = torch.vmap(first.loss), torch.vmap(first.metric, in_dims=(0, None))
         self.eval_batch_size = options.eval_batch_size
         self.runs = [MemberRun(m, budget, options, self.device) for m in members]
+        for m in members:
+            m.joined_with = len(members)
+        self.size = len(members)  # the slots a refill keeps filled
+        self.refill, self.on_leave = refill, on_leave
+        plan = members[0].plan
+        # a member joins where the others' epochs begin, unless every batch is full: the stacked
+        # batches must have one length
+        self.join_every = 1 if plan.drop_last or plan.n_train % plan.batch_size == 0 else plan.iterations_per_epoch
+        self.clock = 0  # updates since the group's epochs began
 
     @property
     def path(self) -> str:
@@ -134,11 +149,21 @@ class FusedTrainer:
 
     def run_updates(self) -> None:
         """The hot loop: each member's batch and LR, one fused step, count, check, evaluate."""
-        (x, y), model, optimizer = self.train_data, self.model, self.optimizer
+        x, y = self.train_data
         active = list(self.runs)  # slot i of every stacked tensor is active[i]
         loss_sum = torch.zeros(len(active), device=self.device)
-        model.train()
-        while active:
+        self.model.train()
+        for run in active:
+            run.started = self.started
+        while True:
+            free = self.refill is not None and len(active) < self.size
+            if free and (not active or self.clock % self.join_every == 0):
+                if not active:
+                    self.clock = 0
+                active, loss_sum = self.join(active, loss_sum)
+            if not active:
+                break
+            model, optimizer = self.model, self.optimizer  # a group emptied and refilled has new ones
             idx = torch.stack([next(run.order) for run in active])
             optimizer.lrs = [run.member.schedule.lr_at(run.result.updates) for run in active]
             with self.autocast:
@@ -147,6 +172,7 @@ class FusedTrainer:
             optimizer.step()
             optimizer.zero_grad()
             loss_sum += losses.detach()
+            self.clock += 1
             finite, size = torch.isfinite(loss_sum).tolist(), idx.shape[1]
             leaving, due = [], []
             for slot, run in enumerate(active):
@@ -167,6 +193,34 @@ class FusedTrainer:
             if leaving:
                 active, loss_sum = self.leave(active, sorted(leaving), loss_sum)
 
+    def join(self, active: list[MemberRun], loss_sum: Tensor) -> tuple[list[MemberRun], Tensor]:
+        """Fill the free slots with new members from `refill`: their own weights and a fresh
+        optimizer state appended to the stacked ones."""
+        joining = []
+        while len(active) + len(joining) < self.size:
+            member = self.refill()
+            if member is None:
+                self.refill = None
+                break
+            joining.append(member)
+        if not joining:
+            return active, loss_sum
+        if not active:  # the group was empty: it starts anew from these
+            self.model = fuse_models([m.task.model for m in joining], self.model.path)
+            self.optimizer = stacked_optimizer(self.model.weights.param_list(), [m.optimizer for m in joining])
+            loss_sum = loss_sum.new_zeros(0)
+        else:
+            self.model.weights.add([m.task.model for m in joining])
+            self.optimizer.add([m.optimizer for m in joining], self.model.weights.param_list())
+        now = time.perf_counter()
+        runs = [MemberRun(m, self.budget, self.options, self.device) for m in joining]
+        for run in runs:
+            run.started = now
+            run.member.joined_with = len(active) + len(runs)
+        self.runs += runs
+        self.members += joining
+        return active + runs, torch.cat([loss_sum, loss_sum.new_zeros(len(runs))])
+
     def evaluate_due(self, active: list[MemberRun], due: list[int], loss_sum: Tensor) -> list[int]:
         """Evaluate the members at a grid point; the slots of those that stop."""
         stopping = []
@@ -182,6 +236,8 @@ class FusedTrainer:
             loss_sum[slot] = 0.0
             run.losses = 0
             if run.report(run.points[result.updates], values[slot], self.weights_of(slot)):
+                if result.updates == run.plan.planned_updates and result.stop_reason in ("pruned", "early_stopping"):
+                    result.stop_reason = run.plan.stop_reason  # `Trainer`: over anyway, it ends on its plan
                 stopping.append(slot)
             elif result.updates == run.plan.planned_updates:
                 result.stop_reason = run.plan.stop_reason
@@ -206,8 +262,10 @@ class FusedTrainer:
         now = time.perf_counter()
         for slot in leaving:
             run = active[slot]
-            run.result.train_seconds = now - self.started - run.result.eval_seconds
+            run.result.train_seconds = now - run.started - run.result.eval_seconds
             run.member.task.model.load_state_dict(run.best_state or self.model.weights.member(slot))
+            if self.on_leave is not None:
+                self.on_leave(run.member, run.result)
         keep = [slot for slot in range(len(active)) if slot not in leaving]
         if keep:
             self.model.weights.keep(keep)

@@ -1,0 +1,337 @@
+"""`objective.fuse` in a sweep (issue 26): the sweep's trials trained as fused groups, each member
+a full trial in the store. Real training on the tiny regression task of tests/conftest.py.
+
+Equivalence: K = 1 goes through the fused loop (`fused_group` recorded) and stores the values and
+curves the unfused sweep stores, exactly (the CPU, the bmm path: tests/test_fused.py). K > 1:
+each member's values equal the same trial trained alone (the same parameters and seed, in an
+unfused sweep that replays them) within rel 1e-4: fused weights stay within 1e-5 of the solo run's
+(tests/test_fused.py), and the MSE follows them.
+"""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import torch
+import yaml
+from optuna.trial import TrialState
+
+from objectives.task import Task, TrialSettings
+from objectives.tasks.regression import regression
+from sweeps.config.study_file import parse_config
+from sweeps.config.target import target_of
+from sweeps.loop.runner import run_sweep
+from sweeps.run import main
+from sweeps.trial.record import TrialRecord
+from tests.conftest import TINY, merged
+from tests.test_ledger import assert_books_balance
+from tests.test_workers import PG_URL, load, needs_pg, unique
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+REL = 1e-4
+
+
+def seeded_data(settings: TrialSettings) -> Task:
+    """The regression task with its data drawn from the trial's seed: it cannot fuse."""
+    options = {**settings.options, "data_seed": settings.seed}
+    return regression(TrialSettings(settings.batch_size, settings.lr, settings.seed, settings.device,
+                                    options=options))
+
+
+def sweep(tmp_path, data: dict, name: str = "fz") -> optuna.Study:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    config = parse_config(merged(merged(TINY, data), {"study": {"name": name}}), tmp_path)
+    return run_sweep(config, target_of(config), show_progress=False)
+
+
+def replay_alone(tmp_path, data: dict, trials: list) -> dict[int, optuna.trial.FrozenTrial]:
+    """The same trials (parameters in number order, so the same seeds) in an unfused sweep."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    data = merged(data, {"objective": {"fuse": "off"}, "study": {"n_trials": len(trials)}})
+    config = parse_config(merged(merged(TINY, data), {"study": {"name": "alone"}}), tmp_path)
+    target = target_of(config)
+    study = optuna.create_study(storage=target.storage_url, study_name="alone", direction=config.study.direction)
+    for t in sorted(trials, key=lambda t: t.number):
+        study.enqueue_trial(t.params)
+    study = run_sweep(config, target, show_progress=False)
+    return {t.number: t for t in study.get_trials(states=FINISHED)}
+
+
+def by_number(study: optuna.Study) -> dict[int, optuna.trial.FrozenTrial]:
+    return {t.number: t for t in study.get_trials(states=FINISHED)}
+
+
+def assert_same_as_alone(fused: dict, alone: dict, rel: float = REL) -> None:
+    assert set(fused) == set(alone)
+    for number, t in fused.items():
+        a = alone[number]
+        assert t.params == a.params and t.user_attrs["seed"] == a.user_attrs["seed"], number
+        assert t.state == a.state, number
+        assert sorted(t.intermediate_values) == sorted(a.intermediate_values), number
+        assert list(t.intermediate_values.values()) == pytest.approx(list(a.intermediate_values.values()), rel=rel)
+        if t.value is not None:
+            assert t.value == pytest.approx(a.value, rel=rel)
+        for key in ("updates", "examples_seen", "stop_reason", "best_step", "planned_updates", "lr"):
+            assert t.user_attrs[key] == a.user_attrs[key], (number, key)
+
+
+def test_k1_goes_through_the_fused_loop_and_stores_what_the_unfused_sweep_stores(tmp_path):
+    data = {"study": {"n_trials": 5}}
+    fused = sweep(tmp_path / "a", merged(data, {"objective": {"fuse": 1}}))
+    plain = sweep(tmp_path / "b", merged(data, {"objective": {"fuse": "off"}}))
+    f, p = by_number(fused), by_number(plain)
+    assert all(TrialRecord.of(t).fused_size == 1 and TrialRecord.of(t).fused_group for t in f.values())
+    assert not any(TrialRecord.of(t).fused_group for t in p.values())
+    assert_same_as_alone(f, p, rel=0)  # exactly
+
+
+def test_four_members_each_store_what_their_solo_run_stores(tmp_path):
+    data = {"study": {"n_trials": 8}, "objective": {"fuse": 4}}
+    fused = by_number(sweep(tmp_path / "a", data))
+    records = [TrialRecord.of(t) for t in fused.values()]
+    # the first group forms at 4; a refill sampled at the other batch size starts the next group
+    assert [r.fused_size for r in records[:4]] == [4] * 4 and max(r.fused_size for r in records) == 4
+    assert len(fused) == 8
+    groups = {r.fused_group: r.batch_size for r in records}
+    assert all(len({r.batch_size for r in records if r.fused_group == g}) == 1 for g in groups)
+    assert_same_as_alone(fused, replay_alone(tmp_path / "b", data, list(fused.values())))
+
+
+def test_refills_keep_k_members_while_trials_remain_and_a_diverged_member_leaves_the_rest_alone(tmp_path):
+    """One batch size, LRs up to 30: some members diverge early (PRUNED, stop_reason diverged)
+    and new trials take their slots mid-run, each joining a group of 4 while trials remain;
+    the others store what they store alone."""
+    data = {"study": {"n_trials": 12}, "objective": {"fuse": 4},
+            "search": {"batch_size": 32, "base_lr": {"low": 0.01, "high": 30.0, "log": True}}}
+    fused = by_number(sweep(tmp_path / "a", data))
+    records = {n: TrialRecord.of(t) for n, t in fused.items()}
+    diverged = [n for n, r in records.items() if r.stop_reason == "diverged"]
+    assert diverged and len(diverged) < len(fused)
+    assert len({r.fused_group for r in records.values()}) == 1  # one group, refilled throughout
+    # every trial joined a group of 4 but those asked when fewer than 4 trials were left
+    assert all(records[n].fused_size == 4 for n in range(len(fused) - 3))
+    mid_run = [n for n, r in records.items() if n >= 4 and r.fused_size == 4]
+    assert mid_run
+    assert_same_as_alone(fused, replay_alone(tmp_path / "b", data, list(fused.values())))
+
+
+@pytest.mark.parametrize(("unit", "per_trial", "eval_every"),
+                         [("updates", 40, 10), ("examples", 1024, 256), ("epochs", 4, 1)])
+def test_each_counting_unit(tmp_path, unit, per_trial, eval_every):
+    data = {"study": {"n_trials": 6}, "objective": {"fuse": 3},
+            "budget": {"unit": unit, "per_trial": per_trial, "eval_every": eval_every}}
+    fused = by_number(sweep(tmp_path / "a", data))
+    assert len(fused) == 6 and all(TrialRecord.of(t).fused_group for t in fused.values())
+    assert_same_as_alone(fused, replay_alone(tmp_path / "b", data, list(fused.values())))
+
+
+def test_early_stopping_is_per_member_and_leaves_the_others_as_alone(tmp_path):
+    data = {"study": {"n_trials": 8}, "objective": {"fuse": 4},
+            "early_stopping": {"patience": 1, "min_delta": 0.05},
+            "search": {"batch_size": 32, "base_lr": {"low": 0.001, "high": 0.3, "log": True}}}
+    fused = by_number(sweep(tmp_path / "a", data))
+    reasons = [TrialRecord.of(t).stop_reason for t in fused.values()]
+    assert "early_stopping" in reasons and "budget" in reasons, reasons
+    assert_same_as_alone(fused, replay_alone(tmp_path / "b", data, list(fused.values())))
+
+
+def test_the_pruner_prunes_members_under_their_own_trials(tmp_path):
+    """Pruning decisions depend on what the other trials reported first, so they are not
+    compared with an unfused replay; each pruned member is PRUNED with its own curve."""
+    data = {"study": {"n_trials": 10}, "objective": {"fuse": 4},
+            "pruner": {"name": "median", "n_startup_trials": 2},
+            "search": {"batch_size": 32, "base_lr": {"low": 0.001, "high": 0.3, "log": True}}}
+    finished = sweep(tmp_path, data).get_trials(states=FINISHED)
+    assert len(finished) == 10
+    pruned = [t for t in finished if TrialRecord.of(t).stop_reason == "pruned"]
+    assert pruned and all(t.state == TrialState.PRUNED and t.intermediate_values for t in pruned)
+
+
+def test_the_total_budget_is_never_exceeded(tmp_path):
+    data = {"study": {"n_trials": 20, "total_budget": {"amount": 2000, "unit": "examples"}},
+            "objective": {"fuse": 4},
+            "budget": {"unit": "examples", "per_trial": 1024, "eval_every": 256},
+            "search": {"batch_size": [32, 64], "epochs": {"low": 1, "high": 4}}}
+    config = parse_config(merged(merged(TINY, data), {"study": {"name": "led"}}), tmp_path)
+    target = target_of(config)
+    study = run_sweep(config, target, show_progress=False)
+    assert len(study.get_trials(states=FINISHED)) >= 2
+    assert_books_balance("led", target.storage_url, 2000)
+
+
+def write(folder, name: str, data: dict) -> str:
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(merged(merged(TINY, data), {"study": {"name": name}})))
+    return str(path)
+
+
+@pytest.mark.parametrize(("overrides", "reason"), [
+    ({"measure": {"noise_scale": True}}, "measure.noise_scale is not measured in a fused group"),
+    ({"objective": {"task": "tests.test_fused_sweep:seeded_data"}}, "member 1's data differs from member 0's"),
+    ({"sampler": {"name": "grid"}}, "the grid sampler"),
+])
+def test_an_explicit_k_that_cannot_fuse_is_exit_2_naming_why_and_auto_runs_alone(tmp_path, capsys, overrides,
+                                                                                   reason):
+    path = write(tmp_path, "refused", merged({"objective": {"fuse": 4}}, overrides))
+    assert main([path, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "objective.fuse: 4 cannot fuse this study" in err and reason in err
+    path = write(tmp_path, "alone", merged(merged({"objective": {"fuse": "auto"}, "study": {"n_trials": 2}},
+                                                  overrides), {"sampler": {"name": "random"}}
+                                           if "sampler" in overrides else {}))
+    code = main([path, "--quiet"])
+    out = capsys.readouterr().out
+    if "sampler" in overrides:
+        return  # auto with the grid sampler: checked above, the same refusal
+    assert code == 0
+    line = [s for s in out.splitlines() if s.startswith("objective.fuse auto: trials train one at a time: ")]
+    assert len(line) == 1 and reason in line[0]
+
+
+def test_a_bad_fuse_value_is_exit_2_with_one_line(tmp_path, capsys):
+    for value, message in ((0, "objective.fuse: must be auto, off or a group size from 1 to 64 (got 0)"),
+                           ("many", "objective.fuse: ")):
+        path = write(tmp_path, "bad", {"objective": {"fuse": value}})
+        assert main([path, "--dry-run"]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and message in err
+
+
+def test_auto_measures_k_once_per_batch_size_and_says_it(tmp_path, capsys):
+    data = {"study": {"n_trials": 6}, "objective": {"fuse": "auto"}}
+    study = sweep(tmp_path, data)
+    out = capsys.readouterr().out
+    lines = [s for s in out.splitlines() if s.startswith("objective.fuse auto: batch ")]
+    batches = {TrialRecord.of(t).batch_size for t in study.get_trials(states=FINISHED)}
+    assert 1 <= len(lines) == len(batches) and all("trains in groups of" in s for s in lines)
+    assert len(study.get_trials(states=FINISHED)) == 6
+
+
+def test_the_fuse_setting_is_not_part_of_the_search(tmp_path):
+    """A study run unfused resumes fused (and back) without a search change."""
+    first = sweep(tmp_path, {"study": {"n_trials": 2}, "objective": {"fuse": "off"}})
+    assert len(first.get_trials(states=FINISHED)) == 2
+    again = sweep(tmp_path, {"study": {"n_trials": 4}, "objective": {"fuse": 2}})
+    assert len(again.get_trials(states=FINISHED)) == 4
+
+
+def workers_study(folder, name: str) -> str:
+    return write(folder, name, {"study": {"n_trials": 10, "heartbeat_interval": 1, "grace_period": 3},
+                                "objective": {"fuse": 3}})
+
+
+def assert_workers_fused(study: optuna.Study) -> None:
+    finished = study.get_trials(states=FINISHED)
+    assert len(finished) == 10 and not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    records = [TrialRecord.of(t) for t in finished]
+    assert all(r.fused_group for r in records) and len({r.worker for r in records}) == 2
+    for t in study.get_trials(states=(TrialState.FAIL,)):
+        assert t.user_attrs["error"].startswith("not started") and not t.intermediate_values
+
+
+def test_two_workers_on_sqlite_each_fuse_their_own_group(tmp_path, run_here):
+    path = workers_study(tmp_path, "w2")
+    url = f"sqlite:///{tmp_path}/w2.db"
+    done = run_here([path, "--quiet", "--workers", "2"], storage=url)
+    assert done.returncode == 0, done.stderr
+    assert_workers_fused(load("w2", url))
+
+
+@needs_pg
+def test_two_workers_on_postgres_each_fuse_their_own_group(tmp_path, run_here):
+    name = unique("fused-w2")
+    path = workers_study(tmp_path, name)
+    done = run_here([path, "--quiet", "--workers", "2"], storage=PG_URL)
+    assert done.returncode == 0, done.stderr
+    assert_workers_fused(load(name, PG_URL))
+
+
+def test_seeded_data_differs_by_seed():
+    """The refusal test's task does follow the seed (else it would fuse)."""
+    a, b = (seeded_data(TrialSettings(16, 0.1, seed, torch.device("cpu"), options={"dim": 8, "n_train": 64}))
+            for seed in (1, 2))
+    assert not torch.equal(a.train[0], b.train[0])
+
+
+def test_a_killed_fused_worker_resumes_with_its_group_requeued(tmp_path):
+    """SIGKILL mid-group: the group's open trials go stale, are failed and queued again when the
+    sweep resumes, and the resumed sweep trains them (each with its own parameters) to the trials
+    asked for."""
+    import os
+    import signal
+    import time
+
+    from tests.test_workers import start, wait_for_running
+
+    url = f"sqlite:///{tmp_path}/kill.db"
+    path = write(tmp_path, "kill", {"study": {"n_trials": 6, "heartbeat_interval": 1, "grace_period": 2},
+                                    "objective": {"fuse": 3},
+                                    "budget": {"unit": "updates", "per_trial": 200000, "eval_every": 100000}})
+    process = start(path, storage=url)
+    try:
+        wait_for_running("kill", url)
+        deadline = time.monotonic() + 60
+        while len(load("kill", url).get_trials(states=(TrialState.RUNNING,))) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.communicate(timeout=60)
+    running = {t.number: t.params for t in load("kill", url).get_trials(states=(TrialState.RUNNING,))}
+    assert len(running) == 3
+    time.sleep(3)  # past the grace period: stale
+    config = parse_config(merged(merged(TINY, {"study": {"name": "kill", "n_trials": 6, "heartbeat_interval": 1,
+                                                         "grace_period": 2}, "objective": {"fuse": 3}}), {}),
+                          tmp_path)
+    # the shorter budget (the killed one trained for minutes): a change allowed, so the resume is quick
+    study = run_sweep(config, target_of(config, url), show_progress=False, changes="allow")
+    finished = study.get_trials(states=FINISHED)
+    assert len(finished) == 6 and not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    retried = {t.system_attrs["failed_trial"]: t.params for t in finished if "failed_trial" in t.system_attrs}
+    assert retried == running  # each killed member trained again with its own parameters
+    assert all(TrialRecord.of(t).fused_group for t in finished)
+
+
+def test_gpus_is_refused_with_an_explicit_k_and_a_gpu_worker_under_auto_trains_alone(tmp_path, capsys,
+                                                                                        monkeypatch):
+    from objectives.registry import resolve_task
+    from sweeps.config.gpus import GPU_ENV
+    from sweeps.config.plan import budget_of
+    from sweeps.loop.fused_loop import fused_loop_for
+    from sweeps.loop.sweep_loop import SweepLoop
+
+    path = write(tmp_path, "gpus", {"objective": {"fuse": 4}})
+    assert main([path, "--dry-run", "--gpus", "0"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "objective.fuse: 4 cannot fuse with --gpus" in err
+    config = parse_config(merged(TINY, {"objective": {"fuse": "auto"}}), tmp_path)
+    monkeypatch.setenv(GPU_ENV, "0")  # a worker child of --gpus
+    assert fused_loop_for(config, resolve_task("regression", tmp_path), budget_of(config)) is SweepLoop
+    assert "objective.fuse auto: trials train one at a time: --gpus" in capsys.readouterr().out
+
+
+def test_sigterm_closes_every_open_member_and_queues_it_again(tmp_path):
+    import signal
+    import time
+
+    from tests.test_workers import start, wait_for_running
+
+    url = f"sqlite:///{tmp_path}/term.db"
+    path = write(tmp_path, "term", {"study": {"n_trials": 6}, "objective": {"fuse": 3},
+                                    "budget": {"unit": "updates", "per_trial": 200000, "eval_every": 100000}})
+    process = start(path, storage=url)
+    try:
+        wait_for_running("term", url)
+        deadline = time.monotonic() + 60
+        while len(load("term", url).get_trials(states=(TrialState.RUNNING,))) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)  # training
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 143
+    study = load("term", url)
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(failed) == 3 and all(t.user_attrs["error"].startswith("interrupted") for t in failed)
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == 3  # queued again, to resume
