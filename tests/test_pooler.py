@@ -174,9 +174,10 @@ def test_eight_workers_through_pgbouncer_one_killed(tmp_path, pooler):
 
 def test_total_budget_binds_exactly_through_pgbouncer(tmp_path, pooler):
     """8 workers race for a total that holds 5 trials: the reservations, atomic through the pooler,
-    start no more than 5."""
+    start no more than 5, and the ledger never spends more than the total."""
     name = unique("pooled-total")
-    path = study_file(tmp_path, name, n_trials=30, seconds=1.0, total_budget={"amount": 5, "unit": "seconds"})
+    # 30 updates a trial, planned and spent exactly (a seconds budget may overrun its reservation)
+    path = study_file(tmp_path, name, n_trials=30, total_budget={"amount": 150, "unit": "updates"})
     parent = start(path, "--workers", "8", storage=pooler.url)
     out, err = parent.communicate(timeout=600)
     assert parent.returncode == 0, err[-3000:]
