@@ -226,7 +226,8 @@ def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready
         stop.set()
         done.put(("ok", number, spans))
     except Exception as err:  # noqa: BLE001 - the run reports what the store did
-        done.put(("error", str(err).splitlines()[0][:160], []))
+        ready.abort()  # the others do not wait for this one at the start signal
+        done.put(("error", f"{type(err).__name__}: {str(err).splitlines()[0][:160]}", []))
     done.close()
     done.join_thread()
     os._exit(0)
@@ -237,13 +238,15 @@ def count_connections(direct_url: str, application_name: str, stop, peak: list[i
     from sqlalchemy.pool import NullPool
 
     engine = sqlalchemy.create_engine(direct_url, poolclass=NullPool)
-    with engine.connect() as connection:  # one connection of its own, held for the run (not counted)
-        while not stop.wait(0.25):
-            count = connection.execute(sqlalchemy.text(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name"),
-                {"name": application_name}).scalar_one()
-            connection.rollback()
-            peak[0] = max(peak[0], int(count))
+    query = sqlalchemy.text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :name")
+    while not stop.is_set():
+        try:
+            with engine.connect() as connection:  # one connection of its own, held for the run (not counted)
+                while not stop.wait(0.25):
+                    peak[0] = max(peak[0], int(connection.execute(query, {"name": application_name}).scalar_one()))
+                    connection.rollback()
+        except sqlalchemy.exc.SQLAlchemyError:  # the server went away for a while: count again once it is back
+            stop.wait(1.0)
     engine.dispose()
 
 
