@@ -188,7 +188,8 @@ def test_total_budget_binds_exactly_through_pgbouncer(tmp_path, pooler):
 
 def test_a_pgbouncer_restart_mid_sweep_loses_no_trial(tmp_path, pooler):
     """PgBouncer stops (its clients lose their connections) and starts again 3 s later, mid-sweep: the
-    workers' storage calls retry, and the study ends exact with every finished trial's record whole."""
+    workers' storage calls retry, and the study ends exact with every finished trial's record whole;
+    then a resume through it goes on to a larger total."""
     name = unique("pooled-restart")
     path = study_file(tmp_path, name, n_trials=8, seconds=1.0, heartbeat_interval=1, grace_period=30)
     parent = start(path, "--workers", "4", storage=pooler.url)
@@ -206,3 +207,8 @@ def test_a_pgbouncer_restart_mid_sweep_loses_no_trial(tmp_path, pooler):
     for trial in study.get_trials(states=(TrialState.COMPLETE,)):
         assert trial.user_attrs["stop_reason"] in {"budget", "epochs", "early_stopping"}
         assert trial.intermediate_values
+    # and a resume through the pooler takes the study on to a larger total, exact again
+    more = start(path, "--workers", "2", "--set", "study.n_trials=10", storage=pooler.url)
+    _, err = more.communicate(timeout=600)
+    assert more.returncode == 0, err[-3000:]
+    assert_exactly(load(name, PG_URL), 10)
