@@ -227,7 +227,7 @@ def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready
         done.put(("ok", number, spans))
     except Exception as err:  # noqa: BLE001 - the run reports what the store did
         ready.abort()  # the others do not wait for this one at the start signal
-        done.put(("error", f"{type(err).__name__}: {str(err).splitlines()[0][:160]}", []))
+        done.put(("error", f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:160]}", []))
     done.close()
     done.join_thread()
     os._exit(0)
