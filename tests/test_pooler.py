@@ -212,3 +212,16 @@ def test_a_pgbouncer_restart_mid_sweep_loses_no_trial(tmp_path, pooler):
     _, err = more.communicate(timeout=600)
     assert more.returncode == 0, err[-3000:]
     assert_exactly(load(name, PG_URL), 10)
+
+
+def test_workers_registering_at_once_through_pgbouncer_get_distinct_numbers(pooler):
+    """Registrations through the pooler, from several processes' worth of connections at once: the numbers
+    0..n-1, each once (the study's row is locked for the registration's transaction only)."""
+    from storage.optuna_private import study_id_of
+    from storage.sql import open_storage
+    from tests.test_store_and_endings import register_concurrently
+
+    name = unique("pooled-register")
+    study_id = study_id_of(optuna.create_study(storage=open_storage(pooler.url), study_name=name))
+    numbers = register_concurrently(pooler.url, study_id, 12) + register_concurrently(pooler.url, study_id, 12)
+    assert sorted(numbers) == list(range(24))
