@@ -19,7 +19,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
-from storage.optuna_private import cache_migration_scripts
+from storage.optuna_private import cache_migration_scripts, check_schema_one_connection_at_a_time
 
 ENV_VAR = "SWEEPS_STORAGE"
 SQLITE_BUSY_TIMEOUT_S = 60
@@ -191,7 +191,12 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(driver_url(url), **kwargs)
+                if pooler_of(url) is None:
+                    return optuna.storages.RDBStorage(driver_url(url), **kwargs)
+                # through a pooler, Optuna's own schema check would hold a connection while it opens another
+                storage = optuna.storages.RDBStorage(driver_url(url), skip_compatibility_check=True, **kwargs)
+                check_schema_one_connection_at_a_time(storage)
+                return storage
         except (IntegrityError, ProgrammingError, OperationalError) as err:
             if isinstance(err, OperationalError) and "already exists" not in str(err):
                 raise StorageError(f"cannot open storage {safe}: {first_line(err, url, safe)}") from err
