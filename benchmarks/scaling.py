@@ -28,8 +28,9 @@ Its worker imports no torch (64 of them fit beside PostgreSQL on a small machine
 sweep loop, whose trial module imports torch, each worker does per trial what the service asks of
 the store: Optuna's ask, the ledger reservation of `study.total_budget` (SELECT ... FOR UPDATE of the
 study's budget row, every worker on the same row), a heartbeat thread, the batched write of the
-trial's records (`storage.batch`), tell, the settlement, and once per round the search for dead
-workers' trials; its worker number comes from the registry (`storage.workers`). PgBouncer (Debian's
+trial's records (`storage.batch`), tell, the settlement, and the search for dead
+workers' trials (once per heartbeat interval), and it counts the study's trials in one query, as
+the sweep loop does; its worker number comes from the registry (`storage.workers`). PgBouncer (Debian's
 package) is started by the benchmark on a free port, pool size `--pool` (10), and stopped by its pid.
 Per mode and count it prints the efficiency (the share of the workers' wall time spent inside
 trials, from the start signal to the last trial's end), the PostgreSQL connections held by the run
@@ -178,7 +179,7 @@ def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready
     import warnings
 
     from storage import ledger
-    from storage.batch import write_trial_batch
+    from storage.batch import count_trials, write_trial_batch
     from storage.optuna_private import engine_of
     from storage.sql import open_storage
     from storage.workers import register_worker
@@ -204,8 +205,10 @@ def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready
         threading.Thread(target=beat, daemon=True).start()
         ready.wait()
         spans = []
+        next_stale_check = 0.0
         while True:
-            if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))) >= n_trials:
+            # one COUNT query, as the sweep loop asks (storage.batch.count_trials), not every trial read back
+            if count_trials(storage, study._study_id, (TrialState.COMPLETE, TrialState.RUNNING)) >= n_trials:
                 break
             trial = study.ask()
             if not ledger.reserve(engine, study._study_id, trial._trial_id, 1.0).granted:
@@ -222,7 +225,9 @@ def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready
             study.tell(trial, x * x)
             ledger.settle(engine, study._study_id, trial._trial_id, 1.0)
             spans.append((started, ended))
-            optuna.storages.fail_stale_trials(study)
+            if time.monotonic() >= next_stale_check:  # once per heartbeat interval, as the sweep loop does
+                optuna.storages.fail_stale_trials(study)
+                next_stale_check = time.monotonic() + 2.0
         stop.set()
         done.put(("ok", number, spans))
     except Exception as err:  # noqa: BLE001 - the run reports what the store did
