@@ -18,6 +18,25 @@ printed with each row shows any other load on the machine.
     python benchmarks/scaling.py [--url postgresql+psycopg://postgres@127.0.0.1:5432/test] [--trials 256]
 
 Last line: `scaling_efficiency_16=<x>` (throughput at 16 / (16 x throughput at 1)).
+
+`--store` runs the store side by side, direct and through PgBouncer in transaction mode (issue 29,
+docs/many_workers.md), at 1, 4, 16, 32 and 64 workers, with 10-second trials:
+
+    python benchmarks/scaling.py --store [--counts 1,4,16,32,64] [--modes direct,pooled] [--rounds 3]
+
+Its worker imports no torch (64 of them fit beside PostgreSQL on a small machine): instead of the
+sweep loop, whose trial module imports torch, each worker does per trial what the service asks of
+the store: Optuna's ask, the ledger reservation of `study.total_budget` (SELECT ... FOR UPDATE of the
+study's budget row, every worker on the same row), a heartbeat thread, the batched write of the
+trial's records (`storage.batch`), tell, the settlement, and the search for dead
+workers' trials (once per heartbeat interval), and it counts the study's trials in one query, as
+the sweep loop does; its worker number comes from the registry (`storage.workers`). PgBouncer (Debian's
+package) is started by the benchmark on a free port, pool size `--pool` (10), and stopped by its pid.
+Per mode and count it prints the efficiency (the share of the workers' wall time spent inside
+trials, from the start signal to the last trial's end), the PostgreSQL connections held by the run
+(peak, sampled every 0.25 s in pg_stat_activity by the run's application_name), and the time from a
+trial's end to the same worker's next trial's start (median and 95th percentile). A direct run that
+PostgreSQL refuses ("too many clients") prints what happened instead of a row.
 """
 
 from __future__ import annotations
@@ -36,9 +55,6 @@ from optuna.trial import TrialState
 from objectives.training.budget import Budget
 from sweeps.config.study_file import parse_config
 from sweeps.config.target import SweepTarget
-from sweeps.loop.runner import open_study
-from sweeps.loop.sweep_loop import SweepLoop
-from sweeps.trial.run_one import Outcome
 
 WORKER_COUNTS = (1, 2, 4, 8, 16)
 
@@ -48,7 +64,9 @@ class SleepObjective:
 
     budget = Budget("updates", 1, 1)
 
-    def run(self, trial, point, pruner) -> Outcome:
+    def run(self, trial, point, pruner):
+        from sweeps.trial.run_one import Outcome
+
         started = time.time()
         time.sleep(1.0)
         return Outcome(TrialState.COMPLETE, value=(math.log2(point.base_lr) + 5) ** 2 + point.batch_size / 1024,
@@ -67,6 +85,9 @@ def config_for(name: str, n_trials: int, index: int):
 
 
 def worker(url: str, name: str, n_trials: int, index: int, ready, done) -> None:
+    from sweeps.loop.runner import open_study
+    from sweeps.loop.sweep_loop import SweepLoop
+
     optuna.logging.set_verbosity(logging.WARNING)
     config = config_for(name, n_trials, index)
     study = open_study(config, SweepTarget(url, name, n_trials), n_train=1, sampler_seed=index)
@@ -86,6 +107,8 @@ def worker(url: str, name: str, n_trials: int, index: int, ready, done) -> None:
 def run(url: str, n_workers: int, n_trials: int) -> tuple[float, int, float]:
     """Seconds from the start signal until the study held its trials; trials finished; seconds from
     the start signal until the last worker started its first trial."""
+    from sweeps.loop.runner import open_study
+
     name = f"scaling-{n_workers}-{uuid.uuid4().hex[:8]}"
     open_study(config_for(name, n_trials, 0), SweepTarget(url, name, n_trials), n_train=1)
     ctx = mp.get_context("spawn")
@@ -119,8 +142,16 @@ def main() -> None:
     parser.add_argument("--url", default=os.environ.get("SWEEPS_TEST_POSTGRES_URL",
                                                         "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
     parser.add_argument("--trials", type=int, default=256, help="finished trials per run")
+    parser.add_argument("--store", action="store_true", help="direct and PgBouncer side by side (no torch)")
+    parser.add_argument("--counts", default=",".join(map(str, STORE_COUNTS)), help="--store: worker counts")
+    parser.add_argument("--modes", default="direct,pooled", help="--store: direct, pooled or both")
+    parser.add_argument("--rounds", type=int, default=3, help="--store: trials per worker")
+    parser.add_argument("--pool", type=int, default=10, help="--store: PgBouncer's pool size")
     args = parser.parse_args()
     optuna.logging.set_verbosity(logging.WARNING)
+    if args.store:
+        store_main(args)
+        return
     throughput = {}
     print(f"{os.cpu_count()} CPU cores; {args.trials} trials of 1 s per row")
     print(f"{'workers':>7}  {'trials':>6}  {'seconds':>8}  {'trials/s':>8}  {'vs 1 worker':>11}  {'efficiency':>10}  "
@@ -132,6 +163,199 @@ def main() -> None:
         print(f"{n:>7}  {done:>6}  {elapsed:>8.2f}  {throughput[n]:>8.2f}  {speedup:>11.2f}  {speedup / n:>10.2f}  "
               f"{last_start:>10.2f}  {os.getloadavg()[0]:>8.2f}", flush=True)
     print(f"scaling_efficiency_16={throughput[16] / (16 * throughput[1]):.3f}")
+
+
+
+# --- --store: the direct path and PgBouncer side by side (issue 29) ---------------------------------
+
+STORE_COUNTS = (1, 4, 16, 32, 64)
+TRIAL_S = 10.0
+RECORD = {f"attr_{i}": i * 0.5 for i in range(16)}  # about what a sweep trial records besides its curve
+
+
+def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready, done) -> None:
+    """One worker: the store's work of a sweep trial, around a 10-second sleep (no torch)."""
+    import threading
+    import warnings
+
+    from storage import ledger
+    from storage.batch import count_trials, write_trial_batch
+    from storage.optuna_private import engine_of
+    from storage.sql import open_storage
+    from storage.workers import register_worker
+
+    optuna.logging.set_verbosity(logging.WARNING)
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    try:
+        storage = open_storage(url, heartbeat_interval=2, grace_period=30)
+        study = optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler())
+        engine = engine_of(storage)
+        number = register_worker(storage, study._study_id)
+        current: list[int | None] = [None]
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(2.0):
+                if current[0] is not None:
+                    try:
+                        storage.record_heartbeat(current[0])
+                    except Exception:  # noqa: BLE001 - the next beat tries again
+                        pass
+
+        threading.Thread(target=beat, daemon=True).start()
+        ready.wait()
+        spans = []
+        next_stale_check = 0.0
+        while True:
+            # one COUNT query, as the sweep loop asks (storage.batch.count_trials), not every trial read back
+            if count_trials(storage, study._study_id, (TrialState.COMPLETE, TrialState.RUNNING)) >= n_trials:
+                break
+            trial = study.ask()
+            if not ledger.reserve(engine, study._study_id, trial._trial_id, 1.0).granted:
+                study.tell(trial, state=TrialState.FAIL)
+                break
+            current[0] = trial._trial_id
+            started = time.time()
+            x = trial.suggest_float("x", -1.0, 1.0)
+            time.sleep(TRIAL_S)
+            ended = time.time()
+            write_trial_batch(storage, trial._trial_id, {**RECORD, "worker": number, "started": started,
+                                                          "ended": ended}, {i: x * i for i in range(10)})
+            current[0] = None
+            study.tell(trial, x * x)
+            ledger.settle(engine, study._study_id, trial._trial_id, 1.0)
+            spans.append((started, ended))
+            if time.monotonic() >= next_stale_check:  # once per heartbeat interval, as the sweep loop does
+                optuna.storages.fail_stale_trials(study)
+                next_stale_check = time.monotonic() + 2.0
+        stop.set()
+        done.put(("ok", number, spans))
+    except Exception as err:  # noqa: BLE001 - the run reports what the store did
+        ready.abort()  # the others do not wait for this one at the start signal
+        done.put(("error", f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:160]}", []))
+    done.close()
+    done.join_thread()
+    os._exit(0)
+
+
+def count_connections(direct_url: str, application_name: str, stop, peak: list[int]) -> None:
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    engine = sqlalchemy.create_engine(direct_url, poolclass=NullPool)
+    query = sqlalchemy.text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :name")
+    while not stop.is_set():
+        try:
+            with engine.connect() as connection:  # one connection of its own, held for the run (not counted)
+                while not stop.wait(0.25):
+                    peak[0] = max(peak[0], int(connection.execute(query, {"name": application_name}).scalar_one()))
+                    connection.rollback()
+        except sqlalchemy.exc.SQLAlchemyError:  # the server went away for a while: count again once it is back
+            stop.wait(1.0)
+    engine.dispose()
+
+
+def store_run(url: str, direct_url: str, application_name: str, n_workers: int, rounds: int) -> dict:
+    import statistics
+    import threading
+
+    from storage import ledger
+    from storage.optuna_private import engine_of
+    from storage.sql import open_storage
+
+    name = f"scaling-store-{n_workers}-{uuid.uuid4().hex[:8]}"
+    n_trials = n_workers * rounds
+    setup = open_storage(direct_url)
+    study = optuna.create_study(study_name=name, storage=setup)
+    amount = float(n_trials)  # exactly the trials asked for: the ledger must hold, never exceed, it
+    ledger.set_total(engine_of(setup), study._study_id, name, amount, "trials")
+    ctx = mp.get_context("spawn")
+    ready = ctx.Barrier(n_workers + 1)
+    done = ctx.Queue()
+    procs = [ctx.Process(target=store_worker, args=(url, name, n_trials, amount, ready, done))
+             for _ in range(n_workers)]
+    for p in procs:
+        p.start()
+    stop, peak = threading.Event(), [0]
+    counter = threading.Thread(target=count_connections, args=(direct_url, application_name, stop, peak))
+    counter.start()
+    try:
+        ready.wait(timeout=600)
+    except Exception:  # noqa: BLE001 - a worker died before the signal (it reported why)
+        pass
+    started = time.time()
+    results = [done.get(timeout=900) for _ in procs]
+    for p in procs:
+        p.join()
+    stop.set()
+    counter.join()
+    errors = [r[1] for r in results if r[0] == "error"]
+    spans = [span for r in results if r[0] == "ok" for span in r[2]]
+    numbers = [r[1] for r in results if r[0] == "ok"]
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    state = ledger.read(engine_of(setup), study._study_id)
+    optuna.delete_study(study_name=name, storage=setup)
+    setup.engine.dispose()
+    row = {"workers": n_workers, "trials": len(trials), "errors": errors, "connections": peak[0],
+           "distinct": len(set(numbers)) == len(numbers), "spent": state.spent if state else None,
+           "amount": amount}
+    if not spans:
+        return row
+    end = max(e for _, e in spans)
+    busy = sum(e - s for s, e in spans)
+    row["efficiency"] = busy / (n_workers * (end - started))
+    by_worker: dict[int, list] = {}
+    for r in results:
+        if r[0] == "ok":
+            by_worker[r[1]] = sorted(r[2])
+    gaps = [b[0] - a[1] for runs in by_worker.values() for a, b in zip(runs, runs[1:])]
+    if gaps:
+        gaps.sort()
+        row["gap_median"] = statistics.median(gaps)
+        row["gap_p95"] = gaps[min(len(gaps) - 1, int(0.95 * len(gaps)))]
+    return row
+
+
+def store_main(args) -> None:
+    import sys
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/pgbouncer.py starts PgBouncer
+    from tests.pgbouncer import PgBouncer
+
+    counts = [int(c) for c in args.counts.split(",")]
+    modes = args.modes.split(",")
+    print(f"{os.cpu_count()} CPU cores; trials of {TRIAL_S:.0f} s, {args.rounds} per worker; PgBouncer pool "
+          f"{args.pool}, transaction mode")
+    print(f"{'mode':>6}  {'workers':>7}  {'trials':>6}  {'efficiency':>10}  {'pg conns':>8}  {'gap med s':>9}  "
+          f"{'gap p95 s':>9}  {'ledger':>9}  {'load avg':>8}")
+    for n in counts:
+        for mode in modes:
+            if mode == "pooled":
+                pooler = PgBouncer(args.url, pool_size=args.pool)
+                pooler.start()
+                url, application_name = pooler.url, pooler.application_name
+            else:
+                pooler = None
+                application_name = f"sweeps-direct-{uuid.uuid4().hex[:6]}"
+                url = make_url(args.url).update_query_dict({"application_name": application_name}) \
+                    .render_as_string(hide_password=False)
+            try:
+                row = store_run(url, args.url, application_name, n, args.rounds)
+            finally:
+                if pooler is not None:
+                    pooler.close()
+            spent = f"{row['spent']:.0f}/{row['amount']:.0f}" if row["spent"] is not None else "-"
+            if "efficiency" in row:
+                gaps = (f"{row.get('gap_median', float('nan')):>9.3f}  {row.get('gap_p95', float('nan')):>9.3f}")
+                print(f"{mode:>6}  {n:>7}  {row['trials']:>6}  {row['efficiency']:>10.3f}  {row['connections']:>8}  "
+                      f"{gaps}  {spent:>9}  {os.getloadavg()[0]:>8.2f}", flush=True)
+            if row["errors"]:
+                print(f"{mode:>6}  {n:>7}  {len(row['errors'])} of {n} workers failed: {row['errors'][0]}", flush=True)
+            assert row["distinct"], "two workers got the same number"
+            assert row["spent"] is None or row["spent"] <= row["amount"] + 1e-6, "the ledger was exceeded"
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     import sqlalchemy.orm
 
 __all__ = [
-    "CachedStorage", "backend_of", "cache_migration_scripts", "cached_trial", "engine_of", "enter_optimize_loop",
+    "CachedStorage", "backend_of", "cache_migration_scripts", "cached_trial",
+    "check_schema_one_connection_at_a_time", "engine_of", "enter_optimize_loop",
     "hyperband_bracket_study", "rdb_backend", "rdb_models", "rdb_session", "stop_requested", "study_id_of",
     "study_storage", "trial_id_of",
 ]
@@ -106,6 +107,20 @@ def engine_of(storage: BaseStorage) -> sqlalchemy.engine.Engine | None:
     (`storage.workers`) and to give a forked process connections of its own."""
     backend = rdb_backend(storage)
     return None if backend is None else backend.engine
+
+
+def check_schema_one_connection_at_a_time(backend: RDBStorage) -> None:
+    """Optuna's check that the store's schema is its own (`RDBStorage._version_manager`,
+    `_VersionManager.check_table_schema_compatibility`), without holding one connection in a transaction
+    while it opens another: Optuna's check reads `version_info` in a session and, inside it, asks alembic
+    for the current version on a second connection. Through PgBouncer in transaction mode, more workers
+    starting together than the pool's size each hold a server connection that way and wait for a second
+    one, which never comes (until the pooler's query_wait_timeout). Here the versions are compared first,
+    one connection at a time; only a mismatch runs Optuna's check, for its message."""
+    manager = backend._version_manager
+    if manager.get_current_version() == manager.get_head_version():
+        return
+    manager.check_table_schema_compatibility()
 
 
 @contextmanager

@@ -19,11 +19,20 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
-from storage.optuna_private import cache_migration_scripts
+from storage.optuna_private import cache_migration_scripts, check_schema_one_connection_at_a_time
 
 ENV_VAR = "SWEEPS_STORAGE"
 SQLITE_BUSY_TIMEOUT_S = 60
 CONNECT_TIMEOUT_S = 5  # an unreachable server is an error within seconds, not a hang
+# A PostgreSQL URL that goes through a pooler says so in its query: `?pooler=pgbouncer`
+# (docs/many_workers.md). The option is the service's, never the driver's: it is taken off the URL
+# before the engine is made. PgBouncer in transaction mode hands each transaction any server
+# connection, so nothing may outlive a transaction on the server: the service keeps none (its ledger
+# locks a row FOR UPDATE inside the reservation's transaction, its registry and Optuna's heartbeats
+# are single transactions; no advisory lock, LISTEN, session SET or temporary table), and psycopg's
+# automatic server-side prepared statements, which live on one server connection, are turned off.
+POOLER_OPTION = "pooler"
+POOLERS = ("pgbouncer",)
 
 
 class StorageError(RuntimeError):
@@ -70,6 +79,10 @@ def check_url(url: str, source: str) -> None:
         raise StorageUsageError(f"{source}: {url!r} is not a storage URL; for a SQLite file write "
                                 f"'sqlite:///{name}' (or postgresql+psycopg://USER@HOST:5432/DB)")
     backend = parsed.get_backend_name()
+    pooler = parsed.query.get(POOLER_OPTION)
+    if pooler is not None and (backend != "postgresql" or pooler not in POOLERS):
+        raise StorageUsageError(f"{source}: {POOLER_OPTION}={pooler} in {redact(url)} is not supported: "
+                                f"write ?{POOLER_OPTION}=pgbouncer, on a postgresql+psycopg:// URL only")
     if backend not in SUPPORTED_BACKENDS:
         raise StorageUsageError(f"{source}: storage dialect {backend!r} is not supported ({redact(url)}): use "
                                 "sqlite:///FILE.db or postgresql+psycopg://USER@HOST:5432/DB")
@@ -115,16 +128,43 @@ def sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+def pooler_of(url: str) -> str | None:
+    """The pooler a URL goes through (`?pooler=pgbouncer`), or None for a direct connection."""
+    try:
+        return make_url(url).query.get(POOLER_OPTION)
+    except (ArgumentError, ValueError):
+        return None
+
+
+def driver_url(url: str) -> str:
+    """`url` as the driver gets it: without the service's own `pooler` option."""
+    parsed = make_url(url)
+    if POOLER_OPTION not in parsed.query:
+        return url
+    return parsed.difference_update_query([POOLER_OPTION]).render_as_string(hide_password=False)
+
+
+# Each process holds at most POOL_SIZE + MAX_OVERFLOW connections of its engine (a worker of --workers
+# is two processes, its sweep loop and its bookkeeper: docs/many_workers.md counts them).
+POOL_SIZE = 2
+MAX_OVERFLOW = 2
+
+
 def engine_kwargs(url: str) -> dict:
     backend = make_url(url).get_backend_name()
     if backend == "sqlite":
         return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     if backend == "postgresql":
+        connect_args: dict = {"connect_timeout": CONNECT_TIMEOUT_S}
+        if pooler_of(url) is not None:
+            # psycopg 3 prepares a statement on the server after its 5th run on a connection; in
+            # transaction pooling the next run may land on a server connection without it
+            connect_args["prepare_threshold"] = None
         return {
             "pool_pre_ping": True,
-            "pool_size": 2,
-            "max_overflow": 2,
-            "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S},
+            "pool_size": POOL_SIZE,
+            "max_overflow": MAX_OVERFLOW,
+            "connect_args": connect_args,
         }
     return {"pool_pre_ping": True}
 
@@ -151,7 +191,12 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, **kwargs)
+                if pooler_of(url) is None:
+                    return optuna.storages.RDBStorage(driver_url(url), **kwargs)
+                # through a pooler, Optuna's own schema check would hold a connection while it opens another
+                storage = optuna.storages.RDBStorage(driver_url(url), skip_compatibility_check=True, **kwargs)
+                check_schema_one_connection_at_a_time(storage)
+                return storage
         except (IntegrityError, ProgrammingError, OperationalError) as err:
             if isinstance(err, OperationalError) and "already exists" not in str(err):
                 raise StorageError(f"cannot open storage {safe}: {first_line(err, url, safe)}") from err
@@ -180,7 +225,8 @@ def open_read_only(url: str) -> optuna.storages.RDBStorage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url), skip_compatibility_check=True,
+            return optuna.storages.RDBStorage(driver_url(url), engine_kwargs=engine_kwargs(url),
+                                              skip_compatibility_check=True,
                                               skip_table_creation=True)
     except (SQLAlchemyError, ImportError, ValueError, OSError, optuna.exceptions.OptunaError) as err:
         cause = err.__cause__ if isinstance(err, optuna.exceptions.OptunaError) and err.__cause__ else err

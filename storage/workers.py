@@ -20,7 +20,7 @@ import optuna
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, func, insert, inspect, select
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
-from storage.optuna_private import engine_of
+from storage.optuna_private import engine_of, rdb_models
 
 WORKERS = Table(
     "sweeps_workers", MetaData(),
@@ -65,6 +65,12 @@ def register_worker(storage: optuna.storages.BaseStorage, study_id: int) -> int:
         try:
             with engine.begin() as connection:
                 WORKERS.create(connection, checkfirst=True)
+                if connection.dialect.name != "sqlite":
+                    # one registration at a time per study (its row in Optuna's studies table, locked until
+                    # this transaction ends: through a pooler in transaction mode too), so 64 workers that
+                    # start together get their numbers in turn instead of racing ATTEMPTS times for them
+                    study = rdb_models.StudyModel
+                    connection.execute(select(study.study_id).where(study.study_id == study_id).with_for_update())
                 number = connection.execute(
                     select(func.coalesce(func.max(WORKERS.c.number) + 1, 0)).where(WORKERS.c.study_id == study_id)
                 ).scalar_one()

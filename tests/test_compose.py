@@ -83,10 +83,30 @@ def test_dockerfile_runs_the_sweep_cli():
 
 @pytest.mark.skipif(not shutil.which("docker-compose") and not os.environ.get("CI"),
                     reason="Debian's docker-compose validates the file; .ci/run installs it")
-@pytest.mark.parametrize("profile", [[], ["--profile", "gpu"]])
+@pytest.mark.parametrize("profile", [[], ["--profile", "gpu"], ["--profile", "pooled"]])
 def test_compose_tool_accepts_the_file(tmp_path, profile):
     env_file = tmp_path / ".env"
     env_file.write_text((REPO / ".env.example").read_text())
     done = subprocess.run(["docker-compose", "--env-file", str(env_file), "-f", str(REPO / "docker-compose.yml"),
                            *profile, "config", "-q"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_pooled_profile_puts_pgbouncer_between_the_workers_and_postgres():
+    """docker compose --profile pooled up --scale worker=0 --scale worker-pooled=64 (docs/many_workers.md)."""
+    bouncer, worker = SERVICES["pgbouncer"], SERVICES["worker-pooled"]
+    assert bouncer["profiles"] == worker["profiles"] == ["pooled"]
+    assert bouncer["build"]["context"] == "." and bouncer["build"]["dockerfile"] == "deploy/pgbouncer/Dockerfile"
+    assert bouncer["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "ports" not in bouncer and "ports" not in worker
+    assert worker["depends_on"]["pgbouncer"]["condition"] == "service_healthy"
+    url = worker["environment"]["SWEEPS_STORAGE"]
+    assert "@pgbouncer:6432/" in url and url.endswith("?pooler=pgbouncer")
+    assert worker["command"] == SERVICES["worker"]["command"] and worker["build"] == SERVICES["worker"]["build"]
+    dockerfile = (REPO / bouncer["build"]["dockerfile"]).read_text()
+    # the worker image's base (built locally: no registry), Debian's package, never run as root
+    assert "FROM python:3.11-slim" in dockerfile and "pgbouncer" in dockerfile and "USER postgres" in dockerfile
+    entrypoint = (REPO / "deploy/pgbouncer/entrypoint.sh").read_text()
+    assert "pool_mode = transaction" in entrypoint and "max_db_connections = ${pool}" in entrypoint
+    done = subprocess.run(["bash", "-n", str(REPO / "deploy/pgbouncer/entrypoint.sh")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

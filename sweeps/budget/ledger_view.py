@@ -10,10 +10,19 @@ import optuna
 from storage import ledger
 from storage.ledger import LedgerState
 from storage.optuna_private import engine_of, study_id_of, study_storage
+from sweeps.errors import ConfigError
 from sweeps.text import human, quantity
 from sweeps.trial.record import CONFIRMS_STUDY_ATTR
 
 RAISE_FIX = "raise study.total_budget.amount to continue"
+
+
+def no_ledger(study_name: str) -> ConfigError:
+    """The refusal of `study.total_budget` on a store that cannot hold its ledger (exit 2): a sweep
+    never runs with its total silently ignored."""
+    return ConfigError("study.total_budget", f"the store of study {study_name!r} has no SQL connection to hold "
+                       "the sweep's ledger: use a postgresql+psycopg:// URL (through PgBouncer: add "
+                       "?pooler=pgbouncer) or sqlite:///FILE.db, or remove study.total_budget")
 
 
 def ledger_study_id(study: optuna.Study) -> int:

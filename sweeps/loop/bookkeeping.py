@@ -32,7 +32,7 @@ from storage.optuna_private import (
 from storage.retry import with_retry
 from storage.snapshot import snapshot
 from sweeps.budget.admission import BudgetBooks
-from sweeps.budget.ledger_view import ledger_study_id, refused_message
+from sweeps.budget.ledger_view import ledger_study_id, no_ledger, refused_message
 from sweeps.budget.spending import Spending
 from sweeps.config.study_file import SweepConfig
 from sweeps.confirmation.companion import why_not_run
@@ -80,11 +80,13 @@ class Books:
         self.next_stale_check = 0.0
         self.stopping = threading.Event()  # set on abort: a waiting ask gives up
         self.open: dict[int, optuna.Trial] = {}  # trials asked and not yet closed
-        # study.total_budget: its ledger in the store (None: no total budget, or a store without SQL)
+        # study.total_budget: its ledger in the store (None: no total budget; a store without SQL refuses one)
         # a companion study of confirmation runs trains only what `sweeps confirm` queued in it,
         # and books its runs in its main study's ledger
         self.queued_only = CONFIRMS_STUDY_ATTR in study.user_attrs
-        self.spending = spending if engine_of(self.storage) is not None else None
+        if spending is not None and engine_of(self.storage) is None:
+            raise no_ledger(study.study_name)  # never a sweep that ignores its total
+        self.spending = spending
         self.budget = None if self.spending is None else BudgetBooks(
             self.storage, ledger_study_id(study), self.spending, self.pause if self.heartbeat.enabled else None,
             marks_spent=not self.queued_only)

@@ -20,7 +20,7 @@ from storage.ledger import LedgerUnitError, set_total
 from storage.optuna_private import engine_of, study_id_of, study_storage
 from storage.snapshot import SnapshotStorage
 from storage.workers import register_worker
-from sweeps.budget.ledger_view import line_of
+from sweeps.budget.ledger_view import line_of, no_ledger
 from sweeps.budget.spending import Spending
 from sweeps.config.plan import budget_of, check_plan
 from sweeps.config.study_file import SweepConfig
@@ -142,6 +142,8 @@ def open_ledger(study: optuna.Study, config: SweepConfig) -> None:
     confirmation runs records none: its runs book against its main study's ledger, whose total
     only `sweeps run` sets (sweeps/budget/ledger_view.py: `ledger_study_id`)."""
     total, engine = config.study.total_budget, engine_of(study_storage(study))
+    if total is not None and engine is None:
+        raise no_ledger(study.study_name)  # never a sweep that ignores its total
     if total is None or engine is None or CONFIRMS_STUDY_ATTR in study.user_attrs:
         return
     try:

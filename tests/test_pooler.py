@@ -1,0 +1,227 @@
+"""Many workers through PgBouncer in transaction mode (`?pooler=pgbouncer`, docs/many_workers.md), with
+every guarantee of the direct path: exact totals, a killed worker's trial queued again, distinct worker
+numbers, `study.total_budget` held, nothing lost when the pooler restarts; and PostgreSQL holds no more
+server connections than the pool. A store that cannot hold the ledger refuses `study.total_budget`.
+
+PgBouncer is Debian's package (tests/pgbouncer_install.sh; .ci/run installs it): without it these
+tests skip, except under CI=true, where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import optuna
+import pytest
+import sqlalchemy
+from optuna.trial import TrialState
+from sqlalchemy import select
+from sqlalchemy.pool import NullPool
+
+from storage import ledger
+from storage.sql import StorageUsageError, check_url, driver_url, engine_kwargs, pooler_of
+from storage.workers import WORKERS
+from sweeps.config.study_file import parse_config
+from sweeps.errors import ConfigError, exit_for
+from sweeps.exits import USAGE
+from tests import pgbouncer
+from tests.conftest import engine
+from tests.test_workers import (
+    PG_URL,
+    assert_exactly,
+    delete_pg_studies,  # noqa: F401 - the autouse fixture deletes this module's studies too
+    load,
+    start,
+    study_file,
+    unique,
+    wait_for_children,
+    wait_for_registered,
+    wait_for_running,
+)
+
+POOL = 10
+
+
+def needs_pgbouncer() -> None:
+    if not PG_URL:
+        pytest.skip("set SWEEPS_TEST_POSTGRES_URL to run PostgreSQL tests")
+    if not pgbouncer.installed():
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail("pgbouncer is missing on CI: .ci/run installs Debian's pgbouncer package")
+        pytest.skip("no pgbouncer here (Debian: apt-get install pgbouncer)")
+
+
+@pytest.fixture
+def pooler():
+    needs_pgbouncer()
+    bouncer = pgbouncer.PgBouncer(PG_URL, pool_size=POOL)
+    bouncer.start()
+    yield bouncer
+    bouncer.close()
+
+
+class PeakConnections:
+    """The most server connections PostgreSQL held for the pooler while the block ran (sampled every
+    0.2 s on one direct connection of its own)."""
+
+    def __init__(self, application_name: str):
+        self.application_name, self.peak, self.stop = application_name, 0, threading.Event()
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+
+    def sample(self) -> None:
+        with engine(PG_URL).connect() as connection:
+            while not self.stop.wait(0.2):
+                self.peak = max(self.peak, pgbouncer.server_connections(connection, self.application_name))
+                connection.rollback()
+
+    def __enter__(self) -> PeakConnections:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+
+def worker_numbers(name: str) -> list[tuple[int, int]]:
+    study_id = load(name, PG_URL)._study_id
+    with engine(PG_URL).connect() as connection:
+        return [tuple(row) for row in connection.execute(
+            select(WORKERS.c.number, WORKERS.c.pid).where(WORKERS.c.study_id == study_id))]
+
+
+def ledger_of(name: str) -> ledger.LedgerState | None:
+    eng = sqlalchemy.create_engine(PG_URL, poolclass=NullPool)
+    try:
+        return ledger.read(eng, load(name, PG_URL)._study_id)
+    finally:
+        eng.dispose()
+
+
+def test_the_pooler_option_is_the_services_not_the_drivers():
+    url = "postgresql+psycopg://u:secret@db:6432/sweeps?pooler=pgbouncer&application_name=w"
+    assert pooler_of(url) == "pgbouncer" and pooler_of("postgresql+psycopg://u@db/sweeps") is None
+    assert driver_url(url) == "postgresql+psycopg://u:secret@db:6432/sweeps?application_name=w"
+    assert engine_kwargs(url)["connect_args"]["prepare_threshold"] is None  # no server-side prepared statements
+    assert "prepare_threshold" not in engine_kwargs("postgresql+psycopg://u@db/sweeps")["connect_args"]
+    check_url(url, "--storage")
+    for bad in ("postgresql+psycopg://u@db/sweeps?pooler=odyssey", "sqlite:///x.db?pooler=pgbouncer"):
+        with pytest.raises(StorageUsageError, match="pooler=pgbouncer"):
+            check_url(bad, "--storage")
+
+
+def test_total_budget_on_a_store_without_the_ledger_is_refused_with_exit_2():
+    """A store with no SQL engine (Optuna's in-memory store here; its gRPC proxy client is another)
+    cannot hold the ledger: the sweep refuses its total instead of running without it."""
+    from sweeps.loop.runner import open_ledger
+
+    config = parse_config({
+        "study": {"name": "no-ledger", "metric": "val_mse", "direction": "minimize", "n_trials": 4,
+                  "total_budget": {"amount": 100, "unit": "updates"}},
+        "objective": {"task": "regression"},
+        "budget": {"unit": "updates", "per_trial": 10},
+        "search": {"batch_size": [8, 16], "base_lr": {"low": 1e-3, "high": 0.1, "log": True}},
+    })
+    study = optuna.create_study(study_name="no-ledger", storage=optuna.storages.InMemoryStorage())
+    with pytest.raises(ConfigError) as refused:
+        open_ledger(study, config)
+    code, line = exit_for(refused.value, "study.yaml")
+    assert code == USAGE == 2
+    assert line.startswith("study.yaml: study.total_budget: ") and "\n" not in line
+    assert "?pooler=pgbouncer" in line and "remove study.total_budget" in line
+
+
+def test_eight_workers_through_pgbouncer_one_killed(tmp_path, pooler):
+    """8 workers through the pooler, one SIGKILLed mid-trial: exact totals, its trial queued again and
+    re-run, distinct worker numbers, the ledger never over its total, and PostgreSQL holding no more
+    server connections than the pool."""
+    name = unique("pooled-kill")
+    # 20 trials of 2 s; the ledger's total holds them and the killed trial's reservation with room to
+    # spare, so it binds only if reservations were not atomic
+    path = study_file(tmp_path, name, n_trials=20, seconds=2.0, grace_period=8,
+                      total_budget={"amount": 60, "unit": "seconds"})
+    with PeakConnections(pooler.application_name) as connections:
+        parent = start(path, "--workers", "8", storage=pooler.url)
+        try:
+            victim = wait_for_children(parent, 8, timeout=120)[5]
+            wait_for_registered(victim, name, PG_URL, timeout=300)
+            time.sleep(1.5)  # it asks for its first trial as it registers, and trains it for 2 s
+            os.kill(victim, signal.SIGKILL)
+            out, err = parent.communicate(timeout=600)
+        finally:
+            if parent.poll() is None:
+                parent.kill()
+    assert parent.returncode == 0, err[-3000:]
+    study = load(name, PG_URL)
+    assert_exactly(study, 20)
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert failed, "the killed worker's trial was not failed"
+    for dead in failed:
+        retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == dead.number]
+        assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert f"(pid {victim}) was killed by SIGKILL" in err
+    numbers = worker_numbers(name)
+    assert len(numbers) == 8 and sorted(n for n, _ in numbers) == list(range(8)), numbers
+    assert len({pid for _, pid in numbers}) == 8
+    state = ledger_of(name)
+    assert state is not None and state.amount == 60
+    assert state.spent <= state.amount * (1 + ledger.SLACK), state
+    assert 0 < connections.peak <= POOL, connections.peak
+
+
+def test_total_budget_binds_exactly_through_pgbouncer(tmp_path, pooler):
+    """8 workers race for a total that holds 5 trials: the reservations, atomic through the pooler,
+    start no more than 5, and the ledger never spends more than the total."""
+    name = unique("pooled-total")
+    # 30 updates a trial, planned and spent exactly (a seconds budget may overrun its reservation)
+    path = study_file(tmp_path, name, n_trials=30, total_budget={"amount": 150, "unit": "updates"})
+    parent = start(path, "--workers", "8", storage=pooler.url)
+    out, err = parent.communicate(timeout=600)
+    assert parent.returncode == 0, err[-3000:]
+    state = ledger_of(name)
+    assert state is not None and state.spent <= state.amount * (1 + ledger.SLACK), state
+    assert 1 <= len(load(name, PG_URL).get_trials(states=(TrialState.COMPLETE,))) <= 5
+
+
+def test_a_pgbouncer_restart_mid_sweep_loses_no_trial(tmp_path, pooler):
+    """PgBouncer stops (its clients lose their connections) and starts again 3 s later, mid-sweep: the
+    workers' storage calls retry, and the study ends exact with every finished trial's record whole;
+    then a resume through it goes on to a larger total."""
+    name = unique("pooled-restart")
+    path = study_file(tmp_path, name, n_trials=8, seconds=1.0, heartbeat_interval=1, grace_period=30)
+    parent = start(path, "--workers", "4", storage=pooler.url)
+    try:
+        wait_for_running(name, PG_URL, timeout=300)
+        time.sleep(1.5)
+        pooler.restart(down_for=3.0)
+        out, err = parent.communicate(timeout=600)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    assert parent.returncode == 0, err[-3000:]
+    study = load(name, PG_URL)
+    assert_exactly(study, 8)
+    for trial in study.get_trials(states=(TrialState.COMPLETE,)):
+        assert trial.user_attrs["stop_reason"] in {"budget", "epochs", "early_stopping"}
+        assert trial.intermediate_values
+    # and a resume through the pooler takes the study on to a larger total, exact again
+    more = start(path, "--workers", "2", "--set", "study.n_trials=10", storage=pooler.url)
+    _, err = more.communicate(timeout=600)
+    assert more.returncode == 0, err[-3000:]
+    assert_exactly(load(name, PG_URL), 10)
+
+
+def test_workers_registering_at_once_through_pgbouncer_get_distinct_numbers(pooler):
+    """Registrations through the pooler, from several processes' worth of connections at once: the numbers
+    0..n-1, each once (the study's row is locked for the registration's transaction only)."""
+    from storage.optuna_private import study_id_of
+    from storage.sql import open_storage
+    from tests.test_store_and_endings import register_concurrently
+
+    name = unique("pooled-register")
+    study_id = study_id_of(optuna.create_study(storage=open_storage(pooler.url), study_name=name))
+    numbers = register_concurrently(pooler.url, study_id, 12) + register_concurrently(pooler.url, study_id, 12)
+    assert sorted(numbers) == list(range(24))
