@@ -28,7 +28,7 @@ from sweeps.config.study_file import parse_config
 from sweeps.errors import ConfigError, exit_for
 from sweeps.exits import USAGE
 from tests import pgbouncer
-from tests.conftest import engine
+from tests.conftest import engine, postgres_held
 from tests.test_workers import (
     PG_URL,
     assert_exactly,
@@ -56,11 +56,16 @@ def needs_pgbouncer() -> None:
 
 @pytest.fixture
 def pooler():
+    """PgBouncer in front of the local server; a test through it cannot ride out a restart of that
+    server by another test (PgBouncer refuses logins for its retry window): `postgres_held`."""
     needs_pgbouncer()
-    bouncer = pgbouncer.PgBouncer(PG_URL, pool_size=POOL)
-    bouncer.start()
-    yield bouncer
-    bouncer.close()
+    with postgres_held(exclusive=False):
+        bouncer = pgbouncer.PgBouncer(PG_URL, pool_size=POOL)
+        bouncer.start()
+        try:
+            yield bouncer
+        finally:
+            bouncer.close()
 
 
 class PeakConnections:
@@ -157,11 +162,15 @@ def test_eight_workers_through_pgbouncer_one_killed(tmp_path, pooler):
     assert parent.returncode == 0, err[-3000:]
     study = load(name, PG_URL)
     assert_exactly(study, 20)
-    failed = study.get_trials(states=(TrialState.FAIL,))
+    # a trial asked ahead in the race for the last slots and closed unstarted is FAIL 'not started',
+    # never retried (as in tests/test_workers.py); every other failed trial is the victim's, retried
+    failed = [t for t in study.get_trials(states=(TrialState.FAIL,))
+              if not t.user_attrs.get("error", "").startswith("not started") or t.intermediate_values]
     assert failed, "the killed worker's trial was not failed"
     for dead in failed:
         retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == dead.number]
-        assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+        assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE, (
+            dead.number, dead.user_attrs.get("error"), [(t.number, t.state.name) for t in retries])
     assert f"(pid {victim}) was killed by SIGKILL" in err
     numbers = worker_numbers(name)
     assert len(numbers) == 8 and sorted(n for n, _ in numbers) == list(range(8)), numbers
@@ -219,7 +228,7 @@ def test_workers_registering_at_once_through_pgbouncer_get_distinct_numbers(pool
     0..n-1, each once (the study's row is locked for the registration's transaction only)."""
     from storage.optuna_private import study_id_of
     from storage.sql import open_storage
-    from tests.test_store_and_endings import register_concurrently
+    from tests.test_worker_seeds import register_concurrently
 
     name = unique("pooled-register")
     study_id = study_id_of(optuna.create_study(storage=open_storage(pooler.url), study_name=name))
