@@ -33,7 +33,6 @@ import argparse
 import json
 import logging
 import math
-import statistics
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,6 +50,7 @@ from sweeps import exits
 from sweeps.best import moved, without_none
 from sweeps.cli import add_override_argument, add_study_arguments, fail, run_command
 from sweeps.config.study_file import IntRange, SweepConfig, parse_config
+from sweeps.confirmation.confirmed import SeedRuns
 from sweeps.errors import Refusal
 from sweeps.loop import signals
 from sweeps.results.existing import load, open_existing, ran_with
@@ -272,19 +272,11 @@ def export_data(run: PredictedRun, config: SweepConfig, study_name: str, folder:
 
 
 @dataclass
-class Measured:
+class Measured(SeedRuns):
     arm: str
     batch_size: int
     lr: float
     values: list[float]
-
-    @property
-    def mean(self) -> float | None:
-        return statistics.fmean(self.values) if self.values else None
-
-    @property
-    def sd(self) -> float | None:
-        return statistics.stdev(self.values) if len(self.values) >= 2 else None
 
 
 def measured(companion: optuna.Study) -> list[Measured]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import fcntl
+import os
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,11 @@ from sweeps.config.target import target_of
 from sweeps.loop.runner import run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
+# The PostgreSQL server of the tests that need one (.ci/run sets it; under CI a missing URL is an error, not skips)
+PG_URL = os.environ.get("SWEEPS_TEST_POSTGRES_URL")
+if not PG_URL and os.environ.get("CI"):
+    raise RuntimeError("SWEEPS_TEST_POSTGRES_URL must be set under CI (see .ci/run)")
+needs_pg = pytest.mark.skipif(not PG_URL, reason="set SWEEPS_TEST_POSTGRES_URL to run PostgreSQL tests")
 
 TINY = {
     "study": {"name": "tiny", "metric": "val_mse", "direction": "minimize", "n_trials": 3, "seed": 0},

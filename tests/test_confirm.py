@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import statistics
 import uuid
 from pathlib import Path
@@ -33,11 +32,9 @@ from sweeps.results.analysis import analyse
 from sweeps.results.recommendation import answer, answer_lines, recommendation
 from sweeps.text import number
 from sweeps.trial.record import CONFIRM_STUDY_ATTR, CONFIRMS_STUDY_ATTR, TrialRecord, confirm_attrs
-from tests.conftest import TINY, merged
+from tests.conftest import PG_URL, TINY, merged, needs_pg
 
 REPO = Path(__file__).resolve().parents[1]
-PG_URL = os.environ.get("SWEEPS_TEST_POSTGRES_URL")
-needs_pg = pytest.mark.skipif(not PG_URL, reason="set SWEEPS_TEST_POSTGRES_URL to run PostgreSQL tests")
 
 
 def searched(folder: Path, name: str = "tiny", storage: str | None = None, n_trials: int = 3) -> tuple[Path, str]:

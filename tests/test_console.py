@@ -23,13 +23,9 @@ import optuna
 import pytest
 import yaml
 
-from tests.conftest import TINY, in_process, load_study
+from tests.conftest import PG_URL, TINY, in_process, load_study, needs_pg
 
 REPO = Path(__file__).resolve().parents[1]
-PG_URL = os.environ.get("SWEEPS_TEST_POSTGRES_URL")
-if not PG_URL and os.environ.get("CI"):
-    raise RuntimeError("SWEEPS_TEST_POSTGRES_URL must be set under CI (see .ci/run)")
-needs_pg = pytest.mark.skipif(not PG_URL, reason="set SWEEPS_TEST_POSTGRES_URL to run PostgreSQL tests")
 
 SCRIPT = [sys.executable, "-c", "import sys; from sweeps.console import main; sys.exit(main())"]
 MODULE = [sys.executable, "-m", "sweeps.console"]

@@ -10,6 +10,10 @@ unfused sweep that replays them) within rel 1e-4: fused weights stay within 1e-5
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import optuna
 import pytest
 import torch
@@ -25,7 +29,7 @@ from sweeps.run import main
 from sweeps.trial.record import TrialRecord
 from tests.conftest import TINY, merged
 from tests.test_ledger import assert_books_balance
-from tests.test_workers import PG_URL, load, needs_pg, unique
+from tests.test_workers import PG_URL, load, needs_pg, start, unique, wait_for_running
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 REL = 1e-4
@@ -253,35 +257,33 @@ def test_seeded_data_differs_by_seed():
     assert not torch.equal(a.train[0], b.train[0])
 
 
+def wait_for_members(name: str, url: str, n: int, timeout: float = 60) -> None:
+    """Until a fused group of `n` members trains (n trials RUNNING), or `timeout` seconds."""
+    wait_for_running(name, url)
+    deadline = time.monotonic() + timeout
+    while len(load(name, url).get_trials(states=(TrialState.RUNNING,))) < n and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def test_a_killed_fused_worker_resumes_with_its_group_requeued(tmp_path):
     """SIGKILL mid-group: the group's open trials go stale, are failed and queued again when the
     sweep resumes, and the resumed sweep trains them (each with its own parameters) to the trials
     asked for."""
-    import os
-    import signal
-    import time
-
-    from tests.test_workers import start, wait_for_running
-
     url = f"sqlite:///{tmp_path}/kill.db"
     path = write(tmp_path, "kill", {"study": {"n_trials": 6, "heartbeat_interval": 1, "grace_period": 2},
                                     "objective": {"fuse": 3},
                                     "budget": {"unit": "updates", "per_trial": 200000, "eval_every": 100000}})
     process = start(path, storage=url)
     try:
-        wait_for_running("kill", url)
-        deadline = time.monotonic() + 60
-        while len(load("kill", url).get_trials(states=(TrialState.RUNNING,))) < 3 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for_members("kill", url, 3)
     finally:
         os.kill(process.pid, signal.SIGKILL)
         process.communicate(timeout=60)
     running = {t.number: t.params for t in load("kill", url).get_trials(states=(TrialState.RUNNING,))}
     assert len(running) == 3
     time.sleep(3)  # past the grace period: stale
-    config = parse_config(merged(merged(TINY, {"study": {"name": "kill", "n_trials": 6, "heartbeat_interval": 1,
-                                                         "grace_period": 2}, "objective": {"fuse": 3}}), {}),
-                          tmp_path)
+    config = parse_config(merged(TINY, {"study": {"name": "kill", "n_trials": 6, "heartbeat_interval": 1,
+                                                 "grace_period": 2}, "objective": {"fuse": 3}}), tmp_path)
     # the shorter budget (the killed one trained for minutes): a change allowed, so the resume is quick
     study = run_sweep(config, target_of(config, url), show_progress=False, changes="allow")
     finished = study.get_trials(states=FINISHED)
@@ -310,20 +312,12 @@ def test_gpus_is_refused_with_an_explicit_k_and_a_gpu_worker_under_auto_trains_a
 
 
 def test_sigterm_closes_every_open_member_and_queues_it_again(tmp_path):
-    import signal
-    import time
-
-    from tests.test_workers import start, wait_for_running
-
     url = f"sqlite:///{tmp_path}/term.db"
     path = write(tmp_path, "term", {"study": {"n_trials": 6}, "objective": {"fuse": 3},
                                     "budget": {"unit": "updates", "per_trial": 200000, "eval_every": 100000}})
     process = start(path, storage=url)
     try:
-        wait_for_running("term", url)
-        deadline = time.monotonic() + 60
-        while len(load("term", url).get_trials(states=(TrialState.RUNNING,))) < 3 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for_members("term", url, 3)
         time.sleep(0.5)  # training
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=60)

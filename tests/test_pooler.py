@@ -68,6 +68,17 @@ def pooler():
             bouncer.close()
 
 
+def finish_after(parent, act) -> tuple[str, str]:
+    """`act()` while the `--workers` parent runs, then its stdout and stderr once it ends (killed if the
+    test fails before)."""
+    try:
+        act()
+        return parent.communicate(timeout=600)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
 class PeakConnections:
     """The most server connections PostgreSQL held for the pooler while the block ran (sampled every
     0.2 s on one direct connection of its own)."""
@@ -150,15 +161,16 @@ def test_eight_workers_through_pgbouncer_one_killed(tmp_path, pooler):
                       total_budget={"amount": 60, "unit": "seconds"})
     with PeakConnections(pooler.application_name) as connections:
         parent = start(path, "--workers", "8", storage=pooler.url)
-        try:
+        victim = None
+
+        def kill_one() -> None:
+            nonlocal victim
             victim = wait_for_children(parent, 8, timeout=120)[5]
             wait_for_registered(victim, name, PG_URL, timeout=300)
             time.sleep(1.5)  # it asks for its first trial as it registers, and trains it for 2 s
             os.kill(victim, signal.SIGKILL)
-            out, err = parent.communicate(timeout=600)
-        finally:
-            if parent.poll() is None:
-                parent.kill()
+
+        out, err = finish_after(parent, kill_one)
     assert parent.returncode == 0, err[-3000:]
     study = load(name, PG_URL)
     assert_exactly(study, 20)
@@ -202,14 +214,13 @@ def test_a_pgbouncer_restart_mid_sweep_loses_no_trial(tmp_path, pooler):
     name = unique("pooled-restart")
     path = study_file(tmp_path, name, n_trials=8, seconds=1.0, heartbeat_interval=1, grace_period=30)
     parent = start(path, "--workers", "4", storage=pooler.url)
-    try:
+
+    def restart_the_pooler() -> None:
         wait_for_running(name, PG_URL, timeout=300)
         time.sleep(1.5)
         pooler.restart(down_for=3.0)
-        out, err = parent.communicate(timeout=600)
-    finally:
-        if parent.poll() is None:
-            parent.kill()
+
+    out, err = finish_after(parent, restart_the_pooler)
     assert parent.returncode == 0, err[-3000:]
     study = load(name, PG_URL)
     assert_exactly(study, 8)

@@ -3,22 +3,18 @@ message and the study's own name in its stored config."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
 
 import optuna
-import pytest
 import yaml
 
 from sweeps import exits
 from sweeps.config.fingerprint import changes_between, fingerprint_of
 from sweeps.run import main
 from sweeps.trial.record import CONFIG_ATTR, FINGERPRINT_ATTR, FINGERPRINT_HISTORY_ATTR
-from tests.conftest import TINY, merged
+from tests.conftest import PG_URL, TINY, merged, needs_pg
 
-PG_URL = os.environ.get("SWEEPS_TEST_POSTGRES_URL")
-needs_pg = pytest.mark.skipif(not PG_URL, reason="set SWEEPS_TEST_POSTGRES_URL to run PostgreSQL tests")
 FAST = {"study": {"n_trials": 1, "storage": "sqlite:///resume.db"},
         "budget": {"per_trial": 20, "eval_every": 10}, "dashboard": {"keep_checkpoints": 0, "notes": False}}
 

@@ -13,16 +13,14 @@ import sys
 from pathlib import Path
 
 import optuna
-import pytest
 from optuna.trial import TrialState
 
 from tests import test_slurm
+from tests.conftest import PG_URL, needs_pg
 from tests.test_slurm import FINISHED, assert_exactly_finished, project_env, sweeps_argv, with_examples
 
 REPO = Path(__file__).resolve().parents[1]
 PAGE = REPO / "docs" / "scale_out.md"
-PG_URL = os.environ.get("SWEEPS_TEST_POSTGRES_URL")
-needs_pg = pytest.mark.skipif(not PG_URL, reason="set SWEEPS_TEST_POSTGRES_URL to run PostgreSQL tests")
 
 ONE_HOST = "sweeps run examples/digits.yaml --workers 4"
 EACH_HOST = "sweeps run examples/digits.yaml"

@@ -35,11 +35,10 @@ from optuna.trial import TrialState
 from storage.workers import host_of, registered_workers, slurm_label
 from sweeps import exits, slurm
 from sweeps.loop import signals
-from tests.conftest import load_study, postgres_held
+from tests.conftest import PG_URL, load_study, postgres_held
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "tests" / "slurm"
-PG_URL = os.environ.get("SWEEPS_TEST_POSTGRES_URL")
 ON_CI = os.environ.get("CI", "").lower() in ("true", "1")
 FAKE_PG = "postgresql+psycopg://sweeps:s3cret@db.example:5432/sweeps"  # never opened: dry runs only
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)

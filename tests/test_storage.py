@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import os
 import socket
 import threading
 import time
@@ -24,10 +23,8 @@ from storage import StorageError, StorageUsageError, open_storage, redact, resol
 from storage.retry import is_connection_error, with_retry
 from sweeps.config.target import target_of
 from sweeps.loop.runner import run_sweep
+from tests.conftest import PG_URL, needs_pg
 from tests.storage_child import open_in_child
-
-PG_URL = os.environ.get("SWEEPS_TEST_POSTGRES_URL")
-needs_pg = pytest.mark.skipif(not PG_URL, reason="set SWEEPS_TEST_POSTGRES_URL to run PostgreSQL tests")
 
 
 def test_redact_hides_the_password_and_nothing_else():

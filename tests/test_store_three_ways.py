@@ -31,13 +31,9 @@ from sweeps import best, confirm, exits, report, run, studies
 from sweeps.errors import NotReadable
 from sweeps.results.existing import open_existing
 from sweeps.run import main
-from tests.conftest import TINY, merged
+from tests.conftest import PG_URL, TINY, merged, needs_pg
 
 REPO = Path(__file__).resolve().parents[1]
-PG_URL = os.environ.get("SWEEPS_TEST_POSTGRES_URL")
-if not PG_URL and os.environ.get("CI"):
-    raise RuntimeError("SWEEPS_TEST_POSTGRES_URL must be set under CI (see .ci/run)")
-needs_pg = pytest.mark.skipif(not PG_URL, reason="set SWEEPS_TEST_POSTGRES_URL to run PostgreSQL tests")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 COMMANDS = {

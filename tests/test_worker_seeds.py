@@ -22,7 +22,6 @@ import warnings
 from pathlib import Path
 
 import optuna
-import pytest
 import yaml
 from optuna.trial import TrialState
 
@@ -33,13 +32,9 @@ from sweeps.config.target import target_of
 from sweeps.loop.runner import open_study, run_sweep
 from sweeps.search.space import suggest
 from sweeps.trial.run_one import trial_seed
-from tests.conftest import TINY, merged
+from tests.conftest import PG_URL, TINY, merged, needs_pg
 
 REPO = Path(__file__).resolve().parents[1]
-PG_URL = os.environ.get("SWEEPS_TEST_POSTGRES_URL")
-if not PG_URL and os.environ.get("CI"):
-    raise RuntimeError("SWEEPS_TEST_POSTGRES_URL must be set under CI (see .ci/run)")
-needs_pg = pytest.mark.skipif(not PG_URL, reason="set SWEEPS_TEST_POSTGRES_URL to run PostgreSQL tests")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 

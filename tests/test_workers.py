@@ -28,13 +28,9 @@ from optuna.trial import TrialState
 from sqlalchemy import select
 
 from storage.workers import WORKERS
-from tests.conftest import engine, load_study
+from tests.conftest import PG_URL, engine, load_study, needs_pg
 
 REPO = Path(__file__).resolve().parents[1]
-PG_URL = os.environ.get("SWEEPS_TEST_POSTGRES_URL")
-if not PG_URL and os.environ.get("CI"):
-    raise RuntimeError("SWEEPS_TEST_POSTGRES_URL must be set under CI (see .ci/run)")
-needs_pg = pytest.mark.skipif(not PG_URL, reason="set SWEEPS_TEST_POSTGRES_URL to run PostgreSQL tests")
 PG_VERSION = (sorted(os.listdir("/etc/postgresql")) or ["15"])[-1] if os.path.isdir("/etc/postgresql") else "15"
 CREATED: list[str] = []  # PostgreSQL studies of this module, deleted after each test
 

@@ -22,16 +22,11 @@ from sweeps.text import table
 from sweeps.trial.record import CONFIRM_STUDY_ATTR
 
 
-@dataclass
-class Confirmed:
-    """One configuration of the search (its trial) and its confirmation runs."""
+class SeedRuns:
+    """The mean and the sample SD of `values`: one configuration's runs with fresh seeds (confirmation
+    runs, or `sweeps predict --verify`'s arms)."""
 
-    trial: int
-    search_value: float
-    maximize: bool
-    values: list[float] = field(default_factory=list)  # the finished runs with a value, by seed
-    seeds: list[int] = field(default_factory=list)
-    diverged: int = 0  # runs that finished without a value (loss NaN/inf)
+    values: list[float]
 
     @property
     def mean(self) -> float | None:
@@ -41,6 +36,18 @@ class Confirmed:
     def sd(self) -> float | None:
         """The sample standard deviation; None with fewer than two runs."""
         return statistics.stdev(self.values) if len(self.values) >= 2 else None
+
+
+@dataclass
+class Confirmed(SeedRuns):
+    """One configuration of the search (its trial) and its confirmation runs."""
+
+    trial: int
+    search_value: float
+    maximize: bool
+    values: list[float] = field(default_factory=list)  # the finished runs with a value, by seed
+    seeds: list[int] = field(default_factory=list)
+    diverged: int = 0  # runs that finished without a value (loss NaN/inf)
 
     @property
     def overstated(self) -> float | None:
