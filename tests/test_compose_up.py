@@ -378,9 +378,11 @@ def test_up_again_rides_out_a_postgres_restart(compose):
     compose("restart", "postgres", timeout=60)
     wait_for("3 more finished trials after the restart", lambda: compose.count(*FINISHED) >= finished + 3, 90,
              diagnose=compose.logs)
-    for container, since in started.items():  # the same processes: none exited, none was restarted
+    for container, since in started.items():  # the same processes: none was restarted, none failed
         state = compose.inspect(container)["State"]
-        assert state["Running"] and state["StartedAt"] == since, compose.logs()
+        # a worker that found no trial left to ask once the 3 finished has ended with 0 (a fresh-clone
+        # run reached this check with 51 of 56 done); one the restart broke would have exited non-zero
+        assert state["StartedAt"] == since and (state["Running"] or state["ExitCode"] == 0), compose.logs()
 
 
 def test_the_study_ends_with_exactly_n_trials(compose):
