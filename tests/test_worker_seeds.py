@@ -5,7 +5,9 @@ What it specifies, in this order:
 1. a retried trial trains with the seed of the trial it retries, not with its own number's;
 2. workers registering at once get distinct numbers, counted per study, on SQLite and PostgreSQL;
 3. replicas started with the same command line (as compose starts them) get distinct worker
-   numbers, so distinct sampler seeds, recorded on their trials, and draw different configurations.
+   numbers, so distinct sampler seeds, recorded on their trials, and draw different configurations;
+4. a trial a worker closes without running it (it lost the race for the last slot) still names
+   that worker.
 
 Real sweeps on real SQLite in tmp_path, and on PostgreSQL where .ci/run gives its URL
 (SWEEPS_TEST_POSTGRES_URL; under CI a missing URL fails instead of skipping).
@@ -26,9 +28,10 @@ import yaml
 from optuna.trial import TrialState
 
 from storage import open_storage
-from storage.optuna_private import study_id_of
+from storage.optuna_private import study_id_of, trial_id_of
 from storage.workers import register_worker
 from sweeps.config.target import target_of
+from sweeps.loop.bookkeeping import Books
 from sweeps.loop.runner import open_study, run_sweep
 from sweeps.search.space import suggest
 from sweeps.trial.run_one import trial_seed
@@ -111,3 +114,20 @@ def test_replicas_started_with_the_same_command_draw_different_configurations(tm
     seeds = {t.user_attrs["worker"]: t.user_attrs["sampler_seed"] for t in trials}
     assert set(seeds) == {0, 1} and seeds[0] != seeds[1]
     assert len({tuple(sorted(t.params.items())) for t in trials}) == len(trials)
+
+
+# --- 4. a trial closed unrun names its worker -------------------------------------------------------
+
+def test_a_trial_closed_before_it_runs_names_the_worker_that_asked_it(tmp_path, tiny_config):
+    """Workers racing for the last slot close the loser's trial unrun; it still says whose it was
+    (a fresh-clone run found such a trial without a `worker` attribute)."""
+    config = tiny_config(study={"n_trials": 1})
+    study = open_study(config, target_of(config), n_train=256)
+    books = Books(study, config, n_trials=1, identity={"worker": 1, "sampler_seed": 1})
+    lost = study.ask()
+    books.heartbeat.add(trial_id_of(lost))
+    books.close_unfinished_quietly(lost)
+    closed = study.trials[0]
+    assert closed.state == TrialState.FAIL
+    assert (closed.user_attrs["worker"], closed.user_attrs["sampler_seed"]) == (1, 1)
+    assert closed.user_attrs["error"].startswith("not started")

@@ -197,8 +197,8 @@ class Books:
         if granted or self.stopping.is_set():
             return granted
         trial = self.open.pop(trial_id)
-        write_trial_batch(self.storage, trial_id, error_attrs(refused_message(left, cost, self.spending.total.unit)),
-                          {})
+        write_trial_batch(self.storage, trial_id,
+                          {**self.identity, **error_attrs(refused_message(left, cost, self.spending.total.unit))}, {})
         self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         self.heartbeat.discard(trial_id)
         return False
@@ -242,7 +242,7 @@ class Books:
     def close_unfinished_quietly(self, trial: optuna.Trial,
                                  reason: str = "not started: the study already had its trials") -> None:
         """A trial asked after the last slot went to another worker: closed before it runs."""
-        write_trial_batch(self.storage, trial_id_of(trial), error_attrs(reason), {})
+        write_trial_batch(self.storage, trial_id_of(trial), {**self.identity, **error_attrs(reason)}, {})
         self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         self.heartbeat.discard(trial_id_of(trial))
 
