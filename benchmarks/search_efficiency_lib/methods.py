@@ -20,7 +20,7 @@ from sweeps.trial.record import consumed, cooldown_consumed
 
 from .records import Evaluation, Run, TrialRecord
 from .tasks import BATCH_EXPONENTS, COUPLINGS, LR_RANGE, REFERENCE_BATCH, WARMUP_RANGE, TaskSpec
-from .training import EpochRun, PlainTrainer, one_thread
+from .training import START_UP, EpochRun, PlainTrainer, RecipeRun, crn_config, crn_seed, eval_every, one_thread
 
 
 class SearchMethod(Protocol):
@@ -162,36 +162,49 @@ def service_study(spec: TaskSpec, seed: int, overrides: dict | None = None) -> d
         "study": {"name": f"eff-{spec.name}-{seed}", "metric": spec.metric,
                   "direction": "maximize" if spec.maximize else "minimize",
                   "n_trials": spec.full_trials, "seed": seed},
-        "objective": {"task": spec.name, "optimizer": "sgd", "options": dict(spec.options)},
+        "objective": {"task": spec.task, "optimizer": spec.optimizer, "options": dict(spec.options)},
         "budget": {"unit": "examples", "per_trial": spec.per_trial},
         "search": {
             "batch_size": {"low": 2 ** BATCH_EXPONENTS[0], "high": 2 ** BATCH_EXPONENTS[1], "log": True,
                            "power_of_two": True},
             "epochs": {"low": 1, "high": spec.epochs},
-            "base_lr": {"low": LR_RANGE[0], "high": LR_RANGE[1], "log": True},
+            "base_lr": {"low": spec.lr_range[0], "high": spec.lr_range[1], "log": True},
             "coupling": list(COUPLINGS),
             "reference_batch_size": REFERENCE_BATCH,
             "warmup_fraction": {"low": WARMUP_RANGE[0], "high": WARMUP_RANGE[1]},
         },
     }
+    if spec.weight_decay:
+        data["objective"]["weight_decay"] = spec.weight_decay
+    if spec.factory:  # issue 30's tasks: a Dataset is read in this process, as the baselines read it
+        data["objective"]["loader"] = {"workers": 0}
     for section, values in (overrides or {}).items():
         data.setdefault(section, {}).update(copy.deepcopy(values))
     return data
 
 
-def service_sweep(spec: TaskSpec, seed: int, overrides: dict | None = None) -> Run:
+def service_sweep(spec: TaskSpec, seed: int, overrides: dict | None = None, crn: bool = False) -> Run:
     """run_sweep until the study's trials have used the total compute; more trials are added by
-    resuming the study as a further worker (its own sampler seed), as a user would."""
+    resuming the study as a further worker (its own sampler seed), as a user would. `crn` (issue
+    30): the first START_UP trials are enqueued at crn_config(spec, seed, k) before the sweep
+    starts, and the compute counted includes spec.eval_charge per evaluation."""
     with tempfile.TemporaryDirectory() as folder:
         data = service_study(spec, seed, overrides)
         data["study"]["storage"] = f"sqlite:///{folder}/efficiency.db"
         config = parse_config(data, folder)
+        if crn:
+            queued = optuna.create_study(storage=data["study"]["storage"], study_name=data["study"]["name"],
+                                         direction=data["study"]["direction"])
+            for k in range(START_UP):
+                queued.enqueue_trial(crn_config(spec, seed, k))
         started_wall, started = time.time(), time.perf_counter()
         n_trials, chunk = 2 * spec.full_trials, 0
         while True:
             study = run_sweep(config, target_of(config, n_trials=n_trials), show_progress=False,
                               worker_index=chunk)
             spent = sum(consumed(t, "examples") for t in study.trials)  # cooldown branches included
+            if crn:
+                spent += spec.eval_charge * sum(len(t.intermediate_values) for t in study.trials)
             if spent >= spec.total:
                 break
             per_trial = spent / max(len(study.trials), 1)
@@ -200,7 +213,7 @@ def service_sweep(spec: TaskSpec, seed: int, overrides: dict | None = None) -> R
         wall = time.perf_counter() - started
         decay = config.schedule.decay_fraction if config.schedule.cooldown_evaluations else None
         branched_below = (1.0 - decay) * spec.per_trial if decay is not None else math.inf
-        return records_from_study(study, started_wall, branched_below), wall
+        return records_from_study(study, started_wall, branched_below, details=crn), wall
 
 
 def cooldown_shares(steps: list[int], branched_below: float) -> list[float]:
@@ -215,7 +228,8 @@ def cooldown_shares(steps: list[int], branched_below: float) -> list[float]:
     return shares
 
 
-def records_from_study(study: optuna.Study, started: float, branched_below: float = math.inf) -> list[TrialRecord]:
+def records_from_study(study: optuna.Study, started: float, branched_below: float = math.inf,
+                       details: bool = False) -> list[TrialRecord]:
     """The service's trials in the order they ran, from what each recorded.
 
     The sweep asks a trial ahead while the previous one trains, so a trial's own start time is not
@@ -235,7 +249,13 @@ def records_from_study(study: optuna.Study, started: float, branched_below: floa
             share = min(step / examples, 1.0) if examples else 1.0
             at = (min(step, examples) if examples else step) + branches * share_of_branches
             evals.append(Evaluation(at, trial.intermediate_values[step], window_start + share * (end - window_start)))
-        records.append(TrialRecord(examples + branches, evals))
+        record = TrialRecord(examples + branches, evals)
+        if details:  # issue 30: each trial's parameters, seed and timestamps
+            record.params = dict(trial.params, trial=trial.number, seed=trial.user_attrs.get("seed"),
+                                 state=trial.state.name)
+            record.started = trial.datetime_start.timestamp() - started if trial.datetime_start else None
+            record.ended = end
+        records.append(record)
         window_start = max(window_start, end)
     return records
 
@@ -304,3 +324,182 @@ def run_method(method: str, spec: TaskSpec, seed: int, overrides: dict | None = 
     """The method named (NAME+wsd: that baseline with the wsd schedule) on one task and seed."""
     shape = "wsd" if method.endswith(WSD) else "cosine"
     return SEARCH_METHODS[method.removesuffix(WSD)](spec, seed, shape, overrides)
+
+
+# --- issue 30: the baselines on the service's recipe, with common random numbers ------------------
+# Every method below trains with RecipeRun (the service's plan, wsd schedule and warmup, the task's
+# optimizer, evaluations on the service's grid), its k-th trial under crn_seed(seed, k), its first
+# START_UP trials (all of random search's) at crn_config(seed, k), and stops once its compute, every
+# evaluation charged at spec.eval_charge training examples, reaches the total C.
+
+class Ledger:
+    """A method's records in the order their compute was spent, and that compute with
+    evaluations charged (the stop rule every issue-30 method applies before starting a trial)."""
+
+    def __init__(self, spec: TaskSpec):
+        self.spec, self.records = spec, []
+        self.started = time.perf_counter()
+
+    def add(self, record: TrialRecord) -> TrialRecord:
+        self.records.append(record)
+        return record
+
+    @property
+    def spent(self) -> float:
+        return sum(r.examples + len(r.evaluations) * self.spec.eval_charge for r in self.records)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.spent >= self.spec.total
+
+    def run(self) -> Run:
+        return self.records, time.perf_counter() - self.started
+
+
+def recipe_run(ledger: Ledger, k: int, config: dict, seed: int, epochs: int | None = None,
+               length: float | None = None) -> RecipeRun:
+    """The k-th trial of a run on seed `seed`, its record added to the ledger."""
+    run = RecipeRun(ledger.spec, crn_seed(seed, k), 2 ** int(config["batch_size_log2"]), float(config["base_lr"]),
+                    float(config["warmup_fraction"]), epochs=epochs, length=length, started=ledger.started,
+                    params=dict(config, trial=k))
+    ledger.add(run.record)
+    return run
+
+
+def finish(run: RecipeRun, on_value=None) -> float | None:
+    """Train the run to its end (or until `on_value(step, value)` says stop); its best value."""
+    values = []
+    try:
+        while not run.done:
+            value = run.advance()
+            values.append(value)
+            if on_value is not None and on_value(run.last_step, value):
+                run.close()
+                break
+    except optuna.TrialPruned:
+        pass
+    sign = 1.0 if run.spec.maximize else -1.0
+    return max(values, key=lambda v: sign * v) if values else None
+
+
+def random30(spec: TaskSpec, seed: int, shape: str = "wsd", overrides: dict | None = None) -> Run:
+    """Random search: every trial's configuration is crn_config(seed, k), trained to its end."""
+    ledger = Ledger(spec)
+    with one_thread():
+        k = 0
+        while not ledger.exhausted:
+            config = crn_config(spec, seed, k)
+            finish(recipe_run(ledger, k, config, seed, epochs=config["epochs"]))
+            k += 1
+    return ledger.run()
+
+
+def optuna30(spec: TaskSpec, seed: int, pruner: optuna.pruners.BasePruner) -> Run:
+    """The plain loop on the service's recipe and space: Optuna's TPESampler as a user builds it
+    (its defaults: univariate, 10 start-up trials, here the shared crn_config draws), `pruner`,
+    a report at every evaluation (step = examples into the trial, the service's steps)."""
+    ledger = Ledger(spec)
+    study = optuna.create_study(direction="maximize" if spec.maximize else "minimize",
+                                sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner)
+    for k in range(START_UP):
+        study.enqueue_trial(crn_config(spec, seed, k))
+
+    def objective(trial: optuna.Trial) -> float:
+        config = {"batch_size_log2": trial.suggest_int("batch_size_log2", *BATCH_EXPONENTS),
+                  "base_lr": trial.suggest_float("base_lr", *spec.lr_range, log=True),
+                  "warmup_fraction": trial.suggest_float("warmup_fraction", *WARMUP_RANGE),
+                  "epochs": trial.suggest_int("epochs", 1, spec.epochs)}
+        run = recipe_run(ledger, trial.number, config, seed, epochs=config["epochs"])
+
+        def report(step: int, value: float) -> bool:
+            trial.report(value, step)
+            return trial.should_prune()
+
+        best = finish(run, report)
+        if best is None:
+            raise optuna.TrialPruned()
+        return best
+
+    def enough(study: optuna.Study, _trial) -> None:
+        if ledger.exhausted:
+            study.stop()
+
+    with one_thread():
+        study.optimize(objective, callbacks=[enough], catch=(Exception,))
+    return ledger.run()
+
+
+def tpe_median30(spec: TaskSpec, seed: int, shape: str = "wsd", overrides: dict | None = None) -> Run:
+    """(b) on the recipe: TPE + Optuna's MedianPruner with its defaults."""
+    return optuna30(spec, seed, optuna.pruners.MedianPruner())
+
+
+def hyperband30(spec: TaskSpec, seed: int, shape: str = "wsd", overrides: dict | None = None) -> Run:
+    """TPE + Optuna's HyperbandPruner with the service's pruner's resources: min_resource one
+    evaluation interval (the service's first rung), max_resource the per-trial budget, eta 3."""
+    every = int(eval_every(spec))
+    return optuna30(spec, seed, optuna.pruners.HyperbandPruner(min_resource=every, max_resource=spec.per_trial,
+                                                              reduction_factor=3))
+
+
+def sha30(spec: TaskSpec, seed: int, shape: str = "wsd", overrides: dict | None = None) -> Run:
+    """TPE + Optuna's SuccessiveHalvingPruner, min_resource one evaluation interval, eta 3."""
+    every = int(eval_every(spec))
+    return optuna30(spec, seed, optuna.pruners.SuccessiveHalvingPruner(min_resource=every, reduction_factor=3))
+
+
+def topk30_plan(spec: TaskSpec) -> tuple[int, int, int]:
+    """(N, K, s) for one_epoch_topk on the grid: one epoch rounded to the evaluation grid is s of
+    the 10 intervals of a full trial (at least 1), N configurations screened s intervals each and
+    K finished (10 - s more), N s + K (10 - s) <= 10 F intervals with K spending about half of it.
+    Every interval holds one evaluation, so the plan is the same with evaluations charged."""
+    s = min(max(1, round(10 / spec.epochs)), 9)
+    units = 10 * spec.full_trials
+    k = max(1, round(units / (2 * (10 - s))))
+    return (units - k * (10 - s)) // s, k, s
+
+
+def topk30(spec: TaskSpec, seed: int, shape: str = "wsd", overrides: dict | None = None) -> Run:
+    """One epoch each, then finish the top K: N configurations (crn_config's, the whole budget
+    planned) trained s evaluation intervals each, the K best by their last value resumed and
+    trained to the end; a resumed run's compute goes to a record of its own, counted from its
+    resumption, so the records stay in the order the compute was spent."""
+    ledger = Ledger(spec)
+    n, k_best, s = topk30_plan(spec)
+    sign = -1.0 if spec.maximize else 1.0
+    kept: list[tuple[float, int, RecipeRun]] = []
+    with one_thread():
+        for i in range(n):
+            if ledger.exhausted:
+                break
+            run = recipe_run(ledger, i, crn_config(spec, seed, i), seed)
+            value = None
+            try:
+                for _ in range(s):
+                    value = run.advance()
+            except optuna.TrialPruned:
+                continue
+            if value is None:
+                continue
+            kept.append((sign * value, i, run))
+            kept.sort(key=lambda b: (b[0], b[1]))
+            del kept[k_best:]
+        for _, _i, run in kept:
+            if ledger.exhausted:
+                break
+            screened = run.record
+            run.record = ledger.add(TrialRecord(0, [], params=dict(screened.params or {}, resumed=True),
+                                                started=time.perf_counter() - ledger.started))
+            offset = screened.examples
+            finish(run)
+            for ev in run.record.evaluations:
+                ev.examples -= offset
+    return ledger.run()
+
+
+def service30(spec: TaskSpec, seed: int, shape: str = "wsd", overrides: dict | None = None) -> Run:
+    """The service with its configuration (the frozen one: defaults plus `overrides`), its first
+    START_UP trials enqueued at crn_config (the same draws as the baselines'), its trials' seeds
+    its own trial_seed (= crn_seed), and its sweep extended until its compute with evaluations
+    charged reaches C."""
+    return service_sweep(spec, seed, overrides, crn=True)
