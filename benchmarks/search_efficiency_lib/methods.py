@@ -321,7 +321,10 @@ WSD_BASELINES = tuple(b + WSD for b in BASELINES)
 
 
 def run_method(method: str, spec: TaskSpec, seed: int, overrides: dict | None = None) -> Run:
-    """The method named (NAME+wsd: that baseline with the wsd schedule) on one task and seed."""
+    """The method named (NAME+wsd: that baseline with the wsd schedule; crn_*: issue 30's) on one
+    task and seed."""
+    if method.startswith("crn_"):
+        return CRN_METHODS[method](spec, seed, "wsd", overrides)
     shape = "wsd" if method.endswith(WSD) else "cosine"
     return SEARCH_METHODS[method.removesuffix(WSD)](spec, seed, shape, overrides)
 
@@ -503,3 +506,32 @@ def service30(spec: TaskSpec, seed: int, shape: str = "wsd", overrides: dict | N
     its own trial_seed (= crn_seed), and its sweep extended until its compute with evaluations
     charged reaches C."""
     return service_sweep(spec, seed, overrides, crn=True)
+
+
+def lazy(name: str) -> SearchMethod:
+    """A method of multifidelity.py, imported when run (its packages are optional: the bench extra)."""
+    def method(spec: TaskSpec, seed: int, shape: str = "wsd", overrides: dict | None = None) -> Run:
+        from . import multifidelity
+
+        return getattr(multifidelity, name)(spec, seed, shape, overrides)
+
+    method.__name__ = name
+    return method
+
+
+# Issue 30's methods by name, in the grid's order (the protocol's: docs/search_efficiency.md); all on
+# the service's recipe with common random numbers and charged evaluation. crn_sha is runnable but
+# not in the default grid (one of SHA and Hyperband, the issue says; Hyperband is the service's pruner).
+CRN_METHODS: dict[str, SearchMethod] = {
+    "crn_random": random30,
+    "crn_tpe_median": tpe_median30,
+    "crn_hyperband": hyperband30,
+    "crn_dehb": lazy("dehb30"),
+    "crn_bohb": lazy("bohb30"),
+    "crn_topk": topk30,
+    "crn_service": service30,
+    "crn_sha": sha30,
+}
+CRN_GRID = tuple(m for m in CRN_METHODS if m != "crn_sha")
+CRN_SERVICE = "crn_service"
+CRN_BASELINES = tuple(m for m in CRN_METHODS if m != CRN_SERVICE)

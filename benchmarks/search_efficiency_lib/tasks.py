@@ -167,9 +167,11 @@ def fingerprint(spec: TaskSpec, meta: dict | None = None, total: bool = True) ->
     corpus = ((meta or {}).get("corpus") or {}).get("sha256") if spec.task == "char_lm" else None
     out = {"task": spec.name, "n_train": spec.n_train, "epochs": spec.epochs,
            "full_trials": spec.full_trials if total else None, "options": options, "corpus_sha256": corpus}
-    if spec.factory or spec.optimizer != "sgd" or spec.lr_range != LR_RANGE or spec.eval_charge:  # issue 30's
+    if spec.factory or spec.optimizer != "sgd" or spec.lr_range != LR_RANGE:  # issue 30's tasks
         out.update(factory=spec.task, optimizer=spec.optimizer, weight_decay=spec.weight_decay,
-                   lr_range=list(spec.lr_range), eval_charge=spec.eval_charge)
+                   lr_range=list(spec.lr_range))
+    if spec.eval_charge and total:  # the charge changes C, not what one trial trains
+        out.update(eval_charge=spec.eval_charge)
     return json.dumps(out, sort_keys=True)
 
 

@@ -44,7 +44,7 @@ class EpochRun:
                                  options=dict(trainer.spec.options))
         self.trainer, self.task = trainer, trainer.factory(settings)
         self.batch_size, self.lr, self.epochs = batch_size, lr, epochs
-        self.optimizer = torch.optim.SGD(self.task.model.parameters(), lr=lr, momentum=0.9)
+        self.optimizer = make_optimizer(trainer.spec, self.task.model.parameters(), lr)  # SGD, momentum 0.9
         self.gen = torch.Generator().manual_seed(seed)
         self.n = len(self.task.train[0])
         self.planned = -(-self.n // batch_size) * epochs
@@ -96,7 +96,7 @@ class PlainTrainer:
     def __init__(self, spec: TaskSpec, started: float, shape: str = "cosine"):
         self.spec = spec
         self.shape = shape  # the LR schedule: cosine, or wsd for the "+wsd" baselines
-        self.factory = resolve_task(spec.name)
+        self.factory = resolve_task(spec.task)
         self.started = started
         self.records: list[TrialRecord] = []
 
@@ -200,7 +200,8 @@ class RecipeRun:
         self.spec, self.task = spec, resolve_task(spec.task)(settings)
         self.started = time.perf_counter() if started is None else started
         self.n = size_of(self.task.train)
-        budget = Budget("examples", float(length or spec.per_trial), eval_every(spec))
+        # a length shorter than one batch (a low fidelity at a large batch size) trains one batch
+        budget = Budget("examples", float(max(length or spec.per_trial, min(batch_size, self.n))), eval_every(spec))
         self.budget, self.plan = budget, plan_trial(budget, self.n, batch_size, epochs)
         self.schedule = Schedule.build(lr, self.plan.planned_updates, warmup_fraction, "wsd", 0.0,
                                        DEFAULT_DECAY_FRACTION)
@@ -304,3 +305,28 @@ def measure_eval_charge(spec: TaskSpec, batch_size: int = 64, repeats: int = 5, 
     return {"ratio": round(ratio, 4), "n_val": n_val, "per_evaluation": round(ratio * n_val, 1),
             "train_us_per_example": round(per_train * 1e6, 2), "val_us_per_example": round(per_val * 1e6, 2),
             "batch_size": batch_size, "torch": torch.__version__}
+
+
+def time_full_trial(spec: TaskSpec, batch_size: int = 64, seed: int = 0) -> dict:
+    """One full trial of the task on the recipe, one thread, timed: batch size 64, the LR at the
+    geometric middle of the task's range, warmup 0.05, the whole per-trial budget, every
+    evaluation of the grid (the protocol's table; a timing, not a result: the value is not kept)."""
+    low, high = spec.lr_range
+    with one_thread():
+        started = time.perf_counter()
+        run = RecipeRun(spec, seed, batch_size, math.sqrt(low * high), 0.05)
+        built = time.perf_counter() - started
+        evaluating = 0.0
+        try:
+            while not run.done:
+                run.train()
+                t0 = time.perf_counter()
+                run.evaluate()
+                evaluating += time.perf_counter() - t0
+        except optuna.TrialPruned:
+            pass
+        seconds = time.perf_counter() - started
+    return {"seconds": round(seconds, 2), "evaluation_seconds": round(evaluating, 2), "build_seconds": round(built, 2),
+            "examples": run.record.examples, "n_train": run.n, "n_val": size_of(run.task.val),
+            "parameters": sum(p.numel() for p in run.task.model.parameters()), "batch_size": batch_size,
+            "evaluations": spec.evaluations_per_trial}
