@@ -198,30 +198,30 @@ ISSUE30_CHAR_CORPUS_MB = 4.0  # the first 4 MB of the stdlib's *.py files (build
 
 ISSUE30_TASKS = {
     "mlp_teacher_deep": TaskSpec(
-        "mlp_teacher_deep", 4096, epochs=8, full_trials=ISSUE30_FULL_TRIALS, factory="teacher_mlp", family="mlp",
-        options={"dim": 16, "classes": 6, "teacher_width": 48, "n_train": 4096, "n_val": 1024,
-                 "label_noise": 0.1, "data_seed": 30, "width": 64, "depth": 4}),
+        "mlp_teacher_deep", 8192, epochs=12, full_trials=ISSUE30_FULL_TRIALS, factory="teacher_mlp", family="mlp",
+        options={"dim": 16, "classes": 6, "teacher_width": 48, "n_train": 8192, "n_val": 2048,
+                 "label_noise": 0.1, "data_seed": 30, "width": 128, "depth": 4}),
     "mlp_stream_adamw": TaskSpec(
-        "mlp_stream_adamw", 4096, epochs=4, full_trials=ISSUE30_FULL_TRIALS, factory=STREAM_FACTORY, family="mlp",
+        "mlp_stream_adamw", 8192, epochs=8, full_trials=ISSUE30_FULL_TRIALS, factory=STREAM_FACTORY, family="mlp",
         optimizer="adamw", weight_decay=ADAMW_DECAY, lr_range=ADAMW_LR,
-        options={"dim": 32, "classes": 8, "teacher_width": 64, "n_train": 4096, "n_val": 1024,
-                 "label_noise": 0.15, "data_seed": 31, "width": 128, "depth": 2}),
+        options={"dim": 32, "classes": 8, "teacher_width": 64, "n_train": 8192, "n_val": 2048,
+                 "label_noise": 0.15, "data_seed": 31, "width": 256, "depth": 2}),
     "resnet_sgd": TaskSpec(
-        "resnet_sgd", 1024, epochs=3, full_trials=ISSUE30_FULL_TRIALS, factory="resnet_synthetic", family="resnet",
-        options={"width": 8, "blocks": 1, "n_train": 1024, "n_val": 512, "classes": 10, "noise": 2.5,
+        "resnet_sgd", 2048, epochs=3, full_trials=ISSUE30_FULL_TRIALS, factory="resnet_synthetic", family="resnet",
+        options={"width": 8, "blocks": 1, "n_train": 2048, "n_val": 512, "classes": 10, "noise": 2.5,
                  "data_seed": 30}),
     "resnet_adamw": TaskSpec(
-        "resnet_adamw", 1024, epochs=3, full_trials=ISSUE30_FULL_TRIALS, factory="resnet_synthetic", family="resnet",
+        "resnet_adamw", 2048, epochs=3, full_trials=ISSUE30_FULL_TRIALS, factory="resnet_synthetic", family="resnet",
         optimizer="adamw", weight_decay=ADAMW_DECAY, lr_range=ADAMW_LR,
-        options={"width": 8, "blocks": 1, "n_train": 1024, "n_val": 512, "classes": 6, "noise": 3.0,
+        options={"width": 8, "blocks": 1, "n_train": 2048, "n_val": 512, "classes": 6, "noise": 3.0,
                  "data_seed": 31}),
 }
 # the two character GPTs need the corpus (built by issue30_specs): name -> char_lm_spec's arguments
 ISSUE30_CHAR_LM = {
-    "gpt_char_adamw": {"windows": 1024, "epochs": 3, "val_blocks": 256, "family": "gpt", "optimizer": "adamw",
+    "gpt_char_adamw": {"windows": 2048, "epochs": 3, "val_blocks": 256, "family": "gpt", "optimizer": "adamw",
                        "weight_decay": ADAMW_DECAY, "lr_range": ADAMW_LR,
                        "model": {"block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 48}},
-    "gpt_char_sgd": {"windows": 1024, "epochs": 3, "val_blocks": 256, "family": "gpt",
+    "gpt_char_sgd": {"windows": 2048, "epochs": 3, "val_blocks": 256, "family": "gpt",
                      "model": {"block_size": 32, "n_layer": 1, "n_head": 2, "n_embd": 64}},
 }
 HELD_OUT_30 = tuple(ISSUE30_TASKS) + tuple(ISSUE30_CHAR_LM)
