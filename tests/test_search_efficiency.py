@@ -276,3 +276,138 @@ def test_every_method_is_one_function_by_name_in_the_grids_order():
     assert methods.BASELINES == methods.METHODS[:-1]
     assert methods.WSD_BASELINES == tuple(f"{m}+wsd" for m in methods.BASELINES)
     assert all(callable(methods.SEARCH_METHODS[m]) for m in methods.METHODS)
+
+
+# --- issue 30: --protocol crn ----------------------------------------------------------------------
+
+def crn_tiny(full_trials: int = 1, charge: float = 50.0) -> tasks.TaskSpec:
+    return tasks.TaskSpec("digits_mlp", 1438, epochs=2, full_trials=full_trials, eval_charge=charge)
+
+
+def test_common_random_numbers_give_every_methods_kth_trial_the_same_seed_and_configuration():
+    spec = crn_tiny()
+    runs = {name: methods.CRN_METHODS[name](spec, 3)[0] for name in ("crn_random", "crn_tpe_median", "crn_service")}
+    keys = ("batch_size_log2", "base_lr", "warmup_fraction", "epochs", "seed")
+    first = {name: records[0] for name, records in runs.items()}
+    expected = dict(training.crn_config(spec, 3, 0), seed=training.crn_seed(3, 0))
+    for name, record in first.items():
+        assert {k: record.params[k] for k in keys} == expected, name
+    assert training.crn_seed(3, 0) == training.trial_seed(3, 0)  # the service's own trial seed
+    # the same seed and configuration train the same run: the service's curve is the baselines', to the bit
+    curves = {name: [(e.examples, e.value) for e in record.evaluations] for name, record in first.items()}
+    assert curves["crn_random"] == curves["crn_tpe_median"] == curves["crn_service"]
+    assert training.crn_config(spec, 3, 1) != training.crn_config(spec, 3, 0) != training.crn_config(spec, 4, 0)
+
+
+def test_evaluation_is_charged_as_compute():
+    spec = crn_tiny(full_trials=2, charge=50.0)
+    # every 287 examples (2876 / 10, floored): 10 on the grid and one at the end, off it
+    assert spec.evaluations_per_trial == 11 and spec.total == 2 * (2876 + 11 * 50.0)
+    record = Tr(100, [Ev(60, 0.9, 1.0), Ev(30, 0.5, 0.5)], params={"x": 1})
+    (charged,) = records.charged([record], 10.0)
+    assert [(e.examples, e.value) for e in charged.evaluations] == [(40, 0.5), (80, 0.9)]  # its own included
+    assert charged.examples == 120 and charged.params == {"x": 1} and record.examples == 100
+    later = Tr(50, [Ev(50, 0.95, 2.0)])
+    assert analysis.compute_to_target(records.charged([record, later], 10.0), 0.95, total=1000).examples == 180
+    assert analysis.Cell([([record, later], 1.0)], charge=10.0).hits(0.95, 1000)[0].examples == 180
+    # a method stops once its charged compute reaches C, and not before
+    recs, _ = methods.CRN_METHODS["crn_random"](spec, 0)
+    spent = [r.examples + len(r.evaluations) * spec.eval_charge for r in recs]
+    assert sum(spent) >= spec.total > sum(spent[:-1])
+
+
+def test_the_evaluation_charge_is_measured_against_a_training_example():
+    entry = training.measure_eval_charge(tiny(), repeats=2, updates=10)
+    assert entry["n_val"] == 359 and entry["ratio"] > 0
+    assert entry["per_evaluation"] == pytest.approx(entry["ratio"] * 359, rel=0.01)
+    saved = json.loads((REPO / "benchmarks" / "search_efficiency_charge.json").read_text())
+    spec_names = set(tasks.HELD_OUT_30) | set(tasks.DEVELOPMENT)
+    assert spec_names <= set(saved) and all(saved[n]["per_evaluation"] > 0 for n in spec_names)
+
+
+@pytest.mark.parametrize("name", [m for m in methods.CRN_METHODS if m != "crn_service"])
+def test_each_crn_baseline_spends_the_total_compute_on_the_recipe(name):
+    if name in ("crn_dehb", "crn_bohb"):
+        pytest.importorskip("ConfigSpace")
+        pytest.importorskip({"crn_dehb": "dehb", "crn_bohb": "hpbandster"}[name])
+    spec = crn_tiny(full_trials=2)
+    recs, wall = methods.run_method(name, spec, 1)
+    spent = [r.examples + len(r.evaluations) * spec.eval_charge for r in recs]
+    assert sum(spent) >= spec.total or name == "crn_topk"  # top-K stops at its plan, a little under C
+    assert sum(spent[:-1]) < spec.total and wall > 0
+    every = training.eval_every(spec)
+    for record in recs:
+        assert record.params is not None and record.started is not None
+        assert all(e.examples % every == 0 or e.examples == record.params.get("length") or e.examples <= 1438
+                   for e in record.evaluations)
+    seeds = [r.params["seed"] for r in recs if not r.params.get("resumed")]
+    assert seeds == [training.crn_seed(1, k) for k in range(len(seeds))]  # trial k under crn_seed(seed, k)
+
+
+def test_one_epoch_topk_on_the_grid_screens_about_one_epoch_and_finishes_about_half():
+    assert methods.topk30_plan(tasks.TaskSpec("x", 100, epochs=1, full_trials=4)) == (4, 0, 10)
+    for epochs, full in ((3, 20), (12, 20), (2, 4), (20, 20)):
+        n, k, s = methods.topk30_plan(tasks.TaskSpec("x", 100, epochs=epochs, full_trials=full))
+        assert 1 <= s <= 9 and 1 <= k <= n and n * s + k * (10 - s) <= 10 * full
+        assert 10 * full - (n * s + k * (10 - s)) < s  # what is left unplanned is under one screening
+
+
+def test_the_protocols_figures():
+    pairs = [(10.0, 20.0), (30.0, 30.0), (math.inf, 40.0), (math.inf, math.inf)]
+    assert analysis.p_faster(pairs) == pytest.approx((1 + 0.5 + 0 + 0.5) / 4)
+    assert analysis.median_ratio([(10.0, 20.0), (20.0, math.inf), (30.0, 60.0)], total=100) == 60 / 20
+    point, low, high = analysis.bootstrap_ratio([([(10.0, 20.0), (12.0, 30.0), (9.0, 18.0)], 100.0)],
+                                                analysis.random.Random(0), n=200)
+    assert low <= point <= high and point == pytest.approx(20 / 10)
+    assert analysis.share_reached([10.0, 50.0, math.inf], 100.0, (0.25, 1.0)) == [1 / 3, 2 / 3]
+    ranks = analysis.mean_ranks({"a": {"s": 1.0, "b": 2.0, "c": 2.0}, "b": {"s": 3.0, "b": 1.0, "c": 2.0}})
+    assert ranks == {"s": 2.0, "b": 1.75, "c": 2.25}
+
+
+def test_crn_runs_save_their_trials_and_a_rerun_resumes(tmp_path, monkeypatch):
+    calls = []
+
+    def run_method(method, spec, seed, overrides=None):
+        calls.append((method, seed))
+        return [Tr(10, [Ev(10, 0.5 + seed / 10, 1.0)], params={"trial": 0, "seed": seed}, started=0.5, ended=1.0)], 0.5
+
+    monkeypatch.setattr(grid, "run_method", run_method)
+    save, quiet = str(tmp_path / "crn.jsonl"), (lambda line: None)
+    spec = crn_tiny(2, charge=5.0)
+    labels = {"crn_random": None, "crn_service": None}
+    grid.run_grid({"digits_mlp": spec}, [0, 1], labels, {}, quiet, save, shard=(0, 2))
+    assert calls == [("crn_random", 0), ("crn_service", 0)]  # runs 0 and 2 of 4: this shard's
+    grid.run_grid({"digits_mlp": spec}, [0, 1], labels, {}, quiet, save)
+    assert calls[2:] == [("crn_random", 1), ("crn_service", 1)]  # the rest; the saved ones read back
+    cells = grid.load_runs([save], {"digits_mlp": tasks.fingerprint(spec)})
+    cell = cells[("digits_mlp", "crn_service")]
+    assert cell.charge == 5.0 and cell.seeds == [0, 1]
+    record = cell.runs[1][0][0]
+    assert (record.params, record.started, record.ended) == ({"trial": 0, "seed": 1}, 0.5, 1.0)
+    assert cell.hits(0.6, spec.total)[1].examples == 15  # 10 examples and one evaluation's charge
+    assert tasks.fingerprint(crn_tiny(2, charge=6.0)) != tasks.fingerprint(spec)  # another charge, another C
+
+
+def test_the_held_out_tasks_of_issue_30():
+    specs = {name: tasks.ISSUE30_TASKS.get(name) for name in tasks.HELD_OUT_30}
+    families = {s.family for s in specs.values() if s} | {v["family"] for v in tasks.ISSUE30_CHAR_LM.values()}
+    adamw = [n for n, s in specs.items() if s and s.optimizer == "adamw"]
+    adamw += [n for n, v in tasks.ISSUE30_CHAR_LM.items() if v.get("optimizer") == "adamw"]
+    assert len(tasks.HELD_OUT_30) >= 6 and len(families) >= 3 and len(adamw) >= 2
+    assert any(s and s.task == tasks.STREAM_FACTORY for s in specs.values())
+    assert not set(tasks.HELD_OUT_30) & set(tasks.DEVELOPMENT)
+    timings = json.loads((REPO / "benchmarks" / "search_efficiency_timings.json").read_text())
+    assert set(tasks.HELD_OUT_30) <= set(timings)
+
+
+def test_the_streamed_task_reads_a_dataset_from_disk(tmp_path, monkeypatch):
+    from benchmarks.search_efficiency_lib import stream_task
+
+    monkeypatch.setattr(stream_task, "FOLDER", tmp_path)
+    settings = training.TrialSettings(batch_size=8, lr=0.01, seed=0, device=training.torch.device("cpu"),
+                                      options={"n_train": 64, "n_val": 32, "dim": 4, "classes": 3})
+    task = stream_task.teacher_stream(settings)
+    assert isinstance(task.train, stream_task.MemmapPairs) and len(task.train) == 64 and len(task.val) == 32
+    assert len(list(tmp_path.glob("*.npy"))) == 4
+    x, y = training.batch_of(task.train, training.torch.tensor([3, 1]))
+    assert x.shape == (2, 4) and y.shape == (2,)

@@ -455,8 +455,11 @@ def topk30_plan(spec: TaskSpec) -> tuple[int, int, int]:
     """(N, K, s) for one_epoch_topk on the grid: one epoch rounded to the evaluation grid is s of
     the 10 intervals of a full trial (at least 1), N configurations screened s intervals each and
     K finished (10 - s more), N s + K (10 - s) <= 10 F intervals with K spending about half of it.
-    Every interval holds one evaluation, so the plan is the same with evaluations charged."""
-    s = min(max(1, round(10 / spec.epochs)), 9)
+    Every interval holds one evaluation, so the plan is the same with evaluations charged. With
+    one epoch the whole trial (s = 10), it is F configurations trained to the end (K = 0)."""
+    s = max(1, round(10 / spec.epochs))
+    if s >= 10:  # one epoch is the whole trial: F configurations trained to the end, nothing to finish
+        return spec.full_trials, 0, 10
     units = 10 * spec.full_trials
     k = max(1, round(units / (2 * (10 - s))))
     return (units - k * (10 - s)) // s, k, s

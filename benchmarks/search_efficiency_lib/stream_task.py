@@ -45,8 +45,9 @@ class MemmapPairs(Dataset):
         return torch.from_numpy(np.array(self.x[i])), torch.tensor(int(self.y[i]))
 
 
-def write_files(options: dict, folder: Path = FOLDER) -> dict[str, str]:
+def write_files(options: dict, folder: Path | None = None) -> dict[str, str]:
     """The data's four .npy files for these options, written once (named by their options' hash)."""
+    folder = folder or FOLDER
     data = {k: options.get(k, DEFAULTS[k]) for k in DATA_KEYS}
     tag = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
     paths = {part: folder / f"teacher_{tag}_{part}.npy" for part in ("x_train", "y_train", "x_val", "y_val")}

@@ -274,6 +274,11 @@ class RecipeRun:
         if not math.isfinite(value):
             self.close()
             raise optuna.TrialPruned()
+        end = min(self.record.examples, int(self.budget.per_trial))
+        if self.done and end > step:  # the last grid point fell on the last update: the service's
+            value = self.evaluate()   # Trainer.finish still evaluates once more at the end's step
+            self.record.evaluations.append(Evaluation(end, value, time.perf_counter() - self.started))
+            self.last_step = end
         if self.done:
             self.close()
         return value
