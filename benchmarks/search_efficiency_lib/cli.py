@@ -222,6 +222,17 @@ def with_charges(specs: dict, metas: dict, charges: dict, parser) -> dict:
     return out
 
 
+def git_commit() -> str | None:
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                              cwd=Path(__file__).resolve().parent)
+    except OSError:
+        return None
+    return done.stdout.strip() or None
+
+
 def service_config(raw: str | None) -> dict | None:
     if not raw:
         return None
@@ -256,10 +267,17 @@ def crn_main(args, parser) -> None:
         measure_noise(specs, grid, metas, log=print, recipe=True)
         return
     specs = with_charges(specs, metas, read_json(CHARGE_FILE), parser)
+    for name, timing in read_json(TIMINGS_FILE).items():  # the estimate's rates: the timed full trials
+        if name in specs and timing.get("fingerprint") == fingerprint(specs[name], metas.get(name), total=False):
+            spec = specs[name]
+            charged = timing["examples"] + spec.evaluations_per_trial * spec.eval_charge
+            PRIOR_SECONDS_PER_1K[name] = timing["seconds"] / charged * 1000
+    frozen = service_config(args.service_config)
+    for name in specs:  # what each saved run was made with: the code's commit and the service's configuration
+        metas.setdefault(name, {}).update(commit=git_commit(), service_config=frozen)
     n_seeds = args.seeds if args.seeds is not None else (2 if args.quick else ISSUE30_SEEDS)
     seeds = list(range(args.first_seed, args.first_seed + n_seeds))
     methods = list(args.methods or CRN_GRID)
-    frozen = service_config(args.service_config)
     methods_of = {name: {m: (frozen if m == CRN_SERVICE else None) for m in methods} for name in specs}
     shard = None
     if args.shard:
