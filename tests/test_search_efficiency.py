@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -411,3 +412,11 @@ def test_the_streamed_task_reads_a_dataset_from_disk(tmp_path, monkeypatch):
     assert len(list(tmp_path.glob("*.npy"))) == 4
     x, y = training.batch_of(task.train, training.torch.tensor([3, 1]))
     assert x.shape == (2, 4) and y.shape == (2,)
+
+
+def test_with_horizons_the_baselines_report_at_the_services_horizons():
+    spec = dataclasses.replace(crn_tiny(), horizons=(719.0, 1438.0, 2876.0))
+    assert spec.evaluations_per_trial == 3 and tasks.fingerprint(spec) != tasks.fingerprint(crn_tiny())
+    run = training.RecipeRun(spec, 0, 64, 0.05, 0.0)
+    methods.finish(run)
+    assert [e.examples for e in run.record.evaluations] == [719, 1438, 2876]

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import optuna
 
+from sweeps.config.study_file import horizon_length
+
 from .analysis import draw_figure, figure_path, print_table, protocol_report, speedups, with_pooled_best
 from .grid import load_runs, report_estimate, run_grid, saved_runs
 from .methods import CRN_GRID, CRN_METHODS, CRN_SERVICE, METHODS, VARIANTS, WSD_BASELINES, resolve_variant
@@ -273,6 +275,11 @@ def crn_main(args, parser) -> None:
             charged = timing["examples"] + spec.evaluations_per_trial * spec.eval_charge
             PRIOR_SECONDS_PER_1K[name] = timing["seconds"] / charged * 1000
     frozen = service_config(args.service_config)
+    horizons = ((frozen or {}).get("budget") or {}).get("horizons")
+    if horizons:  # the baselines report at the service's horizons (in examples, ending with per_trial)
+        specs = {name: replace(spec, horizons=tuple(sorted({horizon_length(h, spec.per_trial) for h in horizons}
+                                                           | {float(spec.per_trial)})))
+                 for name, spec in specs.items()}
     for name in specs:  # what each saved run was made with: the code's commit and the service's configuration
         metas.setdefault(name, {}).update(commit=git_commit(), service_config=frozen)
     n_seeds = args.seeds if args.seeds is not None else (2 if args.quick else ISSUE30_SEEDS)

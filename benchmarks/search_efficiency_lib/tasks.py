@@ -41,6 +41,9 @@ class TaskSpec:
     lr_range: tuple[float, float] = LR_RANGE
     family: str = ""
     eval_charge: float = 0.0  # issue 30: what one evaluation is charged, in training examples (CHARGE_FILE)
+    # issue 30: the frozen service configuration's budget.horizons in examples (ascending, ending
+    # with per_trial), when it has them: every method's evaluation points instead of the grid
+    horizons: tuple[float, ...] | None = None
 
     @property
     def task(self) -> str:
@@ -54,6 +57,8 @@ class TaskSpec:
     def evaluations_per_trial(self) -> int:
         """A full trial's evaluations on the service's grid (every per_trial / 10 examples, floored,
         and one more at the end when that is off the grid)."""
+        if self.horizons:
+            return len(self.horizons)
         every = max(1, self.per_trial // 10)
         return self.per_trial // every + (1 if self.per_trial % every else 0)
 
@@ -172,6 +177,8 @@ def fingerprint(spec: TaskSpec, meta: dict | None = None, total: bool = True) ->
                    lr_range=list(spec.lr_range))
     if spec.eval_charge and total:  # the charge changes C, not what one trial trains
         out.update(eval_charge=spec.eval_charge)
+    if spec.horizons:
+        out.update(horizons=list(spec.horizons))
     return json.dumps(out, sort_keys=True)
 
 

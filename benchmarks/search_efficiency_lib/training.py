@@ -206,6 +206,9 @@ class RecipeRun:
         self.schedule = Schedule.build(lr, self.plan.planned_updates, warmup_fraction, "wsd", 0.0,
                                        DEFAULT_DECAY_FRACTION)
         self.points = eval_points(self.plan, budget)  # after this many updates -> the step (examples)
+        if spec.horizons:  # the service's horizons instead of its grid (issue 30: the same points for all)
+            reach = {h: budget.updates_to_reach(h, self.plan) for h in spec.horizons if h <= budget.per_trial}
+            self.points = {max(1, after): int(h) for h, after in reach.items() if after <= self.plan.planned_updates}
         self.optimizer = make_optimizer(spec, self.task.model.parameters(), lr)
         self.gen = torch.Generator().manual_seed(seed)
         self.batch_size, self.update, self.order, self.position = batch_size, 0, None, 0
