@@ -420,3 +420,17 @@ def test_with_horizons_the_baselines_report_at_the_services_horizons():
     run = training.RecipeRun(spec, 0, 64, 0.05, 0.0)
     methods.finish(run)
     assert [e.examples for e in run.record.evaluations] == [719, 1438, 2876]
+
+
+def test_a_task_streamed_from_disk_trains_the_same_run_in_the_service_and_the_baselines(tmp_path, monkeypatch):
+    from benchmarks.search_efficiency_lib import stream_task
+
+    monkeypatch.setattr(stream_task, "FOLDER", tmp_path)
+    base = tasks.ISSUE30_TASKS["mlp_stream_adamw"]
+    spec = dataclasses.replace(base, name="stream_tiny", n_train=256, epochs=2, full_trials=1, eval_charge=10.0,
+                               options=dict(base.options, n_train=256, n_val=128, data_seed=99))
+    curves = []
+    for name in ("crn_random", "crn_service"):
+        records, _ = methods.CRN_METHODS[name](spec, 0)
+        curves.append([(e.examples, e.value) for e in records[0].evaluations])
+    assert curves[0] == curves[1] and len(curves[0]) >= 5

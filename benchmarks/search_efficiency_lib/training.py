@@ -272,11 +272,11 @@ class RecipeRun:
         if step is None:  # the end, off the grid: the examples trained (the service's end_step)
             step = min(self.record.examples, int(self.budget.per_trial))
         value = self.evaluate()
-        self.record.evaluations.append(Evaluation(step, value, time.perf_counter() - self.started))
-        self.last_step = step
-        if not math.isfinite(value):
+        if not math.isfinite(value):  # diverged: not recorded (nor charged), as the service's record has none
             self.close()
             raise optuna.TrialPruned()
+        self.record.evaluations.append(Evaluation(step, value, time.perf_counter() - self.started))
+        self.last_step = step
         end = min(self.record.examples, int(self.budget.per_trial))
         if self.done and end > step:  # the last grid point fell on the last update: the service's
             value = self.evaluate()   # Trainer.finish still evaluates once more at the end's step
