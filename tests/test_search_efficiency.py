@@ -434,3 +434,10 @@ def test_a_task_streamed_from_disk_trains_the_same_run_in_the_service_and_the_ba
         records, _ = methods.CRN_METHODS[name](spec, 0)
         curves.append([(e.examples, e.value) for e in records[0].evaluations])
     assert curves[0] == curves[1] and len(curves[0]) >= 5
+
+
+def test_a_service_that_starts_its_model_sooner_keeps_its_own_start_up_count():
+    spec = crn_tiny()
+    config = lambda overrides: methods.parse_config(methods.service_study(spec, 0, overrides), ".")  # noqa: E731
+    assert methods.start_up_of(config(None)) == training.START_UP == 10
+    assert methods.start_up_of(config({"sampler": {"n_startup_trials": 4}})) == 4

@@ -186,8 +186,8 @@ def service_study(spec: TaskSpec, seed: int, overrides: dict | None = None) -> d
 def service_sweep(spec: TaskSpec, seed: int, overrides: dict | None = None, crn: bool = False) -> Run:
     """run_sweep until the study's trials have used the total compute; more trials are added by
     resuming the study as a further worker (its own sampler seed), as a user would. `crn` (issue
-    30): the first START_UP trials are enqueued at crn_config(spec, seed, k) before the sweep
-    starts, and the compute counted includes spec.eval_charge per evaluation."""
+    30): its start-up trials (start_up_of) are enqueued at crn_config(spec, seed, k) before the
+    sweep starts, and the compute counted includes spec.eval_charge per evaluation."""
     with tempfile.TemporaryDirectory() as folder:
         data = service_study(spec, seed, overrides)
         data["study"]["storage"] = f"sqlite:///{folder}/efficiency.db"
@@ -195,7 +195,7 @@ def service_sweep(spec: TaskSpec, seed: int, overrides: dict | None = None, crn:
         if crn:
             queued = optuna.create_study(storage=data["study"]["storage"], study_name=data["study"]["name"],
                                          direction=data["study"]["direction"])
-            for k in range(START_UP):
+            for k in range(start_up_of(config)):
                 queued.enqueue_trial(crn_config(spec, seed, k))
         started_wall, started = time.time(), time.perf_counter()
         n_trials, chunk = 2 * spec.full_trials, 0
@@ -214,6 +214,13 @@ def service_sweep(spec: TaskSpec, seed: int, overrides: dict | None = None, crn:
         decay = config.schedule.decay_fraction if config.schedule.cooldown_evaluations else None
         branched_below = (1.0 - decay) * spec.per_trial if decay is not None else math.inf
         return records_from_study(study, started_wall, branched_below, details=crn), wall
+
+
+def start_up_of(config) -> int:
+    """How many of the service's first trials are start-up draws (enqueued at crn_config): its
+    model-based sampler's n_startup_trials (a configuration that starts its model sooner keeps
+    that), START_UP for a sampler without a model phase."""
+    return config.sampler.n_startup_trials if config.sampler.name in ("tpe", "gp") else START_UP
 
 
 def cooldown_shares(steps: list[int], branched_below: float) -> list[float]:
