@@ -441,3 +441,14 @@ def test_a_service_that_starts_its_model_sooner_keeps_its_own_start_up_count():
     config = lambda overrides: methods.parse_config(methods.service_study(spec, 0, overrides), ".")  # noqa: E731
     assert methods.start_up_of(config(None)) == training.START_UP == 10
     assert methods.start_up_of(config({"sampler": {"n_startup_trials": 4}})) == 4
+
+
+def test_the_share_of_seeds_at_target_is_drawn(tmp_path):
+    spec = dataclasses.replace(crn_tiny(10, charge=5.0))
+    cell = lambda at: analysis.Cell([([Tr(100, [Ev(at, 0.9, 1.0)])], 1.0)] * 3, charge=5.0, seeds=[0, 1, 2])  # noqa: E731
+    cells = {("digits_mlp", "crn_service"): cell(20), ("digits_mlp", "crn_random"): cell(60)}
+    out = str(tmp_path / "share.png")
+    analysis.draw_share_figure(cells, {"digits_mlp": spec}, {"digits_mlp": {"best": 0.9}},
+                               ["crn_random", "crn_service"], [("margin 0.01", {"digits_mlp": 0.01})], out,
+                               "development", "crn_service")
+    assert Path(out).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

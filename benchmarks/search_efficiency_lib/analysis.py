@@ -320,3 +320,22 @@ def protocol_report(cells: dict[tuple[str, str], Cell], specs: dict[str, TaskSpe
         log(f"{title}: mean rank over {len(medians)} tasks: "
             + ", ".join(f"{m} {r:.2f}" for m, r in sorted(ranks.items(), key=lambda kv: kv[1])))
     return out
+
+
+def draw_share_figure(cells: dict[tuple[str, str], Cell], specs: dict[str, TaskSpec], reference: dict,
+                      labels: Sequence[str], margin_sets: list[tuple[str, dict]], path: str, title: str,
+                      emphasis: str) -> None:
+    """figure.draw_share over these cells: each seed's charged compute to target, per task and margin."""
+    from .figure import draw_share  # matplotlib only when a figure is asked for
+
+    panels = []
+    for name, spec in specs.items():
+        for margin_title, margins in margin_sets:
+            if margins.get(name) is None or name not in reference:
+                continue
+            target = target_for(reference, name, spec, margins[name])
+            costs = {label: [h.examples for h in cells[(name, label)].hits(target, spec.total, spec.maximize)]
+                     for label in labels if (name, label) in cells}
+            panels.append({"task": name, "margin": margin_title, "total": spec.total, "costs": costs})
+    if panels:
+        draw_share(panels, labels, path, title, emphasis)

@@ -15,7 +15,15 @@ import optuna
 
 from sweeps.config.study_file import horizon_length
 
-from .analysis import draw_figure, figure_path, print_table, protocol_report, speedups, with_pooled_best
+from .analysis import (
+    draw_figure,
+    draw_share_figure,
+    figure_path,
+    print_table,
+    protocol_report,
+    speedups,
+    with_pooled_best,
+)
 from .grid import load_runs, report_estimate, run_grid, saved_runs
 from .methods import CRN_GRID, CRN_METHODS, CRN_SERVICE, METHODS, VARIANTS, WSD_BASELINES, resolve_variant
 from .reference import (
@@ -323,5 +331,11 @@ def crn_main(args, parser) -> None:
             continue
         sub = {n: specs[n] for n in group_names}
         print(f"\n=== {group} tasks (protocol crn): {', '.join(group_names)} ===")
-        for title, margins in ((f"margin {MARGIN}", {n: MARGIN for n in sub}), ("margin 2 x noise", noise)):
+        margin_sets = [(f"margin {MARGIN}", {n: MARGIN for n in sub}), ("margin 2 x noise", noise)]
+        for title, margins in margin_sets:
             protocol_report(cells, sub, reference, margins, f"{group} {title}", CRN_SERVICE, baselines, log=print)
+        if args.figure:
+            out = figure_path(args.figure, group)
+            draw_share_figure(cells, sub, reference, labels, margin_sets, out, f"{group} tasks (issue 30)",
+                              CRN_SERVICE)
+            print(f"# figure: {out}")
