@@ -452,3 +452,22 @@ def test_the_share_of_seeds_at_target_is_drawn(tmp_path):
                                ["crn_random", "crn_service"], [("margin 0.01", {"digits_mlp": 0.01})], out,
                                "development", "crn_service")
     assert Path(out).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dehbs_population_starts_from_the_shared_draws(tmp_path):
+    pytest.importorskip("ConfigSpace")
+    pytest.importorskip("dehb")
+    from dehb import DEHB
+
+    from benchmarks.search_efficiency_lib import multifidelity
+
+    spec = crn_tiny()
+    cs = multifidelity.config_space(spec, 0)
+    dehb = DEHB(cs=cs, dimensions=3, min_fidelity=10 / 9, max_fidelity=10, eta=3, n_workers=1,
+                output_path=str(tmp_path), seed=0, log_level="ERROR", save_freq=None)
+    multifidelity.seed_population(dehb, cs, spec, 0)
+    first = dict(dehb.vector_to_configspace(dehb.de[min(dehb.de)].population[0]))
+    expected = training.crn_config(spec, 0, 0)
+    assert first["batch_size_log2"] == expected["batch_size_log2"]
+    assert first["base_lr"] == pytest.approx(expected["base_lr"]) and first["warmup_fraction"] == pytest.approx(
+        expected["warmup_fraction"])

@@ -8,9 +8,9 @@ Fidelity is a trial's length on the service's evaluation grid: a full trial is 1
 intervals: the minimum resource is the service's first rung). A configuration at fidelity b is
 trained from scratch with its schedule planned for b examples (wsd decayed at its own end), its
 value the last evaluation; promotion retrains (no checkpoint reuse), as both packages do.
-Trial k trains under crn_seed(seed, k); the start-up draws (BOHB before its model exists; DEHB's
-first population is its own) are crn_config's where the space agrees (no epochs: fidelity is the
-length)."""
+Trial k trains under crn_seed(seed, k); BOHB's draws before its model exists are crn_config's
+where the space agrees (no epochs: fidelity is the length); DEHB evaluates mutants of its
+population from its first job, so only its population's first members are crn_config's."""
 
 from __future__ import annotations
 
@@ -72,6 +72,7 @@ def dehb30(spec: TaskSpec, seed: int, shape: str = "wsd", overrides: dict | None
         dehb = DEHB(cs=cs, dimensions=len(list(cs.values())), min_fidelity=MAX_UNITS / ETA**2,
                     max_fidelity=MAX_UNITS, eta=ETA, n_workers=1, output_path=folder, seed=seed,
                     log_level="ERROR", save_freq=None)
+        seed_population(dehb, cs, spec, seed)
         k = 0
         while not ledger.exhausted:
             job = dehb.ask()
@@ -80,6 +81,31 @@ def dehb30(spec: TaskSpec, seed: int, shape: str = "wsd", overrides: dict | None
                             "cost": float(ledger.records[-1].examples)})
             k += 1
     return ledger.run()
+
+
+def seed_population(dehb, cs, spec: TaskSpec, seed: int) -> None:
+    """The first members of DEHB's lowest-fidelity population set to crn_config(seed, 0..), as
+    many as START_UP and the population allow; the rest stay DEHB's own draws. DEHB evaluates
+    mutants of its population from its very first job (DE mutation and crossover with the parent,
+    `_acquire_config`), so it has no start-up draws to share: its first configurations are
+    derived from the CRN draws, not equal to them."""
+    low = min(dehb.de)
+    population = dehb.de[low].population
+    for i in range(min(START_UP, len(population))):
+        population[i] = to_vector(cs, crn_config(spec, seed, i))
+
+
+def to_vector(cs, values: dict) -> np.ndarray:
+    """The inverse of DEHB's vector_to_configspace (the unit hypercube, log-scaled where the
+    hyperparameter is), in the order ConfigSpace lists the space's hyperparameters."""
+    out = []
+    for hyper in cs.values():
+        value = float(values[hyper.name])
+        if hyper.log:
+            out.append(math.log(value / hyper.lower) / math.log(hyper.upper / hyper.lower))
+        else:
+            out.append((value - hyper.lower) / (hyper.upper - hyper.lower))
+    return np.array(out)
 
 
 class Job:
