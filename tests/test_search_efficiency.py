@@ -471,3 +471,18 @@ def test_dehbs_population_starts_from_the_shared_draws(tmp_path):
     assert first["batch_size_log2"] == expected["batch_size_log2"]
     assert first["base_lr"] == pytest.approx(expected["base_lr"]) and first["warmup_fraction"] == pytest.approx(
         expected["warmup_fraction"])
+
+
+def test_commit_runs_commits_the_save_file_after_each_run(tmp_path, monkeypatch):
+    fake_runs(monkeypatch)
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "other.txt").write_text("not committed")
+    save = str(tmp_path / "runs.jsonl")
+    grid.run_grid({"digits_mlp": tiny(2)}, [0, 1], {"crn_random": None}, {}, lambda line: None, save, commit=True)
+    log = subprocess.run(["git", "log", "--format=%s"], cwd=tmp_path, capture_output=True, text=True).stdout
+    assert log.splitlines() == [f"search_efficiency grid: digits_mlp crn_random seed {s} (runs.jsonl)" for s in (1, 0)]
+    tracked = subprocess.run(["git", "ls-files"], cwd=tmp_path, capture_output=True, text=True).stdout.split()
+    assert tracked == ["runs.jsonl"]

@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None, description: str | None = None) -> None:
                         help=f"crn: time one full trial per task on one thread, into {TIMINGS_FILE.name}")
     parser.add_argument("--shard", metavar="I/N", help="run only runs I, I+N, I+2N, ... of the grid (0 <= I < N): "
                                                        "one process per core, each with its own --save file")
+    parser.add_argument("--commit-runs", action="store_true",
+                        help="with --save: git-commit the --save file after each finished run (that file only)")
     parser.add_argument("--service-config", metavar="JSON",
                         help="crn: the service's frozen configuration, study-file sections over its defaults "
                              "(a JSON object or a file holding one; default: the defaults)")
@@ -315,7 +317,8 @@ def crn_main(args, parser) -> None:
     if args.load:
         cells = load_runs(args.load, fps)
     else:
-        cells = run_grid(specs, seeds, {}, reference, log, args.save, metas, methods_by_task=methods_of, shard=shard)
+        cells = run_grid(specs, seeds, {}, reference, log, args.save, metas, methods_by_task=methods_of, shard=shard,
+                         commit=args.commit_runs and bool(args.save))
     specs = {k: v for k, v in specs.items() if any(task == k for task, _ in cells)}
     for name in specs:
         if name not in reference:

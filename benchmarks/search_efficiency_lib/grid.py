@@ -49,6 +49,27 @@ def append_run(path: str, line: dict) -> None:
         os.fsync(f.fileno())
 
 
+def commit_file(path: str, message: str, tries: int = 5) -> bool:
+    """`git commit` of this one file (issue 30: each finished run committed as it finishes, so an
+    interrupted grid loses nothing); retried while another shard holds the index lock; a failure
+    is reported, never fatal to the grid."""
+    import subprocess
+    import time
+
+    folder = str(Path(path).resolve().parent)
+    for attempt in range(tries):
+        add = subprocess.run(["git", "add", "--", str(Path(path).resolve())], cwd=folder, capture_output=True,
+                             text=True)
+        done = add.returncode == 0 and subprocess.run(
+            ["git", "commit", "-q", "-m", message, "--", str(Path(path).resolve())], cwd=folder,
+            capture_output=True, text=True).returncode == 0
+        if done:
+            return True
+        time.sleep(1 + attempt)
+    print(f"# git commit of {path} failed ({message}); the run is saved in the file", file=sys.stderr)
+    return False
+
+
 def read_lines(path: str) -> list[dict]:
     """The runs of a --save file (JSON lines, or the same gzipped); a last line cut short by a stop
     mid-write is skipped, with a note."""
@@ -108,13 +129,14 @@ def run_grid(specs: dict[str, TaskSpec], seeds: list[int], methods: dict[str, di
              reference: dict, log=print, save: str | None = None,
              metas: dict[str, dict] | None = None,
              methods_by_task: dict[str, dict[str, dict | None]] | None = None,
-             shard: tuple[int, int] | None = None) -> dict[tuple[str, str], Cell]:
+             shard: tuple[int, int] | None = None, commit: bool = False) -> dict[tuple[str, str], Cell]:
     """Every task x method x seed (`methods_by_task`: each task's own methods, e.g. variants resolved
     to its budget). With `save`, each finished run is appended to that file as it completes, and a
     run already in it (same task, method, seed and fingerprint) is read back instead of trained
     again: a stopped run resumes where it stopped. The estimate covers the whole grid. `shard`
     (i, n): only runs i, i + n, i + 2n, ... of the grid's order (one process per core, each with
-    its own --save file; --load merges them)."""
+    its own --save file; --load merges them). `commit`: each appended run is also committed to git
+    (the --save file alone), as it finishes."""
     metas = metas or {}
     by_task = methods_by_task or {name: methods for name in specs}
     fps = {name: fingerprint(spec, metas.get(name)) for name, spec in specs.items()}
@@ -139,6 +161,8 @@ def run_grid(specs: dict[str, TaskSpec], seeds: list[int], methods: dict[str, di
             if save:
                 append_run(save, run_to_json(name, label, seed, fp, records, wall, metas.get(name), cell.charge))
                 done[key] = (records, wall)
+                if commit:
+                    commit_file(save, f"search_efficiency grid: {name} {label} seed {seed} ({Path(save).name})")
         cell.runs.append((records, wall))
         hit = compute_to_target(charged(records, cell.charge), target, spec.total, spec.maximize)
         log(f"# {name:12s} {label:22s} seed {seed}: examples {fmt(hit.examples)} seconds "
