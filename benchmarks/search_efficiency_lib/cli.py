@@ -317,6 +317,9 @@ def crn_main(args, parser) -> None:
     if args.load:
         cells = load_runs(args.load, fps)
     else:
+        import torch
+
+        torch.set_num_threads(1)  # one core per process: every method, the service included, trains on one thread
         cells = run_grid(specs, seeds, {}, reference, log, args.save, metas, methods_by_task=methods_of, shard=shard,
                          commit=args.commit_runs and bool(args.save))
     specs = {k: v for k, v in specs.items() if any(task == k for task, _ in cells)}
