@@ -486,3 +486,21 @@ def test_commit_runs_commits_the_save_file_after_each_run(tmp_path, monkeypatch)
     assert log.splitlines() == [f"search_efficiency grid: digits_mlp crn_random seed {s} (runs.jsonl)" for s in (1, 0)]
     tracked = subprocess.run(["git", "ls-files"], cwd=tmp_path, capture_output=True, text=True).stdout.split()
     assert tracked == ["runs.jsonl"]
+
+
+def test_a_service_with_horizons_is_charged_for_its_branches_and_all_its_evaluations():
+    spec = dataclasses.replace(crn_tiny(2), horizons=(719.0, 1438.0, 2876.0))
+    recs, _ = methods.service_sweep(spec, 0, {"budget": {"horizons": ["0.25x", "0.5x"]}}, crn=True)
+    first = recs[0]  # crn_config(0, 0) at batch 16 trains to its end
+    assert first.examples > 2876, "its horizons' branches count as compute"
+    assert first.evaluations_made > len(first.evaluations) == 3  # the run's grid and the branches evaluate too
+    made = [e.made for e in first.evaluations]
+    assert made == sorted(made) and made[-1] == first.evaluations_made
+    steps = [e.examples for e in first.evaluations]
+    assert steps == sorted(steps) and steps[-1] == first.examples
+    baseline, _ = methods.random30(spec, 0)  # the same configuration and seed: the same run to its end
+    assert [e.examples for e in baseline[0].evaluations] == [719, 1438, 2876]
+    assert baseline[0].evaluations[-1].value == first.evaluations[-1].value
+    charged = records.charged([first], 10.0)[0]
+    assert charged.examples == first.examples + 10.0 * first.evaluations_made
+    assert charged.evaluations[0].examples == first.evaluations[0].examples + 10.0 * made[0]

@@ -29,9 +29,12 @@ def run_to_json(task: str, method: str, seed: int, fp: str, records: list[TrialR
 
 
 def trial_to_json(r: TrialRecord) -> dict:
-    out = {"examples": r.examples, "evals": [[e.examples, e.value, e.seconds] for e in r.evaluations]}
+    out = {"examples": r.examples, "evals": [[e.examples, e.value, e.seconds] + ([e.made] if e.made else [])
+                                             for e in r.evaluations]}
     if r.params is not None:  # issue 30: every trial's parameters, seed and timestamps
         out.update(params=r.params, started=r.started, ended=r.ended)
+    if r.evaluations_made is not None:
+        out.update(evaluations_made=r.evaluations_made)
     return out
 
 
@@ -90,7 +93,7 @@ def read_lines(path: str) -> list[dict]:
 
 def records_of(item: dict) -> list[TrialRecord]:
     return [TrialRecord(t["examples"], [Evaluation(*e) for e in t["evals"]], t.get("params"), t.get("started"),
-                        t.get("ended")) for t in item["trials"]]
+                        t.get("ended"), t.get("evaluations_made")) for t in item["trials"]]
 
 
 def saved_runs(path: str) -> dict[RunKey, tuple[list[TrialRecord], float]]:

@@ -16,7 +16,7 @@ from objectives.training.coupling import couple
 from sweeps.config.study_file import parse_config
 from sweeps.config.target import target_of
 from sweeps.loop.runner import run_sweep
-from sweeps.trial.record import consumed, cooldown_consumed
+from sweeps.trial.record import HorizonRecord, aside_consumed, consumed, consumed_to_horizon, cooldown_consumed
 
 from .records import Evaluation, Run, TrialRecord
 from .tasks import BATCH_EXPONENTS, COUPLINGS, LR_RANGE, REFERENCE_BATCH, WARMUP_RANGE, TaskSpec
@@ -180,6 +180,8 @@ def service_study(spec: TaskSpec, seed: int, overrides: dict | None = None) -> d
         data["objective"]["loader"] = {"workers": 0}
     for section, values in (overrides or {}).items():
         data.setdefault(section, {}).update(copy.deepcopy(values))
+    if data["budget"].get("horizons") or data["search"].get("epochs", 0) is None:
+        data["search"].pop("epochs", None)  # with horizons the length is answered, not searched
     return data
 
 
@@ -204,7 +206,7 @@ def service_sweep(spec: TaskSpec, seed: int, overrides: dict | None = None, crn:
                               worker_index=chunk)
             spent = sum(consumed(t, "examples") for t in study.trials)  # cooldown branches included
             if crn:
-                spent += spec.eval_charge * sum(len(t.intermediate_values) for t in study.trials)
+                spent += spec.eval_charge * sum(evaluations_made(t) for t in study.trials)
             if spent >= spec.total:
                 break
             per_trial = spent / max(len(study.trials), 1)
@@ -257,6 +259,9 @@ def records_from_study(study: optuna.Study, started: float, branched_below: floa
             at = (min(step, examples) if examples else step) + branches * share_of_branches
             evals.append(Evaluation(at, trial.intermediate_values[step], window_start + share * (end - window_start)))
         record = TrialRecord(examples + branches, evals)
+        answered = [HorizonRecord.from_attrs(h) for h in trial.user_attrs.get("horizons") or []]
+        if details and answered:  # issue 30: horizons, each known once its branch is trained
+            record = horizon_record(trial, answered, window_start, end)
         if details:  # issue 30: each trial's parameters, seed and timestamps
             record.params = dict(trial.params, trial=trial.number, seed=trial.user_attrs.get("seed"),
                                  state=trial.state.name)
@@ -399,7 +404,7 @@ def random30(spec: TaskSpec, seed: int, shape: str = "wsd", overrides: dict | No
         k = 0
         while not ledger.exhausted:
             config = crn_config(spec, seed, k)
-            finish(recipe_run(ledger, k, config, seed, epochs=config["epochs"]))
+            finish(recipe_run(ledger, k, config, seed, epochs=None if spec.horizons else config["epochs"]))
             k += 1
     return ledger.run()
 
@@ -417,9 +422,10 @@ def optuna30(spec: TaskSpec, seed: int, pruner: optuna.pruners.BasePruner) -> Ru
     def objective(trial: optuna.Trial) -> float:
         config = {"batch_size_log2": trial.suggest_int("batch_size_log2", *BATCH_EXPONENTS),
                   "base_lr": trial.suggest_float("base_lr", *spec.lr_range, log=True),
-                  "warmup_fraction": trial.suggest_float("warmup_fraction", *WARMUP_RANGE),
-                  "epochs": trial.suggest_int("epochs", 1, spec.epochs)}
-        run = recipe_run(ledger, trial.number, config, seed, epochs=config["epochs"])
+                  "warmup_fraction": trial.suggest_float("warmup_fraction", *WARMUP_RANGE)}
+        if not spec.horizons:  # with the service's horizons the length is answered, not searched, by all
+            config["epochs"] = trial.suggest_int("epochs", 1, spec.epochs)
+        run = recipe_run(ledger, trial.number, config, seed, epochs=config.get("epochs"))
 
         def report(step: int, value: float) -> bool:
             trial.report(value, step)
@@ -508,6 +514,45 @@ def topk30(spec: TaskSpec, seed: int, shape: str = "wsd", overrides: dict | None
             for ev in run.record.evaluations:
                 ev.examples -= offset
     return ledger.run()
+
+
+def evaluations_made(trial: optuna.trial.FrozenTrial) -> int:
+    """Every evaluation a service trial made: its reported ones, or with horizons its run's (the
+    longest horizon's curve) and each shorter horizon's branch's (its curve after the branch point)."""
+    answered = [HorizonRecord.from_attrs(h) for h in trial.user_attrs.get("horizons") or []]
+    if not answered:
+        return len(trial.intermediate_values)
+    return len(answered[-1].curve or []) + sum(len(branch_curve(h)) for h in answered[:-1])
+
+
+def branch_curve(h: HorizonRecord) -> list:
+    """The evaluations a horizon's branch made itself (those after its branch point)."""
+    at = h.examples - h.branch_examples
+    return [c for c in h.curve or [] if c[0] > at]
+
+
+def horizon_record(trial: optuna.trial.FrozenTrial, answered: list[HorizonRecord], window_start: float,
+                   end: float) -> TrialRecord:
+    """A service trial with horizons: an evaluation per horizon answered, its value the
+    horizon's (what the trial reported at its step), known once the run reached the horizon's
+    branch point and the branches up to it were trained (`consumed_to_horizon`), with the
+    evaluations made by then (the run's up to there and those branches'); the trial's compute its
+    run and every branch (`aside_consumed`)."""
+    attrs = trial.user_attrs
+    examples = int(attrs.get("examples_seen", 0))
+    total = examples + aside_consumed(attrs, "examples")
+    evals = []
+    for i, h in enumerate(answered):
+        value = trial.intermediate_values.get(h.step, h.value)
+        if value is None or not math.isfinite(value):
+            continue
+        at = consumed_to_horizon(attrs, answered, i, "examples")
+        point = h.examples - h.branch_examples  # the run's examples at the branch point
+        run_evals = sum(1 for c in answered[-1].curve or [] if c[0] <= point)
+        made = run_evals + sum(len(branch_curve(g)) for g in answered[: i + 1] if g is not answered[-1])
+        share = min(at / total, 1.0) if total else 1.0
+        evals.append(Evaluation(at, value, window_start + share * (end - window_start), max(made, 1)))
+    return TrialRecord(total, evals, evaluations_made=evaluations_made(trial))
 
 
 def service30(spec: TaskSpec, seed: int, shape: str = "wsd", overrides: dict | None = None) -> Run:

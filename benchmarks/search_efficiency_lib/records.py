@@ -10,6 +10,9 @@ class Evaluation:
     examples: int  # training examples into the trial when this value was measured
     value: float
     seconds: float  # wall seconds since the method's sweep started
+    # issue 30: evaluations the trial had made when this value was known (its own included); None:
+    # this is its j-th evaluation (the service's horizons make more than they report: their runs')
+    made: int | None = None
 
 
 @dataclass
@@ -21,6 +24,7 @@ class TrialRecord:
     params: dict | None = None
     started: float | None = None
     ended: float | None = None
+    evaluations_made: int | None = None  # every evaluation the trial made (None: len(evaluations))
 
 
 Run = tuple[list[TrialRecord], float]  # one method's run on one task and seed: its trials, in order, and wall seconds
@@ -36,6 +40,8 @@ def charged(records: list[TrialRecord], per_evaluation: float) -> list[TrialReco
     out = []
     for record in records:
         evals = sorted(record.evaluations, key=lambda e: e.examples)
-        moved = [Evaluation(e.examples + j * per_evaluation, e.value, e.seconds) for j, e in enumerate(evals, 1)]
-        out.append(replace(record, examples=record.examples + len(evals) * per_evaluation, evaluations=moved))
+        moved = [Evaluation(e.examples + (e.made or j) * per_evaluation, e.value, e.seconds, e.made)
+                 for j, e in enumerate(evals, 1)]
+        made = record.evaluations_made if record.evaluations_made is not None else len(evals)
+        out.append(replace(record, examples=record.examples + made * per_evaluation, evaluations=moved))
     return out

@@ -177,7 +177,7 @@ def fingerprint(spec: TaskSpec, meta: dict | None = None, total: bool = True) ->
                    lr_range=list(spec.lr_range))
     if spec.eval_charge and total:  # the charge changes C, not what one trial trains
         out.update(eval_charge=spec.eval_charge)
-    if spec.horizons:
+    if spec.horizons and total:  # the evaluation points, not the task: a reference or noise entry stands
         out.update(horizons=list(spec.horizons))
     return json.dumps(out, sort_keys=True)
 
