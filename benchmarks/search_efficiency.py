@@ -57,10 +57,17 @@ geometric means over tasks of median(compute to target of the baseline) / median
 of the service), each task's ratio printed on the line before it.
 `--compare` instead runs service variants (sampler, pruner, eval_every, coupling list).
 
+--protocol crn: issue 30's protocol (docs/search_efficiency.md, "Issue 30: protocol"): the baselines
+crn_random, crn_tpe_median, crn_hyperband, crn_dehb, crn_bohb, crn_topk on the service's recipe and
+evaluation points, common random numbers, evaluation charged as compute, the held-out tasks
+held_out_30, 12 seeds of 20 full trials; --measure-charge, --time-trials, --shard I/N, --service-config.
+    python benchmarks/search_efficiency.py --protocol crn --quick --seeds 2   # smoke (development tasks)
+
 The code is in benchmarks/search_efficiency_lib/: tasks.py (tasks, ranges, char_lm corpus), methods.py
 (the methods above, one function each, by name in SEARCH_METHODS), training.py (the baselines' training
 loop), grid.py (the grid runner, --save/--load), analysis.py (compute to target, tables, speedups),
-reference.py (--make-reference, --noise, the reference protocols), figure.py (--figure) and cli.py.
+reference.py (--make-reference, --noise, the reference protocols), figure.py (--figure), cli.py,
+multifidelity.py (DEHB and BOHB, the bench extra) and stream_task.py (the held-out task read from disk).
 """
 
 from __future__ import annotations

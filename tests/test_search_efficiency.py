@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -276,3 +277,230 @@ def test_every_method_is_one_function_by_name_in_the_grids_order():
     assert methods.BASELINES == methods.METHODS[:-1]
     assert methods.WSD_BASELINES == tuple(f"{m}+wsd" for m in methods.BASELINES)
     assert all(callable(methods.SEARCH_METHODS[m]) for m in methods.METHODS)
+
+
+# --- issue 30: --protocol crn ----------------------------------------------------------------------
+
+def crn_tiny(full_trials: int = 1, charge: float = 50.0) -> tasks.TaskSpec:
+    return tasks.TaskSpec("digits_mlp", 1438, epochs=2, full_trials=full_trials, eval_charge=charge)
+
+
+def test_common_random_numbers_give_every_methods_kth_trial_the_same_seed_and_configuration():
+    spec = crn_tiny()
+    runs = {name: methods.CRN_METHODS[name](spec, 3)[0] for name in ("crn_random", "crn_tpe_median", "crn_service")}
+    keys = ("batch_size_log2", "base_lr", "warmup_fraction", "epochs", "seed")
+    first = {name: records[0] for name, records in runs.items()}
+    expected = dict(training.crn_config(spec, 3, 0), seed=training.crn_seed(3, 0))
+    for name, record in first.items():
+        assert {k: record.params[k] for k in keys} == expected, name
+    assert training.crn_seed(3, 0) == training.trial_seed(3, 0)  # the service's own trial seed
+    # the same seed and configuration train the same run: the service's curve is the baselines', to the bit
+    curves = {name: [(e.examples, e.value) for e in record.evaluations] for name, record in first.items()}
+    assert curves["crn_random"] == curves["crn_tpe_median"] == curves["crn_service"]
+    assert training.crn_config(spec, 3, 1) != training.crn_config(spec, 3, 0) != training.crn_config(spec, 4, 0)
+
+
+def test_evaluation_is_charged_as_compute():
+    spec = crn_tiny(full_trials=2, charge=50.0)
+    # every 287 examples (2876 / 10, floored): 10 on the grid and one at the end, off it
+    assert spec.evaluations_per_trial == 11 and spec.total == 2 * (2876 + 11 * 50.0)
+    record = Tr(100, [Ev(60, 0.9, 1.0), Ev(30, 0.5, 0.5)], params={"x": 1})
+    (charged,) = records.charged([record], 10.0)
+    assert [(e.examples, e.value) for e in charged.evaluations] == [(40, 0.5), (80, 0.9)]  # its own included
+    assert charged.examples == 120 and charged.params == {"x": 1} and record.examples == 100
+    later = Tr(50, [Ev(50, 0.95, 2.0)])
+    assert analysis.compute_to_target(records.charged([record, later], 10.0), 0.95, total=1000).examples == 180
+    assert analysis.Cell([([record, later], 1.0)], charge=10.0).hits(0.95, 1000)[0].examples == 180
+    # a method stops once its charged compute reaches C, and not before
+    recs, _ = methods.CRN_METHODS["crn_random"](spec, 0)
+    spent = [r.examples + len(r.evaluations) * spec.eval_charge for r in recs]
+    assert sum(spent) >= spec.total > sum(spent[:-1])
+
+
+def test_the_evaluation_charge_is_measured_against_a_training_example():
+    entry = training.measure_eval_charge(tiny(), repeats=2, updates=10)
+    assert entry["n_val"] == 359 and entry["ratio"] > 0
+    assert entry["per_evaluation"] == pytest.approx(entry["ratio"] * 359, rel=0.01)
+    saved = json.loads((REPO / "benchmarks" / "search_efficiency_charge.json").read_text())
+    spec_names = set(tasks.HELD_OUT_30) | set(tasks.DEVELOPMENT)
+    assert spec_names <= set(saved) and all(saved[n]["per_evaluation"] > 0 for n in spec_names)
+
+
+@pytest.mark.parametrize("name", [m for m in methods.CRN_METHODS if m != "crn_service"])
+def test_each_crn_baseline_spends_the_total_compute_on_the_recipe(name):
+    if name in ("crn_dehb", "crn_bohb"):
+        pytest.importorskip("ConfigSpace")
+        pytest.importorskip({"crn_dehb": "dehb", "crn_bohb": "hpbandster"}[name])
+    spec = crn_tiny(full_trials=2)
+    recs, wall = methods.run_method(name, spec, 1)
+    spent = [r.examples + len(r.evaluations) * spec.eval_charge for r in recs]
+    assert sum(spent) >= spec.total or name == "crn_topk"  # top-K stops at its plan, a little under C
+    assert sum(spent[:-1]) < spec.total and wall > 0
+    every = training.eval_every(spec)
+    for record in recs:
+        assert record.params is not None and record.started is not None
+        assert all(e.examples % every == 0 or e.examples == record.params.get("length") or e.examples <= 1438
+                   for e in record.evaluations)
+    seeds = [r.params["seed"] for r in recs if not r.params.get("resumed")]
+    assert seeds == [training.crn_seed(1, k) for k in range(len(seeds))]  # trial k under crn_seed(seed, k)
+
+
+def test_one_epoch_topk_on_the_grid_screens_about_one_epoch_and_finishes_about_half():
+    assert methods.topk30_plan(tasks.TaskSpec("x", 100, epochs=1, full_trials=4)) == (4, 0, 10)
+    for epochs, full in ((3, 20), (12, 20), (2, 4), (20, 20)):
+        n, k, s = methods.topk30_plan(tasks.TaskSpec("x", 100, epochs=epochs, full_trials=full))
+        assert 1 <= s <= 9 and 1 <= k <= n and n * s + k * (10 - s) <= 10 * full
+        assert 10 * full - (n * s + k * (10 - s)) < s  # what is left unplanned is under one screening
+
+
+def test_the_protocols_figures():
+    pairs = [(10.0, 20.0), (30.0, 30.0), (math.inf, 40.0), (math.inf, math.inf)]
+    assert analysis.p_faster(pairs) == pytest.approx((1 + 0.5 + 0 + 0.5) / 4)
+    assert analysis.median_ratio([(10.0, 20.0), (20.0, math.inf), (30.0, 60.0)], total=100) == 60 / 20
+    point, low, high = analysis.bootstrap_ratio([([(10.0, 20.0), (12.0, 30.0), (9.0, 18.0)], 100.0)],
+                                                analysis.random.Random(0), n=200)
+    assert low <= point <= high and point == pytest.approx(20 / 10)
+    assert analysis.share_reached([10.0, 50.0, math.inf], 100.0, (0.25, 1.0)) == [1 / 3, 2 / 3]
+    ranks = analysis.mean_ranks({"a": {"s": 1.0, "b": 2.0, "c": 2.0}, "b": {"s": 3.0, "b": 1.0, "c": 2.0}})
+    assert ranks == {"s": 2.0, "b": 1.75, "c": 2.25}
+
+
+def test_crn_runs_save_their_trials_and_a_rerun_resumes(tmp_path, monkeypatch):
+    calls = []
+
+    def run_method(method, spec, seed, overrides=None):
+        calls.append((method, seed))
+        return [Tr(10, [Ev(10, 0.5 + seed / 10, 1.0)], params={"trial": 0, "seed": seed}, started=0.5, ended=1.0)], 0.5
+
+    monkeypatch.setattr(grid, "run_method", run_method)
+    save, quiet = str(tmp_path / "crn.jsonl"), (lambda line: None)
+    spec = crn_tiny(2, charge=5.0)
+    labels = {"crn_random": None, "crn_service": None}
+    grid.run_grid({"digits_mlp": spec}, [0, 1], labels, {}, quiet, save, shard=(0, 2))
+    assert calls == [("crn_random", 0), ("crn_service", 0)]  # runs 0 and 2 of 4: this shard's
+    grid.run_grid({"digits_mlp": spec}, [0, 1], labels, {}, quiet, save)
+    assert calls[2:] == [("crn_random", 1), ("crn_service", 1)]  # the rest; the saved ones read back
+    cells = grid.load_runs([save], {"digits_mlp": tasks.fingerprint(spec)})
+    cell = cells[("digits_mlp", "crn_service")]
+    assert cell.charge == 5.0 and cell.seeds == [0, 1]
+    record = cell.runs[1][0][0]
+    assert (record.params, record.started, record.ended) == ({"trial": 0, "seed": 1}, 0.5, 1.0)
+    assert cell.hits(0.6, spec.total)[1].examples == 15  # 10 examples and one evaluation's charge
+    assert tasks.fingerprint(crn_tiny(2, charge=6.0)) != tasks.fingerprint(spec)  # another charge, another C
+
+
+def test_the_held_out_tasks_of_issue_30():
+    specs = {name: tasks.ISSUE30_TASKS.get(name) for name in tasks.HELD_OUT_30}
+    families = {s.family for s in specs.values() if s} | {v["family"] for v in tasks.ISSUE30_CHAR_LM.values()}
+    adamw = [n for n, s in specs.items() if s and s.optimizer == "adamw"]
+    adamw += [n for n, v in tasks.ISSUE30_CHAR_LM.items() if v.get("optimizer") == "adamw"]
+    assert len(tasks.HELD_OUT_30) >= 6 and len(families) >= 3 and len(adamw) >= 2
+    assert any(s and s.task == tasks.STREAM_FACTORY for s in specs.values())
+    assert not set(tasks.HELD_OUT_30) & set(tasks.DEVELOPMENT)
+    timings = json.loads((REPO / "benchmarks" / "search_efficiency_timings.json").read_text())
+    assert set(tasks.HELD_OUT_30) <= set(timings)
+
+
+def test_the_streamed_task_reads_a_dataset_from_disk(tmp_path, monkeypatch):
+    from benchmarks.search_efficiency_lib import stream_task
+
+    monkeypatch.setattr(stream_task, "FOLDER", tmp_path)
+    settings = training.TrialSettings(batch_size=8, lr=0.01, seed=0, device=training.torch.device("cpu"),
+                                      options={"n_train": 64, "n_val": 32, "dim": 4, "classes": 3})
+    task = stream_task.teacher_stream(settings)
+    assert isinstance(task.train, stream_task.MemmapPairs) and len(task.train) == 64 and len(task.val) == 32
+    assert len(list(tmp_path.glob("*.npy"))) == 4
+    x, y = training.batch_of(task.train, training.torch.tensor([3, 1]))
+    assert x.shape == (2, 4) and y.shape == (2,)
+
+
+def test_with_horizons_the_baselines_report_at_the_services_horizons():
+    spec = dataclasses.replace(crn_tiny(), horizons=(719.0, 1438.0, 2876.0))
+    assert spec.evaluations_per_trial == 3 and tasks.fingerprint(spec) != tasks.fingerprint(crn_tiny())
+    run = training.RecipeRun(spec, 0, 64, 0.05, 0.0)
+    methods.finish(run)
+    assert [e.examples for e in run.record.evaluations] == [719, 1438, 2876]
+
+
+def test_a_task_streamed_from_disk_trains_the_same_run_in_the_service_and_the_baselines(tmp_path, monkeypatch):
+    from benchmarks.search_efficiency_lib import stream_task
+
+    monkeypatch.setattr(stream_task, "FOLDER", tmp_path)
+    base = tasks.ISSUE30_TASKS["mlp_stream_adamw"]
+    spec = dataclasses.replace(base, name="stream_tiny", n_train=256, epochs=2, full_trials=1, eval_charge=10.0,
+                               options=dict(base.options, n_train=256, n_val=128, data_seed=99))
+    curves = []
+    for name in ("crn_random", "crn_service"):
+        records, _ = methods.CRN_METHODS[name](spec, 0)
+        curves.append([(e.examples, e.value) for e in records[0].evaluations])
+    assert curves[0] == curves[1] and len(curves[0]) >= 5
+
+
+def test_a_service_that_starts_its_model_sooner_keeps_its_own_start_up_count():
+    spec = crn_tiny()
+    config = lambda overrides: methods.parse_config(methods.service_study(spec, 0, overrides), ".")  # noqa: E731
+    assert methods.start_up_of(config(None)) == training.START_UP == 10
+    assert methods.start_up_of(config({"sampler": {"n_startup_trials": 4}})) == 4
+
+
+def test_the_share_of_seeds_at_target_is_drawn(tmp_path):
+    spec = dataclasses.replace(crn_tiny(10, charge=5.0))
+    cell = lambda at: analysis.Cell([([Tr(100, [Ev(at, 0.9, 1.0)])], 1.0)] * 3, charge=5.0, seeds=[0, 1, 2])  # noqa: E731
+    cells = {("digits_mlp", "crn_service"): cell(20), ("digits_mlp", "crn_random"): cell(60)}
+    out = str(tmp_path / "share.png")
+    analysis.draw_share_figure(cells, {"digits_mlp": spec}, {"digits_mlp": {"best": 0.9}},
+                               ["crn_random", "crn_service"], [("margin 0.01", {"digits_mlp": 0.01})], out,
+                               "development", "crn_service")
+    assert Path(out).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dehbs_population_starts_from_the_shared_draws(tmp_path):
+    pytest.importorskip("ConfigSpace")
+    pytest.importorskip("dehb")
+    from dehb import DEHB
+
+    from benchmarks.search_efficiency_lib import multifidelity
+
+    spec = crn_tiny()
+    cs = multifidelity.config_space(spec, 0)
+    dehb = DEHB(cs=cs, dimensions=3, min_fidelity=10 / 9, max_fidelity=10, eta=3, n_workers=1,
+                output_path=str(tmp_path), seed=0, log_level="ERROR", save_freq=None)
+    multifidelity.seed_population(dehb, cs, spec, 0)
+    first = dict(dehb.vector_to_configspace(dehb.de[min(dehb.de)].population[0]))
+    expected = training.crn_config(spec, 0, 0)
+    assert first["batch_size_log2"] == expected["batch_size_log2"]
+    assert first["base_lr"] == pytest.approx(expected["base_lr"]) and first["warmup_fraction"] == pytest.approx(
+        expected["warmup_fraction"])
+
+
+def test_commit_runs_commits_the_save_file_after_each_run(tmp_path, monkeypatch):
+    fake_runs(monkeypatch)
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "other.txt").write_text("not committed")
+    save = str(tmp_path / "runs.jsonl")
+    grid.run_grid({"digits_mlp": tiny(2)}, [0, 1], {"crn_random": None}, {}, lambda line: None, save, commit=True)
+    log = subprocess.run(["git", "log", "--format=%s"], cwd=tmp_path, capture_output=True, text=True).stdout
+    assert log.splitlines() == [f"search_efficiency grid: digits_mlp crn_random seed {s} (runs.jsonl)" for s in (1, 0)]
+    tracked = subprocess.run(["git", "ls-files"], cwd=tmp_path, capture_output=True, text=True).stdout.split()
+    assert tracked == ["runs.jsonl"]
+
+
+def test_a_service_with_horizons_is_charged_for_its_branches_and_all_its_evaluations():
+    spec = dataclasses.replace(crn_tiny(2), horizons=(719.0, 1438.0, 2876.0))
+    recs, _ = methods.service_sweep(spec, 0, {"budget": {"horizons": ["0.25x", "0.5x"]}}, crn=True)
+    first = recs[0]  # crn_config(0, 0) at batch 16 trains to its end
+    assert first.examples > 2876, "its horizons' branches count as compute"
+    assert first.evaluations_made > len(first.evaluations) == 3  # the run's grid and the branches evaluate too
+    made = [e.made for e in first.evaluations]
+    assert made == sorted(made) and made[-1] == first.evaluations_made
+    steps = [e.examples for e in first.evaluations]
+    assert steps == sorted(steps) and steps[-1] == first.examples
+    baseline, _ = methods.random30(spec, 0)  # the same configuration and seed: the same run to its end
+    assert [e.examples for e in baseline[0].evaluations] == [719, 1438, 2876]
+    assert baseline[0].evaluations[-1].value == first.evaluations[-1].value
+    charged = records.charged([first], 10.0)[0]
+    assert charged.examples == first.examples + 10.0 * first.evaluations_made
+    assert charged.evaluations[0].examples == first.evaluations[0].examples + 10.0 * made[0]

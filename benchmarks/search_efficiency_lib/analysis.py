@@ -5,12 +5,13 @@ speedups (baseline / service, geometric mean over tasks) and the figure's panels
 from __future__ import annotations
 
 import math
+import random
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .methods import BASELINES
-from .records import TrialRecord
+from .records import TrialRecord, charged
 from .tasks import TaskSpec
 
 
@@ -73,12 +74,21 @@ def fmt(v: float, unit: str = "") -> str:
 
 @dataclass
 class Cell:
-    """One method on one task: each seed's trial records and wall seconds."""
+    """One method on one task: each seed's trial records and wall seconds; `charge` (issue 30):
+    the training examples each evaluation is charged, applied to the records here; `seeds`: the
+    run seed of each entry of `runs` (for pairing by seed), where known."""
 
     runs: list[tuple[list[TrialRecord], float]] = field(default_factory=list)
+    charge: float = 0.0
+    seeds: list[int] = field(default_factory=list)
 
     def hits(self, target: float, total: float, maximize: bool = True) -> list[Hit]:
-        return [compute_to_target(records, target, total, maximize) for records, _ in self.runs]
+        return [compute_to_target(charged(records, self.charge), target, total, maximize) for records, _ in self.runs]
+
+    def by_seed(self, target: float, total: float, maximize: bool = True) -> dict[int, float]:
+        """Compute to target per run seed (inf: not reached within `total`)."""
+        seeds = self.seeds if len(self.seeds) == len(self.runs) else list(range(len(self.runs)))
+        return {seed: hit.examples for seed, hit in zip(seeds, self.hits(target, total, maximize))}
 
 
 def target_for(reference: dict, name: str, spec: TaskSpec, margin: float) -> float:
@@ -199,3 +209,133 @@ def draw_figure(cells, specs: dict[str, TaskSpec], reference: dict, labels: Sequ
                        "cells": runs, "targets": targets})
     draw(panels, labels, lambda records, x, maximize: compute_to_target(records, math.nan, x, maximize).best,
          path, title, emphasis)
+
+
+
+# --- issue 30: the protocol's figures (docs/search_efficiency.md, "Issue 30: protocol") ----------
+
+BOOTSTRAP = 2000  # resamples of the seeds for the 90% intervals
+SHARE_LEVELS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)  # fractions of C where the share of seeds reaching is read
+
+
+def paired(ours: dict[int, float], theirs: dict[int, float]) -> list[tuple[float, float]]:
+    """(service, baseline) compute to target on the seeds both ran, in seed order."""
+    return [(ours[s], theirs[s]) for s in sorted(set(ours) & set(theirs))]
+
+
+def p_faster(pairs: list[tuple[float, float]]) -> float:
+    """P(service faster): the share of seeds on which the service reaches the target with less
+    compute than the baseline (a miss is slower than any hit; a tie, both misses included, counts 1/2)."""
+    if not pairs:
+        return math.nan
+    return sum(1.0 if a < b else 0.5 if a == b else 0.0 for a, b in pairs) / len(pairs)
+
+
+def median_ratio(pairs: list[tuple[float, float]], total: float) -> float:
+    """median(baseline) / median(service) over the seeds, misses counted as C (so a ratio with
+    many baseline misses is a lower bound, and with many service misses an upper bound)."""
+    ours = statistics.median(min(a, total) for a, _ in pairs)
+    theirs = statistics.median(min(b, total) for _, b in pairs)
+    return theirs / ours
+
+
+def bootstrap_ratio(per_task: list[tuple[list[tuple[float, float]], float]], rng: random.Random,
+                    n: int = BOOTSTRAP) -> tuple[float, float, float]:
+    """The geometric mean over tasks of the median ratios, and its 90% interval: the seeds of each
+    task resampled with replacement, pairs kept together (the 5th and 95th percentiles)."""
+    def geo(samples):
+        logs = [math.log(median_ratio(pairs, total)) for pairs, total in samples]
+        return math.exp(sum(logs) / len(logs))
+
+    point = geo(per_task)
+    draws = sorted(geo([([rng.choice(pairs) for _ in pairs], total) for pairs, total in per_task]) for _ in range(n))
+    return point, draws[int(0.05 * n)], draws[min(n - 1, int(0.95 * n))]
+
+
+def share_reached(costs: list[float], total: float, levels: Sequence[float] = SHARE_LEVELS) -> list[float]:
+    """The share of seeds that reached the target within each fraction of C (misses never do)."""
+    return [sum(c <= level * total for c in costs) / len(costs) if costs else math.nan for level in levels]
+
+
+def mean_ranks(medians: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Per task the methods ranked by censored median compute to target (1 best, ties share the
+    mean rank); the mean over tasks."""
+    ranks: dict[str, list[float]] = {}
+    for per_method in medians.values():
+        ordered = sorted(per_method.items(), key=lambda kv: kv[1])
+        i = 0
+        while i < len(ordered):
+            j = i
+            while j + 1 < len(ordered) and ordered[j + 1][1] == ordered[i][1]:
+                j += 1
+            for method, _ in ordered[i : j + 1]:
+                ranks.setdefault(method, []).append((i + j) / 2 + 1)
+            i = j + 1
+    return {m: statistics.mean(r) for m, r in ranks.items()}
+
+
+def protocol_report(cells: dict[tuple[str, str], Cell], specs: dict[str, TaskSpec], reference: dict,
+                    margins: dict[str, float | None], title: str, service: str, baselines: Sequence[str],
+                    log=print, seed: int = 0) -> dict[str, tuple[float, float, float]]:
+    """Issue 30's figures at one margin: per task and method the share of seeds reaching the target
+    at C/16 .. C and the censored median; per baseline P(service faster) and the median ratio with
+    its bootstrap 90% interval, per task and over tasks (geometric mean); the mean rank of every
+    method across tasks. Returns {baseline: (ratio, low, high)} over tasks."""
+    rng = random.Random(seed)
+    names = [n for n in specs if margins.get(n) is not None and n in reference and (n, service) in cells]
+    labels = [service] + [b for b in baselines if all((n, b) in cells for n in names)]
+    log(f"\n# issue 30 protocol, {title}: share of seeds reaching the target within "
+        + ", ".join(f"C/{round(1 / f)}" if f < 1 else "C" for f in SHARE_LEVELS) + "; median examples to target "
+        "(misses as C)")
+    costs: dict[tuple[str, str], dict[int, float]] = {}
+    medians: dict[str, dict[str, float]] = {}
+    for name in names:
+        spec = specs[name]
+        target = target_for(reference, name, spec, margins[name])
+        log(f"{name} (target {target:.4f}, C {spec.total:.0f})")
+        for label in labels:
+            costs[(name, label)] = cells[(name, label)].by_seed(target, spec.total, spec.maximize)
+            values = list(costs[(name, label)].values())
+            medians.setdefault(name, {})[label] = censored_median(values, spec.total)
+            shares = " ".join(f"{x:.2f}" for x in share_reached(values, spec.total))
+            log(f"  {label:16s} seeds {len(values):2d} share {shares} median {fmt(medians[name][label])}")
+    out = {}
+    for base in labels[1:]:
+        per_task = []
+        for name in names:
+            pairs = paired(costs[(name, service)], costs[(name, base)])
+            if not pairs:
+                continue
+            one = bootstrap_ratio([(pairs, specs[name].total)], rng)
+            log(f"# {base} / {service} {name}: P(service faster) {p_faster(pairs):.2f}, median ratio "
+                f"{one[0]:.2f} [90% {one[1]:.2f}, {one[2]:.2f}] over {len(pairs)} paired seeds")
+            per_task.append((pairs, specs[name].total))
+        if per_task:
+            out[base] = bootstrap_ratio(per_task, rng)
+            everything = [pair for pairs, _ in per_task for pair in pairs]
+            log(f"{title}: vs {base}: ratio {out[base][0]:.2f} [90% {out[base][1]:.2f}, {out[base][2]:.2f}] "
+                f"(geometric mean over {len(per_task)} tasks), P(service faster) {p_faster(everything):.2f}")
+    if medians:
+        ranks = mean_ranks(medians)
+        log(f"{title}: mean rank over {len(medians)} tasks: "
+            + ", ".join(f"{m} {r:.2f}" for m, r in sorted(ranks.items(), key=lambda kv: kv[1])))
+    return out
+
+
+def draw_share_figure(cells: dict[tuple[str, str], Cell], specs: dict[str, TaskSpec], reference: dict,
+                      labels: Sequence[str], margin_sets: list[tuple[str, dict]], path: str, title: str,
+                      emphasis: str) -> None:
+    """figure.draw_share over these cells: each seed's charged compute to target, per task and margin."""
+    from .figure import draw_share  # matplotlib only when a figure is asked for
+
+    panels = []
+    for name, spec in specs.items():
+        for margin_title, margins in margin_sets:
+            if margins.get(name) is None or name not in reference:
+                continue
+            target = target_for(reference, name, spec, margins[name])
+            costs = {label: [h.examples for h in cells[(name, label)].hits(target, spec.total, spec.maximize)]
+                     for label in labels if (name, label) in cells}
+            panels.append({"task": name, "margin": margin_title, "total": spec.total, "costs": costs})
+    if panels:
+        draw_share(panels, labels, path, title, emphasis)

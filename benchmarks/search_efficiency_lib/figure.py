@@ -86,3 +86,34 @@ def draw(panels: list[dict], labels: Sequence[str], best_within: Callable[[objec
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def draw_share(panels: list[dict], labels: Sequence[str], path: str, title: str, emphasis: str) -> None:
+    """Issue 30's figure: per task (rows) and margin (columns), the share of seeds that have reached
+    the target within x examples (evaluations charged), x log-spaced from C/100 to C, one line per
+    method. A seed that never reaches it keeps the line below 1: misses count. `panels`: dicts with
+    task, margin, total (C) and costs (label -> each seed's compute to target, inf when missed)."""
+    tasks = list(dict.fromkeys(p["task"] for p in panels))
+    margins = list(dict.fromkeys(p["margin"] for p in panels))
+    fig, axes = plt.subplots(len(tasks), len(margins), figsize=(5.2 * len(margins), 3.2 * len(tasks)),
+                             squeeze=False)
+    for panel in panels:
+        ax = axes[tasks.index(panel["task"])][margins.index(panel["margin"])]
+        xs = levels(panel["total"])
+        for i, label in enumerate(labels):
+            costs = panel["costs"].get(label)
+            if not costs:
+                continue
+            shares = [sum(c <= x for c in costs) / len(costs) for x in xs]
+            ax.step(xs, shares, where="post", color=COLORS[i % len(COLORS)], label=label,
+                    linewidth=2.4 if label == emphasis else 1.2)
+        ax.set_xscale("log")
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_title(f"{panel['task']}, {panel['margin']}", fontsize=9)
+        ax.set_xlabel("examples (evaluations charged)", fontsize=8)
+        ax.set_ylabel("share of seeds at target", fontsize=8)
+    axes[0][0].legend(fontsize=7, loc="upper left")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

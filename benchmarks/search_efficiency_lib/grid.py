@@ -14,18 +14,28 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .analysis import Cell, compute_to_target, fmt, target_for
-from .methods import BASELINES, WSD_BASELINES, run_method
-from .records import Evaluation, TrialRecord
+from .methods import BASELINES, CRN_METHODS, WSD_BASELINES, run_method
+from .records import Evaluation, TrialRecord, charged
 from .tasks import MARGIN, PRIOR_SECONDS_PER_1K, TaskSpec, fingerprint
 
 RunKey = tuple[str, str, int, str]  # task, method (or variant), seed, fingerprint
 
 
 def run_to_json(task: str, method: str, seed: int, fp: str, records: list[TrialRecord], wall: float,
-                meta: dict | None = None) -> dict:
+                meta: dict | None = None, charge: float = 0.0) -> dict:
     return {"task": task, "method": method, "seed": seed, "fingerprint": fp, "wall": wall, "meta": meta,
-            "trials": [{"examples": r.examples, "evals": [[e.examples, e.value, e.seconds] for e in r.evaluations]}
-                       for r in records]}
+            **({"eval_charge": charge} if charge else {}),
+            "trials": [trial_to_json(r) for r in records]}
+
+
+def trial_to_json(r: TrialRecord) -> dict:
+    out = {"examples": r.examples, "evals": [[e.examples, e.value, e.seconds] + ([e.made] if e.made else [])
+                                             for e in r.evaluations]}
+    if r.params is not None:  # issue 30: every trial's parameters, seed and timestamps
+        out.update(params=r.params, started=r.started, ended=r.ended)
+    if r.evaluations_made is not None:
+        out.update(evaluations_made=r.evaluations_made)
+    return out
 
 
 def append_run(path: str, line: dict) -> None:
@@ -40,6 +50,27 @@ def append_run(path: str, line: dict) -> None:
         f.write(("\n" if torn else "") + json.dumps(line) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def commit_file(path: str, message: str, tries: int = 5) -> bool:
+    """`git commit` of this one file (issue 30: each finished run committed as it finishes, so an
+    interrupted grid loses nothing); retried while another shard holds the index lock; a failure
+    is reported, never fatal to the grid."""
+    import subprocess
+    import time
+
+    folder = str(Path(path).resolve().parent)
+    for attempt in range(tries):
+        add = subprocess.run(["git", "add", "--", str(Path(path).resolve())], cwd=folder, capture_output=True,
+                             text=True)
+        done = add.returncode == 0 and subprocess.run(
+            ["git", "commit", "-q", "-m", message, "--", str(Path(path).resolve())], cwd=folder,
+            capture_output=True, text=True).returncode == 0
+        if done:
+            return True
+        time.sleep(1 + attempt)
+    print(f"# git commit of {path} failed ({message}); the run is saved in the file", file=sys.stderr)
+    return False
 
 
 def read_lines(path: str) -> list[dict]:
@@ -61,7 +92,8 @@ def read_lines(path: str) -> list[dict]:
 
 
 def records_of(item: dict) -> list[TrialRecord]:
-    return [TrialRecord(t["examples"], [Evaluation(*e) for e in t["evals"]]) for t in item["trials"]]
+    return [TrialRecord(t["examples"], [Evaluation(*e) for e in t["evals"]], t.get("params"), t.get("started"),
+                        t.get("ended"), t.get("evaluations_made")) for t in item["trials"]]
 
 
 def saved_runs(path: str) -> dict[RunKey, tuple[list[TrialRecord], float]]:
@@ -99,34 +131,43 @@ def todo_fp(todo: list[RunKey], task: str) -> str | None:
 def run_grid(specs: dict[str, TaskSpec], seeds: list[int], methods: dict[str, dict | None],
              reference: dict, log=print, save: str | None = None,
              metas: dict[str, dict] | None = None,
-             methods_by_task: dict[str, dict[str, dict | None]] | None = None) -> dict[tuple[str, str], Cell]:
+             methods_by_task: dict[str, dict[str, dict | None]] | None = None,
+             shard: tuple[int, int] | None = None, commit: bool = False) -> dict[tuple[str, str], Cell]:
     """Every task x method x seed (`methods_by_task`: each task's own methods, e.g. variants resolved
     to its budget). With `save`, each finished run is appended to that file as it completes, and a
     run already in it (same task, method, seed and fingerprint) is read back instead of trained
-    again: a stopped run resumes where it stopped. The estimate covers the whole grid."""
+    again: a stopped run resumes where it stopped. The estimate covers the whole grid. `shard`
+    (i, n): only runs i, i + n, i + 2n, ... of the grid's order (one process per core, each with
+    its own --save file; --load merges them). `commit`: each appended run is also committed to git
+    (the --save file alone), as it finishes."""
     metas = metas or {}
     by_task = methods_by_task or {name: methods for name in specs}
     fps = {name: fingerprint(spec, metas.get(name)) for name, spec in specs.items()}
     done = saved_runs(save) if save else {}
     todo = [(name, label, seed, fps[name]) for name in specs for label in by_task[name] for seed in seeds]
+    if shard is not None:  # this process's share: every n-th run, so shards have about equal work
+        todo = todo[shard[0] :: shard[1]]
     report_estimate(specs, todo, done, log)
     cells: dict[tuple[str, str], Cell] = {}
     for key in todo:
         name, label, seed, fp = key
         spec = specs[name]
         target = target_for(reference, name, spec, MARGIN) if name in reference else math.nan
-        cell = cells.setdefault((name, label), Cell())
+        cell = cells.setdefault((name, label), Cell(charge=spec.eval_charge if label in CRN_METHODS else 0.0))
+        cell.seeds.append(seed)
         if key in done:
             (records, wall), how = done[key], " (saved)"
         else:
-            method = label if label in BASELINES + WSD_BASELINES else "service"
+            method = label if label in BASELINES + WSD_BASELINES + tuple(CRN_METHODS) else "service"
             records, wall = run_method(method, spec, seed, by_task[name][label])
             how = ""
             if save:
-                append_run(save, run_to_json(name, label, seed, fp, records, wall, metas.get(name)))
+                append_run(save, run_to_json(name, label, seed, fp, records, wall, metas.get(name), cell.charge))
                 done[key] = (records, wall)
+                if commit:
+                    commit_file(save, f"search_efficiency grid: {name} {label} seed {seed} ({Path(save).name})")
         cell.runs.append((records, wall))
-        hit = compute_to_target(records, target, spec.total, spec.maximize)
+        hit = compute_to_target(charged(records, cell.charge), target, spec.total, spec.maximize)
         log(f"# {name:12s} {label:22s} seed {seed}: examples {fmt(hit.examples)} seconds "
             f"{fmt(hit.seconds, 's')} best@C {hit.best:.4f} target {target:.4f} "
             f"trials {len(records)} wall {wall:.1f}s{how}")
@@ -160,7 +201,9 @@ def load_runs(paths: Sequence[str], fingerprints: dict[str, str] | None = None) 
                     repeated += 1
                     continue
                 seen.add(key)
-                cells.setdefault((item["task"], item["method"]), Cell()).runs.append((records_of(item), item["wall"]))
+                cell = cells.setdefault((item["task"], item["method"]), Cell(charge=item.get("eval_charge", 0.0)))
+                cell.runs.append((records_of(item), item["wall"]))
+                cell.seeds.append(item["seed"])
             if skipped:
                 print(f"# {path}: {skipped} runs at another compute level or corpus left out", file=sys.stderr)
             if repeated:

@@ -17,9 +17,9 @@ from sweeps.config.study_file import parse_config
 from sweeps.config.target import target_of
 from sweeps.loop.runner import run_sweep
 
-from .methods import service_study
+from .methods import finish, service_study
 from .tasks import DEFAULT_TASKS, HELD_OUT, LR_RANGE, TaskSpec, fingerprint
-from .training import PlainTrainer, one_thread
+from .training import PlainTrainer, RecipeRun, one_thread
 
 REFERENCE_FILE = Path(__file__).resolve().parent.parent / "search_efficiency_reference.json"
 
@@ -37,10 +37,12 @@ def load_noise() -> dict:
 
 
 def measure_noise(specs: dict[str, TaskSpec], reference: dict, metas: dict[str, dict] | None = None,
-                  seeds: int = NOISE_SEEDS, path: Path = NOISE_FILE, log=print) -> dict:
+                  seeds: int = NOISE_SEEDS, path: Path = NOISE_FILE, log=print, recipe: bool = False) -> dict:
     """The standard deviation over `seeds` trial seeds of the final metric (and of the best
     evaluation) of the reference's best configuration (batch size, LR; no warmup; the whole per-trial
-    budget), trained by the plain loop's recipe. Written to `path` after each task."""
+    budget), trained by the plain loop's recipe, or (`recipe`, issue 30) by the service's
+    (RecipeRun: its wsd schedule, the task's optimizer, its evaluation grid). Written to `path`
+    after each task."""
     noise = json.loads(path.read_text()) if path.exists() else {}
     for name, spec in specs.items():
         entry = reference.get(name)
@@ -52,6 +54,13 @@ def measure_noise(specs: dict[str, TaskSpec], reference: dict, metas: dict[str, 
         finals, bests = [], []
         with one_thread():
             for seed in range(seeds):
+                if recipe:
+                    run = RecipeRun(spec, seed, config["batch_size"], config["lr"], 0.0)
+                    finish(run)
+                    values = [e.value for e in run.record.evaluations]
+                    finals.append(values[-1] if run.done and values else math.nan)
+                    bests.append((max if spec.maximize else min)(values) if values else math.nan)
+                    continue
                 try:
                     trainer.train(seed, config["batch_size"], config["lr"], spec.epochs, 0.0)
                 except optuna.TrialPruned:
@@ -63,6 +72,7 @@ def measure_noise(specs: dict[str, TaskSpec], reference: dict, metas: dict[str, 
         ok = [v for v in finals if math.isfinite(v)]
         noise[name] = {
             "config": dict(config, epochs=spec.epochs, warmup_fraction=0.0), "seeds": list(range(seeds)),
+            **({"recipe": "service (RecipeRun)"} if recipe else {}),
             "final": finals, "best": bests,
             "std_final": statistics.stdev(ok) if len(ok) > 1 else math.nan,
             "std_best": statistics.stdev([v for v in bests if math.isfinite(v)]) if len(ok) > 1 else math.nan,
@@ -149,7 +159,10 @@ def make_reference(specs: dict[str, TaskSpec], metas: dict[str, dict] | None = N
                 "best": round(study.best_value, 6),
                 "best_params": {"batch_size": best.user_attrs["batch_size"], "lr": round(best.user_attrs["lr"], 6)},
                 "how": (f"grid over batch size 16..512 (powers of two) x 10 log-spaced LRs in "
-                        f"[{LR_RANGE[0]}, {LR_RANGE[1]}], SGD momentum 0.9, cosine schedule, no coupling or "
+                        f"[{spec.lr_range[0]}, {spec.lr_range[1]}], "
+                        + ("SGD momentum 0.9, cosine schedule" if spec.lr_range == LR_RANGE and spec.optimizer == "sgd"
+                           and config.schedule.name == "cosine" else
+                           f"{spec.optimizer}, the service's {config.schedule.name} schedule") + ", no coupling or "
                         f"warmup, every trial trained its whole budget of {spec.per_trial} examples "
                         f"({spec.epochs} epochs), no pruning, best checkpoint; 60 trials, study seed 0"),
                 "per_trial_examples": spec.per_trial,
