@@ -39,7 +39,7 @@ def test_the_readme_is_short_and_opens_with_the_two_commands():
     blocks = re.findall(r"```bash\n(.*?)\n```", text, flags=re.S)
     ci = (REPO / ".ci" / "run").read_text().strip().splitlines()[-1]
     assert blocks[:2] == [SWEEP, ci]
-    assert ci == "pip install torch==2.13.0 -e '.[test]' && python -m pytest -q"
+    assert ci == "pip install torch==2.13.0 -e '.[test,bench]' && python -m pytest -q"
 
 
 def test_the_guide_index_lists_every_page():
