@@ -5,10 +5,12 @@ Two paths, chosen by what the model is made of (`fuse_models`; `FusedModel.path`
 
 - `bmm`: an `nn.Sequential` of `nn.Linear` layers, elementwise activations, dropout and a flatten
   (or one `nn.Linear`).
-  Each linear layer is one `torch.baddbmm` over [K, B, in] x [K, in, out]: no vmap, no
-  functional_call, a few dispatches per layer whatever K is (on the CPU, where an update of a small
-  model is mostly Python and dispatch, this is where fusion pays). On the CPU each member's slice
-  of `baddbmm` gives the bits `nn.Linear` gives (tests/test_fused.py).
+  Each linear layer is one `torch.baddbmm` over the stacked weights (`linear.py`, which also says
+  where the activations lie between layers): no vmap, no functional_call, a few dispatches per
+  layer whatever K is (on the CPU, where an update of a small model is mostly Python and
+  dispatch, this is where fusion pays). A group of one runs `nn.Linear`'s own kernel, bit for bit
+  its solo run; at K > 1 each member's slice of `baddbmm` gives what `nn.Linear` gives up to the
+  order it sums in (tests/test_fused.py).
 - `vmap`: anything else (convolutions, batch norm, custom modules): `torch.func.functional_call`
   on a parameterless copy of the model under `torch.vmap` over the stacked tensors. Batch norm
   updates each member's running statistics in its own slice of the stacked buffers.
@@ -26,6 +28,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state
+
+from objectives.training.fused import linear as stacked_linear
 
 # modules applied as they are to a [K, B, ...] tensor: elementwise, so the member dim changes nothing
 ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.ELU, nn.Softplus, nn.Mish,
@@ -130,22 +134,17 @@ class LinearStack(FusedModel):
 
     def __call__(self, x: Tensor, shared: bool = False) -> Tensor:
         params, k = self.weights.params, self.weights.size
-        if shared:
-            x = x.expand(k, *x.shape)
+        x, layout = stacked_linear.start(x, shared, k)
         for op in self.ops:
-            if op[0] == "linear" and k == 1:  # nn.Linear's own kernel: a group of one is its solo run, bit for bit
-                bias = None if op[2] is None else params[op[2]][0]
-                x = torch.nn.functional.linear(x[0], params[op[1]][0], bias).unsqueeze(0)
-            elif op[0] == "linear":
-                weight = params[op[1]].transpose(1, 2)
-                x = torch.bmm(x, weight) if op[2] is None else torch.baddbmm(params[op[2]].unsqueeze(1), x, weight)
+            if op[0] == "linear":
+                x, layout = stacked_linear.linear(x, layout, params[op[1]], None if op[2] is None else params[op[2]])
             elif op[0] == "flatten":
-                x = x.flatten(2)
+                x = stacked_linear.flatten(x, layout)
             else:
                 module = op[1]
                 module.train(self.training)
                 x = module(x)
-        return x
+        return stacked_linear.finish(x, layout, k)
 
 
 def linear_stack_fits(model: nn.Module) -> bool:
