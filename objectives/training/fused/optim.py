@@ -48,12 +48,15 @@ def per_member_list(values: Sequence[float], params: Sequence[Tensor]) -> float 
     first = values[0]
     if all(v == first for v in values):
         return first
-    views = {}  # one per shape of broadcast and dtype: usually one or two in all
+    columns: dict[tuple, Tensor] = {}  # one tensor per dtype and device (usually one in all)
+    views: dict[tuple, Tensor] = {}  # and one view of it per shape of broadcast
     for p in params:
-        key = (p.dim(), p.dtype, p.device)
-        if key not in views:
-            views[key] = torch.tensor(values, dtype=p.dtype, device=p.device).view(-1, *[1] * (p.dim() - 1))
-    return [views[(p.dim(), p.dtype, p.device)] for p in params]
+        kind = (p.dtype, p.device)
+        if kind not in columns:
+            columns[kind] = torch.tensor(values, dtype=p.dtype, device=p.device)
+        if (kind, p.dim()) not in views:
+            views[(kind, p.dim())] = columns[kind].view(-1, *[1] * (p.dim() - 1))
+    return [views[((p.dtype, p.device), p.dim())] for p in params]
 
 
 class StackedOptimizer:

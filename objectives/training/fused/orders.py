@@ -59,7 +59,7 @@ class GroupOrders:
                 any(a is not b for a, b in zip(self.members, orders)):
             self.stacked = torch.stack([order.perm for order in orders])
             self.members = list(orders)
-        return self.stacked[:, slot * size : (slot + 1) * size]
+        return self.stacked[:, slot * size : (slot + 1) * size].contiguous()  # one copy, then `gather` views it
 
 
 def gather(data: Tensor, idx: Tensor) -> Tensor:

@@ -279,7 +279,7 @@ class FusedTrainer:
         with torch.no_grad(), self.autocast:
             for start in range(0, len(x), self.eval_batch_size):
                 xb, yb = x[start : start + self.eval_batch_size], y[start : start + self.eval_batch_size]
-                sums += self.metric(self.model(xb, shared=True), yb).float() * len(xb)
+                sums += self.metric(self.model.shared_outputs(xb), yb).float() * len(xb)
         self.model.train()
         values = (sums / len(x)).tolist()
         spent = time.perf_counter() - started
