@@ -24,6 +24,8 @@ from objectives.task import TrialSettings
 from objectives.training.budget import Budget, plan_trial
 from objectives.training.coupling import Coupled
 from objectives.training.fused import FusedMember, MemberOptimizer, fuse_models, stacked_optimizer
+from objectives.training.fused.batched import member_losses
+from objectives.training.fused.orders import gather
 from objectives.training.fused.refusal import options_refusal, refusal
 from objectives.training.loop import Reporter, TrainResult
 from objectives.training.options import TrainerOptions
@@ -174,7 +176,7 @@ def measure_size(member: Member, options: TrainerOptions, sizes: tuple[int, ...]
     size gives less than 0.9 of the best. Returns the size and the rate measured at each."""
     task, plan = member.prepared.task, member.prepared.plan
     (x, y), device = task.train, task.train[0].device
-    loss = torch.vmap(task.loss)
+    loss = member_losses(task.loss, y)  # the fused loop's update, as it runs it
     generator = torch.Generator(device=device).manual_seed(0)
     rates: dict[int, float] = {}
     for k in sizes:
@@ -185,7 +187,7 @@ def measure_size(member: Member, options: TrainerOptions, sizes: tuple[int, ...]
         done, started = -1, 0.0  # the first update warms up, untimed
         while True:
             idx = torch.randint(0, plan.n_train, (k, plan.batch_size), generator=generator, device=device)
-            losses = loss(model(x[idx]), y[idx])
+            losses = loss(model(gather(x, idx)), gather(y, idx))
             losses.sum().backward()
             optimizer.step()
             optimizer.zero_grad()

@@ -5,10 +5,12 @@ Two paths, chosen by what the model is made of (`fuse_models`; `FusedModel.path`
 
 - `bmm`: an `nn.Sequential` of `nn.Linear` layers, elementwise activations, dropout and a flatten
   (or one `nn.Linear`).
-  Each linear layer is one `torch.baddbmm` over [K, B, in] x [K, in, out]: no vmap, no
-  functional_call, a few dispatches per layer whatever K is (on the CPU, where an update of a small
-  model is mostly Python and dispatch, this is where fusion pays). On the CPU each member's slice
-  of `baddbmm` gives the bits `nn.Linear` gives (tests/test_fused.py).
+  Each linear layer is one `torch.baddbmm` over the stacked weights (`linear.py`, which also says
+  where the activations lie between layers): no vmap, no functional_call, a few dispatches per
+  layer whatever K is (on the CPU, where an update of a small model is mostly Python and
+  dispatch, this is where fusion pays). A group of one runs `nn.Linear`'s own kernel, bit for bit
+  its solo run; at K > 1 each member's slice of `baddbmm` gives what `nn.Linear` gives up to the
+  order it sums in (tests/test_fused.py).
 - `vmap`: anything else (convolutions, batch norm, custom modules): `torch.func.functional_call`
   on a parameterless copy of the model under `torch.vmap` over the stacked tensors. Batch norm
   updates each member's running statistics in its own slice of the stacked buffers.
@@ -26,6 +28,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state
+
+from objectives.training.fused import linear as stacked_linear
 
 # modules applied as they are to a [K, B, ...] tensor: elementwise, so the member dim changes nothing
 ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.ELU, nn.Softplus, nn.Mish,
@@ -108,6 +112,16 @@ class FusedModel:
     def __call__(self, x: Tensor, shared: bool = False) -> Tensor:
         raise NotImplementedError
 
+    def shared_outputs(self, x: Tensor) -> Tensor:
+        """Every member's outputs on the one input [N, ...] (an evaluation chunk), [K, N, ...]."""
+        return self(x, shared=True)
+
+
+# an evaluation's activations, K members x examples x the widest layer, at most this many floats
+# at a time (1 MiB): larger ones cost a fresh page per 4 KiB on every evaluation (glibc returns them
+# to the system), 1,400 page faults in a 4.6 ms evaluation of 16 digits MLPs, 2.1 ms in pieces
+EVAL_PIECE_FLOATS = 2**18
+
 
 class LinearStack(FusedModel):
     """The bmm path: `ops` lists, in order, ("linear", weight name, bias name or None),
@@ -127,25 +141,31 @@ class LinearStack(FusedModel):
                 self.ops.append(("flatten",))
             else:
                 self.ops.append(("apply", copy.deepcopy(module)))
+        self.widest = max(self.weights.params[op[1]].shape[1] for op in self.ops if op[0] == "linear")  # outputs
+
+    def shared_outputs(self, x: Tensor) -> Tensor:
+        """In pieces of examples whose activations stay under `EVAL_PIECE_FLOATS` (K > 1: a group
+        of one runs its solo run's evaluation, whole), concatenated: each example's outputs are
+        its own, whatever else is in the piece."""
+        k = self.weights.size
+        rows = max(1, EVAL_PIECE_FLOATS // (k * self.widest))
+        if k == 1 or rows >= len(x):
+            return self(x, shared=True)
+        return torch.cat([self(x[start : start + rows], shared=True) for start in range(0, len(x), rows)], dim=1)
 
     def __call__(self, x: Tensor, shared: bool = False) -> Tensor:
         params, k = self.weights.params, self.weights.size
-        if shared:
-            x = x.expand(k, *x.shape)
+        x, layout = stacked_linear.start(x, shared, k)
         for op in self.ops:
-            if op[0] == "linear" and k == 1:  # nn.Linear's own kernel: a group of one is its solo run, bit for bit
-                bias = None if op[2] is None else params[op[2]][0]
-                x = torch.nn.functional.linear(x[0], params[op[1]][0], bias).unsqueeze(0)
-            elif op[0] == "linear":
-                weight = params[op[1]].transpose(1, 2)
-                x = torch.bmm(x, weight) if op[2] is None else torch.baddbmm(params[op[2]].unsqueeze(1), x, weight)
+            if op[0] == "linear":
+                x, layout = stacked_linear.linear(x, layout, params[op[1]], None if op[2] is None else params[op[2]])
             elif op[0] == "flatten":
-                x = x.flatten(2)
+                x = stacked_linear.flatten(x, layout)
             else:
                 module = op[1]
                 module.train(self.training)
                 x = module(x)
-        return x
+        return stacked_linear.finish(x, layout, k)
 
 
 def linear_stack_fits(model: nn.Module) -> bool:

@@ -42,6 +42,23 @@ def per_member(values: Sequence[float], like: Tensor) -> Value:
     return torch.tensor(values, dtype=like.dtype, device=like.device).view(-1, *[1] * (like.dim() - 1))
 
 
+def per_member_list(values: Sequence[float], params: Sequence[Tensor]) -> float | list[Tensor]:
+    """`per_member` for each of `params` (one tensor of the values, viewed to each one's shape):
+    the shared scalar, else a list of [K, 1, ...] tensors, one per parameter."""
+    first = values[0]
+    if all(v == first for v in values):
+        return first
+    columns: dict[tuple, Tensor] = {}  # one tensor per dtype and device (usually one in all)
+    views: dict[tuple, Tensor] = {}  # and one view of it per shape of broadcast
+    for p in params:
+        kind = (p.dtype, p.device)
+        if kind not in columns:
+            columns[kind] = torch.tensor(values, dtype=p.dtype, device=p.device)
+        if (kind, p.dim()) not in views:
+            views[(kind, p.dim())] = columns[kind].view(-1, *[1] * (p.dim() - 1))
+    return [views[((p.dtype, p.device), p.dim())] for p in params]
+
+
 class StackedOptimizer:
     """`step()` updates every stacked tensor from its `.grad`; `lrs` holds each member's LR for the
     next step (the trainer sets it from the members' schedules)."""
@@ -53,6 +70,7 @@ class StackedOptimizer:
         self.members = list(members)
         self.lrs = [0.0] * len(members)
         self.state: list[dict[str, Tensor]] = [self.new_state(p) for p in params]
+        self.members_changed()
 
     def new_state(self, param: Tensor) -> dict[str, Tensor]:
         return {}
@@ -70,6 +88,7 @@ class StackedOptimizer:
         self.lrs = [self.lrs[i] for i in index]
         self.state = [{k: v.index_select(0, rows) for k, v in st.items()} for st in self.state]
         self.kept(index)
+        self.members_changed()
 
     def kept(self, index: Sequence[int]) -> None:
         """Per-member counters beyond the tensors (Adam's step counts)."""
@@ -85,9 +104,13 @@ class StackedOptimizer:
         self.state = [{k: torch.cat([v, v.new_zeros((len(members), *v.shape[1:]))]) for k, v in st.items()}
                       for st in self.state]
         self.added(len(members))
+        self.members_changed()
 
     def added(self, count: int) -> None:
         """Per-member counters for `count` new members."""
+
+    def members_changed(self) -> None:
+        """What a step derives from the members' settings, rebuilt when they change."""
 
     def step(self) -> None:
         raise NotImplementedError
@@ -96,30 +119,38 @@ class StackedOptimizer:
 class StackedSGD(StackedOptimizer):
     """torch.optim.SGD (no dampening, no Nesterov): weight decay into the gradient, momentum buffer,
     then p -= lr * buffer. The buffer starts at zero: 0 * momentum + g is g, bit for bit, the
-    clone torch.optim takes on a member's first step."""
+    clone torch.optim takes on a member's first step.
+
+    Each op runs over all the stacked tensors at once (`torch._foreach_*`: on the CPU, the same
+    kernel on each tensor in turn, so the same bits as one call per tensor, without Python per
+    tensor); the per-member momenta and weight decays are built when the members change, the LRs
+    once per step."""
 
     def new_state(self, param: Tensor) -> dict[str, Tensor]:
         return {"momentum_buffer": torch.zeros_like(param)} if any(m.momentum for m in self.members) else {}
 
+    def members_changed(self) -> None:
+        self.momentum = per_member_list([m.momentum for m in self.members], self.params)
+        self.decay = per_member_list([m.weight_decay for m in self.members], self.params)
+        self.buffers = [st["momentum_buffer"] for st in self.state if "momentum_buffer" in st]
+
     def step(self) -> None:
-        momenta = [m.momentum for m in self.members]
-        decays = [m.weight_decay for m in self.members]
+        params, wd = self.params, self.decay
         with torch.no_grad():
-            for p, st in zip(self.params, self.state):
-                grad = p.grad
-                wd, lr = per_member(decays, p), per_member(self.lrs, p)
-                if isinstance(wd, Tensor):
-                    grad = grad.addcmul(p, wd)
-                elif wd != 0:
-                    grad = grad.add(p, alpha=wd)
-                if "momentum_buffer" in st:
-                    buf = st["momentum_buffer"]
-                    buf.mul_(per_member(momenta, p)).add_(grad)
-                    grad = buf
-                if isinstance(lr, Tensor):
-                    p.addcmul_(grad, lr.neg())
-                else:
-                    p.add_(grad, alpha=-lr)
+            grads = [p.grad for p in params]
+            if isinstance(wd, list):
+                grads = torch._foreach_addcmul(grads, params, wd)
+            elif wd != 0:
+                grads = torch._foreach_add(grads, params, alpha=wd)
+            if self.buffers:
+                torch._foreach_mul_(self.buffers, self.momentum)
+                torch._foreach_add_(self.buffers, grads)
+                grads = self.buffers
+            lr = per_member_list([-lr for lr in self.lrs], params)  # -(lr as float32) is (-lr) as float32
+            if isinstance(lr, list):
+                torch._foreach_addcmul_(params, grads, lr)
+            else:
+                torch._foreach_add_(params, grads, alpha=lr)
 
 
 class StackedAdam(StackedOptimizer):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,8 +26,10 @@ from torch import Tensor
 
 from objectives.task import Task
 from objectives.training.budget import Budget, TrialPlan, eval_points
+from objectives.training.fused.batched import member_losses, member_metrics
 from objectives.training.fused.model import FusedModel, NotFusable, fuse_models
 from objectives.training.fused.optim import MemberOptimizer, stacked_optimizer
+from objectives.training.fused.orders import GroupOrders, MemberOrder, gather
 from objectives.training.fused.refusal import refusal
 from objectives.training.loop import Reporter, TrainResult
 from objectives.training.options import Patience, TrainerOptions
@@ -49,15 +51,6 @@ class FusedMember:
     joined_with: int = 0  # the members training together when it joined, itself included (set by the trainer)
 
 
-def member_order(plan: TrialPlan, generator: torch.Generator) -> Iterator[Tensor]:
-    """The member's batch indices, epoch after epoch: `BatchStream`'s order for the same seed."""
-    n, size, per_epoch = plan.n_train, plan.batch_size, plan.iterations_per_epoch
-    while True:
-        perm = torch.randperm(n, device=generator.device, generator=generator)
-        for slot in range(per_epoch):
-            yield perm[slot * size : (slot + 1) * size]
-
-
 class MemberRun:
     """One member's state in the loop: its counts, grid, patience, best weights and result."""
 
@@ -66,7 +59,7 @@ class MemberRun:
         self.sign = 1.0 if options.maximize else -1.0
         self.result = TrainResult(micro_batch=member.plan.batch_size)
         self.points = eval_points(member.plan, budget)
-        self.order = member_order(member.plan, torch.Generator(device=device).manual_seed(member.seed))
+        self.order = MemberOrder(member.plan, torch.Generator(device=device).manual_seed(member.seed))
         self.patience = Patience(options.early_stopping, self.sign)
         self.best_state: dict[str, Tensor] | None = None
         self.losses = 0  # updates since the last evaluation
@@ -125,7 +118,9 @@ class FusedTrainer:
         self.model: FusedModel = fuse_models([m.task.model for m in members], path)
         self.optimizer = stacked_optimizer(self.model.weights.param_list(), [m.optimizer for m in members])
         self.autocast = autocast_for(self.device, options.precision)
-        self.loss, self.metric = torch.vmap(first.loss), torch.vmap(first.metric, in_dims=(0, None))
+        self.loss = member_losses(first.loss, first.train[1])
+        self.metric = member_metrics(first.metric, first.val[1])
+        self.orders = GroupOrders()
         self.eval_batch_size = options.eval_batch_size
         self.runs = [MemberRun(m, budget, options, self.device) for m in members]
         for m in members:
@@ -164,23 +159,25 @@ class FusedTrainer:
             if not active:
                 break
             model, optimizer = self.model, self.optimizer  # a group emptied and refilled has new ones
-            idx = torch.stack([next(run.order) for run in active])
+            idx = self.orders.next([run.order for run in active])
             optimizer.lrs = [run.member.schedule.lr_at(run.result.updates) for run in active]
             with self.autocast:
-                losses = self.loss(model(x[idx]), y[idx])
+                losses = self.loss(model(gather(x, idx)), gather(y, idx))
             losses.sum().backward()
             optimizer.step()
             optimizer.zero_grad()
             loss_sum += losses.detach()
             self.clock += 1
-            finite, size = torch.isfinite(loss_sum).tolist(), idx.shape[1]
+            size = idx.shape[1]
+            # one sum tells whether every member's loss is finite; only when not, which are
+            finite = None if math.isfinite(loss_sum.sum().item()) else torch.isfinite(loss_sum).tolist()
             leaving, due = [], []
             for slot, run in enumerate(active):
                 result = run.result
                 result.updates += 1
                 result.examples_seen += size
                 run.losses += 1
-                if not finite[slot]:
+                if finite is not None and not finite[slot]:
                     result.stop_reason = "diverged"
                     leaving.append(slot)
                 elif result.updates in run.points:
@@ -282,7 +279,7 @@ class FusedTrainer:
         with torch.no_grad(), self.autocast:
             for start in range(0, len(x), self.eval_batch_size):
                 xb, yb = x[start : start + self.eval_batch_size], y[start : start + self.eval_batch_size]
-                sums += self.metric(self.model(xb, shared=True), yb).float() * len(xb)
+                sums += self.metric(self.model.shared_outputs(xb), yb).float() * len(xb)
         self.model.train()
         values = (sums / len(x)).tolist()
         spent = time.perf_counter() - started
