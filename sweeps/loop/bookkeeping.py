@@ -27,6 +27,7 @@ from storage.optuna_private import (
     stop_requested,
     study_id_of,
     study_storage,
+    tell,
     trial_id_of,
 )
 from storage.retry import with_retry
@@ -199,7 +200,7 @@ class Books:
         trial = self.open.pop(trial_id)
         write_trial_batch(self.storage, trial_id,
                           {**self.identity, **error_attrs(refused_message(left, cost, self.spending.total.unit))}, {})
-        self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        tell(self.study, trial, state=TrialState.FAIL, skip_if_finished=True)
         self.heartbeat.discard(trial_id)
         return False
 
@@ -243,7 +244,7 @@ class Books:
                                  reason: str = "not started: the study already had its trials") -> None:
         """A trial asked after the last slot went to another worker: closed before it runs."""
         write_trial_batch(self.storage, trial_id_of(trial), {**self.identity, **error_attrs(reason)}, {})
-        self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        tell(self.study, trial, state=TrialState.FAIL, skip_if_finished=True)
         self.heartbeat.discard(trial_id_of(trial))
 
     def fail_stale_trials(self) -> None:
@@ -272,7 +273,7 @@ class Books:
         if self.budget is not None:
             self.budget.settle(trial_id_of(trial), outcome.attrs)
         value = outcome.value if outcome.state == TrialState.COMPLETE else None
-        with_retry(lambda: self.study.tell(trial, value, state=outcome.state, skip_if_finished=True),
+        with_retry(lambda: tell(self.study, trial, value, state=outcome.state, skip_if_finished=True),
                    "closing a trial")
         self.heartbeat.discard(trial_id_of(trial))
         self.failures_seen = failures_in_a_row  # so an ask after this sees a give-up
@@ -292,7 +293,7 @@ class Books:
         to run again (the retry queue of `study.max_retry`)."""
         trial = self.open.pop(trial_id)
         write_trial_batch(self.storage, trial_id, {**self.identity, **error_attrs(reason)}, {})
-        self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        tell(self.study, trial, state=TrialState.FAIL, skip_if_finished=True)
         self.heartbeat.discard(trial_id)
         if requeue and self.config.study.max_retry > 0:
             frozen = copy.copy(self.storage.get_trial(trial_id))
