@@ -268,6 +268,9 @@ def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready
             heartbeat.discard(trial._trial_id)
             mine.discard(trial._trial_id)
 
+        # the bookkeeper's start (`Books.start_bookkeeping`): dead workers' trials failed before the first ask
+        book.submit(optuna.storages.fail_stale_trials, study).result()
+        next_stale_check[0] = time.monotonic() + 2.0
         ready.wait()
         cpu_started = time.process_time()
         spans, finishing = [], []
