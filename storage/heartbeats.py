@@ -6,7 +6,7 @@ Read and written on the database's clock, as Optuna does (`RDBStorage.record_hea
 `RDBStorage._get_stale_trial_ids`), so a worker whose clock is off still counts the same seconds.
 Optuna's own beat is four statements (the row read twice, once FOR UPDATE, then the clock, then
 the write) and its stale check loads every running trial of the study with its heartbeats as ORM
-objects; here a beat is one UPDATE (an INSERT the first time) and the check one query of two
+objects; here a beat is one upsert and the check one query of two
 columns, which `storage.snapshot.SnapshotStorage` answers Optuna with. At 64 workers these run
 hundreds of times a minute.
 """
@@ -17,6 +17,7 @@ import sqlalchemy
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
+from storage.batch import UPSERTS
 from storage.optuna_private import rdb_backend, rdb_models, rdb_session
 
 
@@ -45,9 +46,10 @@ def stale_trial_ids(storage: BaseStorage, study_id: int) -> list[int]:
 
 
 def record_heartbeat(storage: BaseStorage, trial_id: int) -> None:
-    """The trial's heartbeat set to the database's clock: one UPDATE, or an INSERT for its first
-    beat (Optuna's `RDBStorage.record_heartbeat`, in one statement instead of four). A store that is
-    not SQL beats through its own call."""
+    """The trial's heartbeat set to the database's clock in one statement (Optuna's
+    `RDBStorage.record_heartbeat` takes four): an upsert on PostgreSQL and SQLite (Optuna's table keeps
+    one row per trial), elsewhere an UPDATE, or an INSERT for its first beat. A store that is not SQL
+    beats through its own call."""
     backend = rdb_backend(storage)
     if backend is None:
         storage.record_heartbeat(trial_id)
@@ -56,6 +58,12 @@ def record_heartbeat(storage: BaseStorage, trial_id: int) -> None:
     # a beat racing another process's first beat of the same trial loses to it (unique trial_id): that
     # one is as fresh, so the IntegrityError is ignored, as Optuna's beat does
     with rdb_session(backend, True) as session:
+        upsert = UPSERTS.get(session.get_bind().dialect.name)
+        if upsert is not None:
+            statement = upsert(beat).values(trial_id=trial_id, heartbeat=sqlalchemy.func.now())
+            session.execute(statement.on_conflict_do_update(index_elements=[beat.c.trial_id],
+                                                            set_={"heartbeat": sqlalchemy.func.now()}))
+            return
         updated = session.execute(sqlalchemy.update(beat).where(beat.c.trial_id == trial_id)
                                   .values(heartbeat=sqlalchemy.func.now()))
         if updated.rowcount == 0:
