@@ -249,7 +249,6 @@ def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready
                     return None
                 x = trial.suggest_float("x", -1.0, 1.0)
             mine.add(trial._trial_id)
-            storage.get_trial_system_attrs(trial._trial_id)  # is it a retry? (the bookkeeper reads its origin)
             return trial, x
 
         def reserve(trial) -> bool:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import sqlalchemy.orm
 
 __all__ = [
-    "CachedStorage", "backend_of", "cache_migration_scripts", "cached_trial",
+    "CachedStorage", "asked_system_attrs", "backend_of", "cache_migration_scripts", "cached_trial",
     "check_schema_one_connection_at_a_time", "engine_of", "enter_optimize_loop",
     "hyperband_bracket_study", "rdb_backend", "rdb_models", "rdb_session", "read_waiting_trials",
     "stop_requested", "study_id_of", "study_storage", "tell", "trial_id_of",
@@ -86,6 +86,13 @@ def tell(study: optuna.Study, trial: optuna.Trial, values: float | None = None, 
     `Study.tell` calls first): six queries on an RDB store that the service never used."""
     _tell_with_warning(study=study, trial=trial, value_or_values=values, state=state,
                        skip_if_finished=skip_if_finished)
+
+
+def asked_system_attrs(trial: optuna.Trial) -> dict[str, Any]:
+    """The trial's system attributes as its ask read them (`Trial._cached_frozen_trial`, read from the
+    store when the Trial was made), without reading them again: a retry's `failed_trial`, set when it
+    was queued, is there. Attributes written after the ask (by a sampler, say) are not."""
+    return trial._cached_frozen_trial.system_attrs
 
 
 def hyperband_bracket_study(pruner: optuna.pruners.HyperbandPruner, study: optuna.Study,

@@ -40,6 +40,7 @@ from storage.dashboard_formats import (
 )
 from storage.optuna_private import (
     CachedStorage,
+    asked_system_attrs,
     backend_of,
     cache_migration_scripts,
     cached_trial,
@@ -263,6 +264,17 @@ def test_read_waiting_trials_reads_the_queue_alone_and_the_cache_reads_them_agai
     cached.set_trial_param(trial_id_of(waiting[0]), "x", 1.0, optuna.distributions.FloatDistribution(0, 2))
     assert [t.state for t in cached.get_all_trials(sid)] == [TrialState.RUNNING] * 2, "read again: it runs now"
     assert read_waiting_trials(cached, sid) == []
+
+
+def test_asked_system_attrs_hold_a_retrys_origin_as_its_ask_read_them(study):
+    failed = study.ask()
+    study.tell(failed, state=TrialState.FAIL)
+    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)(study, study.get_trials()[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        retry = study.ask()
+    assert asked_system_attrs(retry)["failed_trial"] == 0 == study.get_trials()[1].system_attrs["failed_trial"]
+    assert "failed_trial" not in asked_system_attrs(study.ask())
 
 
 def test_tell_closes_the_trial_as_study_tell_does(study):

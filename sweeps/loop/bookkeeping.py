@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from storage.batch import count_trials, write_trial_batch
 from storage.heartbeats import grace_period_of, heartbeat_ages
 from storage.optuna_private import (
+    asked_system_attrs,
     engine_of,
     enter_optimize_loop,
     stop_requested,
@@ -182,7 +183,7 @@ class Books:
                 return self.ask(wait_for_others, fixed)
             fixed_seed = TrialRecord.from_attrs(trial.user_attrs).confirm_seed
         self.open[trial_id_of(trial)] = trial
-        retry_of = self.storage.get_trial_system_attrs(trial_id_of(trial)).get("failed_trial")
+        retry_of = asked_system_attrs(trial).get("failed_trial")  # as the ask read it: no read again
         return TrialRef(trial.number, trial_id_of(trial), dict(trial.params), retry_of, fixed_seed), point
 
     def pause(self, seconds: float) -> bool:
