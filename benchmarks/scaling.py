@@ -242,7 +242,8 @@ def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready
             with snapshot(storage):  # as the bookkeeper asks and samples
                 trial = study.ask()
                 heartbeat.add(trial._trial_id)
-                if count_trials(storage, study_id, taken_states, trial.number) >= n_trials:  # raced for the last
+                if trial.number >= n_trials and count_trials(storage, study_id, taken_states,  # raced for the last
+                                                             trial.number) >= n_trials:
                     write_trial_batch(storage, trial._trial_id, {"worker": number, "error": "not started"}, {})
                     tell(study, trial, state=TrialState.FAIL, skip_if_finished=True)
                     heartbeat.discard(trial._trial_id)

@@ -171,7 +171,9 @@ class Books:
             if fixed:
                 fix_params(trial, fixed)
             self.heartbeat.add(trial_id_of(trial))
-            if self.taken(below=trial.number) >= self.n_trials:  # workers raced for the last slots
+            # workers raced for the last slots (numbers are 0, 1, ...: at most `number` trials are numbered
+            # below it, so only a trial numbered n_trials or more can be past them, and only it is counted)
+            if trial.number >= self.n_trials and self.taken(below=trial.number) >= self.n_trials:
                 self.close_unfinished_quietly(trial)
                 return None
             point = with_retry(lambda: suggest(trial, self.config.search), "sampling a trial")
