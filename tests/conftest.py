@@ -163,18 +163,3 @@ def postgres_restart():
     """For a test that restarts the local PostgreSQL server (`postgres_held`)."""
     with postgres_held(exclusive=True):
         yield
-
-
-# The longest test files first: with `--dist loadfile` each file runs whole on one xdist worker, in
-# collection order, so a long file collected last leaves the other worker idle at the end (longest
-# first is the classic schedule for two machines). Measured durations on 2 cores, longest first; the
-# Slurm tests keep their place, so that their time limits never run beside the compose build.
-LONGEST_FILES = ("test_compose_up.py", "test_workers.py", "test_pooler.py", "test_horizons_study.py",
-                 "test_fused_sweep.py", "test_search_efficiency.py")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Long files first, each file's tests kept together and in their own order."""
-    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
-    order = {id(item): i for i, item in enumerate(items)}
-    items.sort(key=lambda item: (rank.get(item.path.name, len(rank)), order[id(item)]))
