@@ -200,11 +200,7 @@ class Books:
         granted, left, cost = self.budget.reserve(trial_id, point, self.open)
         if granted or self.stopping.is_set():
             return granted
-        trial = self.open.pop(trial_id)
-        write_trial_batch(self.storage, trial_id,
-                          {**self.identity, **error_attrs(refused_message(left, cost, self.spending.total.unit))}, {})
-        tell(self.study, trial, state=TrialState.FAIL, skip_if_finished=True)
-        self.heartbeat.discard(trial_id)
+        self.close_unfinished_quietly(self.open.pop(trial_id), refused_message(left, cost, self.spending.total.unit))
         return False
 
     def say_waiting(self, done: bool = False) -> None:
@@ -245,7 +241,9 @@ class Books:
 
     def close_unfinished_quietly(self, trial: optuna.Trial,
                                  reason: str = "not started: the study already had its trials") -> None:
-        """A trial asked after the last slot went to another worker: closed before it runs."""
+        """Fail a trial this process will not finish, with the reason and this worker's identity (a
+        trial asked after the last slot went to another worker, one the total budget refused, or,
+        through `close_unfinished`, one interrupted)."""
         write_trial_batch(self.storage, trial_id_of(trial), {**self.identity, **error_attrs(reason)}, {})
         tell(self.study, trial, state=TrialState.FAIL, skip_if_finished=True)
         self.heartbeat.discard(trial_id_of(trial))
@@ -294,10 +292,7 @@ class Books:
     def close_unfinished(self, trial_id: int, reason: str, requeue: bool = True) -> None:
         """Fail a trial this process cannot finish and, when interrupted, queue its configuration
         to run again (the retry queue of `study.max_retry`)."""
-        trial = self.open.pop(trial_id)
-        write_trial_batch(self.storage, trial_id, {**self.identity, **error_attrs(reason)}, {})
-        tell(self.study, trial, state=TrialState.FAIL, skip_if_finished=True)
-        self.heartbeat.discard(trial_id)
+        self.close_unfinished_quietly(self.open.pop(trial_id), reason)
         if requeue and self.config.study.max_retry > 0:
             frozen = copy.copy(self.storage.get_trial(trial_id))
             # the retry starts clean but for what it was queued with; the failed trial keeps its error
