@@ -193,10 +193,12 @@ def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready
     service's own store (`SnapshotStorage`, its snapshot around the ask, its heartbeat thread and its
     tell) in the order of the service's sweep loop (`sweeps.loop.sweep_loop`, `sweeps.loop.bookkeeping`):
     its bookkeeper runs the requests one at a time, in order, beside the trial; the next trial is
-    asked (and sampled) while the current one runs, and after a trial come its record and then the
-    next trial's reservation. The bookkeeper is a thread here, not the service's forked process (whose
-    module imports torch): a sleeping trial holds no GIL. `ask_ahead` False: every step between two
-    trials, in order (record, count, ask, reservation), as this benchmark measured before."""
+    asked (and sampled) while the current one runs, and after a trial the next trial's reservation is
+    queued ahead of its record (with `study.total_budget`, as the sweep loop does: the next trial
+    starts without waiting for the last one's record). The bookkeeper is a thread here, not the
+    service's forked process (whose module imports torch): a sleeping trial holds no GIL. `ask_ahead`
+    False: every step between two trials, in order (record, count, ask, reservation), as this
+    benchmark measured before."""
     import warnings
     from concurrent.futures import ThreadPoolExecutor
 
@@ -252,9 +254,11 @@ def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready
             mine.add(trial._trial_id)
             return trial, x
 
-        def reserve(trial) -> bool:
+        def reserve(trial, tentative: bool = False) -> bool | None:
             if ledger.reserve(engine, study_id, trial._trial_id, 1.0).granted:
                 return True
+            if tentative:  # booked ahead of this worker's last record, whose settlement may give some back
+                return None
             tell(study, trial, state=TrialState.FAIL)
             heartbeat.discard(trial._trial_id)
             mine.discard(trial._trial_id)
@@ -275,24 +279,37 @@ def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready
         cpu_started = time.process_time()
         spans, finishing = [], []
         next_ask = book.submit(ask, not ask_ahead)
+        trained = None  # asking ahead: a trial's record is queued behind the next trial's reservation
         while True:
             asked = next_ask.result()
             if asked is None:  # not asked ahead: ask again now that this worker is free
+                if trained is not None:
+                    finishing.append(book.submit(finish, *trained))
+                    trained = None
                 asked = book.submit(ask, True).result()
                 if asked is None:
                     break
             trial, x = asked
-            if not book.submit(reserve, trial).result():
+            booking = book.submit(reserve, trial, trained is not None)
+            if trained is not None:
+                finishing.append(book.submit(finish, *trained))
+                trained = None
+            granted = booking.result()
+            if granted is None:  # it may fit once the last trial has settled
+                finishing[-1].result()
+                granted = book.submit(reserve, trial).result()
+            if not granted:
                 break
             if ask_ahead:
                 next_ask = book.submit(ask, False)
             started = time.time()
             time.sleep(TRIAL_S)
             ended = time.time()
-            finishing.append(book.submit(finish, trial, x, started, ended))
             spans.append((started, ended))
-            if not ask_ahead:
-                finishing[-1].result()
+            if ask_ahead:
+                trained = (trial, x, started, ended)
+            else:
+                book.submit(finish, trial, x, started, ended).result()
                 next_ask = book.submit(ask, True)
         for recorded in finishing:
             recorded.result()

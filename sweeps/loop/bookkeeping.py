@@ -193,11 +193,15 @@ class Books:
         self.requeue_stale_trials()
         return not self.stopping.wait(seconds)
 
-    def reserve(self, trial_id: int, point: Suggestion) -> bool:
+    def reserve(self, trial_id: int, point: Suggestion, tentative: bool = False) -> bool | None:
         """Book the trial's planned cost in the total budget's ledger before it trains. A trial
         that would overrun what is left is closed unstarted (not queued again); one interrupted
-        while it waits for budget stays open, for the training process to close and queue again."""
-        granted, left, cost = self.budget.reserve(trial_id, point, self.open)
+        while it waits for budget stays open, for the training process to close and queue again.
+        `tentative`: booked ahead of this worker's last trial's settlement, which may give some
+        back; a trial that does not fit yet is left open (None) for the caller to ask again after it."""
+        granted, left, cost = self.budget.reserve(trial_id, point, self.open, tentative)
+        if granted is None:
+            return None
         if granted or self.stopping.is_set():
             return granted
         self.close_unfinished_quietly(self.open.pop(trial_id), refused_message(left, cost, self.spending.total.unit))
