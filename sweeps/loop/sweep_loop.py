@@ -9,8 +9,7 @@ training), in order, while training goes on:
   liar sees the current trial as running, as a second worker would;
 - at the evaluations where the pruner can act, the decision is taken in the background, and a
   pruned trial stops at its next evaluation;
-- a finished trial's attributes, learning curve and state are written in one transaction; with
-  `study.total_budget`, after the next trial's reservation, which the next trial waits for.
+- a finished trial's attributes, learning curve and state are written in one transaction.
 """
 
 from __future__ import annotations
