@@ -15,13 +15,15 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from storage import open_storage
-from storage.optuna_private import backend_of, engine_of, study_storage, trial_id_of
+from storage.heartbeats import heartbeat_ages
+from storage.optuna_private import backend_of, engine_of, enter_optimize_loop, study_storage, trial_id_of
 from storage.snapshot import SnapshotStorage, snapshot
 from sweeps.config.plan import budget_of
 from sweeps.config.study_file import parse_config
 from sweeps.config.target import target_of
 from sweeps.loop.bookkeeper_process import ProcessBookkeeper
 from sweeps.loop.bookkeeping import Books
+from sweeps.loop.heartbeat import Heartbeat
 from sweeps.loop.runner import open_study
 from sweeps.search.strategies import build_pruner, build_sampler
 from tests.conftest import TINY, merged
@@ -157,3 +159,29 @@ def test_the_bookkeeper_starts_no_native_thread_pools():
     finally:
         book.shutdown()
     assert native == python, f"{native - python} native threads besides Python's"
+
+
+def test_a_trials_first_heartbeat_rides_out_a_lost_connection(tmp_path):
+    """The first beat comes right after the ask, outside the beat thread's own error handling: a store
+    unreachable at that moment (its first heartbeat statement fails as a lost connection does) is
+    retried, not raised, so a server restart at that instant does not end the worker."""
+    storage = SnapshotStorage(open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat_interval=60, grace_period=120))
+    study = optuna.create_study(storage=storage, study_name="beat")
+    enter_optimize_loop(study)  # as the bookkeeper's thread does (no heartbeat warning)
+    study.ask().suggest_float("x", 0, 3)
+    trial_id = study.get_trials()[0]._trial_id
+    lost: list[str] = []
+
+    def lose_the_first(conn, cursor, statement, parameters, context, executemany):
+        if "trial_heartbeats" in statement and not lost:
+            lost.append(statement)
+            raise sqlalchemy.exc.OperationalError(statement, parameters, Exception("server closed the connection"))
+
+    engine = engine_of(storage)
+    sqlalchemy.event.listen(engine, "before_cursor_execute", lose_the_first)
+    try:
+        Heartbeat(study).add(trial_id)
+    finally:
+        sqlalchemy.event.remove(engine, "before_cursor_execute", lose_the_first)
+    assert lost, "the outage was not injected"
+    assert trial_id in heartbeat_ages(storage, study._study_id)

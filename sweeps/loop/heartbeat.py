@@ -12,6 +12,7 @@ import threading
 import optuna
 
 from storage.optuna_private import study_storage
+from storage.retry import with_retry
 
 logger = logging.getLogger("sweeps")
 
@@ -41,8 +42,10 @@ class Heartbeat:
             self.thread.join(timeout=5)
 
     def add(self, trial_id: int) -> None:
+        """The trial's first beat, retried while the store is unreachable (a server restart): it comes
+        right after the ask, and a lost connection here would otherwise end the worker."""
         if self.enabled:
-            self.storage.record_heartbeat(trial_id)
+            with_retry(lambda: self.storage.record_heartbeat(trial_id), "recording a heartbeat")
             with self.lock:
                 self.trial_ids.add(trial_id)
 
