@@ -52,9 +52,10 @@ SCRIPTS = REPO / "tests" / "docker"
 CACHE = Path(os.environ.get("SWEEPS_TEST_CACHE", "/var/cache/sweeps-test"))
 PROJECT = "sweeps-compose-test"  # fixed, so that images (the build cache) are reused and leftovers removed
 STUDY = "compose-test"
-N_TRIALS = 56  # enough that the kill, stop and restart tests still find the sweep running when the
+N_TRIALS = 80  # enough that the kill, stop and restart tests still find the sweep running when the
 # other test process loads the 2 CI cores (with 30, 24 had finished before the stop test once; with 40,
-# a run beside other agents' tests had 33 finished before the restart test); 16 more trials cost about 11 s
+# a run beside other agents' tests had 33 finished before the restart test; with 56, two fresh-clone runs
+# had 51 finished before the stop test); 16 more trials cost about 11 s
 WORKERS = 3
 FINISHED = ("COMPLETE", "PRUNED")
 TORCH = "torch==2.13.0"
