@@ -403,7 +403,9 @@ def test_the_study_ends_with_exactly_n_trials(compose):
     lost = [t for t in trials if t["state"] == "FAIL" and "not started" not in (t["error"] or "")]
     assert lost, "no trial was lost to the kill or the stop"
     for trial in lost:  # every trial lost to the kill or the stop was finished by a retry
-        assert copies_of(trials, trial, *FINISHED), f"trial {trial['number']}'s configuration was never finished"
+        assert copies_of(trials, trial, *FINISHED), (
+            f"trial {trial['number']}'s configuration was never finished; its error: {trial['error']}\n"
+            + compose.logs(tail=300))
 
 
 def test_the_dashboard_lists_the_study_on_localhost_only(compose):
