@@ -170,7 +170,7 @@ def make_reference(specs: dict[str, TaskSpec], metas: dict[str, dict] | None = N
             data = service_study(spec, 0, {
                 "sampler": {"name": "grid", "grid_points": 10}, "pruner": {"name": "none"},
                 "search": {"coupling": "none", "warmup_fraction": 0.0, "epochs": None}})
-            data["search"].pop("epochs")
+            data["search"].pop("epochs", None)  # service_study drops it already (epochs None: not searched)
             data["study"].update(storage=f"sqlite:///{folder}/ref.db", n_trials=60)
             config = parse_config(data, folder)
             started = time.perf_counter()
