@@ -376,6 +376,35 @@ def test_the_protocols_figures():
     assert ranks == {"s": 2.0, "b": 1.75, "c": 2.25}
 
 
+def test_reference_entries_written_by_two_processes_keep_each_others_tasks(tmp_path):
+    import multiprocessing
+
+    path = tmp_path / "reference.json"
+    reference.write_entry(path, "a", {"best": 1.0})
+    with multiprocessing.get_context("fork").Pool(2) as pool:  # two writers at once, other tasks each
+        pool.starmap(reference.write_entry, [(path, f"t{i}", {"best": float(i)}) for i in range(8)])
+    entries = json.loads(path.read_text())
+    assert entries == {"a": {"best": 1.0}, **{f"t{i}": {"best": float(i)} for i in range(8)}}
+
+
+def test_the_best_baseline_per_task_is_the_lowest_censored_median_paired_with_the_service():
+    spec = tasks.TaskSpec("t", 10, epochs=1, full_trials=10)  # C = 100 examples
+    def cell(costs):  # one trial per seed reaching value 1.0 after `cost` examples (inf: never)
+        out = analysis.Cell()
+        for seed, cost in enumerate(costs):
+            out.runs.append(([Tr(100, [Ev(cost if cost < 100 else 100, 1.0 if cost < 100 else 0.0, 1.0)])], 1.0))
+            out.seeds.append(seed)
+        return out
+    cells = {("t", "svc"): cell([10, 20, 30]), ("t", "a"): cell([40, 50, 60]), ("t", "b"): cell([20, 30, 40]),
+             ("t", "c"): cell([math.inf, math.inf, math.inf])}
+    got = analysis.best_baseline_ratio(cells, {"t": spec}, {"t": {"best": 1.0}}, {"t": 0.0}, "svc", ["a", "b", "c"],
+                                       analysis.random.Random(0))
+    best_of, (point, low, high) = got
+    assert best_of == {"t": "b"} and point == pytest.approx(30 / 20) and low <= point <= high
+    assert analysis.best_baseline_ratio(cells, {"t": spec}, {"t": {"best": 1.0}}, {"t": 0.0}, "none", ["a"],
+                                        analysis.random.Random(0)) is None
+
+
 def test_crn_runs_save_their_trials_and_a_rerun_resumes(tmp_path, monkeypatch):
     calls = []
 

@@ -322,6 +322,32 @@ def protocol_report(cells: dict[tuple[str, str], Cell], specs: dict[str, TaskSpe
     return out
 
 
+def best_baseline_ratio(cells: dict[tuple[str, str], Cell], specs: dict[str, TaskSpec], reference: dict,
+                        margins: dict[str, float | None], service: str, baselines: Sequence[str],
+                        rng: random.Random) -> tuple[dict[str, str], tuple[float, float, float]] | None:
+    """Issue 30, part 4's selection statistic at one margin: per task the best baseline (the lowest
+    censored median compute to target among `baselines`; a tie goes to the first in their order),
+    paired by seed with the service; the geometric mean over tasks of median(best baseline) /
+    median(service) with its bootstrap 90% interval (`bootstrap_ratio`; the best baseline is chosen
+    once, on all seeds, not again in each resample). None when a task lacks the service or a baseline."""
+    names = [n for n in specs if margins.get(n) is not None and n in reference]
+    best_of: dict[str, str] = {}
+    per_task = []
+    for name in names:
+        spec = specs[name]
+        present = [b for b in baselines if (name, b) in cells]
+        if (name, service) not in cells or not present:
+            return None
+        target = target_for(reference, name, spec, margins[name])
+        costs = {label: cells[(name, label)].by_seed(target, spec.total, spec.maximize)
+                 for label in [service, *present]}
+        best_of[name] = min(present, key=lambda b: censored_median(list(costs[b].values()), spec.total))
+        per_task.append((paired(costs[service], costs[best_of[name]]), spec.total))
+    if not per_task:
+        return None
+    return best_of, bootstrap_ratio(per_task, rng)
+
+
 def draw_share_figure(cells: dict[tuple[str, str], Cell], specs: dict[str, TaskSpec], reference: dict,
                       labels: Sequence[str], margin_sets: list[tuple[str, dict]], path: str, title: str,
                       emphasis: str) -> None:

@@ -251,6 +251,17 @@ def service_config(raw: str | None) -> dict | None:
     return json.loads(Path(raw).read_text() if Path(raw).exists() else raw)
 
 
+def with_horizons(specs: dict, frozen: dict | None) -> dict:
+    """With `budget.horizons` in the service's configuration, each spec's evaluation points are
+    those horizons (in examples, ending with per_trial): the baselines report at the service's."""
+    horizons = ((frozen or {}).get("budget") or {}).get("horizons")
+    if not horizons:
+        return specs
+    return {name: replace(spec, horizons=tuple(sorted({horizon_length(h, spec.per_trial) for h in horizons}
+                                                      | {float(spec.per_trial)})))
+            for name, spec in specs.items()}
+
+
 def crn_main(args, parser) -> None:
     """Issue 30's protocol: --measure-charge, --time-trials, --make-reference and --noise (on the
     service's recipe), the grid (--save, --shard, --estimate) or --load, and the figures."""
@@ -285,11 +296,7 @@ def crn_main(args, parser) -> None:
             charged = timing["examples"] + spec.evaluations_per_trial * spec.eval_charge
             PRIOR_SECONDS_PER_1K[name] = timing["seconds"] / charged * 1000
     frozen = service_config(args.service_config)
-    horizons = ((frozen or {}).get("budget") or {}).get("horizons")
-    if horizons:  # the baselines report at the service's horizons (in examples, ending with per_trial)
-        specs = {name: replace(spec, horizons=tuple(sorted({horizon_length(h, spec.per_trial) for h in horizons}
-                                                           | {float(spec.per_trial)})))
-                 for name, spec in specs.items()}
+    specs = with_horizons(specs, frozen)
     for name in specs:  # what each saved run was made with: the code's commit and the service's configuration
         metas.setdefault(name, {}).update(commit=git_commit(), service_config=frozen)
     n_seeds = args.seeds if args.seeds is not None else (2 if args.quick else ISSUE30_SEEDS)

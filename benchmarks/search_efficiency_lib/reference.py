@@ -4,8 +4,10 @@ turn them into a reference (seed_mean, grid_max)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+import os
 import statistics
 import tempfile
 import time
@@ -34,6 +36,25 @@ NOISE_SEEDS = 8
 
 def load_noise() -> dict:
     return json.loads(NOISE_FILE.read_text()) if NOISE_FILE.exists() else {}
+
+
+def write_entry(path: Path, name: str, entry: dict) -> dict:
+    """One task's entry written into the JSON file `path` (the reference or noise file): read again
+    and rewritten in place under an exclusive lock, so that two processes making the entries of
+    different tasks at the same time (the tasks split between them) keep each other's. Returns the
+    file's entries."""
+    with open(path, "a+", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed
+        f.seek(0)
+        text = f.read()
+        entries = json.loads(text) if text.strip() else {}
+        entries[name] = entry
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps(entries, indent=2) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return entries
 
 
 def measure_noise(specs: dict[str, TaskSpec], reference: dict, metas: dict[str, dict] | None = None,
@@ -82,7 +103,7 @@ def measure_noise(specs: dict[str, TaskSpec], reference: dict, metas: dict[str, 
         log(f"# noise {name}: std of the final {spec.metric} over {seeds} seeds {noise[name]['std_final']:.4g} "
             f"(of the best evaluation {noise[name]['std_best']:.4g}); second margin 2 x std = "
             f"{2 * noise[name]['std_final']:.4g}")
-        path.write_text(json.dumps(noise, indent=2) + "\n")
+        noise = write_entry(path, name, noise[name])
     return noise
 
 
@@ -149,7 +170,7 @@ def make_reference(specs: dict[str, TaskSpec], metas: dict[str, dict] | None = N
             data = service_study(spec, 0, {
                 "sampler": {"name": "grid", "grid_points": 10}, "pruner": {"name": "none"},
                 "search": {"coupling": "none", "warmup_fraction": 0.0, "epochs": None}})
-            data["search"].pop("epochs")
+            data["search"].pop("epochs", None)  # service_study drops it already (epochs None: not searched)
             data["study"].update(storage=f"sqlite:///{folder}/ref.db", n_trials=60)
             config = parse_config(data, folder)
             started = time.perf_counter()
@@ -171,4 +192,4 @@ def make_reference(specs: dict[str, TaskSpec], metas: dict[str, dict] | None = N
             if name in HELD_OUT or name not in DEFAULT_TASKS:  # the older entries predate fingerprints
                 reference[name]["fingerprint"] = fingerprint(spec, (metas or {}).get(name), total=False)
             print(name, reference[name], flush=True)
-            REFERENCE_FILE.write_text(json.dumps(reference, indent=2) + "\n")
+            reference = write_entry(REFERENCE_FILE, name, reference[name])
