@@ -43,7 +43,7 @@ def config_file(label: str) -> Path:
 
 def mechanisms(config: dict) -> int:
     """How many mechanisms a candidate adds to the defaults: one per changed section (sampler,
-    pruner, budget.horizons), `mechanisms` in the file when it says (S5: its parts)."""
+    pruner, budget.horizons), or `_mechanisms` in the file when it says (S5: its parts)."""
     return int(config.get("_mechanisms", len([k for k in config if not k.startswith("_")])))
 
 
@@ -59,10 +59,10 @@ def rate(label: str, parser) -> dict:
         glob.glob(str(RESULTS / f"dev30_{label}_*.jsonl")))
     fps = {name: fingerprint(spec, metas.get(name)) for name, spec in specs.items()}
     cells = load_runs(files, fps)
-    grid = load_reference()
-    reference = resolve_reference(grid, load_noise(), specs, metas)
+    noise = load_noise()
+    reference = resolve_reference(load_reference(), noise, specs, metas)
     margin_sets = [(f"margin {MARGIN}", {n: MARGIN for n in specs}),
-                   ("margin 2 x noise", noise_margins(load_noise(), specs, metas))]
+                   ("margin 2 x noise", noise_margins(noise, specs, metas))]
     out = {"label": label, "baselines": base, "mechanisms": mechanisms(raw), "config": config, "margins": {}}
     rng = random.Random(0)
     for title, margins in margin_sets:

@@ -55,7 +55,8 @@ STUDY = "compose-test"
 N_TRIALS = 80  # enough that the kill, stop and restart tests still find the sweep running when the
 # other test process loads the 2 CI cores (with 30, 24 had finished before the stop test once; with 40,
 # a run beside other agents' tests had 33 finished before the restart test; with 56, two fresh-clone runs
-# had 51 finished before the stop test); 16 more trials cost about 11 s
+# had 51 finished before the stop test); with 80 the file's six tests took 115 to 128 s here, the image
+# already built
 WORKERS = 3
 FINISHED = ("COMPLETE", "PRUNED")
 TORCH = "torch==2.13.0"
