@@ -38,7 +38,8 @@ def heartbeat_ages(storage: BaseStorage, study_id: int) -> dict[int, float]:
 
 def stale_trial_ids(storage: BaseStorage, study_id: int) -> list[int]:
     """The study's RUNNING trials whose heartbeat is older than the grace period, as Optuna's
-    `RDBStorage._get_stale_trial_ids` judges them (a trial without a heartbeat is never stale)."""
+    `RDBStorage._get_stale_trial_ids` judges them (a trial without a heartbeat is never stale:
+    `adopt_trials_without_heartbeat` dates it first)."""
     grace = grace_period_of(storage)
     if grace is None:
         return []
@@ -68,6 +69,29 @@ def record_heartbeat(storage: BaseStorage, trial_id: int) -> None:
                                   .values(heartbeat=sqlalchemy.func.now()))
         if updated.rowcount == 0:
             session.execute(sqlalchemy.insert(beat).values(trial_id=trial_id, heartbeat=sqlalchemy.func.now()))
+
+
+def adopt_trials_without_heartbeat(storage: BaseStorage, study_id: int) -> int:
+    """Give every RUNNING trial of the study that has no heartbeat row one, dated now on the database's
+    clock; the number given. Optuna never judges such a trial stale, so a worker that died between its
+    ask and its first beat, or an ask whose commit reached the store while its reply was lost (a server
+    restart; the retried ask makes a second trial), would hold its slot for ever and keep the study
+    from ending. Once dated, it goes stale a grace period on unless its worker beats, and is failed
+    and queued again as any other. A live worker's first beat, an upsert, simply moves the date on."""
+    backend = rdb_backend(storage)
+    if backend is None or grace_period_of(storage) is None:
+        return 0
+    trial, beat = rdb_models.TrialModel.__table__, rdb_models.TrialHeartbeatModel.__table__
+    unbeaten = (sqlalchemy.select(trial.c.trial_id, sqlalchemy.func.now())
+                .where(trial.c.study_id == study_id, trial.c.state == TrialState.RUNNING,
+                       ~sqlalchemy.exists().where(beat.c.trial_id == trial.c.trial_id)))
+    with rdb_session(backend, True) as session:  # two workers adopting at once: the loser's rows exist
+        insert = UPSERTS.get(session.get_bind().dialect.name)
+        if insert is not None:
+            statement = (insert(beat).from_select(["trial_id", "heartbeat"], unbeaten)
+                         .on_conflict_do_nothing(index_elements=[beat.c.trial_id]).returning(beat.c.trial_id))
+            return len(session.execute(statement).all())
+        return session.execute(sqlalchemy.insert(beat).from_select(["trial_id", "heartbeat"], unbeaten)).rowcount
 
 
 def grace_period_of(storage: BaseStorage) -> float | None:
