@@ -22,21 +22,33 @@ Last line: `scaling_efficiency_16=<x>` (throughput at 16 / (16 x throughput at 1
 `--store` runs the store side by side, direct and through PgBouncer in transaction mode (issue 29,
 docs/many_workers.md), at 1, 4, 16, 32 and 64 workers, with 10-second trials:
 
-    python benchmarks/scaling.py --store [--counts 1,4,16,32,64] [--modes direct,pooled] [--rounds 3]
+    python benchmarks/scaling.py --store [--counts 1,4,16,32,64] [--modes direct,pooled] [--rounds 3] [--serial]
 
 Its worker imports no torch (64 of them fit beside PostgreSQL on a small machine): instead of the
 sweep loop, whose trial module imports torch, each worker does per trial what the service asks of
-the store: Optuna's ask, the ledger reservation of `study.total_budget` (SELECT ... FOR UPDATE of the
-study's budget row, every worker on the same row), a heartbeat thread, the batched write of the
-trial's records (`storage.batch`), tell, the settlement, and the search for dead
-workers' trials (once per heartbeat interval), and it counts the study's trials in one query, as
-the sweep loop does; its worker number comes from the registry (`storage.workers`). PgBouncer (Debian's
-package) is started by the benchmark on a free port, pool size `--pool` (10), and stopped by its pid.
-Per mode and count it prints the efficiency (the share of the workers' wall time spent inside
-trials, from the start signal to the last trial's end), the PostgreSQL connections held by the run
-(peak, sampled every 0.25 s in pg_stat_activity by the run's application_name), and the time from a
-trial's end to the same worker's next trial's start (median and 95th percentile). A direct run that
-PostgreSQL refuses ("too many clients") prints what happened instead of a row.
+the store, through the service's own store (`storage.snapshot.SnapshotStorage`, the snapshot around
+the ask, the sweep loop's heartbeat thread, the bookkeeper's tell): Optuna's ask, the ledger
+reservation of `study.total_budget` (SELECT ... FOR UPDATE of the study's budget row, every worker on
+the same row), heartbeats every 2 s, the batched write of the trial's records (`storage.batch`), the
+settlement, tell, and the search for dead workers' trials (once per heartbeat interval), and it
+counts the study's trials in one query, as the sweep loop does; its worker number comes from the
+registry (`storage.workers`). It keeps the sweep loop's order: a bookkeeper (a thread here, the
+service's is a forked process) runs the store's requests one at a time, asks the next trial (with
+the budget's check, the counts and the sampling) while the current one runs, and after a trial
+records it (write, settlement, tell) and then books the next one, so the time between two trials is
+the record and the reservation. `--serial` runs every step between two trials instead (record,
+counts, ask, reservation; how this benchmark ran before: a worker that does not ask ahead).
+PgBouncer (Debian's package) is started by the benchmark on a free
+port, pool size `--pool` (10), and stopped by its pid. Per mode and count it prints the efficiency
+(the share of the workers' wall time spent inside trials, from the start signal to the last trial's
+end), the PostgreSQL connections held by the run (peak, sampled every 0.25 s in pg_stat_activity by
+the run's application_name), the time from a trial's end to the same worker's next trial's start
+(median and 95th percentile), `last start` (as above: when the last worker started its first
+trial, seconds after the signal), and the CPU time per trial (milliseconds, from the start signal on,
+which the load of the machine changes little): the workers' own (`cpu ms`, their heartbeat threads
+included), PostgreSQL's server processes' (`pg ms`, read from /proc for a server on this machine)
+and PgBouncer's (`pgb ms`). A direct run that PostgreSQL refuses ("too many clients") prints what
+happened instead of a row.
 """
 
 from __future__ import annotations
@@ -147,6 +159,8 @@ def main() -> None:
     parser.add_argument("--modes", default="direct,pooled", help="--store: direct, pooled or both")
     parser.add_argument("--rounds", type=int, default=3, help="--store: trials per worker")
     parser.add_argument("--pool", type=int, default=10, help="--store: PgBouncer's pool size")
+    parser.add_argument("--serial", action="store_true",
+                        help="--store: no ask ahead; every step between two trials, in order (as before)")
     args = parser.parse_args()
     optuna.logging.set_verbosity(logging.WARNING)
     if args.store:
@@ -173,89 +187,191 @@ TRIAL_S = 10.0
 RECORD = {f"attr_{i}": i * 0.5 for i in range(16)}  # about what a sweep trial records besides its curve
 
 
-def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready, done) -> None:
-    """One worker: the store's work of a sweep trial, around a 10-second sleep (no torch)."""
-    import threading
+def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready, done,
+                 ask_ahead: bool = True) -> None:
+    """One worker: the store's work of a sweep trial, around a 10-second sleep (no torch), through the
+    service's own store (`SnapshotStorage`, its snapshot around the ask, its heartbeat thread and its
+    tell) in the order of the service's sweep loop (`sweeps.loop.sweep_loop`, `sweeps.loop.bookkeeping`):
+    its bookkeeper runs the requests one at a time, in order, beside the trial; the next trial is
+    asked (and sampled) while the current one runs, and after a trial the next trial's reservation is
+    queued ahead of its record (with `study.total_budget`, as the sweep loop does: the next trial
+    starts without waiting for the last one's record). The bookkeeper is a thread here, not the
+    service's forked process (whose module imports torch): a sleeping trial holds no GIL. `ask_ahead`
+    False: every step between two trials, in order (record, count, ask, reservation), as this
+    benchmark measured before."""
     import warnings
+    from concurrent.futures import ThreadPoolExecutor
 
     from storage import ledger
     from storage.batch import count_trials, write_trial_batch
-    from storage.optuna_private import engine_of
+    from storage.heartbeats import adopt_trials_without_heartbeat
+    from storage.optuna_private import engine_of, enter_optimize_loop, tell
+    from storage.snapshot import SnapshotStorage, snapshot
     from storage.sql import open_storage
     from storage.workers import register_worker
+    from sweeps.loop.heartbeat import Heartbeat
 
     optuna.logging.set_verbosity(logging.WARNING)
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
     try:
-        storage = open_storage(url, heartbeat_interval=2, grace_period=30)
+        storage = SnapshotStorage(open_storage(url, heartbeat_interval=2, grace_period=30))
         study = optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler())
+        study_id = study._study_id
         engine = engine_of(storage)
-        number = register_worker(storage, study._study_id)
-        current: list[int | None] = [None]
-        stop = threading.Event()
+        number = register_worker(storage, study_id)
+        heartbeat = Heartbeat(study)  # the sweep loop's heartbeat thread, every 2 s
+        heartbeat.start()
+        book = ThreadPoolExecutor(max_workers=1)  # the bookkeeper: one request at a time, in order
+        book.submit(enter_optimize_loop, study).result()  # as the bookkeeper's thread does
+        taken_states = (TrialState.COMPLETE, TrialState.RUNNING)
+        mine: set[int] = set()
+        next_stale_check = [0.0]
 
-        def beat() -> None:
-            while not stop.wait(2.0):
-                if current[0] is not None:
-                    try:
-                        storage.record_heartbeat(current[0])
-                    except Exception:  # noqa: BLE001 - the next beat tries again
-                        pass
+        def fail_stale_trials() -> None:  # `Books.fail_stale_trials`
+            adopt_trials_without_heartbeat(storage, study_id)
+            optuna.storages.fail_stale_trials(study)
 
-        threading.Thread(target=beat, daemon=True).start()
-        ready.wait()
-        spans = []
-        next_stale_check = 0.0
-        while True:
+        def ask(wait: bool):
+            """`Books.ask`: None when the study has its trials, or (not `wait`) when asking ahead would
+            hold one of the last slots while another worker idles."""
+            left = ledger.left(engine, study_id)  # the budget's check before every ask
+            if left is not None and left + ledger.SLACK * budget_amount < 1.0:
+                return None
+            if time.monotonic() >= next_stale_check[0]:  # once per heartbeat interval
+                fail_stale_trials()
+                next_stale_check[0] = time.monotonic() + 2.0
             # one COUNT query, as the sweep loop asks (storage.batch.count_trials), not every trial read back
-            if count_trials(storage, study._study_id, (TrialState.COMPLETE, TrialState.RUNNING)) >= n_trials:
-                break
-            trial = study.ask()
-            if not ledger.reserve(engine, study._study_id, trial._trial_id, 1.0).granted:
-                study.tell(trial, state=TrialState.FAIL)
-                break
-            current[0] = trial._trial_id
-            started = time.time()
-            x = trial.suggest_float("x", -1.0, 1.0)
-            time.sleep(TRIAL_S)
-            ended = time.time()
+            taken = count_trials(storage, study_id, taken_states)
+            free = n_trials - taken
+            if free <= 0 or not (wait or free > taken
+                                 or free > count_trials(storage, study_id, (TrialState.RUNNING,)) - len(mine)):
+                return None
+            with snapshot(storage):  # as the bookkeeper asks and samples
+                trial = study.ask()
+                heartbeat.add(trial._trial_id)
+                if trial.number >= n_trials and count_trials(storage, study_id, taken_states,  # raced for the last
+                                                             trial.number) >= n_trials:
+                    write_trial_batch(storage, trial._trial_id, {"worker": number, "error": "not started"}, {})
+                    tell(study, trial, state=TrialState.FAIL, skip_if_finished=True)
+                    heartbeat.discard(trial._trial_id)
+                    return None
+                x = trial.suggest_float("x", -1.0, 1.0)
+            mine.add(trial._trial_id)
+            return trial, x
+
+        def reserve(trial, tentative: bool = False) -> bool | None:
+            if ledger.reserve(engine, study_id, trial._trial_id, 1.0).granted:
+                return True
+            if tentative:  # booked ahead of this worker's last record, whose settlement may give some back
+                return None
+            tell(study, trial, state=TrialState.FAIL)
+            heartbeat.discard(trial._trial_id)
+            mine.discard(trial._trial_id)
+            return False
+
+        def finish(trial, x: float, started: float, ended: float) -> None:
             write_trial_batch(storage, trial._trial_id, {**RECORD, "worker": number, "started": started,
                                                           "ended": ended}, {i: x * i for i in range(10)})
-            current[0] = None
-            study.tell(trial, x * x)
-            ledger.settle(engine, study._study_id, trial._trial_id, 1.0)
+            ledger.settle(engine, study_id, trial._trial_id, 1.0)
+            tell(study, trial, x * x)
+            heartbeat.discard(trial._trial_id)
+            mine.discard(trial._trial_id)
+
+        # the bookkeeper's start (`Books.start_bookkeeping`): dead workers' trials failed before the first ask
+        book.submit(fail_stale_trials).result()
+        next_stale_check[0] = time.monotonic() + 2.0
+        ready.wait()
+        cpu_started = time.process_time()
+        spans, finishing = [], []
+        next_ask = book.submit(ask, not ask_ahead)
+        trained = None  # asking ahead: a trial's record is queued behind the next trial's reservation
+        while True:
+            asked = next_ask.result()
+            if asked is None:  # not asked ahead: ask again now that this worker is free
+                if trained is not None:
+                    finishing.append(book.submit(finish, *trained))
+                    trained = None
+                asked = book.submit(ask, True).result()
+                if asked is None:
+                    break
+            trial, x = asked
+            booking = book.submit(reserve, trial, trained is not None)
+            if trained is not None:
+                finishing.append(book.submit(finish, *trained))
+                trained = None
+            granted = booking.result()
+            if granted is None:  # it may fit once the last trial has settled
+                finishing[-1].result()
+                granted = book.submit(reserve, trial).result()
+            if not granted:
+                break
+            if ask_ahead:
+                next_ask = book.submit(ask, False)
+            started = time.time()
+            time.sleep(TRIAL_S)
+            ended = time.time()
             spans.append((started, ended))
-            if time.monotonic() >= next_stale_check:  # once per heartbeat interval, as the sweep loop does
-                optuna.storages.fail_stale_trials(study)
-                next_stale_check = time.monotonic() + 2.0
-        stop.set()
-        done.put(("ok", number, spans))
+            if ask_ahead:
+                trained = (trial, x, started, ended)
+            else:
+                book.submit(finish, trial, x, started, ended).result()
+                next_ask = book.submit(ask, True)
+        for recorded in finishing:
+            recorded.result()
+        book.shutdown()
+        cpu = time.process_time() - cpu_started
+        heartbeat.stop()
+        done.put(("ok", number, spans, cpu))
     except Exception as err:  # noqa: BLE001 - the run reports what the store did
         ready.abort()  # the others do not wait for this one at the start signal
-        done.put(("error", f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:160]}", []))
+        done.put(("error", f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:160]}", [], 0.0))
     done.close()
     done.join_thread()
     os._exit(0)
 
 
-def count_connections(direct_url: str, application_name: str, stop, peak: list[int]) -> None:
+def cpu_seconds(pid: int, command: str) -> float | None:
+    """User and system CPU seconds of a process of this machine running `command` (None otherwise)."""
+    try:
+        with open(f"/proc/{pid}/comm") as comm:
+            if comm.read().strip() != command:
+                return None
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def count_connections(direct_url: str, application_name: str, stop, peak: list[int], started,
+                      server_cpu: dict) -> None:
+    """The peak of the run's server connections, and the CPU their PostgreSQL processes spent after the
+    start signal (`server_cpu`: pid -> [at the signal, last seen]; a server on this machine only)."""
     import sqlalchemy
     from sqlalchemy.pool import NullPool
 
     engine = sqlalchemy.create_engine(direct_url, poolclass=NullPool)
-    query = sqlalchemy.text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :name")
+    query = sqlalchemy.text("SELECT pid FROM pg_stat_activity WHERE application_name = :name")
     while not stop.is_set():
         try:
             with engine.connect() as connection:  # one connection of its own, held for the run (not counted)
                 while not stop.wait(0.25):
-                    peak[0] = max(peak[0], int(connection.execute(query, {"name": application_name}).scalar_one()))
+                    pids = connection.execute(query, {"name": application_name}).scalars().all()
                     connection.rollback()
+                    peak[0] = max(peak[0], len(pids))
+                    for pid in pids:
+                        cpu = cpu_seconds(pid, "postgres")
+                        if cpu is not None:
+                            # a server process that was there at the signal counts from then, a new one from its start
+                            base = cpu if not started.is_set() else server_cpu.get(pid, [0.0])[0]
+                            server_cpu[pid] = [base, cpu]
         except sqlalchemy.exc.SQLAlchemyError:  # the server went away for a while: count again once it is back
             stop.wait(1.0)
     engine.dispose()
 
 
-def store_run(url: str, direct_url: str, application_name: str, n_workers: int, rounds: int) -> dict:
+def store_run(url: str, direct_url: str, application_name: str, n_workers: int, rounds: int,
+              pooler_pid: int | None = None, ask_ahead: bool = True) -> dict:
     import statistics
     import threading
 
@@ -272,19 +388,24 @@ def store_run(url: str, direct_url: str, application_name: str, n_workers: int, 
     ctx = mp.get_context("spawn")
     ready = ctx.Barrier(n_workers + 1)
     done = ctx.Queue()
-    procs = [ctx.Process(target=store_worker, args=(url, name, n_trials, amount, ready, done))
+    procs = [ctx.Process(target=store_worker, args=(url, name, n_trials, amount, ready, done, ask_ahead))
              for _ in range(n_workers)]
     for p in procs:
         p.start()
-    stop, peak = threading.Event(), [0]
-    counter = threading.Thread(target=count_connections, args=(direct_url, application_name, stop, peak))
+    stop, peak, signalled, server_cpu = threading.Event(), [0], threading.Event(), {}
+    counter = threading.Thread(target=count_connections,
+                               args=(direct_url, application_name, stop, peak, signalled, server_cpu))
     counter.start()
     try:
         ready.wait(timeout=600)
     except Exception:  # noqa: BLE001 - a worker died before the signal (it reported why)
         pass
     started = time.time()
+    signalled.set()
+    pooler_cpu = None if pooler_pid is None else cpu_seconds(pooler_pid, "pgbouncer")
     results = [done.get(timeout=900) for _ in procs]
+    if pooler_cpu is not None:
+        pooler_cpu = (cpu_seconds(pooler_pid, "pgbouncer") or pooler_cpu) - pooler_cpu
     for p in procs:
         p.join()
     stop.set()
@@ -304,11 +425,18 @@ def store_run(url: str, direct_url: str, application_name: str, n_workers: int, 
     end = max(e for _, e in spans)
     busy = sum(e - s for s, e in spans)
     row["efficiency"] = busy / (n_workers * (end - started))
+    row["cpu_ms"] = 1000 * sum(r[3] for r in results if r[0] == "ok") / len(spans)
+    if server_cpu:
+        row["server_ms"] = 1000 * sum(last - base for base, last in server_cpu.values()) / len(spans)
+    if pooler_cpu is not None:
+        row["pooler_ms"] = 1000 * pooler_cpu / len(spans)
     by_worker: dict[int, list] = {}
     for r in results:
         if r[0] == "ok":
             by_worker[r[1]] = sorted(r[2])
     gaps = [b[0] - a[1] for runs in by_worker.values() for a, b in zip(runs, runs[1:])]
+    firsts = sorted(runs[0][0] - started for runs in by_worker.values() if runs)
+    row["first_start"] = firsts[-1] if firsts else float("nan")
     if gaps:
         gaps.sort()
         row["gap_median"] = statistics.median(gaps)
@@ -327,10 +455,12 @@ def store_main(args) -> None:
 
     counts = [int(c) for c in args.counts.split(",")]
     modes = args.modes.split(",")
+    order = "no ask ahead (--serial)" if args.serial else "asked ahead, as the service"
     print(f"{os.cpu_count()} CPU cores; trials of {TRIAL_S:.0f} s, {args.rounds} per worker; PgBouncer pool "
-          f"{args.pool}, transaction mode")
+          f"{args.pool}, transaction mode; {order}")
     print(f"{'mode':>6}  {'workers':>7}  {'trials':>6}  {'efficiency':>10}  {'pg conns':>8}  {'gap med s':>9}  "
-          f"{'gap p95 s':>9}  {'ledger':>9}  {'load avg':>8}")
+          f"{'gap p95 s':>9}  {'last start':>10}  {'ledger':>9}  {'cpu ms':>6}  {'pg ms':>5}  {'pgb ms':>6}  "
+          f"{'load avg':>8}")
     for n in counts:
         for mode in modes:
             if mode == "pooled":
@@ -343,15 +473,19 @@ def store_main(args) -> None:
                 url = make_url(args.url).update_query_dict({"application_name": application_name}) \
                     .render_as_string(hide_password=False)
             try:
-                row = store_run(url, args.url, application_name, n, args.rounds)
+                row = store_run(url, args.url, application_name, n, args.rounds,
+                                pooler.process.pid if pooler is not None else None, not args.serial)
             finally:
                 if pooler is not None:
                     pooler.close()
             spent = f"{row['spent']:.0f}/{row['amount']:.0f}" if row["spent"] is not None else "-"
             if "efficiency" in row:
-                gaps = (f"{row.get('gap_median', float('nan')):>9.3f}  {row.get('gap_p95', float('nan')):>9.3f}")
+                gaps = (f"{row.get('gap_median', float('nan')):>9.3f}  {row.get('gap_p95', float('nan')):>9.3f}  "
+                        f"{row['first_start']:>10.2f}")
+                server = f"{row['server_ms']:>5.1f}" if "server_ms" in row else f"{'-':>5}"
+                server += f"  {row['pooler_ms']:>6.1f}" if "pooler_ms" in row else f"  {'-':>6}"
                 print(f"{mode:>6}  {n:>7}  {row['trials']:>6}  {row['efficiency']:>10.3f}  {row['connections']:>8}  "
-                      f"{gaps}  {spent:>9}  {os.getloadavg()[0]:>8.2f}", flush=True)
+                      f"{gaps}  {spent:>9}  {row['cpu_ms']:>6.1f}  {server}  {os.getloadavg()[0]:>8.2f}", flush=True)
             if row["errors"]:
                 print(f"{mode:>6}  {n:>7}  {len(row['errors'])} of {n} workers failed: {row['errors'][0]}", flush=True)
             assert row["distinct"], "two workers got the same number"

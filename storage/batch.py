@@ -5,6 +5,7 @@ A trial records about twenty values; through Optuna's public API each is its own
 which costs more than a short trial's training. For an RDB store the same rows are written through
 Optuna's own table models in one session; any other store falls back to the public calls.
 Only unfinished trials are written, and Optuna caches finished trials only, so no cache goes stale.
+On PostgreSQL and SQLite a trial's write is three statements: its state, then one upsert per table.
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from storage.optuna_private import rdb_backend, rdb_models, rdb_session
+
+UPSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}  # INSERT ... ON CONFLICT DO UPDATE
 
 
 def write_trial_batch(storage: optuna.storages.BaseStorage, trial_id: int, user_attrs: dict[str, Any],
@@ -29,22 +34,44 @@ def write_trial_batch(storage: optuna.storages.BaseStorage, trial_id: int, user_
         return
     attr_model, value_model = rdb_models.TrialUserAttributeModel, rdb_models.TrialIntermediateValueModel
     with rdb_session(backend) as session:
-        trial = rdb_models.TrialModel.find_or_raise_by_id(trial_id, session)
-        backend.check_trial_is_updatable(trial_id, trial.state)
-        attrs = {a.key: a for a in session.query(attr_model).filter(attr_model.trial_id == trial_id)}
-        for key, value in user_attrs.items():
-            if key in attrs:
-                attrs[key].value_json = json.dumps(value)
-            else:
-                session.add(attr_model(trial_id=trial_id, key=key, value_json=json.dumps(value)))
-        steps = {v.step: v for v in session.query(value_model).filter(value_model.trial_id == trial_id)}
+        state = session.execute(select(rdb_models.TrialModel.state)
+                                .where(rdb_models.TrialModel.trial_id == trial_id)).scalar_one_or_none()
+        if state is None:
+            raise KeyError(f"no trial with id {trial_id}")
+        backend.check_trial_is_updatable(trial_id, state)
+        attrs = [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
+                 for key, value in user_attrs.items()]
+        steps = []
         for step, value in intermediate_values.items():
             stored, kind = value_model.intermediate_value_to_stored_repr(value)
-            if step in steps:
-                steps[step].intermediate_value, steps[step].intermediate_value_type = stored, kind
+            steps.append({"trial_id": trial_id, "step": step, "intermediate_value": stored,
+                          "intermediate_value_type": kind})
+        insert = UPSERTS.get(session.get_bind().dialect.name)
+        if insert is not None:
+            # one INSERT ... ON CONFLICT DO UPDATE per table (Optuna's unique keys: trial and key, trial and
+            # step), no rows read back and no ORM objects
+            for model, rows, keys in ((attr_model, attrs, ("trial_id", "key")),
+                                      (value_model, steps, ("trial_id", "step"))):
+                if rows:
+                    statement = insert(model.__table__)
+                    session.execute(statement.on_conflict_do_update(
+                        index_elements=list(keys),
+                        set_={column: statement.excluded[column] for column in rows[0] if column not in keys}), rows)
+            return
+        stored_attrs = {a.key: a for a in session.query(attr_model).filter(attr_model.trial_id == trial_id)}
+        for row in attrs:
+            if row["key"] in stored_attrs:
+                stored_attrs[row["key"]].value_json = row["value_json"]
             else:
-                session.add(value_model(trial_id=trial_id, step=step, intermediate_value=stored,
-                                        intermediate_value_type=kind))
+                session.add(attr_model(**row))
+        stored_steps = {v.step: v for v in session.query(value_model).filter(value_model.trial_id == trial_id)}
+        for row in steps:
+            if row["step"] in stored_steps:
+                stored = stored_steps[row["step"]]
+                stored.intermediate_value, stored.intermediate_value_type = (row["intermediate_value"],
+                                                                            row["intermediate_value_type"])
+            else:
+                session.add(value_model(**row))
 
 
 def count_trials(storage: optuna.storages.BaseStorage, study_id: int, states: tuple[TrialState, ...],

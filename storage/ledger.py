@@ -139,6 +139,24 @@ def locked(connection: sqlalchemy.engine.Connection, study_id: int):
     return connection.execute(query).first()
 
 
+# PostgreSQL: what is spent, whether the trial is booked, and the booking if it fits, in one statement run
+# once the budget row is locked (a statement of its own: in READ COMMITTED each statement sees what was
+# committed before it started, so this one sees every booking made before the lock was granted)
+BOOK_IF_IT_FITS = sqlalchemy.text("""
+WITH ledger AS (
+    SELECT coalesce(sum(coalesce(spent, reserved)), 0.0) AS spent,
+           count(*) FILTER (WHERE trial_id = :trial_id) AS booked
+    FROM sweeps_ledger WHERE study_id = :study_id
+), booking AS (
+    INSERT INTO sweeps_ledger (study_id, trial_id, reserved, reserved_at)
+    SELECT :study_id, :trial_id, :cost, :now FROM ledger
+    WHERE ledger.booked = 0 AND :cost <= :amount - ledger.spent + :slack
+    RETURNING trial_id
+)
+SELECT ledger.spent, ledger.booked, (SELECT count(*) FROM booking) AS inserted FROM ledger
+""")
+
+
 def reserve(engine: sqlalchemy.engine.Engine, study_id: int, trial_id: int, cost: float) -> Reservation:
     """Book `cost` for the trial if what is left holds it, in one transaction; a trial booked
     already (a retried call) keeps its booking."""
@@ -147,6 +165,16 @@ def reserve(engine: sqlalchemy.engine.Engine, study_id: int, trial_id: int, cost
             budget = locked(connection, study_id)
             if budget is None:
                 raise LookupError(f"study {study_id} has no total budget recorded")
+            if connection.dialect.name == "postgresql":  # two statements under the lock, not four
+                spent, booked, inserted = connection.execute(BOOK_IF_IT_FITS, {
+                    "study_id": study_id, "trial_id": trial_id, "cost": float(cost), "now": now(),
+                    "amount": float(budget.amount), "slack": SLACK * budget.amount}).one()
+                left = budget.amount - float(spent)
+                if inserted:
+                    connection.commit()
+                else:
+                    connection.rollback()
+                return Reservation(bool(booked or inserted), left)
             left = budget.amount - spent_in(connection, study_id)
             booked = connection.execute(select(LEDGER.c.trial_id).where(
                 LEDGER.c.study_id == study_id, LEDGER.c.trial_id == trial_id)).first()

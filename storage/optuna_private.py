@@ -16,20 +16,22 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage
-from optuna.storages._cached_storage import _CachedStorage
+from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
 from optuna.storages._rdb import models as rdb_models
 from optuna.storages._rdb.storage import _create_scoped_session, _VersionManager
-from optuna.trial import FrozenTrial
+from optuna.study._tell import _tell_with_warning
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.orm import selectinload
 
 if TYPE_CHECKING:
     import sqlalchemy.engine
     import sqlalchemy.orm
 
 __all__ = [
-    "CachedStorage", "backend_of", "cache_migration_scripts", "cached_trial",
+    "CachedStorage", "asked_system_attrs", "backend_of", "cache_migration_scripts", "cached_trial",
     "check_schema_one_connection_at_a_time", "engine_of", "enter_optimize_loop",
-    "hyperband_bracket_study", "rdb_backend", "rdb_models", "rdb_session", "stop_requested", "study_id_of",
-    "study_storage", "trial_id_of",
+    "hyperband_bracket_study", "rdb_backend", "rdb_models", "rdb_session", "read_waiting_trials",
+    "stop_requested", "study_id_of", "study_storage", "tell", "trial_id_of",
 ]
 
 # `rdb_models` is `optuna.storages._rdb.models`: Optuna's SQLAlchemy table models (StudyModel, TrialModel,
@@ -75,6 +77,22 @@ def stop_requested(study: optuna.Study) -> bool:
     """Whether `study.stop()` was called (`Study._stop_flag`), which `Study.optimize` checks after each
     trial; the sweep loop checks it instead."""
     return bool(study._stop_flag)
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, values: float | None = None, state: TrialState | None = None,
+         skip_if_finished: bool = False) -> None:
+    """`study.tell(trial, values, state=..., skip_if_finished=...)` without its last step, reading the
+    finished trial back from the store to return it (`optuna.study._tell._tell_with_warning`, which
+    `Study.tell` calls first): six queries on an RDB store that the service never used."""
+    _tell_with_warning(study=study, trial=trial, value_or_values=values, state=state,
+                       skip_if_finished=skip_if_finished)
+
+
+def asked_system_attrs(trial: optuna.Trial) -> dict[str, Any]:
+    """The trial's system attributes as its ask read them (`Trial._cached_frozen_trial`, read from the
+    store when the Trial was made), without reading them again: a retry's `failed_trial`, set when it
+    was queued, is there. Attributes written after the ask (by a sampler, say) are not."""
+    return trial._cached_frozen_trial.system_attrs
 
 
 def hyperband_bracket_study(pruner: optuna.pruners.HyperbandPruner, study: optuna.Study,
@@ -142,6 +160,32 @@ def cached_trial(storage: _CachedStorage, trial_id: int) -> FrozenTrial | None:
     if known is None:
         return None
     return storage._studies[known[0]].trials[known[1]]
+
+
+def read_waiting_trials(storage: _CachedStorage, study_id: int) -> list[FrozenTrial]:
+    """The study's WAITING trials (the retry queue, `study.enqueue_trial`), read alone from the store
+    behind Optuna's cache (the query of `RDBStorage._get_trials`, without its check that the study
+    exists; `RDBStorage._build_frozen_trial_from_trial_model`) and kept in that cache as unfinished
+    trials (`_CachedStorage._add_trials_to_cache`, `_studies[...].unfinished_trial_ids`), so its
+    next read of the study's trials reads them again, as it does every unfinished trial it holds.
+    Optuna's ask looks for a waiting trial through the cache (`Study._pop_waiting_trial_id`), which
+    first reads every unfinished trial of the study with its parameters and attributes (at 64
+    workers, 64 running trials: seven queries and 64 trials built), for a sampler that may read no
+    trial at all (random)."""
+    backend, model = storage._backend, rdb_models.TrialModel
+    with rdb_session(backend) as session:  # one query while none waits (Optuna's `_get_trials` checks the study first)
+        rows = (session.query(model)
+                .options(*(selectinload(relation) for relation in (
+                    model.params, model.values, model.user_attributes, model.system_attributes,
+                    model.intermediate_values)))
+                .filter(model.study_id == study_id, model.state == TrialState.WAITING)
+                .order_by(model.trial_id).all())
+        trials = [backend._build_frozen_trial_from_trial_model(row) for row in rows]
+    with storage._lock:
+        study = storage._studies.setdefault(study_id, _StudyInfo())
+        storage._add_trials_to_cache(study_id, trials)
+        study.unfinished_trial_ids.update(trial._trial_id for trial in trials)
+    return trials
 
 
 # --- a process-wide speed-up -----------------------------------------------------------------

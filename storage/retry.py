@@ -1,4 +1,6 @@
-"""Retry a storage operation with backoff while the database is unreachable (a server restart)."""
+"""Retry a storage operation with backoff while the database is unreachable (a server restart), and a
+database error of another kind a few times (around a restart the server aborts transactions in ways
+that are not all reported as a lost connection; every operation retried here is safe to repeat)."""
 
 from __future__ import annotations
 
@@ -23,17 +25,39 @@ def is_connection_error(err: BaseException) -> bool:
     return isinstance(err, StorageInternalError) and cause is not None and is_connection_error(cause)
 
 
+OTHER_STORE_ERRORS_RETRIED = 2  # a database error that is not a lost connection: tried three times in all
+
+
+def first_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
+
+
+def with_cause(err: BaseException) -> str:
+    """The error's first line, and its cause's (Optuna's StorageInternalError names only itself)."""
+    cause = err.__cause__
+    return first_line(err) + (f" (caused by {first_line(cause)})" if cause is not None else "")
+
+
 def with_retry(operation: Callable[[], T], what: str, give_up_after: float = 120.0) -> T:
-    """Call `operation`; on a lost connection wait 0.5, 1, 2 ... 10 s and call it again."""
+    """Call `operation`; on a lost connection wait 0.5, 1, 2 ... 10 s and call it again, up to
+    `give_up_after` seconds; on another database error (Optuna's StorageInternalError) call it again
+    at most `OTHER_STORE_ERRORS_RETRIED` times."""
     deadline = time.monotonic() + give_up_after
     delay = 0.5
+    others = 0
     while True:
         try:
             return operation()
         except Exception as err:
-            if not is_connection_error(err) or time.monotonic() + delay > deadline:
+            lost = is_connection_error(err)
+            if lost:
+                kind = "storage unreachable"
+            elif isinstance(err, StorageInternalError) and others < OTHER_STORE_ERRORS_RETRIED:
+                kind, others = "database error", others + 1
+            else:
                 raise
-            logger.warning("storage unreachable during %s (%s); retrying in %.1f s",
-                           what, str(err).splitlines()[0][:200], delay)
+            if time.monotonic() + delay > deadline:
+                raise
+            logger.warning("%s during %s (%s); retrying in %.1f s", kind, what, with_cause(err), delay)
             time.sleep(delay)
             delay = min(delay * 2, 10.0)

@@ -18,6 +18,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from optuna.exceptions import StorageInternalError
 
 from sweeps.loop.bookkeeper_process import BookkeeperDied, ProcessBookkeeper, ThreadBookkeeper
 
@@ -65,6 +66,12 @@ class Owner:
     def fail_unpicklable(self) -> None:
         raise Unpicklable(threading.Lock())
 
+    def fail_with_a_cause(self) -> None:
+        try:
+            raise KeyError("the row went away")
+        except KeyError as cause:
+            raise StorageInternalError("An exception is raised during the commit.") from cause
+
     def exit_now(self) -> None:
         os._exit(3)
 
@@ -79,6 +86,9 @@ def test_the_child_answers_in_order_and_sends_errors_back():
             book.submit("fail").result(timeout=10)
         with pytest.raises(RuntimeError, match="Unpicklable: holds a lock"):
             book.submit("fail_unpicklable").result(timeout=10)
+        # pickling drops an exception's cause: it comes back named in the message (the trial's error)
+        with pytest.raises(StorageInternalError, match="during the commit. .caused by KeyError: 'the row went away'"):
+            book.submit("fail_with_a_cause").result(timeout=10)
         assert book.submit("decide", 1.5).result(timeout=10) == 3.0  # still serving after errors
     finally:
         book.shutdown()

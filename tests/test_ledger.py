@@ -230,3 +230,53 @@ def test_budget_figures_read_as_numbers_and_a_refusal_never_has_negative_budget_
         "not started: nothing is left of the total budget, the trial needs 1"
     assert refused_message(511, 512, "examples") == "not started: the total budget has 511 examples left, " \
                                                     "the trial needs 512"
+
+
+def test_a_reservation_booked_ahead_of_the_last_record_waits_for_its_settlement(tmp_path):
+    """The sweep loop books the next trial before the last trial's record (`SweepLoop.run`: the next
+    trial then starts without waiting for that record). A trial that fits only once the record's
+    settlement gives back what the last trial did not spend is then neither refused nor the ledger
+    marked spent (`tentative`: None, the trial left open), and it fits when booked again after it."""
+    from sweeps.loop.bookkeeping import Books
+    from sweeps.loop.runner import open_study
+    from sweeps.trial.run_one import Outcome
+
+    total = {"amount": 100, "unit": "updates"}
+    data = merged(TINY, {"study": {"name": "ahead", "n_trials": 4, "total_budget": total}})
+    config = parse_config(data, tmp_path)  # 40 updates a trial
+    target = target_of(config)
+    study = open_study(config, target, n_train=N_TRAIN)
+    books = Books(study, config, n_trials=4, spending=Spending.of(config, budget_of(config), N_TRAIN))
+    first, first_point = books.ask()
+    assert books.reserve(first.trial_id, first_point) is True  # 40 of 100 booked
+    second, second_point = books.ask()  # asked ahead while the first trains: 60 left, it fits
+    other, _ = books.ask()
+    ledger.reserve(engine(target.storage_url), study._study_id, other.trial_id, 30)  # another worker's: 30 left
+    assert books.reserve(second.trial_id, second_point, tentative=True) is None  # 40 does not fit in 30 yet
+    state = ledger_of("ahead", target.storage_url)
+    assert not state.stopped and state.open == 2
+    assert load("ahead", target.storage_url).trials[1].state == TrialState.RUNNING  # not closed
+    # the first trial stopped early, at 15 updates of its 40: its settlement gives 25 back
+    books.finish(first.trial_id, Outcome(TrialState.COMPLETE, 1.0, attrs={"updates": 15}), 0)
+    assert books.reserve(second.trial_id, second_point) is True
+    state = ledger_of("ahead", target.storage_url)
+    assert (state.settled, state.spent, state.open, state.stopped) == (15, 15 + 30 + 40, 2, False)
+
+
+def test_the_next_trial_is_booked_before_the_last_one_is_recorded(tmp_path):
+    """With a total budget, the sweep loop queues the next trial's reservation ahead of the last
+    trial's record, so that trial starts at once (at 64 workers on one budget row, waiting behind
+    the record was most of the time between two trials): each trial's booking is in the ledger
+    before the trial before it is settled."""
+    total = {"amount": 1000, "unit": "updates"}
+    data = merged(TINY, {"study": {"name": "order", "n_trials": 4, "total_budget": total}})
+    config = parse_config(data, tmp_path)
+    target = target_of(config)
+    study = run_sweep(config, target, show_progress=False)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
+    with engine(target.storage_url).connect() as connection:
+        rows = connection.execute(sqlalchemy.select(ledger.LEDGER).where(ledger.LEDGER.c.study_id == study._study_id)
+                                  .order_by(ledger.LEDGER.c.trial_id)).all()
+    assert len(rows) == 4 and all(r.settled_at is not None for r in rows)
+    for last, following in zip(rows, rows[1:]):
+        assert following.reserved_at <= last.settled_at, (last, following)

@@ -40,6 +40,7 @@ from storage.dashboard_formats import (
 )
 from storage.optuna_private import (
     CachedStorage,
+    asked_system_attrs,
     backend_of,
     cache_migration_scripts,
     cached_trial,
@@ -49,9 +50,11 @@ from storage.optuna_private import (
     rdb_backend,
     rdb_models,
     rdb_session,
+    read_waiting_trials,
     stop_requested,
     study_id_of,
     study_storage,
+    tell,
     trial_id_of,
 )
 from storage.snapshot import SnapshotStorage
@@ -246,6 +249,44 @@ def test_cached_trial_is_the_trial_optunas_cache_holds(rdb, study):
     assert (held.number, held.state, trial_id_of(held)) == (0, TrialState.RUNNING, tid)
     assert cached_trial(cached, tid + 1000) is None
     assert cached_trial(CachedStorage(rdb), tid) is None  # another cache has not seen it
+
+
+def test_read_waiting_trials_reads_the_queue_alone_and_the_cache_reads_them_again(rdb, study):
+    cached = CachedStorage(rdb)
+    sid = study_id_of(study)
+    study.ask()  # a running trial, not read
+    study.enqueue_trial({"x": 1.0})
+    waiting = read_waiting_trials(cached, sid)
+    assert [(t.number, t.state, t.system_attrs["fixed_params"]) for t in waiting] == [(1, TrialState.WAITING,
+                                                                                        {"x": 1.0})]
+    assert cached.get_trial_id_from_study_id_trial_number(sid, 1) == trial_id_of(waiting[0])
+    assert cached.set_trial_state_values(trial_id_of(waiting[0]), TrialState.RUNNING)
+    cached.set_trial_param(trial_id_of(waiting[0]), "x", 1.0, optuna.distributions.FloatDistribution(0, 2))
+    assert [t.state for t in cached.get_all_trials(sid)] == [TrialState.RUNNING] * 2, "read again: it runs now"
+    assert read_waiting_trials(cached, sid) == []
+
+
+def test_asked_system_attrs_hold_a_retrys_origin_as_its_ask_read_them(study):
+    failed = study.ask()
+    study.tell(failed, state=TrialState.FAIL)
+    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)(study, study.get_trials()[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        retry = study.ask()
+    assert asked_system_attrs(retry)["failed_trial"] == 0 == study.get_trials()[1].system_attrs["failed_trial"]
+    assert "failed_trial" not in asked_system_attrs(study.ask())
+
+
+def test_tell_closes_the_trial_as_study_tell_does(study):
+    trials = [study.ask() for _ in range(3)]
+    assert tell(study, trials[0], 1.5) is None
+    tell(study, trials[1], state=TrialState.FAIL)
+    tell(study, trials[1], state=TrialState.FAIL, skip_if_finished=True)
+    with pytest.raises(ValueError):
+        tell(study, trials[1], 2.0)  # finished already
+    study.tell(trials[2], 0.5)
+    assert [(t.state, t.value) for t in study.get_trials()] == [
+        (TrialState.COMPLETE, 1.5), (TrialState.FAIL, None), (TrialState.COMPLETE, 0.5)]
 
 
 def test_migration_scripts_are_read_once_per_store_and_the_hook_installs_once(tmp_path, monkeypatch):

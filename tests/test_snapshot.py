@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections import Counter
 from contextlib import contextmanager
 
@@ -16,7 +17,7 @@ from optuna.trial import TrialState
 
 from storage import open_storage
 from storage.heartbeats import heartbeat_ages
-from storage.optuna_private import backend_of, engine_of, enter_optimize_loop, study_storage, trial_id_of
+from storage.optuna_private import backend_of, engine_of, enter_optimize_loop, rdb_models, study_storage, trial_id_of
 from storage.snapshot import SnapshotStorage, snapshot
 from sweeps.config.plan import budget_of
 from sweeps.config.study_file import parse_config
@@ -161,14 +162,74 @@ def test_the_bookkeeper_starts_no_native_thread_pools():
     assert native == python, f"{native - python} native threads besides Python's"
 
 
+def running_trials(storage, n: int) -> optuna.Study:
+    """A study with `n` trials running, as other workers' trials are."""
+    study = optuna.create_study(storage=storage, study_name=f"running-{n}")
+    enter_optimize_loop(study)  # as the bookkeeper's thread does (no heartbeat warning)
+    for _ in range(n):
+        study.ask().suggest_float("x", 0, 3)
+    return study
+
+
+def test_an_ask_reads_only_the_waiting_trials_however_many_run(tmp_path):
+    """Optuna's ask looks for a queued trial through the cache, which reads every running trial first:
+    through SnapshotStorage the look is one query, whatever the number of running trials."""
+    storage = SnapshotStorage(open_storage(f"sqlite:///{tmp_path}/s.db"))
+    reads = []
+    for n in (1, 30):
+        study = running_trials(storage, n)
+        optuna.load_study(study_name=study.study_name, storage=storage).ask()  # a worker's first ask
+        with counted_reads(storage) as counts, snapshot(storage):
+            study.ask()
+        reads.append(counts["select"])
+    assert reads[0] == reads[1] <= 3, reads
+
+
+def test_a_queued_trial_is_asked_once_and_the_cache_sees_it_run_and_finish(tmp_path):
+    storage = SnapshotStorage(open_storage(f"sqlite:///{tmp_path}/s.db"))
+    study = running_trials(storage, 2)
+    study.enqueue_trial({"x": 2.5})
+    other = optuna.load_study(study_name=study.study_name, storage=storage)
+    with snapshot(storage):
+        trial = study.ask()
+    assert trial.suggest_float("x", 0, 3) == 2.5 and trial.number == 2
+    assert other.ask().number == 3, "a queued trial goes to one worker"
+    assert [t.state for t in study.get_trials()] == [TrialState.RUNNING] * 4
+    study.tell(trial, 1.0)
+    assert study.get_trials()[2].state == TrialState.COMPLETE and study.get_trials()[2].params == {"x": 2.5}
+
+
+def test_a_heartbeat_is_one_statement_and_stale_trials_are_optunas(tmp_path):
+    """SnapshotStorage beats in one statement and finds the trials Optuna's own check finds: those whose
+    heartbeat is older than the grace period; fail_stale_trials fails and queues them again."""
+    backend = open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat_interval=1, grace_period=2, max_retry=1)
+    storage = SnapshotStorage(backend)
+    study = running_trials(storage, 3)
+    trials = study.get_trials()
+    with counted_reads(storage) as reads, count_statements(storage) as statements:
+        for trial in trials:
+            storage.record_heartbeat(trial._trial_id)  # the first beat inserts
+        storage.record_heartbeat(trials[0]._trial_id)  # a later one updates
+    assert reads["select"] == 0 and statements["all"] == 4
+    beats = rdb_models.TrialHeartbeatModel.__table__
+    with engine_of(storage).begin() as connection:  # two trials' workers stopped 10 s ago
+        connection.execute(sqlalchemy.update(beats).where(beats.c.trial_id != trials[0]._trial_id)
+                           .values(heartbeat=sqlalchemy.func.datetime("now", "-10 seconds")))
+    stale = [t._trial_id for t in trials[1:]]
+    assert storage._get_stale_trial_ids(study._study_id) == stale == backend._get_stale_trial_ids(study._study_id)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # asks study._storage._get_stale_trial_ids
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.RUNNING, TrialState.FAIL, TrialState.FAIL, TrialState.WAITING, TrialState.WAITING]
+
+
 def test_a_trials_first_heartbeat_rides_out_a_lost_connection(tmp_path):
     """The first beat comes right after the ask, outside the beat thread's own error handling: a store
     unreachable at that moment (its first heartbeat statement fails as a lost connection does) is
     retried, not raised, so a server restart at that instant does not end the worker."""
     storage = SnapshotStorage(open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat_interval=60, grace_period=120))
-    study = optuna.create_study(storage=storage, study_name="beat")
-    enter_optimize_loop(study)  # as the bookkeeper's thread does (no heartbeat warning)
-    study.ask().suggest_float("x", 0, 3)
+    study = running_trials(storage, 1)
     trial_id = study.get_trials()[0]._trial_id
     lost: list[str] = []
 
@@ -185,3 +246,18 @@ def test_a_trials_first_heartbeat_rides_out_a_lost_connection(tmp_path):
         sqlalchemy.event.remove(engine, "before_cursor_execute", lose_the_first)
     assert lost, "the outage was not injected"
     assert trial_id in heartbeat_ages(storage, study._study_id)
+
+
+@contextmanager
+def count_statements(storage):
+    counts: Counter = Counter()
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        counts["all"] += 1
+
+    engine = engine_of(storage)
+    sqlalchemy.event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield counts
+    finally:
+        sqlalchemy.event.remove(engine, "before_cursor_execute", count)

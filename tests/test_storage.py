@@ -224,6 +224,30 @@ def test_with_retry_rides_out_lost_connections_only():
     assert time.monotonic() - started < 30  # gives up after about 1 s, not the default 120 s (generous)
 
 
+def test_with_retry_tries_another_database_error_three_times_and_names_its_cause(caplog):
+    """Around a server restart not every aborted transaction reads as a lost connection (a compose run
+    failed a trial on a bare StorageInternalError): such an error is tried three times in all, each
+    retry logged with its cause, then raised; one that passes on a retry is not seen."""
+    calls = []
+
+    def aborted(times: int):
+        def operation():
+            calls.append(1)
+            if len(calls) <= times:
+                err = StorageInternalError("An exception is raised during the commit.")
+                err.__cause__ = sqlalchemy.exc.InternalError("COMMIT", {}, Exception("transaction is aborted"))
+                raise err
+            return "ok"
+        return operation
+
+    with caplog.at_level("WARNING", logger="sweeps"), pytest.raises(StorageInternalError):
+        with_retry(aborted(5), "test")
+    assert len(calls) == 3
+    assert "database error during test" in caplog.text and "caused by InternalError" in caplog.text
+    calls.clear()
+    assert with_retry(aborted(1), "test") == "ok" and len(calls) == 2
+
+
 @pytest.fixture
 def fresh_schema():
     """A PostgreSQL schema of its own (dropped afterwards) and a URL whose tables live there."""

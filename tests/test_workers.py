@@ -159,6 +159,35 @@ def test_a_killed_worker_costs_only_its_trial(tmp_path, run_here):
         assert retries[0].params.items() >= dead.params.items()  # the same configuration, re-run
 
 
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgresql", marks=needs_pg)])
+def test_a_trial_asked_and_never_beaten_is_failed_and_run_again(tmp_path, store):
+    """A worker that died between its ask and its first heartbeat (or an ask whose commit reached the
+    store while its reply was lost to a server restart, and was asked again) leaves a RUNNING trial
+    with no heartbeat, which Optuna never judges stale: a worker waiting for the last slot dates it,
+    fails it a grace period later and runs its configuration again, so the study ends exact instead of
+    waiting for ever (one compose run hung at 78 of 80 trials so, 'waiting for 0 running trials')."""
+    name = unique("unbeaten") if store == "postgresql" else "unbeaten"
+    url = PG_URL if store == "postgresql" else f"sqlite:///{tmp_path}/s.db"
+    path = study_file(tmp_path, name, n_trials=3)
+    first = start(path, "--n-trials", "1", storage=url)
+    assert first.wait(timeout=120) == 0, first.stderr.read()
+    study = load(name, url)
+    orphan = study.ask(fixed_distributions=study.trials[0].distributions)  # asked, never beaten
+    worker = start(path, storage=url)
+    try:
+        _, err = worker.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        raise AssertionError("the worker waits for ever for a trial that has no heartbeat") from None
+    assert worker.returncode == 0, err
+    study = load(name, url)
+    assert_exactly(study, 3)
+    assert study.trials[orphan.number].state == TrialState.FAIL
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == orphan.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == orphan.params  # the same configuration, run again
+
+
 @needs_pg
 def test_sigterm_closes_the_trial_and_exits_quickly(tmp_path, run_here):
     name = unique("term")

@@ -75,15 +75,20 @@ class BudgetBooks:
                 return True
         return False
 
-    def reserve(self, trial_id: int, point: Suggestion, mine: Container[int]) -> tuple[bool, float, float]:
+    def reserve(self, trial_id: int, point: Suggestion, mine: Container[int],
+                tentative: bool = False) -> tuple[bool | None, float, float]:
         """(granted, left, cost): book the trial's planned cost, waiting for trials in flight to
-        settle while it does not fit; not granted once nothing is in flight (noted as spent)."""
+        settle while it does not fit; not granted once nothing is in flight (noted as spent).
+        `tentative`: one try, and None when it does not fit (this worker's own trial in flight,
+        unsettled, may give some back: the caller settles it and asks again)."""
         cost = self.spending.planned_for(point, self.pace)
         while True:
             booked = with_retry(lambda: ledger.reserve(self.engine, self.study_id, trial_id, cost),
                                 "writing the ledger")
             if booked.granted:
                 return True, booked.left, cost
+            if tentative:
+                return None, booked.left, cost
             if not (self.wait and self.in_flight(mine)):
                 self.stop()
                 return False, booked.left, cost

@@ -206,7 +206,17 @@ def die_with_parent() -> None:
 
 
 def sendable(err: BaseException) -> BaseException:
-    """The exception itself when it pickles, else a RuntimeError that names it."""
+    """The exception itself when it pickles, else a RuntimeError that names it. A pickled exception
+    loses its cause, so one with a cause travels as its own type with the cause named in its message
+    (what the trial's error then says), or as a RuntimeError when its type cannot be rebuilt so."""
+    if err.__cause__ is not None:
+        try:
+            named = type(err)(f"{err} (caused by {type(err.__cause__).__name__}: {err.__cause__})")
+            pickle.loads(pickle.dumps(named))
+            return named
+        except Exception:  # noqa: BLE001
+            return RuntimeError(f"{type(err).__name__}: {err} (caused by {type(err.__cause__).__name__}: "
+                                f"{err.__cause__})")
     try:
         pickle.dumps(err)
         return err

@@ -20,13 +20,15 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from storage.batch import count_trials, write_trial_batch
-from storage.heartbeats import grace_period_of, heartbeat_ages
+from storage.heartbeats import adopt_trials_without_heartbeat, grace_period_of, heartbeat_ages
 from storage.optuna_private import (
+    asked_system_attrs,
     engine_of,
     enter_optimize_loop,
     stop_requested,
     study_id_of,
     study_storage,
+    tell,
     trial_id_of,
 )
 from storage.retry import with_retry
@@ -169,7 +171,9 @@ class Books:
             if fixed:
                 fix_params(trial, fixed)
             self.heartbeat.add(trial_id_of(trial))
-            if self.taken(below=trial.number) >= self.n_trials:  # workers raced for the last slots
+            # workers raced for the last slots (numbers are 0, 1, ...: at most `number` trials are numbered
+            # below it, so only a trial numbered n_trials or more can be past them, and only it is counted)
+            if trial.number >= self.n_trials and self.taken(below=trial.number) >= self.n_trials:
                 self.close_unfinished_quietly(trial)
                 return None
             point = with_retry(lambda: suggest(trial, self.config.search), "sampling a trial")
@@ -181,7 +185,7 @@ class Books:
                 return self.ask(wait_for_others, fixed)
             fixed_seed = TrialRecord.from_attrs(trial.user_attrs).confirm_seed
         self.open[trial_id_of(trial)] = trial
-        retry_of = self.storage.get_trial_system_attrs(trial_id_of(trial)).get("failed_trial")
+        retry_of = asked_system_attrs(trial).get("failed_trial")  # as the ask read it: no read again
         return TrialRef(trial.number, trial_id_of(trial), dict(trial.params), retry_of, fixed_seed), point
 
     def pause(self, seconds: float) -> bool:
@@ -189,11 +193,15 @@ class Books:
         self.requeue_stale_trials()
         return not self.stopping.wait(seconds)
 
-    def reserve(self, trial_id: int, point: Suggestion) -> bool:
+    def reserve(self, trial_id: int, point: Suggestion, tentative: bool = False) -> bool | None:
         """Book the trial's planned cost in the total budget's ledger before it trains. A trial
         that would overrun what is left is closed unstarted (not queued again); one interrupted
-        while it waits for budget stays open, for the training process to close and queue again."""
-        granted, left, cost = self.budget.reserve(trial_id, point, self.open)
+        while it waits for budget stays open, for the training process to close and queue again.
+        `tentative`: booked ahead of this worker's last trial's settlement, which may give some
+        back; a trial that does not fit yet is left open (None) for the caller to ask again after it."""
+        granted, left, cost = self.budget.reserve(trial_id, point, self.open, tentative)
+        if granted is None:
+            return None
         if granted or self.stopping.is_set():
             return granted
         self.close_unfinished_quietly(self.open.pop(trial_id), refused_message(left, cost, self.spending.total.unit))
@@ -241,10 +249,16 @@ class Books:
         trial asked after the last slot went to another worker, one the total budget refused, or,
         through `close_unfinished`, one interrupted)."""
         write_trial_batch(self.storage, trial_id_of(trial), {**self.identity, **error_attrs(reason)}, {})
-        self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        tell(self.study, trial, state=TrialState.FAIL, skip_if_finished=True)
         self.heartbeat.discard(trial_id_of(trial))
 
     def fail_stale_trials(self) -> None:
+        adopted = adopt_trials_without_heartbeat(self.storage, self.study_id)
+        if adopted:
+            logger.info("%d running trial%s had no heartbeat (a worker that died right after its ask): "
+                        "dated now, %s stale after the grace period unless a worker beats for %s",
+                        adopted, "s" if adopted != 1 else "", "they go" if adopted != 1 else "it goes",
+                        "them" if adopted != 1 else "it")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(self.study)
@@ -270,7 +284,7 @@ class Books:
         if self.budget is not None:
             self.budget.settle(trial_id_of(trial), outcome.attrs)
         value = outcome.value if outcome.state == TrialState.COMPLETE else None
-        with_retry(lambda: self.study.tell(trial, value, state=outcome.state, skip_if_finished=True),
+        with_retry(lambda: tell(self.study, trial, value, state=outcome.state, skip_if_finished=True),
                    "closing a trial")
         self.heartbeat.discard(trial_id_of(trial))
         self.failures_seen = failures_in_a_row  # so an ask after this sees a give-up

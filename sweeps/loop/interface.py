@@ -45,8 +45,10 @@ class Bookkeeping(Protocol):
     def ask(self, wait_for_others: bool = False, fixed: dict | None = None) -> tuple[TrialRef, Suggestion] | None:
         """The next trial to train, or None when the study has its trials (`fixed`: parameters it takes as given)."""
 
-    def reserve(self, trial_id: int, point: Suggestion) -> bool:
-        """Book the trial's planned cost in the total budget's ledger; False: it does not fit (closed)."""
+    def reserve(self, trial_id: int, point: Suggestion, tentative: bool = False) -> bool | None:
+        """Book the trial's planned cost in the total budget's ledger; False: it does not fit (closed).
+        `tentative` (asked while this worker's last trial is not yet settled): None instead of a
+        refusal, for the caller to ask again once that trial is recorded and settled."""
 
     def decide(self, trial_id: int, value: float, step: int, value_se: float | None = None) -> bool:
         """Report an evaluation (and its standard error, when measured); True when the pruner stops the trial."""
@@ -82,8 +84,8 @@ class BooksClient:
         # Future[tuple[TrialRef, Suggestion] | None]
         return self.transport.submit(Bookkeeping.ask.__name__, wait_for_others, fixed)
 
-    def reserve(self, trial_id: int, point: Suggestion) -> Future:  # Future[bool]
-        return self.transport.submit(Bookkeeping.reserve.__name__, trial_id, point)
+    def reserve(self, trial_id: int, point: Suggestion, tentative: bool = False) -> Future:  # Future[bool | None]
+        return self.transport.submit(Bookkeeping.reserve.__name__, trial_id, point, tentative)
 
     def decide(self, trial_id: int, value: float, step: int, value_se: float | None = None) -> Future:  # Future[bool]
         return self.transport.submit(Bookkeeping.decide.__name__, trial_id, value, step, value_se)
