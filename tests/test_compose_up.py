@@ -52,11 +52,13 @@ SCRIPTS = REPO / "tests" / "docker"
 CACHE = Path(os.environ.get("SWEEPS_TEST_CACHE", "/var/cache/sweeps-test"))
 PROJECT = "sweeps-compose-test"  # fixed, so that images (the build cache) are reused and leftovers removed
 STUDY = "compose-test"
-N_TRIALS = 80  # enough that the kill, stop and restart tests still find the sweep running when the
+N_TRIALS = 100  # enough that the kill, stop and restart tests still find the sweep running when the
 # other test process loads the 2 CI cores (with 30, 24 had finished before the stop test once; with 40,
 # a run beside other agents' tests had 33 finished before the restart test; with 56, two fresh-clone runs
-# had 51 finished before the stop test); with 80 the file's six tests took 115 to 128 s here, the image
-# already built
+# had 51 finished before the stop test; with 80, a fresh-clone run had 78 finished when the restart test
+# found every worker in a trial again, 20.7 s after `up`: two workers ran trials while the third started);
+# with 80 the file's six tests took 115 to 128 s here, the image already built, and 16 more trials cost
+# about 11 s
 WORKERS = 3
 FINISHED = ("COMPLETE", "PRUNED")
 TORCH = "torch==2.13.0"
@@ -177,7 +179,7 @@ def link_or_copy(source: str, target: str) -> None:
 
 
 def study_config() -> dict:
-    """examples/digits.yaml, short: N_TRIALS (56) trials of 2 seconds of training each, a 1 s heartbeat
+    """examples/digits.yaml, short: N_TRIALS (100) trials of 2 seconds of training each, a 1 s heartbeat
     and a 3 s grace period so a dead worker's trial is retried quickly."""
     config = yaml.safe_load((REPO / "examples" / "digits.yaml").read_text())
     config["study"].update(name=STUDY, n_trials=N_TRIALS, heartbeat_interval=1, grace_period=3)
