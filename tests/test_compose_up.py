@@ -220,6 +220,14 @@ class Compose:
         done = self("logs", "--no-color", "--tail", str(tail), timeout=60, check=False)
         return done.stdout[-12000:] + done.stderr[-2000:]
 
+    def container_logs(self, container: str, tail: int = 150) -> str:
+        """One container's own output, its earlier runs' included (what a restarted worker said before it
+        ended), and its last exit code."""
+        done = run(["docker", "logs", "--tail", str(tail), container], check=False)
+        state = self.inspect(container)["State"]
+        return (f"container {container[:12]}: exit code {state['ExitCode']}, restarted "
+                f"{self.inspect(container)['RestartCount']} times\n{done.stdout[-6000:]}{done.stderr[-6000:]}")
+
     def trials(self) -> list[dict] | None:
         """The study's trials, read in PostgreSQL from inside the compose network (psql in the
         postgres container): number, state, params, failed_trial (the trial a retry repeats) and
@@ -386,7 +394,8 @@ def test_up_again_rides_out_a_postgres_restart(compose):
         state = compose.inspect(container)["State"]
         # a worker that found no trial left to ask once the 3 finished has ended with 0 (a fresh-clone
         # run reached this check with 51 of 56 done); one the restart broke would have exited non-zero
-        assert state["StartedAt"] == since and (state["Running"] or state["ExitCode"] == 0), compose.logs()
+        assert state["StartedAt"] == since and (state["Running"] or state["ExitCode"] == 0), (
+            compose.container_logs(container))
 
 
 def test_the_study_ends_with_exactly_n_trials(compose):

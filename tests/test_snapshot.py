@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import optuna
 import pytest
 import sqlalchemy
+from optuna.exceptions import StorageInternalError
 from optuna.trial import TrialState
 
 from storage import open_storage
@@ -27,6 +28,7 @@ from sweeps.loop.bookkeeping import Books
 from sweeps.loop.heartbeat import Heartbeat
 from sweeps.loop.runner import open_study
 from sweeps.search.strategies import build_pruner, build_sampler
+from sweeps.trial.run_one import Outcome
 from tests.conftest import TINY, merged
 
 
@@ -222,6 +224,29 @@ def test_a_heartbeat_is_one_statement_and_stale_trials_are_optunas(tmp_path):
         optuna.storages.fail_stale_trials(study)  # asks study._storage._get_stale_trial_ids
     states = [t.state for t in study.get_trials()]
     assert states == [TrialState.RUNNING, TrialState.FAIL, TrialState.FAIL, TrialState.WAITING, TrialState.WAITING]
+
+
+def test_a_lost_connection_in_a_finished_trials_callbacks_is_retried(tmp_path):
+    """After a trial is recorded, the progress line and the trial log read the store again: a database
+    restart at that moment is ridden out there too (a compose worker, not --quiet, exited on it once:
+    `Progress.refresh` read the study's trials without a retry)."""
+    config = parse_config(merged(TINY, {"study": {"n_trials": 3}}), tmp_path)
+    study = open_study(config, target_of(config), n_train=256)
+    seen = []
+
+    def progress_line(study: optuna.Study, trial) -> None:
+        seen.append(trial.number)
+        if len(seen) == 1:
+            lost = StorageInternalError("An exception is raised during the commit.")
+            lost.__cause__ = sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("shutting down"))
+            raise lost
+        study.get_trials(deepcopy=False)
+
+    books = Books(study, config, n_trials=3, callbacks=[progress_line])
+    ref, _ = books.ask()
+    books.finish(ref.trial_id, Outcome(TrialState.COMPLETE, value=0.5), 0)
+    assert seen == [ref.number, ref.number], "the callback runs again once the store answers"
+    assert study.get_trials()[0].state == TrialState.COMPLETE
 
 
 def test_a_trials_first_heartbeat_rides_out_a_lost_connection(tmp_path):

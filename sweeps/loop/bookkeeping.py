@@ -9,6 +9,7 @@ is what the two say to each other.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import threading
 import time
@@ -290,10 +291,10 @@ class Books:
         self.failures_seen = failures_in_a_row  # so an ask after this sees a give-up
         if stop_requested(self.study):
             self.sampler_stopped = True
-        if self.callbacks:
-            frozen = self.storage.get_trial(trial_id_of(trial))
+        if self.callbacks:  # the progress line, the trial log, notes: each reads the store again
+            frozen = with_retry(lambda: self.storage.get_trial(trial_id_of(trial)), "reading a trial back")
             for callback in self.callbacks:
-                callback(self.study, frozen)
+                with_retry(functools.partial(callback, self.study, frozen), "showing a finished trial")
 
     def end(self) -> None:
         if self.at_end is not None:
