@@ -29,7 +29,7 @@ sweep loop, whose trial module imports torch, each worker does per trial what th
 the store, through the service's own store (`storage.snapshot.SnapshotStorage`, the snapshot around
 the ask, the sweep loop's heartbeat thread, the bookkeeper's tell): Optuna's ask, the ledger
 reservation of `study.total_budget` (SELECT ... FOR UPDATE of the study's budget row, every worker on
-the same row), heartbeats every 2 s, the batched write of the trial's records (`storage.batch`), the
+the same row), heartbeats every 2 s (`--heartbeat`), the batched write of the trial's records (`storage.batch`), the
 settlement, tell, and the search for dead workers' trials (once per heartbeat interval), and it
 counts the study's trials in one query, as the sweep loop does; its worker number comes from the
 registry (`storage.workers`). It keeps the sweep loop's order: a bookkeeper (a thread here, the
@@ -159,6 +159,9 @@ def main() -> None:
     parser.add_argument("--modes", default="direct,pooled", help="--store: direct, pooled or both")
     parser.add_argument("--rounds", type=int, default=3, help="--store: trials per worker")
     parser.add_argument("--pool", type=int, default=10, help="--store: PgBouncer's pool size")
+    parser.add_argument("--heartbeat", type=float, default=2.0,
+                        help="--store: seconds between a trial's heartbeats and between stale checks (default 2, "
+                             "as measured so far; the service's default study.heartbeat_interval is 10)")
     parser.add_argument("--serial", action="store_true",
                         help="--store: no ask ahead; every step between two trials, in order (as before)")
     args = parser.parse_args()
@@ -188,7 +191,7 @@ RECORD = {f"attr_{i}": i * 0.5 for i in range(16)}  # about what a sweep trial r
 
 
 def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready, done,
-                 ask_ahead: bool = True) -> None:
+                 ask_ahead: bool = True, heartbeat_s: float = 2.0) -> None:
     """One worker: the store's work of a sweep trial, around a 10-second sleep (no torch), through the
     service's own store (`SnapshotStorage`, its snapshot around the ask, its heartbeat thread and its
     tell) in the order of the service's sweep loop (`sweeps.loop.sweep_loop`, `sweeps.loop.bookkeeping`):
@@ -214,12 +217,12 @@ def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready
     optuna.logging.set_verbosity(logging.WARNING)
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
     try:
-        storage = SnapshotStorage(open_storage(url, heartbeat_interval=2, grace_period=30))
+        storage = SnapshotStorage(open_storage(url, heartbeat_interval=heartbeat_s, grace_period=30))
         study = optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler())
         study_id = study._study_id
         engine = engine_of(storage)
         number = register_worker(storage, study_id)
-        heartbeat = Heartbeat(study)  # the sweep loop's heartbeat thread, every 2 s
+        heartbeat = Heartbeat(study)  # the sweep loop's heartbeat thread, every `heartbeat_s`
         heartbeat.start()
         book = ThreadPoolExecutor(max_workers=1)  # the bookkeeper: one request at a time, in order
         book.submit(enter_optimize_loop, study).result()  # as the bookkeeper's thread does
@@ -239,7 +242,7 @@ def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready
                 return None
             if time.monotonic() >= next_stale_check[0]:  # once per heartbeat interval
                 fail_stale_trials()
-                next_stale_check[0] = time.monotonic() + 2.0
+                next_stale_check[0] = time.monotonic() + heartbeat_s
             # one COUNT query, as the sweep loop asks (storage.batch.count_trials), not every trial read back
             taken = count_trials(storage, study_id, taken_states)
             free = n_trials - taken
@@ -279,7 +282,7 @@ def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready
 
         # the bookkeeper's start (`Books.start_bookkeeping`): dead workers' trials failed before the first ask
         book.submit(fail_stale_trials).result()
-        next_stale_check[0] = time.monotonic() + 2.0
+        next_stale_check[0] = time.monotonic() + heartbeat_s
         ready.wait()
         cpu_started = time.process_time()
         spans, finishing = [], []
@@ -371,7 +374,7 @@ def count_connections(direct_url: str, application_name: str, stop, peak: list[i
 
 
 def store_run(url: str, direct_url: str, application_name: str, n_workers: int, rounds: int,
-              pooler_pid: int | None = None, ask_ahead: bool = True) -> dict:
+              pooler_pid: int | None = None, ask_ahead: bool = True, heartbeat_s: float = 2.0) -> dict:
     import statistics
     import threading
 
@@ -388,7 +391,7 @@ def store_run(url: str, direct_url: str, application_name: str, n_workers: int, 
     ctx = mp.get_context("spawn")
     ready = ctx.Barrier(n_workers + 1)
     done = ctx.Queue()
-    procs = [ctx.Process(target=store_worker, args=(url, name, n_trials, amount, ready, done, ask_ahead))
+    procs = [ctx.Process(target=store_worker, args=(url, name, n_trials, amount, ready, done, ask_ahead, heartbeat_s))
              for _ in range(n_workers)]
     for p in procs:
         p.start()
@@ -456,8 +459,8 @@ def store_main(args) -> None:
     counts = [int(c) for c in args.counts.split(",")]
     modes = args.modes.split(",")
     order = "no ask ahead (--serial)" if args.serial else "asked ahead, as the service"
-    print(f"{os.cpu_count()} CPU cores; trials of {TRIAL_S:.0f} s, {args.rounds} per worker; PgBouncer pool "
-          f"{args.pool}, transaction mode; {order}")
+    print(f"{os.cpu_count()} CPU cores; trials of {TRIAL_S:.0f} s, {args.rounds} per worker; heartbeats every "
+          f"{args.heartbeat:g} s; PgBouncer pool {args.pool}, transaction mode; {order}")
     print(f"{'mode':>6}  {'workers':>7}  {'trials':>6}  {'efficiency':>10}  {'pg conns':>8}  {'gap med s':>9}  "
           f"{'gap p95 s':>9}  {'last start':>10}  {'ledger':>9}  {'cpu ms':>6}  {'pg ms':>5}  {'pgb ms':>6}  "
           f"{'load avg':>8}")
@@ -474,7 +477,7 @@ def store_main(args) -> None:
                     .render_as_string(hide_password=False)
             try:
                 row = store_run(url, args.url, application_name, n, args.rounds,
-                                pooler.process.pid if pooler is not None else None, not args.serial)
+                                pooler.process.pid if pooler is not None else None, not args.serial, args.heartbeat)
             finally:
                 if pooler is not None:
                     pooler.close()
