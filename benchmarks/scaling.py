@@ -207,7 +207,6 @@ def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready
 
     from storage import ledger
     from storage.batch import count_trials, write_trial_batch
-    from storage.heartbeats import adopt_trials_without_heartbeat
     from storage.optuna_private import engine_of, enter_optimize_loop, tell
     from storage.snapshot import SnapshotStorage, snapshot
     from storage.sql import open_storage
@@ -230,10 +229,6 @@ def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready
         mine: set[int] = set()
         next_stale_check = [0.0]
 
-        def fail_stale_trials() -> None:  # `Books.fail_stale_trials`
-            adopt_trials_without_heartbeat(storage, study_id)
-            optuna.storages.fail_stale_trials(study)
-
         def ask(wait: bool):
             """`Books.ask`: None when the study has its trials, or (not `wait`) when asking ahead would
             hold one of the last slots while another worker idles."""
@@ -241,7 +236,7 @@ def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready
             if left is not None and left + ledger.SLACK * budget_amount < 1.0:
                 return None
             if time.monotonic() >= next_stale_check[0]:  # once per heartbeat interval
-                fail_stale_trials()
+                optuna.storages.fail_stale_trials(study)
                 next_stale_check[0] = time.monotonic() + heartbeat_s
             # one COUNT query, as the sweep loop asks (storage.batch.count_trials), not every trial read back
             taken = count_trials(storage, study_id, taken_states)
@@ -281,7 +276,7 @@ def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready
             mine.discard(trial._trial_id)
 
         # the bookkeeper's start (`Books.start_bookkeeping`): dead workers' trials failed before the first ask
-        book.submit(fail_stale_trials).result()
+        book.submit(optuna.storages.fail_stale_trials, study).result()
         next_stale_check[0] = time.monotonic() + heartbeat_s
         ready.wait()
         cpu_started = time.process_time()

@@ -25,6 +25,7 @@ of the running trials, not every running trial as ORM objects (`storage.heartbea
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 from collections.abc import Container, Iterator
 from contextlib import contextmanager
@@ -33,8 +34,10 @@ from optuna.storages import RDBStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from storage.heartbeats import record_heartbeat, stale_trial_ids
+from storage.heartbeats import adopt_trials_without_heartbeat, record_heartbeat, stale_trial_ids
 from storage.optuna_private import CachedStorage, cached_trial, read_waiting_trials
+
+logger = logging.getLogger("sweeps")
 
 
 class SnapshotStorage(CachedStorage):
@@ -95,7 +98,12 @@ class SnapshotStorage(CachedStorage):
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         """What `optuna.storages.fail_stale_trials` asks the study's storage for (Optuna's private name:
-        `_CachedStorage._get_stale_trial_ids`; tests/test_snapshot.py checks that it is still asked)."""
+        `_CachedStorage._get_stale_trial_ids`; tests/test_snapshot.py checks that it is still asked).
+        Running trials with no heartbeat at all are dated first, to go stale a grace period on."""
+        adopted = adopt_trials_without_heartbeat(self, study_id)
+        if adopted:
+            logger.info("running trials with no heartbeat (a worker that died right after its ask): %d, "
+                        "failed and queued again after the grace period unless a worker beats for them", adopted)
         return stale_trial_ids(self, study_id)
 
     def get_study_id_from_name(self, study_name: str) -> int:

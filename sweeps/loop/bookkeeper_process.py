@@ -210,13 +210,13 @@ def sendable(err: BaseException) -> BaseException:
     loses its cause, so one with a cause travels as its own type with the cause named in its message
     (what the trial's error then says), or as a RuntimeError when its type cannot be rebuilt so."""
     if err.__cause__ is not None:
+        message = f"{err} (caused by {type(err.__cause__).__name__}: {err.__cause__})"
         try:
-            named = type(err)(f"{err} (caused by {type(err.__cause__).__name__}: {err.__cause__})")
+            named = type(err)(message)
             pickle.loads(pickle.dumps(named))
             return named
         except Exception:  # noqa: BLE001
-            return RuntimeError(f"{type(err).__name__}: {err} (caused by {type(err.__cause__).__name__}: "
-                                f"{err.__cause__})")
+            return RuntimeError(f"{type(err).__name__}: {message}")
     try:
         pickle.dumps(err)
         return err

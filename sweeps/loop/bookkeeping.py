@@ -21,7 +21,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from storage.batch import count_trials, write_trial_batch
-from storage.heartbeats import adopt_trials_without_heartbeat, grace_period_of, heartbeat_ages
+from storage.heartbeats import grace_period_of, heartbeat_ages
 from storage.optuna_private import (
     asked_system_attrs,
     engine_of,
@@ -254,12 +254,6 @@ class Books:
         self.heartbeat.discard(trial_id_of(trial))
 
     def fail_stale_trials(self) -> None:
-        adopted = adopt_trials_without_heartbeat(self.storage, self.study_id)
-        if adopted:
-            logger.info("%d running trial%s had no heartbeat (a worker that died right after its ask): "
-                        "dated now, %s stale after the grace period unless a worker beats for %s",
-                        adopted, "s" if adopted != 1 else "", "they go" if adopted != 1 else "it goes",
-                        "them" if adopted != 1 else "it")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(self.study)
