@@ -33,8 +33,9 @@ the same row), heartbeats every 2 s (`--heartbeat`), the batched write of the tr
 settlement, tell, and the search for dead workers' trials (once per heartbeat interval), and it
 counts the study's trials in one query, as the sweep loop does; its worker number comes from the
 registry (`storage.workers`). It keeps the sweep loop's order: a bookkeeper (a thread here, the
-service's is a forked process) runs the store's requests one at a time, asks the next trial (with
-the budget's check, the counts and the sampling) while the current one runs, and after a trial
+service's is a forked process) runs the store's requests one at a time, marks the trial it starts
+(`Books.started`), asks the next trial (with the budget's check, the counts and the sampling) while
+the current one runs, and after a trial
 records it (write, settlement, tell) and then books the next one, so the time between two trials is
 the record and the reservation. `--serial` runs every step between two trials instead (record,
 counts, ask, reservation; how this benchmark ran before: a worker that does not ask ahead).
@@ -206,12 +207,13 @@ def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready
     from concurrent.futures import ThreadPoolExecutor
 
     from storage import ledger
-    from storage.batch import count_trials, write_trial_batch
+    from storage.batch import count_running, count_trials, mark_running_trial, write_trial_batch
     from storage.optuna_private import engine_of, enter_optimize_loop, tell
     from storage.snapshot import SnapshotStorage, snapshot
     from storage.sql import open_storage
     from storage.workers import register_worker
     from sweeps.loop.heartbeat import Heartbeat
+    from sweeps.trial.record import STARTED_KEY
 
     optuna.logging.set_verbosity(logging.WARNING)
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -227,6 +229,7 @@ def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready
         book.submit(enter_optimize_loop, study).result()  # as the bookkeeper's thread does
         taken_states = (TrialState.COMPLETE, TrialState.RUNNING)
         mine: set[int] = set()
+        started_here: set[int] = set()
         next_stale_check = [0.0]
 
         def ask(wait: bool):
@@ -241,8 +244,7 @@ def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready
             # one COUNT query, as the sweep loop asks (storage.batch.count_trials), not every trial read back
             taken = count_trials(storage, study_id, taken_states)
             free = n_trials - taken
-            if free <= 0 or not (wait or free > taken
-                                 or free > count_trials(storage, study_id, (TrialState.RUNNING,)) - len(mine)):
+            if free <= 0 or not (wait or free > taken or free > others_wanting_a_slot()):
                 return None
             with snapshot(storage):  # as the bookkeeper asks and samples
                 trial = study.ask()
@@ -256,6 +258,17 @@ def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready
                 x = trial.suggest_float("x", -1.0, 1.0)
             mine.add(trial._trial_id)
             return trial, x
+
+        def others_wanting_a_slot() -> int:
+            """`Books.others_wanting_a_slot`: the other workers' trials in training less their trials
+            asked ahead."""
+            running, training = count_running(storage, study_id, STARTED_KEY)
+            training_here = len(mine & started_here)
+            return (training - training_here) - (running - training - (len(mine) - training_here))
+
+        def mark_started(trial) -> None:  # `Books.started`
+            started_here.add(trial._trial_id)
+            mark_running_trial(storage, trial._trial_id, STARTED_KEY, time.time())
 
         def reserve(trial, tentative: bool = False) -> bool | None:
             if ledger.reserve(engine, study_id, trial._trial_id, 1.0).granted:
@@ -303,6 +316,7 @@ def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready
                 granted = book.submit(reserve, trial).result()
             if not granted:
                 break
+            book.submit(mark_started, trial)  # ahead of the next ask, which counts the others' trials in training
             if ask_ahead:
                 next_ask = book.submit(ask, False)
             started = time.time()

@@ -15,7 +15,7 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
-from sqlalchemy import select
+from sqlalchemy import and_, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from storage.optuna_private import rdb_backend, rdb_models, rdb_session
@@ -110,3 +110,39 @@ def set_study_system_attrs(storage: optuna.storages.BaseStorage, study_id: int, 
                 existing[key].value_json = json.dumps(value)
             else:
                 session.add(model(study_id=study_id, key=key, value_json=json.dumps(value)))
+
+
+def mark_running_trial(storage: optuna.storages.BaseStorage, trial_id: int, key: str, value: Any) -> None:
+    """Set the trial system attribute `key` once, while the trial runs (a trial already finished, or
+    already marked, is left as it is). One INSERT ... SELECT on PostgreSQL and SQLite."""
+    backend = rdb_backend(storage)
+    insert = None if backend is None else UPSERTS.get(backend.engine.dialect.name)
+    if insert is None:
+        trial = storage.get_trial(trial_id)
+        if trial.state == TrialState.RUNNING and key not in trial.system_attrs:
+            storage.set_trial_system_attr(trial_id, key, value)
+        return
+    trial_model, attr_model = rdb_models.TrialModel, rdb_models.TrialSystemAttributeModel
+    running = (select(literal(trial_id), literal(key), literal(json.dumps(value)))
+               .where(trial_model.trial_id == trial_id, trial_model.state == TrialState.RUNNING))
+    with rdb_session(backend) as session:
+        session.execute(insert(attr_model.__table__)
+                        .from_select(["trial_id", "key", "value_json"], running)
+                        .on_conflict_do_nothing(index_elements=["trial_id", "key"]))
+
+
+def count_running(storage: optuna.storages.BaseStorage, study_id: int, key: str) -> tuple[int, int]:
+    """The study's running trials, and how many of them carry the trial system attribute `key`:
+    one query on an RDB store."""
+    backend = rdb_backend(storage)
+    if backend is None:
+        trials = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+        return len(trials), sum(1 for t in trials if key in t.system_attrs)
+    trial_model, attr_model = rdb_models.TrialModel, rdb_models.TrialSystemAttributeModel
+    with rdb_session(backend) as session:
+        running, marked = session.execute(
+            select(func.count(trial_model.trial_id), func.count(attr_model.trial_system_attribute_id))
+            .select_from(trial_model)
+            .outerjoin(attr_model, and_(attr_model.trial_id == trial_model.trial_id, attr_model.key == key))
+            .where(trial_model.study_id == study_id, trial_model.state == TrialState.RUNNING)).one()
+        return running, marked

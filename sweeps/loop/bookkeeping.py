@@ -20,7 +20,7 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from storage.batch import count_trials, write_trial_batch
+from storage.batch import count_running, count_trials, mark_running_trial, write_trial_batch
 from storage.heartbeats import grace_period_of, heartbeat_ages
 from storage.optuna_private import (
     asked_system_attrs,
@@ -45,7 +45,14 @@ from sweeps.loop.progress import Progress
 from sweeps.search.space import Suggestion, suggest
 from sweeps.search.strategies import grid_size
 from sweeps.trial.fused_group import fix_params
-from sweeps.trial.record import CONFIRMS_STUDY_ATTR, TrialRecord, error_attrs, queued_attrs, value_se_key
+from sweeps.trial.record import (
+    CONFIRMS_STUDY_ATTR,
+    STARTED_KEY,
+    TrialRecord,
+    error_attrs,
+    queued_attrs,
+    value_se_key,
+)
 from sweeps.trial.run_one import Outcome
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -83,6 +90,7 @@ class Books:
         self.next_stale_check = 0.0
         self.stopping = threading.Event()  # set on abort: a waiting ask gives up
         self.open: dict[int, optuna.Trial] = {}  # trials asked and not yet closed
+        self.training: set[int] = set()  # those of them the training process has started
         # study.total_budget: its ledger in the store (None: no total budget; a store without SQL refuses one)
         # a companion study of confirmation runs trains only what `sweeps confirm` queued in it,
         # and books its runs in its main study's ledger
@@ -134,9 +142,9 @@ class Books:
         """The next trial, or None when the study has its trials.
 
         Running trials of every worker count, so N workers asking ahead do not overshoot; once the
-        free slots are no more than the other workers' running trials, a trial is asked only when
-        this process is free to run it (not ahead), so the last trials go to whichever worker is
-        idle first (a lone worker asks ahead to the last trial). With
+        free slots are no more than the other workers that will want one (`others_wanting_a_slot`), a
+        trial is asked only when this process is free to run it (not ahead), so the last trials go
+        to whichever worker is idle first (a lone worker asks ahead to the last trial). With
         `wait_for_others` (this process has no open trial) and a heartbeat, a worker whose slots
         are all held by other workers' running trials waits until those finish, or go stale and
         are queued again, instead of leaving a dead worker's trial unfinished. `fixed`: parameters
@@ -156,7 +164,7 @@ class Books:
                 free = min(free, self.waiting())
                 if free <= 0 and not self.running():
                     return None
-            if free > 0 and (wait_for_others or free > taken or free > self.running() - len(self.open)):
+            if free > 0 and (wait_for_others or free > taken or free > self.others_wanting_a_slot()):
                 break
             if free > 0:  # asking ahead for one of the last slots would hold it while another worker idles
                 return None
@@ -188,6 +196,25 @@ class Books:
         self.open[trial_id_of(trial)] = trial
         retry_of = asked_system_attrs(trial).get("failed_trial")  # as the ask read it: no read again
         return TrialRef(trial.number, trial_id_of(trial), dict(trial.params), retry_of, fixed_seed), point
+
+    def others_wanting_a_slot(self) -> int:
+        """How many other workers will want a trial when their current one ends: those training a
+        trial with none asked ahead behind it. From the study's running trials in one query: the
+        others' trials in training (marked by `started`) less their trials asked ahead (not marked),
+        since each trial asked ahead waits behind one its worker trains."""
+        running, training = with_retry(lambda: count_running(self.storage, self.study_id, STARTED_KEY),
+                                       "counting trials")
+        self.training &= self.open.keys()
+        others_training = training - len(self.training)
+        others_ahead = running - training - (len(self.open) - len(self.training))
+        return others_training - others_ahead
+
+    def started(self, trial_id: int) -> None:
+        """The training process began training the trial: marked in the store (`STARTED_KEY`), so the
+        other workers' asks count it as a trial in training, not one asked ahead."""
+        self.training.add(trial_id)
+        with_retry(lambda: mark_running_trial(self.storage, trial_id, STARTED_KEY, time.time()),
+                   "marking a trial started")
 
     def pause(self, seconds: float) -> bool:
         """Wait (failing stale trials meanwhile) unless the sweep is stopping; False when it is."""

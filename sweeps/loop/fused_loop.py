@@ -138,6 +138,7 @@ class FusedSweepLoop(SweepLoop):
             return None
         built.trial = asked.trial
         built.asked = asked
+        self.pending.append(self.book.started(asked.trial.trial_id))
         return built
 
     def group_size(self, member: Member) -> int:

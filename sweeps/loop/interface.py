@@ -45,6 +45,9 @@ class Bookkeeping(Protocol):
     def ask(self, wait_for_others: bool = False, fixed: dict | None = None) -> tuple[TrialRef, Suggestion] | None:
         """The next trial to train, or None when the study has its trials (`fixed`: parameters it takes as given)."""
 
+    def started(self, trial_id: int) -> None:
+        """The training process began training the trial (until then it was asked ahead)."""
+
     def reserve(self, trial_id: int, point: Suggestion, tentative: bool = False) -> bool | None:
         """Book the trial's planned cost in the total budget's ledger; False: it does not fit (closed).
         `tentative` (asked while this worker's last trial is not yet settled): None instead of a
@@ -83,6 +86,9 @@ class BooksClient:
     def ask(self, wait_for_others: bool = False, fixed: dict | None = None) -> Future:
         # Future[tuple[TrialRef, Suggestion] | None]
         return self.transport.submit(Bookkeeping.ask.__name__, wait_for_others, fixed)
+
+    def started(self, trial_id: int) -> Future:
+        return self.transport.submit(Bookkeeping.started.__name__, trial_id)
 
     def reserve(self, trial_id: int, point: Suggestion, tentative: bool = False) -> Future:  # Future[bool | None]
         return self.transport.submit(Bookkeeping.reserve.__name__, trial_id, point, tentative)

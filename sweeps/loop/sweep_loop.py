@@ -102,6 +102,8 @@ class SweepLoop:
                     if not granted:
                         current = None  # closed unstarted by the bookkeeper: the budget is spent
                         break
+                # marked before the next ask, which counts the other workers' trials in training
+                pending.append(self.book.started(current.trial.trial_id))
                 next_ask = self.book.ask()
                 outcome = self.objective.run(current.trial, current.point, self.pruner_for(current))
                 log_failure(current.trial, outcome)

@@ -186,6 +186,11 @@ def horizons_of(record: TrialRecord) -> list[HorizonRecord]:
     return [HorizonRecord.from_attrs(h) for h in record.horizons or []]
 
 
+# The trial system attribute a worker sets when it starts training a trial (the time, seconds since
+# the epoch): a running trial without it was asked ahead and waits behind its worker's current one.
+STARTED_KEY = "sweeps:started"
+
+
 def value_se_key(step: int) -> str:
     """The trial system attribute (not a user attribute: one per pruning step, for the pruner's
     noise guard) that holds the standard error of the value reported at `step`."""

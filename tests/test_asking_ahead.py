@@ -1,0 +1,69 @@
+"""Asking ahead for the last slots: a worker asks its next trial while its current one trains,
+unless that would hold a slot another worker will want first (`Books.ask`).
+
+Two workers' bookkeeping (`Books`) share one real SQLite study; `started` marks a trial the
+worker trains, so the other worker's ask counts it as in training, not asked ahead.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from storage.optuna_private import study_storage
+from sweeps.config.study_file import parse_config
+from sweeps.config.target import target_of
+from sweeps.loop.bookkeeping import Books
+from sweeps.loop.runner import open_study
+from sweeps.trial.record import STARTED_KEY
+from tests.conftest import TINY, merged
+
+
+def two_workers(tmp_path, n_trials: int) -> tuple[Books, Books]:
+    config = parse_config(merged(TINY, {"study": {"n_trials": n_trials}}), tmp_path)
+    return tuple(Books(open_study(config, target_of(config), n_train=256), config, n_trials) for _ in range(2))
+
+
+def start(books: Books) -> int:
+    """Ask a trial and start training it, as the sweep loop does."""
+    ref, _ = books.ask()
+    books.started(ref.trial_id)
+    return ref.trial_id
+
+
+def test_every_worker_asks_ahead_while_each_has_a_slot_left(tmp_path):
+    a, b = two_workers(tmp_path, n_trials=4)
+    start(a), start(b)
+    assert a.ask() is not None  # 2 free: one for a, one for b's next
+    # 1 free and b is the only worker wanting one: a's trial asked ahead is not a worker waiting
+    # (counted as one, b would idle between its trials while a slot is free)
+    assert b.ask() is not None
+    assert a.taken() == 4
+
+
+def test_the_last_slot_is_not_asked_ahead_while_another_worker_will_want_it(tmp_path):
+    a, b = two_workers(tmp_path, n_trials=3)
+    start(a), start(b)
+    assert a.ask() is None, "the last slot goes to whichever worker is free first"
+    assert b.ask() is None
+    ref, _ = a.ask(wait_for_others=True)  # a is free: it takes it
+    assert ref.trial_id not in a.training
+
+
+def test_a_lone_worker_asks_ahead_to_the_last_trial(tmp_path):
+    (a, _) = two_workers(tmp_path, n_trials=2)
+    start(a)
+    assert a.ask() is not None
+
+
+@pytest.mark.parametrize("state", ["asked", "finished"])
+def test_started_marks_a_running_trial_once_and_a_finished_one_never(tmp_path, state):
+    (a, _) = two_workers(tmp_path, n_trials=2)
+    ref, _ = a.ask()
+    if state == "finished":
+        a.study.tell(a.open.pop(ref.trial_id), 1.0)
+    a.started(ref.trial_id)
+    first = study_storage(a.study).get_trial(ref.trial_id).system_attrs.get(STARTED_KEY)
+    a.started(ref.trial_id)
+    again = study_storage(a.study).get_trial(ref.trial_id).system_attrs.get(STARTED_KEY)
+    assert (first is None) == (state == "finished")
+    assert again == first
