@@ -208,6 +208,7 @@ def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready
 
     from storage import ledger
     from storage.batch import count_running, count_trials, mark_running_trial, write_trial_batch
+    from storage.heartbeats import fail_stale_trials
     from storage.optuna_private import engine_of, enter_optimize_loop, tell
     from storage.snapshot import SnapshotStorage, snapshot
     from storage.sql import open_storage
@@ -230,6 +231,7 @@ def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready
         taken_states = (TrialState.COMPLETE, TrialState.RUNNING)
         mine: set[int] = set()
         started_here: set[int] = set()
+        owed: list[int] = []  # `Books.owed_retries`
         next_stale_check = [0.0]
 
         def ask(wait: bool):
@@ -239,7 +241,7 @@ def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready
             if left is not None and left + ledger.SLACK * budget_amount < 1.0:
                 return None
             if time.monotonic() >= next_stale_check[0]:  # once per heartbeat interval
-                optuna.storages.fail_stale_trials(study)
+                fail_stale_trials(study, owed)
                 next_stale_check[0] = time.monotonic() + heartbeat_s
             # one COUNT query, as the sweep loop asks (storage.batch.count_trials), not every trial read back
             taken = count_trials(storage, study_id, taken_states)
@@ -289,7 +291,7 @@ def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready
             mine.discard(trial._trial_id)
 
         # the bookkeeper's start (`Books.start_bookkeeping`): dead workers' trials failed before the first ask
-        book.submit(optuna.storages.fail_stale_trials, study).result()
+        book.submit(fail_stale_trials, study, owed).result()
         next_stale_check[0] = time.monotonic() + heartbeat_s
         ready.wait()
         cpu_started = time.process_time()

@@ -13,12 +13,24 @@ hundreds of times a minute.
 
 from __future__ import annotations
 
+import copy
+
+import optuna
 import sqlalchemy
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from storage.batch import UPSERTS
-from storage.optuna_private import rdb_backend, rdb_models, rdb_session
+from storage.optuna_private import (
+    get_stale_trial_ids,
+    heartbeat_enabled,
+    rdb_backend,
+    rdb_models,
+    rdb_session,
+    study_id_of,
+    study_storage,
+)
 
 
 def heartbeat_ages(storage: BaseStorage, study_id: int) -> dict[int, float]:
@@ -100,3 +112,38 @@ def grace_period_of(storage: BaseStorage) -> float | None:
     if backend is None or not backend.heartbeat_interval:
         return None
     return float(backend.grace_period or 2 * backend.heartbeat_interval)
+
+
+def fail_stale_trials(study: optuna.Study, owed: list[int]) -> None:
+    """Optuna's `optuna.storages.fail_stale_trials` (fail each trial whose heartbeat is older than
+    the grace period, then run the store's stale-trial callback, which queues it again), safe to run
+    again after a lost connection. Optuna's commits the failure, then queues the retry: a connection
+    lost between the two left the trial failed and never run again, since a second call no longer
+    finds it stale. Here a trial this process failed stays `owed` (the caller's list, kept across
+    calls) until its callback has run, and a retry already in the store (its `retry_history` ends
+    with the trial's number: the callback's commit reached the store before the connection dropped)
+    is not queued twice."""
+    storage = study_storage(study)
+    if not heartbeat_enabled(storage):
+        return
+    pay_owed_retries(study, owed)
+    for trial_id in get_stale_trial_ids(storage, study_id_of(study)):
+        try:
+            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                owed.append(trial_id)  # this process failed it: its retry is this process's to queue
+        except UpdateFinishedTrialError:  # another worker failed it first
+            pass
+    pay_owed_retries(study, owed)
+
+
+def pay_owed_retries(study: optuna.Study, owed: list[int]) -> None:
+    """Run the stale-trial callback for each trial in `owed` whose retry is not in the store yet."""
+    storage = study_storage(study)
+    callback = storage.get_heartbeat_stale_trial_callback()
+    while owed:
+        failed = copy.deepcopy(storage.get_trial(owed[0]))
+        queued = any(t.system_attrs.get("retry_history", [None])[-1] == failed.number
+                     for t in study.get_trials(deepcopy=False))
+        if callback is not None and not queued:
+            callback(study, failed)
+        owed.pop(0)

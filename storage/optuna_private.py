@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.storages._rdb import models as rdb_models
 from optuna.storages._rdb.storage import _create_scoped_session, _VersionManager
 from optuna.study._tell import _tell_with_warning
@@ -29,8 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CachedStorage", "asked_system_attrs", "backend_of", "cache_migration_scripts", "cached_trial",
-    "check_schema_one_connection_at_a_time", "engine_of", "enter_optimize_loop",
-    "hyperband_bracket_study", "rdb_backend", "rdb_models", "rdb_session", "read_waiting_trials",
+    "check_schema_one_connection_at_a_time", "engine_of", "enter_optimize_loop", "get_stale_trial_ids",
+    "heartbeat_enabled", "hyperband_bracket_study", "rdb_backend", "rdb_models", "rdb_session", "read_waiting_trials",
     "stop_requested", "study_id_of", "study_storage", "tell", "trial_id_of",
 ]
 
@@ -125,6 +126,18 @@ def engine_of(storage: BaseStorage) -> sqlalchemy.engine.Engine | None:
     (`storage.workers`) and to give a forked process connections of its own."""
     backend = rdb_backend(storage)
     return None if backend is None else backend.engine
+
+
+def heartbeat_enabled(storage: BaseStorage) -> bool:
+    """Whether the store beats and fails stale trials (`optuna.storages._heartbeat.is_heartbeat_enabled`:
+    an RDBStorage opened with a heartbeat interval, behind Optuna's cache or not)."""
+    return is_heartbeat_enabled(storage)
+
+
+def get_stale_trial_ids(storage: BaseStorage, study_id: int) -> list[int]:
+    """What Optuna's `fail_stale_trials` asks a store for (`BaseHeartbeat._get_stale_trial_ids`; the
+    service's `storage.snapshot.SnapshotStorage` answers it)."""
+    return storage._get_stale_trial_ids(study_id)
 
 
 def check_schema_one_connection_at_a_time(backend: RDBStorage) -> None:

@@ -46,6 +46,8 @@ from storage.optuna_private import (
     cached_trial,
     engine_of,
     enter_optimize_loop,
+    get_stale_trial_ids,
+    heartbeat_enabled,
     hyperband_bracket_study,
     rdb_backend,
     rdb_models,
@@ -177,6 +179,25 @@ def test_engine_of_is_the_stores_engine(rdb, tmp_path):
     with engine.connect() as conn:
         tables = set(conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='table'").scalars())
     assert {"studies", "trials", "trial_user_attributes", "trial_intermediate_values"} <= tables
+
+
+def test_heartbeat_enabled_and_the_stale_trials_are_what_optunas_fail_stale_trials_sees(tmp_path, rdb):
+    beating = open_storage(f"sqlite:///{tmp_path}/h.db", heartbeat_interval=1, grace_period=1)
+    assert heartbeat_enabled(beating) and heartbeat_enabled(CachedStorage(beating))
+    assert not heartbeat_enabled(rdb) and not heartbeat_enabled(InMemoryStorage())
+    study = optuna.create_study(storage=beating)
+    enter_optimize_loop(study)
+    trial = study.ask()
+    beating.record_heartbeat(trial_id_of(trial))
+    assert get_stale_trial_ids(study_storage(study), study_id_of(study)) == []
+    beats = rdb_models.TrialHeartbeatModel.__table__
+    with engine_of(beating).begin() as connection:
+        connection.execute(sqlalchemy.update(beats).values(heartbeat=sqlalchemy.func.datetime("now", "-10 seconds")))
+    assert get_stale_trial_ids(study_storage(study), study_id_of(study)) == [trial_id_of(trial)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # Optuna's own check fails what it names
+    assert study.get_trials()[0].state == TrialState.FAIL
 
 
 def test_rdb_models_name_the_tables_the_batch_writes_use():

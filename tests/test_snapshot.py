@@ -17,7 +17,7 @@ from optuna.exceptions import StorageInternalError
 from optuna.trial import TrialState
 
 from storage import open_storage
-from storage.heartbeats import heartbeat_ages
+from storage.heartbeats import fail_stale_trials, heartbeat_ages
 from storage.optuna_private import backend_of, engine_of, enter_optimize_loop, rdb_models, study_storage, trial_id_of
 from storage.snapshot import SnapshotStorage, snapshot
 from sweeps.config.plan import budget_of
@@ -225,6 +225,56 @@ def test_a_heartbeat_is_one_statement_and_stale_trials_are_optunas(tmp_path):
         optuna.storages.fail_stale_trials(study)  # asks study._storage._get_stale_trial_ids
     states = [t.state for t in study.get_trials()]
     assert states == [TrialState.RUNNING, TrialState.FAIL, TrialState.FAIL, TrialState.WAITING, TrialState.WAITING]
+
+
+def stale_study(tmp_path, n_stale: int) -> optuna.Study:
+    """A study (heartbeat 1 s, grace 2 s, one retry) with one live running trial and `n_stale` whose
+    workers stopped beating 10 s ago."""
+    storage = SnapshotStorage(open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat_interval=1, grace_period=2,
+                                           max_retry=1))
+    study = running_trials(storage, 1 + n_stale)
+    for trial in study.get_trials():
+        storage.record_heartbeat(trial._trial_id)
+    beats = rdb_models.TrialHeartbeatModel.__table__
+    with engine_of(storage).begin() as connection:
+        connection.execute(sqlalchemy.update(beats).where(beats.c.trial_id != study.get_trials()[0]._trial_id)
+                           .values(heartbeat=sqlalchemy.func.datetime("now", "-10 seconds")))
+    return study
+
+
+@pytest.mark.parametrize("how", ["service", "optuna"])
+def test_a_stale_trial_failed_just_before_a_lost_connection_is_still_queued_again(tmp_path, how):
+    """The connection drops right after the first stale trial's failure is committed, before its retry
+    is queued: the stale check, run again as `with_retry` runs it, still queues that retry, once
+    (`storage.heartbeats.fail_stale_trials`). Optuna's own fail_stale_trials, run again, no longer finds
+    the trial stale, and its retry is lost."""
+    study = stale_study(tmp_path, n_stale=2)
+    seen = {"a failure": False, "the drop": False}
+
+    def drop_after_the_first_failure(conn, cursor, statement, parameters, context, executemany):
+        if seen["a failure"] and not seen["the drop"]:
+            seen["the drop"] = True
+            raise sqlalchemy.exc.OperationalError(statement, parameters, Exception("server closed the connection"))
+        seen["a failure"] |= statement.startswith("UPDATE trials SET state")
+
+    sqlalchemy.event.listen(engine_of(study_storage(study)), "before_cursor_execute", drop_after_the_first_failure)
+    owed: list[int] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        check = (lambda: fail_stale_trials(study, owed)) if how == "service" else (
+            lambda: optuna.storages.fail_stale_trials(study))
+        with pytest.raises(StorageInternalError):
+            check()
+        check()  # what with_retry does next
+    assert seen["the drop"]
+    trials = study.get_trials()
+    failed = [t.number for t in trials if t.state == TrialState.FAIL]
+    retried = sorted(t.system_attrs["failed_trial"] for t in trials if t.state == TrialState.WAITING)
+    assert failed == [1, 2] and owed == []
+    if how == "service":
+        assert retried == [1, 2], "every failed trial queued again, once"
+    else:
+        assert retried == [2], "Optuna's check loses the retry of the trial it failed before the drop"
 
 
 def test_a_lost_connection_in_a_finished_trials_callbacks_is_retried(tmp_path):

@@ -21,7 +21,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from storage.batch import count_running, count_trials, mark_running_trial, write_trial_batch
-from storage.heartbeats import grace_period_of, heartbeat_ages
+from storage.heartbeats import fail_stale_trials, grace_period_of, heartbeat_ages
 from storage.optuna_private import (
     asked_system_attrs,
     engine_of,
@@ -88,6 +88,7 @@ class Books:
         self.grid_size = grid_size(config) if config.sampler.name == "grid" else None
         self.heartbeat = Heartbeat(study)
         self.next_stale_check = 0.0
+        self.owed_retries: list[int] = []  # stale trials this process failed whose retry is not queued yet
         self.stopping = threading.Event()  # set on abort: a waiting ask gives up
         self.open: dict[int, optuna.Trial] = {}  # trials asked and not yet closed
         self.training: set[int] = set()  # those of them the training process has started
@@ -281,9 +282,7 @@ class Books:
         self.heartbeat.discard(trial_id_of(trial))
 
     def fail_stale_trials(self) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(self.study)
+        fail_stale_trials(self.study, self.owed_retries)  # run again by with_retry after a lost connection
 
     def decide(self, trial_id: int, value: float, step: int, value_se: float | None = None) -> bool:
         trial = self.open[trial_id]
