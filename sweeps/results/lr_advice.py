@@ -23,7 +23,6 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import stats
 
 RULE_SLOPES = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
 TOLERANCE_OF_RANGE = 0.01  # default tolerance of a good trial: 1% of the study's range of finished values
@@ -187,5 +186,7 @@ def fit_lr_scaling(points: list[LrPoint], maximize: bool = True, tolerance: floa
     dof = len(batch_sizes) - 2
     stderr = math.sqrt(float(np.sum((y - intercept - slope * x) ** 2)) / dof / sxx)
     fit.slope, fit.intercept = slope, intercept
+    from scipy import stats  # here, not at the top: a worker that only trains never loads scipy (0.6 s)
+
     fit.half_width = float(stats.t.ppf(0.5 + confidence / 2, dof)) * stderr
     return fit
