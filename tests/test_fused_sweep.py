@@ -26,7 +26,7 @@ from sweeps.config.study_file import parse_config
 from sweeps.config.target import target_of
 from sweeps.loop.runner import run_sweep
 from sweeps.run import main
-from sweeps.trial.record import TrialRecord
+from sweeps.trial.record import STARTED_KEY, TrialRecord
 from tests.conftest import TINY, merged
 from tests.test_ledger import assert_books_balance
 from tests.test_workers import PG_URL, load, needs_pg, start, unique, wait_for_running
@@ -86,6 +86,8 @@ def test_k1_goes_through_the_fused_loop_and_stores_what_the_unfused_sweep_stores
     f, p = by_number(fused), by_number(plain)
     assert all(TrialRecord.of(t).fused_size == 1 and TrialRecord.of(t).fused_group for t in f.values())
     assert not any(TrialRecord.of(t).fused_group for t in p.values())
+    # both loops mark each trial when its training starts (what other workers' asks count)
+    assert all(STARTED_KEY in t.system_attrs for t in [*f.values(), *p.values()])
     assert_same_as_alone(f, p, rel=0)  # exactly
 
 
