@@ -270,7 +270,7 @@ def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready
 
         def mark_started(trial) -> None:  # `Books.started`
             started_here.add(trial._trial_id)
-            mark_running_trial(storage, trial._trial_id, STARTED_KEY, time.time())
+            mark_running_trial(storage, trial._trial_id, STARTED_KEY)
 
         def reserve(trial, tentative: bool = False) -> bool | None:
             if ledger.reserve(engine, study_id, trial._trial_id, 1.0).granted:

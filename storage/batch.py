@@ -15,7 +15,7 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
-from sqlalchemy import and_, func, literal, select
+from sqlalchemy import String, and_, cast, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from storage.optuna_private import rdb_backend, rdb_models, rdb_session
@@ -112,37 +112,40 @@ def set_study_system_attrs(storage: optuna.storages.BaseStorage, study_id: int, 
                 session.add(model(study_id=study_id, key=key, value_json=json.dumps(value)))
 
 
-def mark_running_trial(storage: optuna.storages.BaseStorage, trial_id: int, key: str, value: Any) -> None:
-    """Set the trial system attribute `key` once, while the trial runs (a trial already finished, or
-    already marked, is left as it is). One INSERT ... SELECT on PostgreSQL and SQLite."""
+def mark_running_trial(storage: optuna.storages.BaseStorage, trial_id: int, key: str) -> None:
+    """Set the trial system attribute `key` to the trial's own id while the trial runs (a finished
+    trial is left as it is). The value names the trial, so a mark copied from another trial (a retry
+    carries the system attributes of the trial it retries, `optuna.storages.RetryHeartbeatStaleTrialCallback`)
+    is no mark until this one overwrites it (`count_running`). One INSERT ... SELECT on PostgreSQL and SQLite."""
     backend = rdb_backend(storage)
     insert = None if backend is None else UPSERTS.get(backend.engine.dialect.name)
     if insert is None:
-        trial = storage.get_trial(trial_id)
-        if trial.state == TrialState.RUNNING and key not in trial.system_attrs:
-            storage.set_trial_system_attr(trial_id, key, value)
+        if storage.get_trial(trial_id).state == TrialState.RUNNING:
+            storage.set_trial_system_attr(trial_id, key, trial_id)
         return
     trial_model, attr_model = rdb_models.TrialModel, rdb_models.TrialSystemAttributeModel
-    running = (select(literal(trial_id), literal(key), literal(json.dumps(value)))
+    running = (select(literal(trial_id), literal(key), literal(json.dumps(trial_id)))
                .where(trial_model.trial_id == trial_id, trial_model.state == TrialState.RUNNING))
+    statement = insert(attr_model.__table__).from_select(["trial_id", "key", "value_json"], running)
     with rdb_session(backend) as session:
-        session.execute(insert(attr_model.__table__)
-                        .from_select(["trial_id", "key", "value_json"], running)
-                        .on_conflict_do_nothing(index_elements=["trial_id", "key"]))
+        session.execute(statement.on_conflict_do_update(index_elements=["trial_id", "key"],
+                                                        set_={"value_json": statement.excluded.value_json}))
 
 
 def count_running(storage: optuna.storages.BaseStorage, study_id: int, key: str) -> tuple[int, int]:
-    """The study's running trials, and how many of them carry the trial system attribute `key`:
-    one query on an RDB store."""
+    """The study's running trials, and how many of them `mark_running_trial` marked with `key` (a
+    mark that names another trial does not count): one query on an RDB store."""
     backend = rdb_backend(storage)
     if backend is None:
         trials = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-        return len(trials), sum(1 for t in trials if key in t.system_attrs)
+        return len(trials), sum(1 for t in trials if t.system_attrs.get(key) == t._trial_id)
     trial_model, attr_model = rdb_models.TrialModel, rdb_models.TrialSystemAttributeModel
+    own_mark = and_(attr_model.trial_id == trial_model.trial_id, attr_model.key == key,
+                    attr_model.value_json == cast(trial_model.trial_id, String))
     with rdb_session(backend) as session:
         running, marked = session.execute(
             select(func.count(trial_model.trial_id), func.count(attr_model.trial_system_attribute_id))
             .select_from(trial_model)
-            .outerjoin(attr_model, and_(attr_model.trial_id == trial_model.trial_id, attr_model.key == key))
+            .outerjoin(attr_model, own_mark)
             .where(trial_model.study_id == study_id, trial_model.state == TrialState.RUNNING)).one()
         return running, marked

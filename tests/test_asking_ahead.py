@@ -7,8 +7,13 @@ worker trains, so the other worker's ask counts it as in training, not asked ahe
 
 from __future__ import annotations
 
-import pytest
+import warnings
 
+import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from storage.batch import count_running
 from storage.optuna_private import study_storage
 from sweeps.config.study_file import parse_config
 from sweeps.config.target import target_of
@@ -55,15 +60,30 @@ def test_a_lone_worker_asks_ahead_to_the_last_trial(tmp_path):
     assert a.ask() is not None
 
 
-@pytest.mark.parametrize("state", ["asked", "finished"])
-def test_started_marks_a_running_trial_once_and_a_finished_one_never(tmp_path, state):
-    (a, _) = two_workers(tmp_path, n_trials=2)
-    ref, _ = a.ask()
-    if state == "finished":
-        a.study.tell(a.open.pop(ref.trial_id), 1.0)
-    a.started(ref.trial_id)
-    first = study_storage(a.study).get_trial(ref.trial_id).system_attrs.get(STARTED_KEY)
-    a.started(ref.trial_id)
-    again = study_storage(a.study).get_trial(ref.trial_id).system_attrs.get(STARTED_KEY)
-    assert (first is None) == (state == "finished")
-    assert again == first
+def test_started_marks_a_running_trial_with_its_own_id_and_a_finished_one_never(tmp_path):
+    (a, _) = two_workers(tmp_path, n_trials=3)
+    storage = study_storage(a.study)
+    running, finished = start(a), a.ask()[0].trial_id
+    a.study.tell(a.open.pop(finished), 1.0)
+    a.started(finished)
+    assert storage.get_trial(running).system_attrs[STARTED_KEY] == running
+    assert STARTED_KEY not in storage.get_trial(finished).system_attrs
+    assert count_running(storage, a.study_id, STARTED_KEY) == (1, 1)
+
+
+def test_a_retry_counts_as_started_once_it_starts_not_by_the_mark_it_copied(tmp_path):
+    """A retry carries the system attributes of the trial it retries (Optuna's stale-trial
+    callback copies them), the start mark included: a mark names its own trial, so the copy does not
+    count until the retry's worker starts it."""
+    a, b = two_workers(tmp_path, n_trials=4)
+    storage = study_storage(a.study)
+    dead = start(a)
+    a.study.tell(a.open.pop(dead), state=TrialState.FAIL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        RetryHeartbeatStaleTrialCallback()(a.study, storage.get_trial(dead))
+    retry, _ = b.ask()
+    assert retry.retry_of is not None and storage.get_trial(retry.trial_id).system_attrs[STARTED_KEY] == dead
+    assert count_running(storage, b.study_id, STARTED_KEY) == (1, 0), "asked, not started"
+    b.started(retry.trial_id)
+    assert count_running(storage, b.study_id, STARTED_KEY) == (1, 1)

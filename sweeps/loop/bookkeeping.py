@@ -214,7 +214,7 @@ class Books:
         """The training process began training the trial: marked in the store (`STARTED_KEY`), so the
         other workers' asks count it as a trial in training, not one asked ahead."""
         self.training.add(trial_id)
-        with_retry(lambda: mark_running_trial(self.storage, trial_id, STARTED_KEY, time.time()),
+        with_retry(lambda: mark_running_trial(self.storage, trial_id, STARTED_KEY),
                    "marking a trial started")
 
     def pause(self, seconds: float) -> bool:

@@ -186,8 +186,9 @@ def horizons_of(record: TrialRecord) -> list[HorizonRecord]:
     return [HorizonRecord.from_attrs(h) for h in record.horizons or []]
 
 
-# The trial system attribute a worker sets when it starts training a trial (the time, seconds since
-# the epoch): a running trial without it was asked ahead and waits behind its worker's current one.
+# The trial system attribute a worker sets when it starts training a trial (its value: the trial's
+# own id, so a retry's copy of it does not count): a running trial without it was asked ahead and
+# waits behind its worker's current one.
 STARTED_KEY = "sweeps:started"
 
 
