@@ -214,6 +214,7 @@ def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready
     from storage.sql import open_storage
     from storage.workers import register_worker
     from sweeps.loop.heartbeat import Heartbeat
+    from sweeps.loop.slots import others_wanting_a_slot
     from sweeps.trial.record import STARTED_KEY
 
     optuna.logging.set_verbosity(logging.WARNING)
@@ -246,7 +247,7 @@ def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready
             # one COUNT query, as the sweep loop asks (storage.batch.count_trials), not every trial read back
             taken = count_trials(storage, study_id, taken_states)
             free = n_trials - taken
-            if free <= 0 or not (wait or free > taken or free > others_wanting_a_slot()):
+            if free <= 0 or not (wait or free > taken or free > others_wanting()):
                 return None
             with snapshot(storage):  # as the bookkeeper asks and samples
                 trial = study.ask()
@@ -261,12 +262,9 @@ def store_worker(url: str, name: str, n_trials: int, budget_amount: float, ready
             mine.add(trial._trial_id)
             return trial, x
 
-        def others_wanting_a_slot() -> int:
-            """`Books.others_wanting_a_slot`: the other workers' trials in training less their trials
-            asked ahead."""
+        def others_wanting() -> int:  # `Books.others_wanting_a_slot`
             running, training = count_running(storage, study_id, STARTED_KEY)
-            training_here = len(mine & started_here)
-            return (training - training_here) - (running - training - (len(mine) - training_here))
+            return others_wanting_a_slot(running, training, len(mine), len(mine & started_here))
 
         def mark_started(trial) -> None:  # `Books.started`
             started_here.add(trial._trial_id)

@@ -19,6 +19,7 @@ from sweeps.config.study_file import parse_config
 from sweeps.config.target import target_of
 from sweeps.loop.bookkeeping import Books
 from sweeps.loop.runner import open_study
+from sweeps.loop.slots import others_wanting_a_slot
 from sweeps.trial.record import STARTED_KEY
 from tests.conftest import TINY, merged
 
@@ -87,3 +88,13 @@ def test_a_retry_counts_as_started_once_it_starts_not_by_the_mark_it_copied(tmp_
     assert count_running(storage, b.study_id, STARTED_KEY) == (1, 0), "asked, not started"
     b.started(retry.trial_id)
     assert count_running(storage, b.study_id, STARTED_KEY) == (1, 1)
+
+
+def test_at_64_workers_with_64_slots_left_every_worker_asks_ahead_in_turn():
+    """The benchmark's case (docs/many_workers.md): all 64 train, and the k-th to ask sees k - 1
+    trials asked ahead by the others. Counting those as workers wanting a slot (the old count,
+    running less this worker's open trials) let only the first ask ahead."""
+    for k in range(1, 65):
+        free, running = 64 - (k - 1), 64 + (k - 1)
+        assert free > others_wanting_a_slot(running, training=64, open_here=1, training_here=1)
+        assert (free > running - 1) == (k == 1)

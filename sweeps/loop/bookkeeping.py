@@ -42,6 +42,7 @@ from sweeps.confirmation.companion import why_not_run
 from sweeps.loop.heartbeat import Heartbeat, seconds_to_stale, stale_wait_text
 from sweeps.loop.interface import TrialRef
 from sweeps.loop.progress import Progress
+from sweeps.loop.slots import others_wanting_a_slot
 from sweeps.search.space import Suggestion, suggest
 from sweeps.search.strategies import grid_size
 from sweeps.trial.fused_group import fix_params
@@ -199,16 +200,12 @@ class Books:
         return TrialRef(trial.number, trial_id_of(trial), dict(trial.params), retry_of, fixed_seed), point
 
     def others_wanting_a_slot(self) -> int:
-        """How many other workers will want a trial when their current one ends: those training a
-        trial with none asked ahead behind it. From the study's running trials in one query: the
-        others' trials in training (marked by `started`) less their trials asked ahead (not marked),
-        since each trial asked ahead waits behind one its worker trains."""
+        """`sweeps.loop.slots.others_wanting_a_slot`, from the study's running trials and their start
+        marks (`started`) in one query."""
         running, training = with_retry(lambda: count_running(self.storage, self.study_id, STARTED_KEY),
                                        "counting trials")
         self.training &= self.open.keys()
-        others_training = training - len(self.training)
-        others_ahead = running - training - (len(self.open) - len(self.training))
-        return others_training - others_ahead
+        return others_wanting_a_slot(running, training, len(self.open), len(self.training))
 
     def started(self, trial_id: int) -> None:
         """The training process began training the trial: marked in the store (`STARTED_KEY`), so the
