@@ -120,24 +120,34 @@ def fail_stale_trials(study: optuna.Study, owed: list[int]) -> None:
     again after a lost connection. Optuna's commits the failure, then queues the retry: a connection
     lost between the two left the trial failed and never run again, since a second call no longer
     finds it stale. Here a trial this process failed stays `owed` (the caller's list, kept across
-    calls) until its callback has run, and a retry already in the store (its `retry_history` ends
-    with the trial's number: the callback's commit reached the store before the connection dropped)
-    is not queued twice."""
+    calls) until its callback has run; the next call runs it, unless the retry is already in the
+    store (its `retry_history` ends with the trial's number: the callback's commit reached the store
+    before the connection dropped).
+
+    Each retry is queued right after its trial's failure, before the next stale trial is failed:
+    in between, the study counts one slot free and no trial queued for it, so another worker may
+    create a new trial for it and leave the retry unrun at the end of the study (Optuna's own
+    window, which this keeps as short)."""
     storage = study_storage(study)
     if not heartbeat_enabled(storage):
         return
     pay_owed_retries(study, owed)
+    callback = storage.get_heartbeat_stale_trial_callback()
     for trial_id in get_stale_trial_ids(storage, study_id_of(study)):
         try:
-            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                owed.append(trial_id)  # this process failed it: its retry is this process's to queue
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                continue
         except UpdateFinishedTrialError:  # another worker failed it first
-            pass
-    pay_owed_retries(study, owed)
+            continue
+        owed.append(trial_id)  # this process failed it: its retry is this process's to queue
+        if callback is not None:
+            callback(study, copy.deepcopy(storage.get_trial(trial_id)))
+        owed.remove(trial_id)
 
 
 def pay_owed_retries(study: optuna.Study, owed: list[int]) -> None:
-    """Run the stale-trial callback for each trial in `owed` whose retry is not in the store yet."""
+    """Run the stale-trial callback for each trial in `owed` (failed by an earlier call that a lost
+    connection cut short) whose retry is not in the store yet."""
     storage = study_storage(study)
     callback = storage.get_heartbeat_stale_trial_callback()
     while owed:
