@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from sqlalchemy import String, and_, cast, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from storage.optuna_private import rdb_backend, rdb_models, rdb_session
+from storage.optuna_private import rdb_backend, rdb_models, rdb_session, trial_id_of
 
 UPSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}  # INSERT ... ON CONFLICT DO UPDATE
 
@@ -138,7 +138,7 @@ def count_running(storage: optuna.storages.BaseStorage, study_id: int, key: str)
     backend = rdb_backend(storage)
     if backend is None:
         trials = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-        return len(trials), sum(1 for t in trials if t.system_attrs.get(key) == t._trial_id)
+        return len(trials), sum(1 for t in trials if t.system_attrs.get(key) == trial_id_of(t))
     trial_model, attr_model = rdb_models.TrialModel, rdb_models.TrialSystemAttributeModel
     own_mark = and_(attr_model.trial_id == trial_model.trial_id, attr_model.key == key,
                     attr_model.value_json == cast(trial_model.trial_id, String))

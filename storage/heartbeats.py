@@ -148,12 +148,13 @@ def fail_stale_trials(study: optuna.Study, owed: list[int]) -> None:
 def pay_owed_retries(study: optuna.Study, owed: list[int]) -> None:
     """Run the stale-trial callback for each trial in `owed` (failed by an earlier call that a lost
     connection cut short) whose retry is not in the store yet."""
+    if not owed:
+        return
     storage = study_storage(study)
     callback = storage.get_heartbeat_stale_trial_callback()
+    retried = {t.system_attrs.get("retry_history", [None])[-1] for t in study.get_trials(deepcopy=False)}
     while owed:
         failed = copy.deepcopy(storage.get_trial(owed[0]))
-        queued = any(t.system_attrs.get("retry_history", [None])[-1] == failed.number
-                     for t in study.get_trials(deepcopy=False))
-        if callback is not None and not queued:
+        if callback is not None and failed.number not in retried:
             callback(study, failed)
         owed.pop(0)
