@@ -16,10 +16,19 @@ import sqlalchemy
 from optuna.exceptions import StorageInternalError
 from optuna.trial import TrialState
 
-from storage import open_storage
+from storage import ledger, open_storage
 from storage.heartbeats import fail_stale_trials, heartbeat_ages
-from storage.optuna_private import backend_of, engine_of, enter_optimize_loop, rdb_models, study_storage, trial_id_of
+from storage.optuna_private import (
+    backend_of,
+    engine_of,
+    enter_optimize_loop,
+    rdb_models,
+    study_id_of,
+    study_storage,
+    trial_id_of,
+)
 from storage.snapshot import SnapshotStorage, snapshot
+from sweeps.budget.spending import Spending
 from sweeps.config.plan import budget_of
 from sweeps.config.study_file import parse_config
 from sweeps.config.target import target_of
@@ -298,6 +307,28 @@ def test_a_lost_connection_in_a_finished_trials_callbacks_is_retried(tmp_path):
     books.finish(ref.trial_id, Outcome(TrialState.COMPLETE, value=0.5), 0)
     assert seen == [ref.number, ref.number], "the callback runs again once the store answers"
     assert study.get_trials()[0].state == TrialState.COMPLETE
+
+
+def test_a_trial_failed_as_stale_by_another_worker_is_not_an_error_for_its_own_worker(tmp_path, caplog):
+    """A worker cut off from the store for longer than the grace period finds its trial failed (and
+    queued again) by another worker's stale check: recording it is a warning, the ledger is settled
+    with what it cost, and the worker goes on (it exited with 'Trial#1 has already finished' once,
+    when another test restarted PostgreSQL under a 3 s grace period)."""
+    config = parse_config(merged(TINY, {"study": {"n_trials": 3, "total_budget": {"amount": 1000, "unit": "updates"}}}),
+                          tmp_path)
+    target = target_of(config)
+    study = open_study(config, target, n_train=256)
+    books = Books(study, config, n_trials=3, spending=Spending.of(config, budget_of(config), 256))
+    ref, point = books.ask()
+    assert books.budget.reserve(ref.trial_id, point, ())[0]
+    study_storage(study).set_trial_state_values(ref.trial_id, state=TrialState.FAIL)  # the other worker's check
+    attrs = {"updates": 17, "examples": 17 * 16}
+    with caplog.at_level("WARNING", logger="sweeps"):
+        books.finish(ref.trial_id, Outcome(TrialState.COMPLETE, value=0.5, attrs=attrs), 0)
+    assert f"trial {ref.number} was failed as stale by another worker" in caplog.text
+    assert study.get_trials()[0].state == TrialState.FAIL
+    books_now = ledger.read(engine_of(study_storage(study)), study_id_of(study))
+    assert books_now.open == 0 and books_now.spent == 17
 
 
 def test_a_trials_first_heartbeat_rides_out_a_lost_connection(tmp_path):

@@ -297,8 +297,13 @@ class Books:
         trial = self.open.pop(trial_id)
         if outcome.checkpoint is not None and self.keeper is not None:
             self.keeper.write(outcome.checkpoint)
-        with_retry(lambda: write_trial_batch(self.storage, trial_id_of(trial), outcome.attrs, outcome.curve),
-                   "recording a trial")
+        try:
+            with_retry(lambda: write_trial_batch(self.storage, trial_id_of(trial), outcome.attrs, outcome.curve),
+                       "recording a trial")
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self.closed_elsewhere(trial, outcome)
+            self.failures_seen = failures_in_a_row
+            return
         if self.budget is not None:
             self.budget.settle(trial_id_of(trial), outcome.attrs)
         value = outcome.value if outcome.state == TrialState.COMPLETE else None
@@ -312,6 +317,18 @@ class Books:
             frozen = with_retry(lambda: self.storage.get_trial(trial_id_of(trial)), "reading a trial back")
             for callback in self.callbacks:
                 with_retry(functools.partial(callback, self.study, frozen), "showing a finished trial")
+
+    def closed_elsewhere(self, trial: optuna.Trial, outcome: Outcome) -> None:
+        """The trial was failed as stale by another worker while this one could not reach the store
+        for longer than the grace period (a database restart, a network cut): whoever failed it queued
+        its retry, which trains the configuration again. What it cost is settled in the ledger; the
+        sweep goes on."""
+        if self.budget is not None:
+            self.budget.settle(trial_id_of(trial), outcome.attrs)
+        self.heartbeat.discard(trial_id_of(trial))
+        logger.warning("trial %d was failed as stale by another worker while this one could not reach the store "
+                       "for longer than study.grace_period: its result is not recorded, its retry trains it again; "
+                       "raise study.grace_period above the store's longest outage", trial.number)
 
     def end(self) -> None:
         if self.at_end is not None:
