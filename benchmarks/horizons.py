@@ -119,7 +119,8 @@ def study_data(setup: Setup, seed: int, n_trials: int, storage: str, length: flo
                   "n_trials": n_trials, "seed": seed},
         "sampler": dict(setup.sampler),
         "pruner": dict(setup.pruner),
-        "objective": {"task": setup.task, "optimizer": "sgd"},
+        # one trial at a time in both arms (horizons do not fuse), as when the protocol was fixed
+        "objective": {"task": setup.task, "optimizer": "sgd", "fuse": "off"},
         "budget": budget,
         "schedule": dict(setup.schedule),
         "search": json.loads(json.dumps(setup.search)),

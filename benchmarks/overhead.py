@@ -85,6 +85,7 @@ def service_config(folder: Path, n_trials: int, examples: int | None, seed: int)
     data["study"].update(storage="sqlite:///service.db", n_trials=n_trials, seed=seed)
     if examples is not None:
         data["budget"].update(per_trial=examples, eval_every=max(1, examples // 10))
+    data["objective"]["fuse"] = "off"  # the service's overhead per trial, against the plain loop's: no fused groups
     return parse_config(data, folder)
 
 

@@ -246,9 +246,19 @@ def export(args: argparse.Namespace, study_name: str, trials: list[FrozenTrial],
           else f" at horizon {length_text(horizon.length)} {config.budget.unit}, as a dedicated run")
     print(f"wrote {args.export}: trains trial {chosen.number} again{at} (sweeps run {args.export})",
           file=sys.stderr if args.format == JSON else sys.stdout)  # stdout holds the JSON document alone
-    if note := module_left_behind(config, folder):
-        print(f"note: {note}", file=sys.stderr)
+    for note in (module_left_behind(config, folder), fused_note(chosen)):
+        if note:
+            print(f"note: {note}", file=sys.stderr)
     return exits.OK
+
+
+def fused_note(trial: FrozenTrial) -> str | None:
+    """A trial trained in a fused group (objective.fuse) comes back alone within the fused tolerance."""
+    size = TrialRecord.of(trial).fused_size
+    if not size or size <= 1:
+        return None
+    return (f"trial {trial.number} trained in a fused group of {size}: trained alone, the exported run gives its "
+            "value again within the fused tolerance (docs/guide/fused_training.md), not bit for bit")
 
 
 def without_none(value: Any) -> Any:

@@ -42,6 +42,17 @@ def seeded_data(settings: TrialSettings) -> Task:
                                     options=options))
 
 
+AUGMENTED_BUILDS: list[int] = []
+
+
+def augmented(settings: TrialSettings) -> Task:
+    """The regression task with an augmentation (the identity): it cannot fuse. Counts its builds."""
+    AUGMENTED_BUILDS.append(settings.seed)
+    task = regression(settings)
+    task.augment = lambda batch, generator: batch
+    return task
+
+
 def sweep(tmp_path, data: dict, name: str = "fz") -> optuna.Study:
     tmp_path.mkdir(parents=True, exist_ok=True)
     config = parse_config(merged(merged(TINY, data), {"study": {"name": name}}), tmp_path)
@@ -182,7 +193,7 @@ def test_an_explicit_k_that_cannot_fuse_is_exit_2_naming_why_and_auto_runs_alone
     assert main([path, "--quiet"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "objective.fuse: 4 cannot fuse this study" in err and reason in err
-    path = write(tmp_path, "alone", merged(merged({"objective": {"fuse": "auto"}, "study": {"n_trials": 2}},
+    path = write(tmp_path, "alone", merged(merged({"objective": {"fuse": "auto"}, "study": {"n_trials": 20}},
                                                   overrides), {"sampler": {"name": "random"}}
                                            if "sampler" in overrides else {}))
     code = main([path, "--quiet"])
@@ -204,13 +215,27 @@ def test_a_bad_fuse_value_is_exit_2_with_one_line(tmp_path, capsys):
 
 
 def test_auto_measures_k_once_per_batch_size_and_says_it(tmp_path, capsys):
-    data = {"study": {"n_trials": 6}, "objective": {"fuse": "auto"}}
+    data = {"study": {"n_trials": 20}, "objective": {"fuse": "auto"}}
     study = sweep(tmp_path, data)
     out = capsys.readouterr().out
     lines = [s for s in out.splitlines() if s.startswith("objective.fuse auto: batch ")]
     batches = {TrialRecord.of(t).batch_size for t in study.get_trials(states=FINISHED)}
     assert 1 <= len(lines) == len(batches) and all("trains in groups of" in s for s in lines)
-    assert len(study.get_trials(states=FINISHED)) == 6
+    assert all("at most 2, a tenth of the study's trials" in s for s in lines)
+    assert len(study.get_trials(states=FINISHED)) == 20
+
+
+def test_the_default_fuses_a_study_of_20_trials_and_trains_a_smaller_one_alone_without_a_line(tmp_path, capsys):
+    """objective.fuse defaults to auto: groups of at most a tenth of the study's trials, so a study
+    of fewer than 20 trials runs the unfused loop, saying nothing about groups it never forms."""
+    default = {key: value for key, value in TINY["objective"].items() if key != "fuse"}
+    small = sweep(tmp_path / "small", {"study": {"n_trials": 19}, "objective": default}, name="small")
+    assert "objective.fuse" not in capsys.readouterr().out
+    assert not any(TrialRecord.of(t).fused_group for t in small.get_trials(states=FINISHED))
+    assert len(small.get_trials(states=FINISHED)) == 19
+    large = sweep(tmp_path / "large", {"study": {"n_trials": 20}, "objective": default}, name="large")
+    assert "objective.fuse auto: batch " in capsys.readouterr().out
+    assert all(TrialRecord.of(t).fused_group for t in large.get_trials(states=FINISHED))
 
 
 def test_the_fuse_setting_is_not_part_of_the_search(tmp_path):
@@ -331,3 +356,34 @@ def test_sigterm_closes_every_open_member_and_queues_it_again(tmp_path):
     assert len(failed) == 3 and all(t.user_attrs["error"].startswith("interrupted") for t in failed)
     assert not study.get_trials(states=(TrialState.RUNNING,))
     assert len(study.get_trials(states=(TrialState.WAITING,))) == 3  # queued again, to resume
+
+
+def test_a_fused_trial_exported_trains_alone_to_its_value_within_the_fused_tolerance_and_says_so(tmp_path, capsys):
+    from sweeps.best import main as best_main
+    data = {"study": {"n_trials": 4}, "objective": {"fuse": 4}}
+    path = write(tmp_path, "fz", data)
+    assert main([path, "--quiet"]) == 0
+    study = optuna.load_study(study_name="fz", storage=f"sqlite:///{tmp_path}/fz.db")
+    best = study.best_trial
+    assert TrialRecord.of(best).fused_size > 1
+    capsys.readouterr()
+    exported = tmp_path / "out" / "best.yaml"
+    exported.parent.mkdir()
+    assert best_main([path, "--export", str(exported)]) == 0
+    err = capsys.readouterr().err
+    assert f"note: trial {best.number} trained in a fused group of " in err and "not bit for bit" in err
+    assert main([str(exported), "--quiet"]) == 0
+    target = target_of(parse_config(yaml.safe_load(exported.read_text()), exported.parent))
+    again = optuna.load_study(study_name=f"fz-trial{best.number}", storage=target.storage_url)
+    assert again.best_value == pytest.approx(best.value, rel=1e-4)
+
+
+def test_a_task_that_cannot_fuse_alone_is_built_once_for_the_check_under_auto(tmp_path, capsys):
+    """An augmenting (or Dataset) task is refused on its first build: the check costs one build."""
+    AUGMENTED_BUILDS.clear()
+    study = sweep(tmp_path, {"study": {"n_trials": 20},
+                             "objective": {"fuse": "auto", "task": "tests.test_fused_sweep:augmented"}})
+    out = capsys.readouterr().out
+    assert "objective.fuse auto: trials train one at a time: the task augments its batches" in out
+    assert len(study.get_trials(states=FINISHED)) == 20
+    assert len(AUGMENTED_BUILDS) == 20 + 1 + 1  # its trials, the runner's probe (N), the check's one build

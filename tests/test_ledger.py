@@ -139,6 +139,7 @@ def test_sqlite_sweep_stops_at_its_total_and_a_resume_respects_what_is_left(tmp_
     config = parse_config(data, tmp_path)
     target = target_of(config)
     study = run_sweep(config, target, show_progress=False)
+    capsys.readouterr()  # the sweep's own lines (objective.fuse auto's, this study fusing by default)
     assert report_ending(study, target.n_trials, config) == 0
     assert capsys.readouterr().out.startswith("note: total budget spent: ")
     assert_books_balance("led", target.storage_url, 2000)

@@ -193,6 +193,7 @@ def service_sweep(spec: TaskSpec, seed: int, overrides: dict | None = None, crn:
     with tempfile.TemporaryDirectory() as folder:
         data = service_study(spec, seed, overrides)
         data["study"]["storage"] = f"sqlite:///{folder}/efficiency.db"
+        data["objective"].setdefault("fuse", "off")  # as under the frozen protocol (objective.fuse defaulted to off)
         config = parse_config(data, folder)
         if crn:
             queued = optuna.create_study(storage=data["study"]["storage"], study_name=data["study"]["name"],

@@ -172,6 +172,7 @@ def make_reference(specs: dict[str, TaskSpec], metas: dict[str, dict] | None = N
                 "search": {"coupling": "none", "warmup_fraction": 0.0, "epochs": None}})
             data["search"].pop("epochs", None)  # service_study drops it already (epochs None: not searched)
             data["study"].update(storage=f"sqlite:///{folder}/ref.db", n_trials=60)
+            data["objective"]["fuse"] = "off"  # a grid: one trial at a time, as when the references were measured
             config = parse_config(data, folder)
             started = time.perf_counter()
             study = run_sweep(config, target_of(config), show_progress=False)

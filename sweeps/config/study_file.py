@@ -155,9 +155,9 @@ class ObjectiveSection:
     eval_batch_size: int = 4096
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast for forward and loss
     compile: bool = False  # torch.compile the model
-    # several trials trained as one fused model (objectives/training/fused/, docs/guide/fused_training.md): off,
-    # K members per group, or auto (K measured on the model and batch size)
-    fuse: int | Literal["auto", "off"] = "off"
+    # several trials trained as one fused model (objectives/training/fused/, docs/guide/fused_training.md): auto
+    # (K measured on the model and batch size; one at a time for what cannot fuse), K members per group, or off
+    fuse: int | Literal["auto", "off"] = "auto"
     gpu_memory_fraction: float | None = None  # cap this process's share of the GPU (workers sharing one)
     loader: LoaderSection = field(default_factory=LoaderSection)  # a Dataset task's DataLoader
     options: dict[str, Any] = field(default_factory=dict)  # passed to the task factory

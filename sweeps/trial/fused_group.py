@@ -36,7 +36,8 @@ from sweeps.trial import record
 from sweeps.trial.run_one import Outcome, PreparedTrial, SweepObjective, build_task, plan_attrs
 
 AUTO_SIZES = (1, 2, 4, 8, 16)  # what `auto` measures
-AUTO_SECONDS = 0.25  # per size measured, at most (and at least 3 updates)
+AUTO_SECONDS = 0.05  # per size measured (and at least AUTO_UPDATES updates)
+AUTO_UPDATES = 5
 # auto's largest group: a tenth of the study's trials. A group asks all its trials before any
 # reports, so the sampler learns from fewer results; a tenth is a judgement, not a measured
 # optimum (docs/guide/fused_training.md has the whole-sweep figures).
@@ -132,11 +133,8 @@ def fail_member(member: Member, err: BaseException, group: str, size: int) -> Ou
     return outcome
 
 
-def study_refusal(config: SweepConfig, factory: TaskFactory, budget: Budget, options: TrainerOptions,
-                  device: torch.device, gpus: bool = False) -> str | None:
-    """Why this study's trials cannot train as fused groups (None: they can). The task is built
-    twice, under two seeds, as two trials build it: data or an architecture that follows the seed
-    does not fuse (one that follows a trial's parameters is caught when its group forms)."""
+def settings_refusal(config: SweepConfig, budget: Budget, options: TrainerOptions, gpus: bool = False) -> str | None:
+    """Why this study's settings keep its trials from training as fused groups (None: they do not)."""
     reason = options_refusal(options, budget)
     if reason is not None:
         return reason
@@ -149,6 +147,16 @@ def study_refusal(config: SweepConfig, factory: TaskFactory, budget: Budget, opt
             return why
     if objective.max_micro_batch is not None:
         return "objective.max_micro_batch: a fused group does not split its batch in micro-batches"
+    return None
+
+
+def task_refusal(config: SweepConfig, factory: TaskFactory, budget: Budget, options: TrainerOptions,
+                 device: torch.device) -> str | None:
+    """Why this study's task cannot train as fused groups (None: it can). The task is built
+    twice, under two seeds, as two trials build it: data or an architecture that follows the seed
+    does not fuse (one that follows a trial's parameters is caught when its group forms). A task
+    that cannot fuse alone (its data a Dataset, or augmented) is refused after its first build."""
+    objective = config.objective
     search = config.search
     batch = search.reference_batch_size
     members = []
@@ -165,7 +173,10 @@ def study_refusal(config: SweepConfig, factory: TaskFactory, budget: Budget, opt
         plan = plan_trial(budget, task.n_train, batch, None, objective.drop_last)
         schedule = Schedule.build(settings.lr, plan.planned_updates, 0.0, "constant", 1.0)
         members.append(FusedMember(task, MemberOptimizer(objective.optimizer), schedule, plan, seed))
-    return refusal(members, options, budget)
+        reason = refusal(members, options, budget)  # a Dataset or augmenting task: refused on its first build
+        if reason is not None:
+            return reason
+    return None
 
 
 def measure_size(member: Member, options: TrainerOptions, sizes: tuple[int, ...] = AUTO_SIZES,
@@ -176,6 +187,8 @@ def measure_size(member: Member, options: TrainerOptions, sizes: tuple[int, ...]
     size gives less than 0.9 of the best. Returns the size and the rate measured at each."""
     task, plan = member.prepared.task, member.prepared.plan
     (x, y), device = task.train, task.train[0].device
+    if len(sizes) == 1:  # nothing to choose from (a study too small for groups)
+        return sizes[0], {}
     loss = member_losses(task.loss, y)  # the fused loop's update, as it runs it
     generator = torch.Generator(device=device).manual_seed(0)
     rates: dict[int, float] = {}
@@ -193,9 +206,11 @@ def measure_size(member: Member, options: TrainerOptions, sizes: tuple[int, ...]
             optimizer.zero_grad()
             done += 1
             if done == 0:
+                synchronize(device)
                 started = time.perf_counter()
-            elif done >= 3 and time.perf_counter() - started >= seconds:
+            elif done >= AUTO_UPDATES and time.perf_counter() - started >= seconds:
                 break
+        synchronize(device)  # a GPU's queued kernels are part of the time
         rates[k] = k * done / (time.perf_counter() - started)
         if rates[k] < 0.9 * max(rates.values()):
             break
@@ -203,7 +218,12 @@ def measure_size(member: Member, options: TrainerOptions, sizes: tuple[int, ...]
     return best, rates
 
 
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def size_line(batch_size: int, k: int, rates: dict[int, float], cap: int) -> str:
-    measured = ", ".join(f"K={size} {rate:.0f}/s" for size, rate in rates.items())
+    measured = ", ".join(f"K={size} {rate:.0f}/s" for size, rate in rates.items()) or "not measured"
     return (f"objective.fuse auto: batch {batch_size} trains in groups of {k} (trial updates per second: {measured}; "
             f"at most {cap}, a tenth of the study's trials)")
