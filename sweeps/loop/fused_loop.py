@@ -129,9 +129,11 @@ class FusedSweepLoop(SweepLoop):
             return None
         return first
 
-    def reserved(self, asked: Asked) -> bool:
-        """study.total_budget: book the trial before it trains (False: closed by the bookkeeper)."""
-        return self.books.spending is None or self.book.reserve(asked.trial.trial_id, asked.point).result()
+    def reserved(self, asked: Asked, tentative: bool = False) -> bool | None:
+        """study.total_budget: book the trial before it trains (False: closed by the bookkeeper).
+        `tentative`: None, the trial left open, when it does not fit now (a group's later member)."""
+        return self.books.spending is None or self.book.reserve(asked.trial.trial_id, asked.point,
+                                                                tentative).result()
 
     def member_of(self, asked: Asked) -> Member | None:
         """Build the asked trial's member; one that cannot be built is recorded failed (None)."""
@@ -174,7 +176,14 @@ class FusedSweepLoop(SweepLoop):
                 if refill:
                     return None
                 continue
-            if not self.reserved(asked):
+            # Tentative: a member that does not fit waits for no one. This worker's group holds its
+            # reserved members unstarted while it forms, so waiting here for the others' trials to settle
+            # could wait on a worker waiting the same way (two workers deadlocked on a nearly spent total).
+            granted = self.reserved(asked, tentative=True)
+            if granted is None:
+                self.held.append(asked)  # the next group's first, booked (and waiting if need be) then
+                return None
+            if not granted:
                 return None
             member = self.member_of(asked)
             if member is None:
