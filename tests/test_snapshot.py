@@ -331,6 +331,22 @@ def test_a_trial_failed_as_stale_by_another_worker_is_not_an_error_for_its_own_w
     assert books_now.open == 0 and books_now.spent == 17
 
 
+def test_closing_a_trial_another_worker_failed_as_stale_neither_raises_nor_queues_it_twice(tmp_path):
+    """A worker stopping (or refused by the total budget) closes its open trials: one another
+    worker already failed as stale, and queued again, is left as it is (the worker exited 1 on
+    'has already finished' in `abort`, and lost what it had recorded of the others)."""
+    config = parse_config(merged(TINY, {"study": {"n_trials": 3}}), tmp_path)
+    study = open_study(config, target_of(config), n_train=256)
+    books = Books(study, config, n_trials=3)
+    ref, _ = books.ask()
+    storage = study_storage(study)
+    storage.set_trial_state_values(ref.trial_id, state=TrialState.FAIL)  # the other worker's stale check
+    books.close_unfinished(ref.trial_id, "interrupted: Terminated")
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL], "queued again here: only the stale check's worker does"
+    assert "error" not in trials[0].user_attrs
+
+
 def test_a_trials_first_heartbeat_rides_out_a_lost_connection(tmp_path):
     """The first beat comes right after the ask, outside the beat thread's own error handling: a store
     unreachable at that moment (its first heartbeat statement fails as a lost connection does) is

@@ -270,13 +270,20 @@ class Books:
                           "counting trials")
 
     def close_unfinished_quietly(self, trial: optuna.Trial,
-                                 reason: str = "not started: the study already had its trials") -> None:
+                                 reason: str = "not started: the study already had its trials") -> bool:
         """Fail a trial this process will not finish, with the reason and this worker's identity (a
         trial asked after the last slot went to another worker, one the total budget refused, or,
-        through `close_unfinished`, one interrupted)."""
-        write_trial_batch(self.storage, trial_id_of(trial), {**self.identity, **error_attrs(reason)}, {})
+        through `close_unfinished`, one interrupted). False when another worker had already failed it
+        as stale (this one cut off from the store for longer than the grace period): closed, and its
+        retry queued, there."""
+        try:
+            write_trial_batch(self.storage, trial_id_of(trial), {**self.identity, **error_attrs(reason)}, {})
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self.heartbeat.discard(trial_id_of(trial))
+            return False
         tell(self.study, trial, state=TrialState.FAIL, skip_if_finished=True)
         self.heartbeat.discard(trial_id_of(trial))
+        return True
 
     def fail_stale_trials(self) -> None:
         fail_stale_trials(self.study, self.owed_retries)  # run again by with_retry after a lost connection
@@ -337,8 +344,8 @@ class Books:
     def close_unfinished(self, trial_id: int, reason: str, requeue: bool = True) -> None:
         """Fail a trial this process cannot finish and, when interrupted, queue its configuration
         to run again (the retry queue of `study.max_retry`)."""
-        self.close_unfinished_quietly(self.open.pop(trial_id), reason)
-        if requeue and self.config.study.max_retry > 0:
+        closed_here = self.close_unfinished_quietly(self.open.pop(trial_id), reason)
+        if closed_here and requeue and self.config.study.max_retry > 0:
             frozen = copy.copy(self.storage.get_trial(trial_id))
             # the retry starts clean but for what it was queued with; the failed trial keeps its error
             frozen.user_attrs = queued_attrs(frozen.user_attrs)

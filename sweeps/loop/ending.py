@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import TrialState
 
+from storage.retry import with_retry
 from sweeps import exits
 from sweeps.budget.ledger_view import spent_message, state_of
 from sweeps.config.study_file import SweepConfig
@@ -91,7 +92,8 @@ def end_sweep(study: optuna.Study, n_trials: int, config: SweepConfig) -> int:
 def report_ending(study: optuna.Study, n_trials: int, config: SweepConfig) -> int:
     """Print how the sweep ended (a note, or the reason and the fix) and return its exit code."""
     ending = ending_of(study, n_trials, grid_size(config) if config.sampler.name == "grid" else None,
-                       spent_message(state_of(study)) if config.study.total_budget else None)
+                       spent_message(with_retry(lambda: state_of(study), "reading the ledger"))
+                       if config.study.total_budget else None)
     if ending.code == exits.OK:
         if ending.message:
             print(f"note: {ending.message}")
