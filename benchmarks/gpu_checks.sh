@@ -33,7 +33,8 @@ from sweeps.config.study_file import parse_config
 from sweeps.loop.runner import run_sweep, target_of
 cfg = parse_config({
     "study": {"name": "mem", "metric": "val_accuracy", "n_trials": 100},
-    "objective": {"task": "resnet_synthetic", "device": "cuda", "options": {"n_train": 2048, "n_val": 256, "width": 16, "blocks": 1}},
+    "objective": {"task": "resnet_synthetic", "device": "cuda", "fuse": "off",  # the solo trainer, as first checked
+                  "options": {"n_train": 2048, "n_val": 256, "width": 16, "blocks": 1}},
     "budget": {"unit": "updates", "per_trial": 4, "eval_every": 2},
     "search": {"batch_size": [64, 256, 1024], "base_lr": {"low": 0.01, "high": 0.5, "log": True}},
     "pruner": {"name": "none"}}, "/tmp")
