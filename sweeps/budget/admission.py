@@ -59,8 +59,12 @@ class BudgetBooks:
 
     def in_flight(self, mine: Container[int]) -> bool:
         """Does another trial hold a reservation and still run (its settling may give some back)?"""
-        open_ids = with_retry(lambda: ledger.open_trials(self.engine, self.study_id), "reading the ledger")
-        return any(i not in mine and self.storage.get_trial(i).state == TrialState.RUNNING for i in open_ids)
+        def others_running() -> bool:
+            open_ids = ledger.open_trials(self.engine, self.study_id)
+            return any(i not in mine and self.storage.get_trial(i).state == TrialState.RUNNING for i in open_ids)
+
+        # the trials' states too: a worker waiting on a nearly spent total exited on a database restart here
+        return with_retry(others_running, "reading the ledger")
 
     def spent(self, mine: Container[int], wait: bool) -> bool:
         """True when what is left holds no trial of the search; with `wait`, only once no other
