@@ -115,7 +115,8 @@ class Books:
             with_retry(lambda: engine.connect().close(), "connecting to the store")
         self.heartbeat.start()
         if self.budget is not None:
-            self.budget.learn_pace(self.study.get_trials(deepcopy=False, states=FINISHED))
+            finished = with_retry(lambda: self.study.get_trials(deepcopy=False, states=FINISHED), "reading trials")
+            self.budget.learn_pace(finished)
         if self.display is not None:
             self.display.start()
         self.requeue_stale_trials()  # before the first ask, while the worker starts
