@@ -228,12 +228,12 @@ def test_auto_measures_k_once_per_batch_size_and_says_it(tmp_path, capsys):
 def test_the_default_fuses_a_study_of_20_trials_and_trains_a_smaller_one_alone_without_a_line(tmp_path, capsys):
     """objective.fuse defaults to auto: groups of at most a tenth of the study's trials, so a study
     of fewer than 20 trials runs the unfused loop, saying nothing about groups it never forms."""
-    default = {key: value for key, value in TINY["objective"].items() if key != "fuse"}
-    small = sweep(tmp_path / "small", {"study": {"n_trials": 19}, "objective": default}, name="small")
+    assert "fuse" not in TINY["objective"]
+    small = sweep(tmp_path / "small", {"study": {"n_trials": 19}}, name="small")
     assert "objective.fuse" not in capsys.readouterr().out
     assert not any(TrialRecord.of(t).fused_group for t in small.get_trials(states=FINISHED))
     assert len(small.get_trials(states=FINISHED)) == 19
-    large = sweep(tmp_path / "large", {"study": {"n_trials": 20}, "objective": default}, name="large")
+    large = sweep(tmp_path / "large", {"study": {"n_trials": 20}}, name="large")
     assert "objective.fuse auto: batch " in capsys.readouterr().out
     assert all(TrialRecord.of(t).fused_group for t in large.get_trials(states=FINISHED))
 

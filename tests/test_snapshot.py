@@ -334,7 +334,7 @@ def test_a_trial_failed_as_stale_by_another_worker_is_not_an_error_for_its_own_w
 def test_closing_a_trial_another_worker_failed_as_stale_neither_raises_nor_queues_it_twice(tmp_path):
     """A worker stopping (or refused by the total budget) closes its open trials: one another
     worker already failed as stale, and queued again, is left as it is (the worker exited 1 on
-    'has already finished' in `abort`, and lost what it had recorded of the others)."""
+    'has already finished' in `abort`)."""
     config = parse_config(merged(TINY, {"study": {"n_trials": 3}}), tmp_path)
     study = open_study(config, target_of(config), n_train=256)
     books = Books(study, config, n_trials=3)

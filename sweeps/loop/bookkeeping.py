@@ -277,14 +277,14 @@ class Books:
         through `close_unfinished`, one interrupted). False when another worker had already failed it
         as stale (this one cut off from the store for longer than the grace period): closed, and its
         retry queued, there."""
+        closed_here = True
         try:
             write_trial_batch(self.storage, trial_id_of(trial), {**self.identity, **error_attrs(reason)}, {})
+            tell(self.study, trial, state=TrialState.FAIL, skip_if_finished=True)
         except optuna.exceptions.UpdateFinishedTrialError:
-            self.heartbeat.discard(trial_id_of(trial))
-            return False
-        tell(self.study, trial, state=TrialState.FAIL, skip_if_finished=True)
+            closed_here = False
         self.heartbeat.discard(trial_id_of(trial))
-        return True
+        return closed_here
 
     def fail_stale_trials(self) -> None:
         fail_stale_trials(self.study, self.owed_retries)  # run again by with_retry after a lost connection

@@ -63,9 +63,9 @@ def fused_loop_for(config: SweepConfig, factory: TaskFactory, budget: Budget,
         gpus = GPU_ENV in os.environ
     options = trainer_options(config, config.objective.max_micro_batch)
     reason = fused_group.settings_refusal(config, budget, options, gpus)
-    if reason is None and fuse == "auto" and fused_group.auto_cap(config.study.n_trials) == 1:
-        return SweepLoop  # too few trials for groups (a tenth of them): one at a time, without building the task
     if reason is None:
+        if fuse == "auto" and fused_group.auto_cap(config.study.n_trials) == 1:
+            return SweepLoop  # too few trials for groups (a tenth of them): one at a time, without building the task
         reason = fused_group.task_refusal(config, factory, budget, options, resolve_device(config.objective.device))
     if reason is None:
         return FusedSweepLoop

@@ -187,8 +187,6 @@ def measure_size(member: Member, options: TrainerOptions, sizes: tuple[int, ...]
     size gives less than 0.9 of the best. Returns the size and the rate measured at each."""
     task, plan = member.prepared.task, member.prepared.plan
     (x, y), device = task.train, task.train[0].device
-    if len(sizes) == 1:  # nothing to choose from (a study too small for groups)
-        return sizes[0], {}
     loss = member_losses(task.loss, y)  # the fused loop's update, as it runs it
     generator = torch.Generator(device=device).manual_seed(0)
     rates: dict[int, float] = {}
@@ -224,6 +222,6 @@ def synchronize(device: torch.device) -> None:
 
 
 def size_line(batch_size: int, k: int, rates: dict[int, float], cap: int) -> str:
-    measured = ", ".join(f"K={size} {rate:.0f}/s" for size, rate in rates.items()) or "not measured"
+    measured = ", ".join(f"K={size} {rate:.0f}/s" for size, rate in rates.items())
     return (f"objective.fuse auto: batch {batch_size} trains in groups of {k} (trial updates per second: {measured}; "
             f"at most {cap}, a tenth of the study's trials)")
