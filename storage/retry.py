@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from optuna.exceptions import StorageInternalError
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, PendingRollbackError, SQLAlchemyError
 
 T = TypeVar("T")
 logger = logging.getLogger("sweeps")
@@ -21,8 +21,16 @@ def is_connection_error(err: BaseException) -> bool:
         return True
     if isinstance(err, DBAPIError) and err.connection_invalidated:
         return True
+    if isinstance(err, PendingRollbackError) and "reconnect" in str(err):
+        return True  # a query after a lost connection in the same transaction (Optuna's fallback after an error)
     cause = err.__cause__
     return isinstance(err, StorageInternalError) and cause is not None and is_connection_error(cause)
+
+
+def is_store_error(err: BaseException) -> bool:
+    """A lost connection, or another database error: what a look that can wait for its next turn
+    (a parent's poll of its workers' trials) skips instead of failing on."""
+    return is_connection_error(err) or isinstance(err, (StorageInternalError, SQLAlchemyError))
 
 
 OTHER_STORE_ERRORS_RETRIED = 2  # a database error that is not a lost connection: tried three times in all

@@ -224,6 +224,32 @@ def test_with_retry_rides_out_lost_connections_only():
     assert time.monotonic() - started < 30  # gives up after about 1 s, not the default 120 s (generous)
 
 
+def test_a_query_after_a_lost_connection_in_the_same_transaction_reads_as_a_lost_connection():
+    """Optuna answers a failed read by trying a slower one in the same session; after a lost connection
+    that second query raises SQLAlchemy's PendingRollbackError ("Can't reconnect until invalid
+    transaction is rolled back"), wrapped in a StorageInternalError. It is the same outage: retried
+    as one (with backoff, up to the deadline), not as another error tried three times. (A pooler's
+    restart ended a --workers parent on it.)"""
+    needs_pg()
+    engine = sqlalchemy.create_engine(PG_URL)
+    admin = sqlalchemy.create_engine(PG_URL, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with sqlalchemy.orm.Session(engine) as session:
+            pid = session.execute(sqlalchemy.text("SELECT pg_backend_pid()")).scalar_one()
+            with admin.connect() as other:
+                other.execute(sqlalchemy.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            with pytest.raises(OperationalError) as lost:
+                session.execute(sqlalchemy.text("SELECT 1"))
+            with pytest.raises(sqlalchemy.exc.PendingRollbackError) as after:
+                session.execute(sqlalchemy.text("SELECT 1"))
+        wrapped = StorageInternalError("An exception is raised during the commit.")
+        wrapped.__cause__ = after.value
+        assert is_connection_error(lost.value) and is_connection_error(after.value) and is_connection_error(wrapped)
+    finally:
+        engine.dispose()
+        admin.dispose()
+
+
 def test_with_retry_tries_another_database_error_three_times_and_names_its_cause(caplog):
     """Around a server restart not every aborted transaction reads as a lost connection (a compose run
     failed a trial on a bare StorageInternalError): such an error is tried three times in all, each

@@ -69,12 +69,12 @@ def study_file(folder: Path, name: str, n_trials: int, seconds: float | None = N
     return path
 
 
-def start(path: Path, *args: str, storage: str | None = None) -> subprocess.Popen:
+def start(path: Path, *args: str, storage: str | None = None, quiet: bool = True) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     if storage:
         env["SWEEPS_STORAGE"] = storage
-    return subprocess.Popen([sys.executable, "-m", "sweeps.run", str(path), "--quiet", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-m", "sweeps.run", str(path), *(["--quiet"] if quiet else []), *args],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.fixture

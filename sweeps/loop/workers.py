@@ -26,7 +26,7 @@ from datetime import datetime
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from storage.retry import is_connection_error
+from storage.retry import is_store_error
 from storage.sql import ENV_VAR
 from sweeps import exits
 from sweeps.budget.ledger_view import line_of
@@ -199,11 +199,13 @@ def notice_lost(workers: list[subprocess.Popen], lost: dict[int, LostWorker], be
 
 
 def running_numbers(study: optuna.Study, last: set[int]) -> set[int]:
-    """The numbers of the study's running trials; `last` while the store is out of reach."""
+    """The numbers of the study's running trials; `last` while the store cannot be read: out of
+    reach, or failing a transaction around a restart (the workers ride that out on their own, and
+    this look waits for its next turn rather than end the parent while they run)."""
     try:
         return {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     except Exception as err:
-        if not is_connection_error(err):
+        if not is_store_error(err):
             raise
         return last
 

@@ -32,6 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 from objectives.training.budget import Budget
 from storage.heartbeats import grace_period_of, heartbeat_ages
 from storage.optuna_private import study_id_of, study_storage, trial_id_of
+from storage.retry import is_store_error
 from sweeps.loop.progress import (
     Eta,
     StudyState,
@@ -91,6 +92,15 @@ class WorkersProgress:
         self.grace = grace_period_of(storage)
 
     def __call__(self) -> None:
+        """Redraw (a terminal) or print the trials finished since the last call; nothing while the
+        store cannot be read (a restart): the next call catches up."""
+        try:
+            self.show()
+        except Exception as err:
+            if not is_store_error(err):
+                raise
+
+    def show(self) -> None:
         trials = self.study.get_trials(deepcopy=False)
         state = StudyState.of(trials, self.budget.unit, self.study)
         now = time.monotonic()
