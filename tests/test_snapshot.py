@@ -331,6 +331,24 @@ def test_a_trial_failed_as_stale_by_another_worker_is_not_an_error_for_its_own_w
     assert books_now.open == 0 and books_now.spent == 17
 
 
+def test_a_pruning_decision_on_a_trial_another_worker_failed_as_stale_stops_it_without_an_error(tmp_path, caplog):
+    """The worker reports its trial's evaluation after being cut off longer than the grace period, and
+    another worker has failed the trial as stale: the decision is to stop training it (not an error
+    that ends the worker: a worker printed 'error: Trial#1 has already finished' once after a
+    PostgreSQL restart), and recording it then is the warning of `closed_elsewhere`."""
+    config = parse_config(merged(TINY, {"study": {"n_trials": 3}}), tmp_path)
+    study = open_study(config, target_of(config), n_train=256)
+    books = Books(study, config, n_trials=3)
+    ref, _ = books.ask()
+    assert books.decide(ref.trial_id, 0.5, 10) is False  # a first report: no pruning yet
+    study_storage(study).set_trial_state_values(ref.trial_id, state=TrialState.FAIL)  # the other worker's check
+    assert books.decide(ref.trial_id, 0.4, 20) is True
+    with caplog.at_level("WARNING", logger="sweeps"):
+        books.finish(ref.trial_id, Outcome(TrialState.PRUNED, attrs={"updates": 20, "examples": 320}), 0)
+    assert f"trial {ref.number} was failed as stale by another worker" in caplog.text
+    assert study.get_trials()[0].state == TrialState.FAIL
+
+
 def test_closing_a_trial_another_worker_failed_as_stale_neither_raises_nor_queues_it_twice(tmp_path):
     """A worker stopping (or refused by the total budget) closes its open trials: one another
     worker already failed as stale, and queued again, is left as it is (the worker exited 1 on

@@ -298,7 +298,10 @@ class Books:
             trial.report(value, step)
             return trial.should_prune()
 
-        return with_retry(report_and_ask, "a pruning decision")
+        try:
+            return with_retry(report_and_ask, "a pruning decision")
+        except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale by another worker meanwhile:
+            return True  # stop training it; `finish` then says so (`closed_elsewhere`)
 
     def finish(self, trial_id: int, outcome: Outcome, failures_in_a_row: int) -> None:
         self.in_optimize_loop()
