@@ -197,9 +197,11 @@ def test_sigterm_closes_the_trial_and_exits_quickly(tmp_path, run_here):
     wait_for_running(name, PG_URL)
     sent = time.monotonic()
     worker.send_signal(signal.SIGTERM)
-    _, err = worker.communicate(timeout=30)
+    out, err = worker.communicate(timeout=30)
     assert time.monotonic() - sent < 10
-    assert worker.returncode == 143, err
+    # once seen exit 0 with nothing on stderr in CI (not reproduced): say what the study held then
+    states = [(t.number, t.state.name) for t in load(name, PG_URL).get_trials()]
+    assert worker.returncode == 143, f"stderr: {err!r}; stdout: {out[-1500:]!r}; trials: {states}"
     assert "terminated" in err and "Traceback" not in err
     study = load(name, PG_URL)
     assert not study.get_trials(states=(TrialState.RUNNING,))
