@@ -30,7 +30,7 @@ def is_connection_error(err: BaseException) -> bool:
 def is_store_error(err: BaseException) -> bool:
     """A lost connection, or another database error: what a look that can wait for its next turn
     (a parent's poll of its workers' trials) skips instead of failing on."""
-    return is_connection_error(err) or isinstance(err, (StorageInternalError, SQLAlchemyError))
+    return isinstance(err, (StorageInternalError, SQLAlchemyError))  # a lost connection is one of these
 
 
 OTHER_STORE_ERRORS_RETRIED = 2  # a database error that is not a lost connection: tried three times in all

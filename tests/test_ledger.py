@@ -6,7 +6,6 @@ Real stores (SQLite, and PostgreSQL from SWEEPS_TEST_POSTGRES_URL), real trainin
 from __future__ import annotations
 
 import signal
-import subprocess
 import threading
 import time
 
@@ -28,7 +27,7 @@ from sweeps.run import main
 from sweeps.text import quantity
 from sweeps.trial.record import TrialRecord
 from tests.conftest import TINY, engine, merged, postgres_held
-from tests.test_workers import PG_URL, ensure_postgres_running, load, needs_pg, pg_ctl, start, unique, wait_for_running
+from tests.test_workers import PG_URL, load, needs_pg, start, unique, wait_for_running
 
 N_TRAIN = 256
 # examples budget: a trial costs 256 x its epochs (1 to 4), so costs differ and some trials do not fit
@@ -287,31 +286,3 @@ def test_the_next_trial_is_booked_before_the_last_one_is_recorded(tmp_path):
     for last, following in zip(rows, rows[1:]):
         assert following.reserved_at <= last.settled_at, (last, following)
 
-
-@needs_pg
-@pytest.mark.skipif(subprocess.run(["which", "pg_ctlcluster"], capture_output=True).returncode != 0,
-                    reason="needs the local PostgreSQL cluster's pg_ctlcluster")
-def test_three_fused_workers_on_a_total_ride_out_a_database_restart(tmp_path, postgres_restart):
-    """Fused groups (the default for 20 trials), a total budget and --workers 3, with the server
-    away for 3 s once trials hold reservations: every worker ends 0 and the books balance. By hand,
-    such a restart ended a worker waiting on the total (its in-flight check read trials without a
-    retry) in 3 of 11 runs."""
-    name = unique("ledgerpg")
-    path = write(tmp_path, name, VARIED, heartbeat_interval=1, grace_period=30)
-    log = tmp_path / "sweep.log"
-    parent = start(path, "--workers", "3", "--log-file", str(log), storage=PG_URL)
-    try:
-        wait_for_reservation(name, PG_URL)
-        pg_ctl("stop")
-        time.sleep(3.0)
-        pg_ctl("start")
-        _, err = parent.communicate(timeout=300)
-    finally:
-        ensure_postgres_running()
-        if parent.poll() is None:
-            parent.kill()
-    assert parent.returncode == 0, log.read_text()[-6000:]
-    assert "Traceback" not in err
-    study = assert_books_balance(name, PG_URL, 2000)
-    assert ledger_of(name, PG_URL).open == 0
-    assert any(TrialRecord.of(t).fused_group for t in study.get_trials(states=(TrialState.COMPLETE,)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -199,11 +200,11 @@ def test_sigterm_closes_the_trial_and_exits_quickly(tmp_path, run_here):
     worker.send_signal(signal.SIGTERM)
     out, err = worker.communicate(timeout=30)
     assert time.monotonic() - sent < 10
+    study = load(name, PG_URL)
     # once seen exit 0 with nothing on stderr in CI (not reproduced): say what the study held then
-    states = [(t.number, t.state.name) for t in load(name, PG_URL).get_trials()]
+    states = [(t.number, t.state.name) for t in study.get_trials()]
     assert worker.returncode == 143, f"stderr: {err!r}; stdout: {out[-1500:]!r}; trials: {states}"
     assert "terminated" in err and "Traceback" not in err
-    study = load(name, PG_URL)
     assert not study.get_trials(states=(TrialState.RUNNING,))
     assert study.get_trials(states=(TrialState.FAIL,))
     assert study.get_trials(states=(TrialState.WAITING,)), "the closed trial is queued again"
@@ -234,9 +235,20 @@ def test_sigterm_stops_every_worker_of_workers_n(tmp_path, run_here):
     assert_exactly(load(name, PG_URL), 4)
 
 
+needs_pg_ctl = pytest.mark.skipif(shutil.which("pg_ctlcluster") is None,
+                                  reason="needs the local PostgreSQL cluster's pg_ctlcluster")
+
+
 def pg_ctl(action: str) -> None:
     subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", PG_VERSION, "main", action], check=True,
                    capture_output=True, timeout=60)
+
+
+def restart_postgres(down_for: float) -> None:
+    """Stop the local server, keep it down `down_for` seconds, start it again (`postgres_restart`)."""
+    pg_ctl("stop")
+    time.sleep(down_for)
+    pg_ctl("start")
 
 
 def ensure_postgres_running() -> None:
@@ -246,8 +258,7 @@ def ensure_postgres_running() -> None:
 
 
 @needs_pg
-@pytest.mark.skipif(subprocess.run(["which", "pg_ctlcluster"], capture_output=True).returncode != 0,
-                    reason="needs the local PostgreSQL cluster's pg_ctlcluster")
+@needs_pg_ctl
 def test_workers_ride_out_a_database_restart(tmp_path, postgres_restart):
     """The server goes away for 3 s mid-sweep: storage calls retry with backoff, nothing is lost or
     written twice."""
@@ -257,9 +268,7 @@ def test_workers_ride_out_a_database_restart(tmp_path, postgres_restart):
     try:
         wait_for_running(name, PG_URL)
         time.sleep(1.5)
-        pg_ctl("stop")
-        time.sleep(3.0)
-        pg_ctl("start")
+        restart_postgres(down_for=3.0)
         errs = [w.communicate(timeout=300)[1] for w in workers]
     finally:
         ensure_postgres_running()
@@ -273,6 +282,36 @@ def test_workers_ride_out_a_database_restart(tmp_path, postgres_restart):
     for trial in study.get_trials(states=(TrialState.COMPLETE,)):  # each finished trial's record is whole
         assert trial.user_attrs["stop_reason"] in {"budget", "epochs", "early_stopping"}
         assert trial.intermediate_values
+
+
+@needs_pg
+@needs_pg_ctl
+def test_three_fused_workers_on_a_total_ride_out_a_database_restart(tmp_path, postgres_restart):
+    """Fused groups (the default for 20 trials), a total budget and --workers 3, with the server
+    away for 3 s once trials hold reservations: every worker ends 0 and the books balance. By hand,
+    such a restart ended a worker waiting on the total (its in-flight check read trials without a
+    retry) in 3 of 11 runs. (In this file, beside its other restart: in test_ledger.py it restarted
+    the server while this file's tests ran in the other test process, and failed two of them.)"""
+    from sweeps.trial.record import TrialRecord
+    from tests.test_ledger import VARIED, assert_books_balance, ledger_of, wait_for_reservation, write
+
+    name = unique("ledgerpg")
+    path = write(tmp_path, name, VARIED, heartbeat_interval=1, grace_period=30)
+    log = tmp_path / "sweep.log"
+    parent = start(path, "--workers", "3", "--log-file", str(log), storage=PG_URL)
+    try:
+        wait_for_reservation(name, PG_URL)
+        restart_postgres(down_for=3.0)
+        _, err = parent.communicate(timeout=300)
+    finally:
+        ensure_postgres_running()
+        if parent.poll() is None:
+            parent.kill()
+    assert parent.returncode == 0, log.read_text()[-6000:]
+    assert "Traceback" not in err
+    study = assert_books_balance(name, PG_URL, 2000)
+    assert ledger_of(name, PG_URL).open == 0
+    assert any(TrialRecord.of(t).fused_group for t in study.get_trials(states=(TrialState.COMPLETE,)))
 
 
 def test_bad_url_fails_fast_without_the_password(tmp_path, parent):
