@@ -14,6 +14,7 @@ id, when it started, and the trials it finished and failed (from each trial's `w
 object each with `study`, `direction`, the counts, `best` (the full value, null without one),
 `total_budget` (`amount`, `unit`, `spent`, `left`, `rate`, `open`; null without a ledger),
 `last_activity` and, with --workers, `workers` (their start in UTC).
+A study deleted while the listing reads it (another process ran `optuna delete-study`) is left out.
 Exit codes (`sweeps.exits`): 0 listed, 2 no store named or an invalid study file or URL,
 3 store not there or not readable.
 """
@@ -152,16 +153,43 @@ def worker_rows(engine, study_id: int, trials: list[FrozenTrial], host_has: str 
     return [worker_row(w) for w in worker_facts(engine, study_id, trials, host_has)]
 
 
+def read_studies(storage, with_workers: bool) -> tuple[list, dict, list[dict[str, Any]], dict[str, list]]:
+    """The store's studies by name, their ledgers by study id, their `facts` and (`with_workers`) their
+    `worker_facts` by name. A study deleted after the store listed it (another process ran
+    `optuna delete-study`) is left out: the listing is a snapshot of the studies there, not a lock."""
+    studies, states, found, workers = [], {}, [], {}
+    for study in sorted(storage.get_all_studies(), key=lambda s: s.study_name):
+        study_id = study_id_of(study)
+        try:
+            state = ledger.read(storage.engine, study_id)
+            found.append(facts(storage, study, state))
+            if with_workers:
+                workers[study.study_name] = worker_facts(storage.engine, study_id,
+                                                         storage.get_all_trials(study_id, deepcopy=False))
+        except KeyError:  # Optuna's "Record does not exist.": gone since the listing, unless it is still there
+            if still_there(storage, study.study_name):
+                raise
+            del found[len(studies):]
+            workers.pop(study.study_name, None)
+            continue
+        studies.append(study)
+        states[study_id] = state
+    return studies, states, found, workers
+
+
+def still_there(storage, name: str) -> bool:
+    try:
+        storage.get_study_id_from_name(name)
+    except KeyError:
+        return False
+    return True
+
+
 def list_studies(args: argparse.Namespace) -> int:
     url = store_url(args)
     storage = open_read_only(url)
     try:
-        studies = sorted(storage.get_all_studies(), key=lambda s: s.study_name)
-        states = {study_id_of(s): ledger.read(storage.engine, study_id_of(s)) for s in studies}
-        found = [facts(storage, s, states[study_id_of(s)]) for s in studies]
-        workers = ({s.study_name: worker_facts(storage.engine, study_id_of(s),
-                                               storage.get_all_trials(study_id_of(s), deepcopy=False))
-                    for s in studies} if args.workers else {})
+        studies, states, found, workers = read_studies(storage, args.workers)
     except StorageError:
         raise
     except Exception as err:  # not an Optuna store, a file that is not a database, a server that went away

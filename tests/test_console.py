@@ -369,6 +369,49 @@ def test_studies_lists_a_postgresql_store(tmp_path, console):
         optuna.delete_study(study_name=name, storage=PG_URL)
 
 
+class DeletesAfterListing:
+    """A real store whose listing is followed by another connection deleting one of the listed studies:
+    the race `sweeps studies` met in CI beside a test that cleaned up its study."""
+
+    def __init__(self, storage, writer, name: str) -> None:
+        self.storage, self.writer, self.name = storage, writer, name
+
+    def get_all_studies(self):
+        listed = self.storage.get_all_studies()
+        optuna.delete_study(study_name=self.name, storage=self.writer)
+        return listed
+
+    def __getattr__(self, attribute):
+        return getattr(self.storage, attribute)
+
+
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgresql", marks=needs_pg)])
+def test_studies_leaves_out_a_study_deleted_while_it_lists(store, tmp_path):
+    from storage.sql import open_read_only, open_storage
+    from sweeps.studies import read_studies
+
+    url = f"sqlite:///{tmp_path / 'race.db'}" if store == "sqlite" else PG_URL
+    writer = open_storage(url)  # open: a SQLite store's -wal file is there, so the reader sees the deletion
+    tag = uuid.uuid4().hex[:8]
+    names = [f"race-{tag}-{n}" for n in ("a", "b", "c")]
+    for name in names:
+        study = optuna.create_study(study_name=name, storage=writer)
+        study.enqueue_trial({})
+        study.optimize(lambda trial: 1.0, n_trials=1)
+    reader = open_read_only(url)
+    try:
+        studies, states, found, workers = read_studies(DeletesAfterListing(reader, writer, names[1]), True)
+        mine = [f["study"] for f in found if f["study"].startswith(f"race-{tag}")]
+        assert mine == [names[0], names[2]]
+        assert [s.study_name for s in studies] == [f["study"] for f in found]  # rows stay aligned with studies
+        assert set(workers) == {s.study_name for s in studies} and set(states) == {s._study_id for s in studies}
+    finally:
+        reader.engine.dispose()
+        for name in (names[0], names[2]):
+            optuna.delete_study(study_name=name, storage=writer)
+        writer.engine.dispose()
+
+
 @pytest.mark.skipif(not (REPO / "sweeps" / "config" / "overrides.py").is_file(), reason="no --set in this tree")
 def test_best_reads_the_config_the_study_ran_with(tmp_path, console):
     """A study run with --set stored its config: the export keeps the overridden warmup, not the file's 0."""
