@@ -13,10 +13,16 @@ when the surface curves the right way (down for a maximised metric) and the poin
 the near trials' range. Otherwise (too few distinct values on an axis, a saddle, a point outside)
 the optimum is the centroid of the best `TOP` share (at least `MIN_TOP`), and its value their mean.
 
+A quadratic's value at its stationary point is at most as good as the level's best trial measured
+(a surface that claims more is extrapolating).
+
 **The laws** (DeepSeek LLM 2024; Porian et al. 2024): log B*(C) = a + alpha_B log C and
-log lr*(C) = a + alpha_lr log C, least squares over the horizons; the metric at the optimum
+log lr*(C) = a + alpha_lr log C, least squares over the horizons, each level weighted by
+1 / SD^2 of its optimum over the bootstrap resamples (at least `MIN_SPREAD`): the shortest
+horizons, far from converged, often have optima that one trial's luck moves by a decade, and
+weighted equally they set the slope (docs/extrapolation.md, regression_onepass); the metric at the optimum
 saturating, limit + scale x C^-gamma (`MetricLaw`; a line in log C overshot: it predicted an
-accuracy of 1.04 on digits at 10x, docs/extrapolation.md). Its interval covers the fit's
+accuracy of 1.04 on digits at 10x, docs/extrapolation.md), weighted the same way. Its interval covers the fit's
 sampling error only, not a seed's noise nor the law's own error. Intervals: the whole
 chain (optima, then fits) over `BOOTSTRAP` resamples of the trials, with replacement; percentile
 intervals at `LEVEL`.
@@ -46,6 +52,7 @@ BOOTSTRAP, LEVEL = 200, 0.90
 MIN_HORIZONS, MIN_TRIALS, MIN_BATCH_SIZES = 3, 6, 3
 MAX_EXPONENT_WIDTH = 1.0  # the widest interval of a power law's exponent a prediction is made on
 MAX_REACH = 32.0  # the furthest a prediction goes: the target over the largest horizon trained
+MIN_SPREAD = 0.02  # the least SD (log10) a level's optimum is weighted by in the laws
 
 
 @dataclass(frozen=True)
@@ -110,20 +117,23 @@ class MetricLaw:
 EXPONENTS = np.geomspace(0.02, 2.0, 60)  # the metric law's exponents tried (least squares for the rest at each)
 
 
-def fit_metric(computes: Sequence[float], values: Sequence[float], maximize: bool) -> MetricLaw:
+def fit_metric(computes: Sequence[float], values: Sequence[float], maximize: bool,
+               sd: Sequence[float] | None = None) -> MetricLaw:
     """Least squares over `EXPONENTS`: at each, limit and scale are linear; the best fit whose scale
-    has the right sign (improving with compute). Values that do not improve: a flat law at their mean."""
+    has the right sign (improving with compute). Values that do not improve: a flat law at their
+    (weighted) mean. With `sd`, each value weighted by 1 / sd^2."""
     c, v = np.asarray(computes, dtype=float), np.asarray(values, dtype=float)
+    w = np.ones_like(v) if sd is None else 1.0 / np.asarray(sd, dtype=float)
     best: tuple[float, MetricLaw] | None = None
     for exponent in EXPONENTS:
         design = np.column_stack([np.ones_like(c), c ** -exponent])
-        (limit, scale), *_ = np.linalg.lstsq(design, v, rcond=None)
+        (limit, scale), *_ = np.linalg.lstsq(design * w[:, None], v * w, rcond=None)
         if (maximize and scale > 0) or (not maximize and scale < 0):
             continue
-        error = float(np.sum((design @ np.array([limit, scale]) - v) ** 2))
+        error = float(np.sum(((design @ np.array([limit, scale]) - v) * w) ** 2))
         if best is None or error < best[0]:
             best = (error, MetricLaw(float(limit), float(scale), float(exponent)))
-    return best[1] if best is not None else MetricLaw(float(v.mean()), 0.0, 1.0)
+    return best[1] if best is not None else MetricLaw(float(np.average(v, weights=w * w)), 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -191,6 +201,8 @@ def optimum(points: Sequence[Point], maximize: bool) -> Optimum:
     compute = points[0].compute
     if fitted is not None:
         x, y, value = fitted
+        best = best_first[0].value  # a surface that claims more than any trial measured is extrapolating
+        value = min(value, best) if maximize else max(value, best)
         return Optimum(compute, 2.0**x, 10.0**y, value, "quadratic", len(near))
     top = best_first[:max(MIN_TOP, math.ceil(TOP * len(best_first)))]
     x = float(np.mean([math.log2(p.batch_size) for p in top]))
@@ -221,16 +233,30 @@ def quadratic_optimum(near: Sequence[Point], maximize: bool) -> tuple[float, flo
     return float(sx), float(sy), float(value)
 
 
-def fit_line(xs: Sequence[float], ys: Sequence[float]) -> Law:
-    slope, intercept = np.polyfit(np.asarray(xs, dtype=float), np.asarray(ys, dtype=float), 1)
+def fit_line(xs: Sequence[float], ys: Sequence[float], sd: Sequence[float] | None = None) -> Law:
+    """Least squares; with `sd`, each point weighted by 1 / sd^2 (its residual by 1 / sd)."""
+    weights = None if sd is None else 1.0 / np.asarray(sd, dtype=float)
+    slope, intercept = np.polyfit(np.asarray(xs, dtype=float), np.asarray(ys, dtype=float), 1, w=weights)
     return Law(float(intercept), float(slope))
 
 
-def laws(optima: Sequence[Optimum], maximize: bool) -> tuple[Law, Law, MetricLaw]:
+def laws(optima: Sequence[Optimum], maximize: bool, spread: np.ndarray | None = None) -> tuple[Law, Law, MetricLaw]:
+    """The three laws over the levels' optima; `spread` [level, 3]: the bootstrap SD of each level's
+    log10 B*, log10 lr* and value (`level_spread`), which weights the levels in each law."""
     c = [math.log10(o.compute) for o in optima]
-    return (fit_line(c, [math.log10(o.batch_size) for o in optima]),
-            fit_line(c, [math.log10(o.lr) for o in optima]),
-            fit_metric([o.compute for o in optima], [o.value for o in optima], maximize))
+    sd = (None, None, None) if spread is None else (spread[:, 0], spread[:, 1], spread[:, 2])
+    return (fit_line(c, [math.log10(o.batch_size) for o in optima], sd[0]),
+            fit_line(c, [math.log10(o.lr) for o in optima], sd[1]),
+            fit_metric([o.compute for o in optima], [o.value for o in optima], maximize, sd[2]))
+
+
+def level_spread(draws: np.ndarray) -> np.ndarray:
+    """Per level, the bootstrap SD of log10 B*, of log10 lr* (each at least `MIN_SPREAD`) and of the
+    value (at least `MIN_SPREAD` of the largest): [level, 3]. `draws`: [replicate, level, (B, lr, value)]."""
+    logs = np.maximum(np.log10(draws[:, :, :2]).std(axis=0), MIN_SPREAD)
+    values = draws[:, :, 2].std(axis=0)
+    values = np.maximum(values, MIN_SPREAD * max(float(values.max()), 1e-12))
+    return np.column_stack([logs, values])
 
 
 def usable_levels(points: Sequence[Point]) -> dict[float, list[Point]]:
@@ -249,7 +275,6 @@ def frontier(trials: Iterable[FrozenTrial], maximize: bool, seed: int = 0) -> Fr
         raise Refusal(f"the trials tried {len(sizes)} batch sizes; the batch-size law needs {MIN_BATCH_SIZES}: "
                       "widen search.batch_size, or run more trials")
     optima = [optimum(ps, maximize) for ps in levels.values()]
-    batch_law, lr_law, value_law = laws(optima, maximize)
     rng = np.random.default_rng(seed)
     numbers = sorted({p.trial for ps in levels.values() for p in ps})
     by_trial: dict[int, list[Point]] = {}
@@ -262,12 +287,14 @@ def frontier(trials: Iterable[FrozenTrial], maximize: bool, seed: int = 0) -> Fr
         resampled = by_compute([p for n in drawn for p in by_trial[n]])
         if any(len(resampled.get(c, [])) < MIN_TOP for c in levels):
             continue
-        draw = [optimum(resampled[c], maximize) for c in levels]
-        b, lr, v = laws(draw, maximize)
-        replicates.append((b.intercept, b.slope, lr.intercept, lr.slope, v.limit, v.scale, v.exponent))
-        level_draws.append([(o.batch_size, o.lr, o.value) for o in draw])
-    reps = np.array(replicates)
+        draws_here = [optimum(resampled[c], maximize) for c in levels]
+        replicates.append(draws_here)
+        level_draws.append([(o.batch_size, o.lr, o.value) for o in draws_here])
     draws = np.array(level_draws)  # (replicate, level, 3)
+    spread = level_spread(draws)
+    batch_law, lr_law, value_law = laws(optima, maximize, spread)
+    reps = np.array([(b.intercept, b.slope, lr.intercept, lr.slope, v.limit, v.scale, v.exponent)
+                     for b, lr, v in (laws(draw, maximize, spread) for draw in replicates)])
     intervals = [tuple(interval(draws[:, i, k]) for k in range(3)) for i in range(len(optima))]
     largest = levels[max(levels)]
     near = ranked(largest, maximize)[:max(MIN_NEAR, math.ceil(NEAR * len(largest)))]
