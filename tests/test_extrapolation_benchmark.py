@@ -72,6 +72,17 @@ def test_verdict_needs_three_hits_no_worse_and_cheap_sweeps():
     assert "c, d" in bench.verdict(rows)[1][2]
     assert [m for _, m, _ in bench.verdict(rows[:3] + [row("d")])][0] is False  # two hits of four
     assert [m for _, m, _ in bench.verdict([row("a"), row("b"), row("c")])][0] is False  # a task missing
+    six = [row("a"), row("b"), row("c"), row("d"), row("e"), row("f", regret=3.0)]  # protocol v2: 3/4 is 5 of 6
+    assert [m for _, m, _ in bench.verdict(six, n_tasks=6)][0] is True
+    assert [m for _, m, _ in bench.verdict(six[:4] + [row("e", rank=6), six[5]], n_tasks=6)][0] is False
+
+
+def test_protocol_v2_holds_v1s_tasks_as_development_and_two_new_held_out():
+    v1, v2 = bench.PROTOCOLS["v1"], bench.PROTOCOLS["v2"]
+    assert [s.role for s in v1.values()] == ["development"] * 2 + ["held_out"] * 2
+    assert {n: s.role for n, s in v2.items()} == {**{n: "development" for n in v1}, "digits_cnn": "held_out",
+                                                  "lm_onepass": "held_out"}
+    assert all((v2[n].task, v2[n].options, v2[n].c_max) == (s.task, s.options, s.c_max) for n, s in v1.items())
 
 
 def test_saved_runs_are_kept_and_not_rerun(tmp_path):
