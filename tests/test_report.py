@@ -262,3 +262,24 @@ def test_read_commands_use_the_config_the_study_ran_with(tmp_path, capsys):
                                     "budget": {**TINY["budget"], "per_trial": 20}}))
     assert report.main([str(path), "--out", str(out)]) == 0
     assert "note:" not in capsys.readouterr().err, "the file now says what the study ran with"
+
+
+def test_a_loader_default_that_follows_the_environment_is_no_difference(tmp_path, capsys, monkeypatch):
+    """`objective.loader.workers` defaults to the cores the run had (OMP_NUM_THREADS=1 there: 0 loader
+    workers); read where it defaults otherwise, the study is not said to differ from its file."""
+    from sweeps import run
+    from tests.conftest import TINY
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "study": {**TINY["study"], "n_trials": 1}}))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert run.main([str(path), "--quiet"]) == 0
+    stored = optuna.load_study(study_name=TINY["study"]["name"], storage=f"sqlite:///{tmp_path / 'tiny.db'}")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    from objectives.training.cores import default_loader_workers
+
+    if stored.user_attrs["config"]["objective"]["loader"]["workers"] == default_loader_workers():
+        pytest.skip("one core: the default is 0 loader workers either way")
+    capsys.readouterr()
+    assert report.main([str(path), "--out", str(tmp_path / "out")]) == 0
+    assert "note:" not in capsys.readouterr().err

@@ -32,6 +32,9 @@ SHOWN_CHANGES = 3  # differing keys a note names before it counts the rest
 # keys every command takes from the study file on purpose, never from the stored config: how many
 # trials the study gets, and its total budget (the ledger records the file's; raising it continues)
 FROM_THE_FILE = ("study.n_trials", "study.total_budget")
+# how batches are loaded changes no result, and its default follows the machine and the environment
+# (objective.loader.workers: the cores, OMP_NUM_THREADS, --workers): never a difference worth a note
+NOT_COMPARED = ("objective.loader.",)
 
 
 @dataclass
@@ -99,7 +102,7 @@ def differs_note(stored: dict, existing: Existing, study: optuna.Study) -> str |
         flatten(section, value, old)
     for section, value in stored_config(existing.config, existing.target).items():
         flatten(section, value, new)
-    diff = [c for c in changes_between(old, new) if not c.key.startswith(FROM_THE_FILE)]
+    diff = [c for c in changes_between(old, new) if not c.key.startswith(FROM_THE_FILE + NOT_COMPARED)]
     if not diff:
         return None
     listed = "; ".join(f"{c.key}: {shown(c.new)} in the file, {shown(c.old)} in the study"
