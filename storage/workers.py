@@ -21,6 +21,7 @@ from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, func,
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from storage.optuna_private import engine_of, rdb_models
+from storage.retry import with_retry
 
 WORKERS = Table(
     "sweeps_workers", MetaData(),
@@ -57,10 +58,17 @@ def host_of(hostname: str, env: Mapping[str, str]) -> str:
 
 def register_worker(storage: optuna.storages.BaseStorage, study_id: int) -> int:
     """This process's worker number in the study: 0 for the first process ever to run it, then
-    1, 2, ... A store that is not SQL (in-memory, tests) gives 0."""
+    1, 2, ... A store that is not SQL (in-memory, tests) gives 0. A database out of reach (a worker
+    that starts while the server restarts) is waited for, as every storage call is (`with_retry`)."""
     engine = engine_of(storage)
     if engine is None:
         return 0
+    return with_retry(lambda: take_number(engine, study_id), "the worker's registration")
+
+
+def take_number(engine, study_id: int) -> int:
+    """The next free number, taken in a transaction; a race lost to another worker is tried again at
+    once (`ATTEMPTS` times, which a database out of reach also uses up: then `with_retry` waits)."""
     for attempt in range(ATTEMPTS):
         try:
             with engine.begin() as connection:

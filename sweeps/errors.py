@@ -10,6 +10,7 @@ swallows a SIGTERM. Nothing here imports torch or the sweep loop, so every comma
 from __future__ import annotations
 
 import optuna
+from sqlalchemy.exc import SQLAlchemyError
 
 from objectives.registry import TaskError
 from storage import StorageError, StorageUsageError
@@ -111,4 +112,8 @@ def exit_for(err: BaseException, study_file: str) -> tuple[int, str] | None:
     for kind, code, prefix in GROUND:
         if isinstance(err, kind):
             return code, str(err) if prefix is None else f"{study_file}: {prefix}{err}"
+    if isinstance(err, SQLAlchemyError):  # a database error no storage call waited out or named
+        reason = str(getattr(err, "orig", None) or err).strip().splitlines() or [""]
+        return exits.STORAGE, (f"the store failed: {type(err).__name__}: {reason[0][:300]}; check that the "
+                               f"database is up and reachable, then run the same command again to resume")
     return None

@@ -255,3 +255,46 @@ def test_workers_registering_at_once_through_pgbouncer_get_distinct_numbers(pool
     study_id = study_id_of(optuna.create_study(storage=open_storage(pooler.url), study_name=name))
     numbers = register_concurrently(pooler.url, study_id, 12) + register_concurrently(pooler.url, study_id, 12)
     assert sorted(numbers) == list(range(24))
+
+
+def test_a_worker_that_registers_while_the_store_is_away_waits_for_it(pooler):
+    """A worker that starts while the database is out of reach (here its pooler, stopped for 6 s)
+    waits at its registration and takes its number once the store is back, as every storage call
+    waits out a restart; it used to give up after 50 quick tries (about 3 s) with a traceback. A
+    database error nothing waited out is one line and exit 3, never a traceback."""
+    from sqlalchemy.exc import OperationalError
+
+    from storage.optuna_private import study_id_of
+    from storage.sql import open_storage
+    from storage.workers import register_worker
+    from sweeps.exits import STORAGE
+
+    name = unique("pooled-register-away")
+    storage = open_storage(pooler.url)
+    study_id = study_id_of(optuna.create_study(storage=storage, study_name=name))
+    storage.engine.dispose()  # no pooled connection survives the stop: the registration connects anew
+    pooler.stop()
+    taken: list = []
+    registering = threading.Thread(target=lambda: taken.append(_outcome(lambda: register_worker(storage, study_id))))
+    registering.start()
+    try:
+        time.sleep(6.0)
+        assert registering.is_alive(), f"the registration ended while the store was away: {taken}"
+    finally:
+        pooler.start()
+    registering.join(timeout=60)
+    assert taken == [0]
+
+    pooler.stop()  # and what nothing waits out: one line with the fix to try, exit 3
+    with pytest.raises(OperationalError) as failed:
+        sqlalchemy.create_engine(driver_url(pooler.url), poolclass=NullPool).connect()
+    code, line = exit_for(failed.value, "study.yaml")
+    assert code == STORAGE and "\n" not in line
+    assert line.startswith("the store failed: OperationalError: ") and "run the same command again" in line
+
+
+def _outcome(call):
+    try:
+        return call()
+    except Exception as err:  # noqa: BLE001 - the test reports what ended the registration
+        return err

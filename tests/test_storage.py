@@ -224,13 +224,13 @@ def test_with_retry_rides_out_lost_connections_only():
     assert time.monotonic() - started < 30  # gives up after about 1 s, not the default 120 s (generous)
 
 
+@needs_pg
 def test_a_query_after_a_lost_connection_in_the_same_transaction_reads_as_a_lost_connection():
     """Optuna answers a failed read by trying a slower one in the same session; after a lost connection
     that second query raises SQLAlchemy's PendingRollbackError ("Can't reconnect until invalid
     transaction is rolled back"), wrapped in a StorageInternalError. It is the same outage: retried
     as one (with backoff, up to the deadline), not as another error tried three times. (A pooler's
     restart ended a --workers parent on it.)"""
-    needs_pg()
     engine = sqlalchemy.create_engine(PG_URL)
     admin = sqlalchemy.create_engine(PG_URL, poolclass=sqlalchemy.pool.NullPool)
     try:
