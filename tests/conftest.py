@@ -163,3 +163,21 @@ def postgres_restart():
     """For a test that restarts the local PostgreSQL server (`postgres_held`)."""
     with postgres_held(exclusive=True):
         yield
+
+
+def uses_postgres(item: pytest.Item) -> bool:
+    """Marked `needs_pg` (or a parameter so marked): the test talks to the local server."""
+    return any("SWEEPS_TEST_POSTGRES_URL" in str(mark.kwargs.get("reason", ""))
+               for mark in item.iter_markers("skipif"))
+
+
+@pytest.fixture(autouse=True)
+def postgres_shared(request):
+    """Every PostgreSQL test holds the server shared, so a test that restarts it (exclusive) waits
+    for the other test process's PostgreSQL test to end and never restarts it under one (a restart
+    under another file's test failed it in CI). A restarting test itself takes only its own lock."""
+    if not PG_URL or "postgres_restart" in request.fixturenames or not uses_postgres(request.node):
+        yield
+        return
+    with postgres_held(exclusive=False):
+        yield

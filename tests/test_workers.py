@@ -244,6 +244,22 @@ def pg_ctl(action: str) -> None:
                    capture_output=True, timeout=60)
 
 
+@needs_pg
+def test_a_postgres_test_holds_the_server_against_a_restart(request):
+    """Every test marked needs_pg holds the restart lock shared while it runs (conftest
+    `postgres_shared`), so a restarting test, which takes it exclusively, waits for it."""
+    import fcntl
+
+    from tests.conftest import PG_RESTART_LOCK, uses_postgres
+
+    assert uses_postgres(request.node)
+    with open(PG_RESTART_LOCK) as other:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(other, fcntl.LOCK_SH | fcntl.LOCK_NB)  # another reader is no conflict
+        fcntl.flock(other, fcntl.LOCK_UN)
+
+
 def restart_postgres(down_for: float) -> None:
     """Stop the local server, keep it down `down_for` seconds, start it again (`postgres_restart`)."""
     pg_ctl("stop")
