@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import optuna
@@ -75,7 +75,7 @@ V1_TASKS = (
 )
 # protocol v2 (docs/extrapolation.md): v1's four tasks are development tasks, two new ones held out
 V2_TASKS = (
-    *(Spec(s.name, "development", s.task, s.options, s.c_max, s.metric, s.maximize) for s in V1_TASKS),
+    *(replace(s, role="development") for s in V1_TASKS),
     Spec("digits_cnn", "held_out", "digits_cnn", {"channels": 8}, 8000),
     Spec("lm_onepass", "held_out", "char_lm", {"path": str(CORPUS), "block_size": 16, "n_layer": 1, "n_head": 2,
                                                "n_embd": 32}, 8000, "val_loss", False),

@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from objectives.registry import TaskError
 from storage import StorageError, StorageUsageError
+from storage.retry import first_line
 from sweeps import exits
 
 RESUME = "the running trial is failed and queued again; run the same command again to resume"
@@ -113,7 +114,6 @@ def exit_for(err: BaseException, study_file: str) -> tuple[int, str] | None:
         if isinstance(err, kind):
             return code, str(err) if prefix is None else f"{study_file}: {prefix}{err}"
     if isinstance(err, SQLAlchemyError):  # a database error no storage call waited out or named
-        reason = str(getattr(err, "orig", None) or err).strip().splitlines() or [""]
-        return exits.STORAGE, (f"the store failed: {type(err).__name__}: {reason[0][:300]}; check that the "
-                               f"database is up and reachable, then run the same command again to resume")
+        return exits.STORAGE, (f"the store failed: {first_line(err)}; check that the database is up and "
+                               "reachable, then run the same command again to resume")
     return None

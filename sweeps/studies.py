@@ -90,9 +90,8 @@ def trial_counts(trials: list[FrozenTrial]) -> dict[str, int]:
             "failed": count[TrialState.FAIL], "running": count[TrialState.RUNNING] + count[TrialState.WAITING]}
 
 
-def facts(storage, study, state: LedgerState | None) -> dict[str, Any]:
+def facts(study, trials: list[FrozenTrial], state: LedgerState | None) -> dict[str, Any]:
     """What `sweeps studies` knows of one study, as `--format json` prints it; `state`: its ledger."""
-    trials = storage.get_all_trials(study_id_of(study), deepcopy=False)
     values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.values and len(t.values) == 1
               and t.value is not None and math.isfinite(t.value)]
     best = None
@@ -161,19 +160,16 @@ def read_studies(storage, with_workers: bool) -> tuple[list, dict, list[dict[str
     for study in sorted(storage.get_all_studies(), key=lambda s: s.study_name):
         study_id = study_id_of(study)
         try:
-            state = ledger.read(storage.engine, study_id)
-            found.append(facts(storage, study, state))
-            if with_workers:
-                workers[study.study_name] = worker_facts(storage.engine, study_id,
-                                                         storage.get_all_trials(study_id, deepcopy=False))
+            trials = storage.get_all_trials(study_id, deepcopy=False)
         except KeyError:  # Optuna's "Record does not exist.": gone since the listing, unless it is still there
             if still_there(storage, study.study_name):
                 raise
-            del found[len(studies):]
-            workers.pop(study.study_name, None)
             continue
+        states[study_id] = ledger.read(storage.engine, study_id)
         studies.append(study)
-        states[study_id] = state
+        found.append(facts(study, trials, states[study_id]))
+        if with_workers:
+            workers[study.study_name] = worker_facts(storage.engine, study_id, trials)
     return studies, states, found, workers
 
 

@@ -167,8 +167,7 @@ def postgres_restart():
 
 def uses_postgres(item: pytest.Item) -> bool:
     """Marked `needs_pg` (or a parameter so marked): the test talks to the local server."""
-    return any("SWEEPS_TEST_POSTGRES_URL" in str(mark.kwargs.get("reason", ""))
-               for mark in item.iter_markers("skipif"))
+    return any(mark == needs_pg.mark for mark in item.iter_markers("skipif"))
 
 
 @pytest.fixture(autouse=True)

@@ -244,7 +244,7 @@ def laws(optima: Sequence[Optimum], maximize: bool, spread: np.ndarray | None = 
     """The three laws over the levels' optima; `spread` [level, 3]: the bootstrap SD of each level's
     log10 B*, log10 lr* and value (`level_spread`), which weights the levels in each law."""
     c = [math.log10(o.compute) for o in optima]
-    sd = (None, None, None) if spread is None else (spread[:, 0], spread[:, 1], spread[:, 2])
+    sd = (None, None, None) if spread is None else spread.T
     return (fit_line(c, [math.log10(o.batch_size) for o in optima], sd[0]),
             fit_line(c, [math.log10(o.lr) for o in optima], sd[1]),
             fit_metric([o.compute for o in optima], [o.value for o in optima], maximize, sd[2]))
@@ -281,16 +281,14 @@ def frontier(trials: Iterable[FrozenTrial], maximize: bool, seed: int = 0) -> Fr
     for ps in levels.values():
         for p in ps:
             by_trial.setdefault(p.trial, []).append(p)
-    replicates, level_draws = [], []
+    replicates: list[list[Optimum]] = []  # each resample's optimum per level
     for _ in range(BOOTSTRAP):
         drawn = rng.choice(numbers, size=len(numbers), replace=True)
         resampled = by_compute([p for n in drawn for p in by_trial[n]])
         if any(len(resampled.get(c, [])) < MIN_TOP for c in levels):
             continue
-        draws_here = [optimum(resampled[c], maximize) for c in levels]
-        replicates.append(draws_here)
-        level_draws.append([(o.batch_size, o.lr, o.value) for o in draws_here])
-    draws = np.array(level_draws)  # (replicate, level, 3)
+        replicates.append([optimum(resampled[c], maximize) for c in levels])
+    draws = np.array([[(o.batch_size, o.lr, o.value) for o in draw] for draw in replicates])  # (replicate, level, 3)
     spread = level_spread(draws)
     batch_law, lr_law, value_law = laws(optima, maximize, spread)
     reps = np.array([(b.intercept, b.slope, lr.intercept, lr.slope, v.limit, v.scale, v.exponent)
