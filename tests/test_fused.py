@@ -13,20 +13,28 @@ Tolerances, measured on the CPU (torch 2.13, 2 cores):
   within about 1e-4 after 60 updates, curves equal or one validation example apart;
 - the stacked optimizers against torch.optim on each member's slice, grads given: bit for bit at
   K = 1 and at K = 4 with every hyperparameter different per member;
+- the direct update (K > 1, linear layers and common activations, cross entropy, fp32: no autograd)
+  against the autograd path of the same group: bit for bit, weights, curves and losses;
 - dropout draws other masks than the solo run (one over the stacked batch): not reproduced, only
   in distribution.
 """
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+from torch import nn
 
 from objectives.task import TrialSettings
 from objectives.tasks.digits import digits_cnn, digits_mlp
 from objectives.tasks.synthetic_images import resnet_synthetic
 from objectives.training.budget import Budget, plan_trial
 from objectives.training.fused import FusedMember, FusedTrainer, MemberOptimizer, NotFusable, stacked_optimizer
+from objectives.training.fused.batched import stacked_cross_entropy
+from objectives.training.fused.direct import direct_fits
+from objectives.training.fused.model import fuse_models
 from objectives.training.loop import Trainer
 from objectives.training.options import EarlyStopping, TrainerOptions
 from objectives.training.schedule import Schedule
@@ -106,6 +114,70 @@ def test_each_of_four_members_trains_as_its_solo_run(optimizer):
         assert [v for _, v in fused.history] == pytest.approx([v for _, v in alone.history], abs=1.01 / n_val)
         for a, b in zip(weights(model), weights(m.task.model)):
             torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+
+
+ACTIVATIONS = [nn.ReLU(), nn.LeakyReLU(0.1), nn.GELU(), nn.GELU("tanh"), nn.SiLU(), nn.Tanh(), nn.Sigmoid(),
+               nn.Identity()]
+
+
+def mlp_members(activation: nn.Module, lrs=(0.05, 0.2, 0.1), optimizer: MemberOptimizer = SGD) -> list[FusedMember]:
+    """Digits members whose model is a 3-layer MLP with `activation`, each built under its seed."""
+    members = [member(101 + i, lr, optimizer) for i, lr in enumerate(lrs)]
+    for m in members:
+        torch.random.default_generator.manual_seed(m.seed)
+        m.task.model = nn.Sequential(nn.Flatten(), nn.Linear(64, 24), copy.deepcopy(activation), nn.Linear(24, 16),
+                                     copy.deepcopy(activation), nn.Linear(16, 10))
+    return members
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=repr)
+def test_the_direct_update_is_the_autograd_update_bit_for_bit(activation):
+    """A group of linear layers and one of the supported activations skips autograd: the same
+    kernels in the same order, so every member's curve, loss and weights equal the autograd path's."""
+    direct, graph = mlp_members(activation), mlp_members(activation)
+    fast = FusedTrainer(direct, BUDGET, OPTIONS)
+    slow = FusedTrainer(graph, BUDGET, OPTIONS)
+    slow.direct = False
+    assert fast.direct
+    for a, b, m, n in zip(fast.train(), slow.train(), direct, graph):
+        assert (a.history, a.last_train_loss, a.updates, a.stop_reason) == (
+            b.history, b.last_train_loss, b.updates, b.stop_reason)
+        assert all(torch.equal(x, y) for x, y in zip(weights(m.task.model), weights(n.task.model)))
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_the_direct_update_with_a_diverging_member_is_the_autograd_update(name):
+    """AdamW and SGD, one member diverging (it leaves, the group goes on at K = 2, then the last
+    ones at K = 1 through the solo kernels): still bit for bit the autograd path's."""
+    optimizer = MemberOptimizer(name, momentum=0.9, weight_decay=0.01)
+    lrs = (1e-3, 1e4, 3e-3) if name == "adamw" else (0.05, 1e4, 0.1)
+    direct, graph = mlp_members(nn.ReLU(), lrs, optimizer), mlp_members(nn.ReLU(), lrs, optimizer)
+    slow = FusedTrainer(graph, BUDGET, OPTIONS)
+    slow.direct = False
+    results = FusedTrainer(direct, BUDGET, OPTIONS).train()
+    assert results[1].stop_reason == "diverged"
+    for a, b, m, n in zip(results, slow.train(), direct, graph):
+        assert (a.stop_reason, a.updates) == (b.stop_reason, b.updates)
+        assert str(a.history) == str(b.history)  # nan == nan
+        for x, y in zip(weights(m.task.model), weights(n.task.model)):
+            torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True)  # the diverged member's: nan
+
+
+def test_what_the_direct_update_leaves_to_autograd():
+    def fused(*layers):
+        return fuse_models([nn.Sequential(*layers) for _ in range(2)])
+
+    assert direct_fits(fused(nn.Flatten(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), stacked_cross_entropy, "fp32")
+    assert not direct_fits(fused(nn.Linear(4, 3), nn.Dropout(0.1), nn.Linear(3, 2)), stacked_cross_entropy, "fp32")
+    assert not direct_fits(fused(nn.Linear(4, 3), nn.ELU(), nn.Linear(3, 2)), stacked_cross_entropy, "fp32")
+    assert not direct_fits(fused(nn.Linear(4, 3), nn.ReLU(inplace=True), nn.Linear(3, 2)), stacked_cross_entropy,
+                           "fp32")
+    assert not direct_fits(fused(nn.Linear(4, 3), nn.Flatten(), nn.Linear(3, 2)), stacked_cross_entropy, "fp32")
+    assert not direct_fits(fused(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), stacked_cross_entropy, "bf16")
+    assert not direct_fits(fused(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), torch.vmap(nn.functional.mse_loss),
+                           "fp32")
+    assert not direct_fits(fuse_models([digits_cnn(TrialSettings(32, 0.1, 0, CPU)).model] * 2),
+                           stacked_cross_entropy, "fp32")
 
 
 def test_the_vmap_path_fuses_convolutions_within_its_tolerance():

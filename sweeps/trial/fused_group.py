@@ -25,6 +25,7 @@ from objectives.training.budget import Budget, plan_trial
 from objectives.training.coupling import Coupled
 from objectives.training.fused import FusedMember, MemberOptimizer, fuse_models, stacked_optimizer
 from objectives.training.fused.batched import member_losses
+from objectives.training.fused.direct import direct_fits, member_gradients
 from objectives.training.fused.orders import gather
 from objectives.training.fused.refusal import options_refusal, refusal
 from objectives.training.loop import Reporter, TrainResult
@@ -195,11 +196,11 @@ def measure_size(member: Member, options: TrainerOptions, sizes: tuple[int, ...]
         model = fuse_models(models)
         optimizer = stacked_optimizer(model.weights.param_list(), [member.fused.optimizer] * k)
         optimizer.lrs = [0.0] * k  # the timing needs no learning
+        direct = direct_fits(model, loss, options.precision)
         done, started = -1, 0.0  # the first update warms up, untimed
         while True:
             idx = torch.randint(0, plan.n_train, (k, plan.batch_size), generator=generator, device=device)
-            losses = loss(model(gather(x, idx)), gather(y, idx))
-            losses.sum().backward()
+            member_gradients(model, loss, gather(x, idx), gather(y, idx), direct)
             optimizer.step()
             optimizer.zero_grad()
             done += 1

@@ -4,6 +4,8 @@ size and their data train as one model, their parameters stacked along a new dim
 - `model`: the stacked weights and the fused forward (`bmm` for stacks of linear layers, `vmap`
   over `functional_call` for anything else), and `NotFusable`;
 - `linear`: the bmm path's linear layer for K members, and its backward;
+- `direct`: the bmm path's update without autograd (linear layers, common activations, cross
+  entropy), bit for bit the autograd update;
 - `batched`: the task's loss and metric over the stacked outputs, one value per member;
 - `orders`: each member's batch order, the group's indices taken at once;
 - `optim`: SGD, Adam and AdamW over the stacked tensors, each member with its own hyperparameters;

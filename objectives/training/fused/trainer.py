@@ -27,6 +27,7 @@ from torch import Tensor
 from objectives.task import Task
 from objectives.training.budget import Budget, TrialPlan, eval_points
 from objectives.training.fused.batched import member_losses, member_metrics
+from objectives.training.fused.direct import direct_fits, member_gradients
 from objectives.training.fused.model import FusedModel, NotFusable, fuse_models
 from objectives.training.fused.optim import MemberOptimizer, stacked_optimizer
 from objectives.training.fused.orders import GroupOrders, MemberOrder, gather
@@ -120,6 +121,7 @@ class FusedTrainer:
         self.autocast = autocast_for(self.device, options.precision)
         self.loss = member_losses(first.loss, first.train[1])
         self.metric = member_metrics(first.metric, first.val[1])
+        self.direct = direct_fits(self.model, self.loss, options.precision)  # updates without autograd
         self.orders = GroupOrders()
         self.eval_batch_size = options.eval_batch_size
         self.runs = [MemberRun(m, budget, options, self.device) for m in members]
@@ -161,9 +163,7 @@ class FusedTrainer:
             model, optimizer = self.model, self.optimizer  # a group emptied and refilled has new ones
             idx = self.orders.next([run.order for run in active])
             optimizer.lrs = [run.member.schedule.lr_at(run.result.updates) for run in active]
-            with self.autocast:
-                losses = self.loss(model(gather(x, idx)), gather(y, idx))
-            losses.sum().backward()
+            losses = member_gradients(model, self.loss, gather(x, idx), gather(y, idx), self.direct, self.autocast)
             optimizer.step()
             optimizer.zero_grad()
             loss_sum += losses.detach()
