@@ -18,6 +18,7 @@ each).
     python benchmarks/fused.py                     # digits and teacher MLPs, batch 32 and 128
     python benchmarks/fused.py --resnet            # and the synthetic-images ResNet at batch 64
     python benchmarks/fused.py --tasks --resnet    # the ResNet alone
+    python benchmarks/fused.py --autograd --ks 4 8 16   # and the update without autograd over the same through it
 """
 
 from __future__ import annotations
@@ -71,9 +72,37 @@ def train_alone(task: str, trials: list[int], batch_size: int, budget: Budget) -
         Trainer(m.task, optimizer, m.schedule, m.plan, budget, OPTIONS, seed=m.seed).train()
 
 
-def train_fused(task: str, trials: list[int], batch_size: int, budget: Budget, k: int) -> None:
+def train_fused(task: str, trials: list[int], batch_size: int, budget: Budget, k: int, autograd: bool = False) -> None:
     for first in range(0, len(trials), k):
-        FusedTrainer([member(task, i, batch_size, budget) for i in trials[first : first + k]], budget, OPTIONS).train()
+        members = [member(task, i, batch_size, budget) for i in trials[first : first + k]]
+        trainer = FusedTrainer(members, budget, OPTIONS)
+        trainer.direct = trainer.direct and not autograd  # --autograd: the fused update through autograd
+        trainer.train()
+
+
+def direct_vs_autograd(task: str, batch_size: int, ks: list[int], n: int, budget: Budget, repeats: int) -> None:
+    """In this process (one thread): the fused trials with the update without autograd, over the
+    same through autograd (`objectives/training/fused/direct.py`), alternating, median of each."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for k in ks:
+            if k == 1:
+                continue  # a group of one runs its solo kernels either way
+            spent: dict[bool, list[float]] = {False: [], True: []}
+            train_fused(task, [10_000], batch_size, budget, k)  # warm
+            for _ in range(repeats):
+                for autograd in (True, False):
+                    started = time.perf_counter()
+                    train_fused(task, list(range(n)), batch_size, budget, k, autograd)
+                    spent[autograd].append(time.perf_counter() - started)
+            ratio = statistics.median(spent[True]) / statistics.median(spent[False])
+            print(f"task={task} batch={batch_size} K={k} one thread: trials_per_hour "
+                  f"autograd={per_hour(n, statistics.median(spent[True])):.0f} "
+                  f"direct={per_hour(n, statistics.median(spent[False])):.0f} direct_vs_autograd={ratio:.2f}",
+                  flush=True)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def train(task: str, trials: list[int], batch_size: int, budget: Budget, k: int) -> None:
@@ -157,6 +186,8 @@ def main() -> None:
     parser.add_argument("--fused-workers", type=int, default=2, choices=[1, 2],
                         help="fused groups in this process (1) or in two one-thread processes (2)")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--autograd", action="store_true",
+                        help="also, in this process, the fused update without autograd over the same through it")
     parser.add_argument("--resnet", action="store_true",
                         help="also the ResNet at batch 64 (--resnet-trials trials of --resnet-updates updates)")
     parser.add_argument("--resnet-trials", type=int, default=4)
@@ -167,6 +198,8 @@ def main() -> None:
     for task in args.tasks:
         for batch_size in args.batch_sizes:
             bench(task, batch_size, args.ks, args.trials, budget, args.repeats, args.fused_workers)
+            if args.autograd:
+                direct_vs_autograd(task, batch_size, args.ks, args.trials, budget, args.repeats)
     if args.resnet:
         ks = [k for k in args.ks if k <= args.resnet_trials // args.fused_workers]
         bench("resnet_synthetic", 64, ks, args.resnet_trials,
