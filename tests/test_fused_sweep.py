@@ -114,6 +114,15 @@ def test_four_members_each_store_what_their_solo_run_stores(tmp_path):
     assert_same_as_alone(fused, replay_alone(tmp_path / "b", data, list(fused.values())))
 
 
+
+def test_bf16_members_each_store_what_their_solo_bf16_run_stores(tmp_path):
+    """`objective.precision: bf16` fuses (under autocast the stacked products run in bf16 as the
+    solo run's do, through autograd); each member stores what its solo bf16 run stores."""
+    data = {"study": {"n_trials": 4}, "objective": {"fuse": 2, "precision": "bf16"}}
+    fused = by_number(sweep(tmp_path / "a", data))
+    assert len(fused) == 4 and {TrialRecord.of(t).fused_size for t in fused.values()} == {2}
+    assert_same_as_alone(fused, replay_alone(tmp_path / "b", data, list(fused.values())))
+
 def test_refills_keep_k_members_while_trials_remain_and_a_diverged_member_leaves_the_rest_alone(tmp_path):
     """One batch size, LRs up to 30: some members diverge early (PRUNED, stop_reason diverged)
     and new trials take their slots mid-run, each joining a group of 4 while trials remain;

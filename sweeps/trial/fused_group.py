@@ -31,6 +31,7 @@ from objectives.training.fused.refusal import options_refusal, refusal
 from objectives.training.loop import Reporter, TrainResult
 from objectives.training.options import TrainerOptions
 from objectives.training.schedule import Schedule
+from objectives.training.step import autocast_for
 from sweeps.config.study_file import IntRange, ObjectiveSection, SearchSection, SweepConfig
 from sweeps.search.space import Suggestion
 from sweeps.trial import record
@@ -142,8 +143,7 @@ def settings_refusal(config: SweepConfig, budget: Budget, options: TrainerOption
     objective = config.objective
     for on, why in ((gpus, "--gpus is not run fused (one worker per GPU)"),
                     (config.sampler.name == "grid", "the grid sampler sets each trial's batch size itself"),
-                    (objective.compile, "objective.compile: a compiled model is not stacked"),
-                    (objective.precision != "fp32", f"objective.precision {objective.precision} is not run fused")):
+                    (objective.compile, "objective.compile: a compiled model is not stacked")):
         if on:
             return why
     if objective.max_micro_batch is not None:
@@ -196,11 +196,11 @@ def measure_size(member: Member, options: TrainerOptions, sizes: tuple[int, ...]
         model = fuse_models(models)
         optimizer = stacked_optimizer(model.weights.param_list(), [member.fused.optimizer] * k)
         optimizer.lrs = [0.0] * k  # the timing needs no learning
-        direct = direct_fits(model, loss, options.precision)
+        direct, autocast = direct_fits(model, loss, options.precision), autocast_for(device, options.precision)
         done, started = -1, 0.0  # the first update warms up, untimed
         while True:
             idx = torch.randint(0, plan.n_train, (k, plan.batch_size), generator=generator, device=device)
-            member_gradients(model, loss, gather(x, idx), gather(y, idx), direct)
+            member_gradients(model, loss, gather(x, idx), gather(y, idx), direct, autocast)
             optimizer.step()
             optimizer.zero_grad()
             done += 1

@@ -6,7 +6,8 @@ What the input is (`Layout`):
 - `solo` (K = 1): [B, ...], one member's: `nn.Linear`'s own kernel on the weights viewed as one
   member's, so a group of one is its solo run bit for bit;
 - `stacked`: [K, B, ...], each member's own batch: one `baddbmm`, x @ W^T + b, whose backward
-  (`StackedLinear`) runs each member's products as `nn.Linear`'s backward runs them (the weight's
+  (`StackedLinear`, in fp32; under bf16 autocast autograd's own, whose graph holds the casts)
+  runs each member's products as `nn.Linear`'s backward runs them (the weight's
   gradient as grad^T @ x, in the weight's own layout; autograd's `bmm` backward would give it as
   x^T @ grad, [K, in, out], and copy it into the weight's layout every update: on the CPU, at
   K = 16 and 784 inputs, 3 MB whose fresh pages cost as much as the layer);
@@ -69,9 +70,9 @@ def linear(x: Tensor, layout: Layout, weight: Tensor, bias: Tensor | None) -> tu
         k, out = weight.shape[0], weight.shape[1]
         y = F.linear(x, weight.reshape(k * out, -1), None if bias is None else bias.reshape(-1))
         return y.view(len(x), k, out).transpose(0, 1), "stacked"
-    if torch.is_grad_enabled():
+    if torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type):
         return StackedLinear.apply(x, weight, bias), "stacked"
-    return stacked(x, weight, bias), "stacked"
+    return stacked(x, weight, bias), "stacked"  # under autocast: autograd's own backward, its casts in the graph
 
 
 def flatten(x: Tensor, layout: Layout) -> Tensor:
