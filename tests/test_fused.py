@@ -15,6 +15,8 @@ Tolerances, measured on the CPU (torch 2.13, 2 cores):
   K = 1 and at K = 4 with every hyperparameter different per member;
 - the direct update (K > 1, linear layers and common activations, cross entropy, fp32: no autograd)
   against the autograd path of the same group: bit for bit, weights, curves and losses;
+- `max_micro_batch` (gradient accumulation): as without it (a group of one exact, the update
+  without autograd the autograd one bit for bit, K > 1 within the bmm tolerance);
 - bf16 autocast: a group of one its solo bf16 run exactly; K = 3 on the bmm path equal here,
   asserted within one validation example and 1e-2; the vmap path within 2 examples and 2e-2
   (measured 1 and 7e-3);
@@ -32,6 +34,7 @@ from torch import nn
 
 from objectives.task import TrialSettings
 from objectives.tasks.digits import digits_cnn, digits_mlp
+from objectives.tasks.faults import OutOfMemoryAbove
 from objectives.tasks.synthetic_images import resnet_synthetic
 from objectives.training.budget import Budget, plan_trial
 from objectives.training.fused import FusedMember, FusedTrainer, MemberOptimizer, NotFusable, stacked_optimizer
@@ -41,6 +44,7 @@ from objectives.training.fused.model import fuse_models
 from objectives.training.loop import Trainer
 from objectives.training.options import EarlyStopping, TrainerOptions
 from objectives.training.schedule import Schedule
+from objectives.training.step import OutOfMemory
 from tests.tasks_for_tests import digits_golden
 
 CPU = torch.device("cpu")
@@ -221,6 +225,60 @@ def test_bf16_fuses_convolutions_on_the_vmap_path_within_its_tolerance():
         assert [v for _, v in fused.history] == pytest.approx([v for _, v in alone.history], abs=2.01 / n_val)
         for a, b in zip(weights(model), weights(m.task.model)):
             torch.testing.assert_close(b, a, rtol=0, atol=2e-2)
+
+
+ACCUMULATE = TrainerOptions(maximize=True, max_micro_batch=12)  # batch 32 in 3 micro-batches: 11, 11, 10
+
+
+def test_accumulation_splits_each_members_batch_as_its_solo_run_splits_it():
+    """`max_micro_batch`: a group of one is its solo run with the same accumulation exactly; a
+    group of 3 without autograd is the autograd path bit for bit, and each member its solo run
+    within the bmm tolerance."""
+    (one,) = [member(141, 0.1)]
+    (fused,) = FusedTrainer([one], BUDGET, ACCUMULATE).train()
+    alone, model = solo(one, options=ACCUMULATE)
+    assert (fused.accumulation_steps, fused.micro_batch) == (alone.accumulation_steps, alone.micro_batch) == (3, 11)
+    assert fused.history == alone.history and same_weights(model, one.task.model)
+    assert fused.last_train_loss == pytest.approx(alone.last_train_loss, rel=1e-6)
+    direct, graph = mlp_members(nn.ReLU()), mlp_members(nn.ReLU())
+    slow = FusedTrainer(graph, BUDGET, ACCUMULATE)
+    slow.direct = False
+    for a, b, m, n in zip(FusedTrainer(direct, BUDGET, ACCUMULATE).train(), slow.train(), direct, graph):
+        assert (a.history, a.last_train_loss, a.accumulation_steps) == (b.history, b.last_train_loss, 3)
+        assert all(torch.equal(x, y) for x, y in zip(weights(m.task.model), weights(n.task.model)))
+    members = [member(142 + i, lr) for i, lr in enumerate([0.05, 0.2, 0.1])]
+    trainer = FusedTrainer(members, BUDGET, ACCUMULATE)
+    assert trainer.direct
+    n_val = len(members[0].task.val[0])
+    for m, result in zip(members, trainer.train()):
+        alone, model = solo(m, options=ACCUMULATE)
+        assert [v for _, v in result.history] == pytest.approx([v for _, v in alone.history], abs=1.01 / n_val)
+        for x, y in zip(weights(model), weights(m.task.model)):
+            torch.testing.assert_close(y, x, rtol=0, atol=1e-5)
+
+
+def test_a_group_out_of_memory_halves_its_micro_batch_as_one():
+    """A training forward pass on more than 12 examples raises the real `torch.cuda.OutOfMemoryError`
+    (objectives/tasks/faults.py): the group halves its micro-batch as one (32 -> 16 -> 8), and each
+    member trains what its solo run with 4 micro-batches trains (the vmap path's tolerance)."""
+    members = [member(151 + i, lr) for i, lr in enumerate([0.05, 0.1])]
+    for m in members:
+        m.task.model = OutOfMemoryAbove(m.task.model, 12)
+    trainer = FusedTrainer(members, BUDGET, OPTIONS)
+    results = trainer.train()
+    assert trainer.path == "vmap"
+    n_val = len(members[0].task.val[0])
+    for m, result in zip(members, results):
+        assert (result.accumulation_steps, result.micro_batch, result.updates) == (4, 8, BUDGET.per_trial)
+        alone, model = solo(m, options=TrainerOptions(maximize=True, max_micro_batch=8))
+        assert [v for _, v in result.history] == pytest.approx([v for _, v in alone.history], abs=2.01 / n_val)
+        for a, b in zip(weights(model), weights(m.task.model)):
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-3)
+    hopeless = [member(153 + i, 0.1) for i in range(2)]
+    for m in hopeless:
+        m.task.model = OutOfMemoryAbove(m.task.model, 0)
+    with pytest.raises(OutOfMemory, match="a micro-batch of 1 does not fit in a fused group of 2"):
+        FusedTrainer(hopeless, BUDGET, OPTIONS).train()
 
 def test_the_vmap_path_fuses_convolutions_within_its_tolerance():
     budget = Budget("updates", 30, 15)

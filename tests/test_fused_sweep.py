@@ -123,6 +123,20 @@ def test_bf16_members_each_store_what_their_solo_bf16_run_stores(tmp_path):
     assert len(fused) == 4 and {TrialRecord.of(t).fused_size for t in fused.values()} == {2}
     assert_same_as_alone(fused, replay_alone(tmp_path / "b", data, list(fused.values())))
 
+
+def test_micro_batches_fuse_and_each_member_stores_what_its_solo_run_stores(tmp_path):
+    """`objective.max_micro_batch` fuses: each member's batch in the same micro-batches as its solo
+    run's (gradient accumulation), recorded as the solo run records them."""
+    data = {"study": {"n_trials": 4}, "objective": {"fuse": 2, "max_micro_batch": 8}}
+    fused = by_number(sweep(tmp_path / "a", data))
+    assert len(fused) == 4 and {TrialRecord.of(t).fused_size for t in fused.values()} == {2}
+    assert any(t.user_attrs["accumulation_steps"] > 1 for t in fused.values())
+    alone = replay_alone(tmp_path / "b", data, list(fused.values()))
+    assert_same_as_alone(fused, alone)
+    for number, t in fused.items():
+        for key in ("accumulation_steps", "micro_batch"):
+            assert t.user_attrs[key] == alone[number].user_attrs[key], (number, key)
+
 def test_refills_keep_k_members_while_trials_remain_and_a_diverged_member_leaves_the_rest_alone(tmp_path):
     """One batch size, LRs up to 30: some members diverge early (PRUNED, stop_reason diverged)
     and new trials take their slots mid-run, each joining a group of 4 while trials remain;

@@ -244,8 +244,8 @@ class FusedSweepLoop(SweepLoop):
             raise
         except Exception as err:  # as `SweepObjective.run`: the trials fail, the sweep goes on
             if isinstance(err, torch.cuda.OutOfMemoryError):
-                err = RuntimeError(f"out of memory in a fused group of {k} (a group does not halve its batch): "
-                                   "set objective.fuse lower, or off")
+                err = RuntimeError(f"out of memory in a fused group of {k} (outside its update, which halves its "
+                                   "micro-batch): set objective.fuse lower, or off")
             for member in list(by_fused.values()):
                 del self.training[member.asked.trial.trial_id]
                 self.record(member.asked, fused_group.fail_member(member, err, group, member.fused.joined_with or k))

@@ -31,7 +31,7 @@ from objectives.training.fused.refusal import options_refusal, refusal
 from objectives.training.loop import Reporter, TrainResult
 from objectives.training.options import TrainerOptions
 from objectives.training.schedule import Schedule
-from objectives.training.step import autocast_for
+from objectives.training.step import autocast_for, micro_batches
 from sweeps.config.study_file import IntRange, ObjectiveSection, SearchSection, SweepConfig
 from sweeps.search.space import Suggestion
 from sweeps.trial import record
@@ -146,8 +146,6 @@ def settings_refusal(config: SweepConfig, budget: Budget, options: TrainerOption
                     (objective.compile, "objective.compile: a compiled model is not stacked")):
         if on:
             return why
-    if objective.max_micro_batch is not None:
-        return "objective.max_micro_batch: a fused group does not split its batch in micro-batches"
     return None
 
 
@@ -197,10 +195,11 @@ def measure_size(member: Member, options: TrainerOptions, sizes: tuple[int, ...]
         optimizer = stacked_optimizer(model.weights.param_list(), [member.fused.optimizer] * k)
         optimizer.lrs = [0.0] * k  # the timing needs no learning
         direct, autocast = direct_fits(model, loss, options.precision), autocast_for(device, options.precision)
+        accumulation = micro_batches(plan.batch_size, options.max_micro_batch)
         done, started = -1, 0.0  # the first update warms up, untimed
         while True:
             idx = torch.randint(0, plan.n_train, (k, plan.batch_size), generator=generator, device=device)
-            member_gradients(model, loss, gather(x, idx), gather(y, idx), direct, autocast)
+            member_gradients(model, loss, gather(x, idx), gather(y, idx), direct, autocast, accumulation)
             optimizer.step()
             optimizer.zero_grad()
             done += 1

@@ -57,9 +57,10 @@ def direct_fits(model: FusedModel, loss: Callable, precision: str) -> bool:
     return True
 
 
-def train_step(model: LinearStack, x: Tensor, y: Tensor) -> Tensor:
-    """Forward, each member's mean cross entropy and every parameter's gradient (as `.grad`),
-    for a group of K > 1 on its stacked batch x [K, B, ...], y [K, B]; returns the losses, [K]."""
+def train_step(model: LinearStack, x: Tensor, y: Tensor, scale: float = 1.0) -> Tensor:
+    """Forward, each member's mean cross entropy times `scale` and every parameter's gradient of
+    it, added to its `.grad` (set where there is none, as autograd accumulates), for a group of
+    K > 1 on its stacked batch x [K, B, ...], y [K, B]; returns the scaled losses, [K]."""
     params = model.weights.params
     saved: list[tuple] = []  # per op, what its backward needs
     with torch.no_grad():
@@ -82,7 +83,10 @@ def train_step(model: LinearStack, x: Tensor, y: Tensor) -> Tensor:
         logp = torch.log_softmax(h.reshape(k * b, h.shape[-1]), 1)
         targets = y.reshape(k * b, 1)
         losses = -logp.gather(1, targets).view(k, b).mean(dim=1)
-        share = torch.ones((), dtype=logp.dtype, device=logp.device) / b  # MeanBackward's 1 / b
+        if scale != 1.0:
+            losses = losses * scale
+        # (losses * scale).sum().backward(): MulBackward's scale (1 * scale), then MeanBackward's / b
+        share = torch.full((), scale, dtype=logp.dtype, device=logp.device) / b
         grad_out = torch.zeros_like(logp).scatter_(1, targets, (-share).expand(targets.shape))
         grad = aten._log_softmax_backward_data(grad_out, logp, 1, logp.dtype).view(h.shape)
         first = next(i for i, entry in enumerate(saved) if entry[0][0] == "linear")  # no gradient below it
@@ -91,9 +95,9 @@ def train_step(model: LinearStack, x: Tensor, y: Tensor) -> Tensor:
             op = entry[0]
             if op[0] == "linear":
                 weight = params[op[1]]
-                weight.grad = torch.bmm(grad.transpose(1, 2), entry[1])
+                accumulate(weight, torch.bmm(grad.transpose(1, 2), entry[1]))
                 if op[2] is not None:
-                    params[op[2]].grad = grad.sum(1)
+                    accumulate(params[op[2]], grad.sum(1))
                 if i > first:
                     grad = torch.bmm(grad, weight)
             else:
@@ -101,14 +105,38 @@ def train_step(model: LinearStack, x: Tensor, y: Tensor) -> Tensor:
     return losses
 
 
+def accumulate(param: Tensor, grad: Tensor) -> None:
+    """As autograd's AccumulateGrad: the gradient itself where there is none, else added in place."""
+    if param.grad is None:
+        param.grad = grad
+    else:
+        param.grad.add_(grad)
+
+
 def member_gradients(model: FusedModel, loss: Callable, x: Tensor, y: Tensor, direct: bool,
-                     autocast: contextlib.AbstractContextManager | None = None) -> Tensor:
-    """One fused update's forward and backward on the stacked batch: each member's loss, [K],
-    and every parameter's `.grad`. Without autograd where the group allows it (`direct`, from
-    `direct_fits`) and has more than one member, else through autograd under `autocast`."""
+                     autocast: contextlib.AbstractContextManager | None = None, accumulation: int = 1) -> Tensor:
+    """One fused update's forward and backward on the stacked batch x [K, B, ...], y [K, B, ...]:
+    each member's loss, [K], and every parameter's `.grad`. Without autograd where the group allows
+    it (`direct`, from `direct_fits`) and has more than one member, else through autograd under
+    `autocast`. `accumulation` > 1: in that many micro-batches along each member's batch (sizes
+    as `Step` splits a solo trial's), each loss weighted by its share, the gradients summed."""
+    n = x.shape[1]
+    parts = min(accumulation, n)
+    if parts == 1:
+        return gradients_of(model, loss, x, y, direct, autocast, 1.0)
+    losses = torch.zeros(model.weights.size, device=x.device)
+    for xp, yp in zip(x.tensor_split(parts, dim=1), y.tensor_split(parts, dim=1), strict=True):
+        losses += gradients_of(model, loss, xp, yp, direct, autocast, xp.shape[1] / n).detach()
+    return losses
+
+
+def gradients_of(model: FusedModel, loss: Callable, x: Tensor, y: Tensor, direct: bool,
+                 autocast: contextlib.AbstractContextManager | None, scale: float) -> Tensor:
     if direct and model.weights.size > 1:
-        return train_step(model, x, y)
+        return train_step(model, x, y, scale)
     with autocast or contextlib.nullcontext():
         losses = loss(model(x), y)
+        if scale != 1.0:
+            losses = losses * scale
     losses.sum().backward()
     return losses

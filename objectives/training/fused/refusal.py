@@ -53,8 +53,6 @@ def refusal(members: Sequence[FusedMember], options: TrainerOptions, budget: Bud
         if task.augment is not None:
             return "the task augments its batches"
         batch = member.plan.batch_size
-        if options.max_micro_batch is not None and batch > options.max_micro_batch:
-            return f"batch {batch} is split in micro-batches (max_micro_batch {options.max_micro_batch})"
         if i == 0:
             continue
         if (member.plan.n_train, batch, member.plan.drop_last) != (first.plan.n_train, first.plan.batch_size,

@@ -35,7 +35,7 @@ from objectives.training.fused.refusal import refusal
 from objectives.training.loop import Reporter, TrainResult
 from objectives.training.options import Patience, TrainerOptions
 from objectives.training.schedule import Schedule
-from objectives.training.step import autocast_for
+from objectives.training.step import OutOfMemory, autocast_for, micro_batches
 
 
 @dataclass
@@ -122,9 +122,10 @@ class FusedTrainer:
         self.loss = member_losses(first.loss, first.train[1])
         self.metric = member_metrics(first.metric, first.val[1])
         self.direct = direct_fits(self.model, self.loss, options.precision)  # updates without autograd
+        self.accumulation = micro_batches(members[0].plan.batch_size, options.max_micro_batch)  # as `Step`'s
         self.orders = GroupOrders()
         self.eval_batch_size = options.eval_batch_size
-        self.runs = [MemberRun(m, budget, options, self.device) for m in members]
+        self.runs = [self.new_run(m) for m in members]
         for m in members:
             m.joined_with = len(members)
         self.size = len(members)  # the slots a refill keeps filled
@@ -163,7 +164,7 @@ class FusedTrainer:
             model, optimizer = self.model, self.optimizer  # a group emptied and refilled has new ones
             idx = self.orders.next([run.order for run in active])
             optimizer.lrs = [run.member.schedule.lr_at(run.result.updates) for run in active]
-            losses = member_gradients(model, self.loss, gather(x, idx), gather(y, idx), self.direct, self.autocast)
+            losses = self.gradients(model, gather(x, idx), gather(y, idx), active)
             optimizer.step()
             optimizer.zero_grad()
             loss_sum += losses.detach()
@@ -210,13 +211,41 @@ class FusedTrainer:
             self.model.weights.add([m.task.model for m in joining])
             self.optimizer.add([m.optimizer for m in joining], self.model.weights.param_list())
         now = time.perf_counter()
-        runs = [MemberRun(m, self.budget, self.options, self.device) for m in joining]
+        runs = [self.new_run(m) for m in joining]
         for run in runs:
             run.started = now
             run.member.joined_with = len(active) + len(runs)
         self.runs += runs
         self.members += joining
         return active + runs, torch.cat([loss_sum, loss_sum.new_zeros(len(runs))])
+
+    def gradients(self, model: FusedModel, x: Tensor, y: Tensor, active: list[MemberRun]) -> Tensor:
+        """`member_gradients` of the group's batch. On running out of GPU memory the group halves
+        its micro-batch as one (doubles its accumulation) and trains the same update again, as
+        `Step.within_memory` does for a trial alone."""
+        while True:
+            try:
+                return member_gradients(model, self.loss, x, y, self.direct, self.autocast, self.accumulation)
+            except torch.cuda.OutOfMemoryError:
+                self.optimizer.zero_grad()
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                n = x.shape[1]
+                if self.accumulation >= n:
+                    raise OutOfMemory(f"a micro-batch of 1 does not fit in a fused group of {len(active)} "
+                                      f"(batch {n})") from None
+                self.accumulation = min(2 * self.accumulation, n)
+                for run in active:
+                    self.record_accumulation(run)
+
+    def new_run(self, member: FusedMember) -> MemberRun:
+        run = MemberRun(member, self.budget, self.options, self.device)
+        self.record_accumulation(run)
+        return run
+
+    def record_accumulation(self, run: MemberRun) -> None:
+        run.result.accumulation_steps = self.accumulation
+        run.result.micro_batch = -(-run.plan.batch_size // self.accumulation)  # as `Trainer` records it
 
     def evaluate_due(self, active: list[MemberRun], due: list[int], loss_sum: Tensor) -> list[int]:
         """Evaluate the members at a grid point; the slots of those that stop."""
