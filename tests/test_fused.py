@@ -41,10 +41,12 @@ from objectives.training.fused import FusedMember, FusedTrainer, MemberOptimizer
 from objectives.training.fused.batched import stacked_cross_entropy
 from objectives.training.fused.direct import direct_fits
 from objectives.training.fused.model import fuse_models
+from objectives.training.live import LiveTrial
 from objectives.training.loop import Trainer
 from objectives.training.options import EarlyStopping, TrainerOptions
 from objectives.training.schedule import Schedule
 from objectives.training.step import OutOfMemory
+from sweeps.loop.progress import trial_text
 from tests.tasks_for_tests import digits_golden
 
 CPU = torch.device("cpu")
@@ -279,6 +281,28 @@ def test_a_group_out_of_memory_halves_its_micro_batch_as_one():
         m.task.model = OutOfMemoryAbove(m.task.model, 0)
     with pytest.raises(OutOfMemory, match="a micro-batch of 1 does not fit in a fused group of 2"):
         FusedTrainer(hopeless, BUDGET, OPTIONS).train()
+
+
+def test_the_live_display_shows_a_group_by_its_first_member_and_its_size():
+    """The progress line of a fused group: its first member's trial, point, progress and last
+    evaluation, and how many train with it; when that member leaves, the next one."""
+    live = LiveTrial()
+    seen = []
+
+    def reporter(value, step, se):
+        seen.append(live.read())
+        return False
+
+    members = [member(161 + i, lr, reporter=reporter) for i, lr in enumerate([0.05, 0.1, 0.2])]
+    members[0].reporter = lambda value, step, se: seen.append(live.read()) or True  # pruned at its first
+    for i, m in enumerate(members):
+        m.trial = 7 + i
+    FusedTrainer(members, BUDGET, OPTIONS, live=live).train()
+    first, after = seen[0], seen[3]  # at the first evaluation (3 members), at the second (2)
+    assert (first.trial, first.group, first.batch_size, first.fraction) == (7, 3, 32, pytest.approx(20 / 60))
+    assert first.eval_step is None and first.spent_units == pytest.approx(3 * 20)
+    assert (after.trial, after.group, after.fraction, after.eval_step) == (8, 2, pytest.approx(40 / 60), 20)
+    assert trial_text(after, "val_accuracy").startswith("trial 8 (batch 32, lr 0.1) +1 fused 67%, val_accuracy ")
 
 def test_the_vmap_path_fuses_convolutions_within_its_tolerance():
     budget = Budget("updates", 30, 15)

@@ -86,6 +86,20 @@ def test_a_terminal_shows_the_running_trial_before_the_first_trial_ends(tmp_path
     assert "ETA" in redraws[done]
 
 
+
+def test_a_terminal_shows_a_fused_group_by_its_first_member_and_its_size(tmp_path):
+    """Two trials fused as one group of 2 for a few seconds: the live line shows the first one's
+    number and point and the group's size (`+1 fused`), and the study's counts once both are done."""
+    study = merged(TINY, {"study": {"n_trials": 2}, "objective": {"fuse": 2},
+                          "budget": {"unit": "updates", "per_trial": 10000, "eval_every": 1000},
+                          "search": {"batch_size": [16], "base_lr": {"low": 0.01, "high": 0.1, "log": True}}})
+    code, screen = run_in_terminal(sweeps_run(tmp_path, study), tmp_path)
+    assert code == 0, screen
+    redraws = screen.split("\r\x1b[K")
+    running = [r for r in redraws if re.match(r"trial 0 \(batch 16, lr [0-9.]+\) \+1 fused \d+%", r)]
+    assert running and all("0/2 done" in r for r in running), screen  # shown while it trains, not after
+    assert any(r.startswith("2/2 done: 2 complete") and "(100%)" in r for r in redraws), screen
+
 @pytest.fixture(scope="module")
 def failing_run(tmp_path_factory):
     """A two-point grid whose batch-64 point cannot build its task, run with stderr to a pipe."""

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 
 SEQ, TRIAL, BATCH_SIZE, LR, PLANNED_UPDATES, PLANNED_UNITS, TIME_CAP, STARTED, \
-    UPDATES, SECONDS, EVAL_STEP, EVAL_VALUE = range(12)
+    UPDATES, SECONDS, EVAL_STEP, EVAL_VALUE, GROUP = range(13)
 NONE = -1.0  # TRIAL when no trial is training
 
 
@@ -32,25 +32,32 @@ class LiveView:
     seconds: float  # since the trial started (building the task included)
     eval_step: int | None
     eval_value: float | None
+    group: int = 1  # the trials training with it as one fused group, itself included
 
     @property
     def spent_units(self) -> float:
-        return self.fraction * self.planned_units
+        """What the running trials have trained: a fused group's members counted as this one."""
+        return self.fraction * self.planned_units * self.group
 
 
 class LiveTrial:
     """Shared memory written by the training process, read by a process forked after it was made."""
 
     def __init__(self) -> None:
-        self.values = multiprocessing.RawArray("d", 12)  # mmap-backed: shared with forked children
+        self.values = multiprocessing.RawArray("d", 13)  # mmap-backed: shared with forked children
         self.values[TRIAL] = NONE
 
-    def begin(self, trial: int, batch_size: int, lr: float) -> None:
+    def begin(self, trial: int, batch_size: int, lr: float, group: int = 1, seconds: float = 0.0) -> None:
         """A trial starts (before its task is built): who it is (`lr`: the sampled base LR until
-        `plan` gives the coupled one); no plan, no evaluation yet."""
+        `plan` gives the coupled one); no plan, no evaluation yet. A fused group shows one member
+        (`group`: how many train together; `seconds`: how long that member has run)."""
         self._write({TRIAL: trial, BATCH_SIZE: batch_size, LR: lr, PLANNED_UPDATES: 0, PLANNED_UNITS: 0,
-                     TIME_CAP: 0, STARTED: time.monotonic(), UPDATES: 0, SECONDS: 0,
-                     EVAL_STEP: NONE, EVAL_VALUE: math.nan})
+                     TIME_CAP: 0, STARTED: time.monotonic() - seconds, UPDATES: 0, SECONDS: 0,
+                     EVAL_STEP: NONE, EVAL_VALUE: math.nan, GROUP: group})
+
+    def group(self, size: int) -> None:
+        """The fused group the shown trial trains in now has `size` members."""
+        self.values[GROUP] = size
 
     def plan(self, lr: float, planned_updates: int, planned_units: float, time_cap: float | None = None) -> None:
         """The trial's effective LR and horizon: `time_cap` seconds when the clock ends it, else
@@ -79,6 +86,7 @@ class LiveTrial:
             if seq % 2:
                 continue
             trial, batch_size, lr, planned, units, cap, started = values[TRIAL:STARTED + 1]
+            group = values[GROUP]
             if values[SEQ] == seq:
                 break
         else:
@@ -92,4 +100,5 @@ class LiveTrial:
         step, value = values[EVAL_STEP], values[EVAL_VALUE]
         has_eval = step != NONE and not math.isnan(value)
         return LiveView(int(trial), int(batch_size), lr, min(max(fraction, 0.0), 1.0), units,
-                        time.monotonic() - started, int(step) if has_eval else None, value if has_eval else None)
+                        time.monotonic() - started, int(step) if has_eval else None, value if has_eval else None,
+                        max(int(group), 1))

@@ -238,7 +238,7 @@ class FusedSweepLoop(SweepLoop):
 
         try:
             trainer = FusedTrainer([m.fused for m in members], self.objective.budget, self.options,
-                                   refill=refill, on_leave=on_leave)
+                                   refill=refill, on_leave=on_leave, live=self.objective.live)
             trainer.train()
         except ConfigError:
             raise
@@ -250,6 +250,8 @@ class FusedSweepLoop(SweepLoop):
                 del self.training[member.asked.trial.trial_id]
                 self.record(member.asked, fused_group.fail_member(member, err, group, member.fused.joined_with or k))
         finally:
+            if self.objective.live is not None:
+                self.objective.live.end()
             self.objective.release_memory()
 
     def record(self, asked: Asked, outcome: Outcome) -> None:

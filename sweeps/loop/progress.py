@@ -110,6 +110,8 @@ def point_text(batch_size: int | str | None, lr: float | None) -> str:
 
 def trial_text(view: LiveView, metric: str) -> str:
     who = f"trial {view.trial} {point_text(view.batch_size, view.lr)}"
+    if view.group > 1:
+        who += f" +{view.group - 1} fused"
     if view.planned_units <= 0:
         return f"{who} starting"
     last = f"{metric} {view.eval_value:.4f}" if view.eval_value is not None else "no evaluation yet"

@@ -106,7 +106,7 @@ def build_member(objective: SweepObjective, trial, point: Suggestion, pruner: Re
         return pruner(value, step, value_se)
 
     fused = FusedMember(prepared.task, member_optimizer(objective.config.objective, prepared.coupled),
-                        prepared.schedule, prepared.plan, prepared.seed, report)
+                        prepared.schedule, prepared.plan, prepared.seed, report, trial=trial.number)
     return Member(trial, prepared, fused, outcome)
 
 

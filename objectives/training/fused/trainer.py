@@ -32,6 +32,7 @@ from objectives.training.fused.model import FusedModel, NotFusable, fuse_models
 from objectives.training.fused.optim import MemberOptimizer, stacked_optimizer
 from objectives.training.fused.orders import GroupOrders, MemberOrder, gather
 from objectives.training.fused.refusal import refusal
+from objectives.training.live import UPDATES, LiveTrial
 from objectives.training.loop import Reporter, TrainResult
 from objectives.training.options import Patience, TrainerOptions
 from objectives.training.schedule import Schedule
@@ -50,6 +51,7 @@ class FusedMember:
     seed: int
     reporter: Reporter | None = None
     joined_with: int = 0  # the members training together when it joined, itself included (set by the trainer)
+    trial: int | None = None  # its trial's number, for the live display
 
 
 class MemberRun:
@@ -105,10 +107,12 @@ class FusedTrainer:
 
     def __init__(self, members: Sequence[FusedMember], budget: Budget, options: TrainerOptions, *,
                  path: str = "auto", refill: Callable[[], FusedMember | None] | None = None,
-                 on_leave: Callable[[FusedMember, TrainResult], None] | None = None):
+                 on_leave: Callable[[FusedMember, TrainResult], None] | None = None,
+                 live: LiveTrial | None = None):
         """`refill`: called for a new member when one has left (None: there is none, and the group
         shrinks from then on); it must return a member that fuses with the others (`refusal`).
-        `on_leave`: called with each member and its result as it leaves, its best weights loaded."""
+        `on_leave`: called with each member and its result as it leaves, its best weights loaded.
+        `live`: the progress display's record, which shows the group's first member and its size."""
         reason = refusal(members, options, budget)
         if reason is not None:
             raise NotFusable(reason)
@@ -129,7 +133,7 @@ class FusedTrainer:
         for m in members:
             m.joined_with = len(members)
         self.size = len(members)  # the slots a refill keeps filled
-        self.refill, self.on_leave = refill, on_leave
+        self.refill, self.on_leave, self.live = refill, on_leave, live
         plan = members[0].plan
         # a member joins where the others' epochs begin, unless every batch is full: the stacked
         # batches must have one length
@@ -153,12 +157,14 @@ class FusedTrainer:
         self.model.train()
         for run in active:
             run.started = self.started
+        self.show(active)
         while True:
             free = self.refill is not None and len(active) < self.size
             if free and (not active or self.clock % self.join_every == 0):
                 if not active:
                     self.clock = 0
                 active, loss_sum = self.join(active, loss_sum)
+                self.show(active)
             if not active:
                 break
             model, optimizer = self.model, self.optimizer  # a group emptied and refilled has new ones
@@ -186,10 +192,15 @@ class FusedTrainer:
                 elif result.updates == run.plan.planned_updates:
                     result.stop_reason = run.plan.stop_reason
                     leaving.append(slot)
+            if self.live is not None:
+                self.live.values[UPDATES] = active[0].result.updates  # one store: the shown member's count
             if due:
                 leaving += self.evaluate_due(active, due, loss_sum)
+                if self.live is not None and 0 in due and active[0].result.history:
+                    self.live.evaluated(*active[0].result.history[-1])
             if leaving:
                 active, loss_sum = self.leave(active, sorted(leaving), loss_sum)
+                self.show(active)
 
     def join(self, active: list[MemberRun], loss_sum: Tensor) -> tuple[list[MemberRun], Tensor]:
         """Fill the free slots with new members from `refill`: their own weights and a fresh
@@ -218,6 +229,20 @@ class FusedTrainer:
         self.runs += runs
         self.members += joining
         return active + runs, torch.cat([loss_sum, loss_sum.new_zeros(len(runs))])
+
+    def show(self, active: list[MemberRun]) -> None:
+        """The live display's record: the group's first member (its trial, point, progress and last
+        evaluation) and how many train with it. Written when the group changes, not per update."""
+        if self.live is None or not active or active[0].member.trial is None:
+            return
+        run = active[0]
+        member, plan = run.member, run.plan
+        self.live.begin(member.trial, plan.batch_size, member.schedule.peak_lr, group=len(active),
+                        seconds=time.perf_counter() - run.started)
+        self.live.plan(member.schedule.peak_lr, plan.planned_updates, self.budget.planned(plan))
+        self.live.values[UPDATES] = run.result.updates
+        if run.result.history:
+            self.live.evaluated(*run.result.history[-1])
 
     def gradients(self, model: FusedModel, x: Tensor, y: Tensor, active: list[MemberRun]) -> Tensor:
         """`member_gradients` of the group's batch. On running out of GPU memory the group halves
@@ -276,6 +301,8 @@ class FusedTrainer:
     def leave(self, active: list[MemberRun], leaving: list[int], loss_sum: Tensor) -> tuple[list[MemberRun], Tensor]:
         """The members at `leaving` end: a last evaluation for those whose plan ended off the grid,
         their best (else last) weights into their own models; the group goes on without them."""
+        if self.live is not None:
+            self.live.end()  # the display shows no trial until `show` (the members leaving are recorded now)
         finals = [slot for slot in leaving if active[slot].needs_final_evaluation()]
         if finals:
             values = self.evaluate(active)
