@@ -96,9 +96,6 @@ def sweep(args: argparse.Namespace) -> int:
     changes = "allow" if args.allow_changes else "check"
     if gpus:
         check_device(config.objective.device)
-        if isinstance(config.objective.fuse, int):  # under auto each worker says it trains alone
-            return fail(exits.USAGE, f"objective.fuse: {config.objective.fuse} cannot fuse with --gpus (one worker "
-                                     "per GPU, not run fused); set objective.fuse: auto or off")
     task = load_task(config, torch.device("cpu") if gpus else None)  # once, before any store is opened
     check_plan(config, task.n_train, task.tokens_per_example)  # a tokens budget needs the task's tokens
     if args.dry_run:

@@ -343,22 +343,22 @@ def test_a_killed_fused_worker_resumes_with_its_group_requeued(tmp_path):
     assert all(TrialRecord.of(t).fused_group for t in finished)
 
 
-def test_gpus_is_refused_with_an_explicit_k_and_a_gpu_worker_under_auto_trains_alone(tmp_path, capsys,
-                                                                                        monkeypatch):
+def test_gpus_workers_each_fuse_their_own_group(tmp_path, capsys, monkeypatch):
+    """--gpus starts one worker per GPU, each seeing its GPU alone: each fuses its own groups, as a
+    worker on one device does (the plan is accepted with an explicit K, and a worker child of
+    --gpus runs the fused loop)."""
     from objectives.registry import resolve_task
     from sweeps.config.gpus import GPU_ENV
     from sweeps.config.plan import budget_of
-    from sweeps.loop.fused_loop import fused_loop_for
-    from sweeps.loop.sweep_loop import SweepLoop
+    from sweeps.loop.fused_loop import FusedSweepLoop, fused_loop_for
 
     path = write(tmp_path, "gpus", {"objective": {"fuse": 4}})
-    assert main([path, "--dry-run", "--gpus", "0"]) == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "objective.fuse: 4 cannot fuse with --gpus" in err
-    config = parse_config(merged(TINY, {"objective": {"fuse": "auto"}}), tmp_path)
+    assert main([path, "--dry-run", "--gpus", "0"]) == 0
+    assert "worker 0 -> GPU 0" in capsys.readouterr().out
     monkeypatch.setenv(GPU_ENV, "0")  # a worker child of --gpus
-    assert fused_loop_for(config, resolve_task("regression", tmp_path), budget_of(config)) is SweepLoop
-    assert "objective.fuse auto: trials train one at a time: --gpus" in capsys.readouterr().out
+    for fuse, trials in ((4, 3), ("auto", 20)):
+        config = parse_config(merged(TINY, {"objective": {"fuse": fuse}, "study": {"n_trials": trials}}), tmp_path)
+        assert fused_loop_for(config, resolve_task("regression", tmp_path), budget_of(config)) is FusedSweepLoop
 
 
 def test_sigterm_closes_every_open_member_and_queues_it_again(tmp_path):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 
 import torch
 
@@ -31,7 +30,6 @@ from objectives.training.budget import Budget
 from objectives.training.fused import FusedTrainer
 from objectives.training.fused.refusal import refusal
 from objectives.training.loop import TrainResult
-from sweeps.config.gpus import GPU_ENV
 from sweeps.config.study_file import SweepConfig
 from sweeps.errors import ConfigError
 from sweeps.loop.sweep_loop import (
@@ -51,18 +49,15 @@ logger = logging.getLogger("sweeps")
 FIXED_BATCH_TRIES = 3  # asks for a member that come back with another batch size before the group stops asking
 
 
-def fused_loop_for(config: SweepConfig, factory: TaskFactory, budget: Budget,
-                   gpus: bool | None = None) -> type[SweepLoop]:
+def fused_loop_for(config: SweepConfig, factory: TaskFactory, budget: Budget) -> type[SweepLoop]:
     """The loop class a worker runs: `FusedSweepLoop` when `objective.fuse` is on and the study
     can fuse, else `SweepLoop` (with one line under `auto`); ConfigError (exit 2) when an
-    explicit K cannot be honoured. `gpus`: a worker of --gpus (default: its parent set $SWEEPS_GPU)."""
+    explicit K cannot be honoured. A worker of --gpus fuses its own groups on its own GPU."""
     fuse = config.objective.fuse
     if fuse == "off":
         return SweepLoop
-    if gpus is None:
-        gpus = GPU_ENV in os.environ
     options = trainer_options(config, config.objective.max_micro_batch)
-    reason = fused_group.settings_refusal(config, budget, options, gpus)
+    reason = fused_group.settings_refusal(config, budget, options)
     if reason is None:
         if fuse == "auto" and fused_group.auto_cap(config.study.n_trials) == 1:
             return SweepLoop  # too few trials for groups (a tenth of them): one at a time, without building the task

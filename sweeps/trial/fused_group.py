@@ -135,14 +135,13 @@ def fail_member(member: Member, err: BaseException, group: str, size: int) -> Ou
     return outcome
 
 
-def settings_refusal(config: SweepConfig, budget: Budget, options: TrainerOptions, gpus: bool = False) -> str | None:
+def settings_refusal(config: SweepConfig, budget: Budget, options: TrainerOptions) -> str | None:
     """Why this study's settings keep its trials from training as fused groups (None: they do not)."""
     reason = options_refusal(options, budget)
     if reason is not None:
         return reason
     objective = config.objective
-    for on, why in ((gpus, "--gpus is not run fused (one worker per GPU)"),
-                    (config.sampler.name == "grid", "the grid sampler sets each trial's batch size itself"),
+    for on, why in ((config.sampler.name == "grid", "the grid sampler sets each trial's batch size itself"),
                     (objective.compile, "objective.compile: a compiled model is not stacked")):
         if on:
             return why
