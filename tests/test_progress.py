@@ -91,7 +91,7 @@ def test_a_terminal_shows_a_fused_group_by_its_first_member_and_its_size(tmp_pat
     """Two trials fused as one group of 2 for a few seconds: the live line shows the first one's
     number and point and the group's size (`+1 fused`), and the study's counts once both are done."""
     study = merged(TINY, {"study": {"n_trials": 2}, "objective": {"fuse": 2},
-                          "budget": {"unit": "updates", "per_trial": 10000, "eval_every": 1000},
+                          "budget": {"unit": "updates", "per_trial": 6000, "eval_every": 1000},
                           "search": {"batch_size": [16], "base_lr": {"low": 0.01, "high": 0.1, "log": True}}})
     code, screen = run_in_terminal(sweeps_run(tmp_path, study), tmp_path)
     assert code == 0, screen
