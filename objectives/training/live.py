@@ -55,10 +55,6 @@ class LiveTrial:
                      TIME_CAP: 0, STARTED: time.monotonic() - seconds, UPDATES: 0, SECONDS: 0,
                      EVAL_STEP: NONE, EVAL_VALUE: math.nan, GROUP: group})
 
-    def group(self, size: int) -> None:
-        """The fused group the shown trial trains in now has `size` members."""
-        self.values[GROUP] = size
-
     def plan(self, lr: float, planned_updates: int, planned_units: float, time_cap: float | None = None) -> None:
         """The trial's effective LR and horizon: `time_cap` seconds when the clock ends it, else
         `planned_updates`."""

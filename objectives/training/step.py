@@ -40,6 +40,17 @@ def micro_batches(batch_size: int, max_micro_batch: int | None) -> int:
     return -(-batch_size // max_micro_batch)
 
 
+def halved(accumulation: int, n: int, device: torch.device, where: str = "") -> int:
+    """The accumulation after running out of memory on a batch of `n` (its gradients already
+    cleared): the micro-batch halved, the accumulation doubled; OutOfMemory when a micro-batch of
+    1 did not fit (`where`: who ran out, for the message)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if accumulation >= n:
+        raise OutOfMemory(f"a micro-batch of 1 does not fit{where} (batch {n})") from None
+    return min(2 * accumulation, n)
+
+
 def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """bf16: the forward pass under autocast; fp32: as is."""
     if precision == "bf16":
@@ -92,9 +103,4 @@ class Step:
                 return update(state, batch)
             except torch.cuda.OutOfMemoryError:
                 state.optimizer.zero_grad(set_to_none=True)
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                n = batch_len(batch)
-                if self.accumulation >= n:
-                    raise OutOfMemory(f"a micro-batch of 1 does not fit (batch {n})") from None
-                self.accumulation = min(2 * self.accumulation, n)
+                self.accumulation = halved(self.accumulation, batch_len(batch), self.device)

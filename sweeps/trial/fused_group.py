@@ -187,14 +187,15 @@ def measure_size(member: Member, options: TrainerOptions, sizes: tuple[int, ...]
     (x, y), device = task.train, task.train[0].device
     loss = member_losses(task.loss, y)  # the fused loop's update, as it runs it
     generator = torch.Generator(device=device).manual_seed(0)
+    autocast, accumulation = autocast_for(device, options.precision), micro_batches(plan.batch_size,
+                                                                                     options.max_micro_batch)
     rates: dict[int, float] = {}
     for k in sizes:
         models = [copy.deepcopy(task.model) for _ in range(k)]
         model = fuse_models(models)
         optimizer = stacked_optimizer(model.weights.param_list(), [member.fused.optimizer] * k)
         optimizer.lrs = [0.0] * k  # the timing needs no learning
-        direct, autocast = direct_fits(model, loss, options.precision), autocast_for(device, options.precision)
-        accumulation = micro_batches(plan.batch_size, options.max_micro_batch)
+        direct = direct_fits(model, loss, options.precision)
         done, started = -1, 0.0  # the first update warms up, untimed
         while True:
             idx = torch.randint(0, plan.n_train, (k, plan.batch_size), generator=generator, device=device)

@@ -36,7 +36,7 @@ from objectives.training.live import UPDATES, LiveTrial
 from objectives.training.loop import Reporter, TrainResult
 from objectives.training.options import Patience, TrainerOptions
 from objectives.training.schedule import Schedule
-from objectives.training.step import OutOfMemory, autocast_for, micro_batches
+from objectives.training.step import autocast_for, halved, micro_batches
 
 
 @dataclass
@@ -253,13 +253,8 @@ class FusedTrainer:
                 return member_gradients(model, self.loss, x, y, self.direct, self.autocast, self.accumulation)
             except torch.cuda.OutOfMemoryError:
                 self.optimizer.zero_grad()
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                n = x.shape[1]
-                if self.accumulation >= n:
-                    raise OutOfMemory(f"a micro-batch of 1 does not fit in a fused group of {len(active)} "
-                                      f"(batch {n})") from None
-                self.accumulation = min(2 * self.accumulation, n)
+                self.accumulation = halved(self.accumulation, x.shape[1], self.device,
+                                           f" in a fused group of {len(active)}")
                 for run in active:
                     self.record_accumulation(run)
 
