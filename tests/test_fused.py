@@ -18,8 +18,8 @@ Tolerances, measured on the CPU (torch 2.13, 2 cores):
 - `max_micro_batch` (gradient accumulation): as without it (a group of one exact, the update
   without autograd the autograd one bit for bit, K > 1 within the bmm tolerance);
 - bf16 autocast: a group of one its solo bf16 run exactly; K = 3 on the bmm path equal here,
-  asserted within one validation example and 1e-2; the vmap path within 2 examples and 2e-2
-  (measured 1 and 7e-3);
+  asserted within one validation example and 1e-2; the vmap path within 6 examples and 2e-2
+  (measured 1 example on one CPU, 4 on an AMD EPYC without AVX2; 7e-3 on both);
 - dropout draws other masks than the solo run (one over the stacked batch): not reproduced, only
   in distribution.
 """
@@ -281,16 +281,19 @@ def test_the_live_display_shows_a_group_by_its_first_member_and_its_size():
     assert (after.trial, after.group, after.fraction, after.eval_step) == (8, 2, pytest.approx(40 / 60), 20)
     assert trial_text(after, "val_accuracy").startswith("trial 8 (batch 32, lr 0.1) +1 fused 67%, val_accuracy ")
 
-@pytest.mark.parametrize(("options", "budget", "seed", "atol"), [
-    (OPTIONS, Budget("updates", 30, 15), 31, 1e-3),
-    (BF16, Budget("updates", 20, 10), 131, 2e-2),  # measured here: curves 1 validation example apart, weights 7e-3
+@pytest.mark.parametrize(("options", "budget", "seed", "examples", "atol"), [
+    (OPTIONS, Budget("updates", 30, 15), 31, 2, 1e-3),
+    # bf16: curves 1 validation example apart on one CPU, 4 on an AMD EPYC without AVX2 (its bf16
+    # kernels round otherwise); weights 7e-3 apart on both
+    (BF16, Budget("updates", 20, 10), 131, 6, 2e-2),
 ], ids=["fp32", "bf16"])
-def test_the_vmap_path_fuses_convolutions_within_its_tolerance(options, budget, seed, atol):
+def test_the_vmap_path_fuses_convolutions_within_its_tolerance(options, budget, seed, examples, atol):
     members = [member(seed + i, lr, factory=digits_cnn, budget=budget) for i, lr in enumerate([0.05, 0.1])]
     trainer = FusedTrainer(members, budget, options)
     results = trainer.train()
     assert trainer.path == "vmap"
-    assert_each_as_alone(members, results, examples=2, atol=atol, factory=digits_cnn, budget=budget, options=options)
+    assert_each_as_alone(members, results, examples=examples, atol=atol, factory=digits_cnn, budget=budget,
+                         options=options)
 
 
 def test_batch_norm_keeps_running_statistics_per_member():

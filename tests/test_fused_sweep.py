@@ -26,9 +26,10 @@ from sweeps.config.study_file import parse_config
 from sweeps.config.target import target_of
 from sweeps.loop.runner import run_sweep
 from sweeps.run import main
-from sweeps.trial.record import STARTED_KEY, TrialRecord
+from sweeps.trial.record import STARTED_KEY, TrialRecord, horizons_of
 from tests.conftest import TINY, merged
-from tests.test_ledger import assert_books_balance
+from tests.test_horizons_study import HORIZONS
+from tests.test_ledger import assert_books_balance, booked, ledger_of
 from tests.test_workers import PG_URL, load, needs_pg, start, unique, wait_for_running
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -197,6 +198,54 @@ def test_the_total_budget_is_never_exceeded(tmp_path):
     study = run_sweep(config, target, show_progress=False)
     assert len(study.get_trials(states=FINISHED)) >= 2
     assert_books_balance("led", target.storage_url, 2000)
+
+
+def horizon_counts(trial) -> list[tuple]:
+    """What a trial's horizons record that fusion leaves exact: lengths, steps, counts, curves' steps."""
+    return [(h.length, h.step, h.best_step, h.updates, h.examples, h.stop_reason, h.branch_updates,
+             h.branch_examples, [s for s, _ in h.curve]) for h in horizons_of(TrialRecord.of(trial))]
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_with_horizons_each_member_answers_every_length_as_its_solo_run(tmp_path, k):
+    """`budget.horizons` with fusion: each member branches its shorter horizons' decays in the
+    group and records what its solo run records (a group of one exactly), and the pruner sees
+    its horizons only (successive halving, rungs at the horizons)."""
+    data = merged(HORIZONS, {"study": {"n_trials": 6}, "objective": {"fuse": k},
+                             "pruner": {"name": "successive_halving", "reduction_factor": 2,
+                                        "min_resource": 10}})
+    fused = by_number(sweep(tmp_path / "a", data))
+    assert len(fused) == 6 and max(TrialRecord.of(t).fused_size for t in fused.values()) == k
+    assert {t.state for t in fused.values()} == {TrialState.COMPLETE, TrialState.PRUNED}
+    if k == 1:
+        alone = by_number(sweep(tmp_path / "b", merged(data, {"objective": {"fuse": "off"}})))
+        assert_same_as_alone(fused, alone, rel=0)
+    else:  # pruning follows the order trials report in, which fusion changes: replayed without the pruner,
+        # each trial's horizons up to where the pruner stopped it
+        alone = replay_alone(tmp_path / "b", merged(data, {"pruner": {"name": "none"}}), list(fused.values()))
+        assert_same_as_alone({n: t for n, t in fused.items() if t.state == TrialState.COMPLETE},
+                             {n: t for n, t in alone.items() if fused[n].state == TrialState.COMPLETE})
+    for number, t in fused.items():
+        answered = horizon_counts(t)
+        assert answered == horizon_counts(alone[number])[: len(answered)], number
+        values = [h.value for h in horizons_of(TrialRecord.of(t))]
+        assert values == pytest.approx([h.value for h in horizons_of(TrialRecord.of(alone[number]))][: len(values)],
+                                       rel=0 if k == 1 else REL)
+        assert sorted(t.intermediate_values) == [10, 20, 40][: len(values)]  # rungs at the horizons
+
+
+def test_with_horizons_each_member_reserves_its_branches_in_the_ledger(tmp_path):
+    """As alone (tests/test_horizons_study.py): a trial reserves 40 updates and 6 of branches; a
+    total of 130 holds two trials, and a group of 3 starts only two of them."""
+    data = merged(HORIZONS, {"study": {"n_trials": 6, "total_budget": {"amount": 130, "unit": "updates"}},
+                             "objective": {"fuse": 3}})
+    config = parse_config(merged(merged(TINY, data), {"study": {"name": "hzfz"}}), tmp_path)
+    target = target_of(config)
+    study = run_sweep(config, target, show_progress=False)
+    trained = [t for t in study.trials if TrialRecord.of(t).updates is not None]
+    assert len(trained) == 2 and all(TrialRecord.of(t).fused_group for t in trained)
+    assert sorted(booked("hzfz", target.storage_url).values()) == [(46.0, 46.0), (46.0, 46.0)]
+    assert ledger_of("hzfz", target.storage_url).stopped
 
 
 def write(folder, name: str, data: dict) -> str:

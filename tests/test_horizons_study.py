@@ -107,12 +107,16 @@ def test_the_ledger_reserves_the_branches_before_a_trial_starts(tmp_path):
     assert ledger_of("hzled", target.storage_url).stopped
 
 
-@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgresql", marks=needs_pg)])
-def test_horizons_under_workers_and_across_a_resume(tmp_path, store):
+@pytest.mark.parametrize(("store", "fuse"), [("sqlite", "off"), ("sqlite", 2),
+                                           pytest.param("postgresql", "off", marks=needs_pg),
+                                           pytest.param("postgresql", 2, marks=needs_pg)])
+def test_horizons_under_workers_and_across_a_resume(tmp_path, store, fuse):
+    """Each worker fused or not (`objective.fuse: 2`: each worker's group of 2)."""
     name = unique("hzw")
     url = PG_URL if store == "postgresql" else f"sqlite:///{tmp_path}/hzw.db"
     path = write(tmp_path, name, merged(HORIZONS, {"pruner": {"name": "successive_halving",
-                                                              "reduction_factor": 2}}),
+                                                              "reduction_factor": 2},
+                                                   "objective": {"fuse": fuse}}),
                  n_trials=4, heartbeat_interval=1, grace_period=6)
     done = start(path, "--workers", "2", storage=url)
     out, err = done.communicate(timeout=300)
@@ -126,6 +130,7 @@ def test_horizons_under_workers_and_across_a_resume(tmp_path, store):
     assert all(t.user_attrs.get("error", "").startswith("not started")
                for t in study.get_trials(states=(TrialState.FAIL,)))
     assert len({t.user_attrs["worker"] for t in finished[:4]}) == 2
+    assert all(bool(TrialRecord.of(t).fused_group) == (fuse != "off") for t in finished)
     for trial in finished:
         lengths = [h.length for h in horizons_of(TrialRecord.of(trial))]
         assert lengths == [10, 20, 40][: len(lengths)] and lengths

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from objectives.training.batches import batch_len
 from objectives.training.hooks import Hook
-from objectives.training.horizons import Horizon, HorizonResult, plan_horizons
+from objectives.training.horizons import Horizon, HorizonAnswers, HorizonResult
 from objectives.training.options import Patience
 from objectives.training.state import RunSnapshot
 
@@ -30,58 +30,27 @@ class HorizonBranches(Hook):
 
     def install(self, trainer: Trainer) -> None:
         self.trainer = trainer
-        self.pending = plan_horizons(self.units, trainer.budget, trainer.plan, trainer.schedule)
-        self.reporter, trainer.reporter = trainer.reporter, None  # the pruner sees finished horizons only
-        self.evaluations: list[tuple[int, int, float, float | None]] = []  # the run's: (done, step, value, se)
-        self.results: list[HorizonResult] = []
-        trainer.result.horizons = self.results
+        # the pruner sees finished horizons only
+        self.answers = HorizonAnswers(self.units, trainer.budget, trainer.plan, trainer.schedule, trainer.reporter,
+                                      trainer.sign)
+        trainer.reporter = None
+        trainer.result.horizons = self.answers.results
         trainer.result.horizon_seconds = 0.0
 
     def evaluated(self, step: int, value: float, se: float | None) -> None:
-        self.evaluations.append((self.trainer.result.updates, step, value, se))
+        self.answers.evaluated(self.trainer.result.updates, step, value, se)
 
     def update_ended(self, done: int) -> bool:
-        while self.pending and self.pending[0].branch_at == done:
-            horizon = self.pending.pop(0)
-            if self.answer(self.branch(horizon, done)):
+        while (horizon := self.answers.due(done)) is not None:
+            if self.answers.answer(self.branch(horizon, done)):
+                self.trainer.result.stop_reason = "pruned"
                 return True
         return False
 
     def finished(self) -> None:
-        """The run's own length, after any horizon the run stopped before (whose dedicated run
-        stops at the same evaluation, for the same reason)."""
-        trainer = self.trainer
-        run = trainer.result
-        if run.stop_reason == "pruned":
-            return  # a horizon's report stopped it: longer horizons are not answered
-        for horizon in [*self.pending, None]:
-            units = horizon.units if horizon is not None else self.units[-1]
-            step = horizon.end_step if horizon is not None else trainer.budget.to_step(units, trainer.plan.n_train)
-            result = self.shared(HorizonResult(units, step), run.updates)
-            result.updates, result.examples, result.stop_reason = run.updates, run.examples_seen, run.stop_reason
-            if self.answer(result, last=horizon is None):
-                break
-        self.pending = []
-
-    def answer(self, result: HorizonResult, last: bool = False) -> bool:
-        """Record a finished horizon and report it; True when the pruner stops the trial. At the
-        run's own length (`last`) the run is over: a decision to prune changes nothing."""
-        self.results.append(result)
-        if self.reporter is None or result.value is None:
-            return False
-        if self.reporter(result.value, result.step, result.value_se) and not last:
-            self.trainer.result.stop_reason = "pruned"
-            return True
-        return False
-
-    def shared(self, result: HorizonResult, done: int) -> HorizonResult:
-        """The run's evaluations up to `done` updates, as the horizon's own."""
-        sign = self.trainer.sign
-        for _, step, value, se in (e for e in self.evaluations if e[0] <= done):
-            result.history.append((step, value))
-            if math.isfinite(value) and (result.value is None or sign * (value - result.value) > 0):
-                result.value, result.best_step, result.value_se = value, step, se
-        return result
+        run = self.trainer.result
+        if self.answers.finish(run.updates, run.examples_seen, run.stop_reason):
+            run.stop_reason = "pruned"
 
     def branch(self, horizon: Horizon, done: int) -> HorizonResult:
         """Train the horizon's decay from the run's state after `done` updates, and put it back."""
@@ -91,7 +60,7 @@ class HorizonBranches(Hook):
         state, stream, generator, device = trainer.state, trainer.stream, trainer.augment_generator, trainer.device
         snapshot = RunSnapshot.take(state, stream, generator, device)
         hooks = [(hook, hook.saved()) for hook in trainer.hooks if hook is not self]
-        result = self.shared(HorizonResult(horizon.units, horizon.end_step), done)
+        result = self.answers.shared(HorizonResult(horizon.units, horizon.end_step), done)
         result.updates, result.examples = done, run.examples_seen
         try:
             self.train_branch(horizon, result)
@@ -137,6 +106,8 @@ class HorizonBranches(Hook):
                     return
                 loss_sum = None
                 if self.evaluate(result, step, patience):
+                    if done == horizon.plan.planned_updates and result.stop_reason == "early_stopping":
+                        result.stop_reason = horizon.plan.stop_reason  # as `Trainer.finish`: over anyway
                     return
         last = result.history[-1][0] if result.history else None
         if result.updates > 0 and (last is None or horizon.end_step > last):

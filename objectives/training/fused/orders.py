@@ -9,6 +9,7 @@ slots (a refill that joined mid-epoch) take one slice each, stacked. `gather` ta
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -38,6 +39,14 @@ class MemberOrder:
 
     def indices(self) -> Tensor:
         return self.perm[self.slot * self.size : (self.slot + 1) * self.size]
+
+    def twin(self) -> MemberOrder:
+        """An order that goes on as this one would, apart from it (a horizon's branch): its own
+        generator, in this one's state."""
+        twin = copy.copy(self)
+        twin.generator = torch.Generator(device=self.generator.device)
+        twin.generator.set_state(self.generator.get_state())
+        return twin
 
 
 class GroupOrders:

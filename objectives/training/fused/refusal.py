@@ -33,8 +33,7 @@ def options_refusal(options: TrainerOptions, budget: Budget) -> str | None:
         return f"a {budget.unit} budget is timed per trial"
     for on, name in ((options.measure_noise, "measure.noise_scale"),
                      (options.measure_value_se, "measure.value_se (or pruner.noise_margin)"),
-                     (options.cooldown_fraction is not None, "schedule.cooldown_evaluations"),
-                     (options.horizons is not None, "budget.horizons")):
+                     (options.cooldown_fraction is not None, "schedule.cooldown_evaluations")):
         if on:
             return f"{name} is not measured in a fused group"
     return None

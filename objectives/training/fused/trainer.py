@@ -12,14 +12,22 @@ or elementwise, so a NaN stays in the member it arose in (which then leaves as d
 
 Members start together and share the batch size and the training set, so every update's batches
 have one length (the last of an epoch is shorter for all of them at once).
+
+With horizons (`budget.horizons`, objectives/training/horizons.py) each member answers every
+length as a run alone does: the members whose horizon's decay leaves their run after this update
+branch together, as a group of their own (copies of their slices of the weights and optimizer, and
+of their data orders), which trains each one's decay with its own schedule, evaluates it on its
+dedicated run's grid and is dropped; the group goes on as if no branch had run. The pruner sees
+each member's finished horizons only, as it does a run alone's.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -32,6 +40,7 @@ from objectives.training.fused.model import FusedModel, NotFusable, fuse_models
 from objectives.training.fused.optim import MemberOptimizer, stacked_optimizer
 from objectives.training.fused.orders import GroupOrders, MemberOrder, gather
 from objectives.training.fused.refusal import refusal
+from objectives.training.horizons import Horizon, HorizonAnswers, HorizonResult
 from objectives.training.live import UPDATES, LiveTrial
 from objectives.training.loop import Reporter, TrainResult
 from objectives.training.options import Patience, TrainerOptions
@@ -55,10 +64,13 @@ class FusedMember:
 
 
 class MemberRun:
-    """One member's state in the loop: its counts, grid, patience, best weights and result."""
+    """One member's state in the loop: its counts, grid, patience, best weights and result. With
+    horizons, what they answered (`answers`), which alone its reporter sees; a horizon's branch is
+    a run of its own (`branch`: no horizons, no best weights kept, no reporter)."""
 
-    def __init__(self, member: FusedMember, budget: Budget, options: TrainerOptions, device: torch.device):
-        self.member, self.plan, self.budget = member, member.plan, budget
+    def __init__(self, member: FusedMember, budget: Budget, options: TrainerOptions, device: torch.device,
+                 branch: bool = False):
+        self.member, self.plan, self.budget, self.branch = member, member.plan, budget, branch
         self.sign = 1.0 if options.maximize else -1.0
         self.result = TrainResult(micro_batch=member.plan.batch_size)
         self.points = eval_points(member.plan, budget)
@@ -67,18 +79,27 @@ class MemberRun:
         self.best_state: dict[str, Tensor] | None = None
         self.losses = 0  # updates since the last evaluation
         self.started = 0.0  # when it joined the group (perf_counter)
+        self.reporter, self.answers = member.reporter, None
+        if options.horizons and not branch:
+            self.answers = HorizonAnswers(options.horizons, budget, member.plan, member.schedule, member.reporter,
+                                          self.sign)
+            self.reporter = None  # the pruner sees finished horizons only
+            self.result.horizons, self.result.horizon_seconds = self.answers.results, 0.0
 
     def report(self, step: int, value: float, weights: Callable[[], dict[str, Tensor]]) -> bool:
         """`Trainer.evaluate_and_report` for this member (`weights()` copies its slice); True: it stops."""
         result = self.result
         result.history.append((step, value))
+        if self.answers is not None:
+            self.answers.evaluated(result.updates, step, value, None)
         if not math.isfinite(value):
             result.stop_reason = "diverged"
             return True
         if result.best_value is None or self.sign * (value - result.best_value) > 0:
             result.best_value, result.best_step = value, step
-            self.best_state = weights()
-        reporter = self.member.reporter
+            if not self.branch:
+                self.best_state = weights()
+        reporter = self.reporter
         if reporter is not None and reporter(value, step, None):
             result.stop_reason = "pruned"
             return True
@@ -139,6 +160,8 @@ class FusedTrainer:
         # batches must have one length
         self.join_every = 1 if plan.drop_last or plan.n_train % plan.batch_size == 0 else plan.iterations_per_epoch
         self.clock = 0  # updates since the group's epochs began
+        self.branching = bool(options.horizons)  # its members branch their horizons' decays
+        self.is_branch = False  # a group training horizons' branches (`branch`): its members' models are left alone
 
     @property
     def path(self) -> str:
@@ -167,6 +190,12 @@ class FusedTrainer:
                 self.show(active)
             if not active:
                 break
+            if self.branching:  # after the update and its evaluation, as a run alone branches
+                pruned = self.branch_due(active)
+                if pruned:
+                    active, loss_sum = self.leave(active, pruned, loss_sum)
+                    self.show(active)
+                    continue
             model, optimizer = self.model, self.optimizer  # a group emptied and refilled has new ones
             idx = self.orders.next([run.order for run in active])
             optimizer.lrs = [run.member.schedule.lr_at(run.result.updates) for run in active]
@@ -201,6 +230,76 @@ class FusedTrainer:
             if leaving:
                 active, loss_sum = self.leave(active, sorted(leaving), loss_sum)
                 self.show(active)
+
+    def branch_due(self, active: list[MemberRun]) -> list[int]:
+        """Branch every horizon whose decay leaves its member's run at the member's count of
+        updates, and report it; the slots of the members the pruner stops."""
+        pruned: list[int] = []
+        while True:
+            due = [(slot, horizon) for slot, run in enumerate(active) if slot not in pruned
+                   if (horizon := run.answers.due(run.result.updates)) is not None]
+            if not due:
+                return pruned
+            slots = [slot for slot, _ in due]
+            for slot, result in zip(slots, self.branch(active, slots, [h for _, h in due]), strict=True):
+                if active[slot].answers.answer(result):
+                    active[slot].result.stop_reason = "pruned"
+                    pruned.append(slot)
+
+    def branch(self, active: list[MemberRun], slots: list[int], horizons: list[Horizon]) -> list[HorizonResult]:
+        """Train the horizons' decays of the members at `slots` as a group of their own, from
+        copies of their state, and return what each answered; this group is left as it was."""
+        started = time.perf_counter()
+        twin = copy.copy(self)
+        weights = copy.copy(self.model.weights)
+        weights.keep(slots)  # new tensors: the group's stay as they are
+        twin.model = copy.copy(self.model)
+        twin.model.weights = weights
+        twin.optimizer = copy.copy(self.optimizer)
+        twin.optimizer.keep(slots, weights.param_list())
+        twin.orders = GroupOrders()
+        twin.runs = [self.branch_run(active[slot], horizon) for slot, horizon in zip(slots, horizons, strict=True)]
+        twin.size, twin.refill, twin.on_leave, twin.live = len(slots), None, None, None
+        twin.branching, twin.is_branch = False, True
+        cuda = self.device.type == "cuda"
+        rng = torch.random.get_rng_state(), torch.cuda.get_rng_state(self.device) if cuda else None
+        try:
+            twin.train()
+        finally:  # dropout draws as if no branch had run
+            torch.random.set_rng_state(rng[0])
+            if cuda:
+                torch.cuda.set_rng_state(rng[1], self.device)
+        if twin.accumulation != self.accumulation:  # it halved its micro-batch: so does the group
+            self.accumulation = twin.accumulation
+            for run in active:
+                self.record_accumulation(run)
+        elapsed = time.perf_counter() - started
+        answers = []
+        for slot, horizon, branch in zip(slots, horizons, twin.runs, strict=True):
+            run, done = active[slot].result, branch.result
+            run.eval_seconds += done.eval_seconds  # a run alone counts its branches' evaluations too
+            spent = elapsed - done.eval_seconds
+            run.horizon_seconds += spent
+            answers.append(HorizonResult(horizon.units, horizon.end_step, value=done.best_value,
+                                         best_step=done.best_step, updates=done.updates,
+                                         examples=done.examples_seen, stop_reason=done.stop_reason,
+                                         history=done.history, branch_updates=done.updates - run.updates,
+                                         branch_examples=done.examples_seen - run.examples_seen,
+                                         branch_seconds=spent))
+        return answers
+
+    def branch_run(self, run: MemberRun, horizon: Horizon) -> MemberRun:
+        """The member's run of the horizon's length, at its branch point: the run's counts, the
+        evaluations both share, its patience and a twin of its data order."""
+        member = replace(run.member, plan=horizon.plan, schedule=horizon.schedule, reporter=None)
+        branch = MemberRun(member, replace(self.budget, per_trial=horizon.units), self.options, self.device,
+                           branch=True)
+        shared = run.answers.shared(HorizonResult(horizon.units, horizon.end_step), run.result.updates)
+        result = branch.result
+        result.updates, result.examples_seen = run.result.updates, run.result.examples_seen
+        result.history, result.best_value, result.best_step = shared.history, shared.value, shared.best_step
+        branch.order, branch.patience = run.order.twin(), copy.copy(run.patience)
+        return branch
 
     def join(self, active: list[MemberRun], loss_sum: Tensor) -> tuple[list[MemberRun], Tensor]:
         """Fill the free slots with new members from `refill`: their own weights and a fresh
@@ -310,10 +409,16 @@ class FusedTrainer:
         now = time.perf_counter()
         for slot in leaving:
             run = active[slot]
-            run.result.train_seconds = now - run.started - run.result.eval_seconds
+            result = run.result
+            if run.answers is not None and run.answers.finish(result.updates, result.examples_seen,
+                                                              result.stop_reason):
+                result.stop_reason = "pruned"
+            result.train_seconds = now - run.started - result.eval_seconds - (result.horizon_seconds or 0.0)
+            if self.is_branch:
+                continue
             run.member.task.model.load_state_dict(run.best_state or self.model.weights.member(slot))
             if self.on_leave is not None:
-                self.on_leave(run.member, run.result)
+                self.on_leave(run.member, result)
         keep = [slot for slot in range(len(active)) if slot not in leaving]
         if keep:
             self.model.weights.keep(keep)
