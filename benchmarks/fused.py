@@ -19,12 +19,18 @@ each).
     python benchmarks/fused.py --resnet            # and the synthetic-images ResNet at batch 64
     python benchmarks/fused.py --tasks --resnet    # the ResNet alone
     python benchmarks/fused.py --autograd --ks 4 8 16   # and the update without autograd over the same through it
+    python benchmarks/fused.py --device cuda --resnet   # on a GPU (benchmarks/gpu_checks.sh)
+
+On a GPU (`--device cuda`) the unfused settings are `serial` and `--trials-per-gpu N` (`procsN`: N
+processes sharing the GPU, each with its share of the trials), and the fused groups train in one
+process unless `--fused-workers 2`.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import statistics
 import time
 
@@ -40,18 +46,22 @@ from objectives.training.loop import Trainer
 from objectives.training.options import TrainerOptions
 from objectives.training.schedule import Schedule
 
-CPU = torch.device("cpu")
+DEVICE_VARIABLE = "SWEEPS_FUSED_BENCH_DEVICE"  # set by --device; spawned workers read it too
 TASKS = {"digits_mlp": (digits_mlp, {}), "teacher_mnist": (teacher_mlp, {"dim": 784, "n_train": 60000}),
          "resnet_synthetic": (resnet_synthetic, {"n_train": 2048, "n_val": 256})}
 OPTIONS = TrainerOptions(maximize=True)
 OPTIMIZER = MemberOptimizer("sgd", momentum=0.9)
 
 
+def device() -> torch.device:
+    return torch.device(os.environ.get(DEVICE_VARIABLE, "cpu"))
+
+
 def build(task: str, seed: int, batch_size: int) -> Task:
     """As `SweepObjective.make_task` builds a trial's task: the model under the trial's seed."""
     factory, options = TASKS[task]
     torch.random.default_generator.manual_seed(seed)
-    return factory(TrialSettings(batch_size, 0.05, seed, CPU, options=dict(options))).to(CPU)
+    return factory(TrialSettings(batch_size, 0.05, seed, device(), options=dict(options))).to(device())
 
 
 def trial_lr(i: int) -> float:
@@ -111,6 +121,8 @@ def train(task: str, trials: list[int], batch_size: int, budget: Budget, k: int)
         train_alone(task, trials, batch_size, budget)
     else:
         train_fused(task, trials, batch_size, budget, k)
+    if device().type == "cuda":
+        torch.cuda.synchronize()  # the queued kernels are part of the time
 
 
 def warm_up(task: str, batch_size: int, budget: Budget, k: int) -> None:
@@ -156,24 +168,33 @@ def per_hour(n: int, seconds: float) -> float:
     return n * 3600 / seconds
 
 
+def unfused_settings(trials_per_gpu: list[int]) -> dict[str, int]:
+    """The unfused settings and their processes: on the CPU one process of all the cores' threads
+    and `--workers 2`; on a GPU one process and each `--trials-per-gpu N`."""
+    if device().type == "cuda":
+        return {"serial": 1, **{f"procs{n}": n for n in trials_per_gpu}}
+    return {"serial": 1, "workers2": 2}
+
+
 def bench(task: str, batch_size: int, ks: list[int], n: int, budget: Budget, repeats: int,
-          fused_workers: int) -> None:
+          fused_workers: int, trials_per_gpu: list[int]) -> None:
     for k in (0, 1):  # this process's settings: both paths warmed before any clock
         warm_up(task, batch_size, budget, k)
-    settings = {"serial": lambda: seconds(task, n, batch_size, budget, 0, 1),
-                "workers2": lambda: seconds(task, n, batch_size, budget, 0, 2),
+    unfused = unfused_settings(trials_per_gpu)
+    settings = {**{name: (lambda w=w: seconds(task, n, batch_size, budget, 0, w)) for name, w in unfused.items()},
                 **{f"fused{k}": (lambda k=k: seconds(task, n, batch_size, budget, k, fused_workers)) for k in ks}}
     times: dict[str, list[float]] = {name: [] for name in settings}
     for _ in range(repeats):
         for name, run in settings.items():
             times[name].append(run())
     rate = {name: per_hour(n, statistics.median(spent)) for name, spent in times.items()}
-    best = max(rate["serial"], rate["workers2"])
+    best = max(unfused, key=lambda name: rate[name])
     head = f"task={task} batch={batch_size} trials={n} updates={int(budget.per_trial)}"
-    print(f"{head} unfused serial={rate['serial']:.0f}/h workers2={rate['workers2']:.0f}/h", flush=True)
+    print(f"{head} unfused " + " ".join(f"{name}={rate[name]:.0f}/h" for name in unfused) + f" best={best}",
+          flush=True)
     for k in ks:
         print(f"{head} K={k} fused_workers={fused_workers} trials_per_hour={rate[f'fused{k}']:.0f} "
-              f"fused_vs_best_unfused={rate[f'fused{k}'] / best:.2f}", flush=True)
+              f"fused_vs_best_unfused={rate[f'fused{k}'] / rate[best]:.2f}", flush=True)
 
 
 def main() -> None:
@@ -183,8 +204,12 @@ def main() -> None:
     parser.add_argument("--ks", nargs="+", type=int, default=[1, 2, 4, 8, 16])
     parser.add_argument("--trials", type=int, default=32, help="trials per setting (each fused worker gets half)")
     parser.add_argument("--updates", type=int, default=90, help="updates per trial")
-    parser.add_argument("--fused-workers", type=int, default=2, choices=[1, 2],
-                        help="fused groups in this process (1) or in two one-thread processes (2)")
+    parser.add_argument("--fused-workers", type=int, choices=[1, 2],
+                        help="fused groups in this process (1) or in two one-thread processes (2); "
+                             "default 2 on the CPU, 1 on a GPU")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (one GPU)")
+    parser.add_argument("--trials-per-gpu", nargs="+", type=int, default=[2, 4, 8],
+                        help="on a GPU: the unfused settings of N processes sharing it")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--autograd", action="store_true",
                         help="also, in this process, the fused update without autograd over the same through it")
@@ -193,17 +218,22 @@ def main() -> None:
     parser.add_argument("--resnet-trials", type=int, default=4)
     parser.add_argument("--resnet-updates", type=int, default=8)
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    os.environ[DEVICE_VARIABLE] = args.device
+    if args.fused_workers is None:
+        args.fused_workers = 1 if device().type == "cuda" else 2
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device()}", flush=True)
     budget = Budget("updates", args.updates, args.updates // 3)
     for task in args.tasks:
         for batch_size in args.batch_sizes:
-            bench(task, batch_size, args.ks, args.trials, budget, args.repeats, args.fused_workers)
+            bench(task, batch_size, args.ks, args.trials, budget, args.repeats, args.fused_workers,
+                  args.trials_per_gpu)
             if args.autograd:
                 direct_vs_autograd(task, batch_size, args.ks, args.trials, budget, args.repeats)
     if args.resnet:
         ks = [k for k in args.ks if k <= args.resnet_trials // args.fused_workers]
         bench("resnet_synthetic", 64, ks, args.resnet_trials,
-              Budget("updates", args.resnet_updates, args.resnet_updates // 2), args.repeats, args.fused_workers)
+              Budget("updates", args.resnet_updates, args.resnet_updates // 2), args.repeats, args.fused_workers,
+              args.trials_per_gpu)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU figures of the user guide (docs/guide/benchmarks.md): trainer throughput, the probe, an
-# OOM-recovery sweep and memory release over 100 trials. Run on a machine with an NVIDIA GPU: bash benchmarks/gpu_checks.sh
+# The GPU figures of the user guide (docs/guide/benchmarks.md): trainer throughput, horizons and
+# fused training against runs alone, fused trials per hour, the probe, an OOM-recovery sweep and
+# memory release over 100 trials. Run on a machine with an NVIDIA GPU: bash benchmarks/gpu_checks.sh
 set -u
 export PYTHONUNBUFFERED=1
 out=${OUT:-/tmp/gpu_checks}; mkdir -p "$out"
@@ -12,6 +13,10 @@ echo "== trainer benchmark, digits_mlp, batch 64 (launch-bound)"
 python3 benchmarks/trainer.py --task digits_mlp --batch-size 64 --updates 2000 --repeats 3
 echo "== horizons: branch against dedicated run on CUDA, fp32 and bf16 (docs/guide/horizons_and_prediction.md, "On CUDA")"
 python3 benchmarks/horizons_device.py --device cuda --precision fp32 bf16
+echo "== fused: each member against its run alone on CUDA, fp32 and bf16, with and without horizons (docs/guide/fused_training.md)"
+python3 benchmarks/fused_device.py --device cuda --precision fp32 bf16
+echo "== fused: trials per hour against the best --trials-per-gpu setting (issue 26: at least 5 on the MLPs, 2 on the ResNet)"
+python3 benchmarks/fused.py --device cuda --batch-sizes 32 128 --ks 1 4 16 64 --trials 64 --resnet --resnet-trials 16 --resnet-updates 20
 echo "== probe (whole GPU)"
 python3 -m sweeps.probe examples/resnet_gpu.yaml --storage "sqlite:///$work/probe.db" --limit 65536
 echo "== OOM recovery: the same study capped at 4% of GPU memory, no probe"

@@ -248,6 +248,25 @@ def test_with_horizons_each_member_reserves_its_branches_in_the_ledger(tmp_path)
     assert ledger_of("hzfz", target.storage_url).stopped
 
 
+def test_confirm_with_horizons_trains_fused_runs_each_with_its_queued_seed(tmp_path):
+    """`sweeps confirm` on a study with horizons and `objective.fuse: 2`: the companion's runs
+    train as fused groups, each with the configuration and fresh seed it was queued with, and
+    each answers every horizon."""
+    from sweeps import confirm, exits
+    path = write(tmp_path, "hzc", merged(HORIZONS, {"study": {"n_trials": 4}, "objective": {"fuse": 2}}))
+    assert main([path, "--quiet"]) == 0
+    assert confirm.main([path, "--top", "2", "--seeds", "2", "--quiet"]) == exits.OK
+    url = f"sqlite:///{tmp_path}/hzc.db"
+    searched = {t.number: t for t in optuna.load_study(study_name="hzc", storage=url).trials}
+    runs = optuna.load_study(study_name="hzc-confirm", storage=url).get_trials(states=(TrialState.COMPLETE,))
+    assert len(runs) == 4
+    for t in runs:
+        record = TrialRecord.of(t)
+        assert record.seed == record.confirm_seed and t.params == searched[record.confirms_trial].params
+        assert record.fused_size == 2 and record.fused_group
+        assert [h.length for h in horizons_of(record)] == [10, 20, 40] and t.value == horizons_of(record)[-1].value
+
+
 def write(folder, name: str, data: dict) -> str:
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(merged(merged(TINY, data), {"study": {"name": name}})))
