@@ -64,10 +64,16 @@ def assert_horizons_as_alone(fused: TrainResult, solo: TrainResult, n_val: int, 
     assert fused.horizon_seconds > 0 and fused.train_seconds > 0
 
 
-def test_a_group_of_one_answers_every_horizon_as_its_run_alone_exactly():
+def options_with(**settings) -> TrainerOptions:
+    return TrainerOptions(maximize=True, horizons=LENGTHS, **settings)
+
+
+@pytest.mark.parametrize("opts", [options(), options_with(max_micro_batch=6), options_with(precision="bf16")],
+                         ids=["fp32", "micro_batches", "bf16"])
+def test_a_group_of_one_answers_every_horizon_as_its_run_alone_exactly(opts):
     m = member(11, 0.1, final=0.1)
-    (fused,) = FusedTrainer([m], BUDGET, options()).train()
-    solo, solo_weights = alone(m, options())
+    (fused,) = FusedTrainer([m], BUDGET, opts).train()
+    solo, solo_weights = alone(m, opts)
     assert [h.units for h in fused.horizons] == list(LENGTHS)
     assert [counts(h) for h in fused.horizons] == [counts(h) for h in solo.horizons]
     assert [(h.value, h.history) for h in fused.horizons] == [(h.value, h.history) for h in solo.horizons]
@@ -147,3 +153,20 @@ def test_a_refill_answers_its_horizons_as_its_run_alone():
         reporter = (lambda v, s, se: s == 20) if m is first[1] else None
         solo, _ = alone(m, options(lengths), reporter=reporter, budget=budget)
         assert_horizons_as_alone(fused, solo, n_val, examples=1)
+
+
+def test_a_member_diverging_in_its_run_or_in_a_branch_answers_as_alone_and_the_others_go_on():
+    """A member whose LR diverges answers what its run alone answers (the horizons it reached,
+    then the others from its run as it stopped), and the two calm members are unchanged by it."""
+    calm = [member(71, 0.05), member(73, 0.1)]
+    wild = member(72, 5.0)
+    results = FusedTrainer([calm[0], wild, calm[1]], BUDGET, options()).train()
+    solo, _ = alone(wild, options())
+    # here: horizon 30 finished, 55's branch diverged, the run diverged before 80's branch point
+    assert [(h.stop_reason, h.branch_updates > 0) for h in results[1].horizons] == [
+        ("budget", True), ("diverged", True), ("diverged", False), ("diverged", False)]
+    assert [counts(h) for h in results[1].horizons] == [counts(h) for h in solo.horizons]
+    assert (results[1].stop_reason, results[1].updates) == (solo.stop_reason, solo.updates)
+    without = FusedTrainer([member(71, 0.05), member(73, 0.1)], BUDGET, options()).train()
+    for x, y in zip([results[0], results[2]], without):
+        assert [(h.value, h.history) for h in x.horizons] == [(h.value, h.history) for h in y.horizons]
