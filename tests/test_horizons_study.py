@@ -107,11 +107,12 @@ def test_the_ledger_reserves_the_branches_before_a_trial_starts(tmp_path):
     assert ledger_of("hzled", target.storage_url).stopped
 
 
-@pytest.mark.parametrize(("store", "fuse"), [("sqlite", "off"), ("sqlite", 2),
-                                           pytest.param("postgresql", "off", marks=needs_pg),
-                                           pytest.param("postgresql", 2, marks=needs_pg)])
+@pytest.mark.parametrize(("store", "fuse"), [("sqlite", "off"), pytest.param("postgresql", 2, marks=needs_pg)])
 def test_horizons_under_workers_and_across_a_resume(tmp_path, store, fuse):
-    """Each worker fused or not (`objective.fuse: 2`: each worker's group of 2)."""
+    """Each store, and each worker fused or not (`objective.fuse: 2`: each worker's group of 2;
+    the other two pairs cost 40 s of the suite and add no path: fused workers on SQLite and
+    unfused ones on PostgreSQL are tested without horizons in tests/test_fused_sweep.py and
+    tests/test_workers.py)."""
     name = unique("hzw")
     url = PG_URL if store == "postgresql" else f"sqlite:///{tmp_path}/hzw.db"
     path = write(tmp_path, name, merged(HORIZONS, {"pruner": {"name": "successive_halving",

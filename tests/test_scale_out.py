@@ -26,8 +26,8 @@ ONE_HOST = "sweeps run examples/digits.yaml --workers 4"
 EACH_HOST = "sweeps run examples/digits.yaml"
 WORKERS = "sweeps studies examples/digits.yaml --workers"
 TESTED = {ONE_HOST, EACH_HOST, WORKERS, *test_slurm.DOC_COMMANDS}
-# a short study: 8 trials of 12,000 examples each
-SHORT = ["--set", "study.n_trials=8", "--set", "budget.per_trial=12000", "--set", "budget.eval_every=4000"]
+# a short study: 8 trials of 6,000 examples each
+SHORT = ["--set", "study.n_trials=8", "--set", "budget.per_trial=6000", "--set", "budget.eval_every=2000"]
 
 
 def shell_lines(text: str) -> list[str]:
