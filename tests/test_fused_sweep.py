@@ -469,6 +469,28 @@ def test_a_fused_trial_exported_trains_alone_to_its_value_within_the_fused_toler
     assert again.best_value == pytest.approx(best.value, rel=1e-4)
 
 
+def test_a_fused_trials_horizon_exported_trains_alone_to_the_value_it_recorded(tmp_path, capsys):
+    """`sweeps best --export --horizon 20` of a study with horizons and groups of 4: the exported
+    run (that horizon's dedicated run, alone) gives the value its fused member recorded at 20,
+    within the fused tolerance."""
+    from sweeps.best import main as best_main
+    path = write(tmp_path, "hzx", merged(HORIZONS, {"study": {"n_trials": 4}, "objective": {"fuse": 4}}))
+    assert main([path, "--quiet"]) == 0
+    exported = tmp_path / "out" / "h20.yaml"
+    exported.parent.mkdir()
+    assert best_main([path, "--export", str(exported), "--horizon", "20"]) == 0
+    number = int(capsys.readouterr().out.split("trains trial ")[1].split()[0])
+    trial = optuna.load_study(study_name="hzx", storage=f"sqlite:///{tmp_path}/hzx.db").trials[number]
+    recorded = {h.length: h for h in horizons_of(TrialRecord.of(trial))}[20]
+    assert TrialRecord.of(trial).fused_size == 4
+    assert main([str(exported), "--quiet"]) == 0
+    target = target_of(parse_config(yaml.safe_load(exported.read_text()), exported.parent))
+    (again,) = optuna.load_study(study_name=f"hzx-trial{number}-h20", storage=target.storage_url).trials
+    assert again.value == pytest.approx(recorded.value, rel=REL)
+    assert TrialRecord.of(again).updates == recorded.updates
+    assert TrialRecord.of(again).fused_size in (None, 1)  # alone, or a group of one (its run alone exactly)
+
+
 def test_a_task_that_cannot_fuse_alone_is_built_once_for_the_check_under_auto(tmp_path, capsys):
     """An augmenting (or Dataset) task is refused on its first build: the check costs one build."""
     AUGMENTED_BUILDS.clear()
