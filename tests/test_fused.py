@@ -40,7 +40,7 @@ from objectives.training.budget import Budget, plan_trial
 from objectives.training.fused import FusedMember, FusedTrainer, MemberOptimizer, NotFusable, stacked_optimizer
 from objectives.training.fused.batched import stacked_cross_entropy
 from objectives.training.fused.direct import direct_fits
-from objectives.training.fused.model import fuse_models
+from objectives.training.fused.model import LinearStack, fuse_models
 from objectives.training.live import LiveTrial
 from objectives.training.loop import Trainer
 from objectives.training.options import EarlyStopping, TrainerOptions
@@ -411,6 +411,35 @@ def test_a_refill_takes_the_free_slot_and_trains_as_its_solo_run(name):
         assert (fused.updates, fused.stop_reason) == (alone.updates, alone.stop_reason)
         for a, b in zip(weights(model), weights(m.task.model)):
             torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+
+
+def test_only_the_members_due_are_evaluated_when_a_refill_joined_off_the_grid(monkeypatch):
+    """A refill joins at an epoch start (45 updates into digits), off the others' grid of 20: each
+    evaluation then takes only the members due, as a model of their own, and each member's curve
+    is still its solo run's."""
+    evaluated: list[int] = []
+    shared_outputs = LinearStack.shared_outputs
+
+    def counted(self, x):
+        evaluated.append(self.weights.size)
+        return shared_outputs(self, x)
+
+    monkeypatch.setattr(LinearStack, "shared_outputs", counted)
+    budget = Budget("updates", 100, 20)
+    members = [member(91, 0.05, budget=budget, reporter=lambda value, step, se: step == 20),
+               member(92, 0.1, budget=budget)]
+    queue = [member(93, 0.02, budget=budget)]
+    trainer = FusedTrainer(members, budget, OPTIONS, refill=lambda: queue.pop(0) if queue else None)
+    results = trainer.train()
+    assert not queue and results[0].stop_reason == "pruned"
+    # 92 is evaluated at 20 with 91 (both due), then alone at 40 .. 100; 93, joined at update 45,
+    # alone at its 20 .. 100: never a member that is not due
+    assert evaluated == [2] + [1] * 9
+    n_val = len(members[0].task.val[0])
+    for m, fused in zip(trainer.members[1:], results[1:]):
+        alone, _ = solo(m, budget=budget)
+        assert [s for s, _ in fused.history] == [s for s, _ in alone.history]
+        assert [v for _, v in fused.history] == pytest.approx([v for _, v in alone.history], abs=1.01 / n_val)
 
 
 def test_a_member_pruned_at_its_last_planned_evaluation_ends_on_its_plan_as_alone():

@@ -251,12 +251,9 @@ class FusedTrainer:
         copies of their state, and return what each answered; this group is left as it was."""
         started = time.perf_counter()
         twin = copy.copy(self)
-        weights = copy.copy(self.model.weights)
-        weights.keep(slots)  # new tensors: the group's stay as they are
-        twin.model = copy.copy(self.model)
-        twin.model.weights = weights
+        twin.model = self.model_of(slots)
         twin.optimizer = copy.copy(self.optimizer)
-        twin.optimizer.keep(slots, weights.param_list())
+        twin.optimizer.keep(slots, twin.model.weights.param_list())
         twin.orders = GroupOrders()
         twin.runs = [self.branch_run(active[slot], horizon) for slot, horizon in zip(slots, horizons, strict=True)]
         twin.size, twin.refill, twin.on_leave, twin.live = len(slots), None, None, None
@@ -287,6 +284,15 @@ class FusedTrainer:
                                          branch_examples=done.examples_seen - run.examples_seen,
                                          branch_seconds=spent))
         return answers
+
+    def model_of(self, slots: list[int]) -> FusedModel:
+        """The members at `slots` as a model of their own: copies of their slices (`keep` makes
+        new tensors), the group's model left as it is."""
+        weights = copy.copy(self.model.weights)
+        weights.keep(slots)
+        model = copy.copy(self.model)
+        model.weights = weights
+        return model
 
     def branch_run(self, run: MemberRun, horizon: Horizon) -> MemberRun:
         """The member's run of the horizon's length, at its branch point: the run's counts, the
@@ -369,7 +375,7 @@ class FusedTrainer:
     def evaluate_due(self, active: list[MemberRun], due: list[int], loss_sum: Tensor) -> list[int]:
         """Evaluate the members at a grid point; the slots of those that stop."""
         stopping = []
-        values = self.evaluate(active)
+        values = self.evaluate(active, due)
         for slot in due:
             run = active[slot]
             result = run.result
@@ -399,7 +405,7 @@ class FusedTrainer:
             self.live.end()  # the display shows no trial until `show` (the members leaving are recorded now)
         finals = [slot for slot in leaving if active[slot].needs_final_evaluation()]
         if finals:
-            values = self.evaluate(active)
+            values = self.evaluate(active, finals)
             for slot in finals:
                 run = active[slot]
                 reason = run.result.stop_reason
@@ -425,23 +431,26 @@ class FusedTrainer:
             self.optimizer.keep(keep, self.model.weights.param_list())
         return [active[slot] for slot in keep], loss_sum[keep]
 
-    def evaluate(self, active: list[MemberRun]) -> list[float]:
-        """Each active member's metric over the shared validation set, in chunks as `Trainer` takes
-        them; the time is counted in each one's `eval_seconds`."""
+    def evaluate(self, active: list[MemberRun], slots: list[int]) -> dict[int, float]:
+        """The metric over the shared validation set of the members at `slots` (those due), by
+        slot, in chunks as `Trainer` takes them; the time is counted in each one's `eval_seconds`.
+        Members whose grid is elsewhere (a refill joined later) are not evaluated: when only some
+        are due, their slices are evaluated as a model of their own (`model_of`)."""
         started = time.perf_counter()
         x, y = self.val_data
-        sums = torch.zeros(len(active), device=x.device)
-        self.model.eval()
+        model = self.model if len(slots) == len(active) else self.model_of(slots)
+        sums = torch.zeros(len(slots), device=x.device)
+        model.eval()
         with torch.no_grad(), self.autocast:
             for start in range(0, len(x), self.eval_batch_size):
                 xb, yb = x[start : start + self.eval_batch_size], y[start : start + self.eval_batch_size]
-                sums += self.metric(self.model.shared_outputs(xb), yb).float() * len(xb)
-        self.model.train()
+                sums += self.metric(model.shared_outputs(xb), yb).float() * len(xb)
+        model.train()
         values = (sums / len(x)).tolist()
         spent = time.perf_counter() - started
-        for run in active:
-            run.result.eval_seconds += spent
-        return values
+        for slot in slots:
+            active[slot].result.eval_seconds += spent
+        return dict(zip(slots, values, strict=True))
 
 
 def train_fused(members: Sequence[FusedMember], budget: Budget, options: TrainerOptions,
