@@ -49,11 +49,27 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, snapshot: OptimizerSnaps
 
 
 @dataclass(frozen=True)
+class GlobalRng:
+    """The global random generators dropout draws from: the CPU's, and the device's on CUDA."""
+
+    cpu: Tensor
+    cuda: Tensor | None
+
+    @classmethod
+    def take(cls, device: torch.device) -> GlobalRng:
+        return cls(torch.random.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+    def restore(self, device: torch.device) -> None:
+        torch.random.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state(self.cuda, device)
+
+
+@dataclass(frozen=True)
 class RunSnapshot:
     weights: dict[str, Tensor]
     optimizer: OptimizerSnapshot
-    cpu_rng: Tensor
-    cuda_rng: Tensor | None  # the training device's, on CUDA
+    rng: GlobalRng
     augment: Tensor | None  # the augment generator's, when the task augments
     stream: StreamPosition
 
@@ -63,8 +79,7 @@ class RunSnapshot:
         return cls(
             weights={k: v.detach().clone() for k, v in state.model.state_dict().items()},
             optimizer=optimizer_snapshot(state.optimizer),
-            cpu_rng=torch.random.get_rng_state(),
-            cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            rng=GlobalRng.take(device),
             augment=augment.get_state() if augment is not None else None,
             stream=stream.position(),
         )
@@ -73,9 +88,7 @@ class RunSnapshot:
                 device: torch.device) -> None:
         state.model.load_state_dict(self.weights)
         restore_optimizer(state.optimizer, self.optimizer)
-        torch.random.set_rng_state(self.cpu_rng)
-        if self.cuda_rng is not None:
-            torch.cuda.set_rng_state(self.cuda_rng, device)
+        self.rng.restore(device)
         if augment is not None:
             augment.set_state(self.augment)
         stream.seek(self.stream)

@@ -45,6 +45,7 @@ from objectives.training.live import UPDATES, LiveTrial
 from objectives.training.loop import Reporter, TrainResult
 from objectives.training.options import Patience, TrainerOptions
 from objectives.training.schedule import Schedule
+from objectives.training.state import GlobalRng
 from objectives.training.step import autocast_for, halved, micro_batches
 
 
@@ -161,7 +162,6 @@ class FusedTrainer:
         self.join_every = 1 if plan.drop_last or plan.n_train % plan.batch_size == 0 else plan.iterations_per_epoch
         self.clock = 0  # updates since the group's epochs began
         self.branching = bool(options.horizons)  # its members branch their horizons' decays
-        self.is_branch = False  # a group training horizons' branches (`branch`): its members' models are left alone
 
     @property
     def path(self) -> str:
@@ -257,15 +257,12 @@ class FusedTrainer:
         twin.orders = GroupOrders()
         twin.runs = [self.branch_run(active[slot], horizon) for slot, horizon in zip(slots, horizons, strict=True)]
         twin.size, twin.refill, twin.on_leave, twin.live = len(slots), None, None, None
-        twin.branching, twin.is_branch = False, True
-        cuda = self.device.type == "cuda"
-        rng = torch.random.get_rng_state(), torch.cuda.get_rng_state(self.device) if cuda else None
+        twin.branching = False
+        rng = GlobalRng.take(self.device)
         try:
             twin.train()
         finally:  # dropout draws as if no branch had run
-            torch.random.set_rng_state(rng[0])
-            if cuda:
-                torch.cuda.set_rng_state(rng[1], self.device)
+            rng.restore(self.device)
         if twin.accumulation != self.accumulation:  # it halved its micro-batch: so does the group
             self.accumulation = twin.accumulation
             for run in active:
@@ -420,8 +417,8 @@ class FusedTrainer:
                                                               result.stop_reason):
                 result.stop_reason = "pruned"
             result.train_seconds = now - run.started - result.eval_seconds - (result.horizon_seconds or 0.0)
-            if self.is_branch:
-                continue
+            if run.branch:
+                continue  # a horizon's branch: the member's model is its run's, left alone
             run.member.task.model.load_state_dict(run.best_state or self.model.weights.member(slot))
             if self.on_leave is not None:
                 self.on_leave(run.member, result)
