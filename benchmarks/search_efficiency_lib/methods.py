@@ -16,6 +16,7 @@ from objectives.training.coupling import couple
 from sweeps.config.study_file import parse_config
 from sweeps.config.target import target_of
 from sweeps.loop.runner import run_sweep
+from sweeps.search.prior import use_prior
 from sweeps.trial.record import HorizonRecord, aside_consumed, consumed, consumed_to_horizon, cooldown_consumed
 
 from .records import Evaluation, Run, TrialRecord
@@ -195,17 +196,22 @@ def service_sweep(spec: TaskSpec, seed: int, overrides: dict | None = None, crn:
         data["study"]["storage"] = f"sqlite:///{folder}/efficiency.db"
         data["objective"].setdefault("fuse", "off")  # as under the frozen protocol (objective.fuse defaulted to off)
         config = parse_config(data, folder)
+        started_wall, started = time.time(), time.perf_counter()
+        prior = None
         if crn:
             queued = optuna.create_study(storage=data["study"]["storage"], study_name=data["study"]["name"],
                                          direction=data["study"]["direction"])
+            if config.search.lr_range_test is not None:  # measured now, on the study file's n_trials (C's)
+                use_prior(queued, config, spec.full_trials)
+                prior = config.search.measured
             for k in range(start_up_of(config)):
-                queued.enqueue_trial(crn_config(spec, seed, k))
-        started_wall, started = time.time(), time.perf_counter()
+                queued.enqueue_trial(crn_within(crn_config(spec, seed, k), spec, prior))
         n_trials, chunk = 2 * spec.full_trials, 0
         while True:
             study = run_sweep(config, target_of(config, n_trials=n_trials), show_progress=False,
                               worker_index=chunk)
             spent = sum(consumed(t, "examples") for t in study.trials)  # cooldown branches included
+            spent += prior.examples if prior is not None else 0  # the LR range test's training, first
             if crn:
                 spent += spec.eval_charge * sum(evaluations_made(t) for t in study.trials)
             if spent >= spec.total:
@@ -216,7 +222,21 @@ def service_sweep(spec: TaskSpec, seed: int, overrides: dict | None = None, crn:
         wall = time.perf_counter() - started
         decay = config.schedule.decay_fraction if config.schedule.cooldown_evaluations else None
         branched_below = (1.0 - decay) * spec.per_trial if decay is not None else math.inf
-        return records_from_study(study, started_wall, branched_below, details=crn), wall
+        records = records_from_study(study, started_wall, branched_below, details=crn)
+        if prior is not None:  # charged before the first trial: an entry with no evaluation
+            records.insert(0, TrialRecord(prior.examples, [], params={"lr_range_test": prior.to_attrs()},
+                                          started=0.0, ended=0.0, evaluations_made=0))
+        return records, wall
+
+
+def crn_within(params: dict, spec: TaskSpec, prior) -> dict:
+    """A start-up draw in the space the service searches: with a measured LR prior, the base LR at
+    the same quantile (log scale) of the prior's range as of the shared range; the rest as drawn."""
+    if prior is None:
+        return params
+    low, high = spec.lr_range
+    q = math.log(params["base_lr"] / low) / math.log(high / low)
+    return {**params, "base_lr": prior.low * (prior.high / prior.low) ** q}
 
 
 def start_up_of(config) -> int:

@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
@@ -296,6 +296,22 @@ def power_of_two_values(low: int, high: int) -> list[int]:
 
 
 @dataclass
+class LrRangeTestSection:
+    """A measured prior on the LR (sweeps/search/prior.py): an LR range test at three batch sizes,
+    once per study, centres the base-LR search and sets the coupling rule."""
+
+    budget_fraction: float = 0.05  # its cost, at most, as a share of n_trials full trials
+    below: float = 20.0  # the search is centred this factor below the LR of least loss
+    span: float = 100.0  # high / low of the base-LR range searched around that centre
+
+    def validate(self, path: str) -> None:
+        check(0 < self.budget_fraction <= 0.2, join(path, "budget_fraction"),
+              f"must lie in (0, 0.2] (got {self.budget_fraction:g}): the test is a small share of the sweep")
+        check(self.below >= 1, join(path, "below"), f"must be >= 1 (got {self.below:g})")
+        check(self.span > 1, join(path, "span"), f"must be > 1 (got {self.span:g})")
+
+
+@dataclass
 class SearchSection:
     batch_size: IntRange | list[int] | int
     base_lr: FloatRange | list[float] | float
@@ -303,6 +319,10 @@ class SearchSection:
     reference_batch_size: int | None = None  # default: the smallest candidate batch size
     epochs: IntRange | list[int] | int | None = None
     warmup_fraction: FloatRange | float = 0.0
+    lr_range_test: LrRangeTestSection | None = None  # off by default
+    # Not read from the file: the study's measured prior (sweeps/search/prior.py), set when the
+    # study is opened; what the sampler then searches is `prior.searched(self)`.
+    measured: ClassVar[Any] = None
 
     def fill_defaults(self) -> None:
         if self.reference_batch_size is None and self.batch_sizes():
@@ -459,6 +479,8 @@ class SweepConfig:
               "not seconds: a timed trial's schedule follows its clock")
         if self.budget.horizons is not None:
             self.validate_horizons()
+        if self.search.lr_range_test is not None:
+            self.validate_lr_range_test()
         if self.schedule.warmup_updates is not None:
             warm = self.search.warmup_fraction
             check(not isinstance(warm, FloatRange) and warm == 0, "schedule.warmup_updates",
@@ -501,6 +523,17 @@ class SweepConfig:
         check(self.search.epochs is None, path,
               "answer the length, so it is not searched: leave search.epochs out (every trial trains to "
               "budget.per_trial and answers each horizon on the way)")
+
+    def validate_lr_range_test(self) -> None:
+        """What the measured LR prior needs (sweeps/search/prior.py): a range to centre, and a
+        budget that counts, so its cost is a known share of the sweep."""
+        path = "search.lr_range_test"
+        lr = self.search.base_lr
+        check(isinstance(lr, FloatRange) and lr.log and lr.low < lr.high, path,
+              "centres a log-scale range: set search.base_lr to {low, high, log: true}")
+        check(not unit_named(self.budget.unit).timed, path,
+              f"needs a counting budget (updates, examples, epochs or tokens), not {self.budget.unit}: "
+              "its cost is a share of the sweep's budget")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -32,6 +32,7 @@ from sweeps.loop.logs import TrialLog
 from sweeps.loop.progress import Progress
 from sweeps.publish.hooks import DashboardHooks
 from sweeps.results.resume import ChangePolicy, complete_note, keep_search, stored_config
+from sweeps.search.prior import use_prior
 from sweeps.search.strategies import build_pruner, build_sampler
 from sweeps.trial.record import (
     CONFIG_ATTR,
@@ -116,8 +117,6 @@ def open_study(config: SweepConfig, target: SweepTarget, n_train: int,
     )
     if target.confirms and study.user_attrs.get(CONFIRMS_STUDY_ATTR) != target.confirms:
         study.set_user_attr(CONFIRMS_STUDY_ATTR, target.confirms)  # before the ledger: a companion keeps none
-    if seeded:
-        seed_sampler(study, config, seed)
     if study.direction.name.lower() != config.study.direction:
         raise optuna.exceptions.OptunaError(
             f"study {target.study_name!r} in {redact(target.storage_url)} was created to "
@@ -134,6 +133,9 @@ def open_study(config: SweepConfig, target: SweepTarget, n_train: int,
             study.set_user_attr(key, value)
     keep_search(study, config, target, changes, recorded_overrides(overrides))
     open_ledger(study, config)
+    use_prior(study, config, target.n_trials)  # a measured LR prior: before the sampler sees the space
+    if seeded:
+        seed_sampler(study, config, seed)
     return study
 
 

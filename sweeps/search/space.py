@@ -9,6 +9,7 @@ import numpy as np
 import optuna
 
 from sweeps.config.study_file import FloatRange, IntRange, SearchSection
+from sweeps.search.prior import searched
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class Suggestion:
 
 
 def suggest(trial: optuna.Trial, search: SearchSection) -> Suggestion:
+    search = searched(search)  # a measured prior's range and rule (sweeps/search/prior.py)
     return Suggestion(
         batch_size=suggest_batch_size(trial, search.batch_size),
         base_lr=suggest_float(trial, "base_lr", search.base_lr),
@@ -65,6 +67,7 @@ def pick(trial: optuna.Trial, name: str, choices: list):
 
 def grid_space(search: SearchSection, points: int) -> dict[str, list]:
     """The GridSampler's space: the same parameter names, continuous ranges cut into `points`."""
+    search = searched(search)
     space: dict[str, list] = {}
     batch = search.batch_size
     if isinstance(batch, IntRange) and batch.power_of_two:

@@ -1,0 +1,223 @@
+"""A measured prior on the learning rate: an LR range test, once per study, centres the search.
+
+`search.lr_range_test` turns it on (off by default). The test is Smith's (2017, "Cyclical
+learning rates for training neural networks", section 3.3; fastai's `lr_find`): from the model's
+initialisation, train with the LR rising geometrically at every update, from a tenth of the
+searched range's low to ten times its high, and read off the LR at which the smoothed training
+loss was least, `lr_min`. The test stops once the smoothed loss has grown past `DIVERGED` times
+its least, or is not finite.
+
+It runs at three batch sizes: the smallest, the middle and the largest searched. From them:
+
+- **the coupling rule:** the exponent of lr_min(B) ~ B^e, fitted in log-log by least squares, is
+  snapped to the nearest rule: none (0), sqrt (0.5) or linear (1). It replaces the study file's
+  rules;
+- **the centre:** the geometric mean of the three lr_min, each moved to the reference batch size
+  by that rule, divided by `below`. The least-loss LR of a short test from initialisation is well
+  above the best peak LR of a whole run; `below` is that ratio;
+- **the base-LR range:** `span` wide (high / low), log-centred there, inside the study file's
+  range: moved inward, never cut, where it reaches past one end.
+
+The batch sizes searched are unchanged.
+
+**Cost.** Every test trains the same number of updates: the largest count whose examples, over the
+three batch sizes, stay within `budget_fraction` of the study's `n_trials` full trials (a full
+trial counted at the middle batch size), at most `MAX_UPDATES`. A study whose share buys fewer than
+`MIN_UPDATES` is refused (exit 2). The examples it trained are stored with the prior.
+
+**Once per study.** The prior is measured when the study is first opened (before `--workers` start
+their processes), stored on the study (`PRIOR_ATTR`), and read back by every later opener: workers,
+resumes and `sweeps confirm`, so all trials search one space. The measurement uses the trials'
+training step (precision, micro-batches), random batches drawn from the training data with the
+study seed, and the study seed's initialisation; the global RNG is put back afterwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+import torch
+
+from objectives.registry import resolve_task
+from objectives.training.batches import to_device
+from objectives.training.budget import plan_trial
+from objectives.training.coupling import Coupled
+from objectives.training.data import LoaderOptions, make_loader
+from objectives.training.state import GlobalRng
+from objectives.training.step import Step, TrainState, micro_batches
+from sweeps.config.study_file import FloatRange, SearchSection, SweepConfig
+from sweeps.errors import ConfigError
+
+PRIOR_ATTR = "lr_prior"  # study user attribute: MeasuredPrior.to_attrs()
+RULES = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}  # the couplings the fitted exponent snaps to
+WIDENING = 10.0  # the test's LRs run from the range's low / 10 to its high x 10
+SMOOTHING = 0.8  # the smoothed loss: this weight on its past, 1 - this on each update's loss
+DIVERGED = 4.0  # the test stops once the smoothed loss exceeds this multiple of its least
+MIN_UPDATES = 10
+MAX_UPDATES = 200
+
+
+@dataclass(frozen=True)
+class MeasuredPrior:
+    batch_sizes: tuple[int, ...]  # tested
+    lr_min: tuple[float, ...]  # the LR of least smoothed loss at each
+    updates: int  # per batch size
+    examples: int  # trained by the three tests: the prior's cost
+    exponent: float  # fitted, before snapping
+    coupling: str  # the rule it snapped to
+    low: float  # the base-LR range searched
+    high: float
+
+    def to_attrs(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any]) -> MeasuredPrior:
+        return cls(**{**attrs, "batch_sizes": tuple(attrs["batch_sizes"]), "lr_min": tuple(attrs["lr_min"])})
+
+    def line(self, budget_examples: float | None = None) -> str:
+        tests = ", ".join(f"{lr:.3g} at batch {b}" for b, lr in zip(self.batch_sizes, self.lr_min))
+        share = f", {self.examples / budget_examples:.1%} of the budget" if budget_examples else ""
+        return (f"LR range test ({self.updates} updates per batch size, {self.examples} examples{share}): "
+                f"least loss at {tests}; coupling {self.coupling} (fitted exponent {self.exponent:.2f}); "
+                f"base LR searched in [{self.low:.3g}, {self.high:.3g}]")
+
+
+def searched(search: SearchSection) -> SearchSection:
+    """What the sampler searches: the study file's space, or with a measured prior its base-LR
+    range and coupling rule."""
+    prior = search.measured
+    if prior is None:
+        return search
+    return dataclasses.replace(search, base_lr=FloatRange(prior.low, prior.high, log=True), coupling=prior.coupling)
+
+
+def use_prior(study: optuna.Study, config: SweepConfig, n_trials: int) -> None:
+    """Give `config.search` the study's measured prior: the stored one, the one it already holds
+    (a `sweeps confirm` companion carries its main study's), or one measured now and stored."""
+    if config.search.lr_range_test is None:
+        return
+    stored = study.user_attrs.get(PRIOR_ATTR)
+    if stored is not None:
+        config.search.measured = MeasuredPrior.from_attrs(stored)
+        return
+    if config.search.measured is None:
+        prior, budget = measure(config, n_trials)
+        print(prior.line(budget), file=sys.stderr, flush=True)
+        config.search.measured = prior
+    study.set_user_attr(PRIOR_ATTR, config.search.measured.to_attrs())
+
+
+def tested_batch_sizes(search: SearchSection) -> tuple[int, ...]:
+    sizes = sorted(set(search.batch_sizes()))
+    return tuple(sorted({sizes[0], sizes[len(sizes) // 2], sizes[-1]}))
+
+
+def measure(config: SweepConfig, n_trials: int) -> tuple[MeasuredPrior, float]:
+    """The range test at each tested batch size; returns the prior and the budget it is a share
+    of, in examples."""
+    from sweeps.config.plan import budget_of
+    from sweeps.loop.runner import build_reference_task
+    from sweeps.trial.run_one import build_optimizer, resolve_device
+
+    section, search = config.search.lr_range_test, config.search
+    device = resolve_device(config.objective.device, config.objective.gpu_memory_fraction)
+    factory = resolve_task(config.objective.task, config.base_dir)
+    sizes = tested_batch_sizes(search)
+    rng = GlobalRng.take(device)
+    try:
+        torch.random.default_generator.manual_seed(config.study.seed)
+        first = build_reference_task(config, sizes[len(sizes) // 2], device, factory)
+        budget = budget_of(config, first.tokens_per_example)
+        plan = plan_trial(budget, first.n_train, sizes[len(sizes) // 2], None, config.objective.drop_last)
+        study_examples = n_trials * plan.planned_examples
+        updates = min(MAX_UPDATES, int(section.budget_fraction * study_examples // sum(sizes)))
+        if updates < MIN_UPDATES:
+            raise ConfigError("search.lr_range_test.budget_fraction",
+                              f"{section.budget_fraction:g} of {n_trials} trials buys {updates} updates per batch "
+                              f"size, fewer than {MIN_UPDATES}: raise it, or study.n_trials")
+        low, high = search.base_lr.low / WIDENING, search.base_lr.high * WIDENING
+        found = []
+        for b in sizes:
+            torch.random.default_generator.manual_seed(config.study.seed)
+            task = build_reference_task(config, b, device, factory).to(device)
+            optimizer = build_optimizer(config.objective, task.model.parameters(), Coupled(low))
+            step = Step(task, device, precision=config.objective.precision,
+                        accumulation=micro_batches(b, config.objective.max_micro_batch))
+            found.append(range_test(task, step, TrainState(task.model, optimizer), b, updates, low, high,
+                                    config.study.seed, device))
+    finally:
+        rng.restore(device)
+    exponent, rule, centre = fit(sizes, found, search.reference_batch_size)
+    lo, hi = placed(centre / section.below, section.span, search.base_lr.low, search.base_lr.high)
+    prior = MeasuredPrior(sizes, tuple(found), updates, updates * sum(sizes), exponent, rule, lo, hi)
+    return prior, study_examples
+
+
+def range_test(task, step: Step, state: TrainState, batch_size: int, updates: int, low: float, high: float,
+               seed: int, device: torch.device) -> float:
+    """The LR of least smoothed training loss over `updates` updates, the LR rising from `low` to
+    `high` geometrically."""
+    smoothed, least, at = None, math.inf, low
+    for i, batch in zip(range(updates), batches(task, batch_size, seed, device)):
+        lr = low * (high / low) ** (i / max(updates - 1, 1))
+        for group in state.optimizer.param_groups:
+            group["lr"] = lr
+        loss = float(step(state, batch))
+        if not math.isfinite(loss):
+            break
+        smoothed = loss if smoothed is None else SMOOTHING * smoothed + (1 - SMOOTHING) * loss
+        if smoothed < least:
+            least, at = smoothed, lr
+        elif smoothed > DIVERGED * least:
+            break
+    return at
+
+
+def batches(task, batch_size: int, seed: int, device: torch.device):
+    """Random batches of the training data, endlessly: tensors drawn with a generator of the
+    study seed, a Dataset in a seeded shuffled order (loaded in this process)."""
+    train = task.train
+    if isinstance(train, tuple | list):
+        generator = torch.Generator(device=train[0].device).manual_seed(seed)
+        n = len(train[0])
+        while True:
+            idx = torch.randint(0, n, (batch_size,), device=train[0].device, generator=generator)
+            yield to_device(tuple(t[idx] for t in train), device)
+    loader = make_loader(train, batch_size, LoaderOptions(workers=0), device, seed=seed, shuffle=True)
+    while True:
+        for batch in loader:
+            yield to_device(batch, device)
+
+
+def fit(sizes: tuple[int, ...], lrs: list[float], reference: int) -> tuple[float, str, float]:
+    """The fitted exponent of lr ~ B^e, the rule nearest it, and the LR at the reference batch
+    size under that rule (the geometric mean of the tests moved there)."""
+    xs, ys = [math.log(b) for b in sizes], [math.log(lr) for lr in lrs]
+    if len(xs) > 1:
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        exponent = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    else:
+        exponent = 0.0
+    rule = min(RULES, key=lambda name: abs(RULES[name] - exponent))
+    e = RULES[rule]
+    centre = math.exp(sum(y - e * (x - math.log(reference)) for x, y in zip(xs, ys)) / len(xs))
+    return exponent, rule, centre
+
+
+def placed(centre: float, span: float, low: float, high: float) -> tuple[float, float]:
+    """[centre / sqrt(span), centre x sqrt(span)], moved inside [low, high] (the whole of it when
+    it is narrower than `span`)."""
+    if high / low <= span:
+        return low, high
+    lo, hi = centre / math.sqrt(span), centre * math.sqrt(span)
+    if lo < low:
+        return low, low * span
+    if hi > high:
+        return high / span, high
+    return lo, hi
