@@ -50,8 +50,10 @@ from objectives.training.coupling import Coupled
 from objectives.training.data import LoaderOptions, make_loader
 from objectives.training.state import GlobalRng
 from objectives.training.step import Step, TrainState, micro_batches
+from storage.optuna_private import study_storage
 from sweeps.config.study_file import FloatRange, SearchSection, SweepConfig
 from sweeps.errors import ConfigError
+from sweeps.trial.record import CONFIRMS_STUDY_ATTR
 
 PRIOR_ATTR = "lr_prior"  # study user attribute: MeasuredPrior.to_attrs()
 RULES = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}  # the couplings the fitted exponent snaps to
@@ -98,11 +100,14 @@ def searched(search: SearchSection) -> SearchSection:
 
 
 def use_prior(study: optuna.Study, config: SweepConfig, n_trials: int) -> None:
-    """Give `config.search` the study's measured prior: the stored one, the one it already holds
-    (a `sweeps confirm` companion carries its main study's), or one measured now and stored."""
+    """Give `config.search` the study's measured prior: the stored one (a `sweeps confirm`
+    companion's is its main study's), the one it already holds, or one measured now and stored."""
     if config.search.lr_range_test is None:
         return
     stored = study.user_attrs.get(PRIOR_ATTR)
+    main = study.user_attrs.get(CONFIRMS_STUDY_ATTR)
+    if stored is None and main is not None:  # a companion searches nothing: its runs train the main study's
+        stored = optuna.load_study(study_name=main, storage=study_storage(study)).user_attrs.get(PRIOR_ATTR)
     if stored is not None:
         config.search.measured = MeasuredPrior.from_attrs(stored)
         return
@@ -113,7 +118,7 @@ def use_prior(study: optuna.Study, config: SweepConfig, n_trials: int) -> None:
     study.set_user_attr(PRIOR_ATTR, config.search.measured.to_attrs())
 
 
-def tested_batch_sizes(search: SearchSection) -> tuple[int, ...]:
+def sizes_to_test(search: SearchSection) -> tuple[int, ...]:
     sizes = sorted(set(search.batch_sizes()))
     return tuple(sorted({sizes[0], sizes[len(sizes) // 2], sizes[-1]}))
 
@@ -128,7 +133,7 @@ def measure(config: SweepConfig, n_trials: int) -> tuple[MeasuredPrior, float]:
     section, search = config.search.lr_range_test, config.search
     device = resolve_device(config.objective.device, config.objective.gpu_memory_fraction)
     factory = resolve_task(config.objective.task, config.base_dir)
-    sizes = tested_batch_sizes(search)
+    sizes = sizes_to_test(search)
     rng = GlobalRng.take(device)
     try:
         torch.random.default_generator.manual_seed(config.study.seed)

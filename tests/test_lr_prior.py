@@ -1,0 +1,205 @@
+"""The measured LR prior (`search.lr_range_test`, sweeps/search/prior.py): its refusals, the fit
+and placement, a measurement that is repeatable and leaves the global RNG as it found it, and a
+study whose every trial searches the prior's space: alone, under --workers on each store, across a
+resume, fused, with horizons, and in `sweeps confirm`."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from sweeps.config.fingerprint import fingerprint_of
+from sweeps.config.study_file import parse_config
+from sweeps.config.target import target_of
+from sweeps.errors import ConfigError
+from sweeps.loop.runner import run_sweep
+from sweeps.run import main
+from sweeps.search.prior import PRIOR_ATTR, MeasuredPrior, fit, measure, placed, sizes_to_test
+from sweeps.trial.record import TrialRecord
+from tests.conftest import TINY, merged
+from tests.test_ledger import write
+from tests.test_workers import PG_URL, load, needs_pg, start, unique
+
+# A range 1e5 wide, and a prior 10 wide inside it: the narrowing is visible in every trial.
+PRIOR = {"study": {"n_trials": 6},
+         "search": {"batch_size": [8, 16, 32], "base_lr": {"low": 1e-4, "high": 10.0, "log": True},
+                    "coupling": ["none", "linear"],
+                    "lr_range_test": {"budget_fraction": 0.2, "span": 10}}}
+
+
+def error_of(overrides: dict) -> ConfigError:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(merged(merged(TINY, PRIOR), overrides))
+    return caught.value
+
+
+@pytest.mark.parametrize(("overrides", "path", "words"), [
+    ({"search": {"base_lr": 0.01}}, "search.lr_range_test", "centres a log-scale range"),
+    ({"search": {"base_lr": {"low": 0.01, "high": 0.1, "log": False}}}, "search.lr_range_test",
+     "centres a log-scale range"),
+    ({"budget": {"unit": "seconds", "per_trial": 2.0, "eval_every": 0.5}}, "search.lr_range_test",
+     "needs a counting budget"),
+    ({"search": {"lr_range_test": {"budget_fraction": 0.5}}}, "search.lr_range_test.budget_fraction", "(0, 0.2]"),
+    ({"search": {"lr_range_test": {"below": 0.5}}}, "search.lr_range_test.below", ">= 1"),
+    ({"search": {"lr_range_test": {"span": 1}}}, "search.lr_range_test.span", "> 1"),
+    ({"search": {"lr_range_test": {"spam": 1}}}, "search.lr_range_test.spam", "unknown key"),
+])
+def test_what_the_prior_cannot_centre_is_refused_naming_the_key(overrides, path, words):
+    err = error_of(overrides)
+    assert err.path == path and words in str(err), str(err)
+
+
+def test_a_share_too_small_for_the_test_is_exit_2_with_one_line_and_no_trial(tmp_path, capsys):
+    """0.05 of 6 trials of 40 updates at batch 16 buys 3 updates per batch size: refused."""
+    path = write(tmp_path, "small", merged(PRIOR, {"search": {"lr_range_test": {"budget_fraction": 0.05}}}))
+    assert main([path, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "search.lr_range_test.budget_fraction" in err and "study.n_trials" in err
+    study = optuna.load_study(study_name="small", storage=f"sqlite:///{tmp_path}/small.db")
+    assert not study.trials and PRIOR_ATTR not in study.user_attrs
+
+
+def test_the_prior_enters_the_fingerprint_only_when_set():
+    assert not [k for k in fingerprint_of(parse_config(TINY)) if k.startswith("search.lr_range_test")]
+    with_prior = fingerprint_of(parse_config(merged(TINY, PRIOR)))
+    assert with_prior["search.lr_range_test.span"] == 10
+
+
+@pytest.mark.parametrize(("lrs", "rule", "exponent"), [
+    ((0.1, 0.1, 0.1), "none", 0.0),
+    ((0.1, 0.2, 0.8), "linear", 1.0),
+    ((0.1, 0.1 * 2 ** 0.5, 0.1 * 8 ** 0.5), "sqrt", 0.5),
+    ((0.1, 0.13, 0.25), "sqrt", None),  # between: the nearest rule
+])
+def test_the_fitted_exponent_snaps_to_the_nearest_rule_and_the_centre_is_moved_to_the_reference(lrs, rule, exponent):
+    sizes = (16, 32, 128)
+    fitted, got, centre = fit(sizes, list(lrs), 16)
+    assert got == rule
+    if exponent is not None:
+        assert fitted == pytest.approx(exponent)
+        assert centre == pytest.approx(0.1)  # every test moved to batch 16 by the rule: 0.1
+
+
+def test_the_range_is_span_wide_around_the_centre_and_moved_inside_the_file_range():
+    assert placed(0.1, 100, 1e-4, 10) == pytest.approx((0.01, 1.0))
+    assert placed(1e-3, 100, 1e-4, 10) == pytest.approx((1e-4, 1e-2))  # moved up, not cut
+    assert placed(5.0, 100, 1e-4, 10) == pytest.approx((0.1, 10))  # moved down
+    assert placed(0.1, 1000, 0.01, 1) == (0.01, 1)  # the file's range is narrower: all of it
+
+
+def test_the_sizes_to_test_are_the_smallest_the_middle_and_the_largest():
+    config = parse_config(merged(TINY, {"search": {"batch_size": {"low": 16, "high": 512, "log": True,
+                                                                  "power_of_two": True}}}))
+    assert sizes_to_test(config.search) == (16, 128, 512)
+    assert sizes_to_test(parse_config(TINY).search) == (16, 64)
+
+
+def test_the_measurement_repeats_exactly_and_puts_the_global_rng_back(tmp_path):
+    config = parse_config(merged(TINY, PRIOR), tmp_path)
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    first, budget = measure(config, 6)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    second, _ = measure(config, 6)
+    assert first == second
+    # 0.2 x 6 trials x (40 updates x 16 examples) / (8 + 16 + 32) examples per round: 13 updates
+    assert budget == 6 * 40 * 16 and first.updates == 13 and first.examples == 13 * 56
+    assert first.batch_sizes == (8, 16, 32) and first.coupling in ("none", "sqrt", "linear")
+    assert first.high / first.low == pytest.approx(10)
+    assert 1e-4 <= first.low < first.high <= 10
+    assert MeasuredPrior.from_attrs(first.to_attrs()) == first
+
+
+def searched_as_measured(study: optuna.Study, reference: int = 8) -> MeasuredPrior:
+    """Every trial that started sampled in the stored prior's range and trained with its rule
+    (`reference`: the study's reference batch size, its smallest)."""
+    prior = MeasuredPrior.from_attrs(study.user_attrs[PRIOR_ATTR])
+    started = [t for t in study.trials if "base_lr" in t.params]
+    assert started
+    for trial in started:
+        assert prior.low <= trial.params["base_lr"] <= prior.high
+        assert "coupling" not in trial.params  # the rule is the prior's, not searched
+        record = TrialRecord.of(trial)
+        if record.lr is not None:
+            assert record.coupling == prior.coupling
+            scale = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}[prior.coupling]
+            assert record.lr == pytest.approx(trial.params["base_lr"] * (record.batch_size / reference) ** scale)
+    return prior
+
+
+def test_a_sweep_searches_the_prior_measured_once_and_read_back_on_resume(tmp_path, capsys):
+    data = merged(merged(TINY, PRIOR), {"study": {"name": "prior"}})
+    config = parse_config(data, tmp_path)
+    study = run_sweep(config, target_of(config), show_progress=False)
+    assert capsys.readouterr().err.count("LR range test") == 1
+    prior = searched_as_measured(study)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 6
+    again = parse_config(data, tmp_path)  # a resume in a new process: the stored prior, not measured
+    study = run_sweep(again, target_of(again, n_trials=8), show_progress=False)
+    assert "LR range test" not in capsys.readouterr().err
+    assert again.search.measured == prior and searched_as_measured(study) == prior
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 8
+
+
+def test_a_study_started_without_the_prior_refuses_it_on_resume(tmp_path, capsys):
+    path = write(tmp_path, "later", {"study": {"n_trials": 2}})
+    assert main([path, "--quiet"]) == 0
+    path = write(tmp_path, "later", PRIOR)
+    assert main([path, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "search.lr_range_test" in err
+
+
+@pytest.mark.parametrize(("store", "fuse"), [("sqlite", "off"), ("sqlite", 2),
+                                             pytest.param("postgresql", "off", marks=needs_pg)])
+def test_every_worker_searches_the_one_measured_prior(tmp_path, store, fuse):
+    """The parent measures before its workers start; each reads the stored prior. Fused groups
+    (`objective.fuse: 2`) sample their members in it too."""
+    name = unique("prw")
+    url = PG_URL if store == "postgresql" else f"sqlite:///{tmp_path}/prw.db"
+    path = write(tmp_path, name, merged(PRIOR, {"objective": {"fuse": fuse}}), heartbeat_interval=1, grace_period=6)
+    done = start(path, "--workers", "2", storage=url)
+    out, err = done.communicate(timeout=300)
+    assert done.returncode == 0, err
+    assert err.count("LR range test") == 1, err
+    study = load(name, url)
+    searched_as_measured(study)
+    finished = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(finished) == 6 and len({t.user_attrs["worker"] for t in finished}) == 2
+    assert all(bool(TrialRecord.of(t).fused_group) == (fuse != "off") for t in finished)
+
+
+def test_the_prior_with_horizons_and_confirm(tmp_path, capsys):
+    """With horizons every trial answers each length in the prior's space; `sweeps confirm`'s
+    companion trains its runs with the main study's rule, measuring nothing again."""
+    from sweeps import confirm, exits
+    horizons = {"budget": {"unit": "updates", "per_trial": 40, "eval_every": 5, "horizons": [10, "0.5x"]}}
+    path = write(tmp_path, "prh", merged(PRIOR, horizons))
+    assert main([path, "--quiet"]) == 0
+    assert capsys.readouterr().err.count("LR range test") == 1
+    url = f"sqlite:///{tmp_path}/prh.db"
+    prior = searched_as_measured(optuna.load_study(study_name="prh", storage=url))
+    assert confirm.main([path, "--top", "2", "--seeds", "2", "--quiet"]) == exits.OK
+    assert "LR range test" not in capsys.readouterr().err
+    runs = optuna.load_study(study_name="prh-confirm", storage=url).get_trials(states=(TrialState.COMPLETE,))
+    assert len(runs) == 4
+    assert all(TrialRecord.of(t).coupling == prior.coupling for t in runs)
+
+
+def test_a_dataset_task_under_a_tokens_budget_is_measured_from_its_shuffled_order(tmp_path):
+    data = {
+        "study": {"name": "lmp", "metric": "accuracy", "direction": "maximize", "n_trials": 12, "seed": 0},
+        "sampler": {"name": "random"}, "pruner": {"name": "none"},
+        "objective": {"task": "tests.test_datasets:lm_factory", "optimizer": "adam", "loader": {"workers": 0}},
+        "budget": {"unit": "tokens", "per_trial": 6 * 160, "eval_every": 6 * 64},
+        "search": {"batch_size": [4, 8, 16], "base_lr": {"low": 1e-4, "high": 1.0, "log": True},
+                   "lr_range_test": {"budget_fraction": 0.2, "span": 10}},
+    }
+    config = parse_config(data, tmp_path)
+    study = run_sweep(config, target_of(config), show_progress=False)
+    prior = searched_as_measured(study, reference=4)
+    assert prior.updates >= 10 and all(math.isfinite(lr) for lr in prior.lr_min)
