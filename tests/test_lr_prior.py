@@ -47,6 +47,9 @@ def error_of(overrides: dict) -> ConfigError:
     ({"search": {"lr_range_test": {"below": 0.5}}}, "search.lr_range_test.below", ">= 1"),
     ({"search": {"lr_range_test": {"span": 1}}}, "search.lr_range_test.span", "> 1"),
     ({"search": {"lr_range_test": {"spam": 1}}}, "search.lr_range_test.spam", "unknown key"),
+    ({"search": {"lr_range_test": {"batch_sizes": [8]}}}, "search.lr_range_test.batch_sizes", "at least two"),
+    ({"search": {"lr_range_test": {"batch_sizes": [8, 12]}}}, "search.lr_range_test.batch_sizes",
+     "12 is not a searched batch size"),
 ])
 def test_what_the_prior_cannot_centre_is_refused_naming_the_key(overrides, path, words):
     err = error_of(overrides)
@@ -91,11 +94,22 @@ def test_the_range_is_span_wide_around_the_centre_and_moved_inside_the_file_rang
     assert placed(0.1, 1000, 0.01, 1) == (0.01, 1)  # the file's range is narrower: all of it
 
 
-def test_the_sizes_to_test_are_the_smallest_the_middle_and_the_largest():
-    config = parse_config(merged(TINY, {"search": {"batch_size": {"low": 16, "high": 512, "log": True,
-                                                                  "power_of_two": True}}}))
-    assert sizes_to_test(config.search) == (16, 128, 512)
-    assert sizes_to_test(parse_config(TINY).search) == (16, 64)
+def test_the_tested_batch_sizes_are_the_smallest_the_middle_and_the_largest_or_those_named():
+    wide = merged(merged(TINY, PRIOR), {"search": {"batch_size": {"low": 16, "high": 512, "log": True,
+                                                                  "power_of_two": True}}})
+    assert sizes_to_test(parse_config(wide).search) == (16, 128, 512)
+    assert sizes_to_test(parse_config(merged(TINY, PRIOR)).search) == (8, 16, 32)
+    named = merged(wide, {"search": {"lr_range_test": {"batch_sizes": [64, 16]}}})
+    assert sizes_to_test(parse_config(named).search) == (16, 64)
+
+
+def test_named_batch_sizes_cost_their_own_examples_against_the_same_budget(tmp_path):
+    """The budget is n_trials full trials at the middle searched batch size (16), whatever is
+    tested: 0.2 x 6 x 640 examples / (8 + 32) examples per round = 19 updates."""
+    named = merged(merged(TINY, PRIOR), {"search": {"lr_range_test": {"batch_sizes": [8, 32]}}})
+    prior, budget = measure(parse_config(named, tmp_path), 6)
+    assert budget == 6 * 40 * 16 and prior.batch_sizes == (8, 32) and prior.updates == 19
+    assert prior.examples == 19 * 40
 
 
 def test_the_measurement_repeats_exactly_and_puts_the_global_rng_back(tmp_path):

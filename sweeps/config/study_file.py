@@ -303,8 +303,12 @@ class LrRangeTestSection:
     budget_fraction: float = 0.05  # its cost, at most, as a share of n_trials full trials
     below: float = 20.0  # the search is centred this factor below the LR of least loss
     span: float = 100.0  # high / low of the base-LR range searched around that centre
+    batch_sizes: list[int] | None = None  # tested; default the smallest, middle and largest searched
 
     def validate(self, path: str) -> None:
+        if self.batch_sizes is not None:
+            check(len(set(self.batch_sizes)) >= 2, join(path, "batch_sizes"),
+                  "must hold at least two batch sizes, to fit the coupling (or leave it out)")
         check(0 < self.budget_fraction <= 0.2, join(path, "budget_fraction"),
               f"must lie in (0, 0.2] (got {self.budget_fraction:g}): the test is a small share of the sweep")
         check(self.below >= 1, join(path, "below"), f"must be >= 1 (got {self.below:g})")
@@ -534,6 +538,10 @@ class SweepConfig:
         check(not unit_named(self.budget.unit).timed, path,
               f"needs a counting budget (updates, examples, epochs or tokens), not {self.budget.unit}: "
               "its cost is a share of the sweep's budget")
+        tested, searched = self.search.lr_range_test.batch_sizes or [], self.search.batch_sizes()
+        for b in tested:
+            check(b in searched, f"{path}.batch_sizes",
+                  f"{b} is not a searched batch size ({', '.join(map(str, searched))})")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

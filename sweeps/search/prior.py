@@ -7,12 +7,13 @@ searched range's low to ten times its high, and read off the LR at which the smo
 loss was least, `lr_min`. The test stops once the smoothed loss has grown past `DIVERGED` times
 its least, or is not finite.
 
-It runs at three batch sizes: the smallest, the middle and the largest searched. From them:
+It runs at three batch sizes: the smallest, the middle and the largest searched (or those of
+`batch_sizes`, two at least). From them:
 
 - **the coupling rule:** the exponent of lr_min(B) ~ B^e, fitted in log-log by least squares, is
   snapped to the nearest rule: none (0), sqrt (0.5) or linear (1). It replaces the study file's
   rules;
-- **the centre:** the geometric mean of the three lr_min, each moved to the reference batch size
+- **the centre:** the geometric mean of the tests' lr_min, each moved to the reference batch size
   by that rule, divided by `below`. The least-loss LR of a short test from initialisation is well
   above the best peak LR of a whole run; `below` is that ratio;
 - **the base-LR range:** `span` wide (high / low), log-centred there, inside the study file's
@@ -21,7 +22,7 @@ It runs at three batch sizes: the smallest, the middle and the largest searched.
 The batch sizes searched are unchanged.
 
 **Cost.** Every test trains the same number of updates: the largest count whose examples, over the
-three batch sizes, stay within `budget_fraction` of the study's `n_trials` full trials (a full
+tested batch sizes, stay within `budget_fraction` of the study's `n_trials` full trials (a full
 trial counted at the middle batch size), at most `MAX_UPDATES`. A study whose share buys fewer than
 `MIN_UPDATES` is refused (exit 2). The examples it trained are stored with the prior.
 
@@ -119,13 +120,16 @@ def use_prior(study: optuna.Study, config: SweepConfig, n_trials: int) -> None:
 
 
 def sizes_to_test(search: SearchSection) -> tuple[int, ...]:
+    """`lr_range_test.batch_sizes`, or the smallest, middle and largest searched."""
+    if search.lr_range_test is not None and search.lr_range_test.batch_sizes:
+        return tuple(sorted(set(search.lr_range_test.batch_sizes)))
     sizes = sorted(set(search.batch_sizes()))
     return tuple(sorted({sizes[0], sizes[len(sizes) // 2], sizes[-1]}))
 
 
 def measure(config: SweepConfig, n_trials: int) -> tuple[MeasuredPrior, float]:
     """The range test at each tested batch size; returns the prior and the budget it is a share
-    of, in examples."""
+    of, in examples (n_trials full trials at the middle searched batch size)."""
     from sweeps.config.plan import budget_of
     from sweeps.loop.runner import build_reference_task
     from sweeps.trial.run_one import build_optimizer, resolve_device
@@ -137,9 +141,11 @@ def measure(config: SweepConfig, n_trials: int) -> tuple[MeasuredPrior, float]:
     rng = GlobalRng.take(device)
     try:
         torch.random.default_generator.manual_seed(config.study.seed)
-        first = build_reference_task(config, sizes[len(sizes) // 2], device, factory)
+        searched_sizes = sorted(set(search.batch_sizes()))
+        middle = searched_sizes[len(searched_sizes) // 2]
+        first = build_reference_task(config, middle, device, factory)
         budget = budget_of(config, first.tokens_per_example)
-        plan = plan_trial(budget, first.n_train, sizes[len(sizes) // 2], None, config.objective.drop_last)
+        plan = plan_trial(budget, first.n_train, middle, None, config.objective.drop_last)
         study_examples = n_trials * plan.planned_examples
         updates = min(MAX_UPDATES, int(section.budget_fraction * study_examples // sum(sizes)))
         if updates < MIN_UPDATES:
