@@ -18,7 +18,8 @@ from sweeps.config.target import target_of
 from sweeps.errors import ConfigError
 from sweeps.loop.runner import run_sweep
 from sweeps.run import main
-from sweeps.search.prior import PRIOR_ATTR, MeasuredPrior, fit, measure, placed, sizes_to_test
+from sweeps.search.prior import PRIOR_ATTR, MeasuredPrior, fit, placed, sizes_to_test
+from sweeps.trial.lr_range_test import measure
 from sweeps.trial.record import TrialRecord
 from tests.conftest import TINY, merged
 from tests.test_ledger import write

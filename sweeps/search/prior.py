@@ -4,8 +4,8 @@
 learning rates for training neural networks", section 3.3; fastai's `lr_find`): from the model's
 initialisation, train with the LR rising geometrically at every update, from a tenth of the
 searched range's low to ten times its high, and read off the LR at which the smoothed training
-loss was least, `lr_min`. The test stops once the smoothed loss has grown past `DIVERGED` times
-its least, or is not finite.
+loss was least, `lr_min`. The test stops once the smoothed loss has grown past 4 times its least,
+or is not finite. It is measured by `sweeps/trial/lr_range_test.py` (torch, imported only then).
 
 It runs at three batch sizes: the smallest, the middle and the largest searched (or those of
 `batch_sizes`, two at least). From them:
@@ -23,8 +23,8 @@ The batch sizes searched are unchanged.
 
 **Cost.** Every test trains the same number of updates: the largest count whose examples, over the
 tested batch sizes, stay within `budget_fraction` of the study's `n_trials` full trials (a full
-trial counted at the middle batch size), at most `MAX_UPDATES`. A study whose share buys fewer than
-`MIN_UPDATES` is refused (exit 2). The examples it trained are stored with the prior.
+trial counted at the middle batch size), at most 200. A study whose share buys fewer than 10 is
+refused (exit 2). The examples it trained are stored with the prior.
 
 **Once per study.** The prior is measured when the study is first opened (before `--workers` start
 their processes), stored on the study (`PRIOR_ATTR`), and read back by every later opener: workers,
@@ -42,27 +42,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-import torch
 
-from objectives.registry import resolve_task
-from objectives.training.batches import to_device
-from objectives.training.budget import plan_trial
-from objectives.training.coupling import Coupled
-from objectives.training.data import LoaderOptions, make_loader
-from objectives.training.state import GlobalRng
-from objectives.training.step import Step, TrainState, micro_batches
 from storage.optuna_private import study_storage
 from sweeps.config.study_file import FloatRange, SearchSection, SweepConfig
-from sweeps.errors import ConfigError
 from sweeps.trial.record import CONFIRMS_STUDY_ATTR
 
 PRIOR_ATTR = "lr_prior"  # study user attribute: MeasuredPrior.to_attrs()
 RULES = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}  # the couplings the fitted exponent snaps to
-WIDENING = 10.0  # the test's LRs run from the range's low / 10 to its high x 10
-SMOOTHING = 0.8  # the smoothed loss: this weight on its past, 1 - this on each update's loss
-DIVERGED = 4.0  # the test stops once the smoothed loss exceeds this multiple of its least
-MIN_UPDATES = 10
-MAX_UPDATES = 200
 
 
 @dataclass(frozen=True)
@@ -113,6 +99,8 @@ def use_prior(study: optuna.Study, config: SweepConfig, n_trials: int) -> None:
         config.search.measured = MeasuredPrior.from_attrs(stored)
         return
     if config.search.measured is None:
+        from sweeps.trial.lr_range_test import measure  # torch: only where a prior is measured
+
         prior, budget = measure(config, n_trials)
         print(prior.line(budget), file=sys.stderr, flush=True)
         config.search.measured = prior
@@ -125,85 +113,6 @@ def sizes_to_test(search: SearchSection) -> tuple[int, ...]:
         return tuple(sorted(set(search.lr_range_test.batch_sizes)))
     sizes = sorted(set(search.batch_sizes()))
     return tuple(sorted({sizes[0], sizes[len(sizes) // 2], sizes[-1]}))
-
-
-def measure(config: SweepConfig, n_trials: int) -> tuple[MeasuredPrior, float]:
-    """The range test at each tested batch size; returns the prior and the budget it is a share
-    of, in examples (n_trials full trials at the middle searched batch size)."""
-    from sweeps.config.plan import budget_of
-    from sweeps.loop.runner import build_reference_task
-    from sweeps.trial.run_one import build_optimizer, resolve_device
-
-    section, search = config.search.lr_range_test, config.search
-    device = resolve_device(config.objective.device, config.objective.gpu_memory_fraction)
-    factory = resolve_task(config.objective.task, config.base_dir)
-    sizes = sizes_to_test(search)
-    rng = GlobalRng.take(device)
-    try:
-        torch.random.default_generator.manual_seed(config.study.seed)
-        searched_sizes = sorted(set(search.batch_sizes()))
-        middle = searched_sizes[len(searched_sizes) // 2]
-        first = build_reference_task(config, middle, device, factory)
-        budget = budget_of(config, first.tokens_per_example)
-        plan = plan_trial(budget, first.n_train, middle, None, config.objective.drop_last)
-        study_examples = n_trials * plan.planned_examples
-        updates = min(MAX_UPDATES, int(section.budget_fraction * study_examples // sum(sizes)))
-        if updates < MIN_UPDATES:
-            raise ConfigError("search.lr_range_test.budget_fraction",
-                              f"{section.budget_fraction:g} of {n_trials} trials buys {updates} updates per batch "
-                              f"size, fewer than {MIN_UPDATES}: raise it, or study.n_trials")
-        low, high = search.base_lr.low / WIDENING, search.base_lr.high * WIDENING
-        found = []
-        for b in sizes:
-            torch.random.default_generator.manual_seed(config.study.seed)
-            task = build_reference_task(config, b, device, factory).to(device)
-            optimizer = build_optimizer(config.objective, task.model.parameters(), Coupled(low))
-            step = Step(task, device, precision=config.objective.precision,
-                        accumulation=micro_batches(b, config.objective.max_micro_batch))
-            found.append(range_test(task, step, TrainState(task.model, optimizer), b, updates, low, high,
-                                    config.study.seed, device))
-    finally:
-        rng.restore(device)
-    exponent, rule, centre = fit(sizes, found, search.reference_batch_size)
-    lo, hi = placed(centre / section.below, section.span, search.base_lr.low, search.base_lr.high)
-    prior = MeasuredPrior(sizes, tuple(found), updates, updates * sum(sizes), exponent, rule, lo, hi)
-    return prior, study_examples
-
-
-def range_test(task, step: Step, state: TrainState, batch_size: int, updates: int, low: float, high: float,
-               seed: int, device: torch.device) -> float:
-    """The LR of least smoothed training loss over `updates` updates, the LR rising from `low` to
-    `high` geometrically."""
-    smoothed, least, at = None, math.inf, low
-    for i, batch in zip(range(updates), batches(task, batch_size, seed, device)):
-        lr = low * (high / low) ** (i / max(updates - 1, 1))
-        for group in state.optimizer.param_groups:
-            group["lr"] = lr
-        loss = float(step(state, batch))
-        if not math.isfinite(loss):
-            break
-        smoothed = loss if smoothed is None else SMOOTHING * smoothed + (1 - SMOOTHING) * loss
-        if smoothed < least:
-            least, at = smoothed, lr
-        elif smoothed > DIVERGED * least:
-            break
-    return at
-
-
-def batches(task, batch_size: int, seed: int, device: torch.device):
-    """Random batches of the training data, endlessly: tensors drawn with a generator of the
-    study seed, a Dataset in a seeded shuffled order (loaded in this process)."""
-    train = task.train
-    if isinstance(train, tuple | list):
-        generator = torch.Generator(device=train[0].device).manual_seed(seed)
-        n = len(train[0])
-        while True:
-            idx = torch.randint(0, n, (batch_size,), device=train[0].device, generator=generator)
-            yield to_device(tuple(t[idx] for t in train), device)
-    loader = make_loader(train, batch_size, LoaderOptions(workers=0), device, seed=seed, shuffle=True)
-    while True:
-        for batch in loader:
-            yield to_device(batch, device)
 
 
 def fit(sizes: tuple[int, ...], lrs: list[float], reference: int) -> tuple[float, str, float]:
