@@ -218,3 +218,19 @@ def test_a_dataset_task_under_a_tokens_budget_is_measured_from_its_shuffled_orde
     study = run_sweep(config, target_of(config), show_progress=False)
     prior = searched_as_measured(study, reference=4)
     assert prior.updates >= 10 and all(math.isfinite(lr) for lr in prior.lr_min)
+
+
+def test_the_ledger_books_the_trials_and_not_the_prior(tmp_path):
+    """`study.total_budget` of 100 updates holds two trials of 40: the sweep stops there, its prior
+    measured and searched; the range test's examples are not booked (docs/guide/study_file.md)."""
+    from tests.test_ledger import booked, ledger_of
+
+    data = merged(merged(TINY, PRIOR), {"study": {"name": "prl", "total_budget": {"amount": 100, "unit": "updates"}}})
+    config = parse_config(data, tmp_path)
+    target = target_of(config)
+    study = run_sweep(config, target, show_progress=False)
+    searched_as_measured(study)
+    trained = [t for t in study.trials if TrialRecord.of(t).updates is not None]
+    assert len(trained) == 2
+    assert sorted(booked("prl", target.storage_url).values()) == [(40.0, 40.0), (40.0, 40.0)]
+    assert ledger_of("prl", target.storage_url).stopped
