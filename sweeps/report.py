@@ -35,8 +35,9 @@ from sweeps.results.existing import load, open_existing, ran_with
 from sweeps.results.figures import figures_of
 from sweeps.results.noise import disagreement
 from sweeps.results.recommendation import answer, answer_lines, reasoning, recommendation
+from sweeps.search.prior import MeasuredPrior
 from sweeps.text import number, table
-from sweeps.trial.record import PREDICT_STUDY_ATTR, TrialRecord
+from sweeps.trial.record import PREDICT_STUDY_ATTR, PRIOR_ATTR, TrialRecord
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -156,6 +157,11 @@ def summary_json(a: StudyAnalysis, short: dict[str, str], plan: list[dict] | Non
     return out
 
 
+def prior_of(study: optuna.Study) -> MeasuredPrior | None:
+    stored = study.user_attrs.get(PRIOR_ATTR)
+    return None if stored is None else MeasuredPrior.from_attrs(stored)
+
+
 def tokens_per_example_of(a: StudyAnalysis) -> int | None:
     for t in a.complete:
         tokens = TrialRecord.of(t).tokens_per_example
@@ -208,6 +214,9 @@ def report(args: argparse.Namespace) -> int:
     print()
     for line in summary_lines(a):
         print(line)
+    prior = prior_of(study)  # search.lr_range_test: what the search was centred on
+    if prior is not None:
+        print(f"searched with a measured prior: {prior.line()}")
     horizons = horizon_lines(a)
     if horizons:
         print("\n" + "\n".join(horizons))
@@ -231,7 +240,10 @@ def report(args: argparse.Namespace) -> int:
     summary += f"<pre>{html.escape(chr(10).join(confirmed))}</pre>" if confirmed else ""
     write_html(out / "report.html", a, figures, summary)
     pngs = write_pngs(out, a, plan)
-    (out / "summary.json").write_text(json.dumps(summary_json(a, short, plan), indent=2, default=str))
+    document = summary_json(a, short, plan)
+    if prior is not None:
+        document["lr_prior"] = prior.to_attrs()
+    (out / "summary.json").write_text(json.dumps(document, indent=2, default=str))
     print(f"\nwrote {out / 'report.html'}, {len(pngs)} PNG figures and summary.json to {out}")
     return 0
 

@@ -5,6 +5,7 @@ resume, fused, with horizons, and in `sweeps confirm`."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import optuna
@@ -18,9 +19,9 @@ from sweeps.config.target import target_of
 from sweeps.errors import ConfigError
 from sweeps.loop.runner import run_sweep
 from sweeps.run import main
-from sweeps.search.prior import PRIOR_ATTR, MeasuredPrior, fit, placed, sizes_to_test
+from sweeps.search.prior import MeasuredPrior, fit, placed, sizes_to_test
 from sweeps.trial.lr_range_test import measure
-from sweeps.trial.record import TrialRecord
+from sweeps.trial.record import PRIOR_ATTR, TrialRecord
 from tests.conftest import TINY, merged
 from tests.test_ledger import write
 from tests.test_workers import PG_URL, load, needs_pg, start, unique
@@ -203,6 +204,11 @@ def test_the_prior_with_horizons_and_confirm(tmp_path, capsys):
     runs = optuna.load_study(study_name="prh-confirm", storage=url).get_trials(states=(TrialState.COMPLETE,))
     assert len(runs) == 4
     assert all(TrialRecord.of(t).coupling == prior.coupling for t in runs)
+    from sweeps import report
+    out = tmp_path / "report"
+    assert report.main([path, "--out", str(out)]) == exits.OK
+    assert f"searched with a measured prior: {prior.line()}" in capsys.readouterr().out
+    assert MeasuredPrior.from_attrs(json.loads((out / "summary.json").read_text())["lr_prior"]) == prior
 
 
 def test_a_dataset_task_under_a_tokens_budget_is_measured_from_its_shuffled_order(tmp_path):

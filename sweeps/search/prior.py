@@ -45,9 +45,8 @@ import optuna
 
 from storage.optuna_private import study_storage
 from sweeps.config.study_file import FloatRange, SearchSection, SweepConfig
-from sweeps.trial.record import CONFIRMS_STUDY_ATTR
+from sweeps.trial.record import CONFIRMS_STUDY_ATTR, PRIOR_ATTR
 
-PRIOR_ATTR = "lr_prior"  # study user attribute: MeasuredPrior.to_attrs()
 RULES = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}  # the couplings the fitted exponent snaps to
 
 

@@ -377,6 +377,7 @@ CONFIG_ATTR = "config"  # the validated study file, `--set` applied, study.name 
 OVERRIDES_ATTR = "overrides"  # the --set arguments that made it (a store URL's password hidden)
 # `sweeps probe`: the largest micro-batch that fits, {device model: size}, and what it measured
 PROBED_MICRO_BATCH_ATTR = "probed_micro_batch"
+PRIOR_ATTR = "lr_prior"  # search.lr_range_test's measured prior (sweeps/search/prior.py: MeasuredPrior)
 PROBE_ATTR = "probe"  # {device, device_model, largest_fit, limit, tried: [[micro batch, fits, examples/s]]}
 FINGERPRINT_ATTR = "fingerprint"  # sweeps.config.fingerprint: {key path: value}
 FINGERPRINT_HISTORY_ATTR = "fingerprint_history"  # [{"at": ISO time, "changes": ["key: old -> new"]}]
