@@ -55,7 +55,7 @@ class MeasuredPrior:
     batch_sizes: tuple[int, ...]  # tested
     lr_min: tuple[float, ...]  # the LR of least smoothed loss at each
     updates: int  # per batch size
-    examples: int  # trained by the three tests: the prior's cost
+    examples: int  # trained by the tests: the prior's cost
     exponent: float  # fitted, before snapping
     coupling: str  # the rule it snapped to
     low: float  # the base-LR range searched
