@@ -170,11 +170,11 @@ def test_a_study_started_without_the_prior_refuses_it_on_resume(tmp_path, capsys
     assert "search.lr_range_test" in err
 
 
-@pytest.mark.parametrize(("store", "fuse"), [("sqlite", "off"), ("sqlite", 2),
-                                             pytest.param("postgresql", "off", marks=needs_pg)])
+@pytest.mark.parametrize(("store", "fuse"), [("sqlite", 2), pytest.param("postgresql", "off", marks=needs_pg)])
 def test_every_worker_searches_the_one_measured_prior(tmp_path, store, fuse):
     """The parent measures before its workers start; each reads the stored prior. Fused groups
-    (`objective.fuse: 2`) sample their members in it too."""
+    (`objective.fuse: 2`) sample their members in it too. Each store once and each mode once (the
+    prior is read in `open_study`, before either store or mode matters; 9 s a pair)."""
     name = unique("prw")
     url = PG_URL if store == "postgresql" else f"sqlite:///{tmp_path}/prw.db"
     path = write(tmp_path, name, merged(PRIOR, {"objective": {"fuse": fuse}}), heartbeat_interval=1, grace_period=6)
