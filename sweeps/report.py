@@ -35,9 +35,9 @@ from sweeps.results.existing import load, open_existing, ran_with
 from sweeps.results.figures import figures_of
 from sweeps.results.noise import disagreement
 from sweeps.results.recommendation import answer, answer_lines, reasoning, recommendation
-from sweeps.search.prior import MeasuredPrior
+from sweeps.search.prior import stored_prior
 from sweeps.text import number, table
-from sweeps.trial.record import PREDICT_STUDY_ATTR, PRIOR_ATTR, TrialRecord
+from sweeps.trial.record import PREDICT_STUDY_ATTR, TrialRecord
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -157,11 +157,6 @@ def summary_json(a: StudyAnalysis, short: dict[str, str], plan: list[dict] | Non
     return out
 
 
-def prior_of(study: optuna.Study) -> MeasuredPrior | None:
-    stored = study.user_attrs.get(PRIOR_ATTR)
-    return None if stored is None else MeasuredPrior.from_attrs(stored)
-
-
 def tokens_per_example_of(a: StudyAnalysis) -> int | None:
     for t in a.complete:
         tokens = TrialRecord.of(t).tokens_per_example
@@ -214,7 +209,7 @@ def report(args: argparse.Namespace) -> int:
     print()
     for line in summary_lines(a):
         print(line)
-    prior = prior_of(study)  # search.lr_range_test: what the search was centred on
+    prior = stored_prior(study)  # search.lr_range_test: what the search was centred on
     if prior is not None:
         print(f"searched with a measured prior: {prior.line()}")
     horizons = horizon_lines(a)

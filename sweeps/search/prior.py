@@ -85,17 +85,23 @@ def searched(search: SearchSection) -> SearchSection:
     return dataclasses.replace(search, base_lr=FloatRange(prior.low, prior.high, log=True), coupling=prior.coupling)
 
 
+def stored_prior(study: optuna.Study) -> MeasuredPrior | None:
+    """The prior a study measured, if it has one."""
+    stored = study.user_attrs.get(PRIOR_ATTR)
+    return None if stored is None else MeasuredPrior.from_attrs(stored)
+
+
 def use_prior(study: optuna.Study, config: SweepConfig, n_trials: int) -> None:
     """Give `config.search` the study's measured prior: the stored one (a `sweeps confirm`
     companion's is its main study's), the one it already holds, or one measured now and stored."""
     if config.search.lr_range_test is None:
         return
-    stored = study.user_attrs.get(PRIOR_ATTR)
+    stored = stored_prior(study)
     main = study.user_attrs.get(CONFIRMS_STUDY_ATTR)
     if stored is None and main is not None:  # a companion searches nothing: its runs train the main study's
-        stored = optuna.load_study(study_name=main, storage=study_storage(study)).user_attrs.get(PRIOR_ATTR)
+        stored = stored_prior(optuna.load_study(study_name=main, storage=study_storage(study)))
     if stored is not None:
-        config.search.measured = MeasuredPrior.from_attrs(stored)
+        config.search.measured = stored
         return
     if config.search.measured is None:
         from sweeps.trial.lr_range_test import measure  # torch: only where a prior is measured

@@ -54,7 +54,7 @@ def measure(config: SweepConfig, n_trials: int) -> tuple[MeasuredPrior, float]:
     try:
         searched_sizes = sorted(set(search.batch_sizes()))
         middle = searched_sizes[len(searched_sizes) // 2]
-        first = built(config, factory, middle, device)
+        first = built(config, factory, sizes[0], device)  # its N and tokens per example count the budget
         budget = budget_of(config, first.tokens_per_example)
         plan = plan_trial(budget, first.n_train, middle, None, config.objective.drop_last)
         study_examples = n_trials * plan.planned_examples
@@ -66,7 +66,7 @@ def measure(config: SweepConfig, n_trials: int) -> tuple[MeasuredPrior, float]:
         low, high = search.base_lr.low / WIDENING, search.base_lr.high * WIDENING
         found = []
         for b in sizes:
-            task = built(config, factory, b, device)
+            task = first if b == sizes[0] else built(config, factory, b, device)
             optimizer = build_optimizer(config.objective, task.model.parameters(), Coupled(low))
             step = Step(task, device, precision=config.objective.precision,
                         accumulation=micro_batches(b, config.objective.max_micro_batch))
