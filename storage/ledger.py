@@ -45,6 +45,7 @@ LEDGER = Table(
     Column("settled_at", DateTime),
 )
 ATTEMPTS = 50
+RANGE_TEST_ID = -1  # the row of the study's LR range test (search.lr_range_test): no trial has a negative id
 SLACK = 1e-9  # relative: a trial that exactly fills the budget fits despite float sums
 
 
@@ -198,6 +199,19 @@ def settle(engine: sqlalchemy.engine.Engine, study_id: int, trial_id: int, cost:
     with engine.begin() as connection:
         connection.execute(update(LEDGER).where(LEDGER.c.study_id == study_id, LEDGER.c.trial_id == trial_id)
                            .values(spent=float(cost), settled_at=now()))
+
+
+def book_spent(engine: sqlalchemy.engine.Engine, study_id: int, trial_id: int, cost: float,
+               started: datetime.datetime) -> bool:
+    """Book compute already spent outside a trial (the LR range test, `RANGE_TEST_ID`) as a settled
+    row: reserved and spent alike, from `started` to now. False when that row exists (booked once)."""
+    try:
+        with engine.begin() as connection:
+            connection.execute(insert(LEDGER).values(study_id=study_id, trial_id=trial_id, reserved=float(cost),
+                                                     spent=float(cost), reserved_at=started, settled_at=now()))
+        return True
+    except IntegrityError:
+        return False
 
 
 def mark_stopped(engine: sqlalchemy.engine.Engine, study_id: int) -> None:

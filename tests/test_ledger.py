@@ -63,13 +63,14 @@ def wait_for_reservation(name: str, url: str, timeout: float = 60) -> None:
 
 
 def booked(name: str, url: str) -> dict[int, tuple[float, float | None]]:
-    """trial number -> (reserved, spent) for every trial the ledger booked."""
+    """trial number -> (reserved, spent) for every trial the ledger booked (a row of no trial, as
+    the LR range test's, by its id)."""
     study = load(name, url)
     numbers = {t._trial_id: t.number for t in study.trials}
     with engine(url).connect() as connection:
         rows = connection.execute(sqlalchemy.select(ledger.LEDGER).where(
             ledger.LEDGER.c.study_id == study._study_id)).all()
-    return {numbers[r.trial_id]: (r.reserved, r.spent) for r in rows}
+    return {numbers.get(r.trial_id, r.trial_id): (r.reserved, r.spent) for r in rows}
 
 
 def assert_books_balance(name: str, url: str, amount: float) -> optuna.Study:

@@ -13,6 +13,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+from sweeps import exits
 from sweeps.config.fingerprint import fingerprint_of
 from sweeps.config.study_file import parse_config
 from sweeps.config.target import target_of
@@ -226,17 +227,59 @@ def test_a_dataset_task_under_a_tokens_budget_is_measured_from_its_shuffled_orde
     assert prior.updates >= 10 and all(math.isfinite(lr) for lr in prior.lr_min)
 
 
-def test_the_ledger_books_the_trials_and_not_the_prior(tmp_path):
-    """`study.total_budget` of 100 updates holds two trials of 40: the sweep stops there, its prior
-    measured and searched; the range test's examples are not booked (docs/guide/study_file.md)."""
+def test_the_ledger_books_the_prior_once_then_the_trials(tmp_path):
+    """`study.total_budget` of 100 updates: the range test's 3 x 13 updates are booked first, as
+    the ledger's own row, so one trial of 40 fits and the next does not; a resume books nothing
+    more (docs/guide/study_file.md)."""
+    from storage.ledger import RANGE_TEST_ID
     from tests.test_ledger import booked, ledger_of
 
     data = merged(merged(TINY, PRIOR), {"study": {"name": "prl", "total_budget": {"amount": 100, "unit": "updates"}}})
     config = parse_config(data, tmp_path)
     target = target_of(config)
     study = run_sweep(config, target, show_progress=False)
-    searched_as_measured(study)
+    prior = searched_as_measured(study)
+    assert prior.updates == 13 and prior.seconds > 0
     trained = [t for t in study.trials if TrialRecord.of(t).updates is not None]
-    assert len(trained) == 2
-    assert sorted(booked("prl", target.storage_url).values()) == [(40.0, 40.0), (40.0, 40.0)]
-    assert ledger_of("prl", target.storage_url).stopped
+    assert len(trained) == 1
+    assert booked("prl", target.storage_url) == {RANGE_TEST_ID: (39.0, 39.0), 0: (40.0, 40.0)}
+    state = ledger_of("prl", target.storage_url)
+    assert state.stopped and state.spent == 79.0
+    run_sweep(parse_config(data, tmp_path), target, show_progress=False)  # resumed: the stored prior, booked once
+    assert booked("prl", target.storage_url)[RANGE_TEST_ID] == (39.0, 39.0)
+
+
+@pytest.mark.parametrize(("budget", "unit"), [
+    ({"unit": "examples", "per_trial": 640, "eval_every": 160}, "examples"),
+    ({"unit": "epochs", "per_trial": 3, "eval_every": 1}, "epochs"),
+    ({}, "seconds"),
+])
+def test_the_prior_is_booked_in_the_totals_unit(tmp_path, budget, unit):
+    """Its examples, its epochs of the 256 training examples, or its wall time under a time total."""
+    from storage.ledger import RANGE_TEST_ID
+    from tests.test_ledger import booked
+
+    data = merged(merged(TINY, PRIOR), {"study": {"name": "pru", "total_budget": {"amount": 1e6, "unit": unit}},
+                                        "budget": budget})
+    config = parse_config(data, tmp_path)
+    target = target_of(config)
+    study = run_sweep(config, target, show_progress=False)
+    prior = searched_as_measured(study)
+    cost = {"examples": prior.examples, "epochs": prior.examples / 256, "seconds": prior.seconds}[unit]
+    assert prior.n_train == 256 and cost > 0
+    assert booked("pru", target.storage_url)[RANGE_TEST_ID] == (pytest.approx(cost), pytest.approx(cost))
+
+
+def test_a_total_that_cannot_hold_the_prior_is_exit_2_before_any_test_trains(tmp_path, capsys):
+    """39 updates of tests against a total of 30: refused naming the key, nothing measured or booked."""
+    from tests.test_ledger import booked
+
+    path = write(tmp_path, "prx", PRIOR, total_budget={"amount": 30, "unit": "updates"})
+    assert main([path, "--quiet"]) == exits.USAGE
+    err = capsys.readouterr().err
+    assert "search.lr_range_test" in err and "39 updates, more than the 30 left of study.total_budget" in err, err
+    assert "LR range test (" not in err
+    url = f"sqlite:///{tmp_path}/prx.db"
+    study = optuna.load_study(study_name="prx", storage=url)
+    assert PRIOR_ATTR not in study.user_attrs and not study.trials
+    assert booked("prx", url) == {}

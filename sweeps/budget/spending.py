@@ -107,8 +107,12 @@ class Spending:
 
     def actual(self, attrs: Mapping[str, Any]) -> float:
         """What a trial cost, from the attributes it recorded (0 for one that never trained)."""
-        unit = self.total.unit
-        if unit in TIME_UNITS:
-            seconds = CLOCK.consumed(attrs) + aside_consumed(attrs, CLOCK.name)
-            return seconds / TIME_UNITS[unit]
-        return unit_named(unit).consumed(attrs) + aside_consumed(attrs, unit)
+        return cost_in(self.total.unit, attrs)
+
+
+def cost_in(unit: str, attrs: Mapping[str, Any]) -> float:
+    """What a trial (or the LR range test) cost in a total's unit, from its recorded attributes."""
+    if unit in TIME_UNITS:
+        seconds = CLOCK.consumed(attrs) + aside_consumed(attrs, CLOCK.name)
+        return seconds / TIME_UNITS[unit]
+    return unit_named(unit).consumed(attrs) + aside_consumed(attrs, unit)

@@ -21,6 +21,7 @@ from storage.optuna_private import engine_of, study_id_of, study_storage
 from storage.snapshot import SnapshotStorage
 from storage.workers import register_worker
 from sweeps.budget.ledger_view import line_of, no_ledger
+from sweeps.budget.prior_books import prior_books
 from sweeps.budget.spending import Spending
 from sweeps.config.plan import budget_of, check_plan
 from sweeps.config.study_file import SweepConfig
@@ -133,7 +134,7 @@ def open_study(config: SweepConfig, target: SweepTarget, n_train: int,
             study.set_user_attr(key, value)
     keep_search(study, config, target, changes, recorded_overrides(overrides))
     open_ledger(study, config)
-    use_prior(study, config, target.n_trials)  # a measured LR prior: before the sampler sees the space
+    use_prior(study, config, target.n_trials, prior_books(study, config))  # before the sampler sees the space
     if seeded:
         seed_sampler(study, config, seed)
     return study

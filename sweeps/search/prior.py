@@ -39,7 +39,7 @@ import dataclasses
 import math
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import optuna
 
@@ -60,6 +60,9 @@ class MeasuredPrior:
     coupling: str  # the rule it snapped to
     low: float  # the base-LR range searched
     high: float
+    n_train: int = 0  # the training set's examples and tokens per example, for the prior's cost in any unit
+    tokens_per_example: float | None = None
+    seconds: float = dataclasses.field(default=0.0, compare=False)  # the tests' wall time (not what they measured)
 
     def to_attrs(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -91,9 +94,20 @@ def stored_prior(study: optuna.Study) -> MeasuredPrior | None:
     return None if stored is None else MeasuredPrior.from_attrs(stored)
 
 
-def use_prior(study: optuna.Study, config: SweepConfig, n_trials: int) -> None:
+class PriorBooks(Protocol):
+    """The study's ledger, for a prior measured now (sweeps/budget/prior_books.py)."""
+
+    def check(self, planned: MeasuredPrior) -> None:
+        """Before the tests: ConfigError when what is left of `study.total_budget` cannot hold them."""
+
+    def book(self, prior: MeasuredPrior) -> None:
+        """After them: their cost, booked once."""
+
+
+def use_prior(study: optuna.Study, config: SweepConfig, n_trials: int, books: PriorBooks | None = None) -> None:
     """Give `config.search` the study's measured prior: the stored one (a `sweeps confirm`
-    companion's is its main study's), the one it already holds, or one measured now and stored."""
+    companion's is its main study's), the one it already holds, or one measured now, booked in
+    `books` (the ledger of a study with a total budget) and stored."""
     if config.search.lr_range_test is None:
         return
     stored = stored_prior(study)
@@ -106,7 +120,9 @@ def use_prior(study: optuna.Study, config: SweepConfig, n_trials: int) -> None:
     if config.search.measured is None:
         from sweeps.trial.lr_range_test import measure  # torch: only where a prior is measured
 
-        prior, budget = measure(config, n_trials)
+        prior, budget = measure(config, n_trials, None if books is None else books.check)
+        if books is not None:
+            books.book(prior)
         print(prior.line(budget), file=sys.stderr, flush=True)
         config.search.measured = prior
     study.set_user_attr(PRIOR_ATTR, config.search.measured.to_attrs())

@@ -9,7 +9,10 @@ LR at which the smoothed loss was least is that batch size's `lr_min`. The globa
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
+from collections.abc import Callable
 
 import torch
 
@@ -43,9 +46,11 @@ def built(config: SweepConfig, factory, batch_size: int, device: torch.device) -
     return build_task(factory, settings).to(device)
 
 
-def measure(config: SweepConfig, n_trials: int) -> tuple[MeasuredPrior, float]:
+def measure(config: SweepConfig, n_trials: int,
+            check: Callable[[MeasuredPrior], None] | None = None) -> tuple[MeasuredPrior, float]:
     """The range test at each tested batch size; returns the prior and the budget it is a share
-    of, in examples (n_trials full trials at the middle searched batch size)."""
+    of, in examples (n_trials full trials at the middle searched batch size). `check` sees the
+    prior's cost before any test trains (its LRs not yet measured), and may refuse it."""
     section, search = config.search.lr_range_test, config.search
     device = resolve_device(config.objective.device, config.objective.gpu_memory_fraction)
     factory = resolve_task(config.objective.task, config.base_dir)
@@ -63,7 +68,12 @@ def measure(config: SweepConfig, n_trials: int) -> tuple[MeasuredPrior, float]:
             raise ConfigError("search.lr_range_test.budget_fraction",
                               f"{section.budget_fraction:g} of {n_trials} trials buys {updates} updates per batch "
                               f"size, fewer than {MIN_UPDATES}: raise it, or study.n_trials")
+        planned = MeasuredPrior(sizes, (), updates, updates * sum(sizes), math.nan, "", math.nan, math.nan,
+                                n_train=first.n_train, tokens_per_example=first.tokens_per_example)
+        if check is not None:
+            check(planned)
         low, high = search.base_lr.low / WIDENING, search.base_lr.high * WIDENING
+        started = time.perf_counter()
         found = []
         for b in sizes:
             task = first if b == sizes[0] else built(config, factory, b, device)
@@ -72,11 +82,13 @@ def measure(config: SweepConfig, n_trials: int) -> tuple[MeasuredPrior, float]:
                         accumulation=micro_batches(b, config.objective.max_micro_batch))
             found.append(range_test(task, step, TrainState(task.model, optimizer), b, updates, low, high,
                                     config.study.seed, device))
+        seconds = time.perf_counter() - started
     finally:
         rng.restore(device)
     exponent, rule, centre = fit(sizes, found, search.reference_batch_size)
     lo, hi = placed(centre / section.below, section.span, search.base_lr.low, search.base_lr.high)
-    prior = MeasuredPrior(sizes, tuple(found), updates, updates * sum(sizes), exponent, rule, lo, hi)
+    prior = dataclasses.replace(planned, lr_min=tuple(found), exponent=exponent, coupling=rule, low=lo, high=hi,
+                                seconds=round(seconds, 3))
     return prior, study_examples
 
 
