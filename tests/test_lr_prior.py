@@ -175,10 +175,15 @@ def test_a_study_started_without_the_prior_refuses_it_on_resume(tmp_path, capsys
 def test_every_worker_searches_the_one_measured_prior(tmp_path, store, fuse):
     """The parent measures before its workers start; each reads the stored prior. Fused groups
     (`objective.fuse: 2`) sample their members in it too. Each store once and each mode once (the
-    prior is read in `open_study`, before either store or mode matters; 9 s a pair)."""
+    prior is read in `open_study`, before either store or mode matters; 9 s a pair). Under a total
+    budget the ledger books the tests once, beside each trial."""
+    from storage.ledger import RANGE_TEST_ID
+    from tests.test_ledger import booked
+
     name = unique("prw")
     url = PG_URL if store == "postgresql" else f"sqlite:///{tmp_path}/prw.db"
-    path = write(tmp_path, name, merged(PRIOR, {"objective": {"fuse": fuse}}), heartbeat_interval=1, grace_period=6)
+    path = write(tmp_path, name, merged(PRIOR, {"objective": {"fuse": fuse}}), heartbeat_interval=1, grace_period=6,
+                 total_budget={"amount": 1000, "unit": "updates"})
     done = start(path, "--workers", "2", storage=url)
     out, err = done.communicate(timeout=300)
     assert done.returncode == 0, err
@@ -188,6 +193,7 @@ def test_every_worker_searches_the_one_measured_prior(tmp_path, store, fuse):
     finished = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(finished) == 6 and len({t.user_attrs["worker"] for t in finished}) == 2
     assert all(bool(TrialRecord.of(t).fused_group) == (fuse != "off") for t in finished)
+    assert booked(name, url) == {RANGE_TEST_ID: (39.0, 39.0), **{t.number: (40.0, 40.0) for t in finished}}
 
 
 def test_the_prior_with_horizons_and_confirm(tmp_path, capsys):
