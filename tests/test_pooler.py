@@ -109,6 +109,25 @@ def worker_numbers(name: str) -> list[tuple[int, int]]:
             select(WORKERS.c.number, WORKERS.c.pid).where(WORKERS.c.study_id == study_id))]
 
 
+def wait_until_every_worker_trains(name: str, timeout: float) -> None:
+    """Until each registered worker holds an open reservation: a trial booked when it starts
+    training, one per worker at a time (a trial asked ahead books nothing), so a worker registered
+    by then is mid-trial, however loaded the machine."""
+    study_id = load(name, PG_URL)._study_id
+    eng = sqlalchemy.create_engine(PG_URL, poolclass=NullPool)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            with eng.connect() as connection:
+                registered = len(connection.execute(select(WORKERS.c.pid).where(WORKERS.c.study_id == study_id)).all())
+            if len(ledger.open_trials(eng, study_id)) >= registered:
+                return
+            time.sleep(0.05)
+    finally:
+        eng.dispose()
+    raise AssertionError("the workers never all trained at once")
+
+
 def ledger_of(name: str) -> ledger.LedgerState | None:
     eng = sqlalchemy.create_engine(PG_URL, poolclass=NullPool)
     try:
@@ -167,7 +186,7 @@ def test_eight_workers_through_pgbouncer_one_killed(tmp_path, pooler):
             nonlocal victim
             victim = wait_for_children(parent, 8, timeout=120)[5]
             wait_for_registered(victim, name, PG_URL, timeout=300)
-            time.sleep(1.5)  # it asks for its first trial as it registers, and trains it for 2 s
+            wait_until_every_worker_trains(name, timeout=300)  # the victim too: it dies mid-trial
             os.kill(victim, signal.SIGKILL)
 
         out, err = finish_after(parent, kill_one)
