@@ -39,6 +39,18 @@ TINY = {
 }
 
 
+# The longest files first. `--dist loadfile` hands whole files to the two workers in collection
+# order, each taking the next as it frees up: a long file collected last (test_workers.py, by its
+# name) ran alone at the end while the other worker idled. Longest first, the short files fill in.
+LONGEST_FIRST = ("test_compose_up.py", "test_workers.py", "test_slurm.py", "test_pooler.py", "test_horizons_study.py",
+                 "test_scale_out.py", "test_dashboard.py", "test_lr_prior.py", "test_progress.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order
+
+
 def merged(base: dict, overrides: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in overrides.items():
