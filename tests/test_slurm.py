@@ -198,6 +198,30 @@ def test_submission_hands_sbatch_the_script_and_the_store_in_its_environment(tmp
                            "Invalid partition name\n")
 
 
+@pytest.mark.skipif(not PG_URL, reason="set SWEEPS_TEST_POSTGRES_URL to run PostgreSQL tests")
+def test_the_submitter_measures_and_books_the_lr_prior_before_any_task_runs(tmp_path, capsys, monkeypatch,
+                                                                            study_name):
+    """`search.lr_range_test` under a total budget: `sweeps slurm` measures the prior once, stores it
+    and books its examples in the ledger before sbatch; the array's tasks then read it (open_study,
+    as `--workers`' do, tests/test_lr_prior.py)."""
+    from storage import ledger
+    from sweeps.search.prior import stored_prior
+    from tests.conftest import engine
+
+    path = fake_sbatch(tmp_path, "cat > /dev/null; echo 4711")
+    done = dry_run(tmp_path, DOC_SUBMIT, "--study-name", study_name,
+                   "--set", "search.lr_range_test={batch_sizes: [16, 64]}",
+                   "--set", "study.total_budget={amount: 3.0e6, unit: examples}",
+                   storage=PG_URL, capsys=capsys, monkeypatch=monkeypatch, path=path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("LR range test (") == 1, done.stderr
+    study = optuna.load_study(study_name=study_name, storage=PG_URL)
+    prior = stored_prior(study)
+    assert prior is not None and prior.batch_sizes == (16, 64) and not study.trials
+    state = ledger.read(engine(PG_URL), study._study_id)
+    assert state.spent == state.settled == prior.examples == 200 * (16 + 64) and state.open == 0
+
+
 def test_slurm_times():
     assert [slurm.slurm_seconds(t) for t in ("30", "5:30", "4:00:00", "1-0", "1-02:03", "1-02:03:04")] == [
         1800, 330, 14400, 86400, 86400 + 7200 + 180, 86400 + 7200 + 180 + 4]
