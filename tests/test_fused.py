@@ -374,6 +374,27 @@ def test_stacked_optimizers_update_each_member_as_torch_optim(name, k):
             assert all(torch.equal(p[row].detach(), q.detach()) for p, q in zip(optimizer.params, singles[i]))
 
 
+def test_each_members_value_standard_errors_are_its_solo_runs():
+    """measure.value_se fuses: a group of one records its solo run's standard errors exactly; in a
+    group of three each member's are its solo run's, within what one validation example moves
+    sqrt(p (1 - p) / n) (at most 1 / n), and its pruner sees each one."""
+    options = TrainerOptions(maximize=True, measure_value_se=True)
+    m = member(11, 0.1)
+    (one,) = FusedTrainer([m], BUDGET, options).train()
+    alone, _ = solo(m, options=options)
+    assert one.value_se_curve == alone.value_se_curve and len(alone.value_se_curve) == 3
+    seen: list[list] = [[], [], []]
+    members = [member(31 + i, lr, reporter=lambda v, step, se, i=i: seen[i].append((step, se)) and False)
+               for i, lr in enumerate((0.05, 0.2, 0.1))]
+    n_val = len(members[0].task.val[0])
+    for i, (m, fused) in enumerate(zip(members, FusedTrainer(members, BUDGET, options).train())):
+        alone, _ = solo(m, options=options)
+        assert [s for s, _ in fused.value_se_curve] == [s for s, _ in alone.value_se_curve]
+        assert [se for _, se in fused.value_se_curve] == pytest.approx([se for _, se in alone.value_se_curve],
+                                                                      abs=1.01 / n_val)
+        assert seen[i] == fused.value_se_curve and all(0 < se < 0.05 for _, se in seen[i])
+
+
 def test_what_cannot_fuse_says_why():
     other = member(72, 0.1, options={"hidden": 64})
     with pytest.raises(NotFusable, match="architectures differ: member 1 differs from member 0 in parameter '0.bias'"):
@@ -384,6 +405,8 @@ def test_what_cannot_fuse_says_why():
         FusedTrainer([member(73, 0.1, factory=digits_golden)], BUDGET, OPTIONS)
     with pytest.raises(NotFusable, match="timed"):
         FusedTrainer([member(71, 0.1)], Budget("seconds", 1.0, 0.5), OPTIONS)
+    with pytest.raises(NotFusable, match=r"measure.value_se \(or pruner.noise_margin\) with budget.horizons"):
+        FusedTrainer([member(71, 0.1)], BUDGET, TrainerOptions(maximize=True, measure_value_se=True, horizons=(20,)))
     with pytest.raises(NotFusable, match="bmm path"):
         FusedTrainer([member(74, 0.1, factory=digits_cnn)], BUDGET, OPTIONS, path="bmm")
 

@@ -267,6 +267,22 @@ def test_confirm_with_horizons_trains_fused_runs_each_with_its_queued_seed(tmp_p
         assert [h.length for h in horizons_of(record)] == [10, 20, 40] and t.value == horizons_of(record)[-1].value
 
 
+def test_standard_errors_fuse_each_members_its_own_and_noise_margin_fuses(tmp_path):
+    """measure.value_se in a fused sweep: each trial records the standard errors of its replay
+    alone; with pruner.noise_margin (which measures them) the study fuses and prunes on them."""
+    data = {"study": {"n_trials": 4}, "objective": {"fuse": 2}, "measure": {"value_se": True}}
+    finished = sweep(tmp_path / "fused", data).get_trials(states=FINISHED)
+    assert len(finished) == 4 and all(TrialRecord.of(t).fused_size == 2 for t in finished)
+    alone = replay_alone(tmp_path / "alone", data, finished)
+    for t in finished:
+        fused, solo = TrialRecord.of(t).value_se_curve, TrialRecord.of(alone[t.number]).value_se_curve
+        assert fused and [s for s, _ in fused] == [s for s, _ in solo]
+        assert [se for _, se in fused] == pytest.approx([se for _, se in solo], rel=REL)
+    margin = {"study": {"n_trials": 6}, "objective": {"fuse": 2}, "pruner": {"name": "median", "noise_margin": 1}}
+    finished = sweep(tmp_path / "margin", margin, name="margin").get_trials(states=FINISHED)
+    assert len(finished) == 6 and all(TrialRecord.of(t).fused_group and TrialRecord.of(t).value_se for t in finished)
+
+
 def write(folder, name: str, data: dict) -> str:
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(merged(merged(TINY, data), {"study": {"name": name}})))

@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from objectives.task import Task
+from objectives.task import Task, per_example_metric
 from objectives.training.budget import Budget, TrialPlan, eval_points
 from objectives.training.fused.batched import member_losses, member_metrics
 from objectives.training.fused.direct import direct_fits, member_gradients
@@ -87,12 +87,16 @@ class MemberRun:
             self.reporter = None  # the pruner sees finished horizons only
             self.result.horizons, self.result.horizon_seconds = self.answers.results, 0.0
 
-    def report(self, step: int, value: float, weights: Callable[[], dict[str, Tensor]]) -> bool:
-        """`Trainer.evaluate_and_report` for this member (`weights()` copies its slice); True: it stops."""
+    def report(self, step: int, value: float, weights: Callable[[], dict[str, Tensor]],
+               se: float | None = None) -> bool:
+        """`Trainer.evaluate_and_report` for this member (`weights()` copies its slice; `se`: the
+        evaluation's standard error, when measured); True: it stops."""
         result = self.result
         result.history.append((step, value))
+        if result.value_se_curve is not None:
+            result.value_se_curve.append((step, se))  # as `hooks.ValueStandardError` records it
         if self.answers is not None:
-            self.answers.evaluated(result.updates, step, value, None)
+            self.answers.evaluated(result.updates, step, value, se)
         if not math.isfinite(value):
             result.stop_reason = "diverged"
             return True
@@ -101,7 +105,7 @@ class MemberRun:
             if not self.branch:
                 self.best_state = weights()
         reporter = self.reporter
-        if reporter is not None and reporter(value, step, None):
+        if reporter is not None and reporter(value, step, se):
             result.stop_reason = "pruned"
             return True
         if self.patience.exhausted(value):
@@ -147,6 +151,9 @@ class FusedTrainer:
         self.autocast = autocast_for(self.device, options.precision)
         self.loss = member_losses(first.loss, first.train[1])
         self.metric = member_metrics(first.metric, first.val[1])
+        # with measure.value_se, each member's per-example values too (`Trainer`'s standard error)
+        per_example = per_example_metric(first) if options.measure_value_se else None
+        self.per_example = None if per_example is None else torch.vmap(per_example, in_dims=(0, None))
         self.direct = direct_fits(self.model, self.loss, options.precision)  # updates without autograd
         self.accumulation = micro_batches(members[0].plan.batch_size, options.max_micro_batch)  # as `Step`'s
         self.orders = GroupOrders()
@@ -362,6 +369,8 @@ class FusedTrainer:
 
     def new_run(self, member: FusedMember) -> MemberRun:
         run = MemberRun(member, self.budget, self.options, self.device)
+        if self.per_example is not None:
+            run.result.value_se_curve = []
         self.record_accumulation(run)
         return run
 
@@ -383,7 +392,8 @@ class FusedTrainer:
                 continue
             loss_sum[slot] = 0.0
             run.losses = 0
-            if run.report(run.points[result.updates], values[slot], self.weights_of(slot)):
+            value, se = values[slot]
+            if run.report(run.points[result.updates], value, self.weights_of(slot), se):
                 if result.updates == run.plan.planned_updates and result.stop_reason in ("pruned", "early_stopping"):
                     result.stop_reason = run.plan.stop_reason  # `Trainer`: over anyway, it ends on its plan
                 stopping.append(slot)
@@ -406,7 +416,8 @@ class FusedTrainer:
             for slot in finals:
                 run = active[slot]
                 reason = run.result.stop_reason
-                run.report(run.end_step(), values[slot], self.weights_of(slot))
+                value, se = values[slot]
+                run.report(run.end_step(), value, self.weights_of(slot), se)
                 if run.result.stop_reason in ("pruned", "early_stopping"):
                     run.result.stop_reason = reason  # the run was over anyway
         now = time.perf_counter()
@@ -428,26 +439,37 @@ class FusedTrainer:
             self.optimizer.keep(keep, self.model.weights.param_list())
         return [active[slot] for slot in keep], loss_sum[keep]
 
-    def evaluate(self, active: list[MemberRun], slots: list[int]) -> dict[int, float]:
-        """The metric over the shared validation set of the members at `slots` (those due), by
-        slot, in chunks as `Trainer` takes them; the time is counted in each one's `eval_seconds`.
+    def evaluate(self, active: list[MemberRun], slots: list[int]) -> dict[int, tuple[float, float | None]]:
+        """The metric over the shared validation set of the members at `slots` (those due), and its
+        standard error when measured (as `Trainer.mean_and_se`), by slot, in chunks as `Trainer`
+        takes them; the time is counted in each one's `eval_seconds`.
         Members whose grid is elsewhere (a refill joined later) are not evaluated: when only some
         are due, their slices are evaluated as a model of their own (`model_of`)."""
         started = time.perf_counter()
         x, y = self.val_data
         model = self.model if len(slots) == len(active) else self.model_of(slots)
         sums = torch.zeros(len(slots), device=x.device)
+        moments = None if self.per_example is None else torch.zeros(2, len(slots), device=x.device)
         model.eval()
         with torch.no_grad(), self.autocast:
             for start in range(0, len(x), self.eval_batch_size):
                 xb, yb = x[start : start + self.eval_batch_size], y[start : start + self.eval_batch_size]
-                sums += self.metric(model.shared_outputs(xb), yb).float() * len(xb)
+                outputs = model.shared_outputs(xb)
+                sums += self.metric(outputs, yb).float() * len(xb)
+                if moments is not None:  # each member's per-example sum and sum of squares
+                    each = self.per_example(outputs, yb).float()
+                    moments[0] += each.sum(1)
+                    moments[1] += (each * each).sum(1)
         model.train()
         values = (sums / len(x)).tolist()
+        ses: list[float | None] = [None] * len(slots)
+        if moments is not None:
+            first, second = (moments / len(x)).tolist()
+            ses = [math.sqrt(max(0.0, m2 - m1 * m1) / len(x)) for m1, m2 in zip(first, second, strict=True)]
         spent = time.perf_counter() - started
         for slot in slots:
             active[slot].result.eval_seconds += spent
-        return dict(zip(slots, values, strict=True))
+        return dict(zip(slots, zip(values, ses, strict=True), strict=True))
 
 
 def train_fused(members: Sequence[FusedMember], budget: Budget, options: TrainerOptions,
