@@ -405,8 +405,6 @@ def test_what_cannot_fuse_says_why():
         FusedTrainer([member(73, 0.1, factory=digits_golden)], BUDGET, OPTIONS)
     with pytest.raises(NotFusable, match="timed"):
         FusedTrainer([member(71, 0.1)], Budget("seconds", 1.0, 0.5), OPTIONS)
-    with pytest.raises(NotFusable, match=r"measure.value_se \(or pruner.noise_margin\) with budget.horizons"):
-        FusedTrainer([member(71, 0.1)], BUDGET, TrainerOptions(maximize=True, measure_value_se=True, horizons=(20,)))
     with pytest.raises(NotFusable, match="bmm path"):
         FusedTrainer([member(74, 0.1, factory=digits_cnn)], BUDGET, OPTIONS, path="bmm")
 

@@ -101,6 +101,26 @@ def test_members_with_their_own_warmups_branch_where_their_runs_alone_branch(opt
     assert len(branch_points) > 1  # the members did branch at different updates
 
 
+def test_each_horizon_carries_its_best_evaluations_standard_error_as_alone():
+    """measure.value_se with horizons: a group of one answers each horizon with its run alone's
+    standard error exactly (a branch's own best, or a shared evaluation's); three members theirs
+    within what one validation example moves it."""
+    opts = options_with(measure_value_se=True)
+    m = member(11, 0.1, final=0.1)
+    (fused,) = FusedTrainer([m], BUDGET, opts).train()
+    solo, _ = alone(m, opts)
+    assert [(h.value, h.best_step, h.value_se) for h in fused.horizons] == \
+        [(h.value, h.best_step, h.value_se) for h in solo.horizons]
+    assert all(h.value_se is not None and h.value_se > 0 for h in fused.horizons)
+    assert fused.value_se_curve == solo.value_se_curve
+    members = [member(21 + i, lr) for i, lr in enumerate((0.05, 0.2, 0.1))]
+    n_val = len(members[0].task.val[0])
+    for m, fused in zip(members, FusedTrainer(members, BUDGET, opts).train()):
+        solo, _ = alone(m, opts)
+        assert [h.value_se for h in fused.horizons] == pytest.approx([h.value_se for h in solo.horizons],
+                                                                   abs=1.01 / n_val)
+
+
 def test_branches_leave_the_group_as_it_was():
     """The members' own runs with horizons are bit for bit the same group's runs without them."""
     with_horizons = [member(31 + i, lr) for i, lr in enumerate((0.05, 0.2, 0.1))]

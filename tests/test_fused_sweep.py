@@ -269,7 +269,8 @@ def test_confirm_with_horizons_trains_fused_runs_each_with_its_queued_seed(tmp_p
 
 def test_standard_errors_fuse_each_members_its_own_and_noise_margin_fuses(tmp_path):
     """measure.value_se in a fused sweep: each trial records the standard errors of its replay
-    alone; with pruner.noise_margin (which measures them) the study fuses and prunes on them."""
+    alone; with pruner.noise_margin (which measures them) the study fuses and prunes on them, with
+    horizons too."""
     data = {"study": {"n_trials": 4}, "objective": {"fuse": 2}, "measure": {"value_se": True}}
     finished = sweep(tmp_path / "fused", data).get_trials(states=FINISHED)
     assert len(finished) == 4 and all(TrialRecord.of(t).fused_size == 2 for t in finished)
@@ -281,6 +282,10 @@ def test_standard_errors_fuse_each_members_its_own_and_noise_margin_fuses(tmp_pa
     margin = {"study": {"n_trials": 6}, "objective": {"fuse": 2}, "pruner": {"name": "median", "noise_margin": 1}}
     finished = sweep(tmp_path / "margin", margin, name="margin").get_trials(states=FINISHED)
     assert len(finished) == 6 and all(TrialRecord.of(t).fused_group and TrialRecord.of(t).value_se for t in finished)
+    # with horizons too: each finished horizon carries its best evaluation's standard error
+    finished = sweep(tmp_path / "hz", merged(HORIZONS, margin), name="hz").get_trials(states=FINISHED)
+    assert len(finished) == 6 and all(TrialRecord.of(t).fused_group for t in finished)
+    assert all(h.value_se > 0 for t in finished for h in horizons_of(TrialRecord.of(t)))
 
 
 def write(folder, name: str, data: dict) -> str:

@@ -32,8 +32,6 @@ def options_refusal(options: TrainerOptions, budget: Budget) -> str | None:
     if budget.timed:
         return f"a {budget.unit} budget is timed per trial"
     for on, name in ((options.measure_noise, "measure.noise_scale"),
-                     (options.measure_value_se and bool(options.horizons),
-                      "measure.value_se (or pruner.noise_margin) with budget.horizons"),
                      (options.cooldown_fraction is not None, "schedule.cooldown_evaluations")):
         if on:
             return f"{name} is not measured in a fused group"

@@ -78,6 +78,7 @@ class MemberRun:
         self.order = MemberOrder(member.plan, torch.Generator(device=device).manual_seed(member.seed))
         self.patience = Patience(options.early_stopping, self.sign)
         self.best_state: dict[str, Tensor] | None = None
+        self.best_se: float | None = None  # the best evaluation's standard error, when measured
         self.losses = 0  # updates since the last evaluation
         self.started = 0.0  # when it joined the group (perf_counter)
         self.reporter, self.answers = member.reporter, None
@@ -101,7 +102,7 @@ class MemberRun:
             result.stop_reason = "diverged"
             return True
         if result.best_value is None or self.sign * (value - result.best_value) > 0:
-            result.best_value, result.best_step = value, step
+            result.best_value, result.best_step, self.best_se = value, step, se
             if not self.branch:
                 self.best_state = weights()
         reporter = self.reporter
@@ -282,7 +283,7 @@ class FusedTrainer:
             spent = elapsed - done.eval_seconds
             run.horizon_seconds += spent
             answers.append(HorizonResult(horizon.units, horizon.end_step, value=done.best_value,
-                                         best_step=done.best_step, updates=done.updates,
+                                         best_step=done.best_step, value_se=branch.best_se, updates=done.updates,
                                          examples=done.examples_seen, stop_reason=done.stop_reason,
                                          history=done.history, branch_updates=done.updates - run.updates,
                                          branch_examples=done.examples_seen - run.examples_seen,
@@ -309,6 +310,7 @@ class FusedTrainer:
         result.updates, result.examples_seen = run.result.updates, run.result.examples_seen
         result.history, result.best_value, result.best_step = shared.history, shared.value, shared.best_step
         branch.order, branch.patience = run.order.twin(), copy.copy(run.patience)
+        branch.best_se = shared.value_se
         return branch
 
     def join(self, active: list[MemberRun], loss_sum: Tensor) -> tuple[list[MemberRun], Tensor]:
