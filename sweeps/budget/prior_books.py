@@ -2,7 +2,7 @@
 
 The tests train before the first trial, on the study's compute: the ledger books them once, as a
 settled row of their own (`storage.ledger.RANGE_TEST_ID`), so the trials start with what is left
-after them and `sweeps studies` and `sweeps report` count them as spent. Their cost is what they
+after them, and `sweeps studies` and the progress line count them as spent. Their cost is what they
 planned: every test's updates at its batch size (a test that stops at a diverging loss is charged
 in full), in the total's unit (examples, updates, epochs of the training set, tokens, or their wall
 time under a time total). A total that cannot hold that cost is refused before any test trains.
@@ -72,4 +72,3 @@ def prior_books(study: optuna.Study, config: SweepConfig) -> LedgerPriorBooks | 
     if engine is None:
         return None
     return LedgerPriorBooks(engine, study_id_of(study), total)
-
