@@ -395,6 +395,28 @@ def test_each_members_value_standard_errors_are_its_solo_runs():
         assert seen[i] == fused.value_se_curve and all(0 < se < 0.05 for _, se in seen[i])
 
 
+def test_each_members_noise_scale_is_its_solo_runs():
+    """measure.noise_scale fuses: on a measured update the group's batch is split as a run alone
+    splits it, and each member measures B_simple from its own slices of the micro-batches'
+    gradients. A group of one trains and measures as its solo run exactly; in a group of three
+    each member's curve is its solo run's within float rounding of the same measurement, and its
+    evaluations within one validation example."""
+    options = TrainerOptions(maximize=True, measure_noise=True)
+    m = member(11, 0.1)
+    (one,) = FusedTrainer([m], BUDGET, options).train()
+    alone, _ = solo(m, options=options)
+    assert one.noise_scale_curve == alone.noise_scale_curve and len(alone.noise_scale_curve) == 3
+    assert one.history == alone.history
+    members = [member(31 + i, lr) for i, lr in enumerate((0.05, 0.2, 0.1))]
+    results = FusedTrainer(members, BUDGET, options).train()
+    assert_each_as_alone(members, results, examples=1, atol=1e-4, options=options)
+    for m, fused in zip(members, results):
+        alone, _ = solo(m, options=options)
+        assert [s for s, _ in fused.noise_scale_curve] == [s for s, _ in alone.noise_scale_curve]
+        assert [b for _, b in fused.noise_scale_curve] == pytest.approx([b for _, b in alone.noise_scale_curve],
+                                                                       rel=1e-3)
+
+
 def test_what_cannot_fuse_says_why():
     other = member(72, 0.1, options={"hidden": 64})
     with pytest.raises(NotFusable, match="architectures differ: member 1 differs from member 0 in parameter '0.bias'"):
@@ -405,6 +427,8 @@ def test_what_cannot_fuse_says_why():
         FusedTrainer([member(73, 0.1, factory=digits_golden)], BUDGET, OPTIONS)
     with pytest.raises(NotFusable, match="timed"):
         FusedTrainer([member(71, 0.1)], Budget("seconds", 1.0, 0.5), OPTIONS)
+    with pytest.raises(NotFusable, match="measure.noise_scale with budget.horizons"):
+        FusedTrainer([member(71, 0.1)], BUDGET, TrainerOptions(maximize=True, measure_noise=True, horizons=(20, 60)))
     with pytest.raises(NotFusable, match="bmm path"):
         FusedTrainer([member(74, 0.1, factory=digits_cnn)], BUDGET, OPTIONS, path="bmm")
 

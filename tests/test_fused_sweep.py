@@ -267,10 +267,10 @@ def test_confirm_with_horizons_trains_fused_runs_each_with_its_queued_seed(tmp_p
         assert [h.length for h in horizons_of(record)] == [10, 20, 40] and t.value == horizons_of(record)[-1].value
 
 
-def test_standard_errors_fuse_each_members_its_own_and_noise_margin_fuses(tmp_path):
+def test_standard_errors_and_noise_scales_fuse_each_member_its_own(tmp_path):
     """measure.value_se in a fused sweep: each trial records the standard errors of its replay
     alone; with pruner.noise_margin (which measures them) the study fuses and prunes on them, with
-    horizons too."""
+    horizons too; measure.noise_scale fuses, each member measuring its own."""
     data = {"study": {"n_trials": 4}, "objective": {"fuse": 2}, "measure": {"value_se": True}}
     finished = sweep(tmp_path / "fused", data).get_trials(states=FINISHED)
     assert len(finished) == 4 and all(TrialRecord.of(t).fused_size == 2 for t in finished)
@@ -282,6 +282,11 @@ def test_standard_errors_fuse_each_members_its_own_and_noise_margin_fuses(tmp_pa
     margin = {"study": {"n_trials": 6}, "objective": {"fuse": 2}, "pruner": {"name": "median", "noise_margin": 1}}
     finished = sweep(tmp_path / "margin", margin, name="margin").get_trials(states=FINISHED)
     assert len(finished) == 6 and all(TrialRecord.of(t).fused_group and TrialRecord.of(t).value_se for t in finished)
+    # the noise scale too: each member measures its own
+    noise = {"study": {"n_trials": 4}, "objective": {"fuse": 2}, "measure": {"noise_scale": True}}
+    finished = sweep(tmp_path / "noise", noise, name="noise").get_trials(states=FINISHED)
+    assert len(finished) == 4 and all(TrialRecord.of(t).fused_size == 2 for t in finished)
+    assert all(TrialRecord.of(t).noise_scale_curve and TrialRecord.of(t).noise_scale for t in finished)
     # with horizons too: each finished horizon carries its best evaluation's standard error
     finished = sweep(tmp_path / "hz", merged(HORIZONS, margin), name="hz").get_trials(states=FINISHED)
     assert len(finished) == 6 and all(TrialRecord.of(t).fused_group for t in finished)
@@ -295,7 +300,7 @@ def write(folder, name: str, data: dict) -> str:
 
 
 @pytest.mark.parametrize(("overrides", "reason"), [
-    ({"measure": {"noise_scale": True}}, "measure.noise_scale is not measured in a fused group"),
+    ({"schedule": {"cooldown_evaluations": True}}, "schedule.cooldown_evaluations is not measured in a fused group"),
     ({"objective": {"task": "tests.test_fused_sweep:seeded_data"}}, "member 1's data differs from member 0's"),
     ({"sampler": {"name": "grid"}}, "the grid sampler"),
 ])

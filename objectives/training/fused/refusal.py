@@ -31,7 +31,7 @@ def options_refusal(options: TrainerOptions, budget: Budget) -> str | None:
     """What the fused loop does not run (yet): each is trained one trial at a time."""
     if budget.timed:
         return f"a {budget.unit} budget is timed per trial"
-    for on, name in ((options.measure_noise, "measure.noise_scale"),
+    for on, name in ((options.measure_noise and bool(options.horizons), "measure.noise_scale with budget.horizons"),
                      (options.cooldown_fraction is not None, "schedule.cooldown_evaluations")):
         if on:
             return f"{name} is not measured in a fused group"

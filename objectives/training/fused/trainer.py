@@ -33,9 +33,9 @@ import torch
 from torch import Tensor
 
 from objectives.task import Task, per_example_metric
-from objectives.training.budget import Budget, TrialPlan, eval_points
+from objectives.training.budget import Budget, TrialPlan, eval_points, eval_window
 from objectives.training.fused.batched import member_losses, member_metrics
-from objectives.training.fused.direct import direct_fits, member_gradients
+from objectives.training.fused.direct import direct_fits, gradients_of, member_gradients
 from objectives.training.fused.model import FusedModel, NotFusable, fuse_models
 from objectives.training.fused.optim import MemberOptimizer, stacked_optimizer
 from objectives.training.fused.orders import GroupOrders, MemberOrder, gather
@@ -43,6 +43,7 @@ from objectives.training.fused.refusal import refusal
 from objectives.training.horizons import Horizon, HorizonAnswers, HorizonResult
 from objectives.training.live import UPDATES, LiveTrial
 from objectives.training.loop import Reporter, TrainResult
+from objectives.training.noise_scale import GradientParts, NoiseScale
 from objectives.training.options import Patience, TrainerOptions
 from objectives.training.schedule import Schedule
 from objectives.training.state import GlobalRng
@@ -79,6 +80,7 @@ class MemberRun:
         self.patience = Patience(options.early_stopping, self.sign)
         self.best_state: dict[str, Tensor] | None = None
         self.best_se: float | None = None  # the best evaluation's standard error, when measured
+        self.noise: NoiseScale | None = None  # with measure.noise_scale: its B_simple averages
         self.losses = 0  # updates since the last evaluation
         self.started = 0.0  # when it joined the group (perf_counter)
         self.reporter, self.answers = member.reporter, None
@@ -94,6 +96,8 @@ class MemberRun:
         evaluation's standard error, when measured); True: it stops."""
         result = self.result
         result.history.append((step, value))
+        if self.noise is not None and (noise_scale := self.noise.value()) is not None:
+            result.noise_scale_curve.append((step, noise_scale))  # as `hooks.NoiseScaleMeasure` records it
         if result.value_se_curve is not None:
             result.value_se_curve.append((step, se))  # as `hooks.ValueStandardError` records it
         if self.answers is not None:
@@ -207,7 +211,10 @@ class FusedTrainer:
             model, optimizer = self.model, self.optimizer  # a group emptied and refilled has new ones
             idx = self.orders.next([run.order for run in active])
             optimizer.lrs = [run.member.schedule.lr_at(run.result.updates) for run in active]
-            losses = self.gradients(model, gather(x, idx), gather(y, idx), active)
+            xb, yb = gather(x, idx), gather(y, idx)
+            measuring = [slot for slot, run in enumerate(active) if run.noise is not None and run.noise.due()]
+            losses = self.measured(model, xb, yb, active, measuring) if measuring else \
+                self.gradients(model, xb, yb, active)
             optimizer.step()
             optimizer.zero_grad()
             loss_sum += losses.detach()
@@ -369,8 +376,46 @@ class FusedTrainer:
                 for run in active:
                     self.record_accumulation(run)
 
+    def measured(self, model: FusedModel, x: Tensor, y: Tensor, active: list[MemberRun],
+                 measuring: list[int]) -> Tensor:
+        """`gradients` on an update where the members at `measuring` measure their noise scale, as
+        `hooks.NoiseScaleMeasure.measured_step` does alone: the batch in max(accumulation, 2)
+        micro-batches, each one's gradient kept apart long enough for each member's norms of it
+        (`_foreach_norm` of its slices, a run alone's kernel), then the sum's."""
+        n = x.shape[1]
+        if n < 2:
+            return self.gradients(model, x, y, active)
+        parts = min(max(self.accumulation, 2), n)
+        gradients = GradientParts(model.weights.param_list())
+        norms: dict[int, list[list[Tensor]]] = {slot: [] for slot in measuring}
+
+        def take_norms() -> None:
+            grads = gradients.grads()
+            for slot, taken in norms.items():
+                taken.append(torch._foreach_norm([g[slot] for g in grads]))
+
+        losses = torch.zeros(len(active), device=x.device)
+        try:
+            for i, (xp, yp) in enumerate(zip(x.tensor_split(parts, dim=1), y.tensor_split(parts, dim=1), strict=True)):
+                if i:
+                    gradients.set_aside()  # this micro-batch's gradient alone, then the sum again
+                losses += gradients_of(model, self.loss, xp, yp, self.direct, self.autocast, xp.shape[1] / n).detach()
+                take_norms()
+                if i:
+                    gradients.add_back()
+        except torch.cuda.OutOfMemoryError:  # unmeasured, as `gradients` halves the micro-batch
+            self.optimizer.zero_grad()
+            return self.gradients(model, x, y, active)
+        take_norms()
+        for slot, taken in norms.items():
+            active[slot].noise.add(taken, n)
+        return losses
+
     def new_run(self, member: FusedMember) -> MemberRun:
         run = MemberRun(member, self.budget, self.options, self.device)
+        if self.options.measure_noise:
+            run.noise = NoiseScale(self.device, eval_window(member.plan, self.budget), self.accumulation > 1)
+            run.result.noise_scale_curve = []
         if self.per_example is not None:
             run.result.value_se_curve = []
         self.record_accumulation(run)
