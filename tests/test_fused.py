@@ -427,8 +427,8 @@ def test_what_cannot_fuse_says_why():
         FusedTrainer([member(73, 0.1, factory=digits_golden)], BUDGET, OPTIONS)
     with pytest.raises(NotFusable, match="timed"):
         FusedTrainer([member(71, 0.1)], Budget("seconds", 1.0, 0.5), OPTIONS)
-    with pytest.raises(NotFusable, match="measure.noise_scale with budget.horizons"):
-        FusedTrainer([member(71, 0.1)], BUDGET, TrainerOptions(maximize=True, measure_noise=True, horizons=(20, 60)))
+    with pytest.raises(NotFusable, match="schedule.cooldown_evaluations is not measured in a fused group"):
+        FusedTrainer([member(71, 0.1)], BUDGET, TrainerOptions(maximize=True, cooldown_fraction=0.1))
     with pytest.raises(NotFusable, match="bmm path"):
         FusedTrainer([member(74, 0.1, factory=digits_cnn)], BUDGET, OPTIONS, path="bmm")
 

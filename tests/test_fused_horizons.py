@@ -121,6 +121,26 @@ def test_each_horizon_carries_its_best_evaluations_standard_error_as_alone():
                                                                    abs=1.01 / n_val)
 
 
+def test_with_the_noise_scale_each_branch_splits_its_batches_where_its_dedicated_run_would():
+    """measure.noise_scale with horizons: a branch measures (so splits its batches) on the updates
+    its dedicated run would, from a copy of its member's averages; a group of one answers every
+    horizon and records its curve as its run alone exactly; three members within one example (at
+    LRs the runs are stable at: at 0.2 one oscillates, and the measured updates' other rounding
+    grows into a different trajectory)."""
+    opts = options_with(measure_noise=True)
+    m = member(11, 0.1, final=0.1)
+    (fused,) = FusedTrainer([m], BUDGET, opts).train()
+    solo, _ = alone(m, opts)
+    assert [(counts(h), h.value, h.history) for h in fused.horizons] == \
+        [(counts(h), h.value, h.history) for h in solo.horizons]
+    assert fused.noise_scale_curve == solo.noise_scale_curve and len(solo.noise_scale_curve) > 3
+    members = [member(21 + i, lr) for i, lr in enumerate((0.05, 0.1, 0.08))]
+    n_val = len(members[0].task.val[0])
+    for m, fused in zip(members, FusedTrainer(members, BUDGET, opts).train()):
+        solo, _ = alone(m, opts)
+        assert_horizons_as_alone(fused, solo, n_val, examples=1)
+
+
 def test_branches_leave_the_group_as_it_was():
     """The members' own runs with horizons are bit for bit the same group's runs without them."""
     with_horizons = [member(31 + i, lr) for i, lr in enumerate((0.05, 0.2, 0.1))]

@@ -287,6 +287,9 @@ def test_standard_errors_and_noise_scales_fuse_each_member_its_own(tmp_path):
     finished = sweep(tmp_path / "noise", noise, name="noise").get_trials(states=FINISHED)
     assert len(finished) == 4 and all(TrialRecord.of(t).fused_size == 2 for t in finished)
     assert all(TrialRecord.of(t).noise_scale_curve and TrialRecord.of(t).noise_scale for t in finished)
+    finished = sweep(tmp_path / "noisehz", merged(HORIZONS, noise), name="noisehz").get_trials(states=FINISHED)
+    assert len(finished) == 4 and all(TrialRecord.of(t).fused_size == 2 for t in finished)
+    assert all(TrialRecord.of(t).noise_scale and len(horizons_of(TrialRecord.of(t))) == 3 for t in finished)
     # with horizons too: each finished horizon carries its best evaluation's standard error
     finished = sweep(tmp_path / "hz", merged(HORIZONS, margin), name="hz").get_trials(states=FINISHED)
     assert len(finished) == 6 and all(TrialRecord.of(t).fused_group for t in finished)

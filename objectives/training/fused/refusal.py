@@ -31,10 +31,8 @@ def options_refusal(options: TrainerOptions, budget: Budget) -> str | None:
     """What the fused loop does not run (yet): each is trained one trial at a time."""
     if budget.timed:
         return f"a {budget.unit} budget is timed per trial"
-    for on, name in ((options.measure_noise and bool(options.horizons), "measure.noise_scale with budget.horizons"),
-                     (options.cooldown_fraction is not None, "schedule.cooldown_evaluations")):
-        if on:
-            return f"{name} is not measured in a fused group"
+    if options.cooldown_fraction is not None:
+        return "schedule.cooldown_evaluations is not measured in a fused group"
     return None
 
 

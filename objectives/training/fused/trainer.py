@@ -96,7 +96,7 @@ class MemberRun:
         evaluation's standard error, when measured); True: it stops."""
         result = self.result
         result.history.append((step, value))
-        if self.noise is not None and (noise_scale := self.noise.value()) is not None:
+        if result.noise_scale_curve is not None and (noise_scale := self.noise.value()) is not None:
             result.noise_scale_curve.append((step, noise_scale))  # as `hooks.NoiseScaleMeasure` records it
         if result.value_se_curve is not None:
             result.value_se_curve.append((step, se))  # as `hooks.ValueStandardError` records it
@@ -318,6 +318,9 @@ class FusedTrainer:
         result.history, result.best_value, result.best_step = shared.history, shared.value, shared.best_step
         branch.order, branch.patience = run.order.twin(), copy.copy(run.patience)
         branch.best_se = shared.value_se
+        if run.noise is not None:  # it measures (and so splits its batches) where the dedicated run would
+            branch.noise = copy.copy(run.noise)
+            branch.noise.averages = run.noise.averages.clone()
         return branch
 
     def join(self, active: list[MemberRun], loss_sum: Tensor) -> tuple[list[MemberRun], Tensor]:
