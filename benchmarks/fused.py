@@ -19,6 +19,7 @@ each).
     python benchmarks/fused.py --resnet            # and the synthetic-images ResNet at batch 64
     python benchmarks/fused.py --tasks --resnet    # the ResNet alone
     python benchmarks/fused.py --autograd --ks 4 8 16   # and the update without autograd over the same through it
+    python benchmarks/fused.py --instruments --ks 8     # and the fused trials with each instrument over without
     python benchmarks/fused.py --device cuda --resnet   # on a GPU (benchmarks/gpu_checks.sh)
 
 On a GPU (`--device cuda`) the unfused settings are `serial` and `--trials-per-gpu N` (`procsN`: N
@@ -33,6 +34,7 @@ import multiprocessing
 import os
 import statistics
 import time
+from dataclasses import replace
 
 import torch
 
@@ -82,10 +84,11 @@ def train_alone(task: str, trials: list[int], batch_size: int, budget: Budget) -
         Trainer(m.task, optimizer, m.schedule, m.plan, budget, OPTIONS, seed=m.seed).train()
 
 
-def train_fused(task: str, trials: list[int], batch_size: int, budget: Budget, k: int, autograd: bool = False) -> None:
+def train_fused(task: str, trials: list[int], batch_size: int, budget: Budget, k: int, autograd: bool = False,
+                options: TrainerOptions = OPTIONS) -> None:
     for first in range(0, len(trials), k):
         members = [member(task, i, batch_size, budget) for i in trials[first : first + k]]
-        trainer = FusedTrainer(members, budget, OPTIONS)
+        trainer = FusedTrainer(members, budget, options)
         trainer.direct = trainer.direct and not autograd  # --autograd: the fused update through autograd
         trainer.train()
 
@@ -110,6 +113,33 @@ def direct_vs_autograd(task: str, batch_size: int, ks: list[int], n: int, budget
             print(f"task={task} batch={batch_size} K={k} one thread: trials_per_hour "
                   f"autograd={per_hour(n, statistics.median(spent[True])):.0f} "
                   f"direct={per_hour(n, statistics.median(spent[False])):.0f} direct_vs_autograd={ratio:.2f}",
+                  flush=True)
+    finally:
+        torch.set_num_threads(threads)
+
+
+INSTRUMENTS = {"noise_scale": replace(OPTIONS, measure_noise=True), "value_se": replace(OPTIONS, measure_value_se=True)}
+
+
+def instrument_cost(task: str, batch_size: int, ks: list[int], n: int, budget: Budget, repeats: int) -> None:
+    """In this process (one thread): the fused trials with each instrument on, and without,
+    alternating; each instrument's trials per hour over none's (median of each)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for k in ks:
+            settings = {"none": OPTIONS, **INSTRUMENTS}
+            train_fused(task, [10_000], batch_size, budget, k)  # warm
+            spent: dict[str, list[float]] = {name: [] for name in settings}
+            for _ in range(repeats):
+                for name, options in settings.items():
+                    started = time.perf_counter()
+                    train_fused(task, list(range(n)), batch_size, budget, k, options=options)
+                    spent[name].append(time.perf_counter() - started)
+            base = statistics.median(spent["none"])
+            print(f"task={task} batch={batch_size} K={k} one thread: trials_per_hour none={per_hour(n, base):.0f} "
+                  + " ".join(f"{name}={per_hour(n, statistics.median(spent[name])):.0f} "
+                             f"{name}_vs_none={base / statistics.median(spent[name]):.2f}" for name in INSTRUMENTS),
                   flush=True)
     finally:
         torch.set_num_threads(threads)
@@ -213,6 +243,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--autograd", action="store_true",
                         help="also, in this process, the fused update without autograd over the same through it")
+    parser.add_argument("--instruments", action="store_true",
+                        help="also, in this process, the fused trials with measure.noise_scale and with "
+                             "measure.value_se over the same without")
     parser.add_argument("--resnet", action="store_true",
                         help="also the ResNet at batch 64 (--resnet-trials trials of --resnet-updates updates)")
     parser.add_argument("--resnet-trials", type=int, default=4)
@@ -229,6 +262,8 @@ def main() -> None:
                   args.trials_per_gpu)
             if args.autograd:
                 direct_vs_autograd(task, batch_size, args.ks, args.trials, budget, args.repeats)
+            if args.instruments:
+                instrument_cost(task, batch_size, args.ks, args.trials, budget, args.repeats)
     if args.resnet:
         ks = [k for k in args.ks if k <= args.resnet_trials // args.fused_workers]
         bench("resnet_synthetic", 64, ks, args.resnet_trials,

@@ -384,7 +384,7 @@ class FusedTrainer:
         """`gradients` on an update where the members at `measuring` measure their noise scale, as
         `hooks.NoiseScaleMeasure.measured_step` does alone: the batch in max(accumulation, 2)
         micro-batches, each one's gradient kept apart long enough for each member's norms of it
-        (`_foreach_norm` of its slices, a run alone's kernel), then the sum's."""
+        (a group of one: a run alone's `_foreach_norm`), then the sum's."""
         n = x.shape[1]
         if n < 2:
             return self.gradients(model, x, y, active)
@@ -394,8 +394,12 @@ class FusedTrainer:
 
         def take_norms() -> None:
             grads = gradients.grads()
+            if len(active) == 1:  # a run alone's one fused norm, the same bits
+                norms[0].append(torch._foreach_norm(grads))
+                return
+            each = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads])  # [tensors, K]
             for slot, taken in norms.items():
-                taken.append(torch._foreach_norm([g[slot] for g in grads]))
+                taken.append(list(each[:, slot]))
 
         losses = torch.zeros(len(active), device=x.device)
         try:
