@@ -34,7 +34,9 @@ import multiprocessing
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 
 import torch
 
@@ -93,29 +95,35 @@ def train_fused(task: str, trials: list[int], batch_size: int, budget: Budget, k
         trainer.train()
 
 
-def direct_vs_autograd(task: str, batch_size: int, ks: list[int], n: int, budget: Budget, repeats: int) -> None:
-    """In this process (one thread): the fused trials with the update without autograd, over the
-    same through autograd (`objectives/training/fused/direct.py`), alternating, median of each."""
+def one_thread_medians(runs: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+    """In this process, on one thread: each run's median seconds, the runs alternating `repeats` times."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for k in ks:
-            if k == 1:
-                continue  # a group of one runs its solo kernels either way
-            spent: dict[bool, list[float]] = {False: [], True: []}
-            train_fused(task, [10_000], batch_size, budget, k)  # warm
-            for _ in range(repeats):
-                for autograd in (True, False):
-                    started = time.perf_counter()
-                    train_fused(task, list(range(n)), batch_size, budget, k, autograd)
-                    spent[autograd].append(time.perf_counter() - started)
-            ratio = statistics.median(spent[True]) / statistics.median(spent[False])
-            print(f"task={task} batch={batch_size} K={k} one thread: trials_per_hour "
-                  f"autograd={per_hour(n, statistics.median(spent[True])):.0f} "
-                  f"direct={per_hour(n, statistics.median(spent[False])):.0f} direct_vs_autograd={ratio:.2f}",
-                  flush=True)
+        spent: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(repeats):
+            for name, run in runs.items():
+                started = time.perf_counter()
+                run()
+                spent[name].append(time.perf_counter() - started)
+        return {name: statistics.median(times) for name, times in spent.items()}
     finally:
         torch.set_num_threads(threads)
+
+
+def direct_vs_autograd(task: str, batch_size: int, ks: list[int], n: int, budget: Budget, repeats: int) -> None:
+    """In this process (one thread): the fused trials with the update without autograd, over the
+    same through autograd (`objectives/training/fused/direct.py`), alternating, median of each."""
+    for k in ks:
+        if k == 1:
+            continue  # a group of one runs its solo kernels either way
+        train_fused(task, [10_000], batch_size, budget, k)  # warm
+        trials = list(range(n))
+        spent = one_thread_medians({path: partial(train_fused, task, trials, batch_size, budget, k, path == "autograd")
+                                    for path in ("autograd", "direct")}, repeats)
+        print(f"task={task} batch={batch_size} K={k} one thread: trials_per_hour "
+              f"autograd={per_hour(n, spent['autograd']):.0f} direct={per_hour(n, spent['direct']):.0f} "
+              f"direct_vs_autograd={spent['autograd'] / spent['direct']:.2f}", flush=True)
 
 
 INSTRUMENTS = {"noise_scale": replace(OPTIONS, measure_noise=True), "value_se": replace(OPTIONS, measure_value_se=True)}
@@ -124,25 +132,14 @@ INSTRUMENTS = {"noise_scale": replace(OPTIONS, measure_noise=True), "value_se": 
 def instrument_cost(task: str, batch_size: int, ks: list[int], n: int, budget: Budget, repeats: int) -> None:
     """In this process (one thread): the fused trials with each instrument on, and without,
     alternating; each instrument's trials per hour over none's (median of each)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for k in ks:
-            settings = {"none": OPTIONS, **INSTRUMENTS}
-            train_fused(task, [10_000], batch_size, budget, k)  # warm
-            spent: dict[str, list[float]] = {name: [] for name in settings}
-            for _ in range(repeats):
-                for name, options in settings.items():
-                    started = time.perf_counter()
-                    train_fused(task, list(range(n)), batch_size, budget, k, options=options)
-                    spent[name].append(time.perf_counter() - started)
-            base = statistics.median(spent["none"])
-            print(f"task={task} batch={batch_size} K={k} one thread: trials_per_hour none={per_hour(n, base):.0f} "
-                  + " ".join(f"{name}={per_hour(n, statistics.median(spent[name])):.0f} "
-                             f"{name}_vs_none={base / statistics.median(spent[name]):.2f}" for name in INSTRUMENTS),
-                  flush=True)
-    finally:
-        torch.set_num_threads(threads)
+    for k in ks:
+        train_fused(task, [10_000], batch_size, budget, k)  # warm
+        trials = list(range(n))
+        spent = one_thread_medians({name: partial(train_fused, task, trials, batch_size, budget, k, options=options)
+                                    for name, options in {"none": OPTIONS, **INSTRUMENTS}.items()}, repeats)
+        print(f"task={task} batch={batch_size} K={k} one thread: trials_per_hour none={per_hour(n, spent['none']):.0f} "
+              + " ".join(f"{name}={per_hour(n, spent[name]):.0f} {name}_vs_none={spent['none'] / spent[name]:.2f}"
+                         for name in INSTRUMENTS), flush=True)
 
 
 def train(task: str, trials: list[int], batch_size: int, budget: Budget, k: int) -> None:

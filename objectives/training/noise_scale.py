@@ -26,6 +26,7 @@ sync) only at evaluation, which syncs anyway.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 
@@ -86,6 +87,12 @@ class NoiseScale:
         squares = torch.stack([norm for group in norms for norm in group]).float().square()
         self.averages.addmv_(weights, squares, beta=self.decay, alpha=1 - self.decay)
         self.measurements += 1
+
+    def twin(self) -> NoiseScale:
+        """Averages that go on as these would, apart from them (a horizon's branch in a fused group)."""
+        twin = copy.copy(self)
+        twin.averages = self.averages.clone()
+        return twin
 
     def value(self) -> float | None:
         """B_simple from the averages so far; None before any measurement, or while the |G|^2

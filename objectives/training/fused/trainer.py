@@ -212,9 +212,10 @@ class FusedTrainer:
             idx = self.orders.next([run.order for run in active])
             optimizer.lrs = [run.member.schedule.lr_at(run.result.updates) for run in active]
             xb, yb = gather(x, idx), gather(y, idx)
-            measuring = [slot for slot, run in enumerate(active) if run.noise is not None and run.noise.due()]
-            losses = self.measured(model, xb, yb, active, measuring) if measuring else \
-                self.gradients(model, xb, yb, active)
+            if self.options.measure_noise and (measuring := [s for s, run in enumerate(active) if run.noise.due()]):
+                losses = self.measured(model, xb, yb, active, measuring)
+            else:
+                losses = self.gradients(model, xb, yb, active)
             optimizer.step()
             optimizer.zero_grad()
             loss_sum += losses.detach()
@@ -319,8 +320,7 @@ class FusedTrainer:
         branch.order, branch.patience = run.order.twin(), copy.copy(run.patience)
         branch.best_se = shared.value_se
         if run.noise is not None:  # it measures (and so splits its batches) where the dedicated run would
-            branch.noise = copy.copy(run.noise)
-            branch.noise.averages = run.noise.averages.clone()
+            branch.noise = run.noise.twin()
         return branch
 
     def join(self, active: list[MemberRun], loss_sum: Tensor) -> tuple[list[MemberRun], Tensor]:
