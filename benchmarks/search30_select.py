@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import random
 from pathlib import Path
 
 from search_efficiency_lib.analysis import best_baseline_ratio
-from search_efficiency_lib.cli import CHARGE_FILE, read_json, service_config, with_charges, with_horizons
+from search_efficiency_lib.cli import CHARGE_FILE, read_json, with_charges, with_horizons
 from search_efficiency_lib.grid import load_runs
 from search_efficiency_lib.methods import CRN_BASELINES, CRN_GRID, CRN_SERVICE
 from search_efficiency_lib.reference import load_noise, load_reference, noise_margins, resolve_reference
@@ -48,7 +49,7 @@ def mechanisms(config: dict) -> int:
 
 
 def rate(label: str, parser) -> dict:
-    raw = service_config(str(config_file(label)))
+    raw = json.loads(config_file(label).read_text())
     config = {k: v for k, v in raw.items() if not k.startswith("_")}
     names = list(DEVELOPMENT)
     specs, metas = issue30_specs(names, ISSUE30_FULL_TRIALS)

@@ -5,6 +5,7 @@ resume, fused, with horizons, and in `sweeps confirm`."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -15,12 +16,12 @@ from optuna.trial import TrialState
 
 from sweeps import exits
 from sweeps.config.fingerprint import fingerprint_of
-from sweeps.config.study_file import parse_config
+from sweeps.config.study_file import IntRange, parse_config
 from sweeps.config.target import target_of
 from sweeps.errors import ConfigError
 from sweeps.loop.runner import run_sweep
 from sweeps.run import main
-from sweeps.search.prior import MeasuredPrior, fit, placed, sizes_to_test
+from sweeps.search.prior import MeasuredPrior, batch_cap, capped, fit, placed, searched, sizes_to_test
 from sweeps.trial.lr_range_test import measure
 from sweeps.trial.record import PRIOR_ATTR, TrialRecord
 from tests.conftest import TINY, merged
@@ -53,6 +54,7 @@ def error_of(overrides: dict) -> ConfigError:
     ({"search": {"lr_range_test": {"batch_sizes": [8]}}}, "search.lr_range_test.batch_sizes", "at least two"),
     ({"search": {"lr_range_test": {"batch_sizes": [8, 12]}}}, "search.lr_range_test.batch_sizes",
      "12 is not a searched batch size"),
+    ({"search": {"lr_range_test": {"cap_batch": "yes"}}}, "search.lr_range_test.cap_batch", "expected true or false"),
 ])
 def test_what_the_prior_cannot_centre_is_refused_naming_the_key(overrides, path, words):
     err = error_of(overrides)
@@ -73,6 +75,10 @@ def test_the_prior_enters_the_fingerprint_only_when_set():
     assert not [k for k in fingerprint_of(parse_config(TINY)) if k.startswith("search.lr_range_test")]
     with_prior = fingerprint_of(parse_config(merged(TINY, PRIOR)))
     assert with_prior["search.lr_range_test.span"] == 10
+    # a prior's study from before `cap_batch` keeps its fingerprint; the cap, when on, changes it
+    assert "search.lr_range_test.cap_batch" not in with_prior
+    capped = fingerprint_of(parse_config(merged(TINY, CAPPED)))
+    assert capped["search.lr_range_test.cap_batch"] is True
 
 
 @pytest.mark.parametrize(("lrs", "rule", "exponent"), [
@@ -289,3 +295,100 @@ def test_a_total_that_cannot_hold_the_prior_is_exit_2_before_any_test_trains(tmp
     study = optuna.load_study(study_name="prx", storage=url)
     assert PRIOR_ATTR not in study.user_attrs and not study.trials
     assert booked("prx", url) == {}
+
+
+# --- `cap_batch`: the gradient noise scale measured in the tests caps the batch sizes searched ---
+
+def test_the_cap_is_the_first_searched_batch_size_at_or_above_the_tests_noise_scale():
+    sizes = [16, 32, 64, 128, 256, 512]
+    assert batch_cap(sizes, [20.0, 80.0]) == 64  # the geometric mean, 40, rounded up to a searched size
+    assert batch_cap(sizes, [5.0, None]) == 16  # below the smallest: the smallest alone
+    assert batch_cap(sizes, [64.0]) == 64  # at a searched size: that one
+    assert batch_cap(sizes, [300.0]) is None  # the largest is the cap: nothing to drop
+    assert batch_cap(sizes, [None, float("nan"), -3.0]) is None  # nothing measured: no cap
+
+
+def test_a_cap_narrows_every_form_of_the_batch_size_search():
+    wide = IntRange(16, 512, log=True, power_of_two=True)
+    assert capped(wide, 64).values() == [16, 32, 64]
+    assert capped(wide, 8).values() == [16]  # never emptied
+    assert capped([8, 16, 32], 16) == [8, 16] and capped([8, 16, 32], 4) == [8] and capped(32, 8) == 32
+    config = parse_config(merged(TINY, PRIOR))
+    prior = MeasuredPrior((8, 32), (0.1, 0.2), 10, 400, 0.5, "sqrt", 0.01, 0.1, noise_scales=(3.0, 9.0),
+                          batch_high=16)
+    config.search.measured = prior
+    assert searched(config.search).batch_size == [8, 16]
+    config.search.measured = dataclasses.replace(prior, batch_high=None)
+    assert searched(config.search).batch_size == [8, 16, 32]
+
+
+def test_a_prior_stored_before_the_cap_reads_back_uncapped():
+    attrs = MeasuredPrior((8, 32), (0.1, 0.2), 10, 400, 0.5, "sqrt", 0.01, 0.1).to_attrs()
+    for key in ("noise_scales", "batch_high"):
+        attrs.pop(key)  # as stored before `cap_batch` existed
+    old = MeasuredPrior.from_attrs(attrs)
+    assert old.noise_scales == () and old.batch_high is None and "noise scale" not in old.line()
+
+
+def test_the_split_update_estimates_the_noise_from_its_halves_norms():
+    """One update's [tr(Sigma), |G|^2] from a batch of B in two halves: with s the halves' mean
+    squared norm and S the whole batch's, tr(Sigma) = B (s - S) and |G|^2 = 2 S - s (the module's
+    formulas for c = 2 / B). The halves' gradients are taken here by hand, with autograd."""
+    from objectives.task import TrialSettings
+    from objectives.tasks.regression import regression
+    from objectives.training.hooks import split_gradients
+    from objectives.training.noise_scale import GradientParts, estimates
+    from objectives.training.step import Step, TrainState
+
+    torch.manual_seed(0)
+    task = regression(TrialSettings(batch_size=16, lr=0.01, seed=0, device=torch.device("cpu"),
+                                           options={"dim": 8, "n_train": 64, "n_val": 16}))
+    model = task.model
+    batch = (task.train[0][:16], task.train[1][:16])
+    halves = []
+    for part in ((batch[0][:8], batch[1][:8]), (batch[0][8:], batch[1][8:])):
+        grads = torch.autograd.grad(task.loss(model(part[0]), part[1]), list(model.parameters()))
+        halves.append(torch.cat([g.flatten() for g in grads]))
+    s = float(sum(h.square().sum() for h in halves) / 2)
+    S = float(((halves[0] + halves[1]) / 2).square().sum())
+    state = TrainState(model, torch.optim.SGD(model.parameters(), lr=0.0))
+    loss, norms = split_gradients(Step(task, torch.device("cpu")), state, batch,
+                                  GradientParts(list(model.parameters())))
+    trace, gradient_sq = estimates(norms, 16).tolist()
+    assert trace == pytest.approx(16 * (s - S), rel=1e-4) and gradient_sq == pytest.approx(2 * S - s, rel=1e-4)
+    whole = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert torch.allclose(whole, (halves[0] + halves[1]) / 2, atol=1e-6)  # the update's own gradient, summed
+    assert float(loss) == pytest.approx(float(task.loss(model(batch[0]), batch[1])), rel=1e-5)
+
+
+CAPPED = merged(PRIOR, {"search": {"lr_range_test": {"cap_batch": True}}})
+
+
+def test_the_capped_measurement_records_each_tests_noise_scale_and_repeats_exactly(tmp_path):
+    config = parse_config(merged(TINY, CAPPED), tmp_path)
+    first, _ = measure(config, 6)
+    assert len(first.noise_scales) == 3 and all(s is None or s > 0 for s in first.noise_scales)
+    assert any(s is not None for s in first.noise_scales)
+    assert first.batch_high == batch_cap([8, 16, 32], list(first.noise_scales))
+    assert first.updates == 13 and first.examples == 13 * 56  # the split costs no examples
+    assert measure(config, 6)[0] == first and MeasuredPrior.from_attrs(first.to_attrs()) == first
+    assert "gradient noise scale" in first.line()
+    plain, _ = measure(parse_config(merged(TINY, PRIOR), tmp_path), 6)
+    assert plain.noise_scales == () and plain.batch_high is None
+
+
+@pytest.mark.parametrize("fuse", ["off", 2])
+def test_a_sweep_under_a_cap_samples_no_batch_size_past_it_and_keeps_it_on_resume(tmp_path, fuse):
+    """The stored prior's cap (set here at 16, so that the test does not hang on what the tests
+    measure) holds every trial's batch size, alone and fused, and again after a resume."""
+    data = merged(merged(TINY, CAPPED), {"study": {"name": "cap", "n_trials": 5}, "objective": {"fuse": fuse}})
+    config = parse_config(data, tmp_path)
+    prior = MeasuredPrior((8, 16, 32), (0.5, 0.5, 0.5), 13, 13 * 56, 0.0, "none", 1e-3, 1e-2,
+                          noise_scales=(4.0, 12.0, None), batch_high=16)
+    config.search.measured = prior  # as measured: the study stores it
+    study = run_sweep(config, target_of(config), show_progress=False)
+    assert MeasuredPrior.from_attrs(study.user_attrs[PRIOR_ATTR]) == prior
+    again = parse_config(data, tmp_path)
+    study = run_sweep(again, target_of(again, n_trials=8), show_progress=False)
+    sizes = [TrialRecord.of(t).batch_size for t in study.trials]
+    assert len(sizes) == 8 and set(sizes) <= {8, 16} and searched_as_measured(study) == prior

@@ -543,3 +543,21 @@ def test_a_service_with_horizons_is_charged_for_its_branches_and_all_its_evaluat
     charged = records.charged([first], 10.0)[0]
     assert charged.examples == first.examples + 10.0 * first.evaluations_made
     assert charged.evaluations[0].examples == first.evaluations[0].examples + 10.0 * made[0]
+
+
+def test_a_start_up_draw_keeps_its_quantiles_inside_a_measured_prior():
+    """`crn_within`: the base LR at the same log quantile of the prior's range, and under a batch
+    cap (`cap_batch`) the batch exponent at the same quantile of the capped exponents."""
+    from sweeps.search.prior import MeasuredPrior
+
+    spec = tasks.TASKS["digits_mlp"]
+    low, high = spec.lr_range
+    drawn = {"batch_size_log2": 9, "base_lr": math.sqrt(low * high), "warmup_fraction": 0.1, "epochs": 3}
+    prior = MeasuredPrior((16, 64), (0.1, 0.2), 10, 800, 0.5, "sqrt", 1e-3, 1e-1)
+    uncapped = methods.crn_within(drawn, spec, prior)
+    assert uncapped["base_lr"] == pytest.approx(1e-2) and uncapped["batch_size_log2"] == 9
+    capped = dataclasses.replace(prior, noise_scales=(20.0, 40.0), batch_high=64)
+    assert methods.crn_within(drawn, spec, capped)["batch_size_log2"] == 6  # the top of 4..9 to the top of 4..6
+    assert methods.crn_within({**drawn, "batch_size_log2": 4}, spec, capped)["batch_size_log2"] == 4
+    assert methods.crn_within({**drawn, "batch_size_log2": 7}, spec, capped)["batch_size_log2"] == 5  # 0.6 of 2
+    assert methods.crn_within(drawn, spec, None) == drawn

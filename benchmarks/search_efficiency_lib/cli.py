@@ -248,7 +248,8 @@ def git_commit() -> str | None:
 def service_config(raw: str | None) -> dict | None:
     if not raw:
         return None
-    return json.loads(Path(raw).read_text() if Path(raw).exists() else raw)
+    data = json.loads(Path(raw).read_text() if Path(raw).exists() else raw)
+    return {k: v for k, v in data.items() if not k.startswith("_")}  # `_mechanisms`: search30_select's count
 
 
 def with_horizons(specs: dict, frozen: dict | None) -> dict:

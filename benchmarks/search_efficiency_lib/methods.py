@@ -231,12 +231,20 @@ def service_sweep(spec: TaskSpec, seed: int, overrides: dict | None = None, crn:
 
 def crn_within(params: dict, spec: TaskSpec, prior) -> dict:
     """A start-up draw in the space the service searches: with a measured LR prior, the base LR at
-    the same quantile (log scale) of the prior's range as of the shared range; the rest as drawn."""
+    the same quantile (log scale) of the prior's range as of the shared range; with its batch cap
+    (`cap_batch`), the batch-size exponent at the same quantile of the capped exponents, rounded;
+    the rest as drawn."""
     if prior is None:
         return params
     low, high = spec.lr_range
     q = math.log(params["base_lr"] / low) / math.log(high / low)
-    return {**params, "base_lr": prior.low * (prior.high / prior.low) ** q}
+    drawn = {**params, "base_lr": prior.low * (prior.high / prior.low) ** q}
+    if getattr(prior, "batch_high", None) is not None:
+        first, last = BATCH_EXPONENTS
+        top = min(last, max(first, int(math.log2(prior.batch_high))))
+        share = (params["batch_size_log2"] - first) / (last - first)
+        drawn["batch_size_log2"] = first + round(share * (top - first))
+    return drawn
 
 
 def start_up_of(config) -> int:

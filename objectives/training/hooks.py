@@ -36,7 +36,7 @@ from objectives.training.noise_scale import GradientParts, NoiseScale
 from objectives.training.options import TrainerOptions
 from objectives.training.schedule import Schedule, cooled
 from objectives.training.state import RunSnapshot
-from objectives.training.step import TrainState
+from objectives.training.step import Step, TrainState
 
 if TYPE_CHECKING:
     from objectives.training.loop import Trainer
@@ -107,28 +107,14 @@ class NoiseScaleMeasure(Hook):
         step = self.step
         if not self.noise.due():
             return step(state, batch)
-        parts = max(step.accumulation, 2)
         n = batch_len(batch)
         if n < 2:
             return step(state, batch)
-        gradients = self.gradients
-        loss = torch.zeros((), device=step.device)
-        norms = []
-        for i, part in enumerate(split(batch, min(parts, n))):
-            if i:
-                gradients.set_aside()  # this micro-batch's gradient alone, then the sum again
-            with step.autocast:
-                part_loss = step.loss_of(state.model, part) * (batch_len(part) / n)
-            part_loss.backward()
-            norms.append(gradients.norms())
-            if i:
-                gradients.add_back()
-            loss += part_loss.detach()
-        norms.append(gradients.norms())
+        loss, norms = split_gradients(step, state, batch, self.gradients)
         self.noise.add(norms, n)
         state.optimizer.step()
         state.optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+        return loss
 
     def evaluated(self, step: int, value: float, se: float | None) -> None:
         noise_scale = self.noise.value()
@@ -142,6 +128,29 @@ class NoiseScaleMeasure(Hook):
     def restore(self, saved: object) -> None:
         averages, self.noise.measurements, self.noise.updates = saved
         self.noise.averages.copy_(averages)
+
+
+def split_gradients(step: Step, state: TrainState, batch: Batch,
+                    gradients: GradientParts) -> tuple[Tensor, list[list[Tensor]]]:
+    """One update's gradient over `batch` (at least 2 examples) into `.grad`, in max(accumulation,
+    2) micro-batches, each one's gradient kept apart long enough for its norms (`GradientParts`):
+    the same sum plain accumulation gives. Returns the loss and the norms, each micro-batch's then
+    the whole batch's, as `NoiseScale.add` takes them. The optimizer is not stepped."""
+    n = batch_len(batch)
+    loss = torch.zeros((), device=step.device)
+    norms = []
+    for i, part in enumerate(split(batch, min(max(step.accumulation, 2), n))):
+        if i:
+            gradients.set_aside()  # this micro-batch's gradient alone, then the sum again
+        with step.autocast:
+            part_loss = step.loss_of(state.model, part) * (batch_len(part) / n)
+        part_loss.backward()
+        norms.append(gradients.norms())
+        if i:
+            gradients.add_back()
+        loss += part_loss.detach()
+    norms.append(gradients.norms())
+    return loss, norms
 
 
 class ValueStandardError(Hook):

@@ -105,6 +105,14 @@ class NoiseScale:
         return trace / gradient_sq
 
 
+def estimates(norms: Sequence[Sequence[Tensor]], batch: int) -> Tensor:
+    """One update's [tr(Sigma), |G|^2] estimates from its norms (as `NoiseScale.add` takes them),
+    unaveraged: for a caller that averages over updates of its own choosing."""
+    counts = tuple(len(group) for group in norms)
+    squares = torch.stack([norm for group in norms for norm in group]).float().square()
+    return estimate_weights(batch, counts).to(squares.device) @ squares
+
+
 def micro_sizes(batch: int, parts: int) -> list[int]:
     """The sizes `tensor_split` (and so `batches.split`) gives: the first `batch % parts` one larger."""
     base, extra = divmod(batch, parts)

@@ -48,7 +48,8 @@ SEARCH_KEYS: tuple[tuple[str, str | None], ...] = (
 # keys added after studies were fingerprinted, with the value that means "off": left out when off
 OPT_IN: dict[str, Any] = {"schedule.decay_fraction": None, "schedule.cooldown_evaluations": False,
                           "schedule.cooldown_fraction": None, "schedule.warmup_updates": None,
-                          "budget.horizons": None, "search.lr_range_test": None}
+                          "budget.horizons": None, "search.lr_range_test": None,
+                          "search.lr_range_test.cap_batch": False}
 
 
 @dataclass(frozen=True)

@@ -298,12 +298,15 @@ def power_of_two_values(low: int, high: int) -> list[int]:
 @dataclass
 class LrRangeTestSection:
     """A measured prior on the LR (sweeps/search/prior.py): an LR range test at three batch sizes,
-    once per study, centres the base-LR search and sets the coupling rule."""
+    once per study, centres the base-LR search and sets the coupling rule; with `cap_batch`, the
+    gradient noise scale it measures caps the batch sizes searched."""
 
     budget_fraction: float = 0.05  # its cost, at most, as a share of n_trials full trials
     below: float = 20.0  # the search is centred this factor below the LR of least loss
     span: float = 100.0  # high / low of the base-LR range searched around that centre
     batch_sizes: list[int] | None = None  # tested; default the smallest, middle and largest searched
+    # also measure the gradient noise scale in the tests, and search batch sizes only up to it
+    cap_batch: bool = False
 
     def validate(self, path: str) -> None:
         if self.batch_sizes is not None:

@@ -19,7 +19,16 @@ It runs at three batch sizes: the smallest, the middle and the largest searched 
 - **the base-LR range:** `span` wide (high / low), log-centred there, inside the study file's
   range: moved inward, never cut, where it reaches past one end.
 
-The batch sizes searched are unchanged.
+The batch sizes searched are unchanged, unless `cap_batch` is set. Then each test also measures
+the simple gradient noise scale B_simple (McCandlish et al. 2018; `objectives/training/noise_scale.py`):
+every update's batch is split in two halves whose gradients' norms, with the whole batch's, give
+unbiased estimates of tr(Sigma) and |G|^2, averaged over the updates up to the least-loss one (the
+training the test did before its LR grew too large), at no extra pass. Past the critical batch
+size B_crit ~ B_simple an update is worth less than its examples: reaching a loss takes about
+E_min (1 + B / B_crit) examples. So the search keeps the batch sizes up to the smallest searched
+one at or above B_simple (the geometric mean of the tests'), and drops those past it. B_simple
+measured this early in training is an underestimate (it grows as the loss falls), so the cap
+leans small; the prior line prints what was measured.
 
 **Cost.** Every test trains the same number of updates: the largest count whose examples, over the
 tested batch sizes, stay within `budget_fraction` of the study's `n_trials` full trials (a full
@@ -44,7 +53,7 @@ from typing import Any, Protocol
 import optuna
 
 from storage.optuna_private import study_storage
-from sweeps.config.study_file import FloatRange, SearchSection, SweepConfig
+from sweeps.config.study_file import FloatRange, IntRange, SearchSection, SweepConfig
 from sweeps.trial.record import CONFIRMS_STUDY_ATTR, PRIOR_ATTR
 
 RULES = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}  # the couplings the fitted exponent snaps to
@@ -63,20 +72,30 @@ class MeasuredPrior:
     n_train: int = 0  # the training set's examples and tokens per example, for the prior's cost in any unit
     tokens_per_example: float | None = None
     seconds: float = dataclasses.field(default=0.0, compare=False)  # the tests' wall time (not what they measured)
+    # `cap_batch`: B_simple measured in each test (None: not measurable), and the largest batch
+    # size searched (None: no cap)
+    noise_scales: tuple[float | None, ...] = ()
+    batch_high: int | None = None
 
     def to_attrs(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any]) -> MeasuredPrior:
-        return cls(**{**attrs, "batch_sizes": tuple(attrs["batch_sizes"]), "lr_min": tuple(attrs["lr_min"])})
+        return cls(**{**attrs, "batch_sizes": tuple(attrs["batch_sizes"]), "lr_min": tuple(attrs["lr_min"]),
+                      "noise_scales": tuple(attrs.get("noise_scales", ()))})
 
     def line(self, budget_examples: float | None = None) -> str:
         tests = ", ".join(f"{lr:.3g} at batch {b}" for b, lr in zip(self.batch_sizes, self.lr_min))
         share = f", {self.examples / budget_examples:.1%} of the budget" if budget_examples else ""
+        capped = ""
+        if self.noise_scales:
+            scales = ", ".join("none" if s is None else f"{s:.3g}" for s in self.noise_scales)
+            capped = (f"; gradient noise scale {scales}: batch sizes searched up to "
+                      + ("the largest" if self.batch_high is None else str(self.batch_high)))
         return (f"LR range test ({self.updates} updates per batch size, {self.examples} examples{share}): "
                 f"least loss at {tests}; coupling {self.coupling} (fitted exponent {self.exponent:.2f}); "
-                f"base LR searched in [{self.low:.3g}, {self.high:.3g}]")
+                f"base LR searched in [{self.low:.3g}, {self.high:.3g}]{capped}")
 
 
 def searched(search: SearchSection) -> SearchSection:
@@ -85,7 +104,31 @@ def searched(search: SearchSection) -> SearchSection:
     prior = search.measured
     if prior is None:
         return search
-    return dataclasses.replace(search, base_lr=FloatRange(prior.low, prior.high, log=True), coupling=prior.coupling)
+    batch = search.batch_size if prior.batch_high is None else capped(search.batch_size, prior.batch_high)
+    return dataclasses.replace(search, base_lr=FloatRange(prior.low, prior.high, log=True), coupling=prior.coupling,
+                               batch_size=batch)
+
+
+def capped(spec: IntRange | list[int] | int, high: int) -> IntRange | list[int] | int:
+    """The batch sizes of `spec` up to `high` (the smallest of them when none is)."""
+    if isinstance(spec, IntRange):
+        return dataclasses.replace(spec, high=max(spec.low, min(spec.high, high)))
+    if isinstance(spec, list):
+        return [b for b in spec if b <= high] or [min(spec)]
+    return spec
+
+
+def batch_cap(searched_sizes: list[int], noise_scales: list[float | None]) -> int | None:
+    """The smallest searched batch size at or above the tests' noise scale (their geometric mean):
+    past the critical batch size B_crit ~ B_simple an update buys less than its examples' worth
+    (McCandlish et al. 2018: reaching a loss takes E_min (1 + B / B_crit) examples, twice the least
+    at B_crit). None: no cap (no test measured one, or it lies past the largest searched)."""
+    measured = [s for s in noise_scales if s is not None and s > 0 and math.isfinite(s)]
+    if not measured:
+        return None
+    scale = math.exp(sum(math.log(s) for s in measured) / len(measured))
+    above = [b for b in sorted(searched_sizes) if b >= scale]
+    return above[0] if above and above[0] < max(searched_sizes) else None
 
 
 def stored_prior(study: optuna.Study) -> MeasuredPrior | None:

@@ -4,7 +4,10 @@ why: sweeps/search/prior.py).
 From the study seed's initialisation, at each tested batch size, the trials' training step
 (precision, micro-batches) trains the same number of updates on random batches of the training
 data, the LR rising geometrically from a tenth of `base_lr.low` to ten times `base_lr.high`; the
-LR at which the smoothed loss was least is that batch size's `lr_min`. The global RNG is put back.
+LR at which the smoothed loss was least is that batch size's `lr_min`. With `cap_batch`, each
+update's batch is split in two halves (`hooks.split_gradients`, as `measure.noise_scale` splits a
+trial's) and the gradient noise scale is averaged over the updates up to that LR. The global RNG
+is put back.
 """
 
 from __future__ import annotations
@@ -18,16 +21,18 @@ import torch
 
 from objectives.registry import resolve_task
 from objectives.task import Task, TrialSettings
-from objectives.training.batches import to_device
+from objectives.training.batches import batch_len, to_device
 from objectives.training.budget import plan_trial
 from objectives.training.coupling import Coupled
 from objectives.training.data import LoaderOptions, make_loader
+from objectives.training.hooks import split_gradients
+from objectives.training.noise_scale import GradientParts, estimates
 from objectives.training.state import GlobalRng
 from objectives.training.step import Step, TrainState, micro_batches
 from sweeps.config.plan import budget_of
 from sweeps.config.study_file import SweepConfig
 from sweeps.errors import ConfigError
-from sweeps.search.prior import MeasuredPrior, fit, placed, sizes_to_test
+from sweeps.search.prior import MeasuredPrior, batch_cap, fit, placed, sizes_to_test
 from sweeps.trial.run_one import build_optimizer, build_task, resolve_device
 
 WIDENING = 10.0  # the test's LRs run from the range's low / 10 to its high x 10
@@ -74,42 +79,71 @@ def measure(config: SweepConfig, n_trials: int,
             check(planned)
         low, high = search.base_lr.low / WIDENING, search.base_lr.high * WIDENING
         started = time.perf_counter()
-        found = []
+        found: list[float] = []
+        scales: list[float | None] = []
         for b in sizes:
             task = first if b == sizes[0] else built(config, factory, b, device)
             optimizer = build_optimizer(config.objective, task.model.parameters(), Coupled(low))
             step = Step(task, device, precision=config.objective.precision,
                         accumulation=micro_batches(b, config.objective.max_micro_batch))
-            found.append(range_test(task, step, TrainState(task.model, optimizer), b, updates, low, high,
-                                    config.study.seed, device))
+            lr_min, noise_scale = range_test(task, step, TrainState(task.model, optimizer), b, updates, low, high,
+                                             config.study.seed, device, section.cap_batch)
+            found.append(lr_min)
+            scales.append(noise_scale)
         seconds = time.perf_counter() - started
     finally:
         rng.restore(device)
     exponent, rule, centre = fit(sizes, found, search.reference_batch_size)
     lo, hi = placed(centre / section.below, section.span, search.base_lr.low, search.base_lr.high)
+    capped = {}
+    if section.cap_batch:
+        capped = {"noise_scales": tuple(scales), "batch_high": batch_cap(searched_sizes, scales)}
     prior = dataclasses.replace(planned, lr_min=tuple(found), exponent=exponent, coupling=rule, low=lo, high=hi,
-                                seconds=round(seconds, 3))
+                                seconds=round(seconds, 3), **capped)
     return prior, study_examples
 
 
 def range_test(task, step: Step, state: TrainState, batch_size: int, updates: int, low: float, high: float,
-               seed: int, device: torch.device) -> float:
+               seed: int, device: torch.device, noise: bool = False) -> tuple[float, float | None]:
     """The LR of least smoothed training loss over `updates` updates, the LR rising from `low` to
-    `high` geometrically."""
-    smoothed, least, at = None, math.inf, low
+    `high` geometrically; with `noise`, also B_simple over the updates up to that one (None when
+    not measurable: a batch of one, or |G|^2 lost in the noise), each update's batch split in two."""
+    gradients = None
+    if noise and batch_size >= 2:
+        gradients = GradientParts([p for p in state.model.parameters() if p.requires_grad])
+    measured: list[torch.Tensor] = []
+    smoothed, least, at, upto = None, math.inf, low, 0
     for i, batch in zip(range(updates), batches(task, batch_size, seed, device)):
         lr = low * (high / low) ** (i / max(updates - 1, 1))
         for group in state.optimizer.param_groups:
             group["lr"] = lr
-        loss = float(step(state, batch))
+        if gradients is None:
+            loss = float(step(state, batch))
+        else:
+            update_loss, norms = split_gradients(step, state, batch, gradients)
+            measured.append(estimates(norms, batch_len(batch)))
+            state.optimizer.step()
+            state.optimizer.zero_grad(set_to_none=True)
+            loss = float(update_loss)
         if not math.isfinite(loss):
             break
         smoothed = loss if smoothed is None else SMOOTHING * smoothed + (1 - SMOOTHING) * loss
         if smoothed < least:
-            least, at = smoothed, lr
+            least, at, upto = smoothed, lr, i + 1
         elif smoothed > DIVERGED * least:
             break
-    return at
+    return at, noise_scale_of(measured[:upto])
+
+
+def noise_scale_of(measured: list[torch.Tensor]) -> float | None:
+    """B_simple = mean tr(Sigma) / mean |G|^2 over the updates' estimates; None when the mean
+    |G|^2 is not positive or the ratio not finite."""
+    if not measured:
+        return None
+    trace, gradient_sq = torch.stack(measured).mean(0).tolist()
+    if gradient_sq <= 0 or not math.isfinite(trace / gradient_sq):
+        return None
+    return trace / gradient_sq
 
 
 def batches(task, batch_size: int, seed: int, device: torch.device):
