@@ -239,7 +239,7 @@ def crn_within(params: dict, spec: TaskSpec, prior) -> dict:
     low, high = spec.lr_range
     q = math.log(params["base_lr"] / low) / math.log(high / low)
     drawn = {**params, "base_lr": prior.low * (prior.high / prior.low) ** q}
-    if getattr(prior, "batch_high", None) is not None:
+    if prior.batch_high is not None:
         first, last = BATCH_EXPONENTS
         top = min(last, max(first, int(math.log2(prior.batch_high))))
         share = (params["batch_size_log2"] - first) / (last - first)

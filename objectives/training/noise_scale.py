@@ -99,10 +99,15 @@ class NoiseScale:
         average is not positive (the gradient is lost in the noise) or the result not finite."""
         if self.measurements == 0:
             return None
-        trace, gradient_sq = self.averages.tolist()
-        if gradient_sq <= 0 or not math.isfinite(trace / gradient_sq):
-            return None
-        return trace / gradient_sq
+        return b_simple(*self.averages.tolist())
+
+
+def b_simple(trace: float, gradient_sq: float) -> float | None:
+    """tr(Sigma) / |G|^2 from the averaged estimates; None while the |G|^2 average is not positive
+    (the gradient is lost in the noise) or the ratio is not finite."""
+    if gradient_sq <= 0 or not math.isfinite(trace / gradient_sq):
+        return None
+    return trace / gradient_sq
 
 
 def estimates(norms: Sequence[Sequence[Tensor]], batch: int) -> Tensor:
@@ -111,6 +116,11 @@ def estimates(norms: Sequence[Sequence[Tensor]], batch: int) -> Tensor:
     counts = tuple(len(group) for group in norms)
     squares = torch.stack([norm for group in norms for norm in group]).float().square()
     return estimate_weights(batch, counts).to(squares.device) @ squares
+
+
+def mean_noise_scale(updates: Sequence[Tensor]) -> float | None:
+    """B_simple from the plain mean of several updates' `estimates` (None: none, or not measurable)."""
+    return b_simple(*torch.stack(list(updates)).mean(0).tolist()) if updates else None
 
 
 def micro_sizes(batch: int, parts: int) -> list[int]:

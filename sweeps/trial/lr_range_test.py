@@ -26,7 +26,7 @@ from objectives.training.budget import plan_trial
 from objectives.training.coupling import Coupled
 from objectives.training.data import LoaderOptions, make_loader
 from objectives.training.hooks import split_gradients
-from objectives.training.noise_scale import GradientParts, estimates
+from objectives.training.noise_scale import GradientParts, estimates, mean_noise_scale
 from objectives.training.state import GlobalRng
 from objectives.training.step import Step, TrainState, micro_batches
 from sweeps.config.plan import budget_of
@@ -132,18 +132,7 @@ def range_test(task, step: Step, state: TrainState, batch_size: int, updates: in
             least, at, upto = smoothed, lr, i + 1
         elif smoothed > DIVERGED * least:
             break
-    return at, noise_scale_of(measured[:upto])
-
-
-def noise_scale_of(measured: list[torch.Tensor]) -> float | None:
-    """B_simple = mean tr(Sigma) / mean |G|^2 over the updates' estimates; None when the mean
-    |G|^2 is not positive or the ratio not finite."""
-    if not measured:
-        return None
-    trace, gradient_sq = torch.stack(measured).mean(0).tolist()
-    if gradient_sq <= 0 or not math.isfinite(trace / gradient_sq):
-        return None
-    return trace / gradient_sq
+    return at, mean_noise_scale(measured[:upto])
 
 
 def batches(task, batch_size: int, seed: int, device: torch.device):
