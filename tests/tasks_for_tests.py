@@ -8,7 +8,9 @@ from the numbers the study stores:
 - `lr_probe`: a loss whose gradient is exactly 1, so plain SGD moves the weight by -lr each update
   and the validation metric (the weight itself) is minus the sum of the learning rates so far;
 - `regression_small`: the built-in regression task on a tiny data set;
-- `crash_on_batch`, `crash_in_training`, `scripted`: failures (and Ctrl-C) on demand.
+- `crash_on_batch`, `crash_in_training`, `scripted`: failures (and Ctrl-C) on demand;
+- `regression_with_peers`: the built-in regression task, whose workers of `--workers` each hold a
+  trial before any of them can finish the study.
 
 A study builds its task once outside any trial (to learn N) with no trial parameters, so the
 failure factories only fail when `settings.params` is not empty: the studies that use them search
@@ -17,6 +19,10 @@ at least one value.
 
 from __future__ import annotations
 
+import os
+import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -142,3 +148,24 @@ def digits_golden(settings: TrialSettings) -> Task:
         train = TensorDataset(*train)
     return Task(model, train, (x_val, y_val), nn.functional.cross_entropy, accuracy,
                 augment=jitter, tokens_per_example=64)
+
+
+WAITED: list[int] = []  # this process's pid once its first trial has waited for its peers
+
+
+def regression_with_peers(settings: TrialSettings) -> Task:
+    """The built-in regression task (`objective.options` less `started` and `peers`). In a child of
+    `--workers`, the first trial's build waits, up to 60 s, until `options.peers` children have
+    reached theirs (a file each in the folder `options.started`): each worker then holds a trial
+    before any can finish the study, however unevenly a loaded machine starts them (a study of a
+    few tiny trials is otherwise done by whichever worker opens the store first)."""
+    options = dict(settings.options)
+    folder, peers = Path(options.pop("started")), int(options.pop("peers"))
+    if settings.params and "--as-worker" in sys.argv and not WAITED:
+        WAITED.append(os.getpid())
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / str(os.getpid())).touch()
+        deadline = time.monotonic() + 60
+        while len(list(folder.iterdir())) < peers and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return regression(replace(settings, options=options))

@@ -30,7 +30,7 @@ from sweeps.trial.record import STARTED_KEY, TrialRecord, horizons_of
 from tests.conftest import TINY, merged
 from tests.test_horizons_study import HORIZONS
 from tests.test_ledger import assert_books_balance, booked, ledger_of
-from tests.test_workers import PG_URL, load, needs_pg, start, unique, wait_for_running
+from tests.test_workers import PG_URL, load, needs_pg, start, unique, wait_for_running, with_peers
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 REL = 1e-4
@@ -368,7 +368,7 @@ def test_the_fuse_setting_is_not_part_of_the_search(tmp_path):
 
 def workers_study(folder, name: str) -> str:
     return write(folder, name, {"study": {"n_trials": 10, "heartbeat_interval": 1, "grace_period": 3},
-                                "objective": {"fuse": 3}})
+                                "objective": {"fuse": 3, **with_peers(folder, 2)}})
 
 
 def assert_workers_fused(study: optuna.Study) -> None:
@@ -529,3 +529,23 @@ def test_a_task_that_cannot_fuse_alone_is_built_once_for_the_check_under_auto(tm
     assert "objective.fuse auto: trials train one at a time: the task augments its batches" in out
     assert len(study.get_trials(states=FINISHED)) == 20
     assert len(AUGMENTED_BUILDS) == 20 + 1 + 1  # its trials, the runner's probe (N), the check's one build
+
+
+def test_a_fused_sweep_builds_no_torch_optim_optimizer(tmp_path):
+    """A fused group's members train with the group's stacked optimizer, so the trial's torch.optim
+    optimizer is never built: torch.optim's first one imports torch._dynamo (about 1.4 s of every
+    process), which a fused sweep's process then never loads."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = tmp_path / "fused.yaml"
+    path.write_text(yaml.safe_dump(merged(TINY, {"objective": {"fuse": 2}, "study": {"n_trials": 4}})))
+    code = ("import sys; from sweeps.run import main; code = main([sys.argv[1], '--quiet']); "
+            "print(code, 'torch._dynamo' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.stdout.splitlines()[-1] == "0 False", done.stdout[-2000:] + done.stderr[-2000:]
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'tiny.db'}")
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
+    assert all(t.user_attrs.get("fused_group") for t in study.trials)

@@ -18,7 +18,7 @@ from sweeps.run import main
 from sweeps.trial.record import TrialRecord, consumed, horizons_of
 from tests.conftest import TINY, merged
 from tests.test_ledger import booked, ledger_of, write
-from tests.test_workers import PG_URL, load, needs_pg, start, unique
+from tests.test_workers import PG_URL, load, needs_pg, start, unique, with_peers
 
 HORIZONS = {"budget": {"unit": "updates", "per_trial": 40, "eval_every": 5, "horizons": [10, "0.5x"]}}
 
@@ -117,7 +117,7 @@ def test_horizons_under_workers_and_across_a_resume(tmp_path, store, fuse):
     url = PG_URL if store == "postgresql" else f"sqlite:///{tmp_path}/hzw.db"
     path = write(tmp_path, name, merged(HORIZONS, {"pruner": {"name": "successive_halving",
                                                               "reduction_factor": 2},
-                                                   "objective": {"fuse": fuse}}),
+                                                   "objective": {"fuse": fuse, **with_peers(tmp_path, 2)}}),
                  n_trials=4, heartbeat_interval=1, grace_period=6)
     done = start(path, "--workers", "2", storage=url)
     out, err = done.communicate(timeout=300)

@@ -26,7 +26,7 @@ from sweeps.trial.lr_range_test import measure
 from sweeps.trial.record import PRIOR_ATTR, TrialRecord
 from tests.conftest import TINY, merged
 from tests.test_ledger import write
-from tests.test_workers import PG_URL, load, needs_pg, start, unique
+from tests.test_workers import PG_URL, load, needs_pg, start, unique, with_peers
 
 # A range 1e5 wide, and a prior 10 wide inside it: the narrowing is visible in every trial.
 PRIOR = {"study": {"n_trials": 6},
@@ -188,8 +188,8 @@ def test_every_worker_searches_the_one_measured_prior(tmp_path, store, fuse):
 
     name = unique("prw")
     url = PG_URL if store == "postgresql" else f"sqlite:///{tmp_path}/prw.db"
-    path = write(tmp_path, name, merged(PRIOR, {"objective": {"fuse": fuse}}), heartbeat_interval=1, grace_period=6,
-                 total_budget={"amount": 1000, "unit": "updates"})
+    path = write(tmp_path, name, merged(PRIOR, {"objective": {"fuse": fuse, **with_peers(tmp_path, 2)}}),
+                 heartbeat_interval=1, grace_period=6, total_budget={"amount": 1000, "unit": "updates"})
     done = start(path, "--workers", "2", storage=url)
     out, err = done.communicate(timeout=300)
     assert done.returncode == 0, err

@@ -70,6 +70,14 @@ def study_file(folder: Path, name: str, n_trials: int, seconds: float | None = N
     return path
 
 
+def with_peers(folder: Path, workers: int) -> dict:
+    """An `objective` section whose task is the regression task, each of `workers` workers holding a
+    trial before any can finish the study (`tests.tasks_for_tests:regression_with_peers`): for a test
+    that asserts every worker trained, on a study small enough for one worker to end alone."""
+    return {"task": "tests.tasks_for_tests:regression_with_peers",
+            "options": {"started": str(folder / "workers-started"), "peers": workers}}
+
+
 def start(path: Path, *args: str, storage: str | None = None, quiet: bool = True) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     if storage:

@@ -94,7 +94,7 @@ def build_member(objective: SweepObjective, trial, point: Suggestion, pruner: Re
     (as `SweepObjective.run` records a trial that crashes before training)."""
     outcome = Outcome(TrialState.FAIL, attrs=dict(objective.identity))
     try:
-        prepared = objective.prepare(trial, point)
+        prepared = objective.prepare(trial, point, optimizer=False)  # it trains with the group's
         outcome.attrs.update(plan_attrs(prepared, objective.device))
     except Exception as err:
         outcome.attrs.update(record.error_attrs(f"{type(err).__name__}: {err}"[:2000]))

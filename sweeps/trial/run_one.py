@@ -101,7 +101,7 @@ class PreparedTrial:
     seed: int
     task: Task
     coupled: Coupled
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | None  # None for a fused group's member: it trains with the group's
     plan: TrialPlan
     schedule: Schedule
     warmup_updates: int | None = None  # when absolute (`warmup_updates`): the schedule's, unclamped
@@ -125,13 +125,16 @@ class SweepObjective:
         self.identity: dict[str, object] = {}  # which worker ran the trial (worker number, sampler seed)
         self.live: LiveTrial | None = None  # set by the runner when a progress display reads it
 
-    def prepare(self, trial: optuna.Trial, point: Suggestion) -> PreparedTrial:
+    def prepare(self, trial: optuna.Trial, point: Suggestion, *, optimizer: bool = True) -> PreparedTrial:
+        """The trial's task, plan and schedule, and its torch.optim optimizer unless `optimizer` is
+        False (a fused group's member: building one would cost the process torch._dynamo's import,
+        about 1.4 s, which torch.optim's first optimizer pays, for an optimizer never stepped)."""
         cfg = self.config
         seed = training_seed_of(cfg, trial)
         coupled = couple(point.coupling, point.base_lr, point.batch_size,
                          cfg.search.reference_batch_size, cfg.objective.betas, cfg.objective.eps)
         task = self.make_task(point, coupled, seed, trial.params)
-        optimizer = build_optimizer(cfg.objective, task.model.parameters(), coupled)
+        built = build_optimizer(cfg.objective, task.model.parameters(), coupled) if optimizer else None
         n_train = task.n_train
         timed_updates = None
         if self.budget.timed:
@@ -145,7 +148,7 @@ class SweepObjective:
         schedule = Schedule.build(coupled.lr, plan.planned_updates, point.warmup_fraction,
                                   cfg.schedule.name, cfg.schedule.final_lr_fraction, cfg.schedule.decay_fraction,
                                   warmup_updates=warmup)
-        return PreparedTrial(point, seed, task, coupled, optimizer, plan, schedule, warmup)
+        return PreparedTrial(point, seed, task, coupled, built, plan, schedule, warmup)
 
     def make_task(self, point: Suggestion, coupled: Coupled, seed: int, params: dict) -> Task:
         # Model initialisation draws from the CPU generator; torch.manual_seed would also seed
