@@ -22,7 +22,7 @@ import random
 from pathlib import Path
 
 from search_efficiency_lib.analysis import best_baseline_ratio
-from search_efficiency_lib.cli import CHARGE_FILE, read_json, with_charges, with_horizons
+from search_efficiency_lib.cli import CHARGE_FILE, read_json, with_charges, with_horizons, without_notes
 from search_efficiency_lib.grid import load_runs
 from search_efficiency_lib.methods import CRN_BASELINES, CRN_GRID, CRN_SERVICE
 from search_efficiency_lib.reference import load_noise, load_reference, noise_margins, resolve_reference
@@ -50,7 +50,7 @@ def mechanisms(config: dict) -> int:
 
 def rate(label: str, parser) -> dict:
     raw = json.loads(config_file(label).read_text())
-    config = {k: v for k, v in raw.items() if not k.startswith("_")}
+    config = without_notes(raw)
     names = list(DEVELOPMENT)
     specs, metas = issue30_specs(names, ISSUE30_FULL_TRIALS)
     specs = with_horizons(with_charges(specs, metas, read_json(CHARGE_FILE), parser), config)

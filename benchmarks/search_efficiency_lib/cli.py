@@ -248,8 +248,13 @@ def git_commit() -> str | None:
 def service_config(raw: str | None) -> dict | None:
     if not raw:
         return None
-    data = json.loads(Path(raw).read_text() if Path(raw).exists() else raw)
-    return {k: v for k, v in data.items() if not k.startswith("_")}  # `_mechanisms`: search30_select's count
+    return without_notes(json.loads(Path(raw).read_text() if Path(raw).exists() else raw))
+
+
+def without_notes(config: dict) -> dict:
+    """A service config less its `_` keys (`_mechanisms`: search30_select's count), which are not
+    study-file sections."""
+    return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
 def with_horizons(specs: dict, frozen: dict | None) -> dict:

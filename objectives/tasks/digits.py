@@ -21,7 +21,8 @@ def bundled_csv() -> Path | None:
     """scikit-learn's own copy of the digits, found without importing scikit-learn (whose import
     costs about 1.4 s of every process that trains digits: each `--workers` worker, each CLI run)."""
     spec = importlib.util.find_spec("sklearn")
-    for folder in (spec.submodule_search_locations or []) if spec else []:
+    folders = (spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
         path = Path(folder) / "datasets" / "data" / "digits.csv.gz"
         if path.is_file():
             return path

@@ -78,13 +78,12 @@ class NoiseScale:
         `batches.split` cuts it; `norms[-1]`: those of the update's whole gradient. Four ops
         whatever the number of micro-batches: the estimates are one fixed linear map of the
         squared norms, applied with the average's decay in one `addmv_`."""
-        counts = tuple(len(group) for group in norms)
-        if not any(counts):
+        if not any(len(group) for group in norms):
             return
+        counts, squares = squared_norms(norms)
         weights = self.weights.get((batch, counts))
         if weights is None:
             weights = self.weights[(batch, counts)] = estimate_weights(batch, counts).to(self.device)
-        squares = torch.stack([norm for group in norms for norm in group]).float().square()
         self.averages.addmv_(weights, squares, beta=self.decay, alpha=1 - self.decay)
         self.measurements += 1
 
@@ -113,9 +112,15 @@ def b_simple(trace: float, gradient_sq: float) -> float | None:
 def estimates(norms: Sequence[Sequence[Tensor]], batch: int) -> Tensor:
     """One update's [tr(Sigma), |G|^2] estimates from its norms (as `NoiseScale.add` takes them),
     unaveraged: for a caller that averages over updates of its own choosing."""
-    counts = tuple(len(group) for group in norms)
-    squares = torch.stack([norm for group in norms for norm in group]).float().square()
+    counts, squares = squared_norms(norms)
     return estimate_weights(batch, counts).to(squares.device) @ squares
+
+
+def squared_norms(norms: Sequence[Sequence[Tensor]]) -> tuple[tuple[int, ...], Tensor]:
+    """How many norms each group holds, and all of them squared in one float32 vector: the
+    estimates are a fixed linear map of it (`estimate_weights`)."""
+    counts = tuple(len(group) for group in norms)
+    return counts, torch.stack([norm for group in norms for norm in group]).float().square()
 
 
 def mean_noise_scale(updates: Sequence[Tensor]) -> float | None:
