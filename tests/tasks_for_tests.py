@@ -10,7 +10,9 @@ from the numbers the study stores:
 - `regression_small`: the built-in regression task on a tiny data set;
 - `crash_on_batch`, `crash_in_training`, `scripted`: failures (and Ctrl-C) on demand;
 - `regression_with_peers`: the built-in regression task, whose workers of `--workers` each hold a
-  trial before any of them can finish the study.
+  trial before any of them can finish the study;
+- `regression_held`: the built-in regression task, each trial holding its reservation for a while
+  before it trains.
 
 A study builds its task once outside any trial (to learn N) with no trial parameters, so the
 failure factories only fail when `settings.params` is not empty: the studies that use them search
@@ -168,4 +170,15 @@ def regression_with_peers(settings: TrialSettings) -> Task:
         deadline = time.monotonic() + 60
         while len(list(folder.iterdir())) < peers and time.monotonic() < deadline:
             time.sleep(0.05)
+    return regression(replace(settings, options=options))
+
+
+def regression_held(settings: TrialSettings) -> Task:
+    """The built-in regression task (`objective.options` less `hold`), each trial's build sleeping
+    `options.hold` seconds: a trial is then seen running, its cost reserved, by a test that polls the
+    store (a tiny trial is otherwise over between two polls, and a tiny study too)."""
+    options = dict(settings.options)
+    hold = float(options.pop("hold"))
+    if settings.params:
+        time.sleep(hold)
     return regression(replace(settings, options=options))

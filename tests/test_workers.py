@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 from sqlalchemy import select
 
 from storage.workers import WORKERS
-from tests.conftest import PG_URL, engine, load_study, needs_pg
+from tests.conftest import PG_URL, engine, load_study, merged, needs_pg
 
 REPO = Path(__file__).resolve().parents[1]
 PG_VERSION = (sorted(os.listdir("/etc/postgresql")) or ["15"])[-1] if os.path.isdir("/etc/postgresql") else "15"
@@ -320,7 +320,8 @@ def test_three_fused_workers_on_a_total_ride_out_a_database_restart(tmp_path, po
     from tests.test_ledger import VARIED, assert_books_balance, ledger_of, wait_for_reservation, write
 
     name = unique("ledgerpg")
-    path = write(tmp_path, name, VARIED, heartbeat_interval=1, grace_period=30)
+    held = {"objective": {"task": "tests.tasks_for_tests:regression_held", "options": {"hold": 2.0}}}
+    path = write(tmp_path, name, merged(VARIED, held), heartbeat_interval=1, grace_period=30)
     log = tmp_path / "sweep.log"
     parent = start(path, "--workers", "3", "--log-file", str(log), storage=PG_URL)
     try:
