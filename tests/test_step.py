@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
+
 import torch
 
 from objectives.task import TrialSettings
@@ -61,6 +64,25 @@ def test_the_seconds_budget_times_the_trials_step(monkeypatch):
     assert seconds > 0 and len(calls) == 4
     assert all(step.accumulation == 4 and autocast for step, _, _, autocast in calls)  # 32 = 4 x 8, under bf16
     assert all(state.model is not task.model for _, state, _, _ in calls), "a throwaway copy trains"
+
+
+def test_the_seconds_budget_times_the_tasks_augment_with_each_update():
+    """An augment's time is part of every update a seconds budget pays for: timed without it, a
+    trial planned more updates than its seconds hold, and the cap ended it before its decay."""
+    task = regression(TrialSettings(16, 0.05, 0, CPU, options={"dim": 4, "n_train": 64, "n_val": 16}))
+    seen = []
+
+    def slow(batch, generator):
+        seen.append(generator)
+        time.sleep(0.02)
+        return batch
+
+    def per_update(augment) -> float:
+        return measure_seconds_per_update(replace(task, augment=augment),
+                                          lambda params: torch.optim.SGD(params, lr=0.01), 16, updates=3)
+
+    assert per_update(None) < 0.02 <= per_update(slow)
+    assert len(seen) == 4 and len({id(g) for g in seen}) == 1  # every update, one throwaway generator
 
 
 class OutOfMemoryAbove(torch.nn.Module):

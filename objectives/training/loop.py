@@ -388,7 +388,10 @@ def measure_seconds_per_update(task: Task, make_optimizer: OptimizerFactory, bat
                                updates: int = 5, *, precision: str = "fp32",
                                max_micro_batch: int | None = None) -> float:
     """Time a few updates on throwaway copies, so a seconds budget can plan its horizon: the
-    trials' own step (`Step`: precision, micro-batches, OOM halving) on a copy of the model.
+    trials' own step (`Step`: precision, micro-batches, OOM halving) on a copy of the model, each
+    batch through the task's augment as in training (from a throwaway generator): an augment's
+    time is part of every update the budget pays for, and left out it planned more updates than
+    the seconds hold, so the cap ended the run before its decay.
 
     The copy's optimizer is built by the same factory as the trial's: rebuilding it from
     `optimizer.defaults` passes keys some constructors do not take (AdamW's
@@ -400,6 +403,7 @@ def measure_seconds_per_update(task: Task, make_optimizer: OptimizerFactory, bat
     step = Step(task, device, precision=precision, accumulation=micro_batches(batch_size, max_micro_batch))
     n = task.n_train
     gen = torch.Generator(device=device if tensors else "cpu").manual_seed(0)
+    augment_gen = torch.Generator(device=device).manual_seed(0) if task.augment is not None else None
     timings = []
     for _ in range(updates + 1):
         idx = torch.randint(0, n, (min(batch_size, n),), device=gen.device, generator=gen)
@@ -408,6 +412,8 @@ def measure_seconds_per_update(task: Task, make_optimizer: OptimizerFactory, bat
             batch = (task.train[0][idx], task.train[1][idx])
         else:  # a Dataset: loading the batch is part of the update's time
             batch = to_device(default_collate([task.train[i] for i in idx.tolist()]), device)
+        if augment_gen is not None:
+            batch = task.augment(batch, augment_gen)
         step.within_memory(state, batch)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
