@@ -12,7 +12,9 @@ from the numbers the study stores:
 - `regression_with_peers`: the built-in regression task, whose workers of `--workers` each hold a
   trial before any of them can finish the study;
 - `regression_held`: the built-in regression task, each trial holding its reservation for a while
-  before it trains.
+  before it trains;
+- `regression_paced`: the built-in regression task, each training batch taking a while, mostly
+  asleep: a `seconds` trial that lasts without keeping a core busy.
 
 A study builds its task once outside any trial (to learn N) with no trial parameters, so the
 failure factories only fail when `settings.params` is not empty: the studies that use them search
@@ -182,3 +184,20 @@ def regression_held(settings: TrialSettings) -> Task:
     if settings.params:
         time.sleep(hold)
     return regression(replace(settings, options=options))
+
+
+def regression_paced(settings: TrialSettings) -> Task:
+    """The built-in regression task (`objective.options` less `pace`), each training batch sleeping
+    `options.pace` seconds (in its augment): a trial under a `seconds` budget trains, evaluates,
+    beats and stops as any does, for its seconds, with its core mostly idle. The tests of workers,
+    signals and outages start many of them at once on two cores, where busy ones slowed every
+    other test of the suite."""
+    options = dict(settings.options)
+    pace = float(options.pop("pace"))
+    task = regression(replace(settings, options=options))
+
+    def paced(batch, generator):
+        time.sleep(pace)
+        return batch
+
+    return replace(task, augment=paced)

@@ -61,7 +61,10 @@ def study_file(folder: Path, name: str, n_trials: int, seconds: float | None = N
                   "heartbeat_interval": 1, "grace_period": 3, **study},
         "sampler": {"name": "tpe", "n_startup_trials": 4},
         "pruner": {"name": "none"},
-        "objective": {"task": "regression", "options": {"dim": 8, "n_train": 256, "n_val": 64}},
+        # a seconds trial paced (mostly asleep): it lasts as long without keeping a core busy
+        "objective": ({"task": "tests.tasks_for_tests:regression_paced",
+                       "options": {"dim": 8, "n_train": 256, "n_val": 64, "pace": 0.005}} if seconds
+                      else {"task": "regression", "options": {"dim": 8, "n_train": 256, "n_val": 64}}),
         "budget": budget,
         "search": {"batch_size": [8, 16, 32, 64], "base_lr": {"low": 1e-3, "high": 0.1, "log": True}},
     }
