@@ -210,6 +210,22 @@ def test_seconds_budget_trains_until_the_time_cap_and_reports_every_eval_every_i
         assert attrs["train_seconds"] >= 0.5 * cap, summary
 
 
+def test_a_seconds_trial_with_a_slow_augment_plans_the_updates_its_seconds_hold(tmp_path):
+    """The throughput estimate pays the augment's time as every update does. Without it, 40 searched
+    epochs (640 updates) seemed to fit in 1 s, the trial was planned by its epochs with its LR on
+    the update count, and the cap ended it after about 160 updates: a quarter of its schedule,
+    never decayed."""
+    config = make_config(tmp_path, study={"n_trials": 1},
+                         objective={"task": "tests.tasks_for_tests:regression_paced",
+                                    "options": {"dim": 8, "n_train": 256, "n_val": 64, "pace": 0.005}},
+                         budget={"unit": "seconds", "per_trial": 1.0, "eval_every": 0.25},
+                         search={"batch_size": [16], "epochs": {"low": 40, "high": 40}})
+    attrs = sweep(config, tmp_path / "s.db").trials[0].user_attrs
+    assert attrs["stop_reason"] == "budget"
+    assert attrs["planned_updates"] < 640  # planned by the seconds, so the LR follows the clock
+    assert 0.5 < attrs["updates"] / attrs["planned_updates"] < 2, attrs
+
+
 def test_hyperband_prunes_only_on_the_shared_grid(tmp_path):
     config = make_config(tmp_path, study={"n_trials": 10}, pruner={"name": "hyperband", "reduction_factor": 3},
                          budget={"unit": "examples", "per_trial": 3000, "eval_every": 300},
