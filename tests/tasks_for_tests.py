@@ -190,8 +190,8 @@ def regression_paced(settings: TrialSettings) -> Task:
     """The built-in regression task (`objective.options` less `pace`), each training batch sleeping
     `options.pace` seconds (in its augment): a trial under a `seconds` budget trains, evaluates,
     beats and stops as any does, for its seconds, with its core mostly idle. The tests of workers,
-    signals and outages start many of them at once on two cores, where busy ones slowed every
-    other test of the suite."""
+    signals and outages start many of them at once on two cores, where busy ones took CPU from
+    every other test of the suite."""
     options = dict(settings.options)
     pace = float(options.pop("pace"))
     task = regression(replace(settings, options=options))

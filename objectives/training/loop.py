@@ -390,8 +390,8 @@ def measure_seconds_per_update(task: Task, make_optimizer: OptimizerFactory, bat
     """Time a few updates on throwaway copies, so a seconds budget can plan its horizon: the
     trials' own step (`Step`: precision, micro-batches, OOM halving) on a copy of the model, each
     batch through the task's augment as in training (from a throwaway generator): an augment's
-    time is part of every update the budget pays for, and left out it planned more updates than
-    the seconds hold, so the cap ended the run before its decay.
+    time is part of every update the budget pays for. Left out, it planned more updates than the
+    seconds hold: a run planned by its (searched) epochs was then cut by the cap before its decay.
 
     The copy's optimizer is built by the same factory as the trial's: rebuilding it from
     `optimizer.defaults` passes keys some constructors do not take (AdamW's
