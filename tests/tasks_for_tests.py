@@ -163,8 +163,8 @@ def regression_with_peers(settings: TrialSettings) -> Task:
     reached theirs (a file each in the folder `options.started`): each worker then holds a trial
     before any can finish the study, however unevenly a loaded machine starts them (a study of a
     few tiny trials is otherwise done by whichever worker opens the store first)."""
-    options = dict(settings.options)
-    folder, peers = Path(options.pop("started")), int(options.pop("peers"))
+    settings, (started, peers) = less(settings, "started", "peers")
+    folder, peers = Path(started), int(peers)
     if settings.params and "--as-worker" in sys.argv and not WAITED:
         WAITED.append(os.getpid())
         folder.mkdir(parents=True, exist_ok=True)
@@ -172,18 +172,17 @@ def regression_with_peers(settings: TrialSettings) -> Task:
         deadline = time.monotonic() + 60
         while len(list(folder.iterdir())) < peers and time.monotonic() < deadline:
             time.sleep(0.05)
-    return regression(replace(settings, options=options))
+    return regression(settings)
 
 
 def regression_held(settings: TrialSettings) -> Task:
     """The built-in regression task (`objective.options` less `hold`), each trial's build sleeping
     `options.hold` seconds: a trial is then seen running, its cost reserved, by a test that polls the
     store (a tiny trial is otherwise over between two polls, and a tiny study too)."""
-    options = dict(settings.options)
-    hold = float(options.pop("hold"))
+    settings, (hold,) = less(settings, "hold")
     if settings.params:
-        time.sleep(hold)
-    return regression(replace(settings, options=options))
+        time.sleep(float(hold))
+    return regression(settings)
 
 
 def regression_paced(settings: TrialSettings) -> Task:
@@ -192,12 +191,18 @@ def regression_paced(settings: TrialSettings) -> Task:
     beats and stops as any does, for its seconds, with its core mostly idle. The tests of workers,
     signals and outages start many of them at once on two cores, where busy ones took CPU from
     every other test of the suite."""
-    options = dict(settings.options)
-    pace = float(options.pop("pace"))
-    task = regression(replace(settings, options=options))
+    settings, (pace,) = less(settings, "pace")
 
     def paced(batch, generator):
-        time.sleep(pace)
+        time.sleep(float(pace))
         return batch
 
-    return replace(task, augment=paced)
+    return replace(regression(settings), augment=paced)
+
+
+def less(settings: TrialSettings, *names: str) -> tuple[TrialSettings, list]:
+    """The settings without the test's own `objective.options` (what the built-in task is given),
+    and those options' values."""
+    options = dict(settings.options)
+    values = [options.pop(name) for name in names]
+    return replace(settings, options=options), values

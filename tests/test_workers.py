@@ -56,15 +56,15 @@ def delete_pg_studies():
 def study_file(folder: Path, name: str, n_trials: int, seconds: float | None = None, **study) -> Path:
     budget = ({"unit": "seconds", "per_trial": seconds, "eval_every": seconds / 4} if seconds
               else {"unit": "updates", "per_trial": 30, "eval_every": 10})
+    options = {"dim": 8, "n_train": 256, "n_val": 64}
     data = {
         "study": {"name": name, "metric": "val_mse", "direction": "minimize", "n_trials": n_trials,
                   "heartbeat_interval": 1, "grace_period": 3, **study},
         "sampler": {"name": "tpe", "n_startup_trials": 4},
         "pruner": {"name": "none"},
         # a seconds trial paced (mostly asleep): it lasts as long without keeping a core busy
-        "objective": ({"task": "tests.tasks_for_tests:regression_paced",
-                       "options": {"dim": 8, "n_train": 256, "n_val": 64, "pace": 0.005}} if seconds
-                      else {"task": "regression", "options": {"dim": 8, "n_train": 256, "n_val": 64}}),
+        "objective": ({"task": "tests.tasks_for_tests:regression_paced", "options": {**options, "pace": 0.005}}
+                      if seconds else {"task": "regression", "options": options}),
         "budget": budget,
         "search": {"batch_size": [8, 16, 32, 64], "base_lr": {"low": 1e-3, "high": 0.1, "log": True}},
     }
