@@ -27,7 +27,7 @@ from sweeps.run import main
 from sweeps.text import quantity
 from sweeps.trial.record import TrialRecord
 from tests.conftest import TINY, engine, merged, postgres_held
-from tests.test_workers import PG_URL, load, needs_pg, start, unique, wait_for_running
+from tests.test_workers import PG_URL, load, needs_pg, start, unique, wait_for_running, with_peers
 
 N_TRAIN = 256
 # examples budget: a trial costs 256 x its epochs (1 to 4), so costs differ and some trials do not fit
@@ -165,7 +165,9 @@ def test_three_workers_on_postgres_never_exceed_the_total(tmp_path, run_here):
     middle fails them as stale and leaves no trial finished (it failed so in a local run and in CI
     once this study fused), so it holds the restart off (`postgres_held`)."""
     name = unique("ledger3")
-    path = write(tmp_path, name, VARIED, heartbeat_interval=1, grace_period=3)
+    # two workers each hold a trial before any can spend the total alone (a fused worker can, once started)
+    path = write(tmp_path, name, merged(VARIED, {"objective": with_peers(tmp_path, 2)}), heartbeat_interval=1,
+                 grace_period=3)
     with postgres_held(exclusive=False):
         done = run_here([str(path), "--quiet", "--workers", "3"], storage=PG_URL)
     out, err = done.stdout, done.stderr
