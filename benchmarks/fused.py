@@ -47,6 +47,7 @@ from objectives.tasks.teacher import teacher_mlp
 from objectives.training.budget import Budget, plan_trial
 from objectives.training.fused import FusedMember, FusedTrainer, MemberOptimizer
 from objectives.training.loop import Trainer
+from objectives.training.optimizers import OPTIMIZERS
 from objectives.training.options import TrainerOptions
 from objectives.training.schedule import Schedule
 
@@ -82,7 +83,7 @@ def member(task: str, i: int, batch_size: int, budget: Budget) -> FusedMember:
 def train_alone(task: str, trials: list[int], batch_size: int, budget: Budget) -> None:
     for i in trials:
         m = member(task, i, batch_size, budget)
-        optimizer = torch.optim.SGD(m.task.model.parameters(), lr=m.schedule.peak_lr, momentum=OPTIMIZER.momentum)
+        optimizer = OPTIMIZERS["sgd"](m.task.model.parameters(), lr=m.schedule.peak_lr, momentum=OPTIMIZER.momentum)
         Trainer(m.task, optimizer, m.schedule, m.plan, budget, OPTIONS, seed=m.seed).train()
 
 
@@ -154,8 +155,9 @@ def train(task: str, trials: list[int], batch_size: int, budget: Budget, k: int)
 
 def warm_up(task: str, batch_size: int, budget: Budget, k: int) -> None:
     """Before any clock: the data set, and one throwaway trial on the path to be timed, which pays
-    the path's first-use costs (torch.optim's first optimizer imports torch._dynamo: about 1.9 s
-    here, once per process, which the unfused path alone would otherwise be charged)."""
+    the path's first-use costs once per process (until the trials' optimizers stopped importing
+    torch._dynamo, `objectives.training.optimizers`, the unfused path's first optimizer paid about
+    1.9 s here for that import)."""
     build(task, 0, batch_size)
     train(task, [10_000], batch_size, budget, min(k, 1))
 

@@ -533,8 +533,7 @@ def test_a_task_that_cannot_fuse_alone_is_built_once_for_the_check_under_auto(tm
 
 def test_a_fused_sweep_builds_no_torch_optim_optimizer(tmp_path):
     """A fused group's members train with the group's stacked optimizer, so the trial's torch.optim
-    optimizer is never built: torch.optim's first one imports torch._dynamo (about 1.4 s of every
-    process), which a fused sweep's process then never loads."""
+    optimizer is never built, and the process never loads torch._dynamo (over a second of imports)."""
     import subprocess
     import sys
     from pathlib import Path

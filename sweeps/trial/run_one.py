@@ -17,6 +17,7 @@ from objectives.training.coupling import Coupled, couple
 from objectives.training.data import LoaderOptions
 from objectives.training.live import LiveTrial
 from objectives.training.loop import Reporter, Trainer, TrainResult, measure_seconds_per_update
+from objectives.training.optimizers import OPTIMIZERS
 from objectives.training.options import EarlyStopping, TrainerOptions
 from objectives.training.schedule import Schedule
 from sweeps.config.gpus import machine_gpu
@@ -65,10 +66,11 @@ def resolve_device(name: str, memory_fraction: float | None = None) -> torch.dev
 
 
 def build_optimizer(section: ObjectiveSection, params, coupled: Coupled) -> torch.optim.Optimizer:
+    """The section's torch.optim optimizer (`objectives.training.optimizers`: stepped without
+    importing torch._dynamo)."""
+    optimizer = OPTIMIZERS[section.optimizer]
     if section.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=coupled.lr, momentum=section.momentum,
-                               weight_decay=section.weight_decay)
-    optimizer = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[section.optimizer]
+        return optimizer(params, lr=coupled.lr, momentum=section.momentum, weight_decay=section.weight_decay)
     return optimizer(params, lr=coupled.lr, betas=coupled.betas or section.betas,
                      eps=coupled.eps or section.eps, weight_decay=section.weight_decay)
 
@@ -127,8 +129,7 @@ class SweepObjective:
 
     def prepare(self, trial: optuna.Trial, point: Suggestion, *, optimizer: bool = True) -> PreparedTrial:
         """The trial's task, plan and schedule, and its torch.optim optimizer unless `optimizer` is
-        False (a fused group's member: building one would cost the process torch._dynamo's import,
-        about 1.4 s, which torch.optim's first optimizer pays, for an optimizer never stepped)."""
+        False (a fused group's member, which trains with the group's stacked optimizer)."""
         cfg = self.config
         seed = training_seed_of(cfg, trial)
         coupled = couple(point.coupling, point.base_lr, point.batch_size,
