@@ -334,6 +334,24 @@ def test_a_bad_fuse_value_is_exit_2_with_one_line(tmp_path, capsys):
         assert len(err.strip().splitlines()) == 1 and message in err
 
 
+def test_an_unquoted_off_turns_fusion_off_in_the_file_and_from_set(tmp_path, capsys):
+    """`fuse: off` as the docs write it: YAML 1.1 reads an unquoted off as false, which must mean
+    off, not an error (it was "expected an integer, got bool False"). `fuse: true` stays an error."""
+    data = merged(TINY, {"study": {"name": "plain", "n_trials": 20}})
+    text = yaml.safe_dump(data).replace("objective:\n", "objective:\n  fuse: off\n", 1)
+    assert "  fuse: off\n" in text and yaml.safe_load(text)["objective"]["fuse"] is False
+    (tmp_path / "plain.yaml").write_text(text)
+    assert parse_config(yaml.safe_load(text), tmp_path).objective.fuse == "off"
+    assert main([str(tmp_path / "plain.yaml"), "--quiet"]) == 0  # 20 trials: auto would fuse them
+    study = optuna.load_study(study_name="plain", storage=f"sqlite:///{tmp_path / 'plain.db'}")
+    assert len(study.get_trials(states=FINISHED)) == 20
+    assert not any(TrialRecord.of(t).fused_group for t in study.trials)
+    for flag, code in (("objective.fuse=off", 0), ("objective.fuse=no", 0), ("objective.fuse=true", 2)):
+        assert main([write(tmp_path, "set", {}), "--dry-run", "--set", flag]) == code
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "objective.fuse: " in err and "got True" in err
+
+
 def test_auto_measures_k_once_per_batch_size_and_says_it(tmp_path, capsys):
     data = {"study": {"n_trials": 20}, "objective": {"fuse": "auto"}}
     study = sweep(tmp_path, data)

@@ -70,6 +70,8 @@ def coerce(tp: Any, value: Any, path: str) -> Any:
         return value
     if origin is Literal or is_choice(tp):
         allowed = get_args(tp) if origin is Literal else tp.choices()
+        if value is False and "off" in allowed:  # YAML 1.1 reads an unquoted `off` (or `no`) as false
+            return "off"
         if value not in allowed:
             hint = did_you_mean(str(value), [str(a) for a in allowed])
             names = ", ".join(str(a) for a in allowed)
