@@ -527,7 +527,11 @@ def test_examples_build_on_the_samples_module_output(tmp_path, monkeypatch, caps
     commands = (f"python -m objectives.tasks.samples {kind} examples/{sample}\n"
                 f"python -m sweeps.run examples/{example}.yaml")
     assert commands in guide
-    assert samples.main([kind, str(tmp_path / sample)]) == 0
+    assert main([str(tmp_path / f"{example}.yaml"), "--dry-run"]) == 2  # no data yet: the error offers the sample
+    err = capsys.readouterr().err
+    offered = f"python -m objectives.tasks.samples {kind} {tmp_path / sample})"
+    assert len(err.strip().splitlines()) == 1 and err.rstrip().endswith(offered)
+    assert samples.main(offered.removesuffix(")").split()[3:]) == 0
     config = parse_config(loaded, tmp_path)
     assert config.objective.task == example
     assert main([str(tmp_path / f"{example}.yaml"), "--dry-run"]) == 0

@@ -136,7 +136,7 @@ def next_char_loss(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 def char_lm(settings: TrialSettings) -> Task:
-    path = data_path(settings, EXPECTED)
+    path = data_path(settings, EXPECTED, sample="char_lm")
     block_size = option(settings, "block_size", 128, int, low=1)
     x_train, y_train, x_val, y_val, vocab = char_blocks(
         path, block_size, option(settings, "val_fraction", 0.1, float, 0.0, 0.9),

@@ -211,7 +211,7 @@ def random_crop_flip(batch: tuple[Tensor, Tensor], generator: torch.Generator) -
 
 
 def cifar10(settings: TrialSettings) -> Task:
-    path = data_path(settings, EXPECTED)
+    path = data_path(settings, EXPECTED, sample="cifar10")
     x_train, y_train, x_val, y_val, classes, mean, std = cifar_arrays(
         path, option(settings, "image_size", 32, int, low=8), option(settings, "val_fraction", 0.1, float, 0.0, 0.9),
         option(settings, "max_train", 0), option(settings, "max_val", 0),

@@ -187,7 +187,7 @@ def check_direction(kind: str, maximize: bool | None) -> None:
 
 
 def csv_table(settings: TrialSettings) -> Task:
-    path = data_path(settings, EXPECTED)
+    path = data_path(settings, EXPECTED, sample="csv")
     opts = settings.options
     target = opts.get("target")
     if not target or not isinstance(target, str):

@@ -21,14 +21,17 @@ class DataFileError(ValueError):
         self.path = path
 
 
-def data_path(settings: TrialSettings, what: str) -> str:
-    """objective.options.path, resolved against the study file's folder; `what` names the format."""
+def data_path(settings: TrialSettings, what: str, sample: str | None = None) -> str:
+    """objective.options.path, resolved against the study file's folder; `what` names the format,
+    and `sample` the kind `python -m objectives.tasks.samples` writes in it, offered when the path
+    is missing."""
     raw = settings.options.get(PATH_OPTION)
     if not raw or not isinstance(raw, str):
         raise DataFileError(f"objective.options.{PATH_OPTION}", f"missing: give the path of {what}")
     path = resolve_path(settings.base_dir, raw)
     if not os.path.exists(path):
-        raise DataFileError(path, f"no such file or folder; expected {what}")
+        offer = f" (to try the task on a small generated one: python -m objectives.tasks.samples {sample} {path})"
+        raise DataFileError(path, f"no such file or folder; expected {what}{offer if sample else ''}")
     return path
 
 
