@@ -1,7 +1,7 @@
 """The `sweeps` console command, run from a folder outside the repository.
 
 The console entry point is tested as the installed script runs it (`from sweeps.console import
-main`) and as `python -m sweeps.console`; both from a folder whose own `storage.py` and
+main`), as `python -m sweeps.console` and as `python -m sweeps`; all from a folder whose own `storage.py` and
 `objectives.py` would break the project's packages if they were imported. Those, the import-path
 cases of each entry point (the installed script, `python -m sweeps.run`, `python -m sweeps.console`,
 the children of --workers) and what a fresh interpreter imports are real subprocesses; what each
@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 SCRIPT = [sys.executable, "-c", "import sys; from sweeps.console import main; sys.exit(main())"]
 MODULE = [sys.executable, "-m", "sweeps.console"]
+PACKAGE = [sys.executable, "-m", "sweeps"]  # sweeps/__main__.py
 SUBCOMMANDS = ["run", "report", "dashboard", "probe", "best", "confirm", "predict", "studies", "slurm", "screenshot"]
 if (REPO / "sweeps" / "schema_cmd.py").is_file():
     SUBCOMMANDS.append("schema")
@@ -121,7 +122,7 @@ def test_importing_the_dispatcher_does_not_import_torch_or_optuna(tmp_path):
     assert done.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("form", [SCRIPT, MODULE], ids=["script", "python-m"])
+@pytest.mark.parametrize("form", [SCRIPT, MODULE, PACKAGE], ids=["script", "python-m", "python-m-sweeps"])
 def test_a_users_storage_and_objectives_modules_do_not_break_it(form, shadowed):
     study = write_study(shadowed)
     done = sweeps(["run", study.name, "--quiet"], shadowed, form)
