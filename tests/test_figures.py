@@ -249,3 +249,14 @@ def test_a_non_ascii_study_name_draws_without_glyph_warnings(tmp_path, recwarn):
     written = write_pngs(tmp_path, analyse(study, with_importances=False), None)
     assert (tmp_path / "report.png") in written
     assert not [str(w.message) for w in recwarn if "Glyph" in str(w.message)]
+
+
+def test_a_study_at_one_batch_size_draws_without_warnings(tmp_path, recwarn):
+    """Every good trial at one batch size and LR, a power of ten: the LR figure's log axis has one
+    value, whose range matplotlib widened itself, with a warning on the report's stderr."""
+    study = new_study(tmp_path)
+    for v in (0.95, 0.96, 0.97):
+        add(study, 16, "none", v)  # LR 0.01
+    written = write_pngs(tmp_path, analyse(study, with_importances=False), None)
+    assert (tmp_path / "report.png") in written
+    assert [str(w.message) for w in recwarn] == []

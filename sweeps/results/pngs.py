@@ -151,6 +151,8 @@ def draw_lr(ax, a: StudyAnalysis) -> None:
         for rule, slope in RULE_SLOPES.items():
             ax.plot(xs, [centre * (x / mid) ** slope for x in xs], ":", color="grey", lw=0.8)
             ax.annotate(rule, (xs[-1], centre * (xs[-1] / mid) ** slope), fontsize=7, color="grey")
+    if fit.slope is None and len(set(fit.lrs)) == 1:  # one LR: a range around it, not matplotlib's warning
+        ax.set_ylim(fit.lrs[0] / 3, fit.lrs[0] * 3)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set(xlabel="batch size", ylabel="effective peak LR", title="Best LR against batch size")
