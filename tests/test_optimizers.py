@@ -6,6 +6,7 @@ what it changed in torch.optim's wrappers; fix `eager`, nothing else."""
 from __future__ import annotations
 
 import importlib
+import pickle
 import subprocess
 import sys
 
@@ -79,7 +80,15 @@ def test_a_class_with_nothing_to_unwrap_is_given_back_as_it_is():
             return None
 
     assert eager(Plain) is Plain
-    assert eager(torch.optim.SGD).__name__ == "SGD"
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_an_optimizer_pickles_as_its_own_class(name):
+    """As torch.optim's do (a trainer handed to another process, `torch.save` of a whole optimizer)."""
+    _, _, optimizer = train(OPTIMIZERS[name], SETTINGS[name], updates=3)
+    again = pickle.loads(pickle.dumps(optimizer))
+    assert type(again) is OPTIMIZERS[name] and again.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
+    assert [sorted(s) for s in again.state.values()] == [sorted(s) for s in optimizer.state.values()]
 
 
 def test_an_unfused_sweep_never_imports_torch_dynamo(tmp_path):

@@ -42,8 +42,9 @@ def eager(cls: type[Optimizer]) -> type[Optimizer]:
             with torch.no_grad():
                 return step(self, closure)
 
-    Eager.__name__ = Eager.__qualname__ = cls.__name__
+    Eager.__name__ = Eager.__qualname__ = f"Eager{cls.__name__}"  # this module's name for it, for pickle
     return Eager
 
 
-OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": eager(SGD), "adam": eager(Adam), "adamw": eager(AdamW)}
+EagerSGD, EagerAdam, EagerAdamW = eager(SGD), eager(Adam), eager(AdamW)
+OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": EagerSGD, "adam": EagerAdam, "adamw": EagerAdamW}
