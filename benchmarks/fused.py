@@ -155,9 +155,7 @@ def train(task: str, trials: list[int], batch_size: int, budget: Budget, k: int)
 
 def warm_up(task: str, batch_size: int, budget: Budget, k: int) -> None:
     """Before any clock: the data set, and one throwaway trial on the path to be timed, which pays
-    the path's first-use costs once per process (until the trials' optimizers stopped importing
-    torch._dynamo, `objectives.training.optimizers`, the unfused path's first optimizer paid about
-    1.9 s here for that import)."""
+    the path's first-use costs, once per process."""
     build(task, 0, batch_size)
     train(task, [10_000], batch_size, budget, min(k, 1))
 

@@ -2,13 +2,14 @@
 
 torch.optim wraps three methods of every optimizer for torch.compile: `add_param_group` and
 `zero_grad` in `torch._disable_dynamo`, and `step` in `_use_grad_for_differentiable`, which
-also runs it with gradients off. Each wrapper imports `torch._dynamo` on its first call: 1.2 to
-1.6 s of imports on a 2-core machine, paid once by every process that trains, for a trial that is
-never compiled as a whole (`objective.compile` compiles the model, not the optimizer's step).
+also runs it with gradients off. Each wrapper imports `torch._dynamo` on its first call: 0.9 s
+(idle) to 1.6 s (loaded) on a 2-core machine, paid once by every process that trains, for a trial
+that is never compiled as a whole (`objective.compile` compiles the model, not the optimizer's step).
 
 `eager(cls)` is `cls` with those methods called through to the functions they wrap
 (`inspect.unwrap`, which follows the `__wrapped__` that `functools.wraps` sets), and `step` run
-under `torch.no_grad()`, as its wrapper runs it when `differentiable` is False. The arithmetic is
+under `torch.no_grad()`, as its wrapper runs it when `differentiable` is False (never set here:
+`OPTIMIZERS` builds none that is differentiable). The arithmetic is
 torch.optim's own, so a trial trains the same bits: tests/test_optimizers.py checks each one
 against torch.optim update by update, and that a process that trains one never imports
 torch._dynamo. Where a torch version wraps them otherwise (nothing to unwrap), `eager` gives `cls`.
@@ -37,8 +38,6 @@ def eager(cls: type[Optimizer]) -> type[Optimizer]:
             zero_grad(self, set_to_none)
 
         def step(self, closure=None):
-            if self.defaults.get("differentiable"):
-                return super().step(closure)
             with torch.no_grad():
                 return step(self, closure)
 
