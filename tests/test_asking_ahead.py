@@ -98,3 +98,30 @@ def test_at_64_workers_with_64_slots_left_every_worker_asks_ahead_in_turn():
         free, running = 64 - (k - 1), 64 + (k - 1)
         assert free > others_wanting_a_slot(running, training=64, open_here=1, training_here=1)
         assert (free > running - 1) == (k == 1)
+
+
+def test_a_retry_queued_while_another_worker_asks_keeps_the_study_at_its_count(tmp_path):
+    """The race a fresh-clone CI run lost (8 workers through PgBouncer, one killed: 21 trials
+    finished of 20). A dead worker's trial is failed and its retry queued between another worker's
+    look at the retry queue (empty) and its new trial: the retry has the lower number. Counting only
+    running and finished trials below the new one, both the new trial and the retry trained."""
+    a, b = two_workers(tmp_path, n_trials=2)
+    storage = study_storage(a.study)
+    start(a)
+    dead = b.ask(wait_for_others=True)[0].trial_id  # the last slot, b being free
+    b.study.tell(b.open.pop(dead), state=TrialState.FAIL)  # its worker died: failed as stale
+
+    def queue_the_retry_after_the_look(look=b.study._pop_waiting_trial_id):
+        found = look()  # the queue as b read it: empty
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            RetryHeartbeatStaleTrialCallback()(a.study, storage.get_trial(dead))  # another worker, meanwhile
+        return found
+
+    b.study._pop_waiting_trial_id = queue_the_retry_after_the_look
+    assert b.ask(wait_for_others=True) is None, "the slot is the retry's: b's new trial is closed unrun"
+    del b.study._pop_waiting_trial_id
+    retry, _ = a.ask(wait_for_others=True)
+    assert retry.retry_of is not None
+    states = [t.state for t in a.study.get_trials()]
+    assert states == [TrialState.RUNNING, TrialState.FAIL, TrialState.RUNNING, TrialState.FAIL]

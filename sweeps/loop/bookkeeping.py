@@ -184,8 +184,10 @@ class Books:
                 fix_params(trial, fixed)
             self.heartbeat.add(trial_id_of(trial))
             # workers raced for the last slots (numbers are 0, 1, ...: at most `number` trials are numbered
-            # below it, so only a trial numbered n_trials or more can be past them, and only it is counted)
-            if trial.number >= self.n_trials and self.taken(below=trial.number) >= self.n_trials:
+            # below it, so only a trial numbered n_trials or more can be past them, and only it is counted).
+            # A queued trial numbered below it holds a slot too: a retry queued after this ask looked at
+            # the queue and before it made its trial is popped by another worker, and passes this check
+            if trial.number >= self.n_trials and self.taken(below=trial.number, queued=True) >= self.n_trials:
                 self.close_unfinished_quietly(trial)
                 return None
             point = with_retry(lambda: suggest(trial, self.config.search), "sampling a trial")
@@ -265,8 +267,10 @@ class Books:
         return with_retry(lambda: count_trials(self.storage, self.study_id, FINISHED),
                           "counting trials")
 
-    def taken(self, below: int | None = None) -> int:
-        states = (*FINISHED, TrialState.RUNNING)
+    def taken(self, below: int | None = None, queued: bool = False) -> int:
+        """The study's finished and running trials (`queued`: and those waiting in its queue),
+        numbered below `below` when given."""
+        states = (*FINISHED, TrialState.RUNNING) + ((TrialState.WAITING,) if queued else ())
         return with_retry(lambda: count_trials(self.storage, self.study_id, states, below),
                           "counting trials")
 
