@@ -101,8 +101,12 @@ def test_workers_registering_at_once_get_distinct_numbers_on_postgres():
 
 def test_replicas_started_with_the_same_command_draw_different_configurations(tmp_path):
     """Two processes with one command line, as compose replicas start: distinct worker numbers,
-    so distinct sampler seeds, recorded on their trials."""
-    study = write_study(tmp_path, study={"n_trials": 10}, sampler={"name": "random"})
+    so distinct sampler seeds, recorded on their trials. Each trial is paced to about a second
+    (40 updates of 25 ms, mostly asleep): with tiny trials, the first process to start finished all
+    10 before the second asked for one (a fresh-clone CI run), and only one seed was recorded."""
+    study = write_study(tmp_path, study={"n_trials": 10}, sampler={"name": "random"},
+                        objective={"task": "tests.tasks_for_tests:regression_paced",
+                                   "options": {**TINY["objective"]["options"], "pace": 0.025}})
     env = {k: v for k, v in os.environ.items() if k != "SWEEPS_STORAGE"}
     env.update(PYTHONPATH=str(REPO), SWEEPS_STORAGE=f"sqlite:///{tmp_path}/shared.db")
     procs = [subprocess.Popen([sys.executable, "-m", "sweeps.run", str(study), "--quiet"], env=env,
