@@ -162,10 +162,13 @@ def regression_with_peers(settings: TrialSettings) -> Task:
     `--workers`, the first trial's build waits, up to 60 s, until `options.peers` children have
     reached theirs (a file each in the folder `options.started`): each worker then holds a trial
     before any can finish the study, however unevenly a loaded machine starts them (a study of a
-    few tiny trials is otherwise done by whichever worker opens the store first)."""
+    few tiny trials is otherwise done by whichever worker opens the store first). With
+    `options.replicas` true, every process waits so, not only children of `--workers`: replicas
+    started with one command line, as compose starts them."""
     settings, (started, peers) = less(settings, "started", "peers")
+    settings, (replicas,) = less(settings, "replicas") if "replicas" in settings.options else (settings, [False])
     folder, peers = Path(started), int(peers)
-    if settings.params and "--as-worker" in sys.argv and not WAITED:
+    if settings.params and ("--as-worker" in sys.argv or replicas) and not WAITED:
         WAITED.append(os.getpid())
         folder.mkdir(parents=True, exist_ok=True)
         (folder / str(os.getpid())).touch()

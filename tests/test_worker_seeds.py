@@ -36,6 +36,7 @@ from sweeps.loop.runner import open_study, run_sweep
 from sweeps.search.space import suggest
 from sweeps.trial.run_one import trial_seed
 from tests.conftest import PG_URL, TINY, merged, needs_pg
+from tests.test_workers import with_peers
 
 REPO = Path(__file__).resolve().parents[1]
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -101,12 +102,12 @@ def test_workers_registering_at_once_get_distinct_numbers_on_postgres():
 
 def test_replicas_started_with_the_same_command_draw_different_configurations(tmp_path):
     """Two processes with one command line, as compose replicas start: distinct worker numbers,
-    so distinct sampler seeds, recorded on their trials. Each trial is paced to about a second
-    (40 updates of 25 ms, mostly asleep): with tiny trials, the first process to start finished all
-    10 before the second asked for one (a fresh-clone CI run), and only one seed was recorded."""
+    so distinct sampler seeds, recorded on their trials. Each replica's first trial waits until
+    both have reached theirs (`regression_with_peers`): without it, the first to start finished all
+    10 tiny trials before the second asked for one (a fresh-clone CI run), and one seed was recorded."""
+    peers = with_peers(tmp_path, 2)
     study = write_study(tmp_path, study={"n_trials": 10}, sampler={"name": "random"},
-                        objective={"task": "tests.tasks_for_tests:regression_paced",
-                                   "options": {**TINY["objective"]["options"], "pace": 0.025}})
+                        objective={**peers, "options": {**peers["options"], "replicas": True}})
     env = {k: v for k, v in os.environ.items() if k != "SWEEPS_STORAGE"}
     env.update(PYTHONPATH=str(REPO), SWEEPS_STORAGE=f"sqlite:///{tmp_path}/shared.db")
     procs = [subprocess.Popen([sys.executable, "-m", "sweeps.run", str(study), "--quiet"], env=env,
