@@ -14,15 +14,17 @@ hundreds of times a minute.
 from __future__ import annotations
 
 import copy
+import datetime
+from collections.abc import Callable
 
 import optuna
 import sqlalchemy
-from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from storage.batch import UPSERTS
 from storage.optuna_private import (
+    add_trial_in_session,
     get_stale_trial_ids,
     heartbeat_enabled,
     rdb_backend,
@@ -114,47 +116,56 @@ def grace_period_of(storage: BaseStorage) -> float | None:
     return float(backend.grace_period or 2 * backend.heartbeat_interval)
 
 
-def fail_stale_trials(study: optuna.Study, owed: list[int]) -> None:
-    """Optuna's `optuna.storages.fail_stale_trials` (fail each trial whose heartbeat is older than
-    the grace period, then run the store's stale-trial callback, which queues it again), safe to run
-    again after a lost connection. Optuna's commits the failure, then queues the retry: a connection
-    lost between the two left the trial failed and never run again, since a second call no longer
-    finds it stale. Here a trial this process failed stays `owed` (the caller's list, kept across
-    calls) until its callback has run; the next call runs it, unless the retry is already in the
-    store (its `retry_history` ends with the trial's number: the callback's commit reached the store
-    before the connection dropped).
-
-    Each retry is queued right after its trial's failure, before the next stale trial is failed:
-    in between, the study counts one slot free and no trial queued for it, so another worker may
-    create a new trial for it and leave the retry unrun at the end of the study (Optuna's own
-    window, which this keeps as short)."""
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Optuna's `optuna.storages.fail_stale_trials` (fail each trial whose heartbeat is older than the
+    grace period, and queue it again as the store's stale-trial callback does), each trial's failure
+    and its retry in one transaction (`fail_and_queue_again`). Optuna's commits the failure, then
+    queues the retry. In between the study counted one slot free and no trial queued for it: another
+    worker made a new trial for the slot, and the retry was left unrun at the end of the study (a
+    run of tests/test_pooler.py, 8 workers, one killed); a connection lost in between left the
+    trial failed and never run again."""
     storage = study_storage(study)
     if not heartbeat_enabled(storage):
         return
-    pay_owed_retries(study, owed)
     callback = storage.get_heartbeat_stale_trial_callback()
-    for trial_id in get_stale_trial_ids(storage, study_id_of(study)):
-        try:
-            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                continue
-        except UpdateFinishedTrialError:  # another worker failed it first
-            continue
-        owed.append(trial_id)  # this process failed it: its retry is this process's to queue
-        if callback is not None:
-            callback(study, copy.deepcopy(storage.get_trial(trial_id)))
-        owed.remove(trial_id)
+    study_id = study_id_of(study)
+    for trial_id in get_stale_trial_ids(storage, study_id):
+        stale = copy.deepcopy(storage.get_trial(trial_id))
+        fail_and_queue_again(storage, study_id, trial_id, None if callback is None else retry_made_by(callback, stale))
 
 
-def pay_owed_retries(study: optuna.Study, owed: list[int]) -> None:
-    """Run the stale-trial callback for each trial in `owed` (failed by an earlier call that a lost
-    connection cut short) whose retry is not in the store yet."""
-    if not owed:
-        return
-    storage = study_storage(study)
-    callback = storage.get_heartbeat_stale_trial_callback()
-    retried = {t.system_attrs.get("retry_history", [None])[-1] for t in study.get_trials(deepcopy=False)}
-    while owed:
-        failed = copy.deepcopy(storage.get_trial(owed[0]))
-        if callback is not None and failed.number not in retried:
-            callback(study, failed)
-        owed.pop(0)
+def fail_and_queue_again(storage: BaseStorage, study_id: int, trial_id: int, retry: FrozenTrial | None) -> bool:
+    """Fail the running trial and add `retry` (a WAITING trial: its configuration queued again; None:
+    not again) in one transaction, so no other worker ever sees the trial failed and its retry not
+    yet queued. False, and nothing written, when the trial is no longer running (another worker
+    failed it first, or its own worker finished it)."""
+    backend = rdb_backend(storage)
+    with rdb_session(backend) as session:
+        # the study's row first, as Optuna's trial creation locks it (the retry's number is counted there)
+        rdb_models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
+        trial = rdb_models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+        if trial.state != TrialState.RUNNING:
+            return False
+        trial.state = TrialState.FAIL
+        trial.datetime_complete = datetime.datetime.now()  # as Optuna's set_trial_state_values dates it
+        if retry is not None:
+            add_trial_in_session(backend, study_id, retry, session)
+    return True
+
+
+class _Queue:
+    """What a stale-trial callback sees of the study: the one call it makes, `add_trial`, kept."""
+
+    def __init__(self) -> None:
+        self.added: FrozenTrial | None = None
+
+    def add_trial(self, trial: FrozenTrial) -> None:
+        self.added = trial
+
+
+def retry_made_by(callback: Callable[[optuna.Study, FrozenTrial], None], stale: FrozenTrial) -> FrozenTrial | None:
+    """The trial the store's stale-trial callback (`optuna.storages.RetryHeartbeatStaleTrialCallback`,
+    its `max_retry` and all) would add to the study for `stale`, or None when it adds none."""
+    queue = _Queue()
+    callback(queue, stale)
+    return queue.added

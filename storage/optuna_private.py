@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     import sqlalchemy.orm
 
 __all__ = [
-    "CachedStorage", "asked_system_attrs", "backend_of", "cache_migration_scripts", "cached_trial",
+    "CachedStorage", "add_trial_in_session", "asked_system_attrs", "backend_of", "cache_migration_scripts",
+    "cached_trial",
     "check_schema_one_connection_at_a_time", "engine_of", "enter_optimize_loop", "get_stale_trial_ids",
     "heartbeat_enabled", "hyperband_bracket_study", "rdb_backend", "rdb_models", "rdb_session", "read_waiting_trials",
     "stop_requested", "study_id_of", "study_storage", "tell", "trial_id_of",
@@ -162,6 +163,15 @@ def rdb_session(backend: RDBStorage, ignore_integrity_error: bool = False) -> It
     writes do. Used with `rdb_models` to write many rows in one transaction."""
     with _create_scoped_session(backend.scoped_session, ignore_integrity_error) as session:
         yield session
+
+
+def add_trial_in_session(backend: RDBStorage, study_id: int, template: FrozenTrial,
+                         session: sqlalchemy.orm.Session) -> None:
+    """A trial made from `template` (its state, parameters and attributes, as `Study.add_trial` makes
+    one), added in `session`'s transaction (`RDBStorage._get_prepared_new_trial`), which numbers it:
+    the caller holds the study's row FOR UPDATE first, as `RDBStorage._create_new_trial` does, so two
+    trials never take one number."""
+    backend._get_prepared_new_trial(study_id, template, session)
 
 
 def cached_trial(storage: _CachedStorage, trial_id: int) -> FrozenTrial | None:

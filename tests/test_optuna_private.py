@@ -40,6 +40,7 @@ from storage.dashboard_formats import (
 )
 from storage.optuna_private import (
     CachedStorage,
+    add_trial_in_session,
     asked_system_attrs,
     backend_of,
     cache_migration_scripts,
@@ -225,6 +226,27 @@ def test_rdb_session_commits_and_rolls_back_as_optunas_writes_do(rdb, study):
     with pytest.raises(optuna.exceptions.StorageInternalError):  # any other database error
         with rdb_session(rdb) as session:
             session.execute(sqlalchemy.text("SELECT * FROM no_such_table"))
+
+
+def test_add_trial_in_session_adds_what_study_add_trial_adds_numbered_in_the_transaction(rdb, study):
+    study.add_trial(optuna.create_trial(state=TrialState.COMPLETE, value=1.0))
+    queued = optuna.create_trial(state=TrialState.WAITING, params={"x": 0.5},
+                                 distributions={"x": optuna.distributions.FloatDistribution(0, 1)},
+                                 user_attrs={"u": 1}, system_attrs={"failed_trial": 0, "retry_history": [0]})
+    with rdb_session(rdb) as session:
+        rdb_models.StudyModel.find_or_raise_by_id(study_id_of(study), session, for_update=True)
+        add_trial_in_session(rdb, study_id_of(study), queued, session)
+    study.add_trial(queued)  # Optuna's own, for comparison
+    ours, optunas = study.get_trials()[1:]
+    assert (ours.number, optunas.number) == (1, 2)
+    for trial in (ours, optunas):
+        assert trial.state == TrialState.WAITING and trial.params == {"x": 0.5} and trial.user_attrs == {"u": 1}
+        assert trial.system_attrs == {"failed_trial": 0, "retry_history": [0]} and trial.datetime_start is None
+    with pytest.raises(optuna.exceptions.StorageInternalError):  # rolled back with its transaction
+        with rdb_session(rdb) as session:
+            add_trial_in_session(rdb, study_id_of(study), queued, session)
+            session.execute(sqlalchemy.text("SELECT * FROM no_such_table"))
+    assert len(study.get_trials()) == 3
 
 
 @pytest.mark.parametrize("wrap", [lambda s: s, CachedStorage, SnapshotStorage, None], ids=["rdb", "cached",

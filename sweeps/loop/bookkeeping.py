@@ -89,7 +89,6 @@ class Books:
         self.grid_size = grid_size(config) if config.sampler.name == "grid" else None
         self.heartbeat = Heartbeat(study)
         self.next_stale_check = 0.0
-        self.owed_retries: list[int] = []  # stale trials this process failed whose retry is not queued yet
         self.stopping = threading.Event()  # set on abort: a waiting ask gives up
         self.open: dict[int, optuna.Trial] = {}  # trials asked and not yet closed
         self.training: set[int] = set()  # those of them the training process has started
@@ -291,7 +290,7 @@ class Books:
         return closed_here
 
     def fail_stale_trials(self) -> None:
-        fail_stale_trials(self.study, self.owed_retries)  # run again by with_retry after a lost connection
+        fail_stale_trials(self.study)  # each failure and its retry in one transaction: safe to run again
 
     def decide(self, trial_id: int, value: float, step: int, value_se: float | None = None) -> bool:
         trial = self.open[trial_id]
