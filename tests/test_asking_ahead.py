@@ -10,7 +10,6 @@ from __future__ import annotations
 import warnings
 
 import optuna
-import pytest
 import sqlalchemy
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
@@ -181,20 +180,3 @@ def test_an_interrupted_trial_failed_as_stale_meanwhile_keeps_one_retry(tmp_path
     assert trials[2].system_attrs["failed_trial"] == 0
     assert not withdraw_queued(storage, trials[1]._trial_id, {"x": 1}), "a trial not waiting is left as it is"
     assert "x" not in storage.get_trial(trials[1]._trial_id).user_attrs
-
-
-def test_an_interrupted_trial_is_failed_even_when_its_retry_cannot_be_queued(tmp_path):
-    """The retry is queued first; if that fails (the store gone at that moment), the trial is still
-    failed, as when it was failed first, instead of staying RUNNING until it goes stale."""
-    a, _ = two_workers(tmp_path, n_trials=2)
-    storage = study_storage(a.study)
-    interrupted = start(a)
-
-    def store_gone(study_id, template_trial=None):
-        raise optuna.exceptions.StorageInternalError("server closed the connection")
-
-    storage.create_new_trial = store_gone
-    with pytest.raises(optuna.exceptions.StorageInternalError):  # said, as before: the caller logs it
-        a.close_unfinished(interrupted, "interrupted")
-    del storage.create_new_trial
-    assert [t.state.name for t in a.study.get_trials()] == ["FAIL"]

@@ -357,24 +357,16 @@ class Books:
         is withdrawn, unless a worker has already taken it."""
         trial = self.open.pop(trial_id)
         retry = None
-        try:
-            if requeue and self.config.study.max_retry > 0:
-                retry = self.queue_retry(trial_id)
-        finally:  # the trial is failed whatever became of its retry
-            closed_here = self.close_unfinished_quietly(trial, reason)
-        if not closed_here and retry is not None:
+        frozen = copy.copy(self.storage.get_trial(trial_id)) if requeue and self.config.study.max_retry > 0 else None
+        if frozen is not None and not frozen.state.is_finished():  # not failed as stale (and queued) already
+            # the retry starts clean but for what it was queued with; the failed trial keeps its error
+            frozen.user_attrs = queued_attrs(frozen.user_attrs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                template = retry_made_by(RetryHeartbeatStaleTrialCallback(max_retry=self.config.study.max_retry),
+                                         frozen)
+            if template is not None:
+                retry = self.storage.create_new_trial(self.study_id, template_trial=template)
+        if not self.close_unfinished_quietly(trial, reason) and retry is not None:
             withdraw_queued(self.storage, retry, {**self.identity, **error_attrs(
                 f"not run: trial {trial.number} was failed as stale and queued again by another worker")})
-
-    def queue_retry(self, trial_id: int) -> int | None:
-        """Queue the open trial's configuration to run again, as `study.max_retry` allows; the retry's
-        trial id, or None (no retry left, or the trial already failed as stale and queued elsewhere)."""
-        frozen = copy.copy(self.storage.get_trial(trial_id))
-        if frozen.state.is_finished():
-            return None
-        # the retry starts clean but for what it was queued with; the failed trial keeps its error
-        frozen.user_attrs = queued_attrs(frozen.user_attrs)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            template = retry_made_by(RetryHeartbeatStaleTrialCallback(max_retry=self.config.study.max_retry), frozen)
-        return None if template is None else self.storage.create_new_trial(self.study_id, template_trial=template)
