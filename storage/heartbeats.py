@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import json
 from collections.abc import Callable
 
 import optuna
@@ -154,22 +153,17 @@ def fail_and_queue_again(storage: BaseStorage, study_id: int, trial_id: int, ret
     return True
 
 
-def withdraw_queued(storage: BaseStorage, trial_id: int, attrs: dict[str, object]) -> bool:
-    """Fail the trial, with the user attributes `attrs` (why), if it still waits in the queue (a retry
-    queued twice: see `Books.close_unfinished`); False, and nothing written, once a worker has taken
-    it (it trains) or it has ended."""
+def withdraw_queued(storage: BaseStorage, trial_id: int) -> bool:
+    """Fail the trial if it still waits in the queue (a retry queued twice: see `Books.close_unfinished`);
+    False, and nothing written, once a worker has taken it (it trains) or it has ended."""
     backend = rdb_backend(storage)
     if backend is None:  # a store without SQL: one process, no other worker can have taken it
-        for key, value in attrs.items():
-            storage.set_trial_user_attr(trial_id, key, value)
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
         return True
     with rdb_session(backend) as session:
         trial = rdb_models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
         if trial.state != TrialState.WAITING:
             return False
-        for key, value in attrs.items():  # a queued retry's attributes are the trial's it retries: none of these
-            session.add(rdb_models.TrialUserAttributeModel(trial_id=trial_id, key=key, value_json=json.dumps(value)))
         trial.state = TrialState.FAIL
         trial.datetime_complete = datetime.datetime.now()
     return True

@@ -357,8 +357,8 @@ class Books:
         is withdrawn, unless a worker has already taken it."""
         trial = self.open.pop(trial_id)
         retry = None
-        frozen = copy.copy(self.storage.get_trial(trial_id)) if requeue and self.config.study.max_retry > 0 else None
-        if frozen is not None and not frozen.state.is_finished():  # not failed as stale (and queued) already
+        if requeue and self.config.study.max_retry > 0:
+            frozen = copy.copy(self.storage.get_trial(trial_id))
             # the retry starts clean but for what it was queued with; the failed trial keeps its error
             frozen.user_attrs = queued_attrs(frozen.user_attrs)
             with warnings.catch_warnings():
@@ -368,5 +368,4 @@ class Books:
             if template is not None:
                 retry = self.storage.create_new_trial(self.study_id, template_trial=template)
         if not self.close_unfinished_quietly(trial, reason) and retry is not None:
-            withdraw_queued(self.storage, retry, {**self.identity, **error_attrs(
-                f"not run: trial {trial.number} was failed as stale and queued again by another worker")})
+            withdraw_queued(self.storage, retry)
