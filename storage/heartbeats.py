@@ -153,22 +153,6 @@ def fail_and_queue_again(storage: BaseStorage, study_id: int, trial_id: int, ret
     return True
 
 
-def withdraw_queued(storage: BaseStorage, trial_id: int) -> bool:
-    """Fail the trial if it still waits in the queue (a retry queued twice: see `Books.close_unfinished`);
-    False, and nothing written, once a worker has taken it (it trains) or it has ended."""
-    backend = rdb_backend(storage)
-    if backend is None:  # a store without SQL: one process, no other worker can have taken it
-        storage.set_trial_state_values(trial_id, TrialState.FAIL)
-        return True
-    with rdb_session(backend) as session:
-        trial = rdb_models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
-        if trial.state != TrialState.WAITING:
-            return False
-        trial.state = TrialState.FAIL
-        trial.datetime_complete = datetime.datetime.now()
-    return True
-
-
 class _Queue:
     """What a stale-trial callback sees of the study: the one call it makes, `add_trial`, kept."""
 

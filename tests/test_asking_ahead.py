@@ -10,14 +10,11 @@ from __future__ import annotations
 import warnings
 
 import optuna
-import sqlalchemy
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from storage import open_storage
 from storage.batch import count_running
-from storage.heartbeats import fail_and_queue_again, retry_made_by, withdraw_queued
-from storage.optuna_private import engine_of, study_storage
+from storage.optuna_private import study_storage
 from sweeps.config.study_file import parse_config
 from sweeps.config.target import target_of
 from sweeps.loop.bookkeeping import Books
@@ -128,42 +125,3 @@ def test_a_retry_queued_while_another_worker_asks_keeps_the_study_at_its_count(t
     assert retry.retry_of is not None
     states = [t.state for t in a.study.get_trials()]
     assert states == [TrialState.RUNNING, TrialState.FAIL, TrialState.RUNNING, TrialState.FAIL]
-
-
-def test_an_interrupted_trials_retry_is_queued_before_its_slot_looks_free(tmp_path):
-    """A worker stopped mid-trial fails it and queues it again. At every statement it runs meanwhile,
-    another worker's look at the study never finds the trial failed and no retry queued: a slot free
-    with nothing queued for it, where that worker would make a new trial and leave the retry unrun
-    at the end of the study."""
-    a, b = two_workers(tmp_path, n_trials=3)
-    start(b)
-    interrupted = start(a)
-    other = open_storage(str(engine_of(study_storage(a.study)).url))  # a connection of another process's
-    seen = []
-
-    def look(conn, cursor, statement, parameters, context, executemany):
-        seen.append(sorted(t.state.name for t in other.get_all_trials(a.study_id, deepcopy=False)))
-
-    sqlalchemy.event.listen(engine_of(study_storage(a.study)), "before_cursor_execute", look)
-    a.close_unfinished(interrupted, "interrupted")
-    sqlalchemy.event.remove(engine_of(study_storage(a.study)), "before_cursor_execute", look)
-    assert seen and not [states for states in seen if "FAIL" in states and "WAITING" not in states], seen
-    assert sorted(t.state.name for t in a.study.get_trials()) == ["FAIL", "RUNNING", "WAITING"]
-    retry, _ = b.ask(wait_for_others=True)
-    assert retry.retry_of == a.study.get_trials()[1].number
-
-
-def test_an_interrupted_trial_failed_as_stale_meanwhile_keeps_one_retry(tmp_path):
-    """The stopped worker's trial was failed as stale by another worker (cut off from the store for
-    longer than the grace period), which queued its retry: the stopped worker's own retry is withdrawn."""
-    a, _ = two_workers(tmp_path, n_trials=2)
-    storage = study_storage(a.study)
-    dead = start(a)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = retry_made_by(RetryHeartbeatStaleTrialCallback(max_retry=1), storage.get_trial(dead))
-    assert fail_and_queue_again(storage, a.study_id, dead, retry)  # the other worker's stale check
-    a.close_unfinished(dead, "interrupted")
-    states = [t.state.name for t in a.study.get_trials()]
-    assert states == ["FAIL", "WAITING", "FAIL"], "one retry waits; the second is withdrawn"
-    assert not withdraw_queued(storage, dead), "a trial that is not waiting is left as it is"

@@ -21,7 +21,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from storage.batch import count_running, count_trials, mark_running_trial, write_trial_batch
-from storage.heartbeats import fail_stale_trials, grace_period_of, heartbeat_ages, retry_made_by, withdraw_queued
+from storage.heartbeats import fail_stale_trials, grace_period_of, heartbeat_ages
 from storage.optuna_private import (
     asked_system_attrs,
     engine_of,
@@ -350,22 +350,12 @@ class Books:
 
     def close_unfinished(self, trial_id: int, reason: str, requeue: bool = True) -> None:
         """Fail a trial this process cannot finish and, when interrupted, queue its configuration
-        to run again (the retry queue of `study.max_retry`). The retry is queued first, while the
-        trial still holds its slot: failed first, its slot looked free with nothing queued for it,
-        and another worker could make a new trial there and leave the retry unrun at the end of the
-        study. A trial another worker failed as stale meanwhile has that worker's retry: this one's
-        is withdrawn, unless a worker has already taken it."""
-        trial = self.open.pop(trial_id)
-        retry = None
-        if requeue and self.config.study.max_retry > 0:
+        to run again (the retry queue of `study.max_retry`)."""
+        closed_here = self.close_unfinished_quietly(self.open.pop(trial_id), reason)
+        if closed_here and requeue and self.config.study.max_retry > 0:
             frozen = copy.copy(self.storage.get_trial(trial_id))
             # the retry starts clean but for what it was queued with; the failed trial keeps its error
             frozen.user_attrs = queued_attrs(frozen.user_attrs)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                template = retry_made_by(RetryHeartbeatStaleTrialCallback(max_retry=self.config.study.max_retry),
-                                         frozen)
-            if template is not None:
-                retry = self.storage.create_new_trial(self.study_id, template_trial=template)
-        if not self.close_unfinished_quietly(trial, reason) and retry is not None:
-            withdraw_queued(self.storage, retry)
+                RetryHeartbeatStaleTrialCallback(max_retry=self.config.study.max_retry)(self.study, frozen)
