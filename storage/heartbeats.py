@@ -120,10 +120,9 @@ def fail_stale_trials(study: optuna.Study) -> None:
     """Optuna's `optuna.storages.fail_stale_trials` (fail each trial whose heartbeat is older than the
     grace period, and queue it again as the store's stale-trial callback does), each trial's failure
     and its retry in one transaction (`fail_and_queue_again`). Optuna's commits the failure, then
-    queues the retry. In between the study counted one slot free and no trial queued for it: another
-    worker made a new trial for the slot, and the retry was left unrun at the end of the study (a
-    run of tests/test_pooler.py, 8 workers, one killed); a connection lost in between left the
-    trial failed and never run again."""
+    queues the retry: in between, the study shows a slot free with nothing queued for it (another
+    worker makes a new trial there and the retry is left unrun), and a connection lost there leaves
+    the trial failed and never run again."""
     storage = study_storage(study)
     if not heartbeat_enabled(storage):
         return
@@ -134,23 +133,22 @@ def fail_stale_trials(study: optuna.Study) -> None:
         fail_and_queue_again(storage, study_id, trial_id, None if callback is None else retry_made_by(callback, stale))
 
 
-def fail_and_queue_again(storage: BaseStorage, study_id: int, trial_id: int, retry: FrozenTrial | None) -> bool:
+def fail_and_queue_again(storage: BaseStorage, study_id: int, trial_id: int, retry: FrozenTrial | None) -> None:
     """Fail the running trial and add `retry` (a WAITING trial: its configuration queued again; None:
     not again) in one transaction, so no other worker ever sees the trial failed and its retry not
-    yet queued. False, and nothing written, when the trial is no longer running (another worker
-    failed it first, or its own worker finished it)."""
+    yet queued. Nothing is written when the trial is no longer running (another worker failed it
+    first, or its own worker finished it)."""
     backend = rdb_backend(storage)
     with rdb_session(backend) as session:
         # the study's row first, as Optuna's trial creation locks it (the retry's number is counted there)
         rdb_models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
         trial = rdb_models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
         if trial.state != TrialState.RUNNING:
-            return False
+            return
         trial.state = TrialState.FAIL
         trial.datetime_complete = datetime.datetime.now()  # as Optuna's set_trial_state_values dates it
         if retry is not None:
             add_trial_in_session(backend, study_id, retry, session)
-    return True
 
 
 class _Queue:

@@ -359,7 +359,7 @@ def test_a_killed_worker_loses_no_trial(compose):
         trials = compose.trials() or []
         lost = lost_since(trials, failed_before)
         # every trial the victim held: one it asked ahead goes stale a moment after the one it trained,
-        # and was still RUNNING when the next test stopped every worker (a fresh-clone CI run)
+        # and may still be RUNNING when the next test stops every other worker
         return (trials, lost) if (lost and all(copies_of(trials, t) for t in lost)
                                   and compose.unbeaten_running(2) == 0) else None
 

@@ -30,8 +30,8 @@ def data_path(settings: TrialSettings, what: str, sample: str | None = None) -> 
         raise DataFileError(f"objective.options.{PATH_OPTION}", f"missing: give the path of {what}")
     path = resolve_path(settings.base_dir, raw)
     if not os.path.exists(path):
-        offer = f" (to try the task on a small generated one: python -m objectives.tasks.samples {sample} {path})" \
-            if sample else ""
+        offer = (f" (to try the task on a small generated one: python -m objectives.tasks.samples {sample} {path})"
+                 if sample else "")
         raise DataFileError(path, f"no such file or folder; expected {what}{offer}")
     return path
 
