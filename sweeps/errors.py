@@ -93,6 +93,21 @@ class Terminated(BaseException):
     code = exits.TERMINATED
 
 
+def interruption_behind(err: BaseException) -> BaseException | None:
+    """The Ctrl-C or SIGTERM that `err` was raised while handling, if any (its `__context__` or
+    `__cause__`, followed back). A signal's exception raised inside torch's own bookkeeping can come
+    out as torch's error instead: a SIGTERM in the middle of `vmap`'s nesting count gave a fused group
+    `RuntimeError: !dynamicLayerStack.empty() INTERNAL ASSERT FAILED`, whose context was the
+    Terminated. Caught as a trial's failure, the sweep went on training instead of stopping."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, (KeyboardInterrupt, Terminated)):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 # The ground floors' errors: (code, prefix of the line after the study file, or None for no study file).
 GROUND: list[tuple[type[BaseException], int, str | None]] = [
     (TaskError, exits.USAGE, "objective.task: "),

@@ -14,7 +14,9 @@ from the numbers the study stores:
 - `regression_held`: the built-in regression task, each trial holding its reservation for a while
   before it trains;
 - `regression_paced`: the built-in regression task, each training batch taking a while, mostly
-  asleep: a `seconds` trial that lasts without keeping a core busy.
+  asleep: a `seconds` trial that lasts without keeping a core busy;
+- `regression_signalled_in_torch`: the built-in regression task whose loss, once, raises what torch
+  raised when a SIGTERM landed in its own bookkeeping: its error, whose context is the signal's.
 
 A study builds its task once outside any trial (to learn N) with no trial parameters, so the
 failure factories only fail when `settings.params` is not empty: the studies that use them search
@@ -34,6 +36,7 @@ from torch import nn
 
 from objectives.task import Task, TrialSettings, negative_mse
 from objectives.tasks.regression import regression
+from sweeps.errors import Terminated
 
 
 def mse(pred: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -209,3 +212,28 @@ def less(settings: TrialSettings, *names: str) -> tuple[TrialSettings, list]:
     options = dict(settings.options)
     values = [options.pop(name) for name in names]
     return replace(settings, options=options), values
+
+
+LOSS_CALLS: list[int] = []  # this process's calls of regression_signalled_in_torch's loss
+
+
+def regression_signalled_in_torch(settings: TrialSettings) -> Task:
+    """The built-in regression task (`objective.options` less `at`) whose loss, at its `options.at`-th
+    call in the process, raises as torch did when a SIGTERM landed inside `vmap`'s nesting count (a
+    fused group in a fresh-clone CI run): torch's RuntimeError, raised while the signal's Terminated
+    was being handled. The sweep must stop as on the signal itself."""
+    settings, (at,) = less(settings, "at")
+    task = regression(settings)
+    inner = task.loss
+
+    def loss(outputs, targets):
+        LOSS_CALLS.append(1)
+        if len(LOSS_CALLS) == int(at):
+            try:
+                raise Terminated("signal 15")
+            except Terminated:
+                raise RuntimeError("!dynamicLayerStack.empty() INTERNAL ASSERT FAILED (as torch raised it)") from None
+        return inner(outputs, targets)
+
+    return replace(task, loss=loss)
+

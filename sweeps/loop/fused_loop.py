@@ -31,7 +31,7 @@ from objectives.training.fused import FusedTrainer
 from objectives.training.fused.refusal import refusal
 from objectives.training.loop import TrainResult
 from sweeps.config.study_file import SweepConfig
-from sweeps.errors import ConfigError
+from sweeps.errors import ConfigError, interruption_behind
 from sweeps.loop.sweep_loop import (
     Asked,
     SweepLoop,
@@ -238,6 +238,8 @@ class FusedSweepLoop(SweepLoop):
         except ConfigError:
             raise
         except Exception as err:  # as `SweepObjective.run`: the trials fail, the sweep goes on
+            if (interruption := interruption_behind(err)) is not None:
+                raise interruption from None  # the sweep stops, as on the signal itself
             if isinstance(err, torch.cuda.OutOfMemoryError):
                 err = RuntimeError(f"out of memory in a fused group of {k} (outside its update, which halves its "
                                    "micro-batch): set objective.fuse lower, or off")

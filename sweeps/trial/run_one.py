@@ -22,6 +22,7 @@ from objectives.training.options import EarlyStopping, TrainerOptions
 from objectives.training.schedule import Schedule
 from sweeps.config.gpus import machine_gpu
 from sweeps.config.study_file import ObjectiveSection, SweepConfig
+from sweeps.errors import interruption_behind
 from sweeps.search.space import Suggestion
 from sweeps.trial import record
 from sweeps.trial.checkpoints import Checkpoint
@@ -192,6 +193,8 @@ class SweepObjective:
                 raise OutOfMemoryTrial(f"batch size {prepared.plan.batch_size} does not fit even as "
                                        "micro-batches of one example")
         except Exception as err:
+            if (interruption := interruption_behind(err)) is not None:
+                raise interruption from None  # the sweep stops, as on the signal itself
             outcome.attrs.update(record.error_attrs(f"{type(err).__name__}: {err}"[:2000]))
             outcome.error = err
             return outcome
