@@ -10,11 +10,15 @@ from __future__ import annotations
 import warnings
 
 import optuna
+import sqlalchemy
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+import sweeps.loop.bookkeeping
+from storage import open_storage
 from storage.batch import count_running
-from storage.optuna_private import study_storage
+from storage.heartbeats import fail_stale_trials
+from storage.optuna_private import engine_of, study_storage
 from sweeps.config.study_file import parse_config
 from sweeps.config.target import target_of
 from sweeps.loop.bookkeeping import Books
@@ -125,3 +129,49 @@ def test_a_retry_queued_while_another_worker_asks_keeps_the_study_at_its_count(t
     assert retry.retry_of is not None
     states = [t.state for t in a.study.get_trials()]
     assert states == [TrialState.RUNNING, TrialState.FAIL, TrialState.RUNNING, TrialState.FAIL]
+
+
+def test_an_interrupted_trial_is_failed_and_queued_again_with_no_free_slot_between(tmp_path):
+    """A worker stopped mid-trial fails it and queues it again. At every statement it runs meanwhile,
+    another worker's look at the study never finds the trial failed and no retry queued: a slot free
+    with nothing queued for it, where that worker would make a new trial and leave the retry unrun
+    at the end of the study."""
+    a, b = two_workers(tmp_path, n_trials=3)
+    start(b)
+    interrupted = start(a)
+    other = open_storage(str(engine_of(study_storage(a.study)).url))  # a connection of another process's
+    seen = []
+
+    def look(conn, cursor, statement, parameters, context, executemany):
+        seen.append(sorted(t.state.name for t in other.get_all_trials(a.study_id, deepcopy=False)))
+
+    sqlalchemy.event.listen(engine_of(study_storage(a.study)), "before_cursor_execute", look)
+    a.close_unfinished(interrupted, "interrupted")
+    sqlalchemy.event.remove(engine_of(study_storage(a.study)), "before_cursor_execute", look)
+    assert seen and not [states for states in seen if "FAIL" in states and "WAITING" not in states], seen
+    assert sorted(t.state.name for t in a.study.get_trials()) == ["FAIL", "RUNNING", "WAITING"]
+    failed = a.study.get_trials()[1]
+    assert failed.user_attrs["error"] == "interrupted"
+    retry, _ = b.ask(wait_for_others=True)
+    assert retry.retry_of == failed.number
+
+
+def test_an_interrupted_trial_failed_as_stale_meanwhile_is_queued_once(tmp_path, monkeypatch):
+    """Another worker (this one cut off from the store for longer than the grace period) fails the
+    trial as stale and queues it again while the stopped worker closes it: one retry, not two."""
+    a, _ = two_workers(tmp_path, n_trials=2)
+    dead = start(a)
+    recorded = sweeps.loop.bookkeeping.write_trial_batch
+
+    def then_the_stale_check(storage, trial_id, *args):
+        recorded(storage, trial_id, *args)
+        storage.get_heartbeat_stale_trial_callback = lambda: RetryHeartbeatStaleTrialCallback(max_retry=1)
+        monkeypatch.setattr("storage.heartbeats.get_stale_trial_ids", lambda storage, study_id: [trial_id])
+        fail_stale_trials(a.study)
+
+    monkeypatch.setattr(sweeps.loop.bookkeeping, "write_trial_batch", then_the_stale_check)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        a.close_unfinished(dead, "interrupted")
+    assert [t.state.name for t in a.study.get_trials()] == ["FAIL", "WAITING"]
+    assert a.study.get_trials()[1].system_attrs["failed_trial"] == 0

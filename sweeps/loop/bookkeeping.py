@@ -21,7 +21,13 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from storage.batch import count_running, count_trials, mark_running_trial, write_trial_batch
-from storage.heartbeats import fail_stale_trials, grace_period_of, heartbeat_ages
+from storage.heartbeats import (
+    fail_and_queue_again,
+    fail_stale_trials,
+    grace_period_of,
+    heartbeat_ages,
+    retry_made_by,
+)
 from storage.optuna_private import (
     asked_system_attrs,
     engine_of,
@@ -350,12 +356,24 @@ class Books:
 
     def close_unfinished(self, trial_id: int, reason: str, requeue: bool = True) -> None:
         """Fail a trial this process cannot finish and, when interrupted, queue its configuration
-        to run again (the retry queue of `study.max_retry`)."""
-        closed_here = self.close_unfinished_quietly(self.open.pop(trial_id), reason)
-        if closed_here and requeue and self.config.study.max_retry > 0:
+        to run again (the retry queue of `study.max_retry`). The failure and the retry are one
+        transaction (`fail_and_queue_again`, as for a dead worker's trial): failed first and queued
+        after, another worker could find the slot free with nothing queued for it in between, make a
+        new trial there and leave the retry unrun when the study ends."""
+        trial = self.open.pop(trial_id)
+        if not (requeue and self.config.study.max_retry > 0):
+            self.close_unfinished_quietly(trial, reason)
+            return
+        try:
+            write_trial_batch(self.storage, trial_id, {**self.identity, **error_attrs(reason)}, {})
             frozen = copy.copy(self.storage.get_trial(trial_id))
             # the retry starts clean but for what it was queued with; the failed trial keeps its error
             frozen.user_attrs = queued_attrs(frozen.user_attrs)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                RetryHeartbeatStaleTrialCallback(max_retry=self.config.study.max_retry)(self.study, frozen)
+                callback = RetryHeartbeatStaleTrialCallback(max_retry=self.config.study.max_retry)
+            fail_and_queue_again(self.storage, self.study_id, trial_id, retry_made_by(callback, frozen))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # failed as stale by another worker meanwhile, which queued it again
+        finally:
+            self.heartbeat.discard(trial_id)
