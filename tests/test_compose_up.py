@@ -383,7 +383,9 @@ def test_stop_requeues_the_open_trials_within_15_s(compose):
         assert compose.inspect(container)["State"]["ExitCode"] == 143, compose.logs()
 
     after = compose.trials()
-    assert not numbers(after, "RUNNING"), "trials left RUNNING after the workers stopped"
+    left = [t for t in after if t["state"] == "RUNNING"]
+    assert not left, (f"trials left RUNNING after the workers stopped: {left}\n"
+                      + "\n".join(compose.container_logs(c, tail=60) for c in running))
     requeued = lost_since(after, numbers(before, "FAIL"))
     assert requeued, "no trial was open when the workers stopped"
     for trial in requeued:
