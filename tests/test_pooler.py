@@ -202,7 +202,7 @@ def test_eight_workers_through_pgbouncer_one_killed(tmp_path, pooler):
         retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == dead.number]
         assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE, (
             dead.number, dead.user_attrs.get("error"), [(t.number, t.state.name) for t in retries])
-    assert f"(pid {victim}) was killed by SIGKILL" in err
+    assert f"(pid {victim}) was killed by SIGKILL" in err, err[-3000:]
     numbers = worker_numbers(name)
     assert len(numbers) == 8 and sorted(n for n, _ in numbers) == list(range(8)), numbers
     assert len({pid for _, pid in numbers}) == 8

@@ -118,9 +118,14 @@ def wait_for_running(name: str, storage: str, timeout: float = 60) -> None:
 
 
 def assert_exactly(study: optuna.Study, n_trials: int) -> None:
-    finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
-    assert len(finished) == n_trials
-    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    """The study finished exactly `n_trials` and left none open; else every trial, as the store says."""
+    trials = study.get_trials()
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    shown = [(t.number, t.state.name, t.system_attrs.get("failed_trial"), t.user_attrs.get("error"),
+              t.datetime_start and t.datetime_start.strftime("%H:%M:%S.%f"),
+              t.datetime_complete and t.datetime_complete.strftime("%H:%M:%S.%f")) for t in trials]
+    assert len(finished) == n_trials, shown
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)], shown
 
 
 @needs_pg
