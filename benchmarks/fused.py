@@ -20,6 +20,7 @@ each).
     python benchmarks/fused.py --tasks --resnet    # the ResNet alone
     python benchmarks/fused.py --autograd --ks 4 8 16   # and the update without autograd over the same through it
     python benchmarks/fused.py --instruments --ks 8     # and the fused trials with each instrument over without
+    python benchmarks/fused.py --products --ks 8        # and what share of a trial alone its products are
     python benchmarks/fused.py --device cuda --resnet   # on a GPU (benchmarks/gpu_checks.sh)
 
 On a GPU (`--device cuda`) the unfused settings are `serial` and `--trials-per-gpu N` (`procsN`: N
@@ -125,6 +126,56 @@ def direct_vs_autograd(task: str, batch_size: int, ks: list[int], n: int, budget
         print(f"task={task} batch={batch_size} K={k} one thread: trials_per_hour "
               f"autograd={per_hour(n, spent['autograd']):.0f} direct={per_hour(n, spent['direct']):.0f} "
               f"direct_vs_autograd={spent['autograd'] / spent['direct']:.2f}", flush=True)
+
+
+def seconds_per_call(run: Callable[[], object], calls: int = 200) -> float:
+    """Mean seconds of `run()` over `calls` calls, after ten to warm it."""
+    for _ in range(10):
+        run()
+    started = time.perf_counter()
+    for _ in range(calls):
+        run()
+    return (time.perf_counter() - started) / calls
+
+
+def product_share(task: str, batch_size: int, ks: list[int], n: int, budget: Budget, repeats: int) -> None:
+    """In this process (one thread): ms per trial alone and as a member of a fused group of each K, and
+    the ms a trial alone spends in its linear layers' matrix products, each product timed at its own
+    shapes (an update's forward, weight gradient and input gradient, but the first layer's; each
+    evaluation's forward over the validation set). Fusion can take away the rest of a trial, not its
+    products: alone / products bounds what fusing gains on this machine, whatever K."""
+    built = member(task, 0, batch_size, budget)
+    optimizer = OPTIMIZERS["sgd"](built.task.model.parameters(), lr=built.schedule.peak_lr, momentum=0.9)
+    result = Trainer(built.task, optimizer, built.schedule, built.plan, budget, OPTIONS, seed=built.seed).train()
+    n_val = len(built.task.val[0])
+    layers = [m for m in built.task.model.modules() if isinstance(m, torch.nn.Linear)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        per_update = per_evaluation = 0.0
+        for i, layer in enumerate(layers):
+            x, w = torch.randn(batch_size, layer.in_features), torch.randn(layer.in_features, layer.out_features)
+            grad = torch.randn(batch_size, layer.out_features)
+            per_update += seconds_per_call(partial(torch.mm, x, w)) + seconds_per_call(partial(torch.mm, grad.t(), x))
+            if i > 0:
+                per_update += seconds_per_call(partial(torch.mm, grad, w.t()))
+            val = torch.randn(n_val, layer.in_features)
+            per_evaluation += seconds_per_call(partial(torch.mm, val, w), calls=20)
+    finally:
+        torch.set_num_threads(threads)
+    products = result.updates * per_update + len(result.history) * per_evaluation
+    trials = list(range(n))
+    spent = one_thread_medians({"alone": partial(train_alone, task, trials, batch_size, budget),
+                                **{f"K={k}": partial(train_fused, task, trials, batch_size, budget, k) for k in ks}},
+                               repeats)
+    alone = spent["alone"] / n
+    print(f"task={task} batch={batch_size} one thread: ms per trial alone={alone * 1e3:.1f} "
+          f"products={products * 1e3:.1f} ({result.updates} updates, {len(result.history)} evaluations of "
+          f"{n_val}) share={products / alone:.2f} bound_on_fused_gain={alone / products:.2f}", flush=True)
+    for k in ks:
+        fused = spent[f"K={k}"] / n
+        print(f"task={task} batch={batch_size} K={k} one thread: ms per trial fused={fused * 1e3:.1f} "
+              f"fused_vs_alone={alone / fused:.2f}", flush=True)
 
 
 INSTRUMENTS = {"noise_scale": replace(OPTIONS, measure_noise=True), "value_se": replace(OPTIONS, measure_value_se=True)}
@@ -243,6 +294,9 @@ def main() -> None:
     parser.add_argument("--instruments", action="store_true",
                         help="also, in this process, the fused trials with measure.noise_scale and with "
                              "measure.value_se over the same without")
+    parser.add_argument("--products", action="store_true",
+                        help="also, in this process, a trial alone and fused on one thread, and how much of a trial "
+                             "alone is its linear layers' products (what bounds the fused gain)")
     parser.add_argument("--resnet", action="store_true",
                         help="also the ResNet at batch 64 (--resnet-trials trials of --resnet-updates updates)")
     parser.add_argument("--resnet-trials", type=int, default=4)
@@ -261,6 +315,8 @@ def main() -> None:
                 direct_vs_autograd(task, batch_size, args.ks, args.trials, budget, args.repeats)
             if args.instruments:
                 instrument_cost(task, batch_size, args.ks, args.trials, budget, args.repeats)
+            if args.products:
+                product_share(task, batch_size, args.ks, args.trials, budget, args.repeats)
     if args.resnet:
         ks = [k for k in args.ks if k <= args.resnet_trials // args.fused_workers]
         bench("resnet_synthetic", 64, ks, args.resnet_trials,
