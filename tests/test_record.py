@@ -89,9 +89,14 @@ def test_the_stored_step_unit_is_what_the_trials_report_in(tiny_config, sweep, u
                                   "seconds": "ms"}[unit]
     (trial,) = study.trials
     record = TrialRecord.of(trial)
-    # the steps the trial reported are in that unit: eval_every budget units on the step scale
+    # the steps the trial reported are in that unit: eval_every budget units on the step scale. A
+    # seconds trial whose updates straddle a grid point and the cap (a loaded machine) skips the
+    # point: its steps are on the grid, not necessarily its first one (a CI run reported only 200)
     first = Budget(unit, per_trial, eval_every).to_step(eval_every, record.n_train)
-    assert min(trial.intermediate_values) == first
+    steps = sorted(trial.intermediate_values)
+    assert steps and all(step % first == 0 for step in steps), steps
+    if unit != "seconds":
+        assert steps[0] == first
     # and a step converts back to updates through the record in that unit
     per_step = record.updates_per_step(step_unit_of(unit))
     expected = {"updates": 1.0, "examples": record.updates / record.examples_seen,
