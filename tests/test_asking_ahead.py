@@ -25,6 +25,7 @@ from sweeps.loop.bookkeeping import Books
 from sweeps.loop.runner import open_study
 from sweeps.loop.slots import others_wanting_a_slot
 from sweeps.trial.record import STARTED_KEY
+from sweeps.trial.run_one import Outcome
 from tests.conftest import TINY, merged
 
 
@@ -175,3 +176,14 @@ def test_an_interrupted_trial_failed_as_stale_meanwhile_is_queued_once(tmp_path,
         a.close_unfinished(dead, "interrupted")
     assert [t.state.name for t in a.study.get_trials()] == ["FAIL", "WAITING"]
     assert a.study.get_trials()[1].system_attrs["failed_trial"] == 0
+
+
+def test_closing_a_trial_whose_record_this_worker_queued_first_leaves_it_as_recorded(tmp_path):
+    """A signal between queuing a trained trial's record and forgetting it as open (the sweep loops'
+    last statements for a trial): the abort's close comes after the record, and changes nothing."""
+    a, _ = two_workers(tmp_path, n_trials=2)
+    trained = start(a)
+    a.finish(trained, Outcome(TrialState.COMPLETE, 0.5), 0)
+    a.close_unfinished(trained, "interrupted: Terminated")
+    (trial,) = a.study.get_trials()
+    assert (trial.state, trial.value, trial.user_attrs.get("error")) == (TrialState.COMPLETE, 0.5, None)

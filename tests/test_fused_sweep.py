@@ -616,3 +616,32 @@ def test_a_fused_sweep_builds_no_torch_optim_optimizer(tmp_path):
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'tiny.db'}")
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
     assert all(t.user_attrs.get("fused_group") for t in study.trials)
+
+
+def test_a_signal_while_a_member_leaves_closes_it_and_queues_it_again(tmp_path, monkeypatch):
+    """A SIGTERM landing while a finished member's outcome is built, before its record is queued: the
+    member is still one of the group's open trials, so the sweep closes it and queues it again with
+    the rest (it was taken off that list first, and left RUNNING until it went stale)."""
+    from sweeps.trial import fused_group
+    finish = fused_group.finish_member
+    calls = []
+
+    def signalled_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the second member to leave
+            raise Terminated("signal 15")
+        return finish(*args, **kwargs)
+
+    monkeypatch.setattr(fused_group, "finish_member", signalled_once)
+    config = parse_config(merged(TINY, {"study": {"n_trials": 8, "name": "leave"}, "objective": {"fuse": 4},
+                                        "search": {"batch_size": 32}}), tmp_path)
+    target = target_of(config)
+    with pytest.raises(Terminated):
+        run_sweep(config, target, show_progress=False)
+    study = optuna.load_study(study_name=target.study_name, storage=target.storage_url)
+    states = [t.state.name for t in study.trials]
+    assert "RUNNING" not in states, states
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(failed) >= 3, states  # the one leaving and the rest of the group
+    retried = {t.system_attrs.get("failed_trial") for t in study.get_trials(states=(TrialState.WAITING,))}
+    assert retried == {t.number for t in failed}, states

@@ -359,8 +359,11 @@ class Books:
         to run again (the retry queue of `study.max_retry`). The failure and the retry are one
         transaction (`fail_and_queue_again`, as for a dead worker's trial): failed first and queued
         after, another worker could find the slot free with nothing queued for it in between, make a
-        new trial there and leave the retry unrun when the study ends."""
-        trial = self.open.pop(trial_id)
+        new trial there and leave the retry unrun when the study ends. A trial whose record this worker
+        queued before the close (a signal landed between the two) is left as recorded."""
+        trial = self.open.pop(trial_id, None)
+        if trial is None:
+            return
         if not (requeue and self.config.study.max_retry > 0):
             self.close_unfinished_quietly(trial, reason)
             return

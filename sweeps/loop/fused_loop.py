@@ -226,10 +226,11 @@ class FusedSweepLoop(SweepLoop):
             return member.fused
 
         def on_leave(fused, result: TrainResult) -> None:
-            member = by_fused.pop(id(fused))
-            del self.training[member.asked.trial.trial_id]
+            member = by_fused[id(fused)]
             outcome = fused_group.finish_member(self.objective, member, result, group, fused.joined_with)
             self.record(member.asked, outcome)
+            # open until its record is queued: a signal before that closes it and queues it again
+            del by_fused[id(fused)], self.training[member.asked.trial.trial_id]
 
         try:
             trainer = FusedTrainer([m.fused for m in members], self.objective.budget, self.options,
