@@ -47,7 +47,7 @@ from objectives.tasks.synthetic_images import resnet_synthetic
 from objectives.tasks.teacher import teacher_mlp
 from objectives.training.budget import Budget, plan_trial
 from objectives.training.fused import FusedMember, FusedTrainer, MemberOptimizer
-from objectives.training.loop import Trainer
+from objectives.training.loop import Trainer, TrainResult
 from objectives.training.optimizers import OPTIMIZERS
 from objectives.training.options import TrainerOptions
 from objectives.training.schedule import Schedule
@@ -81,11 +81,13 @@ def member(task: str, i: int, batch_size: int, budget: Budget) -> FusedMember:
                        plan, 1000 + i)
 
 
-def train_alone(task: str, trials: list[int], batch_size: int, budget: Budget) -> None:
+def train_alone(task: str, trials: list[int], batch_size: int, budget: Budget) -> list[TrainResult]:
+    results = []
     for i in trials:
         m = member(task, i, batch_size, budget)
         optimizer = OPTIMIZERS["sgd"](m.task.model.parameters(), lr=m.schedule.peak_lr, momentum=OPTIMIZER.momentum)
-        Trainer(m.task, optimizer, m.schedule, m.plan, budget, OPTIONS, seed=m.seed).train()
+        results.append(Trainer(m.task, optimizer, m.schedule, m.plan, budget, OPTIONS, seed=m.seed).train())
+    return results
 
 
 def train_fused(task: str, trials: list[int], batch_size: int, budget: Budget, k: int, autograd: bool = False,
@@ -144,9 +146,8 @@ def product_share(task: str, batch_size: int, ks: list[int], n: int, budget: Bud
     shapes (an update's forward, weight gradient and input gradient, but the first layer's; each
     evaluation's forward over the validation set). Fusion can take away the rest of a trial, not its
     products: alone / products bounds what fusing gains on this machine, whatever K."""
+    (result,) = train_alone(task, [0], batch_size, budget)
     built = member(task, 0, batch_size, budget)
-    optimizer = OPTIMIZERS["sgd"](built.task.model.parameters(), lr=built.schedule.peak_lr, momentum=0.9)
-    result = Trainer(built.task, optimizer, built.schedule, built.plan, budget, OPTIONS, seed=built.seed).train()
     n_val = len(built.task.val[0])
     layers = [m for m in built.task.model.modules() if isinstance(m, torch.nn.Linear)]
     threads = torch.get_num_threads()

@@ -280,20 +280,37 @@ class Books:
                           "counting trials")
 
     def close_unfinished_quietly(self, trial: optuna.Trial,
-                                 reason: str = "not started: the study already had its trials") -> bool:
+                                 reason: str = "not started: the study already had its trials",
+                                 requeue: bool = False) -> None:
         """Fail a trial this process will not finish, with the reason and this worker's identity (a
         trial asked after the last slot went to another worker, one the total budget refused, or,
-        through `close_unfinished`, one interrupted). False when another worker had already failed it
-        as stale (this one cut off from the store for longer than the grace period): closed, and its
-        retry queued, there."""
-        closed_here = True
+        through `close_unfinished`, one interrupted), and with `requeue` queue its configuration to
+        run again. The failure and the retry are one transaction (`fail_and_queue_again`, as for a dead
+        worker's trial): failed first and queued after, another worker could find the slot free with
+        nothing queued for it in between, make a new trial there and leave the retry unrun when the
+        study ends. Nothing more happens to a trial another worker failed as stale meanwhile (this one
+        cut off from the store for longer than the grace period): closed, and queued again, there."""
+        trial_id = trial_id_of(trial)
         try:
-            write_trial_batch(self.storage, trial_id_of(trial), {**self.identity, **error_attrs(reason)}, {})
-            tell(self.study, trial, state=TrialState.FAIL, skip_if_finished=True)
+            write_trial_batch(self.storage, trial_id, {**self.identity, **error_attrs(reason)}, {})
+            if requeue:
+                fail_and_queue_again(self.storage, self.study_id, trial_id, self.retry_of(trial_id))
+            else:
+                tell(self.study, trial, state=TrialState.FAIL, skip_if_finished=True)
         except optuna.exceptions.UpdateFinishedTrialError:
-            closed_here = False
-        self.heartbeat.discard(trial_id_of(trial))
-        return closed_here
+            pass
+        finally:  # not kept beating when the close fails: it goes stale and another worker queues it
+            self.heartbeat.discard(trial_id)
+
+    def retry_of(self, trial_id: int) -> FrozenTrial | None:
+        """The trial `study.max_retry`'s retry queue adds for this one (None past its retries): the
+        configuration and what it was queued with, not the error this worker recorded."""
+        frozen = copy.copy(self.storage.get_trial(trial_id))
+        frozen.user_attrs = queued_attrs(frozen.user_attrs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            callback = RetryHeartbeatStaleTrialCallback(max_retry=self.config.study.max_retry)
+        return retry_made_by(callback, frozen)
 
     def fail_stale_trials(self) -> None:
         fail_stale_trials(self.study)  # each failure and its retry in one transaction: safe to run again
@@ -355,28 +372,9 @@ class Books:
             self.at_end(self.study)
 
     def close_unfinished(self, trial_id: int, reason: str, requeue: bool = True) -> None:
-        """Fail a trial this process cannot finish and, when interrupted, queue its configuration
-        to run again (the retry queue of `study.max_retry`). The failure and the retry are one
-        transaction (`fail_and_queue_again`, as for a dead worker's trial): failed first and queued
-        after, another worker could find the slot free with nothing queued for it in between, make a
-        new trial there and leave the retry unrun when the study ends. A trial whose record this worker
-        queued before the close (a signal landed between the two) is left as recorded."""
+        """`close_unfinished_quietly` for a trial this process holds open, queued again (`requeue`)
+        when `study.max_retry` allows. A trial whose record this worker queued before the close (a
+        signal landed between the two) is left as recorded."""
         trial = self.open.pop(trial_id, None)
-        if trial is None:
-            return
-        if not (requeue and self.config.study.max_retry > 0):
-            self.close_unfinished_quietly(trial, reason)
-            return
-        try:
-            write_trial_batch(self.storage, trial_id, {**self.identity, **error_attrs(reason)}, {})
-            frozen = copy.copy(self.storage.get_trial(trial_id))
-            # the retry starts clean but for what it was queued with; the failed trial keeps its error
-            frozen.user_attrs = queued_attrs(frozen.user_attrs)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                callback = RetryHeartbeatStaleTrialCallback(max_retry=self.config.study.max_retry)
-            fail_and_queue_again(self.storage, self.study_id, trial_id, retry_made_by(callback, frozen))
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # failed as stale by another worker meanwhile, which queued it again
-        finally:
-            self.heartbeat.discard(trial_id)
+        if trial is not None:
+            self.close_unfinished_quietly(trial, reason, requeue and self.config.study.max_retry > 0)
